@@ -1,0 +1,27 @@
+# Production image: gunicorn, non-root, health check. Build: docker build -t tacrolimus-cds .
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    CDS_CONFIG_DIR=/app/hooks \
+    CDS_FIXTURES_DIR=/app/fhir_fixtures
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY cds_service ./cds_service
+RUN pip install --no-compile . && rm -rf /root/.cache
+
+COPY hooks ./hooks
+COPY fhir_fixtures ./fhir_fixtures
+
+RUN useradd --system --uid 10001 --home /app cds \
+    && mkdir -p /app/var && chown cds /app/var
+USER cds
+
+EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=3s --retries=3 \
+    CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status != 200)"
+
+# Mount a production configuration over /app/hooks (trusted callers, public_base_url, database_url).
+CMD ["cds-service", "serve", "--host", "0.0.0.0", "--port", "8080", "--workers", "4"]

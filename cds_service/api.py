@@ -1,0 +1,118 @@
+"""The CDS Hooks HTTP endpoints: discovery, service calls, feedback, health.
+
+Thin on purpose: parse, hand over to ``hook_call`` or ``storage``, log one PHI-free line, answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+
+from cds_service.hook_call import answer_hook
+from cds_service.protocol import ProtocolError, feedback_item_errors, validate_feedback
+from cds_service.runtime import Runtime
+
+log = logging.getLogger("cds_service.api")
+bp = Blueprint("cds", __name__)
+
+
+def runtime() -> Runtime:
+    """The configuration this request runs on: taken once, so a reload mid-request changes nothing."""
+    if "runtime" not in g:
+        g.runtime = current_app.extensions["cds_runtime"]()
+    return g.runtime
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def json_body() -> Any:
+    """The request body as strict JSON, or a ProtocolError with the right status (415, 400)."""
+    mimetype = request.mimetype or ""
+    if not (mimetype == "application/json" or mimetype.endswith("+json")):
+        raise ProtocolError(415, None, "Content-Type must be application/json")
+    try:
+        return json.loads(request.get_data(cache=False), parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ProtocolError(400, None, f"body is not valid JSON: {error}") from None
+
+
+def caller_tenant() -> str | None:
+    caller = g.get("caller")
+    return getattr(caller, "tenant", None)
+
+
+@bp.get("/cds-services")
+def discovery() -> Response:
+    rt = runtime()
+    services = [
+        {
+            "hook": s.hook,
+            "id": s.id,
+            "title": s.title,
+            "description": s.description,
+            **({"usageRequirements": s.usage_requirements} if s.usage_requirements else {}),
+            "prefetch": rt.prefetch_templates,
+        }
+        for s in rt.config.services.values()
+    ]
+    return jsonify({"services": services})
+
+
+@bp.post("/cds-services/<service_id>")
+def call_service(service_id: str) -> Response | tuple[Response, int]:
+    rt = runtime()
+    service = rt.service(service_id)
+    if service is None:
+        raise ProtocolError(404, None, f"no CDS service with id {service_id!r}")
+    started = time.perf_counter()
+    body = json_body()
+    answer = answer_hook(body, service, rt)
+    cards = answer.body.get("cards", [])
+    if cards and rt.store is not None:
+        rt.store.record_shown(service.id, caller_tenant(), body["hookInstance"], cards)
+    log.info(
+        "hook call",
+        extra={
+            "service": service.id,
+            "hook_instance": body.get("hookInstance"),
+            "tenant": caller_tenant(),
+            "status": answer.status,
+            "findings": [item["id"] for c in cards for item in c["extension"].get("org.example.tacrolimus-cds.findings", [])],
+            "ms": round((time.perf_counter() - started) * 1000, 1),
+            **answer.notes,
+        },
+    )
+    return jsonify(answer.body), answer.status
+
+
+@bp.post("/cds-services/<service_id>/feedback")
+def feedback(service_id: str) -> tuple[Response, int]:
+    rt = runtime()
+    if rt.service(service_id) is None:
+        raise ProtocolError(404, None, f"no CDS service with id {service_id!r}")
+    body = json_body()
+    validate_feedback(body)
+    valid, problems = [], []
+    for index, item in enumerate(body["feedback"]):
+        error = feedback_item_errors(item, index=index)
+        if error:
+            problems.append(error)
+        else:
+            valid.append(item)
+    stored = rt.store.save_feedback(service_id, caller_tenant(), valid) if valid else 0
+    log.info("feedback", extra={"service": service_id, "tenant": caller_tenant(), "stored": stored,
+                                "rejected": len(problems)})  # fmt: skip
+    if problems:
+        return jsonify({"error": "some feedback items are invalid", "problems": problems, "stored": stored}), 400
+    return jsonify({"stored": stored}), 200
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    return jsonify({"status": "ok", "services": sorted(runtime().config.services)})

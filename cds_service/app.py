@@ -1,0 +1,122 @@
+"""Flask application factory: configuration, error handling, CORS and security headers around the blueprint."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from cds_service.config import Config, ConfigError, load_config
+from cds_service.protocol import ProtocolError
+from cds_service.runtime import Runtime
+
+log = logging.getLogger("cds_service.app")
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+}
+CORS_HEADERS = {
+    "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type",
+    "Access-Control-Max-Age": "600",
+}
+
+
+class RuntimeHolder:
+    """The current Runtime; ``reload`` swaps in a new one only if the new configuration is valid."""
+
+    def __init__(self, config_dir: str | Path | None, dev: bool, config: Config | None = None):
+        self.config_dir = config.directory if config else config_dir
+        self.dev = dev
+        self.current = Runtime.from_config(config or load_config(config_dir), dev=dev)
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Runtime:
+        return self.current
+
+    def reload(self) -> list[str]:
+        """Load the configuration again; on problems keep serving the last good one and return them."""
+        with self._lock:
+            try:
+                fresh = Runtime.from_config(load_config(self.config_dir), dev=self.dev)
+            except ConfigError as error:
+                log.error("configuration reload refused", extra={"problems": error.problems})
+                return error.problems
+            self.current = fresh  # in-flight requests keep the Runtime they started with
+            log.info("configuration reloaded", extra={"services": sorted(fresh.config.services)})
+            return []
+
+
+def create_app(config_dir: str | Path | None = None, dev: bool = False, config: Config | None = None) -> Flask:
+    """The service as a WSGI app, on ``config`` or the one read from ``config_dir``.
+
+    Raises ConfigError if the configuration is invalid.
+    """
+    app = Flask(__name__)
+    holder = RuntimeHolder(config_dir, dev, config)
+    app.extensions["cds_runtime"] = holder
+    app.config["MAX_CONTENT_LENGTH"] = holder.current.config.section("server")["max_body_bytes"]
+    app.json.sort_keys = False
+    app.json.compact = True
+
+    from cds_service.api import bp  # noqa: PLC0415 - the blueprint imports the app's collaborators
+
+    app.register_blueprint(bp)
+    _install_cors_and_headers(app, holder)
+    _install_error_handlers(app)
+    return app
+
+
+def _allowed_origin(holder: RuntimeHolder) -> str | None:
+    origin = request.headers.get("Origin")
+    if not origin:
+        return None
+    if holder.dev:
+        return origin
+    return origin if origin in (holder.current.config.section("server").get("cors_origins") or ()) else None
+
+
+def _install_cors_and_headers(app: Flask, holder: RuntimeHolder) -> None:
+    @app.before_request
+    def preflight() -> Response | None:
+        if request.method == "OPTIONS":
+            return Response(status=204)
+        return None
+
+    @app.after_request
+    def headers(response: Response) -> Response:
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        origin = _allowed_origin(holder)
+        if origin:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+            response.headers.update(CORS_HEADERS)
+        return response
+
+
+def _install_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ProtocolError)
+    def protocol_error(error: ProtocolError) -> tuple[Response, int]:
+        return jsonify(error.to_json()), error.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> tuple[Response, int]:
+        messages = {
+            404: "not found",
+            405: "method not allowed",
+            413: "request body too large",
+        }
+        return jsonify({"error": messages.get(error.code, error.name)}), error.code or 500
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception) -> tuple[Response, int]:
+        log.exception("unexpected error", extra={"path": request.path})
+        return jsonify({"error": "internal error"}), 500

@@ -1,0 +1,152 @@
+"""Answer one hook call: validate → trigger → gather the record → rules → cards.
+
+The one straight road of the service. Everything it calls is either pure (trigger, record, rules, cards) or
+bounded by the request's FHIR deadline (gather).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from cds_service.cards import apply_finding_settings, build_cards
+from cds_service.config import Service
+from cds_service.fhir_client import FhirClient, FhirError
+from cds_service.gather import Gathered, gather, run_parallel
+from cds_service.prefetch import KEY_BY_NAME
+from cds_service.protocol import validate_request
+from cds_service.record_builder import build_record
+from cds_service.rules import evaluate
+from cds_service.rules.model import Evaluation, RuleInput
+from cds_service.runtime import Runtime
+from cds_service.trigger import bundle_resolver, draft_resources, find_trigger_orders
+
+DATA_NAMES = {
+    "patient": "patient demographics",
+    "conditions": "problem list (Condition)",
+    "medications": "medication orders (MedicationRequest)",
+    "observations": "lab results and vital signs (Observation)",
+    "allergies": "allergy list (AllergyIntolerance)",
+}
+
+
+@dataclass
+class Answer:
+    status: int
+    body: dict[str, Any]
+    evaluation: Evaluation | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+    """PHI-free facts for the log line: trigger count, fetched keys, unavailable keys."""
+
+
+def operation_outcome(issues: Mapping[str, str], code: str = "not-found") -> dict[str, Any]:
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {"severity": "error", "code": code, "diagnostics": f"{DATA_NAMES.get(key, key)}: {why}",
+             "expression": [f"prefetch.{key}"]}
+            for key, why in issues.items()
+        ],
+    }  # fmt: skip
+
+
+def fhir_client_for(body: Mapping, runtime: Runtime, deadline: float) -> tuple[FhirClient | None, str]:
+    """A client for the request's fhirServer, or None with the reason it cannot be used."""
+    server = body.get("fhirServer")
+    auth = body.get("fhirAuthorization") if isinstance(body.get("fhirAuthorization"), Mapping) else None
+    if not isinstance(server, str) or not server:
+        return None, "no fhirServer in the request"
+    problem = runtime.fhir_server_problem(server)
+    if problem:
+        return None, problem
+    token = auth.get("access_token") if auth else None
+    if not token and not runtime.dev:
+        return None, "no fhirAuthorization in the request"
+    fhir = runtime.config.section("fhir")
+    client = FhirClient(
+        server, token, runtime.session, deadline, page_cap=fhir["page_cap"], max_bytes=fhir["max_response_bytes"]
+    )
+    return client, ""
+
+
+def _medication_resolver(body: Mapping, gathered: Gathered | None, client: FhirClient | None, runtime: Runtime):
+    """Resolve ``Medication/x``: from the request's resources first, then (bounded) from the FHIR server."""
+    known = list(draft_resources(body.get("context") or {}))
+    if gathered:
+        known += [r for resources in gathered.resources.values() for r in resources]
+    local = bundle_resolver(known)
+    wanted = set()
+    for resource in known:
+        ref = (resource.get("medicationReference") or {}).get("reference")
+        if isinstance(ref, str) and ref.startswith("Medication/") and local(ref) is None:
+            wanted.add(ref)
+    fetched: dict[str, object] = {}
+    if wanted and client is not None:
+        jobs = {ref: (lambda r=ref: client.read(r)) for ref in sorted(wanted)}
+        fetched, _ = run_parallel(jobs, client.deadline, runtime.executor)
+
+    def resolve(ref: str):
+        found = local(ref) or fetched.get(ref)
+        return found if isinstance(found, Mapping) else None
+
+    return resolve
+
+
+def answer_hook(body: Any, service: Service, runtime: Runtime, now: datetime | None = None) -> Answer:
+    validate_request(body, service.hook)
+    now = now or datetime.now(UTC)
+    context = body["context"]
+    deadline = time.monotonic() + runtime.config.section("fhir")["deadline_seconds"]
+    client, client_problem = fhir_client_for(body, runtime, deadline)
+
+    try:
+        triggers = find_trigger_orders(
+            context, service.hook, runtime.terminology, _medication_resolver(body, None, client, runtime)
+        )
+    except FhirError:
+        triggers = []
+    if not triggers:
+        return Answer(200, {"cards": []}, notes={"triggers": 0})
+
+    gathered = gather(body.get("prefetch"), runtime.prefetch_templates, context, client, runtime.executor,
+                      client_problem or "no fhirServer in the request")  # fmt: skip
+    notes = {"triggers": len(triggers), "fetched": sorted(gathered.fetched), "unavailable": sorted(gathered.unavailable)}
+    if gathered.missing_required:
+        return Answer(412, operation_outcome(gathered.missing_required), notes=notes)
+
+    resources = gathered.resources
+    stored_orders = [r for r in resources.get("medications", ()) if r.get("resourceType") == "MedicationRequest"]
+    record = build_record(
+        terminology=runtime.terminology,
+        now=now,
+        patient=(resources.get("patient") or [None])[0],
+        conditions=[r for r in resources.get("conditions", ()) if r.get("resourceType") == "Condition"],
+        medications=stored_orders,
+        drafts=draft_resources(context),
+        trigger_ids={str(t.get("id")) for t in triggers},
+        allergies=[r for r in resources.get("allergies", ()) if r.get("resourceType") == "AllergyIntolerance"],
+        observations=[r for r in resources.get("observations", ()) if r.get("resourceType") == "Observation"],
+        resolve=_medication_resolver(body, gathered, client, runtime),
+        unavailable={KEY_BY_NAME[k].resource_type for k in gathered.unavailable},
+    )
+    settings = service.settings
+    evaluation = evaluate(
+        RuleInput(
+            record=record,
+            orders=tuple(m for m in record.medications if m.is_trigger),
+            thresholds=settings["thresholds"],
+            scope=settings["scope"],
+        )
+    )
+    not_checked = {DATA_NAMES[k]: why for k, why in {**gathered.unavailable, **gathered.incomplete}.items()}
+    cards = build_cards(
+        apply_finding_settings(evaluation.findings, settings),
+        record,
+        settings,
+        stored_orders={f"MedicationRequest/{r.get('id')}": r for r in stored_orders},
+        not_checked=not_checked,
+    )
+    return Answer(200, {"cards": cards}, evaluation=evaluation, notes=notes)

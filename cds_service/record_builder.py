@@ -1,0 +1,355 @@
+"""Build the PatientRecord from FHIR R4 JSON.
+
+Two passes keep it fast and safe:
+
+1. Raw JSON is filtered by code: only resources whose codes belong to a value set the rules use go on
+   (a patient's record is mostly irrelevant to tacrolimus; parsing all of it is 15-30x slower).
+2. What is left is validated one resource at a time with ``fhir.resources`` (R4B models read R4 data). A
+   resource that fails is skipped and reported; it never sinks the request. Observations are validated lazily,
+   when a rule reads them (see ``LabSeries``).
+
+Draft orders from ``context.draftOrders`` are read leniently from raw JSON: EHRs send them in older FHIR shapes,
+and only their identity, drug and status matter.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, date, datetime
+from typing import Any
+
+from fhir.resources.R4B.allergyintolerance import AllergyIntolerance as FhirAllergy
+from fhir.resources.R4B.condition import Condition as FhirCondition
+from fhir.resources.R4B.medicationrequest import MedicationRequest as FhirMedicationRequest
+from fhir.resources.R4B.observation import Observation as FhirObservation
+from fhir.resources.R4B.patient import Patient as FhirPatient
+from pydantic import ValidationError
+
+from cds_service.record import (
+    Allergy,
+    Condition,
+    LabSeries,
+    LabValue,
+    Medication,
+    Patient,
+    PatientRecord,
+    Period,
+    RawLab,
+    Unusable,
+)
+from cds_service.terminology import Terminology
+from cds_service.trigger import DrugName, Resolver, drug_name, is_systemic_tacrolimus
+from cds_service.units import to_canonical
+
+LAB_GROUPS = (
+    "creatinine", "egfr", "upcr", "tacrolimus-level", "potassium", "magnesium", "glucose", "glucose-fasting",
+    "hba1c", "systolic-bp", "diastolic-bp", "hcg-qualitative", "hcg-quantitative", "pregnancy-status", "edd",
+    "breastfeeding-status", "igg", "hbsag",
+)  # fmt: skip
+BP_PANEL = "blood-pressure"
+BP_COMPONENT_GROUPS = ("systolic-bp", "diastolic-bp")
+NOT_RESULTS = frozenset({"entered-in-error", "cancelled"})
+NOT_EXPOSURE = frozenset({"entered-in-error", "cancelled", "draft"})
+INACTIVE_CLINICAL = frozenset({"inactive", "remission", "resolved"})
+NOT_CONFIRMED = frozenset({"refuted", "entered-in-error"})
+POSITIVE_TEXT = re.compile(r"^\s*(positive|detected|reactive|pos|yes)\b", re.I)
+NEGATIVE_TEXT = re.compile(r"^\s*(negative|not detected|non-?reactive|neg|no)\b", re.I)
+POSITIVE_INTERPRETATION = frozenset({"POS", "DET"})
+NEGATIVE_INTERPRETATION = frozenset({"NEG", "ND"})
+
+
+def parse_when(value: Any) -> datetime | None:
+    """A FHIR date, dateTime or instant (also partial: ``2026``, ``2026-05``) as an aware UTC datetime."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    if not isinstance(value, str) or len(value) < 4:
+        return None
+    text = value.strip()
+    if len(text) == 4 and text.isdigit():
+        text += "-01-01"
+    elif len(text) == 7:
+        text += "-01"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _code(concept: Any) -> str | None:
+    """The first coding's code of a CodeableConcept dict (status fields)."""
+    if isinstance(concept, Mapping):
+        for coding in concept.get("coding") or ():
+            if isinstance(coding, Mapping) and isinstance(coding.get("code"), str):
+                return coding["code"]
+    return None
+
+
+def _name(concept: Any, fallback: str) -> str:
+    if isinstance(concept, Mapping):
+        if isinstance(concept.get("text"), str):
+            return concept["text"]
+        for coding in concept.get("coding") or ():
+            if isinstance(coding, Mapping) and isinstance(coding.get("display"), str):
+                return coding["display"]
+    return fallback
+
+
+def _reason(error: ValidationError) -> str:
+    first = error.errors()[0] if error.errors() else {}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "__root__")
+    return f"not valid FHIR R4: {where}: {first.get('msg', 'invalid')}" if where else "not valid FHIR R4"
+
+
+def _validated(model: Any, raw: Mapping, skipped: list[Unusable]) -> bool:
+    try:
+        model.model_validate(raw)
+    except ValidationError as error:
+        skipped.append(Unusable(f"{raw.get('resourceType')}/{raw.get('id')}", _reason(error)))
+        return False
+    except (TypeError, ValueError) as error:  # fhir.resources raises these for some malformed primitives
+        skipped.append(Unusable(f"{raw.get('resourceType')}/{raw.get('id')}", f"not valid FHIR R4: {error}"[:200]))
+        return False
+    return True
+
+
+class RecordBuilder:
+    """Turns the gathered resources of one request into a PatientRecord."""
+
+    def __init__(self, terminology: Terminology, now: datetime):
+        self.terminology = terminology
+        self.now = now
+        self.skipped: list[Unusable] = []
+
+    # --- patient -------------------------------------------------------------------------------------------
+    def patient(self, raw: Mapping | None) -> Patient | None:
+        if not isinstance(raw, Mapping) or raw.get("resourceType") != "Patient":
+            return None
+        if not _validated(FhirPatient, raw, self.skipped):
+            return Patient(id=str(raw.get("id", "")))
+        born = parse_when(raw.get("birthDate")) if len(str(raw.get("birthDate", ""))) == 10 else None
+        gender = raw.get("gender") if isinstance(raw.get("gender"), str) else None
+        return Patient(id=str(raw.get("id", "")), gender=gender, birth_date=born.date() if born else None)
+
+    # --- conditions ----------------------------------------------------------------------------------------
+    def conditions(self, resources: Iterable[Mapping]) -> list[Condition]:
+        found = []
+        for raw in resources:
+            concepts = self.terminology.concepts_of_concept(raw.get("code"))
+            if not concepts or not _validated(FhirCondition, raw, self.skipped):
+                continue
+            clinical = _code(raw.get("clinicalStatus"))
+            verification = _code(raw.get("verificationStatus"))
+            found.append(
+                Condition(
+                    id=str(raw.get("id", "")),
+                    concepts=concepts,
+                    name=_name(raw.get("code"), "condition"),
+                    active=clinical not in INACTIVE_CLINICAL and verification not in NOT_CONFIRMED,
+                    onset=parse_when(raw.get("onsetDateTime") or (raw.get("onsetPeriod") or {}).get("start")),
+                    recorded=parse_when(raw.get("recordedDate")),
+                )
+            )
+        return found
+
+    # --- medications ---------------------------------------------------------------------------------------
+    def _drug_concepts(self, name: DrugName) -> frozenset[str]:
+        concepts = self.terminology.concepts(name.codings)
+        if "tacrolimus" not in concepts and is_systemic_tacrolimus(name, self.terminology):
+            concepts = concepts | {"tacrolimus"}  # the trigger's text fallback names tacrolimus everywhere
+        return concepts
+
+    def _exposure(self, status: str, raw: Mapping) -> Period | None:
+        if status in NOT_EXPOSURE:
+            return None
+        validity = (raw.get("dispenseRequest") or {}).get("validityPeriod") or {}
+        start = parse_when(raw.get("authoredOn")) or parse_when(validity.get("start"))
+        if start is None or start > self.now:
+            return None
+        end = parse_when(validity.get("end"))
+        if end is None:
+            end = self.now if status in ("active", "on-hold") else start
+        return Period(start, max(start, min(end, self.now)))
+
+    def medications(
+        self, stored: Iterable[Mapping], drafts: Iterable[Mapping], trigger_ids: set[str], resolve: Resolver
+    ) -> list[Medication]:
+        found = []
+        for raw, is_draft in [(r, False) for r in stored] + [(r, True) for r in drafts]:
+            if raw.get("resourceType") not in ("MedicationRequest", "MedicationOrder"):
+                continue
+            name = drug_name(raw, resolve)
+            concepts = self._drug_concepts(name)
+            if not concepts:
+                continue
+            if not is_draft and not _validated(FhirMedicationRequest, raw, self.skipped):
+                continue
+            status = raw.get("status") if isinstance(raw.get("status"), str) else "unknown"
+            if is_draft:
+                status = "draft"  # a draft order of this session is active for the rules, whatever it says
+            prior = (raw.get("priorPrescription") or {}).get("reference")
+            found.append(
+                Medication(
+                    id=str(raw.get("id", "")),
+                    concepts=concepts,
+                    name=name.text.strip() or "medication",
+                    status=status,
+                    authored=parse_when(raw.get("authoredOn")),
+                    exposure=None if is_draft else self._exposure(status, raw),
+                    is_draft=is_draft,
+                    is_trigger=is_draft and str(raw.get("id")) in trigger_ids,
+                    prior_prescription=prior.rsplit("/", 1)[-1] if isinstance(prior, str) else None,
+                )
+            )
+        return found
+
+    # --- allergies -----------------------------------------------------------------------------------------
+    def allergies(self, resources: Iterable[Mapping]) -> list[Allergy]:
+        found = []
+        for raw in resources:
+            concepts = self.terminology.concepts_of_concept(raw.get("code"))
+            if not concepts or not _validated(FhirAllergy, raw, self.skipped):
+                continue
+            clinical = _code(raw.get("clinicalStatus"))
+            verification = _code(raw.get("verificationStatus"))
+            found.append(
+                Allergy(
+                    id=str(raw.get("id", "")),
+                    concepts=concepts,
+                    name=_name(raw.get("code"), "allergy"),
+                    active=clinical not in ("inactive", "resolved") and verification not in NOT_CONFIRMED,
+                )
+            )
+        return found
+
+    # --- observations --------------------------------------------------------------------------------------
+    def lab_series(self, resources: Iterable[Mapping]) -> dict[str, LabSeries]:
+        """Index Observations by lab group on raw JSON; validation waits until a rule reads a value."""
+        raw_by_group: dict[str, list[RawLab]] = defaultdict(list)
+        for raw in resources:
+            if raw.get("status") in NOT_RESULTS:
+                continue
+            concepts = self.terminology.concepts_of_concept(raw.get("code"))
+            groups = [g for g in LAB_GROUPS if g in concepts]
+            if BP_PANEL in concepts or not groups:
+                groups += [g for g in BP_COMPONENT_GROUPS if g not in groups and self._component(raw, g)]
+            if not groups:
+                continue
+            when = parse_when(
+                raw.get("effectiveDateTime")
+                or raw.get("effectiveInstant")
+                or (raw.get("effectivePeriod") or {}).get("start")
+                or raw.get("issued")
+            )
+            if when is None:
+                self.skipped.append(Unusable(f"Observation/{raw.get('id')}", "no effective date"))
+                continue
+            for group in groups:
+                raw_by_group[group].append(RawLab(when, raw))
+        return {group: LabSeries(group, entries, self._parse_lab) for group, entries in raw_by_group.items()}
+
+    def _component(self, raw: Mapping, group: str) -> Mapping | None:
+        for component in raw.get("component") or ():
+            if isinstance(component, Mapping) and group in self.terminology.concepts_of_concept(
+                component.get("code")
+            ):
+                return component
+        return None
+
+    def _parse_lab(self, group: str, entry: RawLab) -> LabValue | Unusable:
+        raw = entry.resource
+        reference = f"Observation/{raw.get('id')}"
+        skipped: list[Unusable] = []
+        if not _validated(FhirObservation, raw, skipped):
+            return skipped[0]
+        holder = raw
+        concepts = self.terminology.concepts_of_concept(raw.get("code"))
+        if group in BP_COMPONENT_GROUPS and group not in concepts:
+            holder = self._component(raw, group) or {}
+        code = self._group_code(holder.get("code"), group)
+        day = entry.when.date().isoformat()
+        quantity = holder.get("valueQuantity")
+        if isinstance(quantity, Mapping) and quantity.get("value") is not None:
+            value, unit = float(quantity["value"]), quantity.get("code") or quantity.get("unit")
+            original = f"{quantity['value']} {quantity.get('unit') or quantity.get('code') or ''}".strip()
+            converted = to_canonical(group, value, unit, code)
+            if converted is None:
+                return Unusable(reference, f"{group} on {day} in unit {unit or '(none)'!r} could not be used")
+            return LabValue(raw.get("id", ""), code, entry.when, converted[0], converted[1], original=original)
+        if isinstance(holder.get("valueDateTime"), str):
+            return LabValue(raw.get("id", ""), code, entry.when, None, None, answer=holder["valueDateTime"][:10],
+                            original=holder["valueDateTime"])  # fmt: skip
+        answer = self._answer(holder)
+        if answer is None:
+            return Unusable(reference, f"{group} on {day} has no usable value")
+        return LabValue(raw.get("id", ""), code, entry.when, None, None, answer=answer, original=answer)
+
+    def _group_code(self, concept: Any, group: str) -> str:
+        for coding in (concept or {}).get("coding") or ():
+            if isinstance(coding, Mapping) and self.terminology.contains(
+                group, str(coding.get("system")), str(coding.get("code"))
+            ):
+                return str(coding["code"])
+        return ""
+
+    def _answer(self, holder: Mapping) -> str | None:
+        """A qualitative result: "positive", "negative", or the (SNOMED) code of a coded answer."""
+        concept = holder.get("valueCodeableConcept")
+        if isinstance(concept, Mapping):
+            concepts = self.terminology.concepts_of_concept(concept)
+            if "qualitative-positive" in concepts:
+                return "positive"
+            if "qualitative-negative" in concepts:
+                return "negative"
+            if "lactation" in concepts:  # breastfeeding status answered with a lactation finding
+                return "positive"
+            code = _code(concept)
+            if code:
+                return code
+        text = holder.get("valueString") or (holder.get("valueCodeableConcept") or {}).get("text")
+        if isinstance(text, str):
+            if NEGATIVE_TEXT.match(text):
+                return "negative"
+            if POSITIVE_TEXT.match(text):
+                return "positive"
+        if isinstance(holder.get("valueBoolean"), bool):
+            return "positive" if holder["valueBoolean"] else "negative"
+        interpretations = {
+            _code(i) for i in holder.get("interpretation") or () if isinstance(i, Mapping)
+        }  # fmt: skip
+        if interpretations & POSITIVE_INTERPRETATION:
+            return "positive"
+        if interpretations & NEGATIVE_INTERPRETATION:
+            return "negative"
+        return None
+
+
+def build_record(
+    *,
+    terminology: Terminology,
+    now: datetime,
+    patient: Mapping | None,
+    conditions: Sequence[Mapping] = (),
+    medications: Sequence[Mapping] = (),
+    drafts: Sequence[Mapping] = (),
+    trigger_ids: Iterable[str] = (),
+    allergies: Sequence[Mapping] = (),
+    observations: Sequence[Mapping] = (),
+    resolve: Resolver | None = None,
+    unavailable: Iterable[str] = (),
+) -> PatientRecord:
+    builder = RecordBuilder(terminology, now)
+    return PatientRecord(
+        now=now,
+        patient=builder.patient(patient),
+        conditions=tuple(builder.conditions(conditions)),
+        medications=tuple(builder.medications(medications, drafts, set(trigger_ids), resolve or (lambda r: None))),
+        allergies=tuple(builder.allergies(allergies)),
+        labs=builder.lab_series(observations),
+        skipped=tuple(builder.skipped),
+        unavailable=frozenset(unavailable),
+    )

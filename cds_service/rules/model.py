@@ -1,0 +1,89 @@
+"""Plain data passed into and out of the rules: no Flask, no HTTP, no clock."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from cds_service.record import Medication, PatientRecord
+
+INDICATOR_RANK = {"info": 0, "warning": 1, "critical": 2}
+
+TOPICS = ("pregnancy", "salvage-context", "nephrotoxicity-monitoring")
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One datum a finding used, shown on the card: ``Creatinine 1.6 mg/dL on 2026-11-02 (Observation/cr-3)``."""
+
+    label: str
+    value: str
+    when: datetime | None = None
+    reference: str | None = None
+
+
+@dataclass(frozen=True)
+class OrderLabs:
+    """Suggest ordering these labs: each a (LOINC code, display) pair."""
+
+    labs: tuple[tuple[str, str], ...]
+    label: str
+
+
+@dataclass(frozen=True)
+class StopMedication:
+    """Suggest stopping an order: a draft is deleted, a stored order is updated to ``stopped``."""
+
+    medication: Medication
+    label: str
+
+
+Suggestion = OrderLabs | StopMedication
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A rule that fired. ``id`` is the catalog id (P1...N11) that tests, feedback and configuration use."""
+
+    id: str
+    topic: str
+    indicator: str
+    summary: str
+    """One clause naming the problem; the card summary is built from the most serious finding's (< 120 chars)."""
+    detail: str
+    """Markdown sentence(s): what was found, why it matters, what to do."""
+    citations: tuple[str, ...]
+    """Keys of ``cds_service.rules.citations.CITATIONS``."""
+    evidence: tuple[Evidence, ...] = ()
+    missing: tuple[str, ...] = ()
+    """Data that was looked for and not found, in words: ``"no potassium in the last 30 days"``."""
+    suggestions: tuple[Suggestion, ...] = ()
+
+
+@dataclass(frozen=True)
+class Quiet:
+    """A rule that did not fire, and why: what ``cds-service explain`` prints."""
+
+    id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RuleInput:
+    record: PatientRecord
+    orders: tuple[Medication, ...]
+    """The triggering tacrolimus orders (already in ``record.medications`` with ``is_trigger``)."""
+    thresholds: Mapping[str, Any]
+    scope: str = "lupus"
+
+    @property
+    def now(self) -> datetime:
+        return self.record.now
+
+
+@dataclass
+class Evaluation:
+    findings: list[Finding] = field(default_factory=list)
+    quiet: list[Quiet] = field(default_factory=list)

@@ -1,0 +1,267 @@
+"""Pregnancy suitability (P1-P6): is tacrolimus right for a patient who is, may become, or was recently pregnant?
+
+Tacrolimus itself is pregnancy-compatible; the findings are about what comes with it: teratogens still active,
+mycophenolate without a pregnancy test, breastfeeding, hypertension and the falling trough of pregnancy.
+"""
+
+from __future__ import annotations
+
+from cds_service.rules.common import (
+    PREGNANCY_NEEDS,
+    active_orders,
+    bp_readings,
+    capital,
+    condition_evidence,
+    exposure,
+    finding,
+    lab_evidence,
+    lactation_status,
+    medication_evidence,
+    merge_needs,
+    names,
+    num,
+    on,
+    pregnancy_status,
+    quiet,
+    threshold,
+    unavailable,
+    unusable_in,
+    window_start,
+    words,
+)
+from cds_service.rules.model import Finding, OrderLabs, Quiet, RuleInput, StopMedication
+
+TERATOGEN_CONCEPTS = ("teratogens", "mycophenolate", "cyclophosphamide", "methotrexate")
+HCG_GROUPS = ("hcg-qualitative", "hcg-quantitative")
+URINE_HCG = ("2106-3", "Choriogonadotropin (pregnancy test) [Presence] in Urine")
+TACROLIMUS_LEVEL = ("11253-2", "Tacrolimus [Mass/volume] in Blood")
+
+NEEDS = merge_needs(
+    PREGNANCY_NEEDS,
+    {
+        "Patient": (),
+        "Condition": ("pregnancy-hypertension", "lactation"),
+        "Observation": ("breastfeeding-status", "blood-pressure", "systolic-bp", "diastolic-bp", "tacrolimus-level"),
+        "MedicationRequest": ("tacrolimus", *TERATOGEN_CONCEPTS),
+    },
+)
+
+
+def p1_pregnant(inp: RuleInput) -> Finding | Quiet:
+    status = pregnancy_status(inp.record, inp.thresholds)
+    if not status.present:
+        return quiet("P1", status.why_not("pregnancy"), status.missing)
+    return finding(
+        "P1",
+        "info",
+        "Pregnancy documented: tacrolimus is compatible but needs closer monitoring",
+        f"Pregnancy is documented ({status.text}). Tacrolimus is considered compatible with pregnancy "
+        "(ACR 2020, BSR 2022), and the source article sees a place for it in lupus nephritis flares during "
+        "pregnancy. Levels fall as pregnancy advances and low albumin raises the unbound fraction, so check the "
+        "trough, blood pressure, glucose, potassium and creatinine more often (trough every 2–4 weeks) and "
+        "coordinate care with maternal-fetal medicine.",
+        ("acr-2020-reproductive", "bsr-2022", "fomin-roberts-2016", "hebert-2013"),
+        evidence=status.evidence,
+        missing=status.missing,
+    )
+
+
+def p2_teratogen_in_pregnancy(inp: RuleInput) -> Finding | Quiet:
+    record = inp.record
+    status = pregnancy_status(record, inp.thresholds)
+    if not status.present:
+        return quiet("P2", status.why_not("pregnancy"), status.missing)
+    teratogens = active_orders(record, *TERATOGEN_CONCEPTS)
+    if not teratogens:
+        return quiet(
+            "P2",
+            "pregnant, but no active mycophenolate, cyclophosphamide, methotrexate or leflunomide order",
+            unavailable(record, "MedicationRequest"),
+        )
+    them = "it" if len(teratogens) == 1 else "them"
+    washout = (
+        " Leflunomide also needs a cholestyramine washout."
+        if any("leflunomide" in m.name.lower() for m in teratogens)
+        else ""
+    )
+    return finding(
+        "P2",
+        "critical",
+        f"Teratogen active in pregnancy: {_short(teratogens)}",
+        f"Pregnancy is documented ({status.text}) while {names(teratogens)} "
+        f"{'is' if len(teratogens) == 1 else 'are'} active. Mycophenolate, cyclophosphamide, methotrexate and "
+        f"leflunomide are not compatible with pregnancy (ACR 2020): stop {them} and agree the plan with "
+        f"maternal-fetal medicine; tacrolimus and azathioprine are pregnancy-compatible alternatives.{washout}",
+        ("acr-2020-reproductive", "bsr-2022"),
+        evidence=[*status.evidence, *(medication_evidence(m) for m in teratogens)],
+        missing=status.missing,
+        suggestions=[
+            StopMedication(m, f"Remove the draft {m.name} order" if m.is_draft else f"Stop {m.name}")
+            for m in teratogens
+        ],
+    )
+
+
+def p3_mycophenolate_without_hcg(inp: RuleInput) -> Finding | Quiet:
+    record = inp.record
+    patient = record.patient
+    missing: list[str] = unavailable(record, "Patient")
+    sex = patient.gender if patient else None
+    if sex == "male":
+        return quiet("P3", "the patient's recorded sex is male")
+    if sex != "female":
+        missing.append("sex not recorded as female or male")
+    low, high = threshold(inp, "pregnancy_capable_age")
+    age = patient.age_on(inp.now.date()) if patient else None
+    if age is not None and not low <= age <= high:
+        return quiet("P3", f"age {age} is outside the {num(low)}–{num(high)} band")
+    if age is None:
+        missing.append("birth date not recorded")
+    status = pregnancy_status(record, inp.thresholds)
+    if status.present:
+        return quiet("P3", f"pregnancy is documented ({status.text}); P1/P2 apply instead")
+    mycophenolate = active_orders(record, "mycophenolate")
+    if not mycophenolate:
+        return quiet("P3", "no active or drafted mycophenolate order", unavailable(record, "MedicationRequest"))
+    days = threshold(inp, "mycophenolate_hcg_days")
+    since = window_start(inp.now, days)
+    tests = sorted(
+        (v for group in HCG_GROUPS for v in record.lab(group).values(since=since)),
+        key=lambda v: v.when,
+        reverse=True,
+    )
+    if tests:
+        return quiet("P3", f"hCG {on(tests[0])} is within the last {num(days)} days")
+    missing = [
+        f"no hCG result in the last {num(days)} days",
+        *(reason for group in HCG_GROUPS for reason in unusable_in(record.lab(group), since)),
+        *unavailable(record, "Observation"),
+        *missing,
+    ]
+    who = "a woman" if sex == "female" else "a patient"
+    who += f" aged {age}" if age is not None else ""
+    return finding(
+        "P3",
+        "info",
+        f"Mycophenolate without a pregnancy test in the last {num(days)} days",
+        f"{capital(names(mycophenolate))} is {'being ordered' if all(m.is_draft for m in mycophenolate) else 'active'} "
+        f"for {who}, with no hCG result in the last {num(days)} days. Mycophenolate must be stopped at least "
+        "6 weeks before conception (ACR 2020): confirm a negative pregnancy test and review contraception and "
+        "pregnancy plans. A urine test is suggested: it is quick and uses the urine sample the UPCR needs.",
+        ("acr-2020-reproductive",),
+        evidence=[medication_evidence(m) for m in mycophenolate],
+        missing=missing,
+        suggestions=[OrderLabs((URINE_HCG,), "Order a urine pregnancy test (hCG)")],
+    )
+
+
+def p4_breastfeeding(inp: RuleInput) -> Finding | Quiet:
+    status = lactation_status(inp.record, inp.thresholds)
+    if not status.present:
+        return quiet("P4", status.why_not("breastfeeding"), status.missing)
+    return finding(
+        "P4",
+        "info",
+        "Breastfeeding: tacrolimus is compatible per ACR 2020 and BSR 2022",
+        f"Breastfeeding is documented ({status.text}). Tacrolimus is compatible with breastfeeding per "
+        "ACR 2020 and BSR 2022, as very little passes into breast milk (Hebert 2013). The older Prograf label "
+        "advised against breastfeeding, so label and guidelines disagree; this advice follows the guidelines.",
+        ("acr-2020-reproductive", "bsr-2022", "hebert-2013", "prograf-label"),
+        evidence=status.evidence,
+        missing=status.missing,
+    )
+
+
+def p5_hypertension_in_pregnancy(inp: RuleInput) -> Finding | Quiet:
+    record = inp.record
+    status = pregnancy_status(record, inp.thresholds)
+    if not status.present:
+        return quiet("P5", status.why_not("pregnancy"), status.missing)
+    systolic_limit, diastolic_limit = threshold(inp, "bp_info")
+    days = threshold(inp, "pregnancy_bp_days")
+    readings, gaps = bp_readings(record, window_start(inp.now, days))
+    high = [
+        r
+        for r in readings
+        if (r.sbp is not None and r.sbp >= systolic_limit) or (r.dbp is not None and r.dbp >= diastolic_limit)
+    ]
+    conditions = record.active_conditions("pregnancy-hypertension")
+    limit = f"{num(systolic_limit)}/{num(diastolic_limit)}"
+    if not high and not conditions:
+        if readings:
+            reason = f"pregnant; newest blood pressure {readings[0].on()} is below {limit}"
+        else:
+            reason = f"pregnant, but no blood pressure in the last {num(days)} days"
+        reason += " and no pre-eclampsia or gestational hypertension condition"
+        return quiet("P5", reason, [*gaps, *unavailable(record, "Observation")])
+    found = [f"blood pressure {r.on()}" for r in high[:3]]
+    found += [f"{c.name} on the problem list" for c in conditions]
+    return finding(
+        "P5",
+        "warning",
+        f"Hypertension in pregnancy: {found[0]}",
+        f"Pregnant ({status.text}) with {words(found)}. Calcineurin inhibitors can raise blood pressure: assess "
+        "for pre-eclampsia versus a lupus nephritis flare (proteinuria, blood pressure and complement/anti-dsDNA "
+        "trends together) and involve maternal-fetal medicine before adjusting tacrolimus.",
+        ("prograf-label", "acr-2020-reproductive"),
+        evidence=[
+            *status.evidence,
+            *(e for r in high[:3] for e in r.evidence()),
+            *(condition_evidence(c) for c in conditions),
+        ],
+        missing=[*status.missing, *gaps],
+    )
+
+
+def p6_pregnancy_trough(inp: RuleInput) -> Finding | Quiet:
+    record = inp.record
+    status = pregnancy_status(record, inp.thresholds)
+    if not status.present:
+        return quiet("P6", status.why_not("pregnancy"), status.missing)
+    tacrolimus = exposure(record, "tacrolimus")
+    if not tacrolimus.any:
+        return quiet(
+            "P6", "pregnant, but no earlier tacrolimus exposure on record (a new start)",
+            unavailable(record, "MedicationRequest"),
+        )  # fmt: skip
+    days = threshold(inp, "pregnancy_trough_days")
+    since = window_start(inp.now, days)
+    series = record.lab("tacrolimus-level")
+    level = series.newest(since=since)
+    if level is not None:
+        return quiet("P6", f"pregnant; tacrolimus level {on(level)} is within the last {num(days)} days")
+    last = series.newest()
+    last_text = f" (last: {on(last)})" if last else ""
+    return finding(
+        "P6",
+        "info",
+        f"Pregnant on tacrolimus with no trough in {num(days)} days",
+        f"Pregnant ({status.text}) and on tacrolimus since {tacrolimus.start.isoformat()}, with no tacrolimus "
+        f"level in the last {num(days)} days{last_text}. Whole-blood levels fall as pregnancy advances "
+        "(transplant series needed dose increases of 20–25% or more) while low albumin raises the unbound "
+        "fraction: check a trough now and every 2–4 weeks, and read it together with the albumin.",
+        ("hebert-2013", "pregnancy-dose-cohort"),
+        evidence=[*status.evidence, *tacrolimus.evidence(), *([] if last is None else [lab_evidence("Tacrolimus level", last)])],
+        missing=[
+            f"no tacrolimus level in the last {num(days)} days",
+            *unusable_in(series, since),
+            *unavailable(record, "Observation"),
+            *status.missing,
+        ],
+        suggestions=[OrderLabs((TACROLIMUS_LEVEL,), "Order a tacrolimus trough level")],
+    )
+
+
+def _short(meds) -> str:
+    first = meds[0].name
+    return first if len(meds) == 1 else f"{first} and {len(meds) - 1} more"
+
+
+RULES = {
+    "P1": p1_pregnant,
+    "P2": p2_teratogen_in_pregnancy,
+    "P3": p3_mycophenolate_without_hcg,
+    "P4": p4_breastfeeding,
+    "P5": p5_hypertension_in_pregnancy,
+    "P6": p6_pregnancy_trough,
+}

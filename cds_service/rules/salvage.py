@@ -1,0 +1,379 @@
+"""Salvage context (S0-S7): why tacrolimus now, for a patient with lupus nephritis?
+
+The source article sees tacrolimus's place after mycophenolate or cyclophosphamide has failed, when rituximab
+cannot be used, or in pregnancy, and calls it "a bridge, not a destination". These findings put that context
+on the card; they never apply without active lupus nephritis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+
+from cds_service.record import Allergy
+from cds_service.rules.common import (
+    PREGNANCY_NEEDS,
+    active_orders,
+    capital,
+    condition_evidence,
+    day_start,
+    exposure,
+    finding,
+    has_lupus_nephritis,
+    in_months,
+    lab_evidence,
+    medication_evidence,
+    merge_needs,
+    months_as_days,
+    names,
+    newest_number,
+    newest_recent,
+    num,
+    on,
+    percent,
+    pregnancy_status,
+    quiet,
+    threshold,
+    unavailable,
+    unusable_in,
+    words,
+)
+from cds_service.rules.model import Evidence, Finding, Quiet, RuleInput
+
+NEEDS = merge_needs(
+    PREGNANCY_NEEDS,
+    {
+        "Condition": ("lupus-nephritis", "lupus-nephritis-class-v", "hepatitis-b", "hypogammaglobulinemia"),
+        "Observation": ("upcr", "egfr", "hbsag", "igg"),
+        "MedicationRequest": ("tacrolimus", "mycophenolate", "cyclophosphamide", "other-calcineurin-inhibitors"),
+        "AllergyIntolerance": ("rituximab",),
+    },
+)
+
+NO_LUPUS_NEPHRITIS = "no active lupus nephritis condition: the salvage context applies only to lupus nephritis"
+
+
+def needs_lupus_nephritis(rule: Callable[[RuleInput], Finding | Quiet]) -> Callable[[RuleInput], Finding | Quiet]:
+    """Every salvage finding is about lupus nephritis; without it the rule stays quiet and says why."""
+    rule_id = rule.__name__[:2].upper()
+
+    def checked(inp: RuleInput) -> Finding | Quiet:
+        if not has_lupus_nephritis(inp.record):
+            return quiet(rule_id, NO_LUPUS_NEPHRITIS, unavailable(inp.record, "Condition"))
+        return rule(inp)
+
+    checked.__name__ = rule.__name__
+    checked.__doc__ = rule.__doc__
+    return checked
+
+
+@needs_lupus_nephritis
+def s0_first_agent(inp: RuleInput) -> Finding | Quiet:
+    """Tacrolimus before either anchor drug: the North American debate."""
+    record = inp.record
+    anchors = exposure(record, "mycophenolate", "cyclophosphamide")
+    if anchors.any:
+        return quiet("S0", f"earlier anchor-drug exposure on record: {names(anchors.orders)}")
+    drafted = active_orders(record, "mycophenolate")
+    alongside = (
+        f" {capital(names(drafted))} is ordered alongside, which matches that combination."
+        if drafted
+        else " Consider whether mycophenolate should be part of the plan."
+    )
+    return finding(
+        "S0",
+        "info",
+        "Tacrolimus as first agent for lupus nephritis is debated",
+        "No earlier mycophenolate or cyclophosphamide is on record, so tacrolimus would be a first agent. The "
+        "source article notes that this role is debated for North American patients (the trials enrolled "
+        "mainly Chinese patients); KDIGO 2024, ACR 2024 and EULAR 2023 place a calcineurin inhibitor together "
+        f"with mycophenolate rather than alone.{alongside}",
+        ("fomin-roberts-2016", "kdigo-2024", "acr-2024-ln", "eular-2023"),
+        evidence=[medication_evidence(m) for m in drafted],
+        missing=unavailable(record, "MedicationRequest"),
+    )
+
+
+@needs_lupus_nephritis
+def s1_mycophenolate_failure(inp: RuleInput) -> Finding | Quiet:
+    """Inadequate response after at least 6 months of mycophenolate (common decision 9)."""
+    record = inp.record
+    mmf = exposure(record, "mycophenolate")
+    if not mmf.any:
+        return quiet("S1", "no mycophenolate exposure on record", unavailable(record, "MedicationRequest"))
+    months = threshold(inp, "mycophenolate_failure_months")
+    needed = months_as_days(inp.now, months)
+    if mmf.days < needed:
+        return quiet(
+            "S1",
+            f"mycophenolate exposure totals {mmf.days} days ({in_months(mmf.days)}), less than "
+            f"{num(months)} months ({num(needed)} days)",
+        )
+    series = record.lab("upcr")
+    started = day_start(mmf.start, inp.now)
+    after, gaps = newest_number(series, since=started)
+    if after is None:
+        return quiet("S1", f"no UPCR since mycophenolate began on {mmf.start.isoformat()}", gaps)
+    limit = threshold(inp, "upcr_response")
+    if after.value < limit:
+        return quiet("S1", f"UPCR {on(after)} is below {num(limit)} g/g: response on mycophenolate")
+    before, before_gaps = newest_number(series, until=started - timedelta(microseconds=1))
+    gaps += before_gaps
+    evidence = [*mmf.evidence(), lab_evidence("UPCR on mycophenolate", after)]
+    pre_text = " No UPCR from before mycophenolate is on record, so the size of the fall cannot be judged."
+    if before is not None:
+        reduction = round((before.value - after.value) / before.value, 6) if before.value else 0.0
+        wanted = threshold(inp, "upcr_reduction")
+        if reduction >= wanted:
+            return quiet(
+                "S1",
+                f"UPCR {on(after)} is {percent(reduction)} below {on(before)} before mycophenolate "
+                f"(at least {percent(wanted)}): partial response",
+            )
+        evidence.append(lab_evidence("UPCR before mycophenolate", before))
+        change = f"only {percent(reduction)} lower" if reduction >= 0 else f"{percent(-reduction)} higher"
+        pre_text = f" Before mycophenolate it was {on(before)}: {change}."
+    return finding(
+        "S1",
+        "info",
+        f"Inadequate response to mycophenolate: UPCR {num(after.value)} g/g after {in_months(mmf.days)}",
+        f"Mycophenolate since {mmf.start.isoformat()} ({in_months(mmf.days)} in total) and UPCR is still "
+        f"{on(after)}.{pre_text} This fits an inadequate response: the source article sees tacrolimus's place "
+        "after mycophenolate has failed, and KDIGO 2024 / ACR 2024 list adding a calcineurin inhibitor or "
+        "switching as options. Check adherence first and consider a repeat biopsy.",
+        ("fomin-roberts-2016", "kdigo-2024", "acr-2024-ln"),
+        evidence=evidence,
+        missing=[*gaps, *([] if before else ["no UPCR from before mycophenolate began"])],
+    )
+
+
+@needs_lupus_nephritis
+def s2_both_anchors_used(inp: RuleInput) -> Finding | Quiet:
+    """Both anchor drugs (cyclophosphamide and mycophenolate) already used."""
+    record = inp.record
+    cyc = exposure(record, "cyclophosphamide")
+    mmf = exposure(record, "mycophenolate")
+    if not (cyc.any and mmf.any):
+        lacking = words([n for n, e in (("cyclophosphamide", cyc), ("mycophenolate", mmf)) if not e.any])
+        return quiet("S2", f"no {lacking} exposure on record", unavailable(record, "MedicationRequest"))
+    return finding(
+        "S2",
+        "info",
+        "Both anchor drugs used before: cyclophosphamide and mycophenolate",
+        f"Cyclophosphamide (from {cyc.start.isoformat()}) and mycophenolate (from {mmf.start.isoformat()}) "
+        "have both been used. The source article sees tacrolimus's place after mycophenolate or "
+        "cyclophosphamide has failed, but the multitarget evidence (Liu 2015) and the tacrolimus-versus-"
+        "mycophenolate trial (Mok 2016) come from Chinese cohorts; North American data are limited.",
+        ("fomin-roberts-2016", "liu-2015", "mok-2016", "eular-2023"),
+        evidence=[*cyc.evidence(), *mmf.evidence()],
+    )
+
+
+@needs_lupus_nephritis
+def s3_rituximab_barrier(inp: RuleInput) -> Finding | Quiet:
+    """A reason rituximab cannot be used (common decision 10)."""
+    record = inp.record
+    barriers: list[str] = []
+    evidence = []
+    checked: list[str] = []
+    missing: list[str] = unavailable(record, "Condition", "Observation", "AllergyIntolerance")
+
+    hbv = record.active_conditions("hepatitis-b")
+    hbsag = record.lab("hbsag").newest()
+    missing += unusable_in(record.lab("hbsag"), None, hbsag)
+    hbv_positive = hbsag is not None and hbsag.answer == "positive"
+    if hbv or hbv_positive:
+        barriers.append("hepatitis B")
+        evidence += [condition_evidence(c) for c in hbv]
+        evidence += [lab_evidence("HBsAg", hbsag)] if hbv_positive else []
+    else:
+        checked.append(f"HBsAg {on(hbsag)}" if hbsag else "no hepatitis B condition")
+        if hbsag is None:
+            missing.append("no HBsAg result on record (KDIGO asks for hepatitis B screening before immunosuppression)")
+
+    low_igg = threshold(inp, "igg_low")
+    hypogamma = record.active_conditions("hypogammaglobulinemia")
+    igg, igg_gaps = newest_number(record.lab("igg"))
+    missing += igg_gaps
+    igg_low = igg is not None and igg.value < low_igg
+    if hypogamma or igg_low:
+        barriers.append(f"hypogammaglobulinaemia{f' (IgG {on(igg)})' if igg_low else ''}")
+        evidence += [condition_evidence(c) for c in hypogamma]
+        evidence += [lab_evidence("IgG", igg)] if igg_low else []
+    else:
+        checked.append(f"IgG {on(igg)} is not below {num(low_igg)} mg/dL" if igg else "no IgG on record")
+        if igg is None:
+            missing.append("no IgG result on record")
+
+    allergies = record.active_allergies("rituximab")
+    if allergies:
+        barriers.append("rituximab allergy or infusion reaction")
+        evidence += [allergy_evidence(a) for a in allergies]
+    else:
+        checked.append("no rituximab allergy")
+
+    pregnancy = pregnancy_status(record, inp.thresholds)
+    if pregnancy.present:
+        barriers.append(f"pregnancy ({pregnancy.text})")
+        evidence += pregnancy.evidence
+    else:
+        checked.append("pregnancy not documented")
+    missing += pregnancy.missing
+
+    if not barriers:
+        return quiet("S3", "no rituximab barrier recorded: " + "; ".join(checked), missing)
+    hbv_text = (
+        " Tacrolimus is not a hepatitis B-safe choice either: hepatitis B still needs antiviral prophylaxis and "
+        "hepatology input under any immunosuppression."
+        if "hepatitis B" in barriers
+        else ""
+    )
+    return finding(
+        "S3",
+        "info",
+        f"Rituximab barrier recorded: {barriers[0].split(' (')[0]}",
+        f"A reason rituximab may not be usable is recorded: {words(barriers)}. The source article sees a "
+        f"place for tacrolimus when rituximab cannot be used, so it is a reasonable alternative here.{hbv_text}",
+        ("fomin-roberts-2016", "livertox-rituximab", "kdigo-2024")
+        + (("acr-2020-reproductive",) if pregnancy.present else ()),
+        evidence=evidence,
+        missing=missing,
+    )
+
+
+@needs_lupus_nephritis
+def s4_membranous(inp: RuleInput) -> Finding | Quiet:
+    """Class V (membranous) lupus nephritis."""
+    record = inp.record
+    class_v = record.active_conditions("lupus-nephritis-class-v")
+    if not class_v:
+        return quiet("S4", "no active class V (membranous) lupus nephritis condition")
+    return finding(
+        "S4",
+        "info",
+        "Class V (membranous) lupus nephritis recorded",
+        f"{class_v[0].name} is on the problem list. Calcineurin inhibitors have historically been most valued "
+        "with a membranous component, and KDIGO 2024 / ACR 2024 list calcineurin-inhibitor regimens for "
+        "nephrotic-range proteinuria.",
+        ("kdigo-2024", "acr-2024-ln", "fomin-roberts-2016"),
+        evidence=[condition_evidence(c) for c in class_v],
+    )
+
+
+@needs_lupus_nephritis
+def s5_duplicate_cni(inp: RuleInput) -> Finding | Quiet:
+    """Another calcineurin inhibitor, or a second tacrolimus order (common decision 17)."""
+    record = inp.record
+    others = active_orders(record, "other-calcineurin-inhibitors")
+    renewed = {o.prior_prescription for o in inp.orders if o.prior_prescription}
+    tacrolimus_drafts = [m for m in record.active_medications("tacrolimus") if m.is_draft]
+    this_order = inp.orders[0].id if inp.orders else None
+    duplicates = [m for m in tacrolimus_drafts if m.id != this_order] if len(tacrolimus_drafts) > 1 else []
+    stored = [
+        m
+        for m in record.active_medications("tacrolimus")
+        if not m.is_draft and m.status in ("active", "on-hold") and m.id not in renewed
+    ]
+    found = [*others, *duplicates, *stored]
+    if not found:
+        return quiet(
+            "S5",
+            "no other calcineurin inhibitor and no second tacrolimus order is active"
+            + (f" (this order renews {', '.join(sorted(renewed))})" if renewed else ""),
+            unavailable(record, "MedicationRequest"),
+        )
+    detail_renewal = (
+        " If this order replaces the earlier tacrolimus order, link it as a renewal or change "
+        "(priorPrescription) or stop the old order."
+        if stored or duplicates
+        else ""
+    )
+    return finding(
+        "S5",
+        "critical",
+        f"Duplicate calcineurin-inhibitor therapy: {found[0].name}",
+        f"{capital(names(found))} {'is' if len(found) == 1 else 'are'} active alongside this tacrolimus order: "
+        f"duplicate calcineurin-inhibitor therapy, with additive nephrotoxicity. Keep one calcineurin "
+        f"inhibitor.{detail_renewal}",
+        ("prograf-label", "lupkynis-label"),
+        evidence=[medication_evidence(m) for m in found],
+    )
+
+
+@needs_lupus_nephritis
+def s6_low_egfr(inp: RuleInput) -> Finding | Quiet:
+    """eGFR at or below the calcineurin-inhibitor caution threshold."""
+    egfr, gaps = newest_recent(inp, "egfr")
+    limit = threshold(inp, "egfr_cni_caution")
+    if egfr is None:
+        return quiet("S6", "no eGFR to compare with the threshold", gaps)
+    if egfr.value > limit:
+        return quiet("S6", f"newest eGFR {on(egfr)} is above {num(limit)}", gaps)
+    return finding(
+        "S6",
+        "warning",
+        f"eGFR {num(egfr.value)} is at or below {num(limit)}: calcineurin-inhibitor caution",
+        f"eGFR {on(egfr)}. KDIGO 2024 offers calcineurin-inhibitor regimens only when eGFR is above "
+        f"{num(limit)}, and the voclosporin label does not recommend starting at {num(limit)} or below. "
+        "Weigh the benefit against nephrotoxicity and follow kidney function closely if tacrolimus goes ahead.",
+        ("kdigo-2024", "lupkynis-label"),
+        evidence=[lab_evidence("eGFR", egfr)],
+        missing=gaps,
+    )
+
+
+@needs_lupus_nephritis
+def s7_long_term(inp: RuleInput) -> Finding | Quiet:
+    """Long tacrolimus exposure without a documented proteinuria response (common decision 11)."""
+    record = inp.record
+    tacrolimus = exposure(record, "tacrolimus")
+    if not tacrolimus.any:
+        return quiet("S7", "no earlier tacrolimus exposure on record", unavailable(record, "MedicationRequest"))
+    months = threshold(inp, "tacrolimus_long_term_months")
+    needed = months_as_days(inp.now, months)
+    if tacrolimus.days <= needed:
+        return quiet(
+            "S7",
+            f"tacrolimus exposure totals {tacrolimus.days} days ({in_months(tacrolimus.days)}), not more than "
+            f"{num(months)} months ({num(needed)} days)",
+        )
+    limit = threshold(inp, "upcr_response")
+    series = record.lab("upcr")
+    started = day_start(tacrolimus.start, inp.now)
+    during = [v for v in series.values(since=started) if v.value is not None and tacrolimus.covers(v.when)]
+    responses = [v for v in during if v.value < limit]
+    if responses:
+        return quiet("S7", f"UPCR {on(responses[0])} during tacrolimus is below {num(limit)} g/g: response")
+    newest = during[0] if during else None
+    upcr_text = f"the newest is {on(newest)}" if newest else "no UPCR was recorded during that time"
+    return finding(
+        "S7",
+        "info",
+        f"Tacrolimus for {in_months(tacrolimus.days)} without a proteinuria response",
+        f"Tacrolimus since {tacrolimus.start.isoformat()} ({in_months(tacrolimus.days)} in total) with no UPCR "
+        f"below {num(limit)} g/g in that time ({upcr_text}). The source article calls tacrolimus \"a bridge, "
+        "not a destination\": about 17% of patients lose significant kidney function within 3 years. "
+        "Reassess whether to continue it.",
+        ("fomin-roberts-2016", "kdigo-2024"),
+        evidence=[*tacrolimus.evidence(), *([lab_evidence("UPCR", newest)] if newest else [])],
+        missing=[
+            *([] if during else ["no UPCR during tacrolimus exposure"]),
+            *unusable_in(series, started, newest),
+        ],
+    )
+
+
+def allergy_evidence(allergy: Allergy) -> Evidence:
+    return Evidence("Allergy", allergy.name, None, allergy.reference)
+
+
+RULES = {
+    "S0": s0_first_agent,
+    "S1": s1_mycophenolate_failure,
+    "S2": s2_both_anchors_used,
+    "S3": s3_rituximab_barrier,
+    "S4": s4_membranous,
+    "S5": s5_duplicate_cni,
+    "S6": s6_low_egfr,
+    "S7": s7_long_term,
+}

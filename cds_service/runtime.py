@@ -1,0 +1,67 @@
+"""What lives as long as a configuration does: code sets, prefetch templates, HTTP pool, threads, database.
+
+A reload builds a new Runtime and swaps it in; a request keeps the Runtime it started with, so in-flight
+requests finish on the old configuration.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import cached_property
+from urllib.parse import urlsplit
+
+import requests
+
+from cds_service.config import Config, Service
+from cds_service.fhir_client import shared_session
+from cds_service.prefetch import templates
+from cds_service.rules import NEEDS
+from cds_service.storage import Store, make_engine
+from cds_service.terminology import Terminology
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+@dataclass
+class Runtime:
+    config: Config
+    dev: bool = False
+    store: Store | None = None
+    session: requests.Session = field(default_factory=shared_session)
+    executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=16, thread_name_prefix="fhir")
+    )
+
+    @classmethod
+    def from_config(cls, config: Config, dev: bool = False, store: Store | None = None) -> Runtime:
+        runtime = cls(config=config, dev=dev, store=store)
+        if runtime.store is None:
+            runtime.store = Store(make_engine(config.section("feedback")["database_url"]))
+        runtime.terminology  # noqa: B018 - load code sets now: a bad configuration fails at start, not on a call
+        return runtime
+
+    @cached_property
+    def terminology(self) -> Terminology:
+        valuesets = self.config.section("valuesets")
+        return Terminology.load(include=valuesets.get("include", ()), local_codes=valuesets.get("local_codes"))
+
+    @cached_property
+    def prefetch_templates(self) -> dict[str, str]:
+        return templates(NEEDS, self.terminology)
+
+    def service(self, service_id: str) -> Service | None:
+        return self.config.services.get(service_id)
+
+    def fhir_server_problem(self, url: str) -> str | None:
+        """Why the service will not call this fhirServer, or None if it may (https only, loopback http in dev)."""
+        parts = urlsplit(url)
+        if parts.scheme == "https" and parts.hostname:
+            return None
+        if self.dev and parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS:
+            return None
+        return "fhirServer must be an https URL"
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.session.close()

@@ -1,0 +1,140 @@
+"""Durable storage: feedback from clinicians and the cards the service showed (for accept rates).
+
+SQLAlchemy Core over any database URL (SQLite by default, PostgreSQL in production). No patient data is
+stored: card uuids, finding ids, service, tenant, hookInstance, outcomes and override reasons.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    insert,
+    select,
+)
+from sqlalchemy.engine import Engine
+
+metadata = MetaData()
+
+shown_findings = Table(
+    "shown_findings",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("shown_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("service_id", String(64), nullable=False),
+    Column("tenant", String(200)),
+    Column("hook_instance", String(200), nullable=False),
+    Column("card_uuid", String(36), nullable=False, index=True),
+    Column("topic", String(64), nullable=False),
+    Column("finding_id", String(8), nullable=False),
+    Column("indicator", String(16), nullable=False),
+)
+
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("received_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("service_id", String(64), nullable=False),
+    Column("tenant", String(200)),
+    Column("card_uuid", String(200), nullable=False, index=True),
+    Column("outcome", String(16), nullable=False),
+    Column("outcome_timestamp", String(64), nullable=False),
+    Column("accepted_suggestions", JSON, nullable=False),
+    Column("override_system", String(500)),
+    Column("override_code", String(200)),
+    Column("override_display", String(500)),
+    Column("user_comment", Text),
+)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; a relative SQLite file is created with its folder, with WAL for concurrent workers."""
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and ":memory:" not in url:
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, future=True, pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(connection, _record):  # pragma: no cover - exercised by every sqlite test
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=5000")
+            cursor.close()
+
+    metadata.create_all(engine)
+    return engine
+
+
+class Store:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def record_shown(self, service_id: str, tenant: str | None, hook_instance: str, cards: Iterable[Mapping]) -> None:
+        now = datetime.now(UTC)
+        rows = [
+            {
+                "shown_at": now, "service_id": service_id, "tenant": tenant, "hook_instance": hook_instance,
+                "card_uuid": card["uuid"], "topic": card["source"]["topic"]["code"],
+                "finding_id": item["id"], "indicator": item["indicator"],
+            }
+            for card in cards
+            for key, items in card.get("extension", {}).items() if key.endswith("findings")
+            for item in items
+        ]  # fmt: skip
+        if rows:
+            with self.engine.begin() as connection:
+                connection.execute(insert(shown_findings), rows)
+
+    def save_feedback(self, service_id: str, tenant: str | None, items: Iterable[Mapping]) -> int:
+        """Store already-validated feedback items in one transaction; return how many."""
+        now = datetime.now(UTC)
+        rows = []
+        for item in items:
+            reason = (item.get("overrideReason") or {}).get("reason") or {}
+            rows.append(
+                {
+                    "received_at": now, "service_id": service_id, "tenant": tenant, "card_uuid": item["card"],
+                    "outcome": item["outcome"], "outcome_timestamp": item["outcomeTimestamp"],
+                    "accepted_suggestions": [s["id"] for s in item.get("acceptedSuggestions") or ()],
+                    "override_system": reason.get("system"), "override_code": reason.get("code"),
+                    "override_display": reason.get("display"),
+                    "user_comment": (item.get("overrideReason") or {}).get("userComment"),
+                }
+            )  # fmt: skip
+        if rows:
+            with self.engine.begin() as connection:
+                connection.execute(insert(feedback), rows)
+        return len(rows)
+
+    def feedback_rows(self, since: datetime | None = None) -> list[dict[str, Any]]:
+        query = select(feedback).order_by(feedback.c.id)
+        if since is not None:
+            query = query.where(feedback.c.received_at >= since)
+        with self.engine.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(query)]
+
+    def shown_rows(self, since: datetime | None = None) -> list[dict[str, Any]]:
+        query = select(shown_findings).order_by(shown_findings.c.id)
+        if since is not None:
+            query = query.where(shown_findings.c.shown_at >= since)
+        with self.engine.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(query)]
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)

@@ -1,0 +1,1559 @@
+"""Writes the fixture patients of ``fhir_fixtures/`` (one Bundle per patient, plus ``manifest.json``).
+
+Run ``.venv/bin/python fhir_fixtures/make_fixtures.py`` after editing; the JSON it writes is committed.
+Why a script: forty patients share the same building blocks (a monitoring panel, a renewal order...), and
+writing them once keeps codes, units and id prefixes consistent. Dates are written as if today were
+2026-11-01 (``cds_service.fixtures.ANCHOR``); ``load_bundle`` moves them to the real today.
+
+Every code used here is one that ``/work/shared/knowledge/clinical.md`` marks verified. Each fixture's
+``expected`` set was worked out by hand from ``rules.md`` and the interpretation decisions in the project
+notes; its ``why`` says, per finding, what in the record makes it fire.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+ANCHOR = date(2026, 11, 1)
+OUT_DIR = Path(__file__).resolve().parent
+FULL_URL_BASE = "http://example.org/fhir"
+
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+SNOMED = "http://snomed.info/sct"
+ICD10 = "http://hl7.org/fhir/sid/icd-10-cm"
+LOINC = "http://loinc.org"
+UCUM = "http://unitsofmeasure.org"
+CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+CONDITION_CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
+OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+ALLERGY_CLINICAL = "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical"
+ALLERGY_VERIFICATION = "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification"
+
+
+def coding(system: str, code: str, display: str) -> dict:
+    return {"system": system, "code": code, "display": display}
+
+
+# --- Codes (all marked verified in clinical.md) -------------------------------------------------------------
+
+# Medications: (codings, text). Non-tacrolimus products carry the SCD *and* the ingredient, as EHRs that
+# send several RxNorm term types do; drugs without a verified product code carry the ingredient only.
+DRUGS: dict[str, tuple[list[dict], str]] = {
+    "tacrolimus-0.5mg": (
+        [coding(RXNORM, "313190", "tacrolimus 0.5 MG Oral Capsule")],
+        "tacrolimus 0.5 mg capsule",
+    ),
+    "tacrolimus-1mg": ([coding(RXNORM, "198377", "tacrolimus 1 MG Oral Capsule")], "tacrolimus 1 mg capsule"),
+    "tacrolimus-bx-1mg": (
+        [coding(RXNORM, "2665162", "BX Rating tacrolimus 1 MG Oral Capsule")],
+        "tacrolimus 1 mg capsule (BX-rated generic)",
+    ),
+    "prograf-1mg": (
+        [coding(RXNORM, "108513", "tacrolimus 1 MG Oral Capsule [Prograf]")],
+        "Prograf 1 mg capsule",
+    ),
+    "tacrolimus-xr-1mg": (
+        [coding(RXNORM, "1664461", "24 HR tacrolimus 1 MG Extended Release Oral Tablet")],
+        "tacrolimus XR 1 mg tablet",
+    ),
+    "tacrolimus-xr-4mg": (
+        [coding(RXNORM, "1664434", "24 HR tacrolimus 4 MG Extended Release Oral Tablet")],
+        "tacrolimus XR 4 mg tablet",
+    ),
+    "envarsus-1mg": (
+        [coding(RXNORM, "1664463", "24 HR tacrolimus 1 MG Extended Release Oral Tablet [Envarsus]")],
+        "Envarsus XR 1 mg tablet",
+    ),
+    "astagraf-1mg": (
+        [coding(RXNORM, "1431982", "24 HR tacrolimus 1 MG Extended Release Oral Capsule [Astagraf]")],
+        "Astagraf XL 1 mg capsule",
+    ),
+    "mmf-500mg": (
+        [
+            coding(RXNORM, "200060", "mycophenolate mofetil 500 MG Oral Tablet"),
+            coding(RXNORM, "68149", "mycophenolate mofetil"),
+        ],
+        "mycophenolate mofetil 500 mg tablet",
+    ),
+    "mmf-250mg": (
+        [
+            coding(RXNORM, "199058", "mycophenolate mofetil 250 MG Oral Capsule"),
+            coding(RXNORM, "68149", "mycophenolate mofetil"),
+        ],
+        "mycophenolate mofetil 250 mg capsule",
+    ),
+    "mpa-360mg": (
+        [
+            coding(RXNORM, "485023", "mycophenolic acid 360 MG Delayed Release Oral Tablet"),
+            coding(RXNORM, "7145", "mycophenolic acid"),
+        ],
+        "mycophenolic acid (Myfortic) 360 mg delayed-release tablet",
+    ),
+    "cyclophosphamide-500mg": (
+        [
+            coding(RXNORM, "1734917", "cyclophosphamide 500 MG Injection"),
+            coding(RXNORM, "3002", "cyclophosphamide"),
+        ],
+        "cyclophosphamide 500 mg IV (Euro-Lupus)",
+    ),
+    "rituximab-500mg": (
+        [
+            coding(RXNORM, "1657867", "50 ML rituximab 10 MG/ML Injection"),
+            coding(RXNORM, "121191", "rituximab"),
+        ],
+        "rituximab 500 mg IV",
+    ),
+    "azathioprine-50mg": (
+        [coding(RXNORM, "197388", "azathioprine 50 MG Oral Tablet"), coding(RXNORM, "1256", "azathioprine")],
+        "azathioprine 50 mg tablet",
+    ),
+    "hydroxychloroquine": (
+        [coding(RXNORM, "5521", "hydroxychloroquine")],
+        "hydroxychloroquine 200 mg tablet",
+    ),
+    "methotrexate": ([coding(RXNORM, "6851", "methotrexate")], "methotrexate 2.5 mg tablet"),
+    "cyclosporine-modified": (
+        [coding(RXNORM, "236077", "cyclosporine, modified")],
+        "cyclosporine (modified) 100 mg capsule",
+    ),
+    "clarithromycin": ([coding(RXNORM, "21212", "clarithromycin")], "clarithromycin 500 mg tablet"),
+    "rifampin": ([coding(RXNORM, "9384", "rifampin")], "rifampin 300 mg capsule"),
+    "naproxen": ([coding(RXNORM, "7258", "naproxen")], "naproxen 500 mg tablet"),
+}
+
+LN_ICD = coding(ICD10, "M32.14", "Glomerular disease in systemic lupus erythematosus")
+WHO_CLASS = "Systemic lupus erythematosus glomerulonephritis syndrome, World Health Organization class"
+
+CONDITIONS: dict[str, tuple[list[dict], str]] = {
+    "sle": ([coding(SNOMED, "55464009", "Systemic lupus erythematosus")], "Systemic lupus erythematosus"),
+    "sle-no-organ": (
+        [
+            coding(SNOMED, "55464009", "Systemic lupus erythematosus"),
+            coding(ICD10, "M32.9", "Systemic lupus erythematosus, unspecified"),
+        ],
+        "Systemic lupus erythematosus (skin and joints)",
+    ),
+    "ln": (
+        [coding(SNOMED, "68815009", "Systemic lupus erythematosus glomerulonephritis syndrome"), LN_ICD],
+        "Lupus nephritis",
+    ),
+    "ln-class-iii": ([coding(SNOMED, "76521009", f"{WHO_CLASS} III"), LN_ICD], "Lupus nephritis, class III"),
+    "ln-class-iv": ([coding(SNOMED, "36402006", f"{WHO_CLASS} IV"), LN_ICD], "Lupus nephritis, class IV"),
+    "ln-class-v": (
+        [coding(SNOMED, "52042003", f"{WHO_CLASS} V"), LN_ICD],
+        "Lupus nephritis, class V (membranous)",
+    ),
+    "pregnancy": (
+        [coding(SNOMED, "77386006", "Pregnancy"), coding(ICD10, "Z33.1", "Pregnant state, incidental")],
+        "Pregnancy",
+    ),
+    "pre-eclampsia": ([coding(SNOMED, "398254007", "Pre-eclampsia")], "Pre-eclampsia"),
+    "breastfeeding": ([coding(SNOMED, "866041003", "Mother currently breastfeeding")], "Breastfeeding"),
+    "hepatitis-b": (
+        [
+            coding(SNOMED, "61977001", "Chronic type B viral hepatitis"),
+            coding(ICD10, "B18.1", "Chronic viral hepatitis B without delta-agent"),
+        ],
+        "Chronic hepatitis B",
+    ),
+    "hypertension": (
+        [
+            coding(SNOMED, "38341003", "Hypertensive disorder, systemic arterial"),
+            coding(ICD10, "I10", "Essential (primary) hypertension"),
+        ],
+        "Hypertension",
+    ),
+    "ckd-3": (
+        [
+            coding(SNOMED, "433144002", "Chronic kidney disease stage 3"),
+            coding(ICD10, "N18.30", "Chronic kidney disease, stage 3 unspecified"),
+        ],
+        "Chronic kidney disease stage 3 (transplant kidney)",
+    ),
+    "kidney-transplant": ([], "Kidney transplant recipient (deceased donor, 2019)"),
+}
+
+# Observations: (LOINC, display, category).
+TESTS: dict[str, tuple[str, str, str]] = {
+    "creatinine": ("2160-0", "Creatinine [Mass/volume] in Serum or Plasma", "laboratory"),
+    "creatinine-si": ("14682-9", "Creatinine [Moles/volume] in Serum or Plasma", "laboratory"),
+    "egfr": (
+        "98979-8",
+        "Glomerular filtration rate/1.73 sq M.predicted [Volume Rate/Area] in Serum, Plasma or Blood by "
+        "Creatinine-based formula (CKD-EPI 2021)",
+        "laboratory",
+    ),
+    "potassium": ("2823-3", "Potassium [Moles/volume] in Serum or Plasma", "laboratory"),
+    "magnesium": ("19123-9", "Magnesium [Mass/volume] in Serum or Plasma", "laboratory"),
+    "magnesium-si": ("2601-3", "Magnesium [Moles/volume] in Serum or Plasma", "laboratory"),
+    "glucose": ("2345-7", "Glucose [Mass/volume] in Serum or Plasma", "laboratory"),
+    "hba1c": ("4548-4", "Hemoglobin A1c/Hemoglobin.total in Blood", "laboratory"),
+    "upcr": ("2890-2", "Protein/Creatinine [Mass Ratio] in Urine", "laboratory"),
+    "tacrolimus-level": ("11253-2", "Tacrolimus [Mass/volume] in Blood", "laboratory"),
+    "tacrolimus-level-lcms": ("74097-7", "Tacrolimus [Mass/volume] in Blood by LC/MS/MS", "laboratory"),
+    "hcg": ("19080-1", "Choriogonadotropin [Units/volume] in Serum or Plasma", "laboratory"),
+    "hcg-beta": (
+        "21198-7",
+        "Choriogonadotropin.beta subunit [Units/volume] in Serum or Plasma",
+        "laboratory",
+    ),
+    "igg": ("2465-3", "IgG [Mass/volume] in Serum or Plasma", "laboratory"),
+    "hbsag": (
+        "5196-1",
+        "Hepatitis B virus surface Ag [Presence] in Serum or Plasma by Immunoassay",
+        "laboratory",
+    ),
+    "pregnancy-status": ("82810-3", "Pregnancy status", "social-history"),
+    "edd": ("11778-8", "Delivery date Estimated", "exam"),
+    "bp": ("85354-9", "Blood pressure panel with all children optional", "vital-signs"),
+}
+
+# How a unit is written (``unit``) and its UCUM code (``code``).
+UNITS = {
+    "mg/dL": "mg/dL",
+    "µmol/L": "umol/L",
+    "mL/min/1.73m2": "mL/min/{1.73_m2}",
+    "mmol/L": "mmol/L",
+    "%": "%",
+    "g/g": "g/g",
+    "mg/g": "mg/g",
+    "mg/mmol": "mg/mmol",
+    "ng/mL": "ng/mL",
+    "IU/L": "[IU]/L",
+    "mmHg": "mm[Hg]",
+}
+
+PREGNANT = coding(SNOMED, "77386006", "Pregnant")
+NOT_PREGNANT = coding(SNOMED, "60001007", "Not pregnant")
+
+
+# --- Dates --------------------------------------------------------------------------------------------------
+
+
+def ago(days: int, time: str = "08:30") -> str:
+    """A dateTime ``days`` before the anchor (never the anchor day itself, so nothing is in the future)."""
+    assert days >= 1, "clinical data must predate the ordering session"
+    return f"{(ANCHOR - timedelta(days=days)).isoformat()}T{time}:00Z"
+
+
+def on(day: str, time: str = "08:30") -> str:
+    return f"{day}T{time}:00Z"
+
+
+# --- Building a chart ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Chart:
+    """One fixture patient. Every id is ``<short>-<key>`` so all fixtures can share one FHIR server."""
+
+    short: str
+    resources: list[dict] = field(default_factory=list)
+    drafts: list[str] = field(default_factory=list)
+    malformed: list[str] = field(default_factory=list)
+    _counts: Counter = field(default_factory=Counter)
+
+    def rid(self, key: str) -> str:
+        return f"{self.short}-{key}"
+
+    def next_key(self, stem: str) -> str:
+        self._counts[stem] += 1
+        return f"{stem}-{self._counts[stem]}"
+
+    @property
+    def patient_ref(self) -> dict:
+        return {"reference": f"Patient/{self.rid('pat')}"}
+
+    def add(self, resource: dict) -> str:
+        self.resources.append(resource)
+        return f"{resource['resourceType']}/{resource['id']}"
+
+    def patient(self, given: str, family: str, gender: str, birth: str) -> Chart:
+        self.add(
+            {
+                "resourceType": "Patient",
+                "id": self.rid("pat"),
+                "identifier": [
+                    {"system": "urn:oid:2.16.840.1.113883.19.5", "value": f"MRN-{self.short.upper()}"}
+                ],
+                "name": [{"use": "official", "family": family, "given": [given]}],
+                "gender": gender,
+                "birthDate": birth,
+            }
+        )
+        return self
+
+    def condition(
+        self,
+        concept: str,
+        onset: str,
+        *,
+        clinical: str | None = "active",
+        verification: str = "confirmed",
+        category: str = "problem-list-item",
+        abated: str | None = None,
+        note: str | None = None,
+    ) -> str:
+        codings, text = CONDITIONS[concept]
+        resource: dict[str, Any] = {"resourceType": "Condition", "id": self.rid(self.next_key(concept))}
+        if clinical:
+            resource["clinicalStatus"] = {"coding": [coding(CLINICAL, clinical, clinical.capitalize())]}
+        resource["verificationStatus"] = {
+            "coding": [coding(VERIFICATION, verification, verification.capitalize())]
+        }
+        cat_display = "Problem List Item" if category == "problem-list-item" else "Encounter Diagnosis"
+        resource["category"] = [{"coding": [coding(CONDITION_CATEGORY, category, cat_display)]}]
+        resource["code"] = {"coding": codings, "text": text} if codings else {"text": text}
+        resource["subject"] = self.patient_ref
+        resource["onsetDateTime"] = onset
+        if abated:
+            resource["abatementDateTime"] = abated
+        resource["recordedDate"] = onset
+        if note:
+            resource["note"] = [{"text": note}]
+        return self.add(resource)
+
+    def order(
+        self,
+        drug: str | None,
+        authored: str,
+        *,
+        status: str = "active",
+        dosage: str,
+        until: str | None = None,
+        key: str | None = None,
+        prior: str | None = None,
+        medication: str | None = None,
+        contained: bool = False,
+        text_only: str | None = None,
+        note: str | None = None,
+    ) -> str:
+        """A MedicationRequest. ``until`` closes it with a validity period; ``status='draft'`` makes it one of
+        this session's draft orders. The drug is inline, a contained Medication (``contained``), a Medication
+        resource in the bundle (``medication`` = its reference) or free text only (``text_only``)."""
+        resource: dict[str, Any] = {
+            "resourceType": "MedicationRequest",
+            "id": self.rid(key or self.next_key("mr")),
+        }
+        if contained:
+            med_id = self.rid("med-" + drug)
+            codings, text = DRUGS[drug]
+            resource["contained"] = [
+                {"resourceType": "Medication", "id": med_id, "code": {"coding": codings, "text": text}}
+            ]
+        resource["status"] = status
+        resource["intent"] = "order"
+        if text_only:
+            resource["medicationCodeableConcept"] = {"text": text_only}
+        elif contained:
+            resource["medicationReference"] = {"reference": f"#{med_id}", "display": DRUGS[drug][1]}
+        elif medication:
+            resource["medicationReference"] = {"reference": medication, "display": DRUGS[drug][1]}
+        else:
+            codings, text = DRUGS[drug]
+            resource["medicationCodeableConcept"] = {"coding": codings, "text": text}
+        resource["subject"] = self.patient_ref
+        resource["authoredOn"] = authored
+        if prior:
+            resource["priorPrescription"] = {"reference": prior}
+        if note:
+            resource["note"] = [{"text": note}]
+        resource["dosageInstruction"] = [{"text": dosage}]
+        if until:
+            resource["dispenseRequest"] = {"validityPeriod": {"start": authored[:10], "end": until}}
+        ref = self.add(resource)
+        if status == "draft":
+            self.drafts.append(ref)
+        return ref
+
+    def medication(self, drug: str) -> str:
+        """A Medication resource of its own in the bundle, for orders that reference it."""
+        codings, text = DRUGS[drug]
+        return self.add(
+            {
+                "resourceType": "Medication",
+                "id": self.rid("med-" + drug),
+                "code": {"coding": codings, "text": text},
+            }
+        )
+
+    def _observation(self, test: str, when: str, key: str | None = None) -> dict:
+        code, display, category = TESTS[test]
+        return {
+            "resourceType": "Observation",
+            "id": self.rid(key or self.next_key(test)),
+            "status": "final",
+            "category": [{"coding": [coding(OBS_CATEGORY, category, category.replace("-", " ").title())]}],
+            "code": {"coding": [coding(LOINC, code, display)], "text": display},
+            "subject": self.patient_ref,
+            "effectiveDateTime": when,
+        }
+
+    def lab(self, test: str, value: float, unit: str, when: str, key: str | None = None) -> str:
+        resource = self._observation(test, when, key)
+        resource["valueQuantity"] = {"value": value, "unit": unit, "system": UCUM, "code": UNITS[unit]}
+        return self.add(resource)
+
+    def bp(self, systolic: int, diastolic: int, when: str) -> str:
+        resource = self._observation("bp", when)
+        resource["component"] = [
+            {
+                "code": {"coding": [coding(LOINC, loinc, name)], "text": name},
+                "valueQuantity": {"value": value, "unit": "mmHg", "system": UCUM, "code": "mm[Hg]"},
+            }
+            for loinc, name, value in (
+                ("8480-6", "Systolic blood pressure", systolic),
+                ("8462-4", "Diastolic blood pressure", diastolic),
+            )
+        ]
+        return self.add(resource)
+
+    def pregnancy_status(self, answer: dict, when: str) -> str:
+        resource = self._observation("pregnancy-status", when)
+        resource["valueCodeableConcept"] = {"coding": [answer], "text": answer["display"]}
+        return self.add(resource)
+
+    def due_date(self, edd: str, when: str) -> str:
+        resource = self._observation("edd", when)
+        resource["valueDateTime"] = edd
+        return self.add(resource)
+
+    def reactive(self, test: str, when: str) -> str:
+        """A qualitative 'reactive' screening result (text answer plus the HL7 'POS' interpretation)."""
+        resource = self._observation(test, when)
+        resource["valueCodeableConcept"] = {"text": "Reactive"}
+        resource["interpretation"] = [{"coding": [coding(INTERPRETATION, "POS", "Positive")]}]
+        return self.add(resource)
+
+    def allergy(self, drug: str, recorded: str, reaction: str) -> str:
+        codings, text = DRUGS[drug]
+        ingredient = [c for c in codings if c["code"] == "121191"] or codings
+        return self.add(
+            {
+                "resourceType": "AllergyIntolerance",
+                "id": self.rid(self.next_key("allergy")),
+                "clinicalStatus": {"coding": [coding(ALLERGY_CLINICAL, "active", "Active")]},
+                "verificationStatus": {"coding": [coding(ALLERGY_VERIFICATION, "confirmed", "Confirmed")]},
+                "type": "allergy",
+                "category": ["medication"],
+                "criticality": "high",
+                "code": {"coding": ingredient, "text": text.split(" ")[0]},
+                "patient": self.patient_ref,
+                "recordedDate": recorded,
+                "reaction": [{"manifestation": [{"text": reaction}], "severity": "severe"}],
+            }
+        )
+
+    def panel(
+        self,
+        when: str,
+        *,
+        creatinine: float | None = None,
+        creatinine_umol: float | None = None,
+        egfr: float | None = None,
+        potassium: float | None = None,
+        magnesium: float | None = None,
+        magnesium_mmol: float | None = None,
+        glucose: float | None = None,
+        glucose_mmol: float | None = None,
+        hba1c: float | None = None,
+        bp: tuple[int, int] | None = None,
+        upcr: float | None = None,
+        upcr_unit: str = "g/g",
+        tacrolimus: float | None = None,
+    ) -> None:
+        """One clinic visit's results, all at ``when``; ``None`` leaves a test out."""
+        for test, value, unit in (
+            ("creatinine", creatinine, "mg/dL"),
+            ("creatinine-si", creatinine_umol, "µmol/L"),
+            ("egfr", egfr, "mL/min/1.73m2"),
+            ("potassium", potassium, "mmol/L"),
+            ("magnesium", magnesium, "mg/dL"),
+            ("magnesium-si", magnesium_mmol, "mmol/L"),
+            ("glucose", glucose, "mg/dL"),
+            ("glucose", glucose_mmol, "mmol/L"),
+            ("hba1c", hba1c, "%"),
+            ("upcr", upcr, upcr_unit),
+            ("tacrolimus-level", tacrolimus, "ng/mL"),
+        ):
+            if value is not None:
+                self.lab(test, value, unit, when)
+        if bp is not None:
+            self.bp(*bp, when)
+
+    def bundle(self) -> dict:
+        return {
+            "resourceType": "Bundle",
+            "id": self.rid("bundle"),
+            "type": "collection",
+            "timestamp": f"{ANCHOR.isoformat()}T00:00:00Z",
+            "entry": [
+                {"fullUrl": f"{FULL_URL_BASE}/{r['resourceType']}/{r['id']}", "resource": r}
+                for r in self.resources
+            ],
+        }
+
+
+def normal_visit(c: Chart, days_ago: int = 6, **overrides: Any) -> None:
+    """A complete, unremarkable monitoring visit: every N1 lab present and inside every threshold."""
+    values: dict[str, Any] = {
+        "creatinine": 0.82,
+        "egfr": 96,
+        "potassium": 4.2,
+        "magnesium": 2.0,
+        "glucose": 92,
+        "bp": (122, 76),
+        "upcr": 1.2,
+    }
+    values.update(overrides)
+    c.panel(ago(days_ago), **values)
+
+
+# --- The fixtures -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fixture:
+    name: str
+    description: str
+    chart: Chart
+    expected: dict[str, str]
+    """Finding id -> why it fires (one line)."""
+    selections: list[str] | None = None
+
+
+FIXTURES: list[Callable[[], Fixture]] = []
+
+
+def fixture(build: Callable[[], Fixture]) -> Callable[[], Fixture]:
+    FIXTURES.append(build)
+    return build
+
+
+NEW_START = "No tacrolimus order before this one: a new start."
+
+TAC_DOSE = "1 mg by mouth every 12 hours; trough in 1 week"
+MMF_DOSE = "1000 mg by mouth twice daily"
+
+
+@fixture
+def complete_well_monitored() -> Fixture:
+    c = Chart("cwm").patient("Alicia", "Moreno", "female", "1996-03-14")
+    c.condition("sle", on("2019-05-02"))
+    c.condition(
+        "ln-class-iii", on("2026-06-05"), note="Biopsy 2026-06-03: ISN/RPS class III (A), activity 6/24."
+    )
+    c.order("hydroxychloroquine", on("2019-05-10"), dosage="200 mg by mouth twice daily")
+    c.order("mmf-500mg", on("2026-06-20"), dosage=MMF_DOSE)
+    c.panel(on("2026-06-10"), creatinine=0.74, upcr=3.1, egfr=104)
+    c.panel(on("2026-08-15"), creatinine=0.76, upcr=2.0, egfr=103)
+    c.lab("hcg", 1.2, "IU/L", ago(9))
+    normal_visit(c, 7, creatinine=0.78, egfr=101, potassium=4.1, glucose=88, bp=(118, 74), upcr=1.4)
+    c.lab("hba1c", 5.3, "%", ago(7))
+    c.order("tacrolimus-1mg", ANCHOR.isoformat(), status="draft", key="tac-draft", dosage=TAC_DOSE)
+    return Fixture(
+        "complete-well-monitored",
+        "Class III LN, 4.5 months of mycophenolate, all labs recent and normal, negative hCG: add-on",
+        c,
+        {"N11": NEW_START + " Every other rule has the data it needs and stays quiet (N1 included)."},
+    )
+
+
+@fixture
+def sle_without_nephritis() -> Fixture:
+    c = Chart("slenon").patient("Grace", "Okafor", "female", "1993-07-22")
+    c.condition("sle-no-organ", on("2017-02-14"))
+    c.condition(
+        "ln",
+        on("2026-04-02"),
+        clinical=None,
+        verification="refuted",
+        category="encounter-diagnosis",
+        note="Suspected nephritis; biopsy 2026-04-20 showed no lupus nephritis.",
+    )
+    c.order("hydroxychloroquine", on("2017-03-01"), dosage="200 mg by mouth twice daily")
+    c.order(
+        "rituximab-500mg", on("2025-09-04"), status="completed", until="2025-09-05", dosage="500 mg IV once"
+    )
+    c.allergy("rituximab-500mg", on("2025-09-04"), "Severe infusion reaction: hypotension and bronchospasm")
+    normal_visit(c, 5, creatinine=None, creatinine_umol=62, egfr=110, upcr=95, upcr_unit="mg/g")
+    c.order(
+        "envarsus-1mg", ANCHOR.isoformat(), status="draft", key="tac-draft", dosage="1 mg by mouth once daily"
+    )
+    return Fixture(
+        "sle-without-nephritis",
+        "SLE, nephritis refuted by biopsy, rituximab allergy: only the monitoring family speaks",
+        c,
+        {
+            "N11": NEW_START
+            + " The rituximab allergy gives no S3: salvage findings need active lupus nephritis."
+        },
+    )
+
+
+@fixture
+def transplant_tacrolimus_no_lupus() -> Fixture:
+    c = Chart("ktx").patient("Harold", "Jensen", "male", "1970-01-30")
+    c.condition("kidney-transplant", on("2019-03-11"))
+    c.condition("ckd-3", on("2020-06-01"))
+    c.condition("hypertension", on("2012-04-18"))
+    tac = c.order("tacrolimus-1mg", on("2025-01-10"), key="mr-tac", dosage="3 mg by mouth every 12 hours")
+    c.order("mmf-500mg", on("2019-03-12"), dosage="500 mg by mouth twice daily")
+    c.panel(ago(4), creatinine=1.6, egfr=47, potassium=5.8, bp=(148, 92), tacrolimus=12.5)
+    c.order(
+        "tacrolimus-1mg",
+        ANCHOR.isoformat(),
+        status="draft",
+        key="tac-draft",
+        prior=tac,
+        dosage="2 mg by mouth every 12 hours (dose reduced for trough 12.5)",
+    )
+    return Fixture(
+        "transplant-tacrolimus-no-lupus",
+        "Kidney transplant recipient on tacrolimus, no lupus: outside the default `lupus` scope",
+        c,
+        {},
+    )
+
+
+@fixture
+def topical_tacrolimus_ointment() -> Fixture:
+    c = Chart("topical").patient("Mei", "Chen", "female", "1988-11-05")
+    c.condition(
+        "sle-no-organ", on("2021-08-19"), note="Predominantly cutaneous disease (malar and discoid lesions)."
+    )
+    c.order("hydroxychloroquine", on("2021-09-01"), dosage="200 mg by mouth twice daily")
+    c.panel(on("2026-07-14"), creatinine=0.7, egfr=112, potassium=4.0, bp=(116, 72))
+    c.order(
+        None,
+        ANCHOR.isoformat(),
+        status="draft",
+        key="tac-draft",
+        text_only="Protopic (tacrolimus) 0.1 % ointment",
+        dosage="Apply a thin layer to the facial lesions twice daily",
+    )
+    return Fixture(
+        "topical-tacrolimus-ointment",
+        "SLE patient with a Protopic (topical tacrolimus) ointment draft coded by text only: no trigger",
+        c,
+        {},
+    )
+
+
+@fixture
+def pregnant_ln_flare_on_mmf() -> Fixture:
+    c = Chart("pregflare").patient("Sofia", "Ramirez", "female", "1995-02-09")
+    c.condition("sle", on("2020-10-01"))
+    c.condition("ln-class-iv", on("2026-05-20"), note="Biopsy 2026-05-18: class IV-G (A).")
+    c.condition("pregnancy", on("2026-10-20"))
+    c.order("hydroxychloroquine", on("2020-10-15"), dosage="200 mg by mouth twice daily")
+    c.order("mmf-500mg", on("2026-06-01"), dosage=MMF_DOSE)
+    c.panel(on("2026-08-20"), creatinine=0.82, egfr=94, potassium=4.1, magnesium=2.0, glucose=90, upcr=3.0)
+    c.lab("hcg-beta", 3250, "IU/L", ago(9))
+    c.panel(ago(5), creatinine=0.9, egfr=85, potassium=4.4, bp=(128, 80), upcr=2.3)
+    c.order("prograf-1mg", ANCHOR.isoformat(), status="draft", key="tac-draft", dosage=TAC_DOSE)
+    return Fixture(
+        "pregnant-ln-flare-on-mmf",
+        "Class IV LN flare, newly pregnant (beta-hCG 3250 IU/L), on mycophenolate; no recent Mg or glucose",
+        c,
+        {
+            "P1": "Active pregnancy Condition and a positive beta-hCG (3250 IU/L) 9 days ago.",
+            "P2": "Mycophenolate is an active order during pregnancy.",
+            "S3": "Pregnancy is a barrier to rituximab.",
+            "N1": "No magnesium and no glucose/HbA1c in the last 30 days (last ones 2026-08-20).",
+            "N11": NEW_START,
+        },
+    )
+
+
+@fixture
+def mmf_failure_hbv_rising_upcr() -> Fixture:
+    c = Chart("mmfhbv").patient("Daniel", "Nguyen", "male", "1988-06-17")
+    c.condition("sle", on("2018-01-22"))
+    c.condition("ln-class-iv", on("2025-10-28"))
+    c.condition("hepatitis-b", on("2015-03-03"), note="HBsAg positive, HBV DNA undetectable on entecavir.")
+    c.reactive("hbsag", on("2025-11-01"))
+    c.order("mmf-500mg", on("2025-11-20"), dosage="1500 mg by mouth twice daily")
+    c.panel(on("2025-11-10"), creatinine=0.95, upcr=1.9)
+    c.panel(on("2026-02-15"), creatinine=0.92, upcr=1.1)
+    c.panel(on("2026-06-10"), creatinine=0.94, upcr=1.4)
+    normal_visit(c, 5, creatinine=0.97, egfr=102, glucose=None, glucose_mmol=5.2, upcr=2.3)
+    c.order("tacrolimus-1mg", ANCHOR.isoformat(), status="draft", key="tac-draft", dosage=TAC_DOSE)
+    return Fixture(
+        "mmf-failure-hbv-rising-upcr",
+        "11 months of mycophenolate, UPCR back up to 2.3 g/g (1.9 before it), chronic hepatitis B",
+        c,
+        {
+            "S1": "Mycophenolate since 2025-11-20 (> 6 months); UPCR 2.3 g/g now, 1.9 g/g before it started.",
+            "S3": "Active chronic hepatitis B Condition (and HBsAg reactive): a barrier to rituximab.",
+            "N11": NEW_START,
+        },
+    )
+
+
+@fixture
+def tacrolimus_kidney_decline_clarithromycin() -> Fixture:
+    c = Chart("tacclari").patient("Robert", "Kowalski", "male", "1974-09-03")
+    c.condition("sle", on("2016-04-12"))
+    c.condition("ln-class-iv", on("2025-11-15"))
+    c.order("mmf-500mg", on("2025-12-01"), dosage=MMF_DOSE)
+    tac = c.order("tacrolimus-1mg", on("2026-04-01"), key="mr-tac", dosage="2 mg by mouth every 12 hours")
+    c.panel(on("2025-11-20"), creatinine=0.86, upcr=2.8)
+    c.panel(on("2026-02-01"), creatinine=0.88, upcr=1.6)
+    c.panel(on("2026-03-10"), creatinine=0.82, upcr=1.2)
+    c.panel(on("2026-07-15"), creatinine=0.90, upcr=0.7, tacrolimus=6.8)
+    c.panel(
+        ago(2),
+        creatinine=1.21,
+        egfr=70,
+        potassium=4.9,
+        magnesium=1.8,
+        glucose=101,
+        hba1c=5.6,
+        bp=(136, 84),
+        upcr=0.42,
+        tacrolimus=13.8,
+    )
+    c.order(
+        "tacrolimus-1mg",
+        ANCHOR.isoformat(),
+        status="draft",
+        key="tac-draft",
+        prior=tac,
+        dosage="1 mg by mouth every 12 hours (reduced: trough 13.8, creatinine rising)",
+    )
+    c.order(
+        "clarithromycin",
+        ANCHOR.isoformat(),
+        status="draft",
+        key="clari-draft",
+        dosage="500 mg by mouth twice daily for 7 days (community-acquired pneumonia)",
+    )
+    return Fixture(
+        "tacrolimus-kidney-decline-clarithromycin",
+        "On tacrolimus since April: creatinine 0.82 -> 1.21 mg/dL, trough 13.8; dose change + clarithromycin",
+        c,
+        {
+            "N3": "Creatinine 1.21 mg/dL is 48 % above the 0.82 mg/dL baseline before tacrolimus started.",
+            "N4": "Tacrolimus level 13.8 ng/mL (> 10; > 8 with mycophenolate).",
+            "N9": "Clarithromycin (strong CYP3A4 inhibitor) drafted in the same session.",
+        },
+        selections=["MedicationRequest/tacclari-tac-draft"],
+    )
+
+
+@fixture
+def class_v_egfr_40() -> Fixture:
+    c = Chart("classv").patient("Marcus", "Bell", "male", "1979-12-01")
+    c.condition("sle", on("2014-08-08"))
+    c.condition("ln-class-v", on("2026-06-12"), note="Biopsy: pure class V, moderate chronicity.")
+    c.order("mmf-500mg", on("2026-07-01"), dosage=MMF_DOSE)
+    c.panel(on("2026-09-12"), creatinine_umol=162, upcr=420, upcr_unit="mg/mmol")
+    normal_visit(
+        c,
+        6,
+        creatinine=None,
+        creatinine_umol=168,
+        egfr=40,
+        potassium=4.8,
+        magnesium=1.9,
+        glucose=None,
+        glucose_mmol=5.6,
+        bp=(134, 82),
+        upcr=410,
+        upcr_unit="mg/mmol",
+    )
+    c.order(
+        "astagraf-1mg", ANCHOR.isoformat(), status="draft", key="tac-draft", dosage="4 mg by mouth once daily"
+    )
+    return Fixture(
+        "class-v-egfr-40",
+        "Pure class V LN, eGFR 40, nephrotic-range UPCR (410 mg/mmol), 4 months of mycophenolate",
+        c,
+        {
+            "S4": "Lupus nephritis class V (52042003) on the problem list.",
+            "S6": "Newest eGFR 40 mL/min/1.73 m2 (<= 45).",
+            "N11": NEW_START,
+        },
+    )
+
+
+@fixture
+def p1_pregnant_sle() -> Fixture:
+    c = Chart("p1preg").patient("Hannah", "Schmidt", "female", "1992-04-27")
+    c.condition("sle-no-organ", on("2015-09-30"))
+    c.order("hydroxychloroquine", on("2015-10-10"), dosage="200 mg by mouth twice daily")
+    c.order("azathioprine-50mg", on("2025-02-01"), dosage="100 mg by mouth once daily")
+    c.pregnancy_status(PREGNANT, ago(42))
+    normal_visit(c, 8, upcr=0.12)
+    c.order("tacrolimus-1mg", ANCHOR.isoformat(), status="draft", key="tac-draft", dosage=TAC_DOSE)
+    return Fixture(
+        "p1-pregnant-sle",
+        "Pregnant SLE patient (pregnancy status 'Pregnant' 6 weeks ago), no nephritis, starting tacrolimus",
+        c,
+        {"P1": "Pregnancy status Observation answered 'Pregnant' 42 days ago.", "N11": NEW_START},
+    )
+
+
+@fixture
+def p2_pregnant_on_methotrexate() -> Fixture:
+    c = Chart("p2mtx").patient("Laura", "Bianchi", "female", "1990-10-12")
+    c.condition("sle-no-organ", on("2018-03-05"), note="Inflammatory arthritis, photosensitive rash.")
+    c.order("methotrexate", on("2025-09-15"), dosage="15 mg by mouth once weekly")
+    c.order("hydroxychloroquine", on("2018-03-20"), dosage="200 mg by mouth twice daily")
+    c.lab("hcg", 1840, "IU/L", ago(4))
+    normal_visit(c, 4, upcr=0.08)
+    c.order("tacrolimus-0.5mg", ANCHOR.isoformat(), status="draft", key="tac-draft", dosage=TAC_DOSE)
+    return Fixture(
+        "p2-pregnant-on-methotrexate",
+        "Unplanned pregnancy (hCG 1840 IU/L) in SLE arthritis on weekly methotrexate",
+        c,
+        {
+            "P1": "Quantitative hCG 1840 IU/L (> 25) 4 days ago, no later negative.",
+            "P2": "Methotrexate is an active order during pregnancy.",
+            "N11": NEW_START,
+        },
+    )
+
+
+@fixture
+def p3_mmf_no_pregnancy_test() -> Fixture:
+    c = Chart("p3mmf").patient("Chloe", "Martin", "female", "1998-01-19")
+    c.condition("sle", on("2022-06-06"))
+    c.condition("ln-class-iii", on("2026-07-01"))
+    c.order("mmf-250mg", on("2026-07-15"), dosage="1000 mg by mouth twice daily")
+    normal_visit(c, 6)
+    c.order("tacrolimus-1mg", ANCHOR.isoformat(), status="draft", key="tac-draft", dosage=TAC_DOSE)
+    return Fixture(
+        "p3-mmf-no-pregnancy-test",
+        "28-year-old woman on mycophenolate, no hCG and no pregnancy status on record",
+        c,
+        {
+            "P3": "Woman aged 28, active mycophenolate, no hCG result in 30 days (pregnancy status unknown).",
+            "N11": NEW_START,
+        },
+    )
+
+
+@fixture
+def p4_breastfeeding() -> Fixture:
+    c = Chart("p4bf").patient("Amara", "Diallo", "female", "1994-08-30")
+    c.condition("sle", on("2019-11-11"))
+    c.condition("ln-class-iv", on("2023-12-20"))
+    c.condition("pregnancy", on("2025-12-15"), clinical="resolved", abated=on("2026-08-30"))
+    c.condition("breastfeeding", on("2026-08-30"))
+    c.order(
+        "cyclophosphamide-500mg",
+        on("2024-01-05"),
+        status="completed",
+        until="2024-03-20",
+        dosage="500 mg IV every 2 weeks, 6 doses",
+    )
+    c.order("azathioprine-50mg", on("2024-04-01"), dosage="100 mg by mouth once daily")
+    c.pregnancy_status(PREGNANT, on("2026-03-15"))
+    c.pregnancy_status(NOT_PREGNANT, ago(47))
+    normal_visit(c, 5, upcr=1.3, bp=(126, 80))
+    c.order(
+        "tacrolimus-xr-1mg", ANCHOR.isoformat(), status="draft", key="tac-draft", dosage="2 mg once daily"
+    )
+    return Fixture(
+        "p4-breastfeeding",
+        "Post-partum LN flare while breastfeeding; pregnancy resolved, newest status 'Not pregnant'",
+        c,
+        {"P4": "Active 'Mother currently breastfeeding' Condition.", "N11": NEW_START},
+    )
+
+
+@fixture
+def p5_pregnant_preeclampsia() -> Fixture:
+    c = Chart("p5pe").patient("Nadia", "Haddad", "female", "1989-05-21")
+    c.condition("sle-no-organ", on("2016-02-02"))
+    c.condition("pregnancy", on("2026-04-20"))
+    c.condition("pre-eclampsia", on("2026-10-22"))
+    c.order("hydroxychloroquine", on("2016-02-20"), dosage="200 mg by mouth twice daily")
+    c.order("azathioprine-50mg", on("2025-06-01"), dosage="100 mg by mouth once daily")
+    c.bp(150, 96, ago(10))
+    c.bp(136, 86, ago(3))
+    normal_visit(c, 1, bp=(134, 88), upcr=0.42)
+    c.order("tacrolimus-1mg", ANCHOR.isoformat(), status="draft", key="tac-draft", dosage=TAC_DOSE)
+    return Fixture(
+        "p5-pregnant-preeclampsia",
+        "Pregnant (28 weeks) with pre-eclampsia on the problem list; BP now controlled below 140/90",
+        c,
+        {
+            "P1": "Active pregnancy Condition.",
+            "P5": "Active pre-eclampsia Condition (the last 7 days' BPs are below 140/90).",
+            "N11": NEW_START,
+        },
+    )
+
+
+@fixture
+def p6_pregnant_on_tacrolimus_no_trough() -> Fixture:
+    c = Chart("p6trough").patient("Elena", "Popescu", "female", "1991-12-08")
+    c.condition("sle", on("2017-07-07"))
+    c.condition("ln-class-iii", on("2024-12-20"))
+    c.order("mmf-500mg", on("2025-01-15"), status="completed", until="2025-12-20", dosage=MMF_DOSE)
+    tac = c.order("tacrolimus-xr-1mg", on("2026-01-10"), key="mr-tac", dosage="3 mg by mouth once daily")
+    c.panel(on("2025-01-10"), creatinine=0.72, upcr=2.6)
+    c.panel(on("2025-12-15"), creatinine=0.68, upcr=0.6)
+    c.due_date("2027-02-10", on("2026-07-10"))
+    c.lab("tacrolimus-level", 6.4, "ng/mL", ago(52))
+    normal_visit(c, 9, creatinine=0.66, upcr=0.3)
+    c.order(
+        "tacrolimus-xr-4mg",
+        ANCHOR.isoformat(),
+        status="draft",
+        key="tac-draft",
+        prior=tac,
+        dosage="4 mg by mouth once daily (increase for pregnancy)",
+    )
+    return Fixture(
+        "p6-pregnant-on-tacrolimus-no-trough",
+        "Pregnant (EDD 2027-02-10) on tacrolimus since January; last trough 52 days ago; dose increase",
+        c,
+        {
+            "P1": "Estimated delivery date 2027-02-10 is in the future.",
+            "P6": "Already on tacrolimus and no tacrolimus level in 28 days (last one 52 days ago).",
+            "S3": "Pregnancy is a barrier to rituximab.",
+        },
+    )
+
+
+@fixture
+def s0_ln_first_agent() -> Fixture:
+    c = Chart("s0new").patient("Kwame", "Mensah", "male", "1990-03-03")
+    c.condition("sle", on("2023-01-18"))
+    c.condition("ln-class-iv", on("2026-09-28"), note="Biopsy 2026-09-25: class IV-G (A), new diagnosis.")
+    c.order("hydroxychloroquine", on("2023-02-01"), dosage="200 mg by mouth twice daily")
+    normal_visit(c, 6, upcr=2.7, creatinine=1.0, egfr=98)
+    c.order("tacrolimus-bx-1mg", ANCHOR.isoformat(), status="draft", key="tac-draft", dosage=TAC_DOSE)
+    return Fixture(
+        "s0-ln-first-agent",
+        "New class IV LN, no mycophenolate or cyclophosphamide ever: BX-rated tacrolimus as first agent",
+        c,
+        {"S0": "Lupus nephritis with no mycophenolate or cyclophosphamide on record.", "N11": NEW_START},
+    )
+
+
+@fixture
+def s1_mmf_inadequate_response() -> Fixture:
+    c = Chart("s1mmf").patient("Priya", "Sharma", "female", "1992-09-14")
+    c.condition("sle", on("2018-05-05"))
+    c.condition("ln-class-iv", on("2026-01-08"))
+    c.order("mmf-500mg", on("2026-01-15"), dosage="1500 mg by mouth twice daily")
+    c.panel(on("2026-01-05"), creatinine=0.80, upcr=2.4)
+    c.panel(on("2026-05-10"), creatinine=0.78, upcr=1.8)
+    c.lab("hcg", 1.0, "IU/L", ago(10))
+    normal_visit(c, 6, creatinine=0.8, upcr=1600, upcr_unit="mg/g")
+    c.order("tacrolimus-1mg", ANCHOR.isoformat(), status="draft", key="tac-draft", dosage=TAC_DOSE)
+    return Fixture(
+        "s1-mmf-inadequate-response",
+        "9.5 months of mycophenolate: UPCR 2.4 -> 1.6 g/g (33 % fall, still >= 0.5); negative hCG",
+        c,
+        {
+            "S1": "Mycophenolate since 2026-01-15; UPCR 1600 mg/g (1.6 g/g) is 33 % below 2.4 g/g before it.",
+            "N11": NEW_START,
+        },
+    )
+
+
+@fixture
+def s2_cyc_and_mmf_exposed() -> Fixture:
+    c = Chart("s2both").patient("Thomas", "Walker", "male", "1985-04-04")
+    c.condition("sle", on("2021-02-02"))
+    c.condition("ln-class-iv", on("2022-12-15"))
+    cyc = c.medication("cyclophosphamide-500mg")
+    c.order(
+        "cyclophosphamide-500mg",
+        on("2023-01-10"),
+        status="completed",
+        until="2023-04-30",
+        medication=cyc,
+        dosage="500 mg IV every 2 weeks, 6 doses",
+    )
+    c.order("mmf-500mg", on("2023-05-10"), status="completed", until="2025-06-30", dosage=MMF_DOSE)
+    c.order("azathioprine-50mg", on("2025-07-01"), dosage="150 mg by mouth once daily")
+    c.panel(on("2023-01-05"), creatinine=1.1, upcr=4.1)
+    c.panel(on("2023-05-01"), creatinine=0.98, upcr=3.5)
+    c.panel(on("2025-06-01"), creatinine=0.92, upcr=0.3)
+    normal_visit(c, 5, creatinine=0.95, upcr=1.1)
+    c.order("tacrolimus-1mg", ANCHOR.isoformat(), status="draft", key="tac-draft", dosage=TAC_DOSE)
+    return Fixture(
+        "s2-cyc-and-mmf-exposed",
+        "Relapse on azathioprine after cyclophosphamide (2023) and 2 years of mycophenolate",
+        c,
+        {
+            "S2": "Prior cyclophosphamide (2023, a Medication resource) and prior mycophenolate (2023-2025).",
+            "N11": NEW_START
+            + " S1 stays quiet: UPCR 1.1 g/g is 69 % below the 3.5 g/g before mycophenolate.",
+        },
+    )
+
+
+@fixture
+def s3_rituximab_allergy() -> Fixture:
+    c = Chart("s3rtx").patient("Victor", "Alvarez", "male", "1982-02-25")
+    c.condition("sle", on("2019-09-09"))
+    c.condition("ln-class-iv", on("2024-11-05"))
+    c.order(
+        "cyclophosphamide-500mg",
+        on("2024-11-20"),
+        status="completed",
+        until="2025-02-05",
+        dosage="500 mg IV every 2 weeks, 6 doses",
+    )
+    c.order(
+        "rituximab-500mg", on("2025-09-04"), status="completed", until="2025-09-05", dosage="1000 mg IV once"
+    )
+    c.allergy("rituximab-500mg", on("2025-09-04"), "Anaphylaxis during the first rituximab infusion")
+    c.order("azathioprine-50mg", on("2025-03-01"), dosage="150 mg by mouth once daily")
+    normal_visit(c, 6, upcr=1.8)
+    c.order("tacrolimus-1mg", ANCHOR.isoformat(), status="draft", key="tac-draft", dosage=TAC_DOSE)
+    return Fixture(
+        "s3-rituximab-allergy",
+        "LN after cyclophosphamide, anaphylaxis to rituximab recorded as an allergy",
+        c,
+        {"S3": "Active AllergyIntolerance to rituximab (RxNorm 121191).", "N11": NEW_START},
+    )
+
+
+@fixture
+def s3_low_igg() -> Fixture:
+    c = Chart("s3igg").patient("Margaret", "O'Brien", "female", "1968-06-11")
+    c.condition("sle", on("2005-03-14"))
+    c.condition("ln-class-iii", on("2026-07-20"))
+    c.order("mmf-500mg", on("2026-08-01"), dosage=MMF_DOSE)
+    c.lab("igg", 420, "mg/dL", ago(12))
+    normal_visit(c, 6, upcr=1.5)
+    c.order("tacrolimus-1mg", ANCHOR.isoformat(), status="draft", key="tac-draft", dosage=TAC_DOSE)
+    return Fixture(
+        "s3-low-igg",
+        "58-year-old woman with LN and IgG 420 mg/dL, 3 months of mycophenolate",
+        c,
+        {
+            "S3": "Newest IgG 420 mg/dL (< 500): hypogammaglobulinaemia is a barrier to rituximab.",
+            "N11": NEW_START + " No P3: aged 58, outside the 12-55 band.",
+        },
+    )
+
+
+@fixture
+def s4_class_v() -> Fixture:
+    c = Chart("s4mem").patient("Julia", "Novak", "female", "1997-10-02")
+    c.condition("sle", on("2021-04-04"))
+    c.condition("ln-class-v", on("2026-07-28"))
+    c.order("mmf-500mg", on("2026-08-10"), dosage=MMF_DOSE)
+    c.lab("hcg", 1.0, "IU/L", ago(20))
+    normal_visit(c, 7, egfr=92, upcr=2.1)
+    c.order("tacrolimus-1mg", ANCHOR.isoformat(), status="draft", key="tac-draft", dosage=TAC_DOSE)
+    return Fixture(
+        "s4-class-v",
+        "Membranous (class V) LN with preserved eGFR, mycophenolate since August, negative hCG",
+        c,
+        {"S4": "Lupus nephritis class V (52042003) on the problem list.", "N11": NEW_START},
+    )
+
+
+@fixture
+def s5_second_tacrolimus_draft() -> Fixture:
+    c = Chart("s5dup").patient("Samuel", "Adeyemi", "male", "1987-07-07")
+    c.condition("sle", on("2020-01-01"))
+    c.condition("ln-class-iv", on("2026-07-10"))
+    c.order("mmf-500mg", on("2026-07-20"), dosage=MMF_DOSE)
+    normal_visit(c, 5, upcr=2.2)
+    c.order(
+        "tacrolimus-1mg",
+        ANCHOR.isoformat(),
+        status="draft",
+        key="tac-draft",
+        dosage=TAC_DOSE,
+        note="Rheumatology",
+    )
+    c.order(
+        "tacrolimus-xr-4mg",
+        ANCHOR.isoformat(),
+        status="draft",
+        key="tac-draft-2",
+        dosage="4 mg by mouth once daily",
+        note="Nephrology",
+    )
+    return Fixture(
+        "s5-second-tacrolimus-draft",
+        "Two tacrolimus drafts in one session (IR capsule and XR tablet, two prescribers)",
+        c,
+        {"S5": "A second tacrolimus order in the same draftOrders.", "N11": NEW_START},
+        selections=["MedicationRequest/s5dup-tac-draft"],
+    )
+
+
+@fixture
+def s5_cyclosporine_active() -> Fixture:
+    c = Chart("s5csa").patient("Ahmed", "Karimi", "male", "1980-11-23")
+    c.condition("sle", on("2015-05-15"))
+    c.condition("ln-class-iv", on("2024-10-01"))
+    c.order(
+        "cyclophosphamide-500mg",
+        on("2024-10-10"),
+        status="completed",
+        until="2024-12-20",
+        dosage="500 mg IV every 2 weeks, 6 doses",
+    )
+    c.order("cyclosporine-modified", on("2026-05-05"), dosage="100 mg by mouth twice daily")
+    normal_visit(c, 6, upcr=1.1)
+    c.order("tacrolimus-1mg", ANCHOR.isoformat(), status="draft", key="tac-draft", dosage=TAC_DOSE)
+    return Fixture(
+        "s5-cyclosporine-active",
+        "Switching cyclosporine to tacrolimus while the cyclosporine order is still active",
+        c,
+        {"S5": "Cyclosporine (another calcineurin inhibitor) is an active order.", "N11": NEW_START},
+    )
+
+
+@fixture
+def s6_egfr_low() -> Fixture:
+    c = Chart("s6egfr").patient("George", "Papadopoulos", "male", "1968-02-17")
+    c.condition("sle", on("2008-08-08"))
+    c.condition("ln-class-iv", on("2024-03-01"))
+    c.order(
+        "cyclophosphamide-500mg",
+        on("2024-03-10"),
+        status="completed",
+        until="2024-05-25",
+        dosage="500 mg IV every 2 weeks, 6 doses",
+    )
+    c.order("azathioprine-50mg", on("2024-06-01"), dosage="100 mg by mouth once daily")
+    c.panel(ago(45), creatinine=1.90, egfr=39)
+    normal_visit(c, 5, creatinine=1.95, egfr=38, upcr=1.6)
+    c.order("tacrolimus-1mg", ANCHOR.isoformat(), status="draft", key="tac-draft", dosage=TAC_DOSE)
+    return Fixture(
+        "s6-egfr-low",
+        "LN with eGFR 38 (stable creatinine 1.9 mg/dL) after cyclophosphamide",
+        c,
+        {"S6": "Newest eGFR 38 mL/min/1.73 m2 (<= 45).", "N11": NEW_START},
+    )
+
+
+@fixture
+def s7_long_term_tacrolimus() -> Fixture:
+    c = Chart("s7long").patient("Brian", "Murphy", "male", "1983-05-30")
+    c.condition("sle", on("2012-10-10"))
+    c.condition("ln-class-iv", on("2024-02-10"))
+    c.order("mmf-500mg", on("2024-03-01"), status="completed", until="2024-11-15", dosage=MMF_DOSE)
+    c.order(
+        "tacrolimus-1mg",
+        on("2025-03-01"),
+        status="completed",
+        until="2025-12-31",
+        key="mr-tac-1",
+        dosage="2 mg by mouth every 12 hours",
+    )
+    tac = c.order("tacrolimus-1mg", on("2026-01-02"), key="mr-tac-2", dosage="2 mg by mouth every 12 hours")
+    c.panel(on("2024-02-20"), creatinine=1.0, upcr=3.0)
+    c.panel(on("2024-11-01"), creatinine=0.98, upcr=1.4)
+    c.panel(on("2025-02-15"), creatinine=0.95, upcr=1.3)
+    c.panel(on("2025-06-10"), creatinine=1.0, upcr=0.9, tacrolimus=7.1)
+    c.panel(on("2025-12-10"), creatinine=1.01, upcr=0.8, tacrolimus=6.5)
+    c.panel(on("2026-05-10"), creatinine=1.0, upcr=0.7, hba1c=5.7)
+    normal_visit(c, 6, creatinine=1.02, egfr=90, glucose=None, glucose_mmol=5.4, upcr=0.7, tacrolimus=6.2)
+    c.order(
+        "tacrolimus-1mg",
+        ANCHOR.isoformat(),
+        status="draft",
+        key="tac-draft",
+        prior=tac,
+        dosage="2 mg by mouth every 12 hours (renewal)",
+    )
+    return Fixture(
+        "s7-long-term-tacrolimus",
+        "20 months of tacrolimus with UPCR never below 0.5 g/g; renewal of the active order",
+        c,
+        {"S7": "Tacrolimus since 2025-03-01 (> 12 months) and no UPCR < 0.5 g/g since then (lowest 0.7)."},
+    )
+
+
+@fixture
+def n1_missing_baseline_labs() -> Fixture:
+    c = Chart("n1miss").patient("Lucas", "Ferreira", "male", "1991-12-12")
+    c.condition("sle", on("2021-07-07"))
+    c.condition("ln-class-iii", on("2026-07-25"))
+    c.order("mmf-500mg", on("2026-08-01"), dosage=MMF_DOSE)
+    c.panel(on("2026-08-20"), creatinine=0.86, potassium=4.3, magnesium=2.1, glucose=95, upcr=1.9)
+    c.panel(ago(4), creatinine=0.9, egfr=104, bp=(124, 78))
+    c.order("tacrolimus-1mg", ANCHOR.isoformat(), status="draft", key="tac-draft", dosage=TAC_DOSE)
+    return Fixture(
+        "n1-missing-baseline-labs",
+        "Only creatinine, eGFR and BP are recent; potassium, magnesium, glucose and UPCR are 73 days old",
+        c,
+        {
+            "N1": "No potassium, magnesium, glucose/HbA1c or UPCR in the last 30 days.",
+            "N11": NEW_START,
+        },
+    )
+
+
+@fixture
+def n2_creatinine_rise_25pct() -> Fixture:
+    c = Chart("n2rise").patient("Oliver", "Lindqvist", "male", "1986-08-08")
+    c.condition("sle", on("2019-04-04"))
+    c.condition("ln-class-iv", on("2026-01-15"))
+    c.order("mmf-500mg", on("2026-02-01"), dosage=MMF_DOSE)
+    tac = c.order("tacrolimus-1mg", on("2026-06-15"), key="mr-tac", dosage="2 mg by mouth every 12 hours")
+    c.panel(on("2026-01-20"), creatinine=0.86, upcr=1.9)
+    c.panel(on("2026-04-10"), creatinine=0.84, upcr=0.9)
+    c.panel(on("2026-05-20"), creatinine=0.80, upcr=0.7)
+    c.panel(on("2026-08-10"), creatinine=0.88, upcr=0.5, tacrolimus=6.9)
+    normal_visit(c, 5, creatinine=1.00, egfr=95, upcr=0.45, tacrolimus=7.4)
+    c.order(
+        "tacrolimus-1mg",
+        ANCHOR.isoformat(),
+        status="draft",
+        key="tac-draft",
+        prior=tac,
+        dosage="2 mg by mouth every 12 hours (renewal)",
+    )
+    return Fixture(
+        "n2-creatinine-rise-25pct",
+        "On tacrolimus since June: creatinine 0.80 -> 1.00 mg/dL (+25 %), trough 7.4 on mycophenolate",
+        c,
+        {"N2": "Creatinine 1.00 mg/dL is 25 % above the 0.80 mg/dL baseline before tacrolimus started."},
+    )
+
+
+@fixture
+def n3_creatinine_rise_first_order() -> Fixture:
+    c = Chart("n3rise").patient("Ivan", "Petrov", "male", "1984-01-09")
+    c.condition("sle", on("2016-06-16"))
+    c.condition("ln-class-iv", on("2024-01-20"))
+    c.order(
+        "cyclophosphamide-500mg",
+        on("2024-02-01"),
+        status="completed",
+        until="2024-04-15",
+        dosage="500 mg IV every 2 weeks, 6 doses",
+    )
+    c.order("azathioprine-50mg", on("2024-05-01"), dosage="150 mg by mouth once daily")
+    c.lab("creatinine-si", 71, "µmol/L", ago(76))
+    c.lab("creatinine-si", 76, "µmol/L", ago(40))
+    normal_visit(c, 5, creatinine=None, creatinine_umol=104, egfr=74, upcr=1.7)
+    c.order("tacrolimus-1mg", ANCHOR.isoformat(), status="draft", key="tac-draft", dosage=TAC_DOSE)
+    return Fixture(
+        "n3-creatinine-rise-first-order",
+        "LN flare before any tacrolimus: creatinine 71 -> 104 umol/L in 10 weeks (SI units)",
+        c,
+        {
+            "N3": "Creatinine 104 umol/L (1.18 mg/dL) is 46 % above the lowest earlier one in 90 days (71).",
+            "N11": NEW_START,
+        },
+    )
+
+
+@fixture
+def n4_high_trough_on_mmf() -> Fixture:
+    c = Chart("n4lvl").patient("Paul", "Dubois", "male", "1979-03-21")
+    c.condition("sle", on("2013-12-12"))
+    c.condition("ln-class-iii", on("2025-12-15"))
+    c.order("mmf-500mg", on("2026-01-05"), dosage=MMF_DOSE)
+    tac = c.order("tacrolimus-1mg", on("2026-05-12"), key="mr-tac", dosage="3 mg by mouth every 12 hours")
+    c.panel(on("2025-12-20"), creatinine=0.95, upcr=2.2)
+    c.panel(on("2026-04-20"), creatinine=0.92, upcr=0.9)
+    c.lab("tacrolimus-level-lcms", 7.0, "ng/mL", on("2026-08-01"))
+    normal_visit(c, 3, creatinine=0.98, upcr=0.35, tacrolimus=9.1)
+    c.order(
+        "tacrolimus-1mg",
+        ANCHOR.isoformat(),
+        status="draft",
+        key="tac-draft",
+        prior=tac,
+        dosage="3 mg by mouth every 12 hours (renewal)",
+    )
+    return Fixture(
+        "n4-high-trough-on-mmf",
+        "Tacrolimus trough 9.1 ng/mL with mycophenolate co-therapy (ceiling 8); renewal",
+        c,
+        {"N4": "Newest tacrolimus level 9.1 ng/mL is above 8, the ceiling with active mycophenolate."},
+    )
+
+
+@fixture
+def n5_hyperkalaemia() -> Fixture:
+    c = Chart("n5k").patient("Stefan", "Horvat", "male", "1977-10-10")
+    c.condition("sle", on("2010-02-02"))
+    c.condition("ln-class-iv", on("2026-07-15"))
+    c.order("mmf-500mg", on("2026-07-25"), dosage=MMF_DOSE)
+    c.lab("potassium", 5.0, "mmol/L", ago(40))
+    normal_visit(c, 4, potassium=5.9, upcr=2.0)
+    c.order("tacrolimus-1mg", ANCHOR.isoformat(), status="draft", key="tac-draft", dosage=TAC_DOSE)
+    return Fixture(
+        "n5-hyperkalaemia",
+        "Potassium 5.9 mmol/L four days before a tacrolimus start",
+        c,
+        {"N5": "Newest potassium 5.9 mmol/L (> 5.5).", "N11": NEW_START},
+    )
+
+
+@fixture
+def n6_low_magnesium_si() -> Fixture:
+    c = Chart("n6mg").patient("Rosa", "Delgado", "female", "1981-04-15")
+    c.condition("sle", on("2011-11-11"))
+    c.condition("ln-class-iv", on("2025-02-20"))
+    c.order(
+        "cyclophosphamide-500mg",
+        on("2025-03-01"),
+        status="completed",
+        until="2025-05-15",
+        dosage="500 mg IV every 2 weeks, 6 doses",
+    )
+    tac = c.order("tacrolimus-1mg", on("2026-04-20"), key="mr-tac", dosage="2 mg by mouth every 12 hours")
+    c.panel(on("2026-03-25"), creatinine=0.70, upcr=1.2)
+    normal_visit(c, 5, creatinine=0.74, magnesium=None, magnesium_mmol=0.58, upcr=0.6, tacrolimus=6.8)
+    c.order(
+        "tacrolimus-1mg",
+        ANCHOR.isoformat(),
+        status="draft",
+        key="tac-draft",
+        prior=tac,
+        dosage="2 mg by mouth every 12 hours (renewal)",
+    )
+    return Fixture(
+        "n6-low-magnesium-si",
+        "On tacrolimus since April; serum magnesium 0.58 mmol/L (1.41 mg/dL); renewal",
+        c,
+        {"N6": "Newest magnesium 0.58 mmol/L = 1.41 mg/dL (< 1.6)."},
+    )
+
+
+@fixture
+def n7_hypertension() -> Fixture:
+    c = Chart("n7bp").patient("Frank", "Russo", "male", "1975-07-19")
+    c.condition("sle", on("2009-09-09"))
+    c.condition("ln-class-iv", on("2026-07-28"))
+    c.condition("hypertension", on("2022-03-03"))
+    c.order("mmf-500mg", on("2026-08-05"), dosage=MMF_DOSE)
+    c.bp(150, 92, ago(20))
+    normal_visit(c, 3, bp=(162, 98), upcr=2.5)
+    c.order("tacrolimus-1mg", ANCHOR.isoformat(), status="draft", key="tac-draft", dosage=TAC_DOSE)
+    return Fixture(
+        "n7-hypertension",
+        "BP 162/98 three days before a tacrolimus start",
+        c,
+        {"N7": "Newest BP 162/98 mmHg (>= 160/100 tier by systolic: warning).", "N11": NEW_START},
+    )
+
+
+@fixture
+def n8_hyperglycaemia_on_tacrolimus() -> Fixture:
+    c = Chart("n8glu").patient("William", "Tanaka", "male", "1972-12-24")
+    c.condition("sle", on("2011-01-01"))
+    c.condition("ln-class-iii", on("2025-12-28"))
+    c.order("mpa-360mg", on("2026-01-10"), dosage="720 mg by mouth twice daily")
+    tac = c.order("tacrolimus-1mg", on("2026-03-01"), key="mr-tac", dosage="2 mg by mouth every 12 hours")
+    c.panel(on("2026-01-05"), creatinine=0.92, upcr=2.0, hba1c=5.6)
+    c.panel(on("2026-02-10"), creatinine=0.90, upcr=1.4)
+    c.lab("hba1c", 6.9, "%", on("2026-09-15"))
+    normal_visit(c, 6, creatinine=0.95, glucose=None, glucose_mmol=6.1, upcr=0.4, tacrolimus=6.5)
+    c.order(
+        "tacrolimus-1mg",
+        ANCHOR.isoformat(),
+        status="draft",
+        key="tac-draft",
+        prior=tac,
+        dosage="2 mg by mouth every 12 hours (renewal)",
+    )
+    return Fixture(
+        "n8-hyperglycaemia-on-tacrolimus",
+        "HbA1c 5.6 % before tacrolimus, 6.9 % six months into it; renewal",
+        c,
+        {"N8": "HbA1c 6.9 % on 2026-09-15, after tacrolimus started on 2026-03-01 (>= 6.5 %)."},
+    )
+
+
+@fixture
+def n9_rifampin() -> Fixture:
+    c = Chart("n9rif").patient("Diego", "Santos", "male", "1989-02-02")
+    c.condition("sle", on("2020-06-06"))
+    c.condition("ln-class-iv", on("2026-08-05"))
+    c.order("mmf-500mg", on("2026-08-15"), dosage=MMF_DOSE)
+    c.order("rifampin", on("2026-09-20"), dosage="600 mg by mouth once daily for 4 months (latent TB)")
+    normal_visit(c, 6, upcr=1.9)
+    c.order("tacrolimus-1mg", ANCHOR.isoformat(), status="draft", key="tac-draft", dosage=TAC_DOSE)
+    return Fixture(
+        "n9-rifampin",
+        "Latent TB on rifampin (strong CYP3A4 inducer) when tacrolimus is started",
+        c,
+        {"N9": "Rifampin, a strong CYP3A4 inducer, is an active order.", "N11": NEW_START},
+    )
+
+
+@fixture
+def n10_nsaid() -> Fixture:
+    c = Chart("n10nsaid").patient("Jack", "Thompson", "male", "1983-09-09")
+    c.condition("sle", on("2017-03-17"))
+    c.condition("ln-class-iii", on("2026-07-22"))
+    c.order("mmf-500mg", on("2026-08-01"), dosage=MMF_DOSE)
+    c.order("naproxen", on("2026-10-10"), dosage="500 mg by mouth twice daily as needed for arthralgia")
+    normal_visit(c, 5, upcr=1.3)
+    c.order("tacrolimus-1mg", ANCHOR.isoformat(), status="draft", key="tac-draft", dosage=TAC_DOSE)
+    return Fixture(
+        "n10-nsaid",
+        "Naproxen active for arthralgia when tacrolimus is started",
+        c,
+        {"N10": "Naproxen (NSAID) is an active order.", "N11": NEW_START},
+    )
+
+
+@fixture
+def tacrolimus_contained_medication() -> Fixture:
+    c = Chart("tacmed").patient("Noah", "Fischer", "male", "1986-05-05")
+    c.condition("sle", on("2018-08-18"))
+    c.condition("ln-class-iv", on("2026-06-20"))
+    c.order("mmf-500mg", on("2026-07-01"), dosage=MMF_DOSE)
+    normal_visit(c, 6, upcr=1.6)
+    c.order(
+        "envarsus-1mg",
+        ANCHOR.isoformat(),
+        status="draft",
+        key="tac-draft",
+        contained=True,
+        dosage="4 mg by mouth once daily",
+    )
+    return Fixture(
+        "tacrolimus-contained-medication",
+        "Tacrolimus draft whose drug is a contained Medication (Envarsus XR) behind medicationReference",
+        c,
+        {"N11": NEW_START + " The trigger is found through the contained Medication."},
+    )
+
+
+@fixture
+def tacrolimus_text_only_draft() -> Fixture:
+    c = Chart("tactext").patient("Dorothy", "Evans", "female", "1966-03-08")
+    c.condition("sle", on("2001-05-05"))
+    c.condition("ln-class-iv", on("2026-09-15"))
+    c.order("hydroxychloroquine", on("2001-06-01"), dosage="200 mg by mouth once daily")
+    normal_visit(c, 6, upcr=1.9, creatinine=0.9, egfr=72)
+    c.order(
+        None,
+        ANCHOR.isoformat(),
+        status="draft",
+        key="tac-draft",
+        text_only="Prograf 1 mg capsule",
+        dosage=TAC_DOSE,
+    )
+    return Fixture(
+        "tacrolimus-text-only-draft",
+        "Tacrolimus draft with no coding, only the text 'Prograf 1 mg capsule'",
+        c,
+        {"S0": "Lupus nephritis with no mycophenolate or cyclophosphamide on record.", "N11": NEW_START},
+    )
+
+
+@fixture
+def tacrolimus_renewal_no_duplicate() -> Fixture:
+    c = Chart("tacrenew").patient("Ethan", "Clarke", "male", "1980-06-26")
+    c.condition("sle", on("2014-04-14"))
+    c.condition("ln-class-iv", on("2026-01-10"))
+    c.order("mmf-500mg", on("2026-01-20"), dosage=MMF_DOSE)
+    tac = c.order("tacrolimus-1mg", on("2026-07-01"), key="mr-tac", dosage="2 mg by mouth every 12 hours")
+    c.panel(on("2026-01-15"), creatinine=0.9, upcr=2.0)
+    c.panel(on("2026-06-20"), creatinine=0.88, upcr=0.8, magnesium=2.0)
+    normal_visit(c, 4, creatinine=0.93, magnesium=None, upcr=0.4, tacrolimus=6.0)
+    c.order(
+        "tacrolimus-1mg",
+        ANCHOR.isoformat(),
+        status="draft",
+        key="tac-draft",
+        prior=tac,
+        dosage="2.5 mg by mouth every 12 hours (dose change)",
+    )
+    return Fixture(
+        "tacrolimus-renewal-no-duplicate",
+        "Dose change whose priorPrescription points to the active tacrolimus order (not a duplicate)",
+        c,
+        {"N1": "No magnesium in 30 days (last one 2026-06-20). No S5: the draft renews the active order."},
+    )
+
+
+@fixture
+def tacrolimus_active_duplicate() -> Fixture:
+    c = Chart("tacdup").patient("Henry", "Larsen", "male", "1978-08-14")
+    c.condition("sle", on("2012-12-12"))
+    c.condition("ln-class-iv", on("2026-05-05"))
+    c.order("mmf-500mg", on("2026-06-10"), dosage=MMF_DOSE)
+    c.order("tacrolimus-1mg", on("2026-06-01"), key="mr-tac", dosage="2 mg by mouth every 12 hours")
+    c.panel(on("2026-05-10"), creatinine=0.9, upcr=2.1)
+    normal_visit(c, 5, creatinine=0.92, upcr=0.9, tacrolimus=6.5)
+    c.order(
+        "envarsus-1mg", ANCHOR.isoformat(), status="draft", key="tac-draft", dosage="4 mg by mouth once daily"
+    )
+    return Fixture(
+        "tacrolimus-active-duplicate",
+        "New Envarsus XR order while the tacrolimus capsule order is still active and not referenced",
+        c,
+        {"S5": "Stored active tacrolimus order that the draft's priorPrescription does not point to."},
+    )
+
+
+@fixture
+def malformed_observation_skipped() -> Fixture:
+    c = Chart("malobs").patient("Leo", "Wagner", "male", "1985-10-31")
+    c.condition("sle", on("2016-10-16"))
+    c.condition("ln-class-iv", on("2026-07-01"))
+    c.order("mmf-500mg", on("2026-07-10"), dosage=MMF_DOSE)
+    normal_visit(c, 6, potassium=4.3, upcr=1.4)
+    bad = c.lab("potassium", 4.0, "mmol/L", ago(2), key="potassium-bad")
+    c.resources[-1]["valueQuantity"]["value"] = "abc"
+    c.malformed.append(bad)
+    c.order("tacrolimus-1mg", ANCHOR.isoformat(), status="draft", key="tac-draft", dosage=TAC_DOSE)
+    return Fixture(
+        "malformed-observation-skipped",
+        "Newest potassium has valueQuantity.value 'abc': skipped, the valid 4.3 mmol/L is used",
+        c,
+        {"N11": NEW_START + " The malformed potassium is skipped; the valid one 6 days ago keeps N1 quiet."},
+    )
+
+
+# --- Writing ------------------------------------------------------------------------------------------------
+
+
+def manifest_entry(f: Fixture) -> dict:
+    entry = {
+        "description": f.description,
+        "drafts": f.chart.drafts,
+        "selections": f.selections or f.chart.drafts,
+        "expected": sorted(f.expected, key=finding_order),
+        "why": {k: f.expected[k] for k in sorted(f.expected, key=finding_order)},
+    }
+    if f.chart.malformed:
+        entry["malformed"] = f.chart.malformed
+    return entry
+
+
+def finding_order(finding_id: str) -> tuple[int, int]:
+    return ("PSN".index(finding_id[0]), int(finding_id[1:]))
+
+
+def main() -> None:
+    fixtures = [build() for build in FIXTURES]
+    names = [f.name for f in fixtures]
+    assert len(set(names)) == len(names), "fixture names must be unique"
+    manifest = {}
+    for f in fixtures:
+        (OUT_DIR / f"{f.name}.json").write_text(
+            json.dumps(f.chart.bundle(), indent=2, ensure_ascii=False) + "\n"
+        )
+        manifest[f.name] = manifest_entry(f)
+    (OUT_DIR / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {len(fixtures)} fixtures to {OUT_DIR}")
+
+
+if __name__ == "__main__":
+    main()
