@@ -72,7 +72,7 @@ def call_service(service_id: str) -> Response | tuple[Response, int]:
         raise ProtocolError(404, None, f"no CDS service with id {service_id!r}")
     started = time.perf_counter()
     body = json_body()
-    answer = answer_hook(body, service, rt)
+    answer = answer_hook(body, service, rt, tenant=caller_tenant())
     cards = answer.body.get("cards", [])
     if cards and rt.store is not None:
         rt.store.record_shown(service.id, caller_tenant(), body["hookInstance"], cards)

@@ -53,9 +53,28 @@ class Config:
     directory: Path
     settings: Mapping[str, Any]
     services: Mapping[str, Service] = field(default_factory=dict)
+    _per_tenant: dict[tuple[str, str | None], Mapping[str, Any]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def section(self, name: str) -> Mapping[str, Any]:
         return self.settings.get(name) or {}
+
+    def tenant_overrides(self, tenant: str | None) -> Mapping[str, Any]:
+        """The ``tenants:`` entry for ``tenant`` (empty for no tenant or one without overrides)."""
+        return (self.section("tenants").get(tenant) or {}) if tenant else {}
+
+    def settings_for(self, service: Service | str, tenant: str | None) -> Mapping[str, Any]:
+        """Effective settings for one service and caller: shared < service file < the tenant's overrides.
+
+        Cached for the life of this Config (that is, of one Runtime); a reload starts afresh.
+        """
+        service = service if isinstance(service, Service) else self.services[service]
+        key = (service.id, tenant)
+        if key not in self._per_tenant:
+            overrides = self.tenant_overrides(tenant)
+            self._per_tenant[key] = deep_merge(service.settings, overrides) if overrides else service.settings
+        return self._per_tenant[key]
 
 
 def _read_yaml(path: Path) -> Any:
@@ -74,7 +93,7 @@ def config_dir(directory: str | Path | None = None) -> Path:
 
 
 def load_config(directory: str | Path | None = None) -> Config:
-    """Read and check the configuration in ``directory`` (default ``hooks/``); raise ConfigError if unusable."""
+    """Read and check the configuration in ``directory`` (default ``hooks/``); ConfigError if unusable."""
     root = config_dir(directory)
     settings_path = root / "settings.yaml"
     if not settings_path.is_file():
@@ -83,10 +102,15 @@ def load_config(directory: str | Path | None = None) -> Config:
     if not isinstance(settings, dict):
         raise ConfigError([f"{settings_path}: must be a mapping of settings"])
 
-    from cds_service.config_schema import check_service, check_settings  # noqa: PLC0415 - avoids an import cycle
+    from cds_service.config_schema import (  # imported here: avoids an import cycle
+        check_service,
+        check_settings,
+        check_thresholds,
+    )
 
     problems = check_settings(settings, settings_path)
     services: dict[str, Service] = {}
+    service_files: dict[str, Path] = {}
     for path in sorted((root / "services").glob("*.yaml")):
         raw = _read_yaml(path)
         found = check_service(raw, path)
@@ -107,6 +131,40 @@ def load_config(directory: str | Path | None = None) -> Config:
             usage_requirements=raw.get("usageRequirements"),
             settings=deep_merge(settings, overrides),
         )
+        service_files[raw["id"]] = path
+    if not problems:  # every file has the right shape: check what the files say together
+        problems += _check_valuesets(settings, settings_path)
+        for service in services.values():
+            if service.settings["thresholds"] != settings["thresholds"]:
+                problems += check_thresholds(
+                    service.settings["thresholds"], service_files[service.id], ["thresholds"]
+                )
+        for tenant, overrides in (settings.get("tenants") or {}).items():
+            for service in services.values():
+                merged = deep_merge(service.settings, overrides)["thresholds"]
+                problems += check_thresholds(merged, settings_path, ["tenants", tenant, "thresholds"])
+        problems = list(dict.fromkeys(problems))  # a tenant's problem shows once, not once per service
     if problems:
         raise ConfigError(problems)
     return Config(directory=root, settings=settings, services=services)
+
+
+def _check_valuesets(settings: Mapping[str, Any], settings_path: Path) -> list[str]:
+    """Every value set named in ``valuesets.local_codes`` exists, and the chosen value sets load."""
+    from cds_service.config_schema import where  # imported here: avoids an import cycle
+    from cds_service.terminology import DEFAULT_DIR, Terminology
+
+    valuesets = settings.get("valuesets") or {}
+    known = sorted(p.stem for p in DEFAULT_DIR.glob("*.json"))
+    problems = [
+        f"{where(settings_path, ['valuesets', 'local_codes', name])}: valuesets.local_codes.{name}: "
+        f"not a value set of the service; known: {', '.join(known)}"
+        for name in valuesets.get("local_codes") or {}
+        if name not in known
+    ]
+    if not problems:
+        try:
+            Terminology.load(include=valuesets.get("include", ()), local_codes=valuesets.get("local_codes"))
+        except ValueError as error:
+            problems.append(f"{where(settings_path, ['valuesets'])}: valuesets: {error}")
+    return problems

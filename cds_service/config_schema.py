@@ -49,9 +49,29 @@ def _explain(error: ValidationError) -> str:
     if kind == "additionalProperties":
         allowed = sorted(schema.get("properties", {}))
         return f"{error.message}; allowed: {', '.join(allowed)}" if allowed else error.message
-    if kind == "propertyNames":
+    if kind == "type":
+        return f"must be {TYPE_WORDS.get(schema.get('type'), schema.get('type'))}, got {error.instance!r}"
+    if kind in ("minItems", "maxItems") and schema.get("minItems") == schema.get("maxItems"):
+        return f"must be a list of exactly {schema['minItems']} values, got {error.instance!r}"
+    if kind == "pattern":
+        return f"must match {schema['pattern']}, got {error.instance!r}"
+    if kind == "format":
+        return f"must be a valid {schema['format']}, got {error.instance!r}"
+    return f"{error.message}"
+
+
+TYPE_WORDS = {
+    "boolean": "true or false",
+    "string": "text",
+    "array": "a list",
+    "object": "a mapping (key: value lines)",
+}
+
+
+def _explain_name(error: ValidationError) -> str:
+    if error.validator == "enum":
         return f"{error.instance!r} is not a finding id of the catalog (P1-P6, S0-S7, N1-N11)"
-    return error.message
+    return f"{error.instance!r} is not allowed as a name here: {error.message}"
 
 
 def where(path: Path, parts: Iterable[str | int]) -> str:
@@ -89,14 +109,19 @@ def _check(name: str, document: Any, path: Path) -> list[str]:
         leaf = error
         while leaf.context:
             leaf = min(leaf.context, key=lambda e: len(e.absolute_path) * -1)
-        if leaf.validator == "additionalProperties" and leaf.schema.get("properties") and isinstance(
-            leaf.instance, dict
+        if (
+            leaf.validator == "additionalProperties"
+            and leaf.schema.get("properties")
+            and isinstance(leaf.instance, dict)
         ):
             problems.extend(_unknown_keys(leaf, path))
             continue
         parts = list(leaf.absolute_path)
-        if leaf.validator == "propertyNames":
+        if "propertyNames" in leaf.absolute_schema_path:
+            # A bad key: jsonschema reports it at its parent, with the key as the instance.
             parts.append(leaf.instance)
+            problems.append(f"{where(path, parts)}: {_dotted(parts)}: {_explain_name(leaf)}")
+            continue
         problems.append(f"{where(path, parts)}: {_dotted(parts)}: {_explain(leaf)}")
     return problems
 

@@ -95,7 +95,10 @@ def _medication_resolver(body: Mapping, gathered: Gathered | None, client: FhirC
     return resolve
 
 
-def answer_hook(body: Any, service: Service, runtime: Runtime, now: datetime | None = None) -> Answer:
+def answer_hook(
+    body: Any, service: Service, runtime: Runtime, now: datetime | None = None, tenant: str | None = None
+) -> Answer:
+    """The answer to one hook call; ``tenant`` (the caller's organisation) picks its overrides."""
     validate_request(body, service.hook)
     now = now or datetime.now(UTC)
     context = body["context"]
@@ -132,7 +135,7 @@ def answer_hook(body: Any, service: Service, runtime: Runtime, now: datetime | N
         resolve=_medication_resolver(body, gathered, client, runtime),
         unavailable={KEY_BY_NAME[k].resource_type for k in gathered.unavailable},
     )
-    settings = service.settings
+    settings = runtime.config.settings_for(service, tenant)
     evaluation = evaluate(
         RuleInput(
             record=record,

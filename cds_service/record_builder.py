@@ -274,9 +274,9 @@ class RecordBuilder:
         day = entry.when.date().isoformat()
         quantity = holder.get("valueQuantity")
         if isinstance(quantity, Mapping) and quantity.get("value") is not None:
-            value, unit = float(quantity["value"]), quantity.get("code") or quantity.get("unit")
-            original = f"{quantity['value']} {quantity.get('unit') or quantity.get('code') or ''}".strip()
-            converted = to_canonical(group, value, unit, code)
+            value, unit = float(quantity["value"]), quantity.get("unit") or quantity.get("code")
+            original = f"{quantity['value']} {unit or ''}".strip()
+            converted = to_canonical(group, value, quantity.get("unit"), quantity.get("code"), loinc=code)
             if converted is None:
                 return Unusable(reference, f"{group} on {day} in unit {unit or '(none)'!r} could not be used")
             return LabValue(raw.get("id", ""), code, entry.when, converted[0], converted[1], original=original)

@@ -106,6 +106,8 @@ _CONVERSIONS["glucose-fasting"] = _CONVERSIONS["glucose"]
 
 _KNOWN_UNITS = frozenset(key for table in _CONVERSIONS.values() for key in table)
 _ANNOTATION = re.compile(r"\{[^{}]*\}")
+_FOREIGN = object()
+"""Marks a unit this module knows, but not one of the group being converted."""
 
 
 def canonical_unit(group: str) -> str | None:
@@ -143,10 +145,6 @@ def to_canonical(
         return None  # code and printed unit disagree
     result = by_code if isinstance(by_code, float) else by_unit
     return (result, CANONICAL_UNITS[group]) if isinstance(result, float) else None
-
-
-_FOREIGN = object()
-"""A unit this module knows, but not one of the group being converted."""
 
 
 def _present(text: object) -> bool:

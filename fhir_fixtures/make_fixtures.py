@@ -528,6 +528,8 @@ class Fixture:
     expected: dict[str, str]
     """Finding id -> why it fires (one line)."""
     selections: list[str] | None = None
+    quiet: dict[str, str] | None = None
+    """Finding id -> why a finding a reader might expect does *not* fire (one line)."""
 
 
 FIXTURES: list[Callable[[], Fixture]] = []
@@ -563,7 +565,12 @@ def complete_well_monitored() -> Fixture:
         "complete-well-monitored",
         "Class III LN, 4.5 months of mycophenolate, all labs recent and normal, negative hCG: add-on",
         c,
-        {"N11": NEW_START + " Every other rule has the data it needs and stays quiet (N1 included)."},
+        {"N11": NEW_START},
+        quiet={
+            "N1": "Creatinine, eGFR, potassium, magnesium, glucose, HbA1c, BP and UPCR are all 7 days old.",
+            "P3": "Quantitative hCG 1.2 IU/L 9 days ago.",
+            "S1": "Mycophenolate for 4.5 months only (< 6).",
+        },
     )
 
 
@@ -592,10 +599,8 @@ def sle_without_nephritis() -> Fixture:
         "sle-without-nephritis",
         "SLE, nephritis refuted by biopsy, rituximab allergy: only the monitoring family speaks",
         c,
-        {
-            "N11": NEW_START
-            + " The rituximab allergy gives no S3: salvage findings need active lupus nephritis."
-        },
+        {"N11": NEW_START},
+        quiet={"S3": "The rituximab allergy is a barrier, but salvage findings need active lupus nephritis."},
     )
 
 
@@ -696,6 +701,9 @@ def mmf_failure_hbv_rising_upcr() -> Fixture:
             "S3": "Active chronic hepatitis B Condition (and HBsAg reactive): a barrier to rituximab.",
             "N11": NEW_START,
         },
+        quiet={
+            "N2": "No other creatinine in the last 90 days, so no baseline to compare with (N3 likewise)."
+        },
     )
 
 
@@ -747,6 +755,7 @@ def tacrolimus_kidney_decline_clarithromycin() -> Fixture:
             "N9": "Clarithromycin (strong CYP3A4 inhibitor) drafted in the same session.",
         },
         selections=["MedicationRequest/tacclari-tac-draft"],
+        quiet={"S5": "The tacrolimus draft's priorPrescription points to the active tacrolimus order."},
     )
 
 
@@ -800,6 +809,7 @@ def p1_pregnant_sle() -> Fixture:
         "Pregnant SLE patient (pregnancy status 'Pregnant' 6 weeks ago), no nephritis, starting tacrolimus",
         c,
         {"P1": "Pregnancy status Observation answered 'Pregnant' 42 days ago.", "N11": NEW_START},
+        quiet={"S3": "Pregnancy is a rituximab barrier, but there is no lupus nephritis."},
     )
 
 
@@ -869,6 +879,9 @@ def p4_breastfeeding() -> Fixture:
         "Post-partum LN flare while breastfeeding; pregnancy resolved, newest status 'Not pregnant'",
         c,
         {"P4": "Active 'Mother currently breastfeeding' Condition.", "N11": NEW_START},
+        quiet={
+            "P1": "Pregnancy Condition resolved; the newest pregnancy status (47 days ago) is 'Not pregnant'."
+        },
     )
 
 
@@ -893,6 +906,7 @@ def p5_pregnant_preeclampsia() -> Fixture:
             "P5": "Active pre-eclampsia Condition (the last 7 days' BPs are below 140/90).",
             "N11": NEW_START,
         },
+        quiet={"N7": "Newest BP 134/88 mmHg; the 150/96 reading is 10 days old."},
     )
 
 
@@ -924,6 +938,10 @@ def p6_pregnant_on_tacrolimus_no_trough() -> Fixture:
             "P1": "Estimated delivery date 2027-02-10 is in the future.",
             "P6": "Already on tacrolimus and no tacrolimus level in 28 days (last one 52 days ago).",
             "S3": "Pregnancy is a barrier to rituximab.",
+        },
+        quiet={
+            "S1": "Newest UPCR 0.3 g/g (< 0.5).",
+            "S5": "The draft's priorPrescription points to the active tacrolimus order.",
         },
     )
 
@@ -993,9 +1011,9 @@ def s2_cyc_and_mmf_exposed() -> Fixture:
         c,
         {
             "S2": "Prior cyclophosphamide (2023, a Medication resource) and prior mycophenolate (2023-2025).",
-            "N11": NEW_START
-            + " S1 stays quiet: UPCR 1.1 g/g is 69 % below the 3.5 g/g before mycophenolate.",
+            "N11": NEW_START,
         },
+        quiet={"S1": "UPCR 1.1 g/g is 69 % below the 3.5 g/g measured before mycophenolate started."},
     )
 
 
@@ -1041,8 +1059,9 @@ def s3_low_igg() -> Fixture:
         c,
         {
             "S3": "Newest IgG 420 mg/dL (< 500): hypogammaglobulinaemia is a barrier to rituximab.",
-            "N11": NEW_START + " No P3: aged 58, outside the 12-55 band.",
+            "N11": NEW_START,
         },
+        quiet={"P3": "Aged 58, outside the 12-55 band."},
     )
 
 
@@ -1177,6 +1196,10 @@ def s7_long_term_tacrolimus() -> Fixture:
         "20 months of tacrolimus with UPCR never below 0.5 g/g; renewal of the active order",
         c,
         {"S7": "Tacrolimus since 2025-03-01 (> 12 months) and no UPCR < 0.5 g/g since then (lowest 0.7)."},
+        quiet={
+            "S1": "UPCR 0.7 g/g is 77 % below the 3.0 g/g measured before mycophenolate started.",
+            "S5": "The draft's priorPrescription points to the active tacrolimus order.",
+        },
     )
 
 
@@ -1429,7 +1452,7 @@ def tacrolimus_contained_medication() -> Fixture:
         "tacrolimus-contained-medication",
         "Tacrolimus draft whose drug is a contained Medication (Envarsus XR) behind medicationReference",
         c,
-        {"N11": NEW_START + " The trigger is found through the contained Medication."},
+        {"N11": NEW_START + " (The trigger is found through the contained Medication.)"},
     )
 
 
@@ -1478,7 +1501,8 @@ def tacrolimus_renewal_no_duplicate() -> Fixture:
         "tacrolimus-renewal-no-duplicate",
         "Dose change whose priorPrescription points to the active tacrolimus order (not a duplicate)",
         c,
-        {"N1": "No magnesium in 30 days (last one 2026-06-20). No S5: the draft renews the active order."},
+        {"N1": "No magnesium in the last 30 days (last one 2026-06-20)."},
+        quiet={"S5": "The draft's priorPrescription points to the active tacrolimus order."},
     )
 
 
@@ -1517,7 +1541,8 @@ def malformed_observation_skipped() -> Fixture:
         "malformed-observation-skipped",
         "Newest potassium has valueQuantity.value 'abc': skipped, the valid 4.3 mmol/L is used",
         c,
-        {"N11": NEW_START + " The malformed potassium is skipped; the valid one 6 days ago keeps N1 quiet."},
+        {"N11": NEW_START},
+        quiet={"N1": "Malformed potassium (2 days ago) skipped; the valid 4.3 mmol/L 6 days ago is recent."},
     )
 
 
@@ -1532,6 +1557,8 @@ def manifest_entry(f: Fixture) -> dict:
         "expected": sorted(f.expected, key=finding_order),
         "why": {k: f.expected[k] for k in sorted(f.expected, key=finding_order)},
     }
+    if f.quiet:
+        entry["quiet"] = f.quiet
     if f.chart.malformed:
         entry["malformed"] = f.chart.malformed
     return entry
@@ -1541,19 +1568,22 @@ def finding_order(finding_id: str) -> tuple[int, int]:
     return ("PSN".index(finding_id[0]), int(finding_id[1:]))
 
 
-def main() -> None:
+def write(out_dir: Path = OUT_DIR) -> list[str]:
+    """Write every bundle and the manifest into ``out_dir``; returns the fixture names."""
     fixtures = [build() for build in FIXTURES]
     names = [f.name for f in fixtures]
     assert len(set(names)) == len(names), "fixture names must be unique"
     manifest = {}
     for f in fixtures:
-        (OUT_DIR / f"{f.name}.json").write_text(
-            json.dumps(f.chart.bundle(), indent=2, ensure_ascii=False) + "\n"
-        )
+        (out_dir / f"{f.name}.json").write_text(_dump(f.chart.bundle()))
         manifest[f.name] = manifest_entry(f)
-    (OUT_DIR / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-    print(f"wrote {len(fixtures)} fixtures to {OUT_DIR}")
+    (out_dir / "manifest.json").write_text(_dump(manifest))
+    return names
+
+
+def _dump(data: dict) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
 if __name__ == "__main__":
-    main()
+    print(f"wrote {len(write())} fixtures to {OUT_DIR}")

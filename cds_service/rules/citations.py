@@ -1,8 +1,8 @@
 """The sources a finding can cite: key → (label, absolute URL).
 
-Labels, DOIs and identifiers come from ``/work/shared/knowledge/clinical.md`` (§2, §3). Where clinical.md names a
-source without a DOI or URL, the link is a search on the official index (PubMed, DailyMed) built from the
-identifiers clinical.md gives, so a reader lands on the source without us inventing a DOI.
+Labels, DOIs and identifiers come from ``/work/shared/knowledge/clinical.md`` (§2, §3). Where clinical.md
+names a source without a DOI or URL, the link is a search on the official index (PubMed, DailyMed) built
+from the identifiers clinical.md gives, so a reader lands on the source without us inventing a DOI.
 """
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ CITATIONS: dict[str, tuple[str, str]] = {
         "https://doi.org/10.1016/j.kint.2023.09.002",
     ),
     "acr-2024-ln": (
-        "Sammaritano LR, et al. 2024 American College of Rheumatology Guideline for the Screening, Treatment, "
+        "Sammaritano LR, et al. 2024 American College of Rheumatology Guideline for the Screening, "
+        "Treatment, "
         "and Management of Lupus Nephritis. Arthritis Care Res 2025;77(9):1045–1065",
         "https://doi.org/10.1002/acr.25528",
     ),
     "acr-2020-reproductive": (
         "Sammaritano LR, et al. 2020 American College of Rheumatology Guideline for the Management of "
-        "Reproductive Health in Rheumatic and Musculoskeletal Diseases. Arthritis Rheumatol 2020;72(4):529–556",
+        "Reproductive Health in Rheumatic and Musculoskeletal Diseases. Arthritis Rheumatol "
+        "2020;72(4):529–556",
         "https://doi.org/10.1002/art.41191",
     ),
     "bsr-2022": (

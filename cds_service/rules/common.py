@@ -48,8 +48,8 @@ RESOURCE_WORDS = {
     "AllergyIntolerance": "allergies",
 }
 
-# Pregnancy-status (82810-3) and breastfeeding-status (63895-7) answers. The record builder gives a coded answer
-# as its SNOMED code, or "positive"/"negative" when the code is in a qualitative answer set.
+# Pregnancy-status (82810-3) and breastfeeding-status (63895-7) answers. The record builder gives a coded
+# answer as its SNOMED code, or "positive"/"negative" when the code is in a qualitative answer set.
 PREGNANT_ANSWERS = frozenset({"77386006", "72892002", "255409004", "positive"})
 NOT_PREGNANT_ANSWERS = frozenset({"60001007", "negative"})
 LACTATING_ANSWERS = frozenset({"866041003", "169750002", "1260078007", "225604004", "positive"})
@@ -69,7 +69,7 @@ PREGNANCY_NEEDS: dict[str, tuple[str, ...]] = {
 }
 
 
-# --- findings ------------------------------------------------------------------------------------------------
+# --- findings -----------------------------------------------------------------------------------------------
 def finding(
     rule_id: str,
     indicator: str,
@@ -108,7 +108,7 @@ def threshold(inp: RuleInput, key: str) -> Any:
     return inp.thresholds[key]
 
 
-# --- time ----------------------------------------------------------------------------------------------------
+# --- time ---------------------------------------------------------------------------------------------------
 def day_start(day: date, like: datetime) -> datetime:
     return datetime.combine(day, time.min, tzinfo=like.tzinfo)
 
@@ -151,7 +151,7 @@ def day(when: datetime | date | None) -> str:
     return (when.date() if isinstance(when, datetime) else when).isoformat()
 
 
-# --- numbers and evidence ------------------------------------------------------------------------------------
+# --- numbers and evidence -----------------------------------------------------------------------------------
 def num(value: float) -> str:
     """A number as a clinician writes it: 1.6, 38, 148, 0.85 (never 1.6000001 or 1.48e+02)."""
     if float(value).is_integer():
@@ -166,7 +166,7 @@ def unit_text(unit: str | None) -> str:
 
 
 def show(v: LabValue) -> str:
-    """Value and unit, with the recorded original when a unit was converted: ``1.6 mg/dL (recorded 141 umol/L)``."""
+    """Value and unit, and the recorded original when converted: ``1.6 mg/dL (recorded 141 umol/L)``."""
     if v.value is None:
         return ANSWER_WORDS.get(v.answer or "", v.answer or v.original)
     unit = unit_text(v.unit)
@@ -233,7 +233,7 @@ def words(items: Sequence[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
-# --- missing and unusable data -------------------------------------------------------------------------------
+# --- missing and unusable data ------------------------------------------------------------------------------
 def no_recent(group: str, days: float) -> str:
     return f"no {LAB_WORDS.get(group, group)} in the last {num(days)} days"
 
@@ -241,7 +241,9 @@ def no_recent(group: str, days: float) -> str:
 def unavailable(record: PatientRecord, *resource_types: str) -> list[str]:
     """Words for resource types the service could not obtain (so their absence means nothing)."""
     return [
-        f"{RESOURCE_WORDS.get(t, t)} could not be retrieved" for t in resource_types if t in record.unavailable
+        f"{RESOURCE_WORDS.get(t, t)} could not be retrieved"
+        for t in resource_types
+        if t in record.unavailable
     ]
 
 
@@ -292,7 +294,7 @@ def newest_recent(inp: RuleInput, group: str) -> tuple[LabValue | None, list[str
     return value, gaps
 
 
-# --- exposure ------------------------------------------------------------------------------------------------
+# --- exposure -----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Exposure:
     """The union of a drug's exposure periods, in calendar days."""
@@ -336,11 +338,13 @@ def exposure(record: PatientRecord, *concepts: str) -> Exposure:
 def active_orders(record: PatientRecord, *concepts: str) -> list[Medication]:
     """Active, on-hold or draft orders in any of the concepts, triggering orders excluded, in record order."""
     return [
-        m for m in record.medications if m.active and not m.is_trigger and any(c in m.concepts for c in concepts)
+        m
+        for m in record.medications
+        if m.active and not m.is_trigger and any(c in m.concepts for c in concepts)
     ]
 
 
-# --- pregnancy and lactation ---------------------------------------------------------------------------------
+# --- pregnancy and lactation --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Status:
     """Whether pregnancy (or lactation) is established, what shows it, and what was checked when it is not.
@@ -421,7 +425,9 @@ def pregnancy_status(record: PatientRecord, thresholds: Mapping[str, Any]) -> St
     if edd_value is not None and edd is None:
         missing.append(f"estimated delivery date recorded on {day(edd_value.when)} could not be read")
     if edd is not None and edd >= now.date():
-        evidence.append(Evidence("Estimated delivery date", edd.isoformat(), edd_value.when, edd_value.reference))
+        evidence.append(
+            Evidence("Estimated delivery date", edd.isoformat(), edd_value.when, edd_value.reference)
+        )
         said.append(f"estimated delivery date {edd.isoformat()}")
     elif edd is not None:
         checked.append(f"the newest estimated delivery date {edd.isoformat()} has passed")

@@ -7,7 +7,7 @@ setting. A single lab finding reads only the newest result within the recent win
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 
 from cds_service.record import LabValue, Medication
 from cds_service.rules.common import (
@@ -38,8 +38,8 @@ from cds_service.rules.model import Finding, OrderLabs, Quiet, RuleInput
 
 NEEDS: dict[str, tuple[str, ...]] = {
     "Observation": (
-        "creatinine", "egfr", "potassium", "magnesium", "glucose", "glucose-fasting", "hba1c", "blood-pressure",
-        "systolic-bp", "diastolic-bp", "upcr", "tacrolimus-level",
+        "creatinine", "egfr", "potassium", "magnesium", "glucose", "glucose-fasting", "hba1c",
+        "blood-pressure", "systolic-bp", "diastolic-bp", "upcr", "tacrolimus-level",
     ),
     "MedicationRequest": (
         "tacrolimus", "mycophenolate", "cyp3a4-strong-inhibitors", "cyp3a4-moderate-inhibitors",
@@ -55,17 +55,23 @@ class BaselineItem:
     label: str
     groups: tuple[str, ...]
     lab: tuple[str, str] | None
-    """The lab to order when it is missing (LOINC code, display); None for blood pressure, which is not a lab."""
+    """The lab to order when missing (LOINC code, display); None for blood pressure, which is not a lab."""
 
 
 BASELINE = (
-    BaselineItem("creatinine or eGFR", ("creatinine", "egfr"), ("2160-0", "Creatinine [Mass/volume] in Serum or Plasma")),
+    BaselineItem(
+        "creatinine or eGFR",
+        ("creatinine", "egfr"),
+        ("2160-0", "Creatinine [Mass/volume] in Serum or Plasma"),
+    ),
     BaselineItem("potassium", ("potassium",), ("2823-3", "Potassium [Moles/volume] in Serum or Plasma")),
     BaselineItem("magnesium", ("magnesium",), ("19123-9", "Magnesium [Mass/volume] in Serum or Plasma")),
     # Glucose rather than HbA1c: it comes with the same serum draw, and HbA1c misleads in the anaemia and CKD
     # that active lupus nephritis often brings.
     BaselineItem(
-        "glucose or HbA1c", ("glucose", "glucose-fasting", "hba1c"), ("2345-7", "Glucose [Mass/volume] in Serum or Plasma")
+        "glucose or HbA1c",
+        ("glucose", "glucose-fasting", "hba1c"),
+        ("2345-7", "Glucose [Mass/volume] in Serum or Plasma"),
     ),
     BaselineItem("blood pressure", ("systolic-bp", "diastolic-bp"), None),
     BaselineItem("UPCR", ("upcr",), ("2890-2", "Protein/Creatinine [Mass Ratio] in Urine")),
@@ -75,22 +81,24 @@ BASELINE = (
 def n1_baseline_missing(inp: RuleInput) -> Finding | Quiet:
     record = inp.record
     days = threshold(inp, "recent_lab_days")
-    found, absent, gaps = [], [], []
+    since = recent_since(inp)
+    found: list[tuple[str, LabValue]] = []
+    absent: list[BaselineItem] = []
+    gaps: list[str] = []
     for item in BASELINE:
-        values = []
-        item_gaps: list[str] = []
-        for group in item.groups:
-            value, group_gaps = newest_recent(inp, group)
-            item_gaps += group_gaps[1:] if value is None else group_gaps  # drop the per-group "no X" line
-            if value is not None:
-                values.append(value)
+        newest = [newest_number(record.lab(group), since=since) for group in item.groups]
+        values = [value for value, _ in newest if value is not None]
         if values:
-            found.append(max(values, key=lambda v: v.when))
+            found.append((item.label, max(values, key=lambda v: v.when)))
         else:
             absent.append(item)
-            gaps += [f"no {item.label} in the last {num(days)} days", *item_gaps]
+            gaps += [
+                f"no {item.label} in the last {num(days)} days",
+                *(g for _, item_gaps in newest for g in item_gaps),
+            ]
     if not absent:
-        return quiet("N1", f"every baseline value is within the last {num(days)} days: " + _listed(found))
+        listed = "; ".join(f"{label} {on(v)}" for label, v in found)
+        return quiet("N1", f"every baseline value is within the last {num(days)} days: {listed}")
     labs = tuple(item.lab for item in absent if item.lab)
     bp_text = " Record a blood pressure before the first dose." if any(i.lab is None for i in absent) else ""
     lab_text = " The missing labs are offered as one order." if labs else ""
@@ -99,16 +107,19 @@ def n1_baseline_missing(inp: RuleInput) -> Finding | Quiet:
         "info",
         f"Baseline missing (last {num(days)} days): " + ", ".join(i.label for i in absent),
         f"There is no {words([i.label for i in absent])} from the last {num(days)} days. Tacrolimus needs "
-        "recent kidney function, potassium, magnesium, glucose, blood pressure and proteinuria values so that "
+        "recent kidney function, potassium, magnesium, glucose, blood pressure and proteinuria values so "
+        "that "
         f"its effects can be judged later.{bp_text}{lab_text}",
         ("prograf-label", "lupkynis-label", "acr-2024-ln"),
-        evidence=[lab_evidence(_label(v), v) for v in found],
+        evidence=[lab_evidence(capital(label), v) for label, v in found],
         missing=[*gaps, *unavailable(record, "Observation")],
-        suggestions=[OrderLabs(labs, "Order baseline labs: " + ", ".join(d for _, d in labs))] if labs else [],
+        suggestions=[OrderLabs(labs, "Order baseline labs: " + ", ".join(d for _, d in labs))]
+        if labs
+        else [],
     )
 
 
-# --- creatinine rise (N2, N3) --------------------------------------------------------------------------------
+# --- creatinine rise (N2, N3) -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Rise:
     newest: LabValue
@@ -119,14 +130,13 @@ class Rise:
     gaps: tuple[str, ...]
 
     def text(self) -> str:
-        size = (
-            f"{percent(self.fraction)} above" if self.fraction >= 0 else f"{percent(-self.fraction)} below"
-        )
+        size = f"{percent(self.fraction)} above" if self.fraction >= 0 else f"{percent(-self.fraction)} below"
         return f"creatinine {on(self.newest)} is {size} the baseline {on(self.baseline)}"
 
     def baseline_rule(self, days: float) -> str:
         if self.tacrolimus_start:
-            return f"lowest in the {num(days)} days before tacrolimus began on {self.tacrolimus_start.isoformat()}"
+            began = self.tacrolimus_start.isoformat()
+            return f"lowest in the {num(days)} days before tacrolimus began on {began}"
         return f"lowest other value in the last {num(days)} days"
 
 
@@ -157,11 +167,16 @@ def creatinine_rise(inp: RuleInput) -> Rise | Quiet:
         return quiet("", f"no creatinine {where} to serve as a baseline", gaps)
     baseline = min(candidates, key=lambda v: v.value)
     fraction = round((newest.value - baseline.value) / baseline.value, 6)
-    return Rise(newest, baseline, fraction, tacrolimus.start if tacrolimus.any else None, tuple(dict.fromkeys(gaps)))
+    return Rise(
+        newest, baseline, fraction, tacrolimus.start if tacrolimus.any else None, tuple(dict.fromkeys(gaps))
+    )
 
 
 def _rise_evidence(rise: Rise) -> list:
-    return [lab_evidence("Creatinine (newest)", rise.newest), lab_evidence("Creatinine (baseline)", rise.baseline)]
+    return [
+        lab_evidence("Creatinine (newest)", rise.newest),
+        lab_evidence("Creatinine (baseline)", rise.baseline),
+    ]
 
 
 def n2_creatinine_rise(inp: RuleInput) -> Finding | Quiet:
@@ -177,12 +192,14 @@ def n2_creatinine_rise(inp: RuleInput) -> Finding | Quiet:
     if rise.tacrolimus_start:
         detail = (
             f"{capital(rise.text())} ({rise.baseline_rule(days)}). This may be an early haemodynamic "
-            "calcineurin-inhibitor effect: check the tacrolimus trough, volume status and NSAIDs or interacting "
+            "calcineurin-inhibitor effect: check the tacrolimus trough, volume status and NSAIDs or "
+            "interacting "
             "drugs, and recheck creatinine within 2 weeks (thresholds by analogy with the voclosporin label)."
         )
     else:
         detail = (
-            f"{capital(rise.text())} ({rise.baseline_rule(days)}), before tacrolimus has started. Look for lupus "
+            f"{capital(rise.text())} ({rise.baseline_rule(days)}), before tacrolimus has started. Look for "
+            "lupus "
             "nephritis activity, volume depletion or nephrotoxic drugs and recheck within 2 weeks; a rising "
             "creatinine makes later calcineurin-inhibitor effects harder to judge."
         )
@@ -208,16 +225,19 @@ def n3_creatinine_rise_critical(inp: RuleInput) -> Finding | Quiet:
     days = threshold(inp, "baseline_creatinine_days")
     if rise.tacrolimus_start:
         detail = (
-            f"{capital(rise.text())} ({rise.baseline_rule(days)}). Consider reducing or holding tacrolimus and "
+            f"{capital(rise.text())} ({rise.baseline_rule(days)}). Consider reducing or holding tacrolimus "
+            "and "
             "review promptly (trough, volume, interacting drugs); the voclosporin label stops treatment at a "
-            "30% fall in eGFR. Chronic calcineurin-inhibitor damage is largely irreversible: the source article "
+            "30% fall in eGFR. Chronic calcineurin-inhibitor damage is largely irreversible: the source "
+            "article "
             "reports that about 17% of patients lose significant kidney function within 3 years."
         )
         cited = ("lupkynis-label", "mok-2016", "fomin-roberts-2016")
     else:
         detail = (
             f"{capital(rise.text())} ({rise.baseline_rule(days)}), before tacrolimus has started. Review the "
-            "kidney before starting a calcineurin inhibitor: look for lupus nephritis activity, volume depletion "
+            "kidney before starting a calcineurin inhibitor: look for lupus nephritis activity, volume "
+            "depletion "
             "or nephrotoxic drugs, and consider waiting until creatinine is stable."
         )
         cited = ("lupkynis-label", "mok-2016")
@@ -233,7 +253,7 @@ def n3_creatinine_rise_critical(inp: RuleInput) -> Finding | Quiet:
     )
 
 
-# --- single-lab thresholds (N4-N7) ---------------------------------------------------------------------------
+# --- single-lab thresholds (N4-N7) --------------------------------------------------------------------------
 def n4_trough_high(inp: RuleInput) -> Finding | Quiet:
     level, gaps = newest_recent(inp, "tacrolimus-level")
     mycophenolate = active_orders(inp.record, "mycophenolate")
@@ -243,13 +263,16 @@ def n4_trough_high(inp: RuleInput) -> Finding | Quiet:
     if level is None:
         return quiet("N4", "no tacrolimus level to compare", gaps)
     if level.value <= limit:
-        return quiet("N4", f"newest tacrolimus level {on(level)} is not above {num(limit)} ng/mL{with_mmf}", gaps)
+        return quiet(
+            "N4", f"newest tacrolimus level {on(level)} is not above {num(limit)} ng/mL{with_mmf}", gaps
+        )
     return finding(
         "N4",
         "warning",
         f"Tacrolimus level {num(level.value)} ng/mL above {num(limit)}",
         f"Tacrolimus level {on(level)} is above the {num(limit)} ng/mL upper target used in lupus nephritis"
-        f"{with_mmf}. Confirm it was a true trough (taken just before a dose), look for interacting drugs, and "
+        f"{with_mmf}. Confirm it was a true trough (taken just before a dose), look for interacting drugs, "
+        "and "
         "consider a dose reduction with a repeat level in about 1 week.",
         ("prograf-label",),
         evidence=[lab_evidence("Tacrolimus level", level), *(medication_evidence(m) for m in mycophenolate)],
@@ -301,7 +324,11 @@ def n7_blood_pressure(inp: RuleInput) -> Finding | Quiet:
     readings, gaps = bp_readings(record, recent_since(inp))
     days = threshold(inp, "recent_lab_days")
     if not readings:
-        return quiet("N7", f"no blood pressure in the last {num(days)} days", [*gaps, *unavailable(record, "Observation")])
+        return quiet(
+            "N7",
+            f"no blood pressure in the last {num(days)} days",
+            [*gaps, *unavailable(record, "Observation")],
+        )
     reading = readings[0]
     tiers = {tier: threshold(inp, f"bp_{tier}") for tier in ("info", "warning", "critical")}
 
@@ -327,7 +354,8 @@ def n7_blood_pressure(inp: RuleInput) -> Finding | Quiet:
     elif over(tiers["info"], strictly=False):
         indicator, relation, limit = "info", "at or above", tiers["info"]
         advice = (
-            "Tacrolimus can raise blood pressure: treat to target (KDIGO 2024 asks for blood-pressure control in "
+            "Tacrolimus can raise blood pressure: treat to target (KDIGO 2024 asks for blood-pressure "
+            "control in "
             "lupus nephritis) and recheck at each visit."
         )
     else:
@@ -343,20 +371,24 @@ def n7_blood_pressure(inp: RuleInput) -> Finding | Quiet:
     )
 
 
-# --- since tacrolimus began (N8) -----------------------------------------------------------------------------
+# --- since tacrolimus began (N8) ----------------------------------------------------------------------------
 def n8_hyperglycaemia(inp: RuleInput) -> Finding | Quiet:
     record = inp.record
     tacrolimus = exposure(record, "tacrolimus")
     if not tacrolimus.any:
         return quiet("N8", "no earlier tacrolimus exposure, so no glucose since it began to judge")
     since = day_start(tacrolimus.start, inp.now)
-    fasting_ids = {v.resource_id for v in record.lab("glucose-fasting").values(since=since)}
-    kinds = {"fasting glucose": [], "glucose": [], "HbA1c": []}
+    kinds: dict[str, list[LabValue]] = {"fasting glucose": [], "glucose": [], "HbA1c": []}
+    seen: set[tuple[str, object]] = set()
     for group in ("glucose-fasting", "glucose"):
         for v in record.lab(group).values(since=since):
-            fasting = v.resource_id in fasting_ids or v.code == FASTING_GLUCOSE_LOINC
-            if v.value is not None and (group == "glucose-fasting" or not fasting):
-                kinds["fasting glucose" if fasting else "glucose"].append(v)
+            if v.value is None or (v.resource_id, v.when) in seen:
+                continue
+            seen.add((v.resource_id, v.when))
+            fasting = group == "glucose-fasting" or v.code == FASTING_GLUCOSE_LOINC
+            kinds["fasting glucose" if fasting else "glucose"].append(v)
+    kinds["fasting glucose"].sort(key=lambda v: v.when, reverse=True)
+    kinds["glucose"].sort(key=lambda v: v.when, reverse=True)
     kinds["HbA1c"] = [v for v in record.lab("hba1c").values(since=since) if v.value is not None]
     limits = {
         "fasting glucose": threshold(inp, "fasting_glucose"),
@@ -392,7 +424,7 @@ def n8_hyperglycaemia(inp: RuleInput) -> Finding | Quiet:
     )
 
 
-# --- interacting drugs (N9, N10) -----------------------------------------------------------------------------
+# --- interacting drugs (N9, N10) ----------------------------------------------------------------------------
 def n9_cyp3a4(inp: RuleInput) -> Finding | Quiet:
     record = inp.record
     moderate_on = bool(threshold(inp, "include_moderate_cyp3a4"))
@@ -408,7 +440,9 @@ def n9_cyp3a4(inp: RuleInput) -> Finding | Quiet:
         reason = "no active strong CYP3A4 inhibitor or inducer"
         moderate = active_orders(record, "cyp3a4-moderate-inhibitors")
         if moderate and not moderate_on:
-            reason += f"; {names(moderate)} (moderate inhibitor) is not flagged because include_moderate_cyp3a4 is off"
+            reason += (
+                f"; {names(moderate)} (moderate inhibitor) is not flagged: include_moderate_cyp3a4 is off"
+            )
         return quiet("N9", reason, unavailable(record, "MedicationRequest"))
     listed = [f"{m.name} ({kind})" for m, kind, _ in found.values()]
     directions = sorted({direction for _, _, direction in found.values()}, reverse=True)
@@ -437,7 +471,8 @@ def n10_nephrotoxins(inp: RuleInput) -> Finding | Quiet:
     return finding(
         "N10",
         "warning",
-        f"Additive nephrotoxicity: {drugs[0].name}" + (f" and {len(drugs) - 1} more" if len(drugs) > 1 else ""),
+        f"Additive nephrotoxicity: {drugs[0].name}"
+        + (f" and {len(drugs) - 1} more" if len(drugs) > 1 else ""),
         f"{capital(names(drugs))} {'is' if len(drugs) == 1 else 'are'} active. NSAIDs, aminoglycosides, "
         "amphotericin B and vancomycin add to calcineurin-inhibitor nephrotoxicity: avoid the combination "
         "where possible, otherwise check creatinine more often.",
@@ -446,13 +481,14 @@ def n10_nephrotoxins(inp: RuleInput) -> Finding | Quiet:
     )
 
 
-# --- new start (N11) -----------------------------------------------------------------------------------------
+# --- new start (N11) ----------------------------------------------------------------------------------------
 def n11_new_start(inp: RuleInput) -> Finding | Quiet:
     record = inp.record
     tacrolimus = exposure(record, "tacrolimus")
     if tacrolimus.any:
         return quiet(
-            "N11", f"earlier tacrolimus exposure on record from {tacrolimus.start.isoformat()}: not a new start"
+            "N11",
+            f"earlier tacrolimus exposure on record from {tacrolimus.start.isoformat()}: not a new start",
         )
     return finding(
         "N11",
@@ -460,19 +496,12 @@ def n11_new_start(inp: RuleInput) -> Finding | Quiet:
         "New tacrolimus start: monitoring schedule",
         "No earlier tacrolimus is on record, so this is a new start. Check the trough and creatinine every "
         "2 weeks in month 1, every 4 weeks to month 3, then every 3 months, and UPCR every 3 months until "
-        "complete response. Plan it as a bridge, not a destination: the source article reports that about 17% "
+        "complete response. Plan it as a bridge, not a destination: the source article reports that about "
+        "17% "
         "of patients lose significant kidney function within 3 years.",
         ("lupkynis-label", "acr-2024-ln", "fomin-roberts-2016"),
         missing=unavailable(record, "MedicationRequest"),
     )
-
-
-def _label(v: LabValue) -> str:
-    return v.code or "result"
-
-
-def _listed(values: list[LabValue]) -> str:
-    return "; ".join(on(v) for v in values)
 
 
 RULES = {
@@ -488,5 +517,3 @@ RULES = {
     "N10": n10_nephrotoxins,
     "N11": n11_new_start,
 }
-
-__all__ = ["NEEDS", "RULES", "newest_number", "timedelta"]

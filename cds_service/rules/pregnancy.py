@@ -1,4 +1,4 @@
-"""Pregnancy suitability (P1-P6): is tacrolimus right for a patient who is, may become, or was recently pregnant?
+"""Pregnancy suitability (P1-P6): is tacrolimus right for a patient who is or may become pregnant, or nurses?
 
 Tacrolimus itself is pregnancy-compatible; the findings are about what comes with it: teratogens still active,
 mycophenolate without a pregnancy test, breastfeeding, hypertension and the falling trough of pregnancy.
@@ -41,7 +41,13 @@ NEEDS = merge_needs(
     {
         "Patient": (),
         "Condition": ("pregnancy-hypertension", "lactation"),
-        "Observation": ("breastfeeding-status", "blood-pressure", "systolic-bp", "diastolic-bp", "tacrolimus-level"),
+        "Observation": (
+            "breastfeeding-status",
+            "blood-pressure",
+            "systolic-bp",
+            "diastolic-bp",
+            "tacrolimus-level",
+        ),
         "MedicationRequest": ("tacrolimus", *TERATOGEN_CONCEPTS),
     },
 )
@@ -57,7 +63,8 @@ def p1_pregnant(inp: RuleInput) -> Finding | Quiet:
         "Pregnancy documented: tacrolimus is compatible but needs closer monitoring",
         f"Pregnancy is documented ({status.text}). Tacrolimus is considered compatible with pregnancy "
         "(ACR 2020, BSR 2022), and the source article sees a place for it in lupus nephritis flares during "
-        "pregnancy. Levels fall as pregnancy advances and low albumin raises the unbound fraction, so check the "
+        "pregnancy. Levels fall as pregnancy advances and low albumin raises the unbound fraction, so "
+        "check the "
         "trough, blood pressure, glucose, potassium and creatinine more often (trough every 2–4 weeks) and "
         "coordinate care with maternal-fetal medicine.",
         ("acr-2020-reproductive", "bsr-2022", "fomin-roberts-2016", "hebert-2013"),
@@ -89,9 +96,11 @@ def p2_teratogen_in_pregnancy(inp: RuleInput) -> Finding | Quiet:
         "critical",
         f"Teratogen active in pregnancy: {_short(teratogens)}",
         f"Pregnancy is documented ({status.text}) while {names(teratogens)} "
-        f"{'is' if len(teratogens) == 1 else 'are'} active. Mycophenolate, cyclophosphamide, methotrexate and "
+        f"{'is' if len(teratogens) == 1 else 'are'} active. Mycophenolate, cyclophosphamide, methotrexate "
+        "and "
         f"leflunomide are not compatible with pregnancy (ACR 2020): stop {them} and agree the plan with "
-        f"maternal-fetal medicine; tacrolimus and azathioprine are pregnancy-compatible alternatives.{washout}",
+        "maternal-fetal medicine; tacrolimus and azathioprine are pregnancy-compatible "
+        f"alternatives.{washout}",
         ("acr-2020-reproductive", "bsr-2022"),
         evidence=[*status.evidence, *(medication_evidence(m) for m in teratogens)],
         missing=status.missing,
@@ -122,7 +131,9 @@ def p3_mycophenolate_without_hcg(inp: RuleInput) -> Finding | Quiet:
         return quiet("P3", f"pregnancy is documented ({status.text}); P1/P2 apply instead")
     mycophenolate = active_orders(record, "mycophenolate")
     if not mycophenolate:
-        return quiet("P3", "no active or drafted mycophenolate order", unavailable(record, "MedicationRequest"))
+        return quiet(
+            "P3", "no active or drafted mycophenolate order", unavailable(record, "MedicationRequest")
+        )
     days = threshold(inp, "mycophenolate_hcg_days")
     since = window_start(inp.now, days)
     tests = sorted(
@@ -144,9 +155,11 @@ def p3_mycophenolate_without_hcg(inp: RuleInput) -> Finding | Quiet:
         "P3",
         "info",
         f"Mycophenolate without a pregnancy test in the last {num(days)} days",
-        f"{capital(names(mycophenolate))} is {'being ordered' if all(m.is_draft for m in mycophenolate) else 'active'} "
+        f"{capital(names(mycophenolate))} is "
+        f"{'being ordered' if all(m.is_draft for m in mycophenolate) else 'active'} "
         f"for {who}, with no hCG result in the last {num(days)} days. Mycophenolate must be stopped at least "
-        "6 weeks before conception (ACR 2020): confirm a negative pregnancy test and review contraception and "
+        "6 weeks before conception (ACR 2020): confirm a negative pregnancy test and review contraception "
+        "and "
         "pregnancy plans. A urine test is suggested: it is quick and uses the urine sample the UPCR needs.",
         ("acr-2020-reproductive",),
         evidence=[medication_evidence(m) for m in mycophenolate],
@@ -164,8 +177,10 @@ def p4_breastfeeding(inp: RuleInput) -> Finding | Quiet:
         "info",
         "Breastfeeding: tacrolimus is compatible per ACR 2020 and BSR 2022",
         f"Breastfeeding is documented ({status.text}). Tacrolimus is compatible with breastfeeding per "
-        "ACR 2020 and BSR 2022, as very little passes into breast milk (Hebert 2013). The older Prograf label "
-        "advised against breastfeeding, so label and guidelines disagree; this advice follows the guidelines.",
+        "ACR 2020 and BSR 2022, as very little passes into breast milk (Hebert 2013). The older Prograf "
+        "label "
+        "advised against breastfeeding, so label and guidelines disagree; this advice follows the "
+        "guidelines.",
         ("acr-2020-reproductive", "bsr-2022", "hebert-2013", "prograf-label"),
         evidence=status.evidence,
         missing=status.missing,
@@ -200,8 +215,10 @@ def p5_hypertension_in_pregnancy(inp: RuleInput) -> Finding | Quiet:
         "P5",
         "warning",
         f"Hypertension in pregnancy: {found[0]}",
-        f"Pregnant ({status.text}) with {words(found)}. Calcineurin inhibitors can raise blood pressure: assess "
-        "for pre-eclampsia versus a lupus nephritis flare (proteinuria, blood pressure and complement/anti-dsDNA "
+        f"Pregnant ({status.text}) with {words(found)}. Calcineurin inhibitors can raise blood pressure: "
+        "assess "
+        "for pre-eclampsia versus a lupus nephritis flare (proteinuria, blood pressure and "
+        "complement/anti-dsDNA "
         "trends together) and involve maternal-fetal medicine before adjusting tacrolimus.",
         ("prograf-label", "acr-2020-reproductive"),
         evidence=[
@@ -236,12 +253,17 @@ def p6_pregnancy_trough(inp: RuleInput) -> Finding | Quiet:
         "P6",
         "info",
         f"Pregnant on tacrolimus with no trough in {num(days)} days",
-        f"Pregnant ({status.text}) and on tacrolimus since {tacrolimus.start.isoformat()}, with no tacrolimus "
+        f"Pregnant ({status.text}) and on tacrolimus since {tacrolimus.start.isoformat()}, with no "
+        "tacrolimus "
         f"level in the last {num(days)} days{last_text}. Whole-blood levels fall as pregnancy advances "
         "(transplant series needed dose increases of 20–25% or more) while low albumin raises the unbound "
         "fraction: check a trough now and every 2–4 weeks, and read it together with the albumin.",
         ("hebert-2013", "pregnancy-dose-cohort"),
-        evidence=[*status.evidence, *tacrolimus.evidence(), *([] if last is None else [lab_evidence("Tacrolimus level", last)])],
+        evidence=[
+            *status.evidence,
+            *tacrolimus.evidence(),
+            *([] if last is None else [lab_evidence("Tacrolimus level", last)]),
+        ],
         missing=[
             f"no tacrolimus level in the last {num(days)} days",
             *unusable_in(series, since),

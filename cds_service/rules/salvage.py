@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
+from functools import wraps
 
 from cds_service.record import Allergy
 from cds_service.rules.common import (
@@ -45,25 +46,33 @@ NEEDS = merge_needs(
     {
         "Condition": ("lupus-nephritis", "lupus-nephritis-class-v", "hepatitis-b", "hypogammaglobulinemia"),
         "Observation": ("upcr", "egfr", "hbsag", "igg"),
-        "MedicationRequest": ("tacrolimus", "mycophenolate", "cyclophosphamide", "other-calcineurin-inhibitors"),
+        "MedicationRequest": (
+            "tacrolimus",
+            "mycophenolate",
+            "cyclophosphamide",
+            "other-calcineurin-inhibitors",
+        ),
         "AllergyIntolerance": ("rituximab",),
     },
 )
 
-NO_LUPUS_NEPHRITIS = "no active lupus nephritis condition: the salvage context applies only to lupus nephritis"
+NO_LUPUS_NEPHRITIS = (
+    "no active lupus nephritis condition: the salvage context applies only to lupus nephritis"
+)
 
 
-def needs_lupus_nephritis(rule: Callable[[RuleInput], Finding | Quiet]) -> Callable[[RuleInput], Finding | Quiet]:
+def needs_lupus_nephritis(
+    rule: Callable[[RuleInput], Finding | Quiet],
+) -> Callable[[RuleInput], Finding | Quiet]:
     """Every salvage finding is about lupus nephritis; without it the rule stays quiet and says why."""
     rule_id = rule.__name__[:2].upper()
 
+    @wraps(rule)
     def checked(inp: RuleInput) -> Finding | Quiet:
         if not has_lupus_nephritis(inp.record):
             return quiet(rule_id, NO_LUPUS_NEPHRITIS, unavailable(inp.record, "Condition"))
         return rule(inp)
 
-    checked.__name__ = rule.__name__
-    checked.__doc__ = rule.__doc__
     return checked
 
 
@@ -84,9 +93,11 @@ def s0_first_agent(inp: RuleInput) -> Finding | Quiet:
         "S0",
         "info",
         "Tacrolimus as first agent for lupus nephritis is debated",
-        "No earlier mycophenolate or cyclophosphamide is on record, so tacrolimus would be a first agent. The "
+        "No earlier mycophenolate or cyclophosphamide is on record, so tacrolimus would be a first agent. "
+        "The "
         "source article notes that this role is debated for North American patients (the trials enrolled "
-        "mainly Chinese patients); KDIGO 2024, ACR 2024 and EULAR 2023 place a calcineurin inhibitor together "
+        "mainly Chinese patients); KDIGO 2024, ACR 2024 and EULAR 2023 place a calcineurin inhibitor "
+        "together "
         f"with mycophenolate rather than alone.{alongside}",
         ("fomin-roberts-2016", "kdigo-2024", "acr-2024-ln", "eular-2023"),
         evidence=[medication_evidence(m) for m in drafted],
@@ -138,7 +149,8 @@ def s1_mycophenolate_failure(inp: RuleInput) -> Finding | Quiet:
         "info",
         f"Inadequate response to mycophenolate: UPCR {num(after.value)} g/g after {in_months(mmf.days)}",
         f"Mycophenolate since {mmf.start.isoformat()} ({in_months(mmf.days)} in total) and UPCR is still "
-        f"{on(after)}.{pre_text} This fits an inadequate response: the source article sees tacrolimus's place "
+        f"{on(after)}.{pre_text} This fits an inadequate response: the source article sees tacrolimus's "
+        "place "
         "after mycophenolate has failed, and KDIGO 2024 / ACR 2024 list adding a calcineurin inhibitor or "
         "switching as options. Check adherence first and consider a repeat biopsy.",
         ("fomin-roberts-2016", "kdigo-2024", "acr-2024-ln"),
@@ -189,7 +201,9 @@ def s3_rituximab_barrier(inp: RuleInput) -> Finding | Quiet:
     else:
         checked.append(f"HBsAg {on(hbsag)}" if hbsag else "no hepatitis B condition")
         if hbsag is None:
-            missing.append("no HBsAg result on record (KDIGO asks for hepatitis B screening before immunosuppression)")
+            missing.append(
+                "no HBsAg result on record (KDIGO asks for hepatitis B screening before immunosuppression)"
+            )
 
     low_igg = threshold(inp, "igg_low")
     hypogamma = record.active_conditions("hypogammaglobulinemia")
@@ -223,7 +237,8 @@ def s3_rituximab_barrier(inp: RuleInput) -> Finding | Quiet:
     if not barriers:
         return quiet("S3", "no rituximab barrier recorded: " + "; ".join(checked), missing)
     hbv_text = (
-        " Tacrolimus is not a hepatitis B-safe choice either: hepatitis B still needs antiviral prophylaxis and "
+        " Tacrolimus is not a hepatitis B-safe choice either: hepatitis B still needs antiviral "
+        "prophylaxis and "
         "hepatology input under any immunosuppression."
         if "hepatitis B" in barriers
         else ""
@@ -233,7 +248,8 @@ def s3_rituximab_barrier(inp: RuleInput) -> Finding | Quiet:
         "info",
         f"Rituximab barrier recorded: {barriers[0].split(' (')[0]}",
         f"A reason rituximab may not be usable is recorded: {words(barriers)}. The source article sees a "
-        f"place for tacrolimus when rituximab cannot be used, so it is a reasonable alternative here.{hbv_text}",
+        "place for tacrolimus when rituximab cannot be used, so it is a reasonable alternative "
+        f"here.{hbv_text}",
         ("fomin-roberts-2016", "livertox-rituximab", "kdigo-2024")
         + (("acr-2020-reproductive",) if pregnancy.present else ()),
         evidence=evidence,
@@ -252,7 +268,8 @@ def s4_membranous(inp: RuleInput) -> Finding | Quiet:
         "S4",
         "info",
         "Class V (membranous) lupus nephritis recorded",
-        f"{class_v[0].name} is on the problem list. Calcineurin inhibitors have historically been most valued "
+        f"{class_v[0].name} is on the problem list. Calcineurin inhibitors have historically been most "
+        "valued "
         "with a membranous component, and KDIGO 2024 / ACR 2024 list calcineurin-inhibitor regimens for "
         "nephrotic-range proteinuria.",
         ("kdigo-2024", "acr-2024-ln", "fomin-roberts-2016"),
@@ -292,7 +309,8 @@ def s5_duplicate_cni(inp: RuleInput) -> Finding | Quiet:
         "S5",
         "critical",
         f"Duplicate calcineurin-inhibitor therapy: {found[0].name}",
-        f"{capital(names(found))} {'is' if len(found) == 1 else 'are'} active alongside this tacrolimus order: "
+        f"{capital(names(found))} {'is' if len(found) == 1 else 'are'} active alongside this tacrolimus "
+        "order: "
         f"duplicate calcineurin-inhibitor therapy, with additive nephrotoxicity. Keep one calcineurin "
         f"inhibitor.{detail_renewal}",
         ("prograf-label", "lupkynis-label"),
@@ -315,7 +333,8 @@ def s6_low_egfr(inp: RuleInput) -> Finding | Quiet:
         f"eGFR {num(egfr.value)} is at or below {num(limit)}: calcineurin-inhibitor caution",
         f"eGFR {on(egfr)}. KDIGO 2024 offers calcineurin-inhibitor regimens only when eGFR is above "
         f"{num(limit)}, and the voclosporin label does not recommend starting at {num(limit)} or below. "
-        "Weigh the benefit against nephrotoxicity and follow kidney function closely if tacrolimus goes ahead.",
+        "Weigh the benefit against nephrotoxicity and follow kidney function closely if tacrolimus goes "
+        "ahead.",
         ("kdigo-2024", "lupkynis-label"),
         evidence=[lab_evidence("eGFR", egfr)],
         missing=gaps,
@@ -328,13 +347,16 @@ def s7_long_term(inp: RuleInput) -> Finding | Quiet:
     record = inp.record
     tacrolimus = exposure(record, "tacrolimus")
     if not tacrolimus.any:
-        return quiet("S7", "no earlier tacrolimus exposure on record", unavailable(record, "MedicationRequest"))
+        return quiet(
+            "S7", "no earlier tacrolimus exposure on record", unavailable(record, "MedicationRequest")
+        )
     months = threshold(inp, "tacrolimus_long_term_months")
     needed = months_as_days(inp.now, months)
     if tacrolimus.days <= needed:
         return quiet(
             "S7",
-            f"tacrolimus exposure totals {tacrolimus.days} days ({in_months(tacrolimus.days)}), not more than "
+            f"tacrolimus exposure totals {tacrolimus.days} days ({in_months(tacrolimus.days)}), not more "
+            "than "
             f"{num(months)} months ({num(needed)} days)",
         )
     limit = threshold(inp, "upcr_response")
@@ -350,9 +372,10 @@ def s7_long_term(inp: RuleInput) -> Finding | Quiet:
         "S7",
         "info",
         f"Tacrolimus for {in_months(tacrolimus.days)} without a proteinuria response",
-        f"Tacrolimus since {tacrolimus.start.isoformat()} ({in_months(tacrolimus.days)} in total) with no UPCR "
-        f"below {num(limit)} g/g in that time ({upcr_text}). The source article calls tacrolimus \"a bridge, "
-        "not a destination\": about 17% of patients lose significant kidney function within 3 years. "
+        f"Tacrolimus since {tacrolimus.start.isoformat()} ({in_months(tacrolimus.days)} in total) with no "
+        "UPCR "
+        f'below {num(limit)} g/g in that time ({upcr_text}). The source article calls tacrolimus "a bridge, '
+        'not a destination": about 17% of patients lose significant kidney function within 3 years. '
         "Reassess whether to continue it.",
         ("fomin-roberts-2016", "kdigo-2024"),
         evidence=[*tacrolimus.evidence(), *([lab_evidence("UPCR", newest)] if newest else [])],

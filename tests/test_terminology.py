@@ -1,0 +1,408 @@
+"""Value sets and code membership: what the rules will see as "tacrolimus", "pregnancy", "positive"..."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from fhir.resources.R4B.valueset import ValueSet
+
+from cds_service.terminology import (
+    DEFAULT_DIR,
+    ICD10CM,
+    LOINC,
+    RXNORM,
+    SNOMED,
+    Terminology,
+    default_terminology,
+)
+
+V3_INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+REPO = Path(__file__).resolve().parent.parent
+CLINICAL_MD = Path("/work/shared/knowledge/clinical.md")
+
+COMMON_MD_NAMES = {
+    # medications
+    "tacrolimus", "mycophenolate", "cyclophosphamide", "methotrexate", "leflunomide", "teratogens",
+    "rituximab", "other-calcineurin-inhibitors", "cyp3a4-strong-inhibitors", "cyp3a4-moderate-inhibitors",
+    "cyp3a4-strong-inducers", "nephrotoxins",
+    # conditions
+    "lupus", "lupus-nephritis", "lupus-nephritis-class-v", "pregnancy", "pregnancy-hypertension", "lactation",
+    "hepatitis-b", "hypogammaglobulinemia",
+    # observations
+    "creatinine", "egfr", "upcr", "tacrolimus-level", "potassium", "magnesium", "glucose", "glucose-fasting",
+    "hba1c", "blood-pressure", "systolic-bp", "diastolic-bp", "hcg-qualitative", "hcg-quantitative",
+    "pregnancy-status", "edd", "breastfeeding-status", "igg", "hbsag",
+    # answers
+    "pregnant-answer", "not-pregnant-answer", "qualitative-positive", "qualitative-negative",
+}  # fmt: skip
+
+# clinical.md marks these UNVERIFIED (or, for 284520, topical): never in a default set.
+UNVERIFIED_OR_TOPICAL = [
+    (LOINC, "74096-9"),  # tacrolimus by immunoassay
+    (RXNORM, "284520"),  # Protopic (topical tacrolimus)
+    (RXNORM, "28031"),  # itraconazole
+    (RXNORM, "282446"),  # posaconazole
+    (RXNORM, "4450"),  # fluconazole
+    (RXNORM, "6135"),  # ketoconazole ingredient
+    (RXNORM, "3443"),  # diltiazem ingredient
+    (RXNORM, "11170"),  # verapamil ingredient
+    (RXNORM, "732"),  # amphotericin B
+    (RXNORM, "27169"),  # leflunomide ingredient
+]
+
+
+def coding(system: str, code: str, display: str | None = None) -> dict:
+    found = {"system": system, "code": code}
+    if display is not None:
+        found["display"] = display
+    return found
+
+
+@pytest.fixture(scope="module")
+def terms() -> Terminology:
+    return Terminology.load()
+
+
+def value_set_files(directory: Path = DEFAULT_DIR) -> list[Path]:
+    return sorted(directory.glob("*.json"))
+
+
+# ---------------------------------------------------------------- the files
+
+
+def test_there_is_one_file_per_value_set_named_in_common_md(terms):
+    assert {p.stem for p in value_set_files()} == COMMON_MD_NAMES
+    assert terms.names == COMMON_MD_NAMES
+
+
+@pytest.mark.parametrize(
+    "path", value_set_files() + sorted((DEFAULT_DIR / "unverified").glob("*.json")), ids=lambda p: p.name
+)
+def test_each_file_is_a_valid_fhir_r4_value_set_whose_compose_matches_its_expansion(path):
+    resource = json.loads(path.read_text())
+    ValueSet.model_validate(resource)  # raises on an invalid R4 ValueSet
+    unverified = path.parent.name == "unverified"
+    assert resource["id"] == (f"{path.stem}-unverified" if unverified else path.stem)
+    assert resource["url"].startswith("https://example.org/tacrolimus-cds/ValueSet/")
+    assert resource["status"] == "active"
+    assert len(resource["description"]) > 60
+    contains = resource["expansion"].get("contains", [])
+    assert resource["expansion"]["total"] == len(contains)
+    assert all(entry["display"] for entry in contains)
+    composed = set()
+    for include in resource.get("compose", {}).get("include", []):
+        for concept in include.get("concept", []):
+            composed.add((include["system"], concept["code"]))
+        for rule in include.get("filter", []):
+            assert include["system"] == ICD10CM
+            assert (rule["property"], rule["op"]) == ("concept", "is-a")
+            composed.add((include["system"], rule["value"]))
+    assert composed == {(e["system"], e["code"]) for e in contains}
+
+
+def test_unverified_files_only_extend_existing_sets_with_new_codes(terms):
+    for path in sorted((DEFAULT_DIR / "unverified").glob("*.json")):
+        assert path.stem in terms.names
+        core = {(s, c) for s, c, _ in terms.codes(path.stem)}
+        extra = {(e["system"], e["code"]) for e in json.loads(path.read_text())["expansion"]["contains"]}
+        assert extra and not extra & core, path.name
+
+
+def test_sources_are_cited_in_every_description():
+    keys = re.compile(r"\b(PED|CPIC|OHDSI|PDDI|VS21|VS24|VS25|GER|BHF|ELX|IG|NLM-TB|NDCL|LAB)\b")
+    for path in value_set_files():
+        description = json.loads(path.read_text())["description"]
+        if path.stem in ("leflunomide", "qualitative-positive", "qualitative-negative"):
+            continue  # no verified source in clinical.md; the description says where else they were seen
+        assert keys.search(description), path.name
+
+
+@pytest.mark.skipif(not CLINICAL_MD.is_file(), reason="project knowledge base not present")
+def test_every_default_code_is_written_in_clinical_md():
+    """A typo in a code would silently miss patients; every code must appear in the knowledge base."""
+    text = CLINICAL_MD.read_text()
+    own_sources = {"qualitative-positive", "qualitative-negative"}  # verified elsewhere (descriptions)
+    for path in value_set_files():
+        if path.stem in own_sources:
+            continue
+        for entry in json.loads(path.read_text())["expansion"].get("contains", []):
+            written = re.compile(rf"(?<![\w.-]){re.escape(entry['code'])}(?![\w-])")
+            assert written.search(text), (path.stem, entry["code"])
+
+
+def test_no_default_set_holds_an_unverified_or_topical_code(terms):
+    for system, code in UNVERIFIED_OR_TOPICAL:
+        assert terms.concepts([coding(system, code)]) == frozenset(), code
+
+
+def file_codes(name: str) -> set[tuple[str, str]]:
+    expansion = json.loads((DEFAULT_DIR / f"{name}.json").read_text())["expansion"]
+    return {(e["system"], e["code"]) for e in expansion.get("contains", [])}
+
+
+def test_teratogens_file_is_the_union_of_its_members():
+    members = ("mycophenolate", "cyclophosphamide", "methotrexate", "leflunomide")
+    assert file_codes("teratogens") == set().union(*(file_codes(m) for m in members))
+
+
+def test_lupus_file_contains_every_lupus_nephritis_code():
+    assert file_codes("lupus-nephritis") < file_codes("lupus")
+
+
+def test_leflunomide_has_no_default_code_but_a_reasoned_description(terms):
+    assert terms.codes("leflunomide") == []
+    description = json.loads((DEFAULT_DIR / "leflunomide.json").read_text())["description"]
+    assert "no verified" in description and "unverified" in description
+
+
+# ---------------------------------------------------------------- medications
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "42316",  # ingredient
+        "198377",  # tacrolimus 1 MG Oral Capsule
+        "2665161",  # BX-rated 0.5 mg capsule (Oct 2023)
+        "2665163",  # BX-rated 5 mg capsule
+        "1664456",  # Envarsus XR generic
+        "108515",  # Prograf injection
+        "2052605",  # granules
+        "1738336",  # SBDF Tacrolimus Injection [Prograf]
+    ],
+)
+def test_systemic_tacrolimus_codes_trigger(terms, code):
+    assert "tacrolimus" in terms.concepts([coding(RXNORM, code)])
+
+
+def test_topical_tacrolimus_does_not_trigger_even_when_its_display_says_tacrolimus(terms):
+    protopic = coding(RXNORM, "284520", "tacrolimus 0.1 % Topical Ointment [Protopic]")
+    assert terms.concepts([protopic]) == frozenset()
+
+
+def test_display_is_ignored_only_system_and_code_count(terms):
+    assert "tacrolimus" in terms.concepts([coding(RXNORM, "198377", "aspirin 81 MG Oral Tablet")])
+    assert terms.concepts([coding(RXNORM, "1191", "tacrolimus")]) == frozenset()
+
+
+def test_right_code_in_the_wrong_system_does_not_match(terms):
+    assert terms.concepts([coding(LOINC, "198377")]) == frozenset()
+    assert terms.concepts([coding("http://www.nlm.nih.gov/research/umls/rxnorm/", "198377")]) == frozenset()
+    assert terms.concepts([{"code": "198377"}]) == frozenset()
+
+
+def test_whitespace_around_system_and_code_is_ignored(terms):
+    assert "tacrolimus" in terms.concepts([coding(f" {RXNORM}\n", " 2665162 ")])
+
+
+def test_documented_system_aliases_are_accepted(terms):
+    assert "tacrolimus" in terms.concepts([coding("urn:oid:2.16.840.1.113883.6.88", "198377")])
+    assert "creatinine" in terms.concepts([coding("urn:oid:2.16.840.1.113883.6.1", "2160-0")])
+    assert "pregnancy" in terms.concepts([coding("urn:oid:2.16.840.1.113883.6.96", "77386006")])
+    assert "pregnancy" in terms.concepts([coding("http://snomed.info/id", "77386006")])
+    assert "pregnancy" in terms.concepts([coding("urn:oid:2.16.840.1.113883.6.90", "O09.511")])
+
+
+def test_a_medication_can_belong_to_several_sets(terms):
+    found = terms.concepts([coding(RXNORM, "199058")])  # mycophenolate mofetil 250 MG Oral Capsule
+    assert found == {"mycophenolate", "teratogens"}
+    both = terms.concepts([coding(RXNORM, "198377"), coding(RXNORM, "6851")])
+    assert both == {"tacrolimus", "methotrexate", "teratogens"}
+
+
+@pytest.mark.parametrize(
+    ("code", "names"),
+    [
+        ("485020", {"mycophenolate", "teratogens"}),  # EC-MPS 180 mg
+        ("1734917", {"cyclophosphamide", "teratogens"}),
+        ("2105834", {"rituximab"}),  # rituximab-abbs product
+        ("3008", {"other-calcineurin-inhibitors"}),
+        ("236077", {"other-calcineurin-inhibitors"}),
+        ("197853", {"cyp3a4-strong-inhibitors"}),  # ketoconazole 200 mg tablet
+        ("21212", {"cyp3a4-strong-inhibitors"}),  # clarithromycin
+        ("831054", {"cyp3a4-moderate-inhibitors"}),  # diltiazem tablet: moderate, not strong
+        ("897618", {"cyp3a4-moderate-inhibitors"}),  # verapamil ER: moderate, not strong
+        ("9384", {"cyp3a4-strong-inducers"}),
+        ("1596450", {"nephrotoxins"}),  # gentamicin (current IN)
+        ("5640", {"nephrotoxins"}),  # ibuprofen
+        ("11124", {"nephrotoxins"}),  # vancomycin
+    ],
+)
+def test_medication_sets(terms, code, names):
+    assert terms.concepts([coding(RXNORM, code)]) == names
+
+
+# ---------------------------------------------------------------- conditions and ICD-10-CM hierarchy
+
+
+@pytest.mark.parametrize(
+    ("code", "name"),
+    [
+        ("O09.511", "pregnancy"),  # descendant of entry O09
+        ("O09511", "pregnancy"),  # same code written without its dot
+        ("o09.90", "pregnancy"),  # lower case
+        ("O09", "pregnancy"),  # the entry itself
+        ("Z33.1", "pregnancy"),
+        ("O14.00", "pregnancy-hypertension"),  # descendant of O14
+        ("O13.9", "pregnancy-hypertension"),
+        ("B16.9", "hepatitis-b"),  # acute hepatitis B, descendant of B16
+        ("D80.1", "hypogammaglobulinemia"),
+        ("Z39.1", "lactation"),
+    ],
+)
+def test_icd10cm_entries_match_their_descendants(terms, code, name):
+    assert name in terms.concepts([coding(ICD10CM, code)])
+
+
+@pytest.mark.parametrize(
+    ("code", "name"),
+    [
+        ("Z33", "pregnancy"),  # an ancestor of an entry is not a match
+        ("Z33.2", "pregnancy"),  # sibling: encounter for elective termination
+        ("O0", "pregnancy"),
+        ("B17.1", "hepatitis-b"),  # hepatitis C
+        ("D84.821", "hypogammaglobulinemia"),  # drug-induced immunodeficiency: not stated low antibodies
+        ("M32.1", "lupus-nephritis"),
+        ("M32.10", "lupus-nephritis"),  # SLE, organ involvement unspecified: not nephritis
+        ("M32.19", "lupus-nephritis"),  # other organ involvement: not nephritis
+    ],
+)
+def test_icd10cm_matching_is_not_broader_than_the_entries(terms, code, name):
+    assert name not in terms.concepts([coding(ICD10CM, code)])
+
+
+def test_lupus_nephritis_codes_are_lupus_and_lupus_nephritis(terms):
+    assert terms.concepts([coding(ICD10CM, "M32.14")]) == {"lupus", "lupus-nephritis"}
+    assert terms.concepts([coding(ICD10CM, "M32.10")]) == {"lupus"}
+    class_v = terms.concepts([coding(SNOMED, "52042003")])
+    assert class_v == {"lupus", "lupus-nephritis", "lupus-nephritis-class-v"}
+    assert terms.concepts([coding(SNOMED, "55464009")]) == {"lupus"}
+
+
+def test_only_icd10cm_is_hierarchical(terms):
+    # a longer SNOMED id is another concept, not a child
+    assert terms.concepts([coding(SNOMED, "773860061")]) == frozenset()
+    assert terms.concepts([coding(SNOMED, "O09.511")]) == frozenset()
+    assert terms.concepts([coding(LOINC, "2160-01")]) == frozenset()
+
+
+def test_codeable_concepts(terms):
+    assert terms.concepts_of_concept(None) == frozenset()
+    assert terms.concepts_of_concept({"text": "Pregnant"}) == frozenset()  # text alone is not a code
+    concept = {"coding": [coding(SNOMED, "999999"), coding(ICD10CM, "O09.211")], "text": "whatever"}
+    assert terms.concepts_of_concept(concept) == {"pregnancy"}
+    assert terms.concepts_of_concept({"coding": "not a list"}) == frozenset()
+
+
+# ---------------------------------------------------------------- observations and answers
+
+
+@pytest.mark.parametrize(
+    ("system", "code", "names"),
+    [
+        (LOINC, "14682-9", {"creatinine"}),
+        (LOINC, "98979-8", {"egfr"}),
+        (LOINC, "34366-5", {"upcr"}),
+        (LOINC, "33929-1", {"tacrolimus-level"}),
+        (LOINC, "1558-6", {"glucose", "glucose-fasting"}),
+        (LOINC, "2345-7", {"glucose"}),
+        (LOINC, "85354-9", {"blood-pressure"}),
+        (LOINC, "8480-6", {"systolic-bp"}),
+        (LOINC, "2106-3", {"hcg-qualitative"}),
+        (LOINC, "19080-1", {"hcg-quantitative"}),
+        (LOINC, "82810-3", {"pregnancy-status"}),
+        (SNOMED, "77386006", {"pregnancy", "pregnant-answer"}),
+        (SNOMED, "60001007", {"not-pregnant-answer"}),
+        (SNOMED, "10828004", {"qualitative-positive"}),
+        (SNOMED, "260373001", {"qualitative-positive"}),
+        (V3_INTERPRETATION, "POS", {"qualitative-positive"}),
+        (V3_INTERPRETATION, "DET", {"qualitative-positive"}),
+        (SNOMED, "260385009", {"qualitative-negative"}),
+        (SNOMED, "260415000", {"qualitative-negative"}),
+        (V3_INTERPRETATION, "NEG", {"qualitative-negative"}),
+        (V3_INTERPRETATION, "ND", {"qualitative-negative"}),
+        (SNOMED, "261665006", set()),  # "Unknown" pregnancy status is neither answer
+        (LOINC, "2889-4", set()),  # 24-hour protein is not a ratio
+    ],
+)
+def test_observation_and_answer_sets(terms, system, code, names):
+    assert terms.concepts([coding(system, code)]) == names
+
+
+def test_contains_and_codes(terms):
+    assert terms.contains("tacrolimus", RXNORM, "2665161")
+    assert not terms.contains("tacrolimus", RXNORM, "284520")
+    assert terms.contains("pregnancy", ICD10CM, "O09.A0")
+    rows = terms.codes("tacrolimus-level")
+    assert (LOINC, "11253-2", "Tacrolimus [Mass/volume] in Blood") in rows
+    assert len(rows) == 3
+    with pytest.raises(ValueError, match="'no-such-set'"):
+        terms.codes("no-such-set")
+    with pytest.raises(ValueError, match="'no-such-set'"):
+        terms.contains("no-such-set", RXNORM, "1")
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def test_unverified_codes_are_off_by_default_and_on_when_included(terms):
+    extended = Terminology.load(include=["unverified"])
+    assert "tacrolimus-level" not in terms.concepts([coding(LOINC, "74096-9")])
+    assert "tacrolimus-level" in extended.concepts([coding(LOINC, "74096-9")])
+    assert "tacrolimus" not in terms.concepts([coding(RXNORM, "1664464")])  # older XR tablet name, PED only
+    assert "tacrolimus" in extended.concepts([coding(RXNORM, "1664464")])
+    assert "lupus" in extended.concepts([coding(ICD10CM, "M32.13")])
+    # an extension of a member set also extends the union
+    assert extended.concepts([coding(RXNORM, "205285")]) == {"leflunomide", "teratogens"}
+    assert terms.concepts([coding(RXNORM, "205285")]) == frozenset()
+
+
+def test_local_codes_join_their_set_and_unions(terms):
+    drugs = "http://hospital.example/drugs"
+    local = Terminology.load(
+        local_codes={
+            "creatinine": [{"system": "urn:oid:1.2.3", "code": "CREA"}],
+            "mycophenolate": [{"system": drugs, "code": "MMF-500", "display": "MMF"}],
+        }
+    )
+    assert local.concepts([coding("urn:oid:1.2.3", "CREA")]) == {"creatinine"}
+    assert local.concepts([coding(drugs, "MMF-500")]) == {"mycophenolate", "teratogens"}
+    assert ("urn:oid:1.2.3", "CREA", "") in local.codes("creatinine")
+    assert terms.concepts([coding("urn:oid:1.2.3", "CREA")]) == frozenset()
+
+
+def test_configuration_mistakes_are_reported_by_name():
+    with pytest.raises(ValueError, match="'verified-by-me'"):
+        Terminology.load(include=["verified-by-me"])
+    with pytest.raises(ValueError, match=re.escape("'../valuesets'")):
+        Terminology.load(include=["../valuesets"])
+    with pytest.raises(ValueError, match="'kreatinine'"):
+        Terminology.load(local_codes={"kreatinine": [{"system": "urn:oid:1.2.3", "code": "CREA"}]})
+    with pytest.raises(ValueError, match="creatinine"):
+        Terminology.load(local_codes={"creatinine": [{"code": "CREA"}]})
+
+
+def test_an_extension_file_for_an_unknown_set_is_rejected(tmp_path):
+    (tmp_path / "creatinine.json").write_text((DEFAULT_DIR / "creatinine.json").read_text())
+    (tmp_path / "extra").mkdir()
+    (tmp_path / "extra" / "kreatinine.json").write_text((DEFAULT_DIR / "creatinine.json").read_text())
+    assert Terminology.load(directory=tmp_path).names == {"creatinine"}
+    with pytest.raises(ValueError, match="'kreatinine'"):
+        Terminology.load(include=["extra"], directory=tmp_path)
+
+
+def test_the_shipped_settings_load_and_can_switch_the_extension_on():
+    settings = yaml.safe_load((REPO / "hooks" / "settings.yaml").read_text())
+    shipped = Terminology.from_settings(settings["valuesets"])
+    assert not shipped.contains("tacrolimus-level", LOINC, "74096-9")
+    switched = Terminology.from_settings({**settings["valuesets"], "include": ["unverified"]})
+    assert switched.contains("tacrolimus-level", LOINC, "74096-9")
+
+
+def test_default_terminology_is_loaded_once():
+    assert default_terminology() is default_terminology()
+    assert default_terminology().contains("tacrolimus", RXNORM, "2665161")
