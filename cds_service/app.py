@@ -6,9 +6,10 @@ import logging
 import threading
 from pathlib import Path
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from cds_service.auth import AuthError
 from cds_service.config import Config, ConfigError, load_config
 from cds_service.protocol import ProtocolError
 from cds_service.runtime import Runtime
@@ -59,7 +60,7 @@ def create_app(config_dir: str | Path | None = None, dev: bool = False, config: 
 
     Raises ConfigError if the configuration is invalid.
     """
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # static files exist only for the dev sandbox page
     holder = RuntimeHolder(config_dir, dev, config)
     app.extensions["cds_runtime"] = holder
     app.config["MAX_CONTENT_LENGTH"] = holder.current.config.section("server")["max_body_bytes"]
@@ -69,7 +70,15 @@ def create_app(config_dir: str | Path | None = None, dev: bool = False, config: 
     from cds_service.api import bp  # noqa: PLC0415 - the blueprint imports the app's collaborators
 
     app.register_blueprint(bp)
+    from cds_service.admin import bp as admin_bp  # /admin page and POST /admin/reload, behind an admin token
+
+    app.register_blueprint(admin_bp)
+    if dev:
+        from cds_service.sandbox.web import install as install_sandbox  # dev-only: imported on demand
+
+        install_sandbox(app)  # /sandbox page and the fixture FHIR API at /sandbox/fhir
     _install_cors_and_headers(app, holder)
+    _install_authentication(app, holder)
     _install_error_handlers(app)
     return app
 
@@ -100,6 +109,25 @@ def _install_cors_and_headers(app: Flask, holder: RuntimeHolder) -> None:
             response.headers["Vary"] = "Origin"
             response.headers.update(CORS_HEADERS)
         return response
+
+
+def _install_authentication(app: Flask, holder: RuntimeHolder) -> None:
+    """Every CDS Hooks endpoint (discovery, services, feedback) needs a trusted EHR's JWT, except in dev."""
+
+    @app.before_request
+    def authenticate() -> tuple[Response, int] | None:
+        if holder.dev or not (request.path == "/cds-services" or request.path.startswith("/cds-services/")):
+            return None
+        if "runtime" not in g:
+            g.runtime = holder()  # the same Runtime for the whole request (see api.runtime)
+        try:
+            g.caller = g.runtime.verifier.verify(request.headers.get("Authorization"), request.path)
+        except AuthError as error:
+            log.warning("caller refused", extra={**error.log_fields(), "path": request.path})
+            response = jsonify({"error": "unauthorized"})
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response, 401
+        return None
 
 
 def _install_error_handlers(app: Flask) -> None:

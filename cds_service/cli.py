@@ -60,3 +60,139 @@ def config_check(directory: str | None) -> None:
             click.echo(problem)
         sys.exit(1)
     click.echo(f"{loaded.directory}: ok ({', '.join(sorted(loaded.services))})")
+
+
+REPORT_FORMATS = ("table", "csv", "json")
+
+
+def _config_or_exit(directory: str | None):
+    """The checked configuration, or its problems on stderr and exit status 2."""
+    try:
+        return load_config(directory)
+    except ConfigError as error:
+        click.echo("configuration is invalid:", err=True)
+        for problem in error.problems:
+            click.echo(f"  {problem}", err=True)
+        sys.exit(2)
+
+
+@main.group()
+def feedback() -> None:
+    """Clinicians' feedback on the cards."""
+
+
+@feedback.command("report")
+@click.option("--since", type=click.DateTime(formats=["%Y-%m-%d"]), help="Count from this day (UTC).")
+@click.option("--format", "fmt", type=click.Choice(list(REPORT_FORMATS)), default="table", show_default=True)
+@click.option("--tenant", default=None, help="Only this tenant's cards and feedback.")
+@click.option("--config", "config_dir", default=None, help="Configuration folder (default: hooks/).")
+def feedback_report(since, fmt: str, tenant: str | None, config_dir: str | None) -> None:
+    """Per service and finding id: cards shown, accepted, overridden (with reasons), accept rate."""
+    from cds_service.report import FORMATS, aggregate  # imported here: keeps `serve` start-up lean
+    from cds_service.storage import Store, make_engine
+
+    config = _config_or_exit(config_dir)
+    store = Store(make_engine(config.section("feedback")["database_url"]))
+    day = since.date() if since else None
+    stats = aggregate(store.shown_rows(), store.feedback_rows(), since=day, tenant=tenant)
+    click.echo(FORMATS[fmt](stats).rstrip("\n"))
+
+
+@main.command()
+@click.argument("source", metavar="FIXTURE_OR_REQUEST.json")
+@click.option("--service", "service_id", default=None, help="Default: the request's hook, else order-sign.")
+@click.option("--tenant", default=None, help="Apply this tenant's overrides (tenants: in settings.yaml).")
+@click.option("--config", "config_dir", default=None, help="Configuration folder (default: hooks/).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--dev", is_flag=True, help="Allow a plain-http fhirServer on loopback in the request.")
+def explain(source: str, service_id: str | None, tenant: str | None, config_dir: str | None, fmt: str,
+            dev: bool) -> None:  # fmt: skip
+    """Why each finding P1..N11 fired or not for one request: a fixture name, a Bundle or a request file."""
+    from cds_service import explain as why
+    from cds_service.protocol import ProtocolError
+
+    config = _config_or_exit(config_dir)
+    try:
+        service = why.pick_service(config, service_id, why.request_hook(source))
+        source_request = why.load_source(source, service.hook)
+        answer, verdicts, settings = why.explain(source_request, config, service, tenant=tenant, dev=dev)
+    except why.ExplainError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    except ProtocolError as error:
+        click.echo(f"error: the request is not a valid {service.hook} call: {error.to_json()}", err=True)
+        sys.exit(2)
+    render = why.as_json if fmt == "json" else why.as_text
+    click.echo(render(source_request, service, tenant, answer, verdicts, settings))
+
+
+@main.group()
+def fixtures() -> None:
+    """The fixture patients in fhir_fixtures/."""
+
+
+@fixtures.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Keep it on loopback: no authentication")
+@click.option("--port", default=8090, show_default=True, type=int)
+def fixtures_serve(host: str, port: int) -> None:
+    """Serve every fixture patient as a read-only FHIR R4 API (dates moved to today) until Ctrl-C."""
+    import time
+
+    from cds_service.sandbox import FhirStore, serve_in_thread
+
+    store = FhirStore.from_fixtures()
+    with serve_in_thread(store, host, port, log_requests=True) as base_url:
+        click.echo(f"fixture FHIR server on {base_url} ({base_url}/metadata); Ctrl-C stops it", err=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            click.echo("stopped", err=True)
+
+
+@main.group()
+def sandbox() -> None:
+    """Try the service on the fixture patients without an EHR."""
+
+
+@sandbox.command("list")
+def sandbox_list() -> None:
+    """Every fixture with its one-line description and the findings it must produce."""
+    from cds_service.sandbox.runner import fixture_rows
+
+    rows = fixture_rows()
+    width = max(len(name) for name, _, _ in rows)
+    for name, description, expected in rows:
+        click.echo(f"{name:<{width}}  {description}  [{', '.join(expected) or 'no cards'}]")
+
+
+@sandbox.command("run")
+@click.argument("fixture")
+@click.option("--hook", type=click.Choice(["order-select", "order-sign"]), default="order-select",
+              show_default=True)
+@click.option("--via", type=click.Choice(["prefetch", "fhir"]), default="prefetch", show_default=True,
+              help="prefetch: the data in the request; fhir: fhirServer + token, the service fetches it.")
+@click.option("--url", default=None, help="A running service (http://127.0.0.1:8080); default: in-process.")
+@click.option("--fhir-base", default=None,
+              help="With --via fhir: the FHIR server the service reads (default with --url: "
+                   "<url>/sandbox/fhir, mounted by `serve --dev`; in-process: a fixture server on loopback).")
+@click.option("--config", "config_dir", default=None, help="Config of in-process runs (default hooks/)")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw request and response as JSON.")
+def sandbox_run(fixture: str, hook: str, via: str, url: str | None, fhir_base: str | None,
+                config_dir: str | None, as_json: bool) -> None:  # fmt: skip
+    """Send FIXTURE's tacrolimus order to the service and print the cards."""
+    import json
+
+    from cds_service.sandbox.runner import RunError, render_exchange, run_exchange
+
+    try:
+        exchange = run_exchange(fixture, hook, via, url=url, fhir_base=fhir_base, config_dir=config_dir)
+    except (RunError, ConfigError) as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    if as_json:
+        click.echo(json.dumps(exchange.as_json(), indent=2, ensure_ascii=False))
+    else:
+        click.echo(render_exchange(exchange, color=sys.stdout.isatty()))
+    if exchange.status != 200:
+        sys.exit(1)

@@ -6,12 +6,14 @@ bounded by the request's FHIR deadline (gather).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from cds_service.auth import Caller
 from cds_service.cards import apply_finding_settings, build_cards
 from cds_service.config import Service
 from cds_service.fhir_client import FhirClient, FhirError
@@ -23,6 +25,8 @@ from cds_service.rules import evaluate
 from cds_service.rules.model import Evaluation, RuleInput
 from cds_service.runtime import Runtime
 from cds_service.trigger import bundle_resolver, draft_resources, find_trigger_orders
+
+log = logging.getLogger("cds_service.hook_call")
 
 DATA_NAMES = {
     "patient": "patient demographics",
@@ -53,15 +57,23 @@ def operation_outcome(issues: Mapping[str, str], code: str = "not-found") -> dic
     }  # fmt: skip
 
 
-def fhir_client_for(body: Mapping, runtime: Runtime, deadline: float) -> tuple[FhirClient | None, str]:
-    """A client for the request's fhirServer, or None with the reason it cannot be used."""
+def fhir_client_for(
+    body: Mapping, runtime: Runtime, deadline: float, caller: Caller | None = None
+) -> tuple[FhirClient | None, str]:
+    """A client for the request's fhirServer, or None with the reason it cannot be used.
+
+    ``fhir_policy`` decides which server may be called for this caller; a refused one is logged and treated
+    as no server at all (so missing data gives 412), and the caller learns no more than that it was refused.
+    """
     server = body.get("fhirServer")
     auth = body.get("fhirAuthorization") if isinstance(body.get("fhirAuthorization"), Mapping) else None
     if not isinstance(server, str) or not server:
         return None, "no fhirServer in the request"
-    problem = runtime.fhir_server_problem(server)
-    if problem:
-        return None, problem
+    refusal = runtime.fhir_policy.refusal(server, caller)
+    if refusal:
+        log.warning("fhirServer refused", extra={"reason": refusal.reason, "host": refusal.host,
+                                                 "issuer": caller.issuer if caller else None})  # fmt: skip
+        return None, refusal.public
     token = auth.get("access_token") if auth else None
     if not token and not runtime.dev:
         return None, "no fhirAuthorization in the request"
@@ -96,14 +108,19 @@ def _medication_resolver(body: Mapping, gathered: Gathered | None, client: FhirC
 
 
 def answer_hook(
-    body: Any, service: Service, runtime: Runtime, now: datetime | None = None, tenant: str | None = None
+    body: Any,
+    service: Service,
+    runtime: Runtime,
+    now: datetime | None = None,
+    tenant: str | None = None,
+    caller: Caller | None = None,
 ) -> Answer:
     """The answer to one hook call; ``tenant`` (the caller's organisation) picks its overrides."""
     validate_request(body, service.hook)
     now = now or datetime.now(UTC)
     context = body["context"]
     deadline = time.monotonic() + runtime.config.section("fhir")["deadline_seconds"]
-    client, client_problem = fhir_client_for(body, runtime, deadline)
+    client, client_problem = fhir_client_for(body, runtime, deadline, caller)
 
     try:
         triggers = find_trigger_orders(

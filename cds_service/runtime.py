@@ -9,18 +9,17 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
-from urllib.parse import urlsplit
 
 import requests
 
+from cds_service.auth import PROCESS_KEYS, ReplayStore, Verifier
 from cds_service.config import Config, Service
 from cds_service.fhir_client import shared_session
+from cds_service.fhir_policy import FhirPolicy
 from cds_service.prefetch import templates
 from cds_service.rules import NEEDS
 from cds_service.storage import Store, make_engine
 from cds_service.terminology import Terminology
-
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 @dataclass
@@ -39,7 +38,18 @@ class Runtime:
         if runtime.store is None:
             runtime.store = Store(make_engine(config.section("feedback")["database_url"]))
         runtime.terminology  # noqa: B018 - load code sets now: a bad configuration fails at start, not on a call
+        if not dev:
+            runtime.verifier  # noqa: B018 - the replay table exists before the first call
         return runtime
+
+    @cached_property
+    def verifier(self) -> Verifier:
+        """Checks callers' JWTs; the jti replay table is on the service's database, shared by all workers."""
+        return Verifier.from_config(self.config, ReplayStore(self.store.engine), PROCESS_KEYS, dev=self.dev)
+
+    @cached_property
+    def fhir_policy(self) -> FhirPolicy:
+        return FhirPolicy(dev=self.dev)
 
     @cached_property
     def terminology(self) -> Terminology:
@@ -52,15 +62,6 @@ class Runtime:
 
     def service(self, service_id: str) -> Service | None:
         return self.config.services.get(service_id)
-
-    def fhir_server_problem(self, url: str) -> str | None:
-        """Why the service will not call this fhirServer, or None if it may (https only, loopback http in dev)."""
-        parts = urlsplit(url)
-        if parts.scheme == "https" and parts.hostname:
-            return None
-        if self.dev and parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS:
-            return None
-        return "fhirServer must be an https URL"
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

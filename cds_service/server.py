@@ -42,8 +42,9 @@ class Server(BaseApplication):
         return create_app(config=self.config_snapshot, dev=self.dev)
 
 
-def serve(config: Config, host: str, port: int, workers: int, threads: int, dev: bool) -> None:
-    options = {
+def gunicorn_options(host: str, port: int, workers: int, threads: int) -> dict[str, Any]:
+    """The production server settings; the benchmark runs its no-op baseline under the same ones."""
+    return {
         "bind": f"{host}:{port}",
         "workers": workers,
         "threads": threads,
@@ -58,4 +59,7 @@ def serve(config: Config, host: str, port: int, workers: int, threads: int, dev:
         "limit_request_field_size": 16380,
         "preload_app": False,
     }
-    Server(config, dev, options).run()
+
+
+def serve(config: Config, host: str, port: int, workers: int, threads: int, dev: bool) -> None:
+    Server(config, dev, gunicorn_options(host, port, workers, threads)).run()

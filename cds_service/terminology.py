@@ -6,11 +6,12 @@ by ``(system, code)`` and a lookup is a handful of dict hits.
 Matching rules (the same for every value set):
 
 * A Coding matches on ``system`` and ``code`` only; ``display`` and ``text`` are never read.
-* System URLs are compared exactly after trimming whitespace. A few aliases are accepted because public FHIR
-  data uses them; each was seen in the project corpora: the HL7 OIDs ``urn:oid:2.16.840.1.113883.6.88``
-  (RxNorm), ``.6.1`` (LOINC), ``.6.96`` (SNOMED CT) and ``.6.90`` (ICD-10-CM), as listed by the HL7
-  terminology NamingSystems and used in public FHIR/CDS code, and ``http://snomed.info/id`` (SNOMED CT),
-  sent by a PDDI CDS Hooks request in ``/work/shared/corpora/cds-hooks/pddi-cds/``.
+* System URLs are compared exactly after trimming whitespace. Only aliases seen in real data are accepted:
+  the OIDs ``urn:oid:2.16.840.1.113883.6.88`` (RxNorm), ``.6.1`` (LOINC), ``.6.96`` (SNOMED CT) and ``.6.90``
+  (ICD-10-CM) are the identifiers HL7 Terminology (THO) CodeSystem/NamingSystem resources give these systems,
+  and public FHIR and CDS code sends them as ``Coding.system`` (seen through the project's code search);
+  ``http://snomed.info/id`` is the SNOMED system of a PDDI CDS Hooks request in
+  ``/work/shared/corpora/cds-hooks/pddi-cds/request-digoxin-cyclosporine-scenario-03.json``.
 * Codes are trimmed. ICD-10-CM codes are also upper-cased and compared without their dot, and an ICD-10-CM
   entry matches every descendant by prefix (entry ``O09`` matches ``O09.511``; ``O14.0`` matches ``O14.00``).
   No other system is hierarchical: RxNorm, LOINC and SNOMED CT codes must be listed.
@@ -46,6 +47,8 @@ SYSTEM_ALIASES = {
 COMPOSITES = {"teratogens": ("mycophenolate", "cyclophosphamide", "methotrexate", "leflunomide")}
 """Value sets defined as the union of others; extension and local codes of a member flow into them."""
 
+_EMPTY: frozenset[str] = frozenset()
+_MEMO_LIMIT = 200_000  # bounds memory against a stream of novel codes; enough for every code a site uses
 _ICD_MIN_LENGTH = 3  # an ICD-10-CM category has three characters; nothing shorter is a code
 
 
@@ -77,6 +80,7 @@ class Terminology:
                     exact.setdefault((system, code.strip()), set()).add(name)
         self._exact = {key: frozenset(names) for key, names in exact.items()}
         self._icd = {key: frozenset(names) for key, names in icd.items()}
+        self._memo: dict[tuple[object, object], frozenset[str]] = {}
 
     @classmethod
     def load(
@@ -120,11 +124,13 @@ class Terminology:
 
     def concepts(self, codings: Iterable[Mapping]) -> frozenset[str]:
         """Names of every value set that any of these FHIR Coding dicts belongs to."""
-        found: set[str] = set()
+        found = _EMPTY
         for coding in codings or ():
             if isinstance(coding, Mapping):
-                found |= self._match(coding.get("system"), coding.get("code"))
-        return frozenset(found)
+                hit = self._match(coding.get("system"), coding.get("code"))
+                if hit:
+                    found = found | hit if found else hit
+        return found
 
     def concepts_of_concept(self, concept: Mapping | None) -> frozenset[str]:
         """Names of every value set a CodeableConcept dict (or None) belongs to through its codings."""
@@ -148,6 +154,19 @@ class Terminology:
             raise ValueError(f"unknown value set {name!r}")
 
     def _match(self, system: object, code: object) -> frozenset[str]:
+        """Memoised: every resource of every request asks, and most codes repeat across patients."""
+        key = (system, code)
+        try:
+            return self._memo[key]
+        except KeyError:
+            found = self._lookup(system, code)
+        except TypeError:  # an unhashable system/code in malformed JSON: never a member
+            return _EMPTY
+        if len(self._memo) < _MEMO_LIMIT:
+            self._memo[key] = found
+        return found
+
+    def _lookup(self, system: object, code: object) -> frozenset[str]:
         system = canonical_system(system)
         if system is None or not isinstance(code, str) or not code.strip():
             return frozenset()

@@ -989,13 +989,15 @@ def s2_cyc_and_mmf_exposed() -> Fixture:
     c = Chart("s2both").patient("Thomas", "Walker", "male", "1985-04-04")
     c.condition("sle", on("2021-02-02"))
     c.condition("ln-class-iv", on("2022-12-15"))
-    cyc = c.medication("cyclophosphamide-500mg")
+    # A stored order naming its drug through a Medication resource. Hydroxychloroquine is in no value set, so
+    # the expected findings do not depend on whether the service can fetch it (prefetch alone cannot).
+    hcq = c.medication("hydroxychloroquine")
+    c.order("hydroxychloroquine", on("2021-02-20"), medication=hcq, dosage="200 mg by mouth twice daily")
     c.order(
         "cyclophosphamide-500mg",
         on("2023-01-10"),
         status="completed",
         until="2023-04-30",
-        medication=cyc,
         dosage="500 mg IV every 2 weeks, 6 doses",
     )
     c.order("mmf-500mg", on("2023-05-10"), status="completed", until="2025-06-30", dosage=MMF_DOSE)
@@ -1010,7 +1012,7 @@ def s2_cyc_and_mmf_exposed() -> Fixture:
         "Relapse on azathioprine after cyclophosphamide (2023) and 2 years of mycophenolate",
         c,
         {
-            "S2": "Prior cyclophosphamide (2023, a Medication resource) and prior mycophenolate (2023-2025).",
+            "S2": "Prior cyclophosphamide (2023) and prior mycophenolate (2023-2025).",
             "N11": NEW_START,
         },
         quiet={"S1": "UPCR 1.1 g/g is 69 % below the 3.5 g/g measured before mycophenolate started."},
@@ -1284,7 +1286,7 @@ def n4_high_trough_on_mmf() -> Fixture:
     c = Chart("n4lvl").patient("Paul", "Dubois", "male", "1979-03-21")
     c.condition("sle", on("2013-12-12"))
     c.condition("ln-class-iii", on("2025-12-15"))
-    c.order("mmf-500mg", on("2026-01-05"), dosage=MMF_DOSE)
+    c.order("mmf-500mg", on("2026-01-05"), contained=True, dosage=MMF_DOSE)
     tac = c.order("tacrolimus-1mg", on("2026-05-12"), key="mr-tac", dosage="3 mg by mouth every 12 hours")
     c.panel(on("2025-12-20"), creatinine=0.95, upcr=2.2)
     c.panel(on("2026-04-20"), creatinine=0.92, upcr=0.9)
@@ -1302,7 +1304,7 @@ def n4_high_trough_on_mmf() -> Fixture:
         "n4-high-trough-on-mmf",
         "Tacrolimus trough 9.1 ng/mL with mycophenolate co-therapy (ceiling 8); renewal",
         c,
-        {"N4": "Newest tacrolimus level 9.1 ng/mL is above 8, the ceiling with active mycophenolate."},
+        {"N4": "Tacrolimus level 9.1 ng/mL > 8, the ceiling with mycophenolate (a contained Medication)."},
     )
 
 

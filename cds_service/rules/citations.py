@@ -9,14 +9,13 @@ from __future__ import annotations
 
 CITATIONS: dict[str, tuple[str, str]] = {
     "kdigo-2024": (
-        "KDIGO 2024 Clinical Practice Guideline for the Management of Lupus Nephritis. "
-        "Kidney Int 2024;105(1S):S1–S69",
+        "KDIGO 2024 Clinical Practice Guideline for the Management of Lupus Nephritis. Kidney Int "
+        "2024;105(1S):S1–S69",
         "https://doi.org/10.1016/j.kint.2023.09.002",
     ),
     "acr-2024-ln": (
         "Sammaritano LR, et al. 2024 American College of Rheumatology Guideline for the Screening, "
-        "Treatment, "
-        "and Management of Lupus Nephritis. Arthritis Care Res 2025;77(9):1045–1065",
+        "Treatment, and Management of Lupus Nephritis. Arthritis Care Res 2025;77(9):1045–1065",
         "https://doi.org/10.1002/acr.25528",
     ),
     "acr-2020-reproductive": (
@@ -38,8 +37,7 @@ CITATIONS: dict[str, tuple[str, str]] = {
     "fomin-roberts-2016": (
         "Fomin A, Roberts WN. Tacrolimus Use for Lupus Nephritis Raises Debate over Role in North American "
         "Population. The Rheumatologist, 10 Oct 2016",
-        "https://www.the-rheumatologist.org/article/"
-        "tacrolimus-use-lupus-nephritis-raises-debate-role-north-american-population",
+        "https://www.the-rheumatologist.org/article/tacrolimus-use-lupus-nephritis-raises-debate-role-north-american-population",
     ),
     "prograf-label": (
         "Prograf (tacrolimus) US prescribing information: warnings and monitoring",
@@ -55,13 +53,13 @@ CITATIONS: dict[str, tuple[str, str]] = {
         "https://clinicaltrials.gov/study/NCT00876616",
     ),
     "mok-2016": (
-        "Mok CC, et al. Tacrolimus versus mycophenolate mofetil for induction therapy of lupus nephritis: "
-        "a randomised controlled trial and long-term follow-up. Ann Rheum Dis 2016;75(1):30–36",
+        "Mok CC, et al. Tacrolimus versus mycophenolate mofetil for induction therapy of lupus nephritis: a "
+        "randomised controlled trial and long-term follow-up. Ann Rheum Dis 2016;75(1):30–36",
         "https://doi.org/10.1136/annrheumdis-2014-206456",
     ),
     "hebert-2013": (
-        "Hebert et al. Transplantation 2013;95:908 (tacrolimus in pregnancy: unbound exposure; "
-        "breast-milk transfer)",
+        "Hebert et al. Transplantation 2013;95:908 (tacrolimus in pregnancy: unbound exposure; breast-milk "
+        "transfer)",
         "https://pubmed.ncbi.nlm.nih.gov/?term=Hebert+tacrolimus+Transplantation+2013%3B95%3A908",
     ),
     "pregnancy-dose-cohort": (

@@ -226,11 +226,11 @@ def capital(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def words(items: Sequence[str]) -> str:
+def words(items: Sequence[str], last: str = "and") -> str:
     items = list(items)
     if len(items) <= 1:
         return "".join(items)
-    return ", ".join(items[:-1]) + " and " + items[-1]
+    return ", ".join(items[:-1]) + f" {last} " + items[-1]
 
 
 # --- missing and unusable data ------------------------------------------------------------------------------
@@ -386,7 +386,7 @@ def _edd(v: LabValue) -> date | None:
 
 def _condition_phrase(c) -> str:
     since = c.onset or c.recorded
-    return f"{c.name} on the problem list" + (f" (since {day(since)})" if since else "")
+    return f"{c.name} on the problem list" + (f" since {day(since)}" if since else "")
 
 
 def pregnancy_status(record: PatientRecord, thresholds: Mapping[str, Any]) -> Status:

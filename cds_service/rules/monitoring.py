@@ -11,6 +11,7 @@ from datetime import date
 
 from cds_service.record import LabValue, Medication
 from cds_service.rules.common import (
+    LAB_WORDS,
     active_orders,
     bp_readings,
     capital,
@@ -34,7 +35,7 @@ from cds_service.rules.common import (
     window_start,
     words,
 )
-from cds_service.rules.model import Finding, OrderLabs, Quiet, RuleInput
+from cds_service.rules.model import Evidence, Finding, OrderLabs, Quiet, RuleInput
 
 NEEDS: dict[str, tuple[str, ...]] = {
     "Observation": (
@@ -82,36 +83,41 @@ def n1_baseline_missing(inp: RuleInput) -> Finding | Quiet:
     record = inp.record
     days = threshold(inp, "recent_lab_days")
     since = recent_since(inp)
-    found: list[tuple[str, LabValue]] = []
+    shown: list[str] = []
+    evidence: list[Evidence] = []
     absent: list[BaselineItem] = []
     gaps: list[str] = []
     for item in BASELINE:
-        newest = [newest_number(record.lab(group), since=since) for group in item.groups]
-        values = [value for value, _ in newest if value is not None]
-        if values:
-            found.append((item.label, max(values, key=lambda v: v.when)))
+        if item.lab is None:  # blood pressure: a reading of two components
+            readings, item_gaps = bp_readings(record, since)
+            if readings:
+                shown.append(f"blood pressure {readings[0].on()}")
+                evidence += readings[0].evidence()
+                continue
         else:
-            absent.append(item)
-            gaps += [
-                f"no {item.label} in the last {num(days)} days",
-                *(g for _, item_gaps in newest for g in item_gaps),
-            ]
+            newest = [(group, *newest_number(record.lab(group), since=since)) for group in item.groups]
+            values = sorted(((g, v) for g, v, _ in newest if v is not None), key=lambda gv: gv[1].when)
+            item_gaps = [gap for _, _, group_gaps in newest for gap in group_gaps]
+            if values:
+                group, value = values[-1]
+                shown.append(f"{LAB_WORDS[group]} {on(value)}")
+                evidence.append(lab_evidence(capital(LAB_WORDS[group]), value))
+                continue
+        absent.append(item)
+        gaps += [f"no {item.label} in the last {num(days)} days", *item_gaps]
     if not absent:
-        listed = "; ".join(f"{label} {on(v)}" for label, v in found)
-        return quiet("N1", f"every baseline value is within the last {num(days)} days: {listed}")
+        return quiet("N1", f"every baseline value is within the last {num(days)} days: " + "; ".join(shown))
     labs = tuple(item.lab for item in absent if item.lab)
     bp_text = " Record a blood pressure before the first dose." if any(i.lab is None for i in absent) else ""
-    lab_text = " The missing labs are offered as one order." if labs else ""
     return finding(
         "N1",
         "info",
         f"Baseline missing (last {num(days)} days): " + ", ".join(i.label for i in absent),
-        f"There is no {words([i.label for i in absent])} from the last {num(days)} days. Tacrolimus needs "
-        "recent kidney function, potassium, magnesium, glucose, blood pressure and proteinuria values so "
-        "that "
-        f"its effects can be judged later.{bp_text}{lab_text}",
+        f"Nothing is recorded in the last {num(days)} days for {words([i.label for i in absent])}. "
+        "Tacrolimus needs recent kidney function, potassium, magnesium, glucose, blood pressure and "
+        f"proteinuria values so that its effects can be judged later.{bp_text}",
         ("prograf-label", "lupkynis-label", "acr-2024-ln"),
-        evidence=[lab_evidence(capital(label), v) for label, v in found],
+        evidence=evidence,
         missing=[*gaps, *unavailable(record, "Observation")],
         suggestions=[OrderLabs(labs, "Order baseline labs: " + ", ".join(d for _, d in labs))]
         if labs
@@ -193,15 +199,14 @@ def n2_creatinine_rise(inp: RuleInput) -> Finding | Quiet:
         detail = (
             f"{capital(rise.text())} ({rise.baseline_rule(days)}). This may be an early haemodynamic "
             "calcineurin-inhibitor effect: check the tacrolimus trough, volume status and NSAIDs or "
-            "interacting "
-            "drugs, and recheck creatinine within 2 weeks (thresholds by analogy with the voclosporin label)."
+            "interacting drugs, and recheck creatinine within 2 weeks (thresholds by analogy with the "
+            "voclosporin label)."
         )
     else:
         detail = (
             f"{capital(rise.text())} ({rise.baseline_rule(days)}), before tacrolimus has started. Look for "
-            "lupus "
-            "nephritis activity, volume depletion or nephrotoxic drugs and recheck within 2 weeks; a rising "
-            "creatinine makes later calcineurin-inhibitor effects harder to judge."
+            "lupus nephritis activity, volume depletion or nephrotoxic drugs and recheck within 2 weeks; a "
+            "rising creatinine makes later calcineurin-inhibitor effects harder to judge."
         )
     return finding(
         "N2",
@@ -226,19 +231,17 @@ def n3_creatinine_rise_critical(inp: RuleInput) -> Finding | Quiet:
     if rise.tacrolimus_start:
         detail = (
             f"{capital(rise.text())} ({rise.baseline_rule(days)}). Consider reducing or holding tacrolimus "
-            "and "
-            "review promptly (trough, volume, interacting drugs); the voclosporin label stops treatment at a "
-            "30% fall in eGFR. Chronic calcineurin-inhibitor damage is largely irreversible: the source "
-            "article "
-            "reports that about 17% of patients lose significant kidney function within 3 years."
+            "and review promptly (trough, volume, interacting drugs); the voclosporin label stops "
+            "treatment at a 30% fall in eGFR. Chronic calcineurin-inhibitor damage is largely "
+            "irreversible: the source article reports that about 17% of patients lose significant kidney "
+            "function within 3 years."
         )
         cited = ("lupkynis-label", "mok-2016", "fomin-roberts-2016")
     else:
         detail = (
-            f"{capital(rise.text())} ({rise.baseline_rule(days)}), before tacrolimus has started. Review the "
-            "kidney before starting a calcineurin inhibitor: look for lupus nephritis activity, volume "
-            "depletion "
-            "or nephrotoxic drugs, and consider waiting until creatinine is stable."
+            f"{capital(rise.text())} ({rise.baseline_rule(days)}), before tacrolimus has started. Review "
+            "the kidney before starting a calcineurin inhibitor: look for lupus nephritis activity, volume "
+            "depletion or nephrotoxic drugs, and consider waiting until creatinine is stable."
         )
         cited = ("lupkynis-label", "mok-2016")
     return finding(
@@ -270,10 +273,9 @@ def n4_trough_high(inp: RuleInput) -> Finding | Quiet:
         "N4",
         "warning",
         f"Tacrolimus level {num(level.value)} ng/mL above {num(limit)}",
-        f"Tacrolimus level {on(level)} is above the {num(limit)} ng/mL upper target used in lupus nephritis"
-        f"{with_mmf}. Confirm it was a true trough (taken just before a dose), look for interacting drugs, "
-        "and "
-        "consider a dose reduction with a repeat level in about 1 week.",
+        f"Tacrolimus level {on(level)} is above the {num(limit)} ng/mL upper target used in lupus "
+        f"nephritis{with_mmf}. Confirm it was a true trough (taken just before a dose), look for "
+        "interacting drugs, and consider a dose reduction with a repeat level in about 1 week.",
         ("prograf-label",),
         evidence=[lab_evidence("Tacrolimus level", level), *(medication_evidence(m) for m in mycophenolate)],
         missing=gaps,
@@ -355,8 +357,7 @@ def n7_blood_pressure(inp: RuleInput) -> Finding | Quiet:
         indicator, relation, limit = "info", "at or above", tiers["info"]
         advice = (
             "Tacrolimus can raise blood pressure: treat to target (KDIGO 2024 asks for blood-pressure "
-            "control in "
-            "lupus nephritis) and recheck at each visit."
+            "control in lupus nephritis) and recheck at each visit."
         )
     else:
         return quiet("N7", f"newest blood pressure {reading.on()} is below {text(tiers['info'])}", gaps)
@@ -405,8 +406,8 @@ def n8_hyperglycaemia(inp: RuleInput) -> Finding | Quiet:
             return quiet("N8", f"no glucose or HbA1c since tacrolimus began on {start}", gaps)
         return quiet(
             "N8",
-            f"no glucose or HbA1c at or above the thresholds since tacrolimus began on {start} "
-            f"(newest: {'; '.join(seen)})",
+            f"no glucose or HbA1c at or above the thresholds since tacrolimus began on {start} (newest: "
+            f"{'; '.join(seen)})",
             gaps,
         )
     newest_hits = [values[0] for values in hits.values()]
@@ -416,8 +417,8 @@ def n8_hyperglycaemia(inp: RuleInput) -> Finding | Quiet:
         "info",
         f"New hyperglycaemia on tacrolimus: {shown[0]}",
         f"{capital(words(shown))}, since tacrolimus began on {start}. Tacrolimus, especially with "
-        "glucocorticoids, can cause new-onset diabetes: confirm the result, check whether diabetes predated "
-        "tacrolimus, and manage it.",
+        "glucocorticoids, can cause new-onset diabetes: confirm the result, check whether diabetes "
+        "predated tacrolimus, and manage it.",
         ("prograf-label",),
         evidence=[lab_evidence(capital(k), v) for k, v in zip(hits, newest_hits, strict=True)],
         missing=gaps,
@@ -497,8 +498,7 @@ def n11_new_start(inp: RuleInput) -> Finding | Quiet:
         "No earlier tacrolimus is on record, so this is a new start. Check the trough and creatinine every "
         "2 weeks in month 1, every 4 weeks to month 3, then every 3 months, and UPCR every 3 months until "
         "complete response. Plan it as a bridge, not a destination: the source article reports that about "
-        "17% "
-        "of patients lose significant kidney function within 3 years.",
+        "17% of patients lose significant kidney function within 3 years.",
         ("lupkynis-label", "acr-2024-ln", "fomin-roberts-2016"),
         missing=unavailable(record, "MedicationRequest"),
     )

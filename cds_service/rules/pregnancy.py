@@ -31,7 +31,7 @@ from cds_service.rules.common import (
 )
 from cds_service.rules.model import Finding, OrderLabs, Quiet, RuleInput, StopMedication
 
-TERATOGEN_CONCEPTS = ("teratogens", "mycophenolate", "cyclophosphamide", "methotrexate")
+TERATOGEN_CONCEPTS = ("teratogens", "mycophenolate", "cyclophosphamide", "methotrexate", "leflunomide")
 HCG_GROUPS = ("hcg-qualitative", "hcg-quantitative")
 URINE_HCG = ("2106-3", "Choriogonadotropin (pregnancy test) [Presence] in Urine")
 TACROLIMUS_LEVEL = ("11253-2", "Tacrolimus [Mass/volume] in Blood")
@@ -61,12 +61,11 @@ def p1_pregnant(inp: RuleInput) -> Finding | Quiet:
         "P1",
         "info",
         "Pregnancy documented: tacrolimus is compatible but needs closer monitoring",
-        f"Pregnancy is documented ({status.text}). Tacrolimus is considered compatible with pregnancy "
-        "(ACR 2020, BSR 2022), and the source article sees a place for it in lupus nephritis flares during "
+        f"Pregnancy is documented ({status.text}). Tacrolimus is considered compatible with pregnancy (ACR "
+        "2020, BSR 2022), and the source article sees a place for it in lupus nephritis flares during "
         "pregnancy. Levels fall as pregnancy advances and low albumin raises the unbound fraction, so "
-        "check the "
-        "trough, blood pressure, glucose, potassium and creatinine more often (trough every 2–4 weeks) and "
-        "coordinate care with maternal-fetal medicine.",
+        "check the trough, blood pressure, glucose, potassium and creatinine more often (trough every 2–4 "
+        "weeks) and coordinate care with maternal-fetal medicine.",
         ("acr-2020-reproductive", "bsr-2022", "fomin-roberts-2016", "hebert-2013"),
         evidence=status.evidence,
         missing=status.missing,
@@ -88,7 +87,7 @@ def p2_teratogen_in_pregnancy(inp: RuleInput) -> Finding | Quiet:
     them = "it" if len(teratogens) == 1 else "them"
     washout = (
         " Leflunomide also needs a cholestyramine washout."
-        if any("leflunomide" in m.name.lower() for m in teratogens)
+        if any("leflunomide" in m.concepts or "leflunomide" in m.name.lower() for m in teratogens)
         else ""
     )
     return finding(
@@ -97,8 +96,7 @@ def p2_teratogen_in_pregnancy(inp: RuleInput) -> Finding | Quiet:
         f"Teratogen active in pregnancy: {_short(teratogens)}",
         f"Pregnancy is documented ({status.text}) while {names(teratogens)} "
         f"{'is' if len(teratogens) == 1 else 'are'} active. Mycophenolate, cyclophosphamide, methotrexate "
-        "and "
-        f"leflunomide are not compatible with pregnancy (ACR 2020): stop {them} and agree the plan with "
+        f"and leflunomide are not compatible with pregnancy (ACR 2020): stop {them} and agree the plan with "
         "maternal-fetal medicine; tacrolimus and azathioprine are pregnancy-compatible "
         f"alternatives.{washout}",
         ("acr-2020-reproductive", "bsr-2022"),
@@ -156,11 +154,10 @@ def p3_mycophenolate_without_hcg(inp: RuleInput) -> Finding | Quiet:
         "info",
         f"Mycophenolate without a pregnancy test in the last {num(days)} days",
         f"{capital(names(mycophenolate))} is "
-        f"{'being ordered' if all(m.is_draft for m in mycophenolate) else 'active'} "
-        f"for {who}, with no hCG result in the last {num(days)} days. Mycophenolate must be stopped at least "
-        "6 weeks before conception (ACR 2020): confirm a negative pregnancy test and review contraception "
-        "and "
-        "pregnancy plans. A urine test is suggested: it is quick and uses the urine sample the UPCR needs.",
+        f"{'being ordered' if all(m.is_draft for m in mycophenolate) else 'active'} for {who}, with no hCG "
+        f"result in the last {num(days)} days. Mycophenolate must be stopped at least 6 weeks before "
+        "conception (ACR 2020): confirm a negative pregnancy test and review contraception and pregnancy "
+        "plans. A urine test is suggested: it is quick and uses the urine sample the UPCR needs.",
         ("acr-2020-reproductive",),
         evidence=[medication_evidence(m) for m in mycophenolate],
         missing=missing,
@@ -176,9 +173,8 @@ def p4_breastfeeding(inp: RuleInput) -> Finding | Quiet:
         "P4",
         "info",
         "Breastfeeding: tacrolimus is compatible per ACR 2020 and BSR 2022",
-        f"Breastfeeding is documented ({status.text}). Tacrolimus is compatible with breastfeeding per "
-        "ACR 2020 and BSR 2022, as very little passes into breast milk (Hebert 2013). The older Prograf "
-        "label "
+        f"Breastfeeding is documented ({status.text}). Tacrolimus is compatible with breastfeeding per ACR "
+        "2020 and BSR 2022, as very little passes into breast milk (Hebert 2013). The older Prograf label "
         "advised against breastfeeding, so label and guidelines disagree; this advice follows the "
         "guidelines.",
         ("acr-2020-reproductive", "bsr-2022", "hebert-2013", "prograf-label"),
@@ -216,10 +212,9 @@ def p5_hypertension_in_pregnancy(inp: RuleInput) -> Finding | Quiet:
         "warning",
         f"Hypertension in pregnancy: {found[0]}",
         f"Pregnant ({status.text}) with {words(found)}. Calcineurin inhibitors can raise blood pressure: "
-        "assess "
-        "for pre-eclampsia versus a lupus nephritis flare (proteinuria, blood pressure and "
-        "complement/anti-dsDNA "
-        "trends together) and involve maternal-fetal medicine before adjusting tacrolimus.",
+        "assess for pre-eclampsia versus a lupus nephritis flare (proteinuria, blood pressure and "
+        "complement/anti-dsDNA trends together) and involve maternal-fetal medicine before adjusting "
+        "tacrolimus.",
         ("prograf-label", "acr-2020-reproductive"),
         evidence=[
             *status.evidence,
@@ -254,10 +249,9 @@ def p6_pregnancy_trough(inp: RuleInput) -> Finding | Quiet:
         "info",
         f"Pregnant on tacrolimus with no trough in {num(days)} days",
         f"Pregnant ({status.text}) and on tacrolimus since {tacrolimus.start.isoformat()}, with no "
-        "tacrolimus "
-        f"level in the last {num(days)} days{last_text}. Whole-blood levels fall as pregnancy advances "
-        "(transplant series needed dose increases of 20–25% or more) while low albumin raises the unbound "
-        "fraction: check a trough now and every 2–4 weeks, and read it together with the albumin.",
+        f"tacrolimus level in the last {num(days)} days{last_text}. Whole-blood levels fall as pregnancy "
+        "advances (transplant series needed dose increases of 20–25% or more) while low albumin raises the "
+        "unbound fraction: check a trough now and every 2–4 weeks, and read it together with the albumin.",
         ("hebert-2013", "pregnancy-dose-cohort"),
         evidence=[
             *status.evidence,

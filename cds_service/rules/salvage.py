@@ -85,20 +85,18 @@ def s0_first_agent(inp: RuleInput) -> Finding | Quiet:
         return quiet("S0", f"earlier anchor-drug exposure on record: {names(anchors.orders)}")
     drafted = active_orders(record, "mycophenolate")
     alongside = (
-        f" {capital(names(drafted))} is ordered alongside, which matches that combination."
+        f"; {names(drafted)} is ordered alongside, which fits"
         if drafted
-        else " Consider whether mycophenolate should be part of the plan."
+        else "; consider whether mycophenolate belongs in the plan"
     )
     return finding(
         "S0",
         "info",
         "Tacrolimus as first agent for lupus nephritis is debated",
         "No earlier mycophenolate or cyclophosphamide is on record, so tacrolimus would be a first agent. "
-        "The "
-        "source article notes that this role is debated for North American patients (the trials enrolled "
-        "mainly Chinese patients); KDIGO 2024, ACR 2024 and EULAR 2023 place a calcineurin inhibitor "
-        "together "
-        f"with mycophenolate rather than alone.{alongside}",
+        "The source article notes that this role is debated for North American patients (the trials "
+        "enrolled mainly Chinese patients). KDIGO 2024, ACR 2024 and EULAR 2023 place a calcineurin "
+        f"inhibitor together with mycophenolate rather than alone{alongside}.",
         ("fomin-roberts-2016", "kdigo-2024", "acr-2024-ln", "eular-2023"),
         evidence=[medication_evidence(m) for m in drafted],
         missing=unavailable(record, "MedicationRequest"),
@@ -131,28 +129,27 @@ def s1_mycophenolate_failure(inp: RuleInput) -> Finding | Quiet:
     before, before_gaps = newest_number(series, until=started - timedelta(microseconds=1))
     gaps += before_gaps
     evidence = [*mmf.evidence(), lab_evidence("UPCR on mycophenolate", after)]
-    pre_text = " No UPCR from before mycophenolate is on record, so the size of the fall cannot be judged."
+    pre_text = "; no earlier UPCR is on record to judge the fall"
     if before is not None:
         reduction = round((before.value - after.value) / before.value, 6) if before.value else 0.0
         wanted = threshold(inp, "upcr_reduction")
         if reduction >= wanted:
             return quiet(
                 "S1",
-                f"UPCR {on(after)} is {percent(reduction)} below {on(before)} before mycophenolate "
-                f"(at least {percent(wanted)}): partial response",
+                f"UPCR {on(after)} is {percent(reduction)} below {on(before)} before mycophenolate (at "
+                f"least {percent(wanted)}): partial response",
             )
         evidence.append(lab_evidence("UPCR before mycophenolate", before))
         change = f"only {percent(reduction)} lower" if reduction >= 0 else f"{percent(-reduction)} higher"
-        pre_text = f" Before mycophenolate it was {on(before)}: {change}."
+        pre_text = f", {change} than the {on(before)} before it"
     return finding(
         "S1",
         "info",
         f"Inadequate response to mycophenolate: UPCR {num(after.value)} g/g after {in_months(mmf.days)}",
-        f"Mycophenolate since {mmf.start.isoformat()} ({in_months(mmf.days)} in total) and UPCR is still "
-        f"{on(after)}.{pre_text} This fits an inadequate response: the source article sees tacrolimus's "
-        "place "
-        "after mycophenolate has failed, and KDIGO 2024 / ACR 2024 list adding a calcineurin inhibitor or "
-        "switching as options. Check adherence first and consider a repeat biopsy.",
+        f"UPCR is still {on(after)} after {in_months(mmf.days)} of mycophenolate (since "
+        f"{mmf.start.isoformat()}){pre_text}. This fits an inadequate response: the source article sees "
+        "tacrolimus's place after mycophenolate has failed, and KDIGO 2024 / ACR 2024 list adding a "
+        "calcineurin inhibitor or switching as options. Check adherence first and consider a repeat biopsy.",
         ("fomin-roberts-2016", "kdigo-2024", "acr-2024-ln"),
         evidence=evidence,
         missing=[*gaps, *([] if before else ["no UPCR from before mycophenolate began"])],
@@ -166,7 +163,9 @@ def s2_both_anchors_used(inp: RuleInput) -> Finding | Quiet:
     cyc = exposure(record, "cyclophosphamide")
     mmf = exposure(record, "mycophenolate")
     if not (cyc.any and mmf.any):
-        lacking = words([n for n, e in (("cyclophosphamide", cyc), ("mycophenolate", mmf)) if not e.any])
+        lacking = words(
+            [n for n, e in (("cyclophosphamide", cyc), ("mycophenolate", mmf)) if not e.any], "or"
+        )
         return quiet("S2", f"no {lacking} exposure on record", unavailable(record, "MedicationRequest"))
     return finding(
         "S2",
@@ -174,8 +173,9 @@ def s2_both_anchors_used(inp: RuleInput) -> Finding | Quiet:
         "Both anchor drugs used before: cyclophosphamide and mycophenolate",
         f"Cyclophosphamide (from {cyc.start.isoformat()}) and mycophenolate (from {mmf.start.isoformat()}) "
         "have both been used. The source article sees tacrolimus's place after mycophenolate or "
-        "cyclophosphamide has failed, but the multitarget evidence (Liu 2015) and the tacrolimus-versus-"
-        "mycophenolate trial (Mok 2016) come from Chinese cohorts; North American data are limited.",
+        "cyclophosphamide has failed, but the multitarget evidence (Liu 2015) and the "
+        "tacrolimus-versus-mycophenolate trial (Mok 2016) come from Chinese cohorts; North American data "
+        "are limited.",
         ("fomin-roberts-2016", "liu-2015", "mok-2016", "eular-2023"),
         evidence=[*cyc.evidence(), *mmf.evidence()],
     )
@@ -199,7 +199,7 @@ def s3_rituximab_barrier(inp: RuleInput) -> Finding | Quiet:
         evidence += [condition_evidence(c) for c in hbv]
         evidence += [lab_evidence("HBsAg", hbsag)] if hbv_positive else []
     else:
-        checked.append(f"HBsAg {on(hbsag)}" if hbsag else "no hepatitis B condition")
+        checked.append(f"no hepatitis B condition{f', HBsAg {on(hbsag)}' if hbsag else ''}")
         if hbsag is None:
             missing.append(
                 "no HBsAg result on record (KDIGO asks for hepatitis B screening before immunosuppression)"
@@ -215,7 +215,11 @@ def s3_rituximab_barrier(inp: RuleInput) -> Finding | Quiet:
         evidence += [condition_evidence(c) for c in hypogamma]
         evidence += [lab_evidence("IgG", igg)] if igg_low else []
     else:
-        checked.append(f"IgG {on(igg)} is not below {num(low_igg)} mg/dL" if igg else "no IgG on record")
+        checked.append(
+            f"IgG {on(igg)} is not below {num(low_igg)} mg/dL"
+            if igg
+            else "no hypogammaglobulinaemia condition"
+        )
         if igg is None:
             missing.append("no IgG result on record")
 
@@ -237,9 +241,8 @@ def s3_rituximab_barrier(inp: RuleInput) -> Finding | Quiet:
     if not barriers:
         return quiet("S3", "no rituximab barrier recorded: " + "; ".join(checked), missing)
     hbv_text = (
-        " Tacrolimus is not a hepatitis B-safe choice either: hepatitis B still needs antiviral "
-        "prophylaxis and "
-        "hepatology input under any immunosuppression."
+        " Tacrolimus is not a hepatitis B-safe choice either: hepatitis B still needs antiviral prophylaxis "
+        "and hepatology input under any immunosuppression."
         if "hepatitis B" in barriers
         else ""
     )
@@ -269,9 +272,8 @@ def s4_membranous(inp: RuleInput) -> Finding | Quiet:
         "info",
         "Class V (membranous) lupus nephritis recorded",
         f"{class_v[0].name} is on the problem list. Calcineurin inhibitors have historically been most "
-        "valued "
-        "with a membranous component, and KDIGO 2024 / ACR 2024 list calcineurin-inhibitor regimens for "
-        "nephrotic-range proteinuria.",
+        "valued with a membranous component, and KDIGO 2024 / ACR 2024 list calcineurin-inhibitor regimens "
+        "for nephrotic-range proteinuria.",
         ("kdigo-2024", "acr-2024-ln", "fomin-roberts-2016"),
         evidence=[condition_evidence(c) for c in class_v],
     )
@@ -289,7 +291,7 @@ def s5_duplicate_cni(inp: RuleInput) -> Finding | Quiet:
     stored = [
         m
         for m in record.active_medications("tacrolimus")
-        if not m.is_draft and m.status in ("active", "on-hold") and m.id not in renewed
+        if not m.is_draft and not m.is_trigger and m.status in ("active", "on-hold") and m.id not in renewed
     ]
     found = [*others, *duplicates, *stored]
     if not found:
@@ -310,9 +312,8 @@ def s5_duplicate_cni(inp: RuleInput) -> Finding | Quiet:
         "critical",
         f"Duplicate calcineurin-inhibitor therapy: {found[0].name}",
         f"{capital(names(found))} {'is' if len(found) == 1 else 'are'} active alongside this tacrolimus "
-        "order: "
-        f"duplicate calcineurin-inhibitor therapy, with additive nephrotoxicity. Keep one calcineurin "
-        f"inhibitor.{detail_renewal}",
+        "order: duplicate calcineurin-inhibitor therapy, with additive nephrotoxicity. Keep one "
+        f"calcineurin inhibitor.{detail_renewal}",
         ("prograf-label", "lupkynis-label"),
         evidence=[medication_evidence(m) for m in found],
     )
@@ -356,8 +357,7 @@ def s7_long_term(inp: RuleInput) -> Finding | Quiet:
         return quiet(
             "S7",
             f"tacrolimus exposure totals {tacrolimus.days} days ({in_months(tacrolimus.days)}), not more "
-            "than "
-            f"{num(months)} months ({num(needed)} days)",
+            f"than {num(months)} months ({num(needed)} days)",
         )
     limit = threshold(inp, "upcr_response")
     series = record.lab("upcr")
@@ -373,10 +373,9 @@ def s7_long_term(inp: RuleInput) -> Finding | Quiet:
         "info",
         f"Tacrolimus for {in_months(tacrolimus.days)} without a proteinuria response",
         f"Tacrolimus since {tacrolimus.start.isoformat()} ({in_months(tacrolimus.days)} in total) with no "
-        "UPCR "
-        f'below {num(limit)} g/g in that time ({upcr_text}). The source article calls tacrolimus "a bridge, '
-        'not a destination": about 17% of patients lose significant kidney function within 3 years. '
-        "Reassess whether to continue it.",
+        f'UPCR below {num(limit)} g/g in that time ({upcr_text}). The source article calls tacrolimus "a '
+        'bridge, not a destination": about 17% of patients lose significant kidney function within 3 years, '
+        "so reassess whether to continue it.",
         ("fomin-roberts-2016", "kdigo-2024"),
         evidence=[*tacrolimus.evidence(), *([lab_evidence("UPCR", newest)] if newest else [])],
         missing=[

@@ -1,0 +1,206 @@
+"""Benchmark: ``make bench`` (or ``python -m bench [--seconds N] [--concurrency C]``).
+
+Starts the service as ``cds-service serve`` does (gunicorn, 2 workers × 4 threads), a no-op Flask endpoint
+under the same server, and a FHIR server on loopback; loads each on loopback with keep-alive clients and
+prints requests/s, p50 and p99 per scenario, with the targets of the issue beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from bench.patients import lupus_patient, other_draft, tacrolimus_draft
+from cds_service.sandbox.requests import build_request_from_bundle
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKERS, THREADS = 2, 4
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_up(url: str, process: subprocess.Popen, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"server exited with {process.returncode}: {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"server did not come up: {url}")
+
+
+def start(args: list[str], health: str, env: dict | None = None) -> subprocess.Popen:
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    wait_until_up(health, process)
+    return process
+
+
+def load(port: int, path: str, body: bytes, seconds: float, concurrency: int, max_requests: int) -> dict:
+    """Keep-alive clients posting ``body`` for ``seconds`` (or ``max_requests``); latency percentiles in ms."""
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+
+    def client() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        mine, codes = [], {}
+        while time.monotonic() < stop_at and len(mine) < max_requests // concurrency:
+            started = time.perf_counter()
+            connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            response.read()
+            mine.append((time.perf_counter() - started) * 1000)
+            codes[response.status] = codes.get(response.status, 0) + 1
+        connection.close()
+        with lock:
+            latencies.extend(mine)
+            for code, count in codes.items():
+                statuses[code] = statuses.get(code, 0) + count
+
+    began = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - began
+    latencies.sort()
+    return {
+        "requests": len(latencies),
+        "rps": len(latencies) / elapsed,
+        "p50": statistics.median(latencies),
+        "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        "statuses": statuses,
+    }
+
+
+def single_latency(port: int, path: str, body: bytes, count: int) -> float:
+    """p50 of one client alone: the latency a single EHR call sees on an idle server."""
+    return load(port, path, body, seconds=60, concurrency=1, max_requests=count)["p50"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0, help="load duration per scenario")
+    parser.add_argument("--concurrency", type=int, default=4)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="cds-bench-"))
+    processes: list[subprocess.Popen] = []
+    try:
+        typical = lupus_patient("bench-typical", observations=200)
+        large = lupus_patient("bench-large", observations=10_000, seed=11)
+        bundles = {}
+        for name, resources in (("typical", typical), ("large", large)):
+            bundles[name] = {"resourceType": "Bundle", "type": "collection",
+                             "entry": [{"resource": r} for r in resources]}  # fmt: skip
+            (work / f"{name}.json").write_text(json.dumps(bundles[name]))
+
+        config = work / "hooks"
+        shutil.copytree(ROOT / "hooks", config)
+        settings = yaml.safe_load((config / "settings.yaml").read_text())
+        settings["feedback"]["database_url"] = f"sqlite:///{work / 'bench.sqlite3'}"
+        (config / "settings.yaml").write_text(yaml.safe_dump(settings))
+
+        fhir_port, service_port, noop_port = free_port(), free_port(), free_port()
+        python = sys.executable
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        processes.append(start([python, "-m", "bench.fhir_process", str(fhir_port), *map(str, work.glob("*.json"))],
+                               f"http://127.0.0.1:{fhir_port}/metadata", env))  # fmt: skip
+        processes.append(start([str(Path(python).parent / "cds-service"), "serve", "--dev", "--port",
+                                str(service_port), "--workers", str(WORKERS), "--threads", str(THREADS),
+                                "--config", str(config)],
+                               f"http://127.0.0.1:{service_port}/healthz", env))  # fmt: skip
+        processes.append(start([python, "-m", "bench.noop", str(noop_port), str(WORKERS), str(THREADS)],
+                               f"http://127.0.0.1:{noop_port}/healthz", env))  # fmt: skip
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{service_port}/cds-services") as response:
+            templates = json.load(response)["services"][0]["prefetch"]
+        fhir_base = f"http://127.0.0.1:{fhir_port}"
+
+        def request(bundle: dict, draft: dict, via: str) -> bytes:
+            body = build_request_from_bundle(
+                {**bundle, "entry": bundle["entry"] + [{"resource": draft}]}, [f"MedicationRequest/{draft['id']}"],
+                hook="order-sign", via=via, fhir_base=fhir_base if via != "prefetch" else None,
+                prefetch_templates=templates,
+            )  # fmt: skip
+            return json.dumps(body).encode()
+
+        scenarios = [
+            ("no-op endpoint (baseline)", noop_port,
+             request(bundles["typical"], tacrolimus_draft("bench-typical"), "prefetch")),
+            ("typical patient, full prefetch", service_port,
+             request(bundles["typical"], tacrolimus_draft("bench-typical"), "prefetch")),
+            ("typical patient, FHIR callback", service_port,
+             request(bundles["typical"], tacrolimus_draft("bench-typical"), "fhir")),
+            ("large patient (10,000 obs), prefetch", service_port,
+             request(bundles["large"], tacrolimus_draft("bench-large"), "prefetch")),
+            ("non-tacrolimus order", service_port,
+             request(bundles["typical"], other_draft("bench-typical"), "prefetch")),
+        ]  # fmt: skip
+        path = "/cds-services/tacrolimus-order-sign"
+        rows = []
+        for name, port, body in scenarios:
+            load(port, path, body, seconds=1.0, concurrency=args.concurrency, max_requests=50)  # warm-up
+            result = load(port, path, body, args.seconds, args.concurrency, max_requests=100_000)
+            result["alone_p50"] = single_latency(port, path, body, count=50)
+            rows.append((name, len(body), result))
+
+        baseline = rows[0][2]
+        targets = {
+            "typical patient, full prefetch": lambda r: (
+                f"p50 alone ≤ 10 ms: {'PASS' if r['alone_p50'] <= 10 else 'FAIL'}; "
+                f"rps ≥ 40 % of no-op: {'PASS' if r['rps'] >= 0.4 * baseline['rps'] else 'FAIL'} "
+                f"({100 * r['rps'] / baseline['rps']:.0f} %)"),
+            "large patient (10,000 obs), prefetch": lambda r: (
+                f"p50 alone ≤ 150 ms: {'PASS' if r['alone_p50'] <= 150 else 'FAIL'}"),
+            "non-tacrolimus order": lambda r: (
+                f"p50 alone within 2× no-op: {'PASS' if r['alone_p50'] <= 2 * baseline['alone_p50'] else 'FAIL'}"),
+        }  # fmt: skip
+        print(f"\nservice: gunicorn {WORKERS} workers × {THREADS} threads; load: {args.concurrency} keep-alive "
+              f"clients for {args.seconds:g} s per scenario, on loopback; {os.cpu_count()} cores\n")  # fmt: skip
+        header = f"{'scenario':40} {'body KB':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'alone p50':>10}  target"
+        print(header)
+        print("-" * len(header))
+        for name, size, r in rows:
+            target = targets.get(name, lambda r: "")(r)
+            bad = {k: v for k, v in r["statuses"].items() if k != 200}
+            note = f"  statuses {bad}" if bad else ""
+            print(f"{name:40} {size / 1024:8.1f} {r['rps']:8.0f} {r['p50']:8.1f} {r['p99']:8.1f} "
+                  f"{r['alone_p50']:10.1f}  {target}{note}")  # fmt: skip
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,386 @@
+"""The administrators' page ``/admin`` and ``POST /admin/reload``, behind an admin token.
+
+The token is configured as its SHA-256 (``admin.token_sha256`` in settings.yaml) or given in the environment
+(``CDS_ADMIN_TOKEN``); with neither, every ``/admin`` URL answers 404. In ``--dev`` without either, the fixed
+token ``dev-admin-token`` works and the start-up log says so. A request proves the token with
+``Authorization: Bearer <token>`` or with the cookie the login form sets (HttpOnly, SameSite=Strict, only
+sent to ``/admin``). The page is server-rendered HTML with inline SVG: no script, no external CSS, and a
+Content-Security-Policy that allows only its own nonce-tagged style block.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import signal
+from collections.abc import Iterable, Mapping
+from datetime import date
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import Blueprint, Response, current_app, jsonify, redirect, render_template, request
+from sqlalchemy.engine import make_url
+from werkzeug.exceptions import NotFound
+
+from cds_service.config import Config, ConfigError, load_config
+from cds_service.config_schema import SCHEMA_DIR
+from cds_service.explain import FINDING_IDS, SETTINGS_BY_FINDING
+from cds_service.report import FindingStats, aggregate, rate_text, reasons_text
+
+log = logging.getLogger("cds_service.admin")
+bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates")
+
+COOKIE = "cds_admin"
+DEV_TOKEN = "dev-admin-token"
+ENV_TOKEN = "CDS_ADMIN_TOKEN"
+SHORT_TOKEN = 20
+
+
+# --- who may come in --------------------------------------------------------------------------------------
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def accepted_hashes(config: Config, dev: bool) -> list[str]:
+    """SHA-256 hashes of the tokens that open /admin now; empty means the admin page is off."""
+    hashes = []
+    configured = config.section("admin").get("token_sha256")
+    if configured:
+        hashes.append(configured.lower())
+    if os.environ.get(ENV_TOKEN):
+        hashes.append(_sha256(os.environ[ENV_TOKEN]))
+    if not hashes and dev:
+        hashes.append(_sha256(DEV_TOKEN))
+    return hashes
+
+
+def token_opens(token: str | None, hashes: Iterable[str]) -> bool:
+    if not token:
+        return False
+    presented = _sha256(token)
+    # compare_digest against every hash (no early exit), so timing does not say which one matched
+    return any([hmac.compare_digest(presented, expected) for expected in hashes])
+
+
+def _holder():
+    return current_app.extensions["cds_runtime"]
+
+
+def _hashes() -> list[str]:
+    holder = _holder()
+    return accepted_hashes(holder.current.config, holder.dev)
+
+
+def _presented_token() -> tuple[str | None, str]:
+    """(token, how): from the Authorization header, else from the login cookie."""
+    scheme, _, value = (request.headers.get("Authorization") or "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip(), "bearer"
+    return request.cookies.get(COOKIE), "cookie"
+
+
+def _same_origin() -> bool:
+    """A cookie-authenticated POST must come from this site's pages (SameSite=Strict asks that too)."""
+    origin = request.headers.get("Origin") or request.headers.get("Referer")
+    if not origin:
+        return True
+
+    def origin_of(url: str) -> str:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    public = _holder().current.config.section("server")["public_base_url"]
+    return origin_of(origin) in (origin_of(request.host_url), origin_of(public))
+
+
+@bp.record_once
+def _announce(state) -> None:
+    holder = state.app.extensions["cds_runtime"]
+    config = holder.current.config
+    if holder.dev and not config.section("admin").get("token_sha256") and not os.environ.get(ENV_TOKEN):
+        log.warning(f"DEV MODE: /admin accepts the fixed token {DEV_TOKEN!r}; configure admin.token_sha256")
+    elif 0 < len(os.environ.get(ENV_TOKEN, "")) < SHORT_TOKEN:
+        log.warning(f"{ENV_TOKEN} is shorter than {SHORT_TOKEN} characters: use a long random token")
+
+
+@bp.before_request
+def _admin_switched_on() -> None:
+    if not _hashes():
+        raise NotFound()
+
+
+def _authenticated() -> str | None:
+    """How the request proved the admin token ("bearer" or "cookie"), or None."""
+    token, how = _presented_token()
+    return how if token_opens(token, _hashes()) else None
+
+
+def _unauthorized() -> Response:
+    response = jsonify({"error": "admin token required (Authorization: Bearer <token>)"})
+    response.status_code = 401
+    response.headers["WWW-Authenticate"] = 'Bearer realm="cds-admin"'
+    return response
+
+
+# --- pages ------------------------------------------------------------------------------------------------
+
+
+def _page(template: str, status: int = 200, **context: Any) -> Response:
+    nonce = secrets.token_urlsafe(16)
+    response = Response(
+        render_template(template, nonce=nonce, **context), status=status, mimetype="text/html"
+    )
+    response.headers["Content-Security-Policy"] = (
+        f"default-src 'none'; style-src 'nonce-{nonce}'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    )
+    return response
+
+
+def _wants_html() -> bool:
+    best = request.accept_mimetypes.best_match(["application/json", "text/html"])
+    return best == "text/html" or request.mimetype == "application/x-www-form-urlencoded"
+
+
+@bp.get("")
+@bp.get("/")
+def page() -> Response:
+    if _authenticated() is None:
+        if request.headers.get("Authorization") or not _wants_html():
+            return _unauthorized()
+        return redirect("/admin/login", code=303)
+    return _admin_page()
+
+
+def _admin_page(notice: str | None = None, problems: list[str] | None = None, status: int = 200) -> Response:
+    holder = _holder()
+    runtime = holder()
+    since = _since_arg()
+    tenant = request.args.get("tenant") or None
+    stats = aggregate(runtime.store.shown_rows(), runtime.store.feedback_rows(), since=since, tenant=tenant)
+    try:
+        load_config(runtime.config.directory)
+        on_disk: list[str] = []
+    except ConfigError as error:
+        on_disk = error.problems
+    return _page(
+        "admin.html",
+        status=status,
+        view=effective_view(runtime.config),
+        stats=stats,
+        chart=chart(stats),
+        since=since.isoformat() if since else "",
+        tenant=tenant or "",
+        on_disk=on_disk,
+        notice=notice,
+        problems=problems or [],
+        rate_text=rate_text,
+        reasons_text=reasons_text,
+        show=show,
+    )
+
+
+def show(value: Any) -> str:
+    """A setting as it would be written in YAML: true/false, [a, b], {} for an empty mapping."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(show(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {show(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def _since_arg() -> date | None:
+    try:
+        return date.fromisoformat(request.args["since"]) if request.args.get("since") else None
+    except ValueError:
+        return None
+
+
+@bp.get("/login")
+def login_form() -> Response:
+    return _page("admin_login.html")
+
+
+@bp.post("/login")
+def login() -> Response:
+    token = (request.form.get("token") or "").strip()
+    if not token_opens(token, _hashes()):
+        log.warning("admin login refused", extra={"remote": request.remote_addr})
+        return _page("admin_login.html", status=401, error="That token does not open the admin page.")
+    log.info("admin login", extra={"remote": request.remote_addr})
+    response = redirect("/admin", code=303)
+    secure = request.is_secure or _holder().current.config.section("server")["public_base_url"].startswith(
+        "https"
+    )
+    response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=secure, path="/admin")
+    return response
+
+
+@bp.post("/logout")
+def logout() -> Response:
+    response = redirect("/admin/login", code=303)
+    response.delete_cookie(COOKIE, path="/admin", httponly=True, samesite="Strict")
+    return response
+
+
+@bp.post("/reload")
+def reload() -> Response | tuple[Response, int]:
+    """Load the configuration files again; a bad file leaves the running configuration in place.
+
+    Under gunicorn (``cds-service serve``) the files are checked here and the master is sent SIGHUP, so every
+    worker moves to the new configuration and in-flight requests finish on the old one. Elsewhere (a single
+    process) this process swaps its configuration itself.
+    """
+    how = _authenticated()
+    if how is None:
+        return _unauthorized()
+    if how == "cookie" and not _same_origin():
+        return jsonify({"error": "cross-site request refused"}), 403
+    holder = _holder()
+    if request.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn"):
+        try:
+            config = load_config(holder.config_dir)
+        except ConfigError as error:
+            problems = error.problems
+        else:
+            problems = []
+            os.kill(os.getppid(), signal.SIGHUP)
+            log.info(
+                "admin reload: SIGHUP sent to the gunicorn master",
+                extra={"services": sorted(config.services)},
+            )
+    else:
+        problems = holder.reload()
+    if problems:
+        log.error("admin reload refused", extra={"problems": problems})
+    if _wants_html():
+        if problems:
+            return _admin_page(problems=problems, status=422)
+        return _admin_page(notice="Configuration reloaded.")
+    if problems:
+        return jsonify(
+            {"reloaded": False, "problems": problems, "serving": "the last good configuration"}
+        ), 422
+    return jsonify({"reloaded": True, "services": sorted(holder.current.config.services)}), 200
+
+
+# --- what the page shows ----------------------------------------------------------------------------------
+
+
+def _descriptions() -> dict[str, str]:
+    import json
+
+    schema = json.loads((SCHEMA_DIR / "settings.json").read_text())
+    return {k: v.get("description", "") for k, v in schema["$defs"]["thresholds"]["properties"].items()}
+
+
+def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(value, Mapping) and value:
+        return [pair for key, inner in value.items() for pair in _flatten(inner, f"{prefix}{key}.")]
+    return [(prefix.rstrip("."), value)]
+
+
+def _diff(
+    base: Mapping[str, Any], merged: Mapping[str, Any], sections: Iterable[str]
+) -> list[tuple[str, Any]]:
+    """The settings in ``merged`` that differ from ``base``, as dotted paths."""
+    before = dict(_flatten({s: base.get(s) for s in sections}))
+    return [(k, v) for k, v in _flatten({s: merged.get(s) for s in sections}) if before.get(k) != v]
+
+
+def _safe_database_url(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL is shown as its scheme only
+        return url.split(":", 1)[0] + ":…"
+
+
+def effective_view(config: Config) -> dict[str, Any]:
+    """Everything the page shows about the configuration, as plain data."""
+    shared = config.settings
+    tenants = config.section("tenants")
+    sections = ("scope", "thresholds", "findings")
+    services = [
+        {"id": s.id, "hook": s.hook, "title": s.title, "scope": s.settings["scope"],
+         "overrides": _diff(shared, s.settings, sections)}
+        for s in config.services.values()
+    ]  # fmt: skip
+    descriptions = _descriptions()
+    affects = {key: [f for f in FINDING_IDS if key in SETTINGS_BY_FINDING[f]] for key in shared["thresholds"]}
+    thresholds = []
+    for key, value in shared["thresholds"].items():
+        per_service = {s.id: s.settings["thresholds"][key] for s in config.services.values()
+                       if s.settings["thresholds"][key] != value}  # fmt: skip
+        per_tenant = {
+            t: o["thresholds"][key] for t, o in tenants.items() if key in (o.get("thresholds") or {})
+        }
+        thresholds.append(
+            {"key": key, "value": value, "description": descriptions.get(key, ""), "affects": affects[key],
+             "services": per_service, "tenants": per_tenant}
+        )  # fmt: skip
+    findings = []
+    for finding_id in FINDING_IDS:
+        per_service = {}
+        for s in config.services.values():
+            options = (s.settings.get("findings") or {}).get(finding_id) or {}
+            per_service[s.id] = {
+                "enabled": options.get("enabled", True),
+                "indicator": options.get("indicator"),
+            }
+        per_tenant = {t: o["findings"][finding_id] for t, o in tenants.items()
+                      if finding_id in (o.get("findings") or {})}  # fmt: skip
+        findings.append({"id": finding_id, "services": per_service, "tenants": per_tenant})
+    other = {
+        "cards": dict(config.section("cards")),
+        "valuesets": dict(config.section("valuesets")),
+        "fhir": dict(config.section("fhir")),
+        "server": dict(config.section("server")),
+        "feedback": {"database_url": _safe_database_url(config.section("feedback").get("database_url", ""))},
+    }
+    return {
+        "directory": str(config.directory),
+        "scope": shared["scope"],
+        "services": services,
+        "thresholds": thresholds,
+        "findings": findings,
+        "tenants": [{"id": t, "overrides": _flatten(o)} for t, o in tenants.items()],
+        "other": _flatten(other),
+    }
+
+
+CHART_LABEL_WIDTH = 250
+CHART_BAR_AREA = 420
+CHART_ROW = 34
+
+
+def chart(stats: list[FindingStats]) -> dict[str, Any]:
+    """Bar geometry for the inline SVG: per (service, finding) a shown bar, accepted/overridden under it."""
+    biggest = max([max(s.shown, s.answered) for s in stats] or [0]) or 1
+    scale = CHART_BAR_AREA / biggest
+    rows = []
+    for index, s in enumerate(stats):
+        y = index * CHART_ROW
+        rows.append(
+            {
+                "label": f"{s.finding} · {s.service}",
+                "y": y,
+                "shown": round(s.shown * scale, 1),
+                "accepted": round(s.accepted * scale, 1),
+                "overridden": round(s.overridden * scale, 1),
+                "text": f"shown {s.shown}, accepted {s.accepted}, overridden {s.overridden}",
+                "stats": s,
+            }
+        )
+    return {
+        "rows": rows,
+        "label_width": CHART_LABEL_WIDTH,
+        "width": CHART_LABEL_WIDTH + CHART_BAR_AREA + 60,
+        "height": max(len(rows) * CHART_ROW, CHART_ROW),
+    }

@@ -1,0 +1,277 @@
+"""``cds-service explain``: why each finding did or did not fire for one request.
+
+The request runs in-process through ``hook_call.answer_hook``, the code path of a real call, on the chosen
+configuration and tenant. The rules return every finding that fired (with the data it used) and a reason for
+every one that did not; this module lays them out finding by finding with the settings each one reads.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cds_service.cards import FINDINGS_EXTENSION
+from cds_service.config import Config, Service
+from cds_service.fixtures import FIXTURES_DIR, manifest
+from cds_service.hook_call import Answer, answer_hook
+from cds_service.rules.model import Finding
+from cds_service.runtime import Runtime
+from cds_service.storage import Store, make_engine
+
+FINDING_IDS = tuple(
+    [f"P{i}" for i in range(1, 7)] + [f"S{i}" for i in range(8)] + [f"N{i}" for i in range(1, 12)]
+)
+
+_PREGNANCY = ("pregnancy_status_days", "hcg_days", "hcg_positive_iu_per_l")
+SETTINGS_BY_FINDING: dict[str, tuple[str, ...]] = {
+    "P1": _PREGNANCY,
+    "P2": _PREGNANCY,
+    "P3": ("pregnancy_capable_age", "mycophenolate_hcg_days", *_PREGNANCY),
+    "P4": ("pregnancy_status_days",),
+    "P5": ("pregnancy_bp_days", *_PREGNANCY),
+    "P6": ("pregnancy_trough_days", *_PREGNANCY),
+    "S0": (),
+    "S1": ("mycophenolate_failure_months", "upcr_response", "upcr_reduction"),
+    "S2": (),
+    "S3": ("igg_low", *_PREGNANCY),
+    "S4": (),
+    "S5": (),
+    "S6": ("egfr_cni_caution", "recent_lab_days"),
+    "S7": ("tacrolimus_long_term_months", "upcr_response"),
+    "N1": ("recent_lab_days",),
+    "N2": (
+        "creatinine_rise_warning",
+        "creatinine_rise_critical",
+        "baseline_creatinine_days",
+        "recent_lab_days",
+    ),
+    "N3": ("creatinine_rise_critical", "baseline_creatinine_days", "recent_lab_days"),
+    "N4": ("tacrolimus_level_max", "tacrolimus_level_max_with_mycophenolate", "recent_lab_days"),
+    "N5": ("potassium_max", "recent_lab_days"),
+    "N6": ("magnesium_min", "recent_lab_days"),
+    "N7": ("bp_info", "bp_warning", "bp_critical", "recent_lab_days"),
+    "N8": ("fasting_glucose", "random_glucose", "hba1c"),
+    "N9": ("include_moderate_cyp3a4",),
+    "N10": (),
+    "N11": (),
+}
+"""The thresholds (``hooks/settings.yaml``) each finding reads: shown next to its verdict."""
+
+
+class ExplainError(ValueError):
+    """The request could not be found or built; the message says what to give instead."""
+
+
+@dataclass(frozen=True)
+class Source:
+    body: dict[str, Any]
+    label: str
+
+
+def _drafts_of(bundle: Mapping[str, Any]) -> list[str]:
+    return [
+        f"MedicationRequest/{e['resource']['id']}"
+        for e in bundle.get("entry", ())
+        if (e.get("resource") or {}).get("resourceType") == "MedicationRequest"
+        and e["resource"].get("status") == "draft"
+    ]
+
+
+def load_source(source: str, hook: str) -> Source:
+    """A CDS Hooks request from a fixture name, a fixture or FHIR Bundle file, or a request JSON file.
+
+    A fixture (by name or as its file in ``fhir_fixtures/``) is sent as its manifest says, dates moved to
+    today. Another Bundle's draft MedicationRequests become ``context.draftOrders``, the rest its prefetch.
+    """
+    from cds_service.sandbox.requests import build_request, build_request_from_bundle  # only needed here
+
+    path = Path(source)
+    name = path.name.removesuffix(".json")
+    is_fixture = name in manifest() and (
+        not path.is_file() or path.resolve().parent == FIXTURES_DIR.resolve()
+    )
+    if is_fixture:
+        return Source(build_request(name, hook=hook), f"fixture {name} ({hook})")
+    if not path.is_file():
+        raise ExplainError(f"{source}: neither a file nor a fixture name of fhir_fixtures/manifest.json")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ExplainError(f"{source}: not a readable JSON file: {error}") from None
+    if not isinstance(document, dict):
+        raise ExplainError(f"{source}: expected a JSON object (a CDS Hooks request or a FHIR Bundle)")
+    if document.get("resourceType") == "Bundle":
+        drafts = _drafts_of(document)
+        if not drafts:
+            raise ExplainError(f"{source}: a Bundle without a draft MedicationRequest to order")
+        try:
+            body = build_request_from_bundle(document, drafts, hook=hook)
+        except ValueError as error:
+            raise ExplainError(f"{source}: {error}") from None
+        return Source(body, f"bundle {path} ({hook}, drafts {', '.join(drafts)})")
+    if "hook" not in document or "context" not in document:
+        raise ExplainError(f"{source}: not a CDS Hooks request (no hook/context) and not a FHIR Bundle")
+    return Source(document, f"request {path} ({document.get('hook')})")
+
+
+def request_hook(source: str) -> str | None:
+    """The hook named by a CDS Hooks request file, or None for a fixture or Bundle."""
+    path = Path(source)
+    if not path.is_file():
+        return None
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    hook = document.get("hook") if isinstance(document, dict) else None
+    return hook if isinstance(hook, str) else None
+
+
+def pick_service(config: Config, service_id: str | None, hook: str | None) -> Service:
+    if service_id:
+        if service_id not in config.services:
+            raise ExplainError(f"no service {service_id!r}; configured: {', '.join(sorted(config.services))}")
+        return config.services[service_id]
+    for wanted in (hook, "order-sign"):
+        for service in config.services.values():
+            if service.hook == wanted:
+                return service
+    if not config.services:
+        raise ExplainError("the configuration offers no service")
+    return next(iter(config.services.values()))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    id: str
+    status: str
+    """``fired``, ``fired-off`` (turned off by configuration) or ``quiet``."""
+    indicator: str | None
+    card: str | None
+    why: list[str]
+    settings: dict[str, Any]
+
+
+def _evidence_lines(finding: Finding) -> list[str]:
+    lines = []
+    for item in finding.evidence:
+        when = f" on {item.when.date().isoformat()}" if item.when else ""
+        ref = f" ({item.reference})" if item.reference else ""
+        lines.append(f"{item.label}: {item.value}{when}{ref}")
+    lines += [f"not found: {m}" for m in finding.missing]
+    return lines
+
+
+def verdicts(answer: Answer, settings: Mapping[str, Any]) -> list[Verdict]:
+    """One verdict per catalog finding, in catalog order."""
+    evaluation = answer.evaluation
+    fired = {f.id: f for f in evaluation.findings} if evaluation else {}
+    quiet = {q.id: q.reason for q in evaluation.quiet} if evaluation else {}
+    on_card = {
+        item["id"]: (card["source"]["topic"]["code"], item["indicator"])
+        for card in answer.body.get("cards", ())
+        for item in card.get("extension", {}).get(FINDINGS_EXTENSION, ())
+    }
+    thresholds = settings.get("thresholds") or {}
+    out = []
+    for finding_id in FINDING_IDS:
+        read = {key: thresholds.get(key) for key in SETTINGS_BY_FINDING[finding_id]}
+        options = (settings.get("findings") or {}).get(finding_id) or {}
+        if finding_id in fired:
+            finding = fired[finding_id]
+            card, indicator = on_card.get(finding_id, (None, finding.indicator))
+            why = _evidence_lines(finding)
+            if indicator != finding.indicator:
+                why.append(f"indicator {finding.indicator} re-graded to {indicator} by configuration")
+            status = "fired" if card else "fired-off"
+            if not card and options.get("enabled", True) is False:
+                why.append(
+                    f"turned off by configuration (findings.{finding_id}.enabled: false): not on a card"
+                )
+            out.append(Verdict(finding_id, status, indicator, card, why, read))
+        else:
+            reason = quiet.get(finding_id) or quiet.get("scope") or _no_evaluation_reason(answer)
+            out.append(Verdict(finding_id, "quiet", None, None, [reason], read))
+    return out
+
+
+def _no_evaluation_reason(answer: Answer) -> str:
+    if answer.status == 412:
+        return "not evaluated: required patient data could not be obtained (412)"
+    if not answer.notes.get("triggers"):
+        return "not evaluated: no systemic tacrolimus order in this request"
+    return "not evaluated"
+
+
+def explain(
+    source: Source, config: Config, service: Service, tenant: str | None = None, dev: bool = False,
+    now: datetime | None = None,
+) -> tuple[Answer, list[Verdict], Mapping[str, Any]]:  # fmt: skip
+    """Run the request like a real call (no database writes) and return the answer and the verdicts."""
+    runtime = Runtime.from_config(config, dev=dev, store=Store(make_engine("sqlite://")))
+    try:
+        answer = answer_hook(source.body, service, runtime, now=now, tenant=tenant)
+    finally:
+        runtime.close()
+    settings = config.settings_for(service, tenant)
+    return answer, verdicts(answer, settings), settings
+
+
+def as_text(source: Source, service: Service, tenant: str | None, answer: Answer,
+            found: list[Verdict], settings: Mapping[str, Any]) -> str:  # fmt: skip
+    lines = [
+        f"request:  {source.label}",
+        f"service:  {service.id} (hook {service.hook}), tenant {tenant or '(none)'}",
+        f"scope:    {settings.get('scope')}",
+        f"answer:   HTTP {answer.status}, {len(answer.body.get('cards', ()))} card(s)",
+    ]
+    for card in answer.body.get("cards", ()):
+        ids = ", ".join(i["id"] for i in card.get("extension", {}).get(FINDINGS_EXTENSION, ()))
+        lines.append(f"  card {card['source']['topic']['code']} ({card['indicator']}): {ids}")
+    if answer.status != 200:
+        for issue in answer.body.get("issue", ()):
+            lines.append(f"  {issue.get('diagnostics')}")
+    lines.append("")
+    labels = {"fired": "FIRED", "fired-off": "fired, off", "quiet": "quiet"}
+    for verdict in found:
+        head = labels[verdict.status]
+        if verdict.status == "fired":
+            head += f" ({verdict.indicator}, card {verdict.card})"
+        lines.append(f"{verdict.id:<4} {head}")
+        lines += [f"       {line}" for line in verdict.why]
+        if verdict.settings:
+            lines.append(
+                "       settings: " + ", ".join(f"{k}={_value(v)}" for k, v in verdict.settings.items())
+            )
+    return "\n".join(lines)
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value) if isinstance(value, list) else str(value)
+
+
+def as_json(source: Source, service: Service, tenant: str | None, answer: Answer,
+            found: list[Verdict], settings: Mapping[str, Any]) -> str:  # fmt: skip
+    return json.dumps(
+        {
+            "request": source.label,
+            "service": service.id,
+            "tenant": tenant,
+            "scope": settings.get("scope"),
+            "status": answer.status,
+            "cards": [
+                {"topic": c["source"]["topic"]["code"], "indicator": c["indicator"],
+                 "findings": [i["id"] for i in c.get("extension", {}).get(FINDINGS_EXTENSION, ())]}
+                for c in answer.body.get("cards", ())
+            ],
+            "findings": [v.__dict__ for v in found],
+        },
+        indent=2,
+        default=str,
+    )  # fmt: skip

@@ -1,0 +1,282 @@
+"""``/sandbox`` (``serve --dev`` only): a small EHR page for testers, and the fixture FHIR API it reads.
+
+The page holds no card logic: it asks ``/sandbox/api/request`` for the CDS Hooks request built from the
+fixture and the draft orders on the page (``build_request_from_bundle``), posts it to the real
+``/cds-services/<id>`` endpoint, shows the cards, and posts feedback to the real feedback endpoint. Card
+Markdown is rendered here, with raw HTML off, so nothing a card says can run in the page.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from datetime import date, datetime
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request
+from markdown_it import MarkdownIt
+
+from cds_service.fixtures import load_bundle, manifest
+from cds_service.sandbox.fhir_server import create_fhir_app
+from cds_service.sandbox.requests import HOOKS, build_request_from_bundle
+from cds_service.sandbox.store import FhirStore
+
+FHIR_PATH = "/sandbox/fhir"
+PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+MAX_DRAFTS = 50
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
+
+bp = Blueprint(
+    "sandbox",
+    __name__,
+    url_prefix="/sandbox",
+    template_folder="../templates",
+    static_folder="../static",
+    static_url_path="/static",
+)
+
+
+def _markdown() -> MarkdownIt:
+    """CommonMark without raw HTML (it shows as text) and without images (a card cannot load anything)."""
+    return MarkdownIt("commonmark", {"html": False}).disable("image")
+
+
+_MARKDOWN = _markdown()
+
+
+class BadInput(ValueError):
+    """A sandbox API call the page should not have made; answered 400 with the message."""
+
+
+def install(app: Flask) -> None:
+    """Add the sandbox page and mount the fixture FHIR API at ``/sandbox/fhir`` (dev mode only)."""
+    app.register_blueprint(bp)
+    app.wsgi_app = FixtureFhirMount(app.wsgi_app)  # type: ignore[method-assign]
+
+
+class FixtureFhirMount:
+    """WSGI middleware: ``/sandbox/fhir/...`` goes to the read-only fixture FHIR server, the rest to the app.
+
+    The fixture dates follow today, so the store is rebuilt when the day changes. No token is checked: the
+    data are synthetic and this only runs with ``--dev``.
+    """
+
+    def __init__(self, app: Callable, today: Callable[[], date] | None = None):
+        self.app = app
+        self.today = today or (lambda: datetime.now().astimezone().date())
+        self._lock = threading.Lock()
+        self._day: date | None = None
+        self._fhir: Callable | None = None
+        self._fhir_app()  # build now: the first --via fhir call must not wait for it
+
+    def _fhir_app(self) -> Callable:
+        with self._lock:
+            today = self.today()
+            if self._fhir is None or self._day != today:
+                store = FhirStore.from_fixtures(today=today)
+                self._fhir, self._day = create_fhir_app(store, base_path=FHIR_PATH).wsgi_app, today
+            return self._fhir
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == FHIR_PATH or path.startswith(FHIR_PATH + "/"):
+            return self._fhir_app()(environ, start_response)
+        return self.app(environ, start_response)
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _runtime():
+    return current_app.extensions["cds_runtime"]()
+
+
+def _codings(concept: Any) -> list[Mapping]:
+    return (
+        [c for c in (concept or {}).get("coding", []) if isinstance(c, Mapping)]
+        if isinstance(concept, Mapping)
+        else []
+    )
+
+
+def _medication_codings(order: Mapping, resources: Mapping[str, Mapping]) -> list[Mapping]:
+    """The codings naming the order's drug: its CodeableConcept, or the Medication it references."""
+    codings = _codings(order.get("medicationCodeableConcept"))
+    ref = (order.get("medicationReference") or {}).get("reference", "")
+    if ref.startswith("#"):
+        contained = {r.get("id"): r for r in order.get("contained", []) if isinstance(r, Mapping)}
+        codings += _codings((contained.get(ref[1:]) or {}).get("code"))
+    elif ref in resources:
+        codings += _codings(resources[ref].get("code"))
+    return codings
+
+
+def _editable(order: Mapping, resources: Mapping[str, Mapping]) -> bool:
+    """The product/dose editor is offered for tacrolimus orders and for orders named by text only."""
+    if order.get("resourceType") != "MedicationRequest":
+        return False
+    codings = _medication_codings(order, resources)
+    terminology = _runtime().terminology
+    return not codings or any(
+        terminology.contains("tacrolimus", c.get("system"), c.get("code")) for c in codings
+    )
+
+
+def _patient_banner(patient: Mapping) -> dict:
+    names = patient.get("name") or [{}]
+    name = names[0].get("text") or " ".join([*names[0].get("given", []), names[0].get("family", "")]).strip()
+    return {
+        "id": patient.get("id"),
+        "name": name or patient.get("id"),
+        "gender": patient.get("gender"),
+        "birthDate": patient.get("birthDate"),
+    }
+
+
+def _fixture_entry(name: str) -> dict:
+    entry = manifest().get(name)
+    if entry is None:
+        raise BadInput(f"unknown fixture {name!r}")
+    return entry
+
+
+def _refs(resources: Iterable[Mapping]) -> dict[str, Mapping]:
+    return {f"{r.get('resourceType')}/{r.get('id')}": r for r in resources}
+
+
+def _today() -> date:
+    return datetime.now().astimezone().date()
+
+
+@bp.errorhandler(BadInput)
+def bad_input(error: BadInput) -> tuple[Response, int]:
+    return jsonify({"error": str(error)}), 400
+
+
+@bp.get("")
+@bp.get("/")
+def page() -> Response:
+    fixtures = [
+        {"name": name, "description": entry.get("description", "")}
+        for name, entry in sorted(manifest().items())
+    ]
+    products = [
+        {"system": s, "code": c, "display": d} for s, c, d in _runtime().terminology.codes("tacrolimus")
+    ]
+    html = render_template("sandbox.html", fixtures=fixtures, products=products, hooks=HOOKS)
+    return Response(html, mimetype="text/html", headers={"Content-Security-Policy": PAGE_CSP})
+
+
+@bp.get("/api/fixtures/<name>")
+def fixture(name: str) -> Response:
+    """The fixture's patient banner, its draft orders (editable or not) and what the service should say."""
+    entry = _fixture_entry(name)
+    resources = _refs(
+        e["resource"] for e in load_bundle(name, _today()).get("entry", []) if e.get("resource")
+    )
+    patient = next((r for r in resources.values() if r.get("resourceType") == "Patient"), {})
+    drafts = [
+        {"resource": resources[ref], "editable": _editable(resources[ref], resources)}
+        for ref in entry.get("drafts", ())
+        if ref in resources
+    ]
+    return jsonify(
+        {
+            "name": name,
+            "description": entry.get("description", ""),
+            "expected": entry.get("expected", []),
+            "patient": _patient_banner(patient),
+            "drafts": drafts,
+        }
+    )
+
+
+def _checked_drafts(value: Any) -> list[dict]:
+    if not isinstance(value, list) or not value:
+        raise BadInput("drafts must be a non-empty list of FHIR resources (the page's draft orders)")
+    if len(value) > MAX_DRAFTS:
+        raise BadInput(f"at most {MAX_DRAFTS} draft orders")
+    for resource in value:
+        if not isinstance(resource, dict):
+            raise BadInput("every draft must be a FHIR resource (an object)")
+        rtype, rid = resource.get("resourceType"), resource.get("id")
+        if not (
+            isinstance(rtype, str)
+            and _RESOURCE_TYPE.match(rtype)
+            and isinstance(rid, str)
+            and _FHIR_ID.match(rid)
+        ):
+            raise BadInput("every draft needs a resourceType and a FHIR id")
+    if len(_refs(value)) != len(value):
+        raise BadInput("two drafts have the same resourceType and id")
+    return value
+
+
+@bp.post("/api/request")
+def build() -> Response:
+    """The CDS Hooks request for the fixture's patient with the page's draft orders, and its service."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadInput("send a JSON object: {fixture, hook, via, drafts}")
+    name, hook, via = body.get("fixture"), body.get("hook"), body.get("via", "prefetch")
+    if not isinstance(name, str):
+        raise BadInput("fixture must be a fixture name")
+    entry = _fixture_entry(name)
+    if hook not in HOOKS:
+        raise BadInput(f"hook must be one of {', '.join(HOOKS)}")
+    if via not in ("prefetch", "fhir"):
+        raise BadInput("via must be prefetch or fhir")
+    drafts = _checked_drafts(body.get("drafts"))
+
+    bundle = load_bundle(name, _today())
+    original = set(entry.get("drafts", ()))
+    stored = [e["resource"] for e in bundle.get("entry", []) if e.get("resource")]
+    stored = [r for r in stored if f"{r['resourceType']}/{r['id']}" not in original]
+    if clash := set(_refs(stored)) & set(_refs(drafts)):
+        raise BadInput(f"drafts may not reuse the id of a stored resource: {', '.join(sorted(clash))}")
+    refs = list(_refs(drafts))
+    chosen = [ref for ref in entry.get("selections", entry.get("drafts", ())) if ref in refs]
+    chosen = chosen or [ref for ref in refs if ref.startswith("MedicationRequest/")]
+    if hook == "order-select" and not chosen:
+        raise BadInput("order-select needs a draft MedicationRequest to select")
+
+    store = FhirStore()
+    store.add_bundle(bundle, exclude=original)
+    editing = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": r} for r in stored + drafts],
+    }
+    runtime = _runtime()
+    service = next((s for s in runtime.config.services.values() if s.hook == hook), None)
+    if service is None:
+        raise BadInput(f"no service is configured for {hook}")
+    try:
+        built = build_request_from_bundle(
+            editing,
+            refs,
+            selections=chosen,
+            hook=hook,
+            via=via,
+            fhir_base=request.host_url.rstrip("/") + FHIR_PATH if via == "fhir" else None,
+            prefetch_templates=runtime.prefetch_templates,
+            store=store,
+        )
+    except ValueError as error:
+        raise BadInput(str(error)) from None
+    return jsonify({"service": {"id": service.id, "url": f"/cds-services/{service.id}"}, "request": built})
+
+
+@bp.post("/api/markdown")
+def markdown() -> Response:
+    """Card Markdown as HTML with raw HTML escaped, unsafe link schemes dropped and no images."""
+    body = request.get_json(silent=True)
+    texts = body.get("texts") if isinstance(body, dict) else None
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise BadInput("send {texts: [markdown, ...]}")
+    return jsonify({"html": [_MARKDOWN.render(text) for text in texts]})
