@@ -353,14 +353,12 @@ class Verifier:
         parts = token.split(".")
         if len(parts) != 3:
             raise AuthError("not a compact JWS")
-        header = _segment(parts[0], "header")
-        alg = header.get("alg")
-        if alg not in ALLOWED_ALGORITHMS:
-            raise AuthError("algorithm refused", alg=str(alg))
-        claims = _segment(parts[1], "payload")
-        kid, iss, jti = header.get("kid"), claims.get("iss"), claims.get("jti")
+        header, claims = _segment(parts[0], "header"), _segment(parts[1], "payload")
+        alg, kid, iss, jti = header.get("alg"), header.get("kid"), claims.get("iss"), claims.get("jti")
         facts = {name: value if isinstance(value, str) else None
                  for name, value in (("issuer", iss), ("kid", kid), ("jti", jti))}  # fmt: skip
+        if alg not in ALLOWED_ALGORITHMS:
+            raise AuthError("algorithm refused", alg=str(alg), **facts)
         trusted = self.issuers.get(iss) if isinstance(iss, str) else None
         if trusted is None:
             raise AuthError("issuer not trusted", **facts)

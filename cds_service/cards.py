@@ -81,10 +81,8 @@ def _detail(findings: list[Finding], record: PatientRecord, not_checked: Mapping
     missing = list(dict.fromkeys(m for f in findings for m in f.missing))
     if missing:
         parts.append("**Not found in the record:** " + "; ".join(missing) + ".")
-    if record.skipped:  # malformed resources; lab values in unusable units are named by the rules that read them
-        parts.append(
-            "**Left out as malformed:** " + "; ".join(f"{u.reference}: {u.reason}" for u in record.skipped) + "."
-        )
+    if record.skipped:  # resources that could not be read; lab units are named by the rules that read them
+        parts.append("**Left out:** " + "; ".join(f"{u.reference}: {u.reason}" for u in record.skipped) + ".")
     if not_checked:
         parts.append("**Not checked:** " + "; ".join(f"{what}: {why}" for what, why in not_checked.items()) + ".")
     return "\n\n".join(parts)

@@ -184,6 +184,21 @@ class LabSeries:
         """The newest usable value in [since, until] ("the newest value wins")."""
         return next(self._iter(since, until), None)
 
+    def unusable_between(
+        self, since: datetime | None = None, until: datetime | None = None, newer_than: datetime | None = None
+    ) -> list[tuple[datetime, Unusable]]:
+        """Entries in [since, until] (and after ``newer_than``) that cannot be used, newest first, with dates."""
+        found = []
+        for i, raw in enumerate(self._raw):
+            if until is not None and raw.when > until:
+                continue
+            if (since is not None and raw.when < since) or (newer_than is not None and raw.when <= newer_than):
+                break
+            entry = self._entry(i)
+            if isinstance(entry, Unusable):
+                found.append((raw.when, entry))
+        return found
+
     @property
     def unusable(self) -> list[Unusable]:
         """Entries read so far that could not be used."""

@@ -48,6 +48,7 @@ LAB_GROUPS = (
     "hba1c", "systolic-bp", "diastolic-bp", "hcg-qualitative", "hcg-quantitative", "pregnancy-status", "edd",
     "breastfeeding-status", "igg", "hbsag",
 )  # fmt: skip
+LAB_GROUP_SET = frozenset(LAB_GROUPS)
 BP_PANEL = "blood-pressure"
 BP_COMPONENT_GROUPS = ("systolic-bp", "diastolic-bp")
 NOT_RESULTS = frozenset({"entered-in-error", "cancelled"})
@@ -185,6 +186,8 @@ class RecordBuilder:
             name = drug_name(raw, resolve)
             concepts = self._drug_concepts(name)
             if not concepts:
+                if not name.codings and not is_draft:
+                    self._report_unresolved(raw)
                 continue
             if not is_draft and not _validated(FhirMedicationRequest, raw, self.skipped):
                 continue
@@ -206,6 +209,15 @@ class RecordBuilder:
                 )
             )
         return found
+
+    def _report_unresolved(self, raw: Mapping) -> None:
+        """An order whose drug we could not see cannot be checked: say so rather than skip it silently."""
+        target = (raw.get("medicationReference") or {}).get("reference")
+        if isinstance(target, str) and not target.startswith("#"):
+            self.skipped.append(Unusable(
+                f"MedicationRequest/{raw.get('id')}",
+                f"its drug is only a reference to {target}, which was not in the request and could not be read",
+            ))  # fmt: skip
 
     # --- allergies -----------------------------------------------------------------------------------------
     def allergies(self, resources: Iterable[Mapping]) -> list[Allergy]:
@@ -234,8 +246,8 @@ class RecordBuilder:
             if raw.get("status") in NOT_RESULTS:
                 continue
             concepts = self.terminology.concepts_of_concept(raw.get("code"))
-            groups = [g for g in LAB_GROUPS if g in concepts]
-            if BP_PANEL in concepts or not groups:
+            groups = [g for g in LAB_GROUPS if g in concepts] if concepts & LAB_GROUP_SET else []
+            if BP_PANEL in concepts or (not groups and raw.get("component")):
                 groups += [g for g in BP_COMPONENT_GROUPS if g not in groups and self._component(raw, g)]
             if not groups:
                 continue

@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from cds_service.terminology import Terminology
+from cds_service.terminology import Terminology, canonical_system
 
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 ORDER_TYPES = ("MedicationRequest", "MedicationOrder")  # MedicationOrder: DSTU2 clients
@@ -77,7 +77,7 @@ def drug_name(order: Mapping, resolve: Resolver | None = None) -> DrugName:
 
 
 def is_systemic_tacrolimus(name: DrugName, terminology: Terminology) -> bool:
-    if any(c.get("system") == RXNORM for c in name.codings):
+    if any(canonical_system(c.get("system")) == RXNORM for c in name.codings):
         return "tacrolimus" in terminology.concepts(name.codings)
     return bool(TACROLIMUS_WORDS.search(name.text)) and not TOPICAL_WORDS.search(name.text)
 

@@ -395,3 +395,19 @@ def test_same_request_gives_the_same_card_and_suggestion_uuids(client, patient):
     first = client.post(SIGN, json=hook_request(PID, patient)).get_json()
     again = client.post(SIGN, json=hook_request(PID, patient)).get_json()
     assert first == again and all(card["uuid"] for card in first["cards"])
+
+
+def test_an_order_whose_medication_cannot_be_read_is_named_not_ignored(client, patient):
+    order = {"resourceType": "MedicationRequest", "id": "ref-only", "status": "active", "intent": "order",
+             "subject": {"reference": f"Patient/{PID}"}, "authoredOn": "2026-01-05",
+             "medicationReference": {"reference": "Medication/not-sent"}}  # fmt: skip
+    response = client.post(SIGN, json=hook_request(PID, [*patient, order]))
+    assert response.status_code == 200
+    text = json.dumps(response.get_json())
+    assert "MedicationRequest/ref-only: its drug is only a reference to Medication/not-sent" in text
+
+
+def test_rxnorm_coded_by_oid_alias_still_triggers(client, patient):
+    draft = tacrolimus_draft(PID)
+    draft["medicationCodeableConcept"] = {"coding": [{"system": "urn:oid:2.16.840.1.113883.6.88", "code": "198377"}]}
+    assert client.post(SIGN, json=hook_request(PID, patient, draft=draft)).get_json()["cards"]

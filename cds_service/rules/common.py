@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from cds_service.record import LabSeries, LabValue, Medication, PatientRecord, Unusable
+from cds_service.record import Condition, LabSeries, LabValue, Medication, PatientRecord
 from cds_service.rules.model import Evidence, Finding, Quiet, RuleInput, Suggestion
 
 TOPIC_BY_FAMILY = {"P": "pregnancy", "S": "salvage-context", "N": "nephrotoxicity-monitoring"}
@@ -200,7 +200,7 @@ def lab_evidence(label: str, v: LabValue) -> Evidence:
     return Evidence(label, show(v), v.when, v.reference)
 
 
-def condition_evidence(c) -> Evidence:
+def condition_evidence(c: Condition) -> Evidence:
     return Evidence("Condition", c.name, c.onset or c.recorded, c.reference)
 
 
@@ -253,22 +253,9 @@ def unusable_in(
     newer_than: LabValue | None = None,
     until: datetime | None = None,
 ) -> list[str]:
-    """Reasons of results in [since, until] that could not be used and are newer than the value a rule used.
-
-    LabSeries keeps the raw entries' dates private; this is the one place that reads them.
-    """
-    found: list[str] = []
-    for i, raw in enumerate(series._raw):  # newest first
-        if until is not None and raw.when > until:
-            continue
-        if since is not None and raw.when < since:
-            break
-        if newer_than is not None and raw.when <= newer_than.when:
-            break
-        entry = series._entry(i)
-        if isinstance(entry, Unusable):
-            found.append(entry.reason)
-    return found
+    """Why results in [since, until], newer than the value a rule used, could not be used."""
+    newer = newer_than.when if newer_than is not None else None
+    return [entry.reason for _, entry in series.unusable_between(since, until, newer_than=newer)]
 
 
 def newest_number(
@@ -384,7 +371,7 @@ def _edd(v: LabValue) -> date | None:
     return None
 
 
-def _condition_phrase(c) -> str:
+def _condition_phrase(c: Condition) -> str:
     since = c.onset or c.recorded
     return f"{c.name} on the problem list" + (f" since {day(since)}" if since else "")
 
