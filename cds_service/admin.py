@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import os
 import secrets
 import signal
 from collections.abc import Iterable, Mapping
 from datetime import date
+from functools import cache
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -244,39 +246,41 @@ def reload() -> Response | tuple[Response, int]:
     if how == "cookie" and not _same_origin():
         return jsonify({"error": "cross-site request refused"}), 403
     holder = _holder()
-    if request.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn"):
+    under_gunicorn = request.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/")
+    if under_gunicorn:
         try:
-            config = load_config(holder.config_dir)
+            services = sorted(load_config(holder.config_dir).services)
+            problems = []
         except ConfigError as error:
             problems = error.problems
-        else:
-            problems = []
-            os.kill(os.getppid(), signal.SIGHUP)
-            log.info(
-                "admin reload: SIGHUP sent to the gunicorn master",
-                extra={"services": sorted(config.services)},
-            )
     else:
         problems = holder.reload()
+        services = sorted(holder.current.config.services)
     if problems:
         log.error("admin reload refused", extra={"problems": problems})
-    if _wants_html():
-        if problems:
+        if _wants_html():
             return _admin_page(problems=problems, status=422)
-        return _admin_page(notice="Configuration reloaded.")
-    if problems:
         return jsonify(
             {"reloaded": False, "problems": problems, "serving": "the last good configuration"}
         ), 422
-    return jsonify({"reloaded": True, "services": sorted(holder.current.config.services)}), 200
+    if under_gunicorn:
+        # The master re-reads the files and starts new workers; this one finishes its requests, then stops.
+        os.kill(os.getppid(), signal.SIGHUP)
+        log.info("admin reload: SIGHUP sent to the gunicorn master", extra={"services": services})
+        status, answer = 202, {"reloaded": "scheduled", "services": services,
+                               "detail": "new workers start on the checked configuration"}  # fmt: skip
+    else:
+        status, answer = 200, {"reloaded": True, "services": services}
+    if _wants_html():
+        return _admin_page(notice="Configuration checked and reloaded.")
+    return jsonify(answer), status
 
 
 # --- what the page shows ----------------------------------------------------------------------------------
 
 
+@cache
 def _descriptions() -> dict[str, str]:
-    import json
-
     schema = json.loads((SCHEMA_DIR / "settings.json").read_text())
     return {k: v.get("description", "") for k, v in schema["$defs"]["thresholds"]["properties"].items()}
 

@@ -168,14 +168,23 @@ def sandbox_list() -> None:
 
 @sandbox.command("run")
 @click.argument("fixture")
-@click.option("--hook", type=click.Choice(["order-select", "order-sign"]), default="order-select",
-              show_default=True)
-@click.option("--via", type=click.Choice(["prefetch", "fhir"]), default="prefetch", show_default=True,
-              help="prefetch: the data in the request; fhir: fhirServer + token, the service fetches it.")
+@click.option(
+    "--hook", type=click.Choice(["order-select", "order-sign"]), default="order-select", show_default=True
+)
+@click.option(
+    "--via",
+    type=click.Choice(["prefetch", "fhir"]),
+    default="prefetch",
+    show_default=True,
+    help="prefetch: the data in the request; fhir: fhirServer + token, the service fetches it.",
+)
 @click.option("--url", default=None, help="A running service (http://127.0.0.1:8080); default: in-process.")
-@click.option("--fhir-base", default=None,
-              help="With --via fhir: the FHIR server the service reads (default with --url: "
-                   "<url>/sandbox/fhir, mounted by `serve --dev`; in-process: a fixture server on loopback).")
+@click.option(
+    "--fhir-base",
+    default=None,
+    help="With --via fhir: the FHIR server the service reads (default with --url: <url>/sandbox/fhir, "
+    "mounted by `serve --dev`; in-process: a fixture server on loopback).",
+)
 @click.option("--config", "config_dir", default=None, help="Config of in-process runs (default hooks/)")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw request and response as JSON.")
 def sandbox_run(fixture: str, hook: str, via: str, url: str | None, fhir_base: str | None,

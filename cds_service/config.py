@@ -134,13 +134,15 @@ def load_config(directory: str | Path | None = None) -> Config:
         service_files[raw["id"]] = path
     if not problems:  # every file has the right shape: check what the files say together
         problems += _check_valuesets(settings, settings_path)
+        sound = []  # services whose own thresholds agree; a tenant is checked on top of those
         for service in services.values():
-            if service.settings["thresholds"] != settings["thresholds"]:
-                problems += check_thresholds(
-                    service.settings["thresholds"], service_files[service.id], ["thresholds"]
-                )
+            found, own = [], service.settings["thresholds"]
+            if own != settings["thresholds"]:
+                found = check_thresholds(own, service_files[service.id], ["thresholds"])
+            problems += found
+            sound += [] if found else [service]
         for tenant, overrides in (settings.get("tenants") or {}).items():
-            for service in services.values():
+            for service in sound if overrides.get("thresholds") else ():
                 merged = deep_merge(service.settings, overrides)["thresholds"]
                 problems += check_thresholds(merged, settings_path, ["tenants", tenant, "thresholds"])
         problems = list(dict.fromkeys(problems))  # a tenant's problem shows once, not once per service

@@ -6,8 +6,9 @@ Outside dev, a server must match an entry of the calling issuer's ``fhir_servers
 - ``https://fhir.example.org/r4``: that server (and paths under it). Listing it is the explicit consent, so
   it may sit on a private address (hospital FHIR servers often do). ``http://`` is accepted only for a server
   on this machine (``127.0.0.1``, ``localhost``, ``[::1]``): the token never leaves the host.
-- ``https://*.example.org/r4`` or ``https://*``: any such host, but only if every address it resolves to is a
-  public one; loopback, private, link-local, shared and reserved addresses are refused.
+- ``https://*.example.org/r4`` or ``https://*``: any such host (on any port, unless the entry names one), but
+  only if every address it resolves to is a public one; loopback, private, link-local, shared and reserved
+  addresses are refused.
 
 In dev (no caller authentication) any https server on a public address, or http/https on loopback, is
 allowed. URLs with credentials, query, fragment, dot segments or encoded separators are always refused.
@@ -51,7 +52,8 @@ class Refusal:
 class ServerUrl:
     scheme: str
     host: str
-    port: int
+    port: int | None
+    """None only in a wildcard entry without a port: any port."""
     path: str
 
     @classmethod
@@ -72,7 +74,9 @@ class ServerUrl:
         bare = host.removeprefix("*.") if pattern and host != "*" else host
         if not (_HOST.match(bare) or _ip(bare) or (pattern and host == "*")):
             return None
-        return cls(parts.scheme, host, port or DEFAULT_PORTS[parts.scheme], parts.path.rstrip("/"))
+        if port is None and not (pattern and host.startswith("*")):
+            port = DEFAULT_PORTS[parts.scheme]
+        return cls(parts.scheme, host, port, parts.path.rstrip("/"))
 
     @property
     def wildcard(self) -> bool:
@@ -80,7 +84,7 @@ class ServerUrl:
 
     def covers(self, other: ServerUrl) -> bool:
         """Whether this allowlist entry admits ``other`` (a concrete URL)."""
-        if (self.scheme, self.port) != (other.scheme, other.port):
+        if self.scheme != other.scheme or self.port not in (None, other.port):
             return False
         if self.host == "*":
             host_ok = True

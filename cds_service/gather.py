@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from cds_service.fhir_client import FhirClient, FhirError, bundle_resources, next_link
-from cds_service.prefetch import KEY_BY_NAME, render
+from cds_service.prefetch import KEY_BY_NAME, TemplateError, substitute_tokens
 
 _ABSENT = object()
 
@@ -104,9 +104,12 @@ def gather(
         if partial is not None:
             jobs[key] = lambda c=client, b=partial: c.rest_of(b)  # the first page again, then the rest
             continue
-        query = render(template, context)
+        try:
+            query = substitute_tokens(template, context)
+        except TemplateError as error:
+            query, why = None, f"{why}; {error}"
         if query is None:
-            result.unavailable[key] = f"{why}; the context lacks a field the query needs"
+            result.unavailable[key] = f"{why}; the context lacks a usable value for the query"
         elif KEY_BY_NAME[key].is_read:
             jobs[key] = lambda c=client, q=query: [r for r in [c.read(q)] if r is not None]
         else:

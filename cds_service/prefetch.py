@@ -1,8 +1,9 @@
 """Prefetch templates, derived from what the rules read, and CDS Hooks 2.0 token substitution.
 
-The templates use only what 2.0 allows: ``{{context.patientId}}`` tokens, reads, patient-reference searches,
-token searches by equality, ``_sort`` and ``_count``. The Observation template asks only for the LOINC codes in
-the value sets the rules declare in ``rules.NEEDS``, so the two cannot drift apart.
+The templates use only what 2.0 allows: ``{{context.patientId}}`` tokens, reads, patient-reference
+searches, token searches by equality, ``_sort`` and ``_count``. The Observation template asks only for the
+LOINC codes in the value sets the rules declare in ``rules.NEEDS``, so the two cannot drift apart. The same
+token substitution serves the service (fetching a missing key) and the sandbox (playing the EHR).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from dataclasses import dataclass
 from cds_service.terminology import Terminology
 
 LOINC = "http://loinc.org"
-TOKEN = re.compile(r"\{\{\s*([A-Za-z.]+)\s*\}\}")
 
 
 @dataclass(frozen=True)
@@ -59,21 +59,63 @@ def templates(needs: Mapping[str, tuple[str, ...]], terminology: Terminology) ->
     }
 
 
-def render(template: str, context: Mapping) -> str | None:
-    """Fill ``{{context.x}}`` tokens with first-level primitive context values; None if one is missing."""
+class TemplateError(ValueError):
+    """A prefetch template or context value that no 2.0 client could substitute safely."""
+
+
+# Prefetch tokens (CDS Hooks 2.0 §2.3): first-level primitive context fields, and the user tokens.
+_TOKEN = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_USER_TYPES = {
+    "Practitioner": "userPractitionerId",
+    "PractitionerRole": "userPractitionerRoleId",
+    "Patient": "userPatientId",
+    "RelatedPerson": "userRelatedPersonId",
+}
+PREFETCH_CONTEXT_FIELDS = ("userId", "patientId", "encounterId")
+
+
+def token_value(token: str, context: Mapping) -> str | None:
+    """The value of one prefetch token (``context.patientId``, ``userPractitionerId``...) or None if absent.
+
+    The value must be a FHIR id (``Type/id`` for userId), so a hostile context cannot inject query
+    parameters or path segments into a substituted query. Raises TemplateError for a token CDS Hooks 2.0
+    does not allow (``context.draftOrders``, FHIRPath) or a malformed value.
+    """
+    if token.startswith("context.") and token[len("context.") :] in PREFETCH_CONTEXT_FIELDS:
+        name = token[len("context.") :]
+        value = context.get(name)
+        if value is None:
+            return None
+        valid = isinstance(value, str) and (
+            _user_reference(value) is not None if name == "userId" else _FHIR_ID.match(value) is not None
+        )
+        if not valid:
+            raise TemplateError(f"context.{name} is malformed for a prefetch token")
+        return value
+    if token in _USER_TYPES.values():
+        user = context.get("userId")
+        parsed = _user_reference(user) if isinstance(user, str) else None
+        if user is not None and parsed is None:
+            raise TemplateError("context.userId is not a valid user reference")
+        return parsed[1] if parsed and _USER_TYPES[parsed[0]] == token else None
+    raise TemplateError(f"not a CDS Hooks 2.0 prefetch token: {{{{{token}}}}}")
+
+
+def _user_reference(value: str) -> tuple[str, str] | None:
+    user_type, _, user_id = value.partition("/")
+    return (user_type, user_id) if user_type in _USER_TYPES and _FHIR_ID.match(user_id) else None
+
+
+def substitute_tokens(template: str, context: Mapping) -> str | None:
+    """The template with its tokens filled, or None when a token has no value in this context."""
     missing = False
 
-    def value(match: re.Match) -> str:
+    def fill(match: re.Match) -> str:
         nonlocal missing
-        path = match.group(1)
-        if not path.startswith("context."):
-            missing = True
-            return ""
-        found = context.get(path.removeprefix("context."))
-        if not isinstance(found, str | int) or isinstance(found, bool) or found == "":
-            missing = True
-            return ""
-        return str(found)
+        value = token_value(match[1], context)
+        missing = missing or value is None
+        return value or ""
 
-    rendered = TOKEN.sub(value, template)
-    return None if missing else rendered
+    filled = _TOKEN.sub(fill, template)
+    return None if missing else filled

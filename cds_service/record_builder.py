@@ -125,6 +125,7 @@ class RecordBuilder:
         self.terminology = terminology
         self.now = now
         self.skipped: list[Unusable] = []
+        self._observation_problems: dict[int, Unusable | None] = {}
 
     # --- patient -------------------------------------------------------------------------------------------
     def patient(self, raw: Mapping | None) -> Patient | None:
@@ -264,6 +265,15 @@ class RecordBuilder:
                 raw_by_group[group].append(RawLab(when, raw))
         return {group: LabSeries(group, entries, self._parse_lab) for group, entries in raw_by_group.items()}
 
+    def _observation_problem(self, raw: Mapping) -> Unusable | None:
+        """Validate an Observation once, though a BP panel is read for two groups."""
+        key = id(raw)
+        if key not in self._observation_problems:
+            skipped: list[Unusable] = []
+            _validated(FhirObservation, raw, skipped)
+            self._observation_problems[key] = skipped[0] if skipped else None
+        return self._observation_problems[key]
+
     def _component(self, raw: Mapping, group: str) -> Mapping | None:
         for component in raw.get("component") or ():
             if isinstance(component, Mapping) and group in self.terminology.concepts_of_concept(
@@ -275,9 +285,9 @@ class RecordBuilder:
     def _parse_lab(self, group: str, entry: RawLab) -> LabValue | Unusable:
         raw = entry.resource
         reference = f"Observation/{raw.get('id')}"
-        skipped: list[Unusable] = []
-        if not _validated(FhirObservation, raw, skipped):
-            return skipped[0]
+        problem = self._observation_problem(raw)
+        if problem is not None:
+            return problem
         holder = raw
         concepts = self.terminology.concepts_of_concept(raw.get("code"))
         if group in BP_COMPONENT_GROUPS and group not in concepts:

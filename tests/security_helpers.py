@@ -80,7 +80,7 @@ class Signer:
         return token
 
 
-def claims(issuer: str, aud: str, **changes: Any) -> dict[str, Any]:
+def claims(issuer: str, aud: Any, /, **changes: Any) -> dict[str, Any]:
     """Valid claims for ``aud``; ``name=None`` in ``changes`` leaves that claim out."""
     now = int(time.time())
     values = {"iss": issuer, "aud": aud, "exp": now + 300, "iat": now, "jti": str(uuid.uuid4())}
@@ -89,7 +89,9 @@ def claims(issuer: str, aud: str, **changes: Any) -> dict[str, Any]:
 
 
 def unsigned_token(header: dict[str, Any], payload: dict[str, Any], signature: bytes = b"") -> str:
-    token = ".".join([b64url(json.dumps(header).encode()), b64url(json.dumps(payload).encode()), b64url(signature)])
+    token = ".".join(
+        [b64url(json.dumps(header).encode()), b64url(json.dumps(payload).encode()), b64url(signature)]
+    )
     MINTED.append(token)
     return token
 
@@ -108,7 +110,7 @@ def bearer(token: str) -> dict[str, str]:
 
 
 class _JwksHandler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         self.server.requests.append(self.path)
         document = self.server.documents.get(self.path)
         body = json.dumps(document).encode() if document is not None else b"{}"
@@ -162,14 +164,38 @@ def connection_recorder() -> Iterator[_Recorder]:
         server.server_close()
 
 
+def add_marker_service(config_dir: Path) -> str:
+    """A service with a unique id: /healthz then tells our server from another one on the same port."""
+    marker = f"probe-{uuid.uuid4().hex[:12]}"
+    source = (config_dir / "services" / "tacrolimus-order-sign.yaml").read_text()
+    (config_dir / "services" / f"{marker}.yaml").write_text(
+        source.replace("id: tacrolimus-order-sign", f"id: {marker}")
+    )
+    return marker
+
+
+class PortTaken(RuntimeError):
+    """Another process listens on the port picked for the service (tests of other people run too)."""
+
+
 class ServiceProcess:
     """``cds-service serve`` in a subprocess, with every stderr line kept (the service logs JSON there)."""
 
     def __init__(self, config_dir: Path, port: int, workers: int = 2):
         self.base = f"http://127.0.0.1:{port}"
+        self.marker = add_marker_service(config_dir)
         self.lines: list[str] = []
         self.process = subprocess.Popen(
-            [str(SERVE), "serve", "--config", str(config_dir), "--port", str(port), "--workers", str(workers)],
+            [
+                str(SERVE),
+                "serve",
+                "--config",
+                str(config_dir),
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+            ],
             cwd=config_dir.parent,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -188,10 +214,13 @@ class ServiceProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError("service exited:\n" + "\n".join(self.lines[-40:]))
+            if any("Connection in use" in line for line in self.lines):
+                raise PortTaken(self.base)
             try:
-                if requests.get(f"{self.base}/healthz", timeout=2).status_code == 200:
+                health = requests.get(f"{self.base}/healthz", timeout=2)
+                if health.status_code == 200 and self.marker in health.json().get("services", ()):
                     return
-            except requests.RequestException:
+            except (requests.RequestException, ValueError):
                 pass
             time.sleep(0.2)
         raise RuntimeError("service did not start:\n" + "\n".join(self.lines[-40:]))
@@ -207,7 +236,9 @@ class ServiceProcess:
                 found.append(event)
         return found
 
-    def wait_for_event(self, match: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
+    def wait_for_event(
+        self, match: Callable[[dict[str, Any]], bool], timeout: float = 10.0
+    ) -> dict[str, Any]:
         """The first log event that ``match``es (log lines reach us a moment after the response)."""
         deadline = time.monotonic() + timeout
         while True:
@@ -216,6 +247,14 @@ class ServiceProcess:
                     return event
             if time.monotonic() > deadline:
                 raise AssertionError("no such log event; last lines:\n" + "\n".join(self.lines[-20:]))
+            time.sleep(0.05)
+
+    def wait_until(self, condition: Callable[[list[dict[str, Any]]], bool], timeout: float = 10.0) -> None:
+        """Wait until ``condition(events)`` holds (the reader thread lags the responses a little)."""
+        deadline = time.monotonic() + timeout
+        while not condition(self.events()):
+            if time.monotonic() > deadline:
+                raise AssertionError("log condition not met; last lines:\n" + "\n".join(self.lines[-20:]))
             time.sleep(0.05)
 
     def log_text(self) -> str:

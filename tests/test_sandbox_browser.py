@@ -75,9 +75,9 @@ def service(tmp_path_factory):
             if process.poll() is not None:
                 pytest.fail(f"the service exited: {(tmp / 'serve.log').read_text()}")
             try:
-                if requests.get(f"{base}/healthz", timeout=1).status_code == 200:
+                if requests.get(f"{base}/healthz", timeout=5).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:
                 time.sleep(0.1)
         else:
             pytest.fail("the service did not start within 30 s")
@@ -171,6 +171,8 @@ def test_full_round_pick_fire_accept_dismiss_and_feedback_is_stored(page, servic
     assert page.locator("#drafts li[data-ref]").count() > drafts_before
     expect(page.locator("#status")).to_contain_text("accepted")
 
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+
     # Dismiss the pregnancy card with a reason.
     pregnancy_uuid = pregnancy.get_attribute("data-uuid")
     pregnancy.query_selector(".dismiss-reason").select_option(label=RISK_BENEFIT[1])
@@ -178,7 +180,6 @@ def test_full_round_pick_fire_accept_dismiss_and_feedback_is_stored(page, servic
     page.wait_for_selector(f".dismissed-line[data-uuid='{pregnancy_uuid}']")
     assert page.query_selector(".card[data-topic=pregnancy]") is None
     expect(page.locator("#status")).to_contain_text("overridden")
-    page.screenshot(path=str(SCREENSHOT), full_page=True)
 
     accepted = _wait_for_rows(database, monitoring_uuid, 1)
     assert [(r["outcome"], json.loads(r["accepted_suggestions"])) for r in accepted] == [

@@ -1,14 +1,14 @@
 """CDS Hooks 2.0 requests built from a fixture patient, as an EHR would send them.
 
-The prefetch part is reusable on its own: ``substitute_tokens`` fills a template's ``{{...}}`` tokens from a
-request context (the service needs the same when it fetches a missing prefetch key itself), ``parse_query``
-splits the result into a read or a search, and ``fill_prefetch`` runs templates against a ``FhirStore``.
+The prefetch part is reusable on its own: ``cds_service.prefetch.substitute_tokens`` (shared with the service,
+which fills the same templates when it fetches a missing key itself) fills a template's tokens,
+``parse_query`` splits the result into a read or a search, and ``fill_prefetch`` runs templates against a
+``FhirStore``.
 """
 
 from __future__ import annotations
 
 import copy
-import re
 import secrets
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 
 from cds_service.fixtures import FIXTURES_DIR, load_bundle, manifest
+from cds_service.prefetch import TemplateError, substitute_tokens
 from cds_service.sandbox.store import (
     FhirStore,
     SearchError,
@@ -43,70 +44,6 @@ DEFAULT_PREFETCH_TEMPLATES: dict[str, str] = {
     "allergies": "AllergyIntolerance?patient={{context.patientId}}&_count=1000",
     "observations": "Observation?patient={{context.patientId}}&_sort=-date&_count=1000",
 }
-
-
-class TemplateError(ValueError):
-    """A prefetch template or context value that no 2.0 client could substitute safely."""
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Prefetch tokens (CDS Hooks 2.0 §2.3): first-level primitive context fields, and the user tokens.
-
-_TOKEN = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
-_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-_USER_TYPES = {
-    "Practitioner": "userPractitionerId",
-    "PractitionerRole": "userPractitionerRoleId",
-    "Patient": "userPatientId",
-    "RelatedPerson": "userRelatedPersonId",
-}
-PREFETCH_CONTEXT_FIELDS = ("userId", "patientId", "encounterId")
-
-
-def token_value(token: str, context: Mapping) -> str | None:
-    """The value of one prefetch token (``context.patientId``, ``userPractitionerId``...) or None if absent.
-
-    The value must be a FHIR id (``Type/id`` for userId), so a hostile context cannot inject query
-    parameters or path segments into a substituted query. Raises TemplateError for a token CDS Hooks 2.0
-    does not allow (``context.draftOrders``, FHIRPath) or a malformed value.
-    """
-    if token.startswith("context.") and token[len("context.") :] in PREFETCH_CONTEXT_FIELDS:
-        name = token[len("context.") :]
-        value = context.get(name)
-        if value is None:
-            return None
-        valid = isinstance(value, str) and (
-            _user_reference(value) is not None if name == "userId" else _FHIR_ID.match(value) is not None
-        )
-        if not valid:
-            raise TemplateError(f"context.{name} is malformed for a prefetch token")
-        return value
-    if token in _USER_TYPES.values():
-        user = context.get("userId")
-        parsed = _user_reference(user) if isinstance(user, str) else None
-        if user is not None and parsed is None:
-            raise TemplateError("context.userId is not a valid user reference")
-        return parsed[1] if parsed and _USER_TYPES[parsed[0]] == token else None
-    raise TemplateError(f"not a CDS Hooks 2.0 prefetch token: {{{{{token}}}}}")
-
-
-def _user_reference(value: str) -> tuple[str, str] | None:
-    user_type, _, user_id = value.partition("/")
-    return (user_type, user_id) if user_type in _USER_TYPES and _FHIR_ID.match(user_id) else None
-
-
-def substitute_tokens(template: str, context: Mapping) -> str | None:
-    """The template with its tokens filled, or None when a token has no value in this context."""
-    missing = False
-
-    def fill(match: re.Match) -> str:
-        nonlocal missing
-        value = token_value(match[1], context)
-        missing = missing or value is None
-        return value or ""
-
-    filled = _TOKEN.sub(fill, template)
-    return None if missing else filled
 
 
 def parse_query(query: str) -> tuple[str, str | None, dict[str, list[str]]]:

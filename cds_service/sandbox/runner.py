@@ -7,14 +7,17 @@ really publishes), builds the request from the fixture with ``build_request``, c
 
 from __future__ import annotations
 
+import atexit
 import copy
 import re
 import shutil
+import tempfile
 import textwrap
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import click
@@ -53,7 +56,7 @@ class Transport(Protocol):
 
 
 class InProcess:
-    """The service as a Flask test client, on a throw-away in-memory database (a dry run stores nothing)."""
+    """The service as a Flask test client on a throw-away database: a dry run adds nothing to statistics."""
 
     where = "in-process"
 
@@ -62,7 +65,13 @@ class InProcess:
         from cds_service.config import load_config
 
         config = load_config(config_dir)
-        feedback = {**config.settings["feedback"], "database_url": "sqlite://"}
+        scratch = tempfile.mkdtemp(prefix="cds-sandbox-")
+        # Registered before the app exists, so it runs after the app's own exit hooks have written their rows.
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+        feedback = {
+            **config.settings["feedback"],
+            "database_url": f"sqlite:///{Path(scratch) / 'dry-run.sqlite3'}",
+        }
         config = replace(config, settings={**config.settings, "feedback": feedback})
         self.client = create_app(config=config, dev=True).test_client()
 

@@ -173,8 +173,10 @@ def page() -> Response:
 
 
 @bp.get("/api/fixtures/<name>")
-def fixture(name: str) -> Response:
+def fixture(name: str) -> Response | tuple[Response, int]:
     """The fixture's patient banner, its draft orders (editable or not) and what the service should say."""
+    if name not in manifest():
+        return jsonify({"error": f"unknown fixture {name!r}"}), 404
     entry = _fixture_entry(name)
     resources = _refs(
         e["resource"] for e in load_bundle(name, _today()).get("entry", []) if e.get("resource")
