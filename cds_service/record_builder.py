@@ -200,7 +200,7 @@ class RecordBuilder:
                 Medication(
                     id=str(raw.get("id", "")),
                     concepts=concepts,
-                    name=name.text.strip() or "medication",
+                    name=name.label or "medication",
                     status=status,
                     authored=parse_when(raw.get("authoredOn")),
                     exposure=None if is_draft else self._exposure(status, raw),

@@ -31,7 +31,18 @@ class DrugName:
     """What an order says its medication is."""
 
     codings: tuple[Mapping, ...]
-    text: str
+    names: tuple[str, ...]
+    """The concept's text, then its codings' displays, then the reference's display."""
+
+    @property
+    def text(self) -> str:
+        """Every word the order uses for the drug: what the text fallback searches."""
+        return " ".join(self.names)
+
+    @property
+    def label(self) -> str:
+        """One name to show."""
+        return self.names[0] if self.names else ""
 
 
 def draft_resources(context: Mapping) -> list[Mapping]:
@@ -50,7 +61,7 @@ def _codeable(concept: object) -> DrugName | None:
         return None
     codings = tuple(c for c in concept.get("coding") or () if isinstance(c, Mapping))
     words = [concept.get("text")] + [c.get("display") for c in codings]
-    return DrugName(codings, " ".join(w for w in words if isinstance(w, str)))
+    return DrugName(codings, tuple(w.strip() for w in words if isinstance(w, str) and w.strip()))
 
 
 def drug_name(order: Mapping, resolve: Resolver | None = None) -> DrugName:
@@ -60,7 +71,7 @@ def drug_name(order: Mapping, resolve: Resolver | None = None) -> DrugName:
         return found
     ref = order.get("medicationReference")
     if not isinstance(ref, Mapping):
-        return DrugName((), "")
+        return DrugName((), ())
     target = ref.get("reference") if isinstance(ref.get("reference"), str) else ""
     medication = None
     if target.startswith("#"):
@@ -70,9 +81,9 @@ def drug_name(order: Mapping, resolve: Resolver | None = None) -> DrugName:
     elif target and resolve is not None:
         medication = resolve(target)
     name = _codeable(medication.get("code")) if isinstance(medication, Mapping) else None
-    display = ref.get("display") if isinstance(ref.get("display"), str) else ""
+    display = (ref.get("display").strip(),) if isinstance(ref.get("display"), str) and ref["display"].strip() else ()
     if name:
-        return DrugName(name.codings, f"{name.text} {display}".strip())
+        return DrugName(name.codings, name.names + display)
     return DrugName((), display)
 
 

@@ -10,7 +10,6 @@ draft list as the CDS Hooks spec says.
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import sqlite3
 import subprocess
@@ -21,12 +20,11 @@ from pathlib import Path
 
 import pytest
 import requests
-import yaml
 from playwright.sync_api import expect
+from support import config_copy
 
 from cds_service.fixtures import manifest
 
-ROOT = Path(__file__).resolve().parent.parent
 CDS_SERVICE = str(Path(sys.executable).with_name("cds-service"))  # the console script of this environment
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -59,12 +57,8 @@ def _free_port() -> int:
 def service(tmp_path_factory):
     """`cds-service serve --dev` on a free port, on a copy of hooks/ whose database is a temporary file."""
     tmp = tmp_path_factory.mktemp("sandbox-browser")
-    config = tmp / "hooks"
-    shutil.copytree(ROOT / "hooks", config)
-    settings = yaml.safe_load((config / "settings.yaml").read_text())
-    database = tmp / "feedback.sqlite3"
-    settings["feedback"]["database_url"] = f"sqlite:///{database}"
-    (config / "settings.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+    config = config_copy(tmp)  # hooks/ with its database in tmp
+    database = tmp / "cds.sqlite3"
     port = _free_port()
     command = [CDS_SERVICE, "serve", "--dev", "--port", str(port), "--config", str(config), "--workers", "1"]
     log = (tmp / "serve.log").open("w")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import socket
 import sqlite3
 import subprocess
@@ -14,14 +13,13 @@ from pathlib import Path
 
 import pytest
 import requests
-import yaml
 from click.testing import CliRunner
+from support import config_copy, make_app
 
 from cds_service.cli import main
 from cds_service.fixtures import manifest
 from cds_service.sandbox.runner import REDACTED, markdown_for_terminal
 
-ROOT = Path(__file__).resolve().parent.parent
 CDS_SERVICE = str(Path(sys.executable).with_name("cds-service"))  # the console script of this environment
 FINDINGS_KEY = "org.example.tacrolimus-cds.findings"
 FIXTURES = ["p1-pregnant-sle", "s1-mmf-inadequate-response", "n1-missing-baseline-labs"]
@@ -49,12 +47,8 @@ def _wait_until_up(process: subprocess.Popen, url: str, log: Path) -> None:
 def service(tmp_path_factory):
     """`cds-service serve --dev` on a free port; yields (base URL, its SQLite file)."""
     tmp = tmp_path_factory.mktemp("sandbox-cli")
-    config = tmp / "hooks"
-    shutil.copytree(ROOT / "hooks", config)
-    settings = yaml.safe_load((config / "settings.yaml").read_text())
-    database = tmp / "service.sqlite3"
-    settings["feedback"]["database_url"] = f"sqlite:///{database}"
-    (config / "settings.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+    config = config_copy(tmp)  # hooks/ with its database in tmp
+    database = tmp / "cds.sqlite3"
     port = _free_port()
     command = [CDS_SERVICE, "serve", "--dev", "--port", str(port), "--config", str(config), "--workers", "1"]
     with (tmp / "serve.log").open("w") as log:
@@ -171,12 +165,10 @@ def test_card_markdown_is_rendered_for_a_terminal_without_html_or_control_charac
     assert "\x1b" not in text and "\x07" not in text
 
 
-# --- the dev-only surfaces `--url ... --via fhir` relies on --------------------------------------------------
+# --- the dev-only surfaces that `--url ... --via fhir` relies on -------------------------------------------
 
 
 def test_sandbox_page_and_fixture_fhir_api_exist_only_in_dev_mode(tmp_path):
-    from support import make_app  # noqa: PLC0415 - the shared HTTP-test helpers
-
     dev = make_app(tmp_path / "dev", dev=True).test_client()
     production = make_app(tmp_path / "prod", dev=False).test_client()
     for path in ("/sandbox", "/sandbox/fhir/metadata", "/sandbox/static/sandbox.js", "/static/sandbox.js"):

@@ -148,7 +148,7 @@ def env(tmp_path_factory):
 
 @contextmanager
 def start_service(tmp: Path, callers: list[dict]):
-    """``cds-service serve`` (2 workers) on a copy of hooks/ with ``callers``; another port if one is taken."""
+    """``cds-service serve`` (2 workers) on a copy of hooks/ with ``callers``; retried if a port is taken."""
     for attempt in range(3):
         port = free_port()
         config = config_copy(tmp / f"try{attempt}", server={"public_base_url": f"http://127.0.0.1:{port}"},

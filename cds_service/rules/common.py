@@ -214,7 +214,8 @@ def medication_state(m: Medication) -> str:
 
 
 def medication_evidence(m: Medication) -> Evidence:
-    return Evidence(m.name, medication_state(m), m.authored, m.reference)
+    """The order's state carries its own dates (``active, 2026-06-25 to now``); a draft has none."""
+    return Evidence(m.name, medication_state(m), None, m.reference)
 
 
 def names(meds: Sequence[Medication]) -> str:
@@ -223,6 +224,9 @@ def names(meds: Sequence[Medication]) -> str:
 
 
 def capital(text: str) -> str:
+    """First letter upper-case, except in words like eGFR or hCG that start lower-case on purpose."""
+    if len(text) > 1 and text[1].isupper():
+        return text
     return text[:1].upper() + text[1:]
 
 
