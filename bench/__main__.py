@@ -58,7 +58,7 @@ def start(args: list[str], health: str, env: dict | None = None) -> subprocess.P
 
 
 def load(port: int, path: str, body: bytes, seconds: float, concurrency: int, max_requests: int) -> dict:
-    """Keep-alive clients posting ``body`` for ``seconds`` (or ``max_requests``); latency percentiles in ms."""
+    """Keep-alive clients post ``body`` for ``seconds`` (or ``max_requests``); latencies in ms."""
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     lock = threading.Lock()
@@ -103,7 +103,9 @@ def single_latency(port: int, path: str, body: bytes, count: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=5.0, help="load duration per scenario")
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args()
@@ -115,8 +117,11 @@ def main() -> None:
         large = lupus_patient("bench-large", observations=10_000, seed=11)
         bundles = {}
         for name, resources in (("typical", typical), ("large", large)):
-            bundles[name] = {"resourceType": "Bundle", "type": "collection",
-                             "entry": [{"resource": r} for r in resources]}  # fmt: skip
+            bundles[name] = {
+                "resourceType": "Bundle",
+                "type": "collection",
+                "entry": [{"resource": r} for r in resources],
+            }
             (work / f"{name}.json").write_text(json.dumps(bundles[name]))
 
         config = work / "hooks"
@@ -128,14 +133,39 @@ def main() -> None:
         fhir_port, service_port, noop_port = free_port(), free_port(), free_port()
         python = sys.executable
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        processes.append(start([python, "-m", "bench.fhir_process", str(fhir_port), *map(str, work.glob("*.json"))],
-                               f"http://127.0.0.1:{fhir_port}/metadata", env))  # fmt: skip
-        processes.append(start([str(Path(python).parent / "cds-service"), "serve", "--dev", "--port",
-                                str(service_port), "--workers", str(WORKERS), "--threads", str(THREADS),
-                                "--config", str(config)],
-                               f"http://127.0.0.1:{service_port}/healthz", env))  # fmt: skip
-        processes.append(start([python, "-m", "bench.noop", str(noop_port), str(WORKERS), str(THREADS)],
-                               f"http://127.0.0.1:{noop_port}/healthz", env))  # fmt: skip
+        processes.append(
+            start(
+                [python, "-m", "bench.fhir_process", str(fhir_port), *map(str, work.glob("*.json"))],
+                f"http://127.0.0.1:{fhir_port}/metadata",
+                env,
+            )
+        )
+        processes.append(
+            start(
+                [
+                    str(Path(python).parent / "cds-service"),
+                    "serve",
+                    "--dev",
+                    "--port",
+                    str(service_port),
+                    "--workers",
+                    str(WORKERS),
+                    "--threads",
+                    str(THREADS),
+                    "--config",
+                    str(config),
+                ],
+                f"http://127.0.0.1:{service_port}/healthz",
+                env,
+            )
+        )
+        processes.append(
+            start(
+                [python, "-m", "bench.noop", str(noop_port), str(WORKERS), str(THREADS)],
+                f"http://127.0.0.1:{noop_port}/healthz",
+                env,
+            )
+        )
 
         with urllib.request.urlopen(f"http://127.0.0.1:{service_port}/cds-services") as response:
             templates = json.load(response)["services"][0]["prefetch"]
@@ -143,24 +173,42 @@ def main() -> None:
 
         def request(bundle: dict, draft: dict, via: str) -> bytes:
             body = build_request_from_bundle(
-                {**bundle, "entry": bundle["entry"] + [{"resource": draft}]}, [f"MedicationRequest/{draft['id']}"],
-                hook="order-sign", via=via, fhir_base=fhir_base if via != "prefetch" else None,
+                {**bundle, "entry": bundle["entry"] + [{"resource": draft}]},
+                [f"MedicationRequest/{draft['id']}"],
+                hook="order-sign",
+                via=via,
+                fhir_base=fhir_base if via != "prefetch" else None,
                 prefetch_templates=templates,
-            )  # fmt: skip
+            )
             return json.dumps(body).encode()
 
         scenarios = [
-            ("no-op endpoint (baseline)", noop_port,
-             request(bundles["typical"], tacrolimus_draft("bench-typical"), "prefetch")),
-            ("typical patient, full prefetch", service_port,
-             request(bundles["typical"], tacrolimus_draft("bench-typical"), "prefetch")),
-            ("typical patient, FHIR callback", service_port,
-             request(bundles["typical"], tacrolimus_draft("bench-typical"), "fhir")),
-            ("large patient (10,000 obs), prefetch", service_port,
-             request(bundles["large"], tacrolimus_draft("bench-large"), "prefetch")),
-            ("non-tacrolimus order", service_port,
-             request(bundles["typical"], other_draft("bench-typical"), "prefetch")),
-        ]  # fmt: skip
+            (
+                "no-op endpoint (baseline)",
+                noop_port,
+                request(bundles["typical"], tacrolimus_draft("bench-typical"), "prefetch"),
+            ),
+            (
+                "typical patient, full prefetch",
+                service_port,
+                request(bundles["typical"], tacrolimus_draft("bench-typical"), "prefetch"),
+            ),
+            (
+                "typical patient, FHIR callback",
+                service_port,
+                request(bundles["typical"], tacrolimus_draft("bench-typical"), "fhir"),
+            ),
+            (
+                "large patient (10,000 obs), prefetch",
+                service_port,
+                request(bundles["large"], tacrolimus_draft("bench-large"), "prefetch"),
+            ),
+            (
+                "non-tacrolimus order",
+                service_port,
+                request(bundles["typical"], other_draft("bench-typical"), "prefetch"),
+            ),
+        ]
         path = "/cds-services/tacrolimus-order-sign"
         rows = []
         for name, port, body in scenarios:
@@ -174,23 +222,32 @@ def main() -> None:
             "typical patient, full prefetch": lambda r: (
                 f"p50 alone ≤ 10 ms: {'PASS' if r['alone_p50'] <= 10 else 'FAIL'}; "
                 f"rps ≥ 40 % of no-op: {'PASS' if r['rps'] >= 0.4 * baseline['rps'] else 'FAIL'} "
-                f"({100 * r['rps'] / baseline['rps']:.0f} %)"),
+                f"({100 * r['rps'] / baseline['rps']:.0f} %)"
+            ),
             "large patient (10,000 obs), prefetch": lambda r: (
-                f"p50 alone ≤ 150 ms: {'PASS' if r['alone_p50'] <= 150 else 'FAIL'}"),
+                f"p50 alone ≤ 150 ms: {'PASS' if r['alone_p50'] <= 150 else 'FAIL'}"
+            ),
             "non-tacrolimus order": lambda r: (
-                f"p50 alone within 2× no-op: {'PASS' if r['alone_p50'] <= 2 * baseline['alone_p50'] else 'FAIL'}"),
-        }  # fmt: skip
-        print(f"\nservice: gunicorn {WORKERS} workers × {THREADS} threads; load: {args.concurrency} keep-alive "
-              f"clients for {args.seconds:g} s per scenario, on loopback; {os.cpu_count()} cores\n")  # fmt: skip
-        header = f"{'scenario':40} {'body KB':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'alone p50':>10}  target"
+                f"p50 alone within 2× no-op: "
+                f"{'PASS' if r['alone_p50'] <= 2 * baseline['alone_p50'] else 'FAIL'}"
+            ),
+        }
+        print(
+            f"\nservice: gunicorn {WORKERS} workers × {THREADS} threads; load: {args.concurrency} keep-alive "
+            f"clients for {args.seconds:g} s per scenario, on loopback; {os.cpu_count()} cores\n"
+        )
+        columns = ("body KB", 8), ("req/s", 8), ("p50 ms", 8), ("p99 ms", 8), ("alone p50", 10)
+        header = f"{'scenario':40} " + " ".join(f"{name:>{width}}" for name, width in columns) + "  target"
         print(header)
         print("-" * len(header))
         for name, size, r in rows:
             target = targets.get(name, lambda r: "")(r)
             bad = {k: v for k, v in r["statuses"].items() if k != 200}
             note = f"  statuses {bad}" if bad else ""
-            print(f"{name:40} {size / 1024:8.1f} {r['rps']:8.0f} {r['p50']:8.1f} {r['p99']:8.1f} "
-                  f"{r['alone_p50']:10.1f}  {target}{note}")  # fmt: skip
+            print(
+                f"{name:40} {size / 1024:8.1f} {r['rps']:8.0f} {r['p50']:8.1f} {r['p99']:8.1f} "
+                f"{r['alone_p50']:10.1f}  {target}{note}"
+            )
     finally:
         for process in processes:
             process.terminate()

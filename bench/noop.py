@@ -1,4 +1,4 @@
-"""The baseline: a Flask endpoint that reads the body and answers ``{"cards": []}``, under the same gunicorn."""
+"""The baseline: a Flask endpoint that reads the body and answers ``{"cards": []}``, same gunicorn."""
 
 from __future__ import annotations
 

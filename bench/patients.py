@@ -29,17 +29,31 @@ LABS = [
     ("4485-9", "Complement C3 [Mass/volume] in Serum or Plasma", "mg/dL", 60, 140),
 ]
 IRRELEVANT_CONDITIONS = [
-    ("40930008", "Hypothyroidism"), ("35489007", "Depressive disorder"), ("195967001", "Asthma"),
-    ("68566005", "Urinary tract infection"), ("84229001", "Fatigue"), ("57676002", "Joint pain"),
-    ("271807003", "Skin rash"), ("386661006", "Fever"), ("25064002", "Headache"), ("267036007", "Dyspnea"),
-    ("44054006", "Diabetes mellitus type 2"), ("230690007", "Stroke"), ("22298006", "Myocardial infarction"),
-    ("254837009", "Breast cancer"), ("73211009", "Diabetes mellitus"), ("49436004", "Atrial fibrillation"),
-]  # fmt: skip
+    ("40930008", "Hypothyroidism"),
+    ("35489007", "Depressive disorder"),
+    ("195967001", "Asthma"),
+    ("68566005", "Urinary tract infection"),
+    ("84229001", "Fatigue"),
+    ("57676002", "Joint pain"),
+    ("271807003", "Skin rash"),
+    ("386661006", "Fever"),
+    ("25064002", "Headache"),
+    ("267036007", "Dyspnea"),
+    ("44054006", "Diabetes mellitus type 2"),
+    ("230690007", "Stroke"),
+    ("22298006", "Myocardial infarction"),
+    ("254837009", "Breast cancer"),
+    ("73211009", "Diabetes mellitus"),
+    ("49436004", "Atrial fibrillation"),
+]
 IRRELEVANT_DRUGS = [
-    ("979492", "hydroxychloroquine sulfate 200 MG Oral Tablet"), ("312615", "prednisone 20 MG Oral Tablet"),
-    ("314076", "lisinopril 10 MG Oral Tablet"), ("308136", "amlodipine 2.5 MG Oral Tablet"),
-    ("849574", "cholecalciferol 1000 UNT Oral Tablet"), ("197319", "calcium carbonate 500 MG Oral Tablet"),
-]  # fmt: skip
+    ("979492", "hydroxychloroquine sulfate 200 MG Oral Tablet"),
+    ("312615", "prednisone 20 MG Oral Tablet"),
+    ("314076", "lisinopril 10 MG Oral Tablet"),
+    ("308136", "amlodipine 2.5 MG Oral Tablet"),
+    ("849574", "cholecalciferol 1000 UNT Oral Tablet"),
+    ("197319", "calcium carbonate 500 MG Oral Tablet"),
+]
 
 
 def _when(days_ago: float, now: datetime) -> str:
@@ -48,65 +62,109 @@ def _when(days_ago: float, now: datetime) -> str:
 
 def _observation(pid: str, oid: str, code: str, display: str, unit: str, value: float, when: str) -> dict:
     return {
-        "resourceType": "Observation", "id": oid, "status": "final",
+        "resourceType": "Observation",
+        "id": oid,
+        "status": "final",
         "code": {"coding": [{"system": LOINC, "code": code, "display": display}]},
-        "subject": {"reference": f"Patient/{pid}"}, "effectiveDateTime": when,
+        "subject": {"reference": f"Patient/{pid}"},
+        "effectiveDateTime": when,
         "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit},
-    }  # fmt: skip
+    }
 
 
 def _bp(pid: str, oid: str, systolic: int, diastolic: int, when: str) -> dict:
     def component(code: str, display: str, value: int) -> dict:
-        return {"code": {"coding": [{"system": LOINC, "code": code, "display": display}]},
-                "valueQuantity": {"value": value, "unit": "mm[Hg]", "system": "http://unitsofmeasure.org",
-                                  "code": "mm[Hg]"}}  # fmt: skip
+        return {
+            "code": {"coding": [{"system": LOINC, "code": code, "display": display}]},
+            "valueQuantity": {
+                "value": value,
+                "unit": "mm[Hg]",
+                "system": "http://unitsofmeasure.org",
+                "code": "mm[Hg]",
+            },
+        }
 
     return {
-        "resourceType": "Observation", "id": oid, "status": "final",
+        "resourceType": "Observation",
+        "id": oid,
+        "status": "final",
         "code": {"coding": [{"system": LOINC, "code": "85354-9", "display": "Blood pressure panel"}]},
-        "subject": {"reference": f"Patient/{pid}"}, "effectiveDateTime": when,
-        "component": [component("8480-6", "Systolic blood pressure", systolic),
-                      component("8462-4", "Diastolic blood pressure", diastolic)],
-    }  # fmt: skip
+        "subject": {"reference": f"Patient/{pid}"},
+        "effectiveDateTime": when,
+        "component": [
+            component("8480-6", "Systolic blood pressure", systolic),
+            component("8462-4", "Diastolic blood pressure", diastolic),
+        ],
+    }
 
 
 def _condition(pid: str, cid: str, system: str, code: str, display: str, when: str) -> dict:
     return {
-        "resourceType": "Condition", "id": cid,
+        "resourceType": "Condition",
+        "id": cid,
         "clinicalStatus": {"coding": [{"system": CLINICAL, "code": "active"}]},
         "code": {"coding": [{"system": system, "code": code, "display": display}]},
-        "subject": {"reference": f"Patient/{pid}"}, "recordedDate": when,
-    }  # fmt: skip
+        "subject": {"reference": f"Patient/{pid}"},
+        "recordedDate": when,
+    }
 
 
 def _order(pid: str, mid: str, code: str, display: str, status: str, start: str, end: str | None) -> dict:
     order = {
-        "resourceType": "MedicationRequest", "id": mid, "status": status, "intent": "order",
+        "resourceType": "MedicationRequest",
+        "id": mid,
+        "status": status,
+        "intent": "order",
         "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": code, "display": display}]},
-        "subject": {"reference": f"Patient/{pid}"}, "authoredOn": start,
-    }  # fmt: skip
+        "subject": {"reference": f"Patient/{pid}"},
+        "authoredOn": start,
+    }
     if end:
         order["dispenseRequest"] = {"validityPeriod": {"start": start, "end": end}}
     return order
 
 
-def lupus_patient(pid: str, observations: int = 200, now: datetime | None = None, seed: int = 7) -> list[dict]:
+def lupus_patient(
+    pid: str, observations: int = 200, now: datetime | None = None, seed: int = 7
+) -> list[dict]:
     """Resources of a lupus-nephritis patient with ``observations`` results spread over two years."""
     now = now or datetime.now(UTC)
     rng = random.Random(seed)
     resources: list[dict] = [
-        {"resourceType": "Patient", "id": pid, "gender": "female",
-         "birthDate": (now - timedelta(days=34 * 365)).date().isoformat()}
-    ]  # fmt: skip
-    resources.append(_condition(pid, f"{pid}-c0", SNOMED, "55464009", "Systemic lupus erythematosus", _when(900, now)))
-    resources.append(_condition(pid, f"{pid}-c1", SNOMED, "36402006", "SLE glomerulonephritis, WHO class IV",
-                                _when(700, now)))  # fmt: skip
-    resources.append(_condition(pid, f"{pid}-c2", SNOMED, "38341003", "Hypertensive disorder", _when(600, now)))
+        {
+            "resourceType": "Patient",
+            "id": pid,
+            "gender": "female",
+            "birthDate": (now - timedelta(days=34 * 365)).date().isoformat(),
+        }
+    ]
+    resources.append(
+        _condition(pid, f"{pid}-c0", SNOMED, "55464009", "Systemic lupus erythematosus", _when(900, now))
+    )
+    resources.append(
+        _condition(
+            pid, f"{pid}-c1", SNOMED, "36402006", "SLE glomerulonephritis, WHO class IV", _when(700, now)
+        )
+    )
+    resources.append(
+        _condition(pid, f"{pid}-c2", SNOMED, "38341003", "Hypertensive disorder", _when(600, now))
+    )
     for i in range(17):
         code, display = IRRELEVANT_CONDITIONS[i % len(IRRELEVANT_CONDITIONS)]
-        resources.append(_condition(pid, f"{pid}-c{i + 3}", SNOMED, code, display, _when(rng.randint(30, 2000), now)))
-    resources.append(_order(pid, f"{pid}-m0", "199058", "mycophenolate mofetil 250 MG Oral Capsule", "completed",
-                            _when(500, now), _when(280, now)))  # fmt: skip
+        resources.append(
+            _condition(pid, f"{pid}-c{i + 3}", SNOMED, code, display, _when(rng.randint(30, 2000), now))
+        )
+    resources.append(
+        _order(
+            pid,
+            f"{pid}-m0",
+            "199058",
+            "mycophenolate mofetil 250 MG Oral Capsule",
+            "completed",
+            _when(500, now),
+            _when(280, now),
+        )
+    )
     for i in range(29):
         code, display = IRRELEVANT_DRUGS[i % len(IRRELEVANT_DRUGS)]
         start = rng.randint(20, 700)
@@ -128,18 +186,26 @@ def lupus_patient(pid: str, observations: int = 200, now: datetime | None = None
 
 def tacrolimus_draft(pid: str, order_id: str = "bench-tac-draft") -> dict:
     return {
-        "resourceType": "MedicationRequest", "id": order_id, "status": "draft", "intent": "order",
-        "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "198377",
-                                                  "display": "tacrolimus 1 MG Oral Capsule"}]},
+        "resourceType": "MedicationRequest",
+        "id": order_id,
+        "status": "draft",
+        "intent": "order",
+        "medicationCodeableConcept": {
+            "coding": [{"system": RXNORM, "code": "198377", "display": "tacrolimus 1 MG Oral Capsule"}]
+        },
         "subject": {"reference": f"Patient/{pid}"},
         "dosageInstruction": [{"text": "1 mg by mouth twice daily"}],
-    }  # fmt: skip
+    }
 
 
 def other_draft(pid: str, order_id: str = "bench-other-draft") -> dict:
     return {
-        "resourceType": "MedicationRequest", "id": order_id, "status": "draft", "intent": "order",
-        "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "308182",
-                                                  "display": "amoxicillin 250 MG Oral Capsule"}]},
+        "resourceType": "MedicationRequest",
+        "id": order_id,
+        "status": "draft",
+        "intent": "order",
+        "medicationCodeableConcept": {
+            "coding": [{"system": RXNORM, "code": "308182", "display": "amoxicillin 250 MG Oral Capsule"}]
+        },
         "subject": {"reference": f"Patient/{pid}"},
-    }  # fmt: skip
+    }

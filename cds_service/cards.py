@@ -84,12 +84,15 @@ def _detail(findings: list[Finding], record: PatientRecord, not_checked: Mapping
     if record.skipped:  # resources that could not be read; lab units are named by the rules that read them
         parts.append("**Left out:** " + "; ".join(f"{u.reference}: {u.reason}" for u in record.skipped) + ".")
     if not_checked:
-        parts.append("**Not checked:** " + "; ".join(f"{what}: {why}" for what, why in not_checked.items()) + ".")
+        parts.append(
+            "**Not checked:** " + "; ".join(f"{what}: {why}" for what, why in not_checked.items()) + "."
+        )
     return "\n\n".join(parts)
 
 
-def _actions(suggestion: OrderLabs | StopMedication, patient_ref: str | None,
-             stored: Mapping[str, Mapping]) -> list[dict]:  # fmt: skip
+def _actions(
+    suggestion: OrderLabs | StopMedication, patient_ref: str | None, stored: Mapping[str, Mapping]
+) -> list[dict]:
     if isinstance(suggestion, OrderLabs):
         return [
             {
@@ -99,23 +102,45 @@ def _actions(suggestion: OrderLabs | StopMedication, patient_ref: str | None,
                     "resourceType": "ServiceRequest",
                     "status": "draft",
                     "intent": "proposal",
-                    "category": [{"coding": [{"system": "http://snomed.info/sct", "code": "108252007",
-                                              "display": "Laboratory procedure"}]}],
-                    "code": {"coding": [{"system": LOINC, "code": code, "display": display}], "text": display},
+                    "category": [
+                        {
+                            "coding": [
+                                {
+                                    "system": "http://snomed.info/sct",
+                                    "code": "108252007",
+                                    "display": "Laboratory procedure",
+                                }
+                            ]
+                        }
+                    ],
+                    "code": {
+                        "coding": [{"system": LOINC, "code": code, "display": display}],
+                        "text": display,
+                    },
                     **({"subject": {"reference": patient_ref}} if patient_ref else {}),
                 },
             }
             for code, display in suggestion.labs
-        ]  # fmt: skip
+        ]
     medication = suggestion.medication
     if medication.is_draft:
-        return [{"type": "delete", "description": f"Remove the draft order for {medication.name}",
-                 "resourceId": medication.reference}]  # fmt: skip
+        return [
+            {
+                "type": "delete",
+                "description": f"Remove the draft order for {medication.name}",
+                "resourceId": medication.reference,
+            }
+        ]
     resource = stored.get(medication.reference)
     if resource is None:
         return []
-    return [{"type": "update", "description": f"Stop {medication.name}",
-             "resource": {**resource, "status": "stopped"}}]  # fmt: skip
+    return [
+        {
+            "type": "update",
+            "description": f"Stop {medication.name}",
+            "resource": {**resource, "status": "stopped"},
+        }
+    ]
 
 
 def build_cards(
@@ -143,7 +168,9 @@ def build_cards(
                 **({"url": cards_settings["source_url"]} if cards_settings.get("source_url") else {}),
                 "topic": {"system": TOPIC_SYSTEM, "code": topic, "display": TOPIC_DISPLAY[topic]},
             },
-            "overrideReasons": [{"system": NON_ADHERENCE, "code": c, "display": d} for c, d in OVERRIDE_REASONS],
+            "overrideReasons": [
+                {"system": NON_ADHERENCE, "code": c, "display": d} for c, d in OVERRIDE_REASONS
+            ],
             "extension": {FINDINGS_EXTENSION: [{"id": f.id, "indicator": f.indicator} for f in on_topic]},
         }
         suggestions = []

@@ -69,7 +69,11 @@ class FhirClient:
             headers["Authorization"] = f"Bearer {self.token}"
         try:
             with self.session.get(
-                url, headers=headers, timeout=(min(remaining, 2.0), remaining), allow_redirects=False, stream=True
+                url,
+                headers=headers,
+                timeout=(min(remaining, 2.0), remaining),
+                allow_redirects=False,
+                stream=True,
             ) as response:
                 if response.status_code in (404, 410):
                     return None
@@ -116,7 +120,7 @@ class FhirClient:
         return self.rest_of(self.get(self.url(query)))
 
     def rest_of(self, bundle: dict | None) -> list[dict]:
-        """The matches of a searchset Bundle and of the pages after it (a partial prefetch is completed here)."""
+        """The matches of a searchset Bundle and of the pages after it (completes a partial prefetch)."""
         resources: list[dict] = []
         pages = 0
         while bundle is not None:
@@ -134,7 +138,7 @@ class FhirClient:
 
 
 def bundle_resources(bundle: dict) -> list[dict]:
-    """The resources of a Bundle's entries, leaving out OperationOutcome entries (``search.mode = outcome``)."""
+    """The resources of a Bundle's entries, without OperationOutcome entries (``search.mode = outcome``)."""
     found = []
     for entry in bundle.get("entry") or ():
         resource = entry.get("resource") if isinstance(entry, dict) else None

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 ANCHOR = date(2026, 11, 1)
-FIXTURES_DIR = Path(os.environ.get("CDS_FIXTURES_DIR") or Path(__file__).resolve().parent.parent / "fhir_fixtures")
+FIXTURES_DIR = Path(
+    os.environ.get("CDS_FIXTURES_DIR") or Path(__file__).resolve().parent.parent / "fhir_fixtures"
+)
 
 _DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})(T.*)?$")
 

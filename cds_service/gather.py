@@ -48,9 +48,11 @@ def _is_outcome(value: Mapping) -> bool:
     return (
         value.get("resourceType") == "Bundle"
         and bool(entries)
-        and all(isinstance(e, Mapping) and (e.get("resource") or {}).get("resourceType") == "OperationOutcome"
-                for e in entries)
-    )  # fmt: skip
+        and all(
+            isinstance(e, Mapping) and (e.get("resource") or {}).get("resourceType") == "OperationOutcome"
+            for e in entries
+        )
+    )
 
 
 def _from_prefetch(key: str, value: object) -> tuple[list[dict] | None, dict | None, str | None]:
@@ -85,7 +87,7 @@ def gather(
     executor: ThreadPoolExecutor,
     client_unusable_reason: str = "no fhirServer with fhirAuthorization in the request",
 ) -> Gathered:
-    """Resources per prefetch key; fetch what the prefetch lacks, all in parallel, within the client's deadline."""
+    """Resources per prefetch key; what the prefetch lacks is fetched in parallel within the deadline."""
     prefetch = prefetch if isinstance(prefetch, Mapping) else {}
     result = Gathered()
     jobs: dict[str, Callable[[], list[dict]]] = {}
@@ -123,8 +125,9 @@ def gather(
     return result
 
 
-def run_parallel(jobs: Mapping[str, Callable[[], object]], deadline: float, executor: ThreadPoolExecutor
-                 ) -> tuple[dict[str, object], dict[str, str]]:  # fmt: skip
+def run_parallel(
+    jobs: Mapping[str, Callable[[], object]], deadline: float, executor: ThreadPoolExecutor
+) -> tuple[dict[str, object], dict[str, str]]:
     """Run jobs at once; return (results, errors) by job name once all finish or the deadline passes."""
     futures: dict[Future, str] = {executor.submit(job): name for name, job in jobs.items()}
     wait(futures, timeout=max(0.0, deadline - time.monotonic()))

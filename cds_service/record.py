@@ -50,7 +50,7 @@ class Condition:
     concepts: frozenset[str]
     name: str
     active: bool
-    """clinicalStatus active/recurrence/relapse or absent, and verificationStatus not refuted/entered-in-error."""
+    """clinicalStatus active/recurrence/relapse or absent; verificationStatus not refuted/entered-in-error."""
     onset: datetime | None = None
     recorded: datetime | None = None
 
@@ -69,7 +69,7 @@ class Medication:
     status: str
     authored: datetime | None
     exposure: Period | None
-    """When the patient was exposed, per rules.md; None for statuses that are not exposure (draft, cancelled)."""
+    """When the patient was exposed, per rules.md; None for non-exposure statuses (draft, cancelled)."""
     is_draft: bool = False
     """True for orders in ``context.draftOrders``."""
     is_trigger: bool = False
@@ -152,7 +152,9 @@ class LabSeries:
     skipped as unusable is reported once, in ``unusable``.
     """
 
-    def __init__(self, group: str, raw: Iterable[RawLab], parse: Callable[[str, RawLab], LabValue | Unusable]):
+    def __init__(
+        self, group: str, raw: Iterable[RawLab], parse: Callable[[str, RawLab], LabValue | Unusable]
+    ):
         self.group = group
         self._raw = sorted(raw, key=lambda r: r.when, reverse=True)
         self._parse = parse
@@ -187,12 +189,14 @@ class LabSeries:
     def unusable_between(
         self, since: datetime | None = None, until: datetime | None = None, newer_than: datetime | None = None
     ) -> list[tuple[datetime, Unusable]]:
-        """Entries in [since, until] (and after ``newer_than``) that cannot be used, newest first, with dates."""
+        """Unusable entries in [since, until] and after ``newer_than``, newest first, with their dates."""
         found = []
         for i, raw in enumerate(self._raw):
             if until is not None and raw.when > until:
                 continue
-            if (since is not None and raw.when < since) or (newer_than is not None and raw.when <= newer_than):
+            if (since is not None and raw.when < since) or (
+                newer_than is not None and raw.when <= newer_than
+            ):
                 break
             entry = self._entry(i)
             if isinstance(entry, Unusable):

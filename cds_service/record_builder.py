@@ -8,8 +8,8 @@ Two passes keep it fast and safe:
    resource that fails is skipped and reported; it never sinks the request. Observations are validated lazily,
    when a rule reads them (see ``LabSeries``).
 
-Draft orders from ``context.draftOrders`` are read leniently from raw JSON: EHRs send them in older FHIR shapes,
-and only their identity, drug and status matter.
+Draft orders from ``context.draftOrders`` are read leniently from raw JSON: EHRs send them in older FHIR
+shapes, and only their identity, drug and status matter.
 """
 
 from __future__ import annotations
@@ -44,10 +44,25 @@ from cds_service.trigger import DrugName, Resolver, drug_name, is_systemic_tacro
 from cds_service.units import to_canonical
 
 LAB_GROUPS = (
-    "creatinine", "egfr", "upcr", "tacrolimus-level", "potassium", "magnesium", "glucose", "glucose-fasting",
-    "hba1c", "systolic-bp", "diastolic-bp", "hcg-qualitative", "hcg-quantitative", "pregnancy-status", "edd",
-    "breastfeeding-status", "igg", "hbsag",
-)  # fmt: skip
+    "creatinine",
+    "egfr",
+    "upcr",
+    "tacrolimus-level",
+    "potassium",
+    "magnesium",
+    "glucose",
+    "glucose-fasting",
+    "hba1c",
+    "systolic-bp",
+    "diastolic-bp",
+    "hcg-qualitative",
+    "hcg-quantitative",
+    "pregnancy-status",
+    "edd",
+    "breastfeeding-status",
+    "igg",
+    "hbsag",
+)
 LAB_GROUP_SET = frozenset(LAB_GROUPS)
 BP_PANEL = "blood-pressure"
 BP_COMPONENT_GROUPS = ("systolic-bp", "diastolic-bp")
@@ -113,7 +128,9 @@ def _validated(model: Any, raw: Mapping, skipped: list[Unusable]) -> bool:
         skipped.append(Unusable(f"{raw.get('resourceType')}/{raw.get('id')}", _reason(error)))
         return False
     except (TypeError, ValueError) as error:  # fhir.resources raises these for some malformed primitives
-        skipped.append(Unusable(f"{raw.get('resourceType')}/{raw.get('id')}", f"not valid FHIR R4: {error}"[:200]))
+        skipped.append(
+            Unusable(f"{raw.get('resourceType')}/{raw.get('id')}", f"not valid FHIR R4: {error}"[:200])
+        )
         return False
     return True
 
@@ -215,10 +232,13 @@ class RecordBuilder:
         """An order whose drug we could not see cannot be checked: say so rather than skip it silently."""
         target = (raw.get("medicationReference") or {}).get("reference")
         if isinstance(target, str) and not target.startswith("#"):
-            self.skipped.append(Unusable(
-                f"MedicationRequest/{raw.get('id')}",
-                f"its drug is only a reference to {target}, which was not in the request and could not be read",
-            ))  # fmt: skip
+            self.skipped.append(
+                Unusable(
+                    f"MedicationRequest/{raw.get('id')}",
+                    f"its drug is only a reference to {target}, "
+                    "which was not in the request and could not be read",
+                )
+            )
 
     # --- allergies -----------------------------------------------------------------------------------------
     def allergies(self, resources: Iterable[Mapping]) -> list[Allergy]:
@@ -301,10 +321,19 @@ class RecordBuilder:
             converted = to_canonical(group, value, quantity.get("unit"), quantity.get("code"), loinc=code)
             if converted is None:
                 return Unusable(reference, f"{group} on {day} in unit {unit or '(none)'!r} could not be used")
-            return LabValue(raw.get("id", ""), code, entry.when, converted[0], converted[1], original=original)
+            return LabValue(
+                raw.get("id", ""), code, entry.when, converted[0], converted[1], original=original
+            )
         if isinstance(holder.get("valueDateTime"), str):
-            return LabValue(raw.get("id", ""), code, entry.when, None, None, answer=holder["valueDateTime"][:10],
-                            original=holder["valueDateTime"])  # fmt: skip
+            return LabValue(
+                raw.get("id", ""),
+                code,
+                entry.when,
+                None,
+                None,
+                answer=holder["valueDateTime"][:10],
+                original=holder["valueDateTime"],
+            )
         answer = self._answer(holder)
         if answer is None:
             return Unusable(reference, f"{group} on {day} has no usable value")
@@ -340,9 +369,7 @@ class RecordBuilder:
                 return "positive"
         if isinstance(holder.get("valueBoolean"), bool):
             return "positive" if holder["valueBoolean"] else "negative"
-        interpretations = {
-            _code(i) for i in holder.get("interpretation") or () if isinstance(i, Mapping)
-        }  # fmt: skip
+        interpretations = {_code(i) for i in holder.get("interpretation") or () if isinstance(i, Mapping)}
         if interpretations & POSITIVE_INTERPRETATION:
             return "positive"
         if interpretations & NEGATIVE_INTERPRETATION:
@@ -369,7 +396,9 @@ def build_record(
         now=now,
         patient=builder.patient(patient),
         conditions=tuple(builder.conditions(conditions)),
-        medications=tuple(builder.medications(medications, drafts, set(trigger_ids), resolve or (lambda r: None))),
+        medications=tuple(
+            builder.medications(medications, drafts, set(trigger_ids), resolve or (lambda r: None))
+        ),
         allergies=tuple(builder.allergies(allergies)),
         labs=builder.lab_series(observations),
         skipped=tuple(builder.skipped),

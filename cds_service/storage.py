@@ -68,7 +68,7 @@ feedback = Table(
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for ``url``; a relative SQLite file is created with its folder, with WAL for concurrent workers."""
+    """An engine for ``url``; a SQLite file is created with its folder, in WAL mode for concurrent workers."""
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and ":memory:" not in url:
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, future=True, pool_pre_ping=True)
@@ -136,19 +136,27 @@ class Store:
         self.engine = engine
         self.shown = ShownWriter(engine)
 
-    def record_shown(self, service_id: str, tenant: str | None, hook_instance: str, cards: Iterable[Mapping]) -> None:
+    def record_shown(
+        self, service_id: str, tenant: str | None, hook_instance: str, cards: Iterable[Mapping]
+    ) -> None:
         """Queue one row per finding on the cards returned (no patient data); written in the background."""
         now = datetime.now(UTC)
         rows = [
             {
-                "shown_at": now, "service_id": service_id, "tenant": tenant, "hook_instance": hook_instance,
-                "card_uuid": card["uuid"], "topic": card["source"]["topic"]["code"],
-                "finding_id": item["id"], "indicator": item["indicator"],
+                "shown_at": now,
+                "service_id": service_id,
+                "tenant": tenant,
+                "hook_instance": hook_instance,
+                "card_uuid": card["uuid"],
+                "topic": card["source"]["topic"]["code"],
+                "finding_id": item["id"],
+                "indicator": item["indicator"],
             }
             for card in cards
-            for key, items in card.get("extension", {}).items() if key.endswith("findings")
+            for key, items in card.get("extension", {}).items()
+            if key.endswith("findings")
             for item in items
-        ]  # fmt: skip
+        ]
         if rows:
             self.shown.put(rows)
 
@@ -160,14 +168,19 @@ class Store:
             reason = (item.get("overrideReason") or {}).get("reason") or {}
             rows.append(
                 {
-                    "received_at": now, "service_id": service_id, "tenant": tenant, "card_uuid": item["card"],
-                    "outcome": item["outcome"], "outcome_timestamp": item["outcomeTimestamp"],
+                    "received_at": now,
+                    "service_id": service_id,
+                    "tenant": tenant,
+                    "card_uuid": item["card"],
+                    "outcome": item["outcome"],
+                    "outcome_timestamp": item["outcomeTimestamp"],
                     "accepted_suggestions": [s["id"] for s in item.get("acceptedSuggestions") or ()],
-                    "override_system": reason.get("system"), "override_code": reason.get("code"),
+                    "override_system": reason.get("system"),
+                    "override_code": reason.get("code"),
                     "override_display": reason.get("display"),
                     "user_comment": (item.get("overrideReason") or {}).get("userComment"),
                 }
-            )  # fmt: skip
+            )
         if rows:
             with self.engine.begin() as connection:
                 connection.execute(insert(feedback), rows)

@@ -20,7 +20,9 @@ from cds_service.terminology import Terminology, canonical_system
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 ORDER_TYPES = ("MedicationRequest", "MedicationOrder")  # MedicationOrder: DSTU2 clients
 TACROLIMUS_WORDS = re.compile(r"\b(tacrolimus|prograf|envarsus|astagraf|hecoria|advagraf|modigraf)\b", re.I)
-TOPICAL_WORDS = re.compile(r"\b(topical|ointment|cream|lotion|protopic|cutaneous|eye drops?|ophthalmic)\b", re.I)
+TOPICAL_WORDS = re.compile(
+    r"\b(topical|ointment|cream|lotion|protopic|cutaneous|eye drops?|ophthalmic)\b", re.I
+)
 
 Resolver = Callable[[str], Mapping | None]
 """Looks up a Medication by reference (``Medication/x``); None when it cannot be found."""
@@ -53,7 +55,9 @@ def draft_resources(context: Mapping) -> list[Mapping]:
     entries = bundle.get("entry")
     if not isinstance(entries, list):
         return []
-    return [e["resource"] for e in entries if isinstance(e, Mapping) and isinstance(e.get("resource"), Mapping)]
+    return [
+        e["resource"] for e in entries if isinstance(e, Mapping) and isinstance(e.get("resource"), Mapping)
+    ]
 
 
 def _codeable(concept: object) -> DrugName | None:
@@ -65,7 +69,7 @@ def _codeable(concept: object) -> DrugName | None:
 
 
 def drug_name(order: Mapping, resolve: Resolver | None = None) -> DrugName:
-    """The medication of an order: inline concept, contained or referenced Medication, else the reference text."""
+    """An order's medication: inline concept, contained or referenced Medication, else the reference text."""
     found = _codeable(order.get("medicationCodeableConcept"))
     if found:
         return found
@@ -76,12 +80,17 @@ def drug_name(order: Mapping, resolve: Resolver | None = None) -> DrugName:
     medication = None
     if target.startswith("#"):
         medication = next(
-            (c for c in order.get("contained") or () if isinstance(c, Mapping) and c.get("id") == target[1:]), None
+            (c for c in order.get("contained") or () if isinstance(c, Mapping) and c.get("id") == target[1:]),
+            None,
         )
     elif target and resolve is not None:
         medication = resolve(target)
     name = _codeable(medication.get("code")) if isinstance(medication, Mapping) else None
-    display = (ref.get("display").strip(),) if isinstance(ref.get("display"), str) and ref["display"].strip() else ()
+    display = (
+        (ref.get("display").strip(),)
+        if isinstance(ref.get("display"), str) and ref["display"].strip()
+        else ()
+    )
     if name:
         return DrugName(name.codings, name.names + display)
     return DrugName((), display)
@@ -110,7 +119,11 @@ def find_trigger_orders(
     context: Mapping, hook: str, terminology: Terminology, resolve: Resolver | None = None
 ) -> list[Mapping]:
     """The candidate orders that are systemic tacrolimus, in request order."""
-    return [o for o in candidate_orders(context, hook) if is_systemic_tacrolimus(drug_name(o, resolve), terminology)]
+    return [
+        o
+        for o in candidate_orders(context, hook)
+        if is_systemic_tacrolimus(drug_name(o, resolve), terminology)
+    ]
 
 
 def bundle_resolver(resources: Iterable[Mapping]) -> Resolver:

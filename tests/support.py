@@ -45,30 +45,61 @@ def when(days_ago: float) -> str:
 
 def lab(pid: str, oid: str, code: str, value: float, unit: str, days_ago: float) -> dict:
     return {
-        "resourceType": "Observation", "id": oid, "status": "final",
-        "code": {"coding": [{"system": LOINC, "code": code}]}, "subject": {"reference": f"Patient/{pid}"},
+        "resourceType": "Observation",
+        "id": oid,
+        "status": "final",
+        "code": {"coding": [{"system": LOINC, "code": code}]},
+        "subject": {"reference": f"Patient/{pid}"},
         "effectiveDateTime": when(days_ago),
         "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit},
-    }  # fmt: skip
+    }
 
 
 def small_patient(pid: str = "http-p1", observations: int = 3) -> list[dict]:
     """A woman of 30 with lupus nephritis, a completed mycophenolate course and a few recent labs."""
     resources = [
-        {"resourceType": "Patient", "id": pid, "gender": "female",
-         "birthDate": (datetime.now(UTC) - timedelta(days=30 * 366)).date().isoformat()},
-        {"resourceType": "Condition", "id": f"{pid}-ln", "subject": {"reference": f"Patient/{pid}"},
-         "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
-                                        "code": "active"}]},
-         "code": {"coding": [{"system": SNOMED, "code": "68815009",
-                              "display": "Systemic lupus erythematosus glomerulonephritis syndrome"}]}},
-        {"resourceType": "MedicationRequest", "id": f"{pid}-mmf", "status": "completed", "intent": "order",
-         "subject": {"reference": f"Patient/{pid}"}, "authoredOn": when(400)[:10],
-         "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "68149"}]},
-         "dispenseRequest": {"validityPeriod": {"start": when(400)[:10], "end": when(100)[:10]}}},
-        {"resourceType": "AllergyIntolerance", "id": f"{pid}-alg", "patient": {"reference": f"Patient/{pid}"},
-         "code": {"coding": [{"system": RXNORM, "code": "121191", "display": "rituximab"}]}},
-    ]  # fmt: skip
+        {
+            "resourceType": "Patient",
+            "id": pid,
+            "gender": "female",
+            "birthDate": (datetime.now(UTC) - timedelta(days=30 * 366)).date().isoformat(),
+        },
+        {
+            "resourceType": "Condition",
+            "id": f"{pid}-ln",
+            "subject": {"reference": f"Patient/{pid}"},
+            "clinicalStatus": {
+                "coding": [
+                    {"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}
+                ]
+            },
+            "code": {
+                "coding": [
+                    {
+                        "system": SNOMED,
+                        "code": "68815009",
+                        "display": "Systemic lupus erythematosus glomerulonephritis syndrome",
+                    }
+                ]
+            },
+        },
+        {
+            "resourceType": "MedicationRequest",
+            "id": f"{pid}-mmf",
+            "status": "completed",
+            "intent": "order",
+            "subject": {"reference": f"Patient/{pid}"},
+            "authoredOn": when(400)[:10],
+            "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "68149"}]},
+            "dispenseRequest": {"validityPeriod": {"start": when(400)[:10], "end": when(100)[:10]}},
+        },
+        {
+            "resourceType": "AllergyIntolerance",
+            "id": f"{pid}-alg",
+            "patient": {"reference": f"Patient/{pid}"},
+            "code": {"coding": [{"system": RXNORM, "code": "121191", "display": "rituximab"}]},
+        },
+    ]
     codes = [("2160-0", 0.9, "mg/dL"), ("2823-3", 4.4, "mmol/L"), ("19123-9", 2.0, "mg/dL")]
     for i in range(observations):
         code, value, unit = codes[i % len(codes)]
@@ -78,10 +109,13 @@ def small_patient(pid: str = "http-p1", observations: int = 3) -> list[dict]:
 
 def tacrolimus_draft(pid: str, order_id: str = "tac-draft", code: str = "198377") -> dict:
     return {
-        "resourceType": "MedicationRequest", "id": order_id, "status": "draft", "intent": "order",
+        "resourceType": "MedicationRequest",
+        "id": order_id,
+        "status": "draft",
+        "intent": "order",
         "subject": {"reference": f"Patient/{pid}"},
         "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": code}], "text": "tacrolimus"},
-    }  # fmt: skip
+    }
 
 
 def bundle(resources: list[dict]) -> dict:
@@ -89,11 +123,17 @@ def bundle(resources: list[dict]) -> dict:
 
 
 def searchset(resources: list[dict]) -> dict:
-    return {"resourceType": "Bundle", "type": "searchset", "total": len(resources),
-            "entry": [{"resource": r} for r in resources]}  # fmt: skip
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": len(resources),
+        "entry": [{"resource": r} for r in resources],
+    }
 
 
-def hook_request(pid: str, resources: list[dict] | None, hook: str = "order-sign", draft: dict | None = None) -> dict:
+def hook_request(
+    pid: str, resources: list[dict] | None, hook: str = "order-sign", draft: dict | None = None
+) -> dict:
     """A CDS Hooks request for ``pid`` with a full prefetch built from ``resources`` (None: no prefetch)."""
     draft = draft or tacrolimus_draft(pid)
     body = {

@@ -33,8 +33,11 @@ def _load(path: Path):
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
     # any-indication: pregnancy and monitoring rules read every lab for everyone, so parsing is exercised.
-    app = make_app(tmp_path_factory.mktemp("corpora"), scope="any-indication",
-                   fhir={"deadline_seconds": 0.5, "page_cap": 3, "max_response_bytes": 5_000_000})  # fmt: skip
+    app = make_app(
+        tmp_path_factory.mktemp("corpora"),
+        scope="any-indication",
+        fhir={"deadline_seconds": 0.5, "page_cap": 3, "max_response_bytes": 5_000_000},
+    )
     return app.test_client()
 
 
@@ -54,7 +57,9 @@ def test_every_corpus_request_is_served_without_a_5xx(client, path):
     if isinstance(draft_orders, dict) and isinstance(draft_orders.get("entry"), list):
         body = copy.deepcopy(body)
         patient_id = context.get("patientId") if isinstance(context.get("patientId"), str) else "x"
-        body["context"]["draftOrders"]["entry"].append({"resource": tacrolimus_draft(patient_id, "corpus-tac")})
+        body["context"]["draftOrders"]["entry"].append(
+            {"resource": tacrolimus_draft(patient_id, "corpus-tac")}
+        )
         if isinstance(body["context"].get("selections"), list):
             body["context"]["selections"].append("MedicationRequest/corpus-tac")
         assert client.post(f"/cds-services/{service}", json=body).status_code < 500

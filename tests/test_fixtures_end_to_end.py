@@ -31,8 +31,14 @@ def fhir_base():
 @pytest.mark.parametrize("fixture", FIXTURES)
 def test_fixture_findings_match_the_manifest(app, fhir_base, fixture, hook, via):
     templates = app.extensions["cds_runtime"]().prefetch_templates
-    body = build_request(fixture, hook=hook, via=via, fhir_base=fhir_base if via == "fhir" else None,
-                         prefetch_templates=templates, token=TOKEN)  # fmt: skip
+    body = build_request(
+        fixture,
+        hook=hook,
+        via=via,
+        fhir_base=fhir_base if via == "fhir" else None,
+        prefetch_templates=templates,
+        token=TOKEN,
+    )
     response = app.test_client().post(f"/cds-services/tacrolimus-{hook}", json=body)
     assert response.status_code == 200, response.get_json()
     cards = response.get_json()

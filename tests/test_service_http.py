@@ -8,6 +8,7 @@ import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 from support import (
@@ -51,20 +52,28 @@ def patient():
 def fhir(patient):
     """A real FHIR server on loopback holding the patient; yields (base_url, faults, token)."""
     faults = Faults()
-    with serve_in_thread(FhirStore([{"resourceType": "Bundle", "entry": [{"resource": r} for r in patient]}]),
-                         require_token="secret-token-123", faults=faults) as base:  # fmt: skip
+    with serve_in_thread(
+        FhirStore([{"resourceType": "Bundle", "entry": [{"resource": r} for r in patient]}]),
+        require_token="secret-token-123",
+        faults=faults,
+    ) as base:
         yield base, faults, "secret-token-123"
 
 
 def with_server(body: dict, base: str, token: str) -> dict:
     body = copy.deepcopy(body)
     body["fhirServer"] = base
-    body["fhirAuthorization"] = {"access_token": token, "token_type": "Bearer", "expires_in": 300,
-                                 "scope": "patient/*.read", "subject": "tacrolimus-cds"}  # fmt: skip
+    body["fhirAuthorization"] = {
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "patient/*.read",
+        "subject": "tacrolimus-cds",
+    }
     return body
 
 
-# --- discovery ------------------------------------------------------------------------------------------------
+# --- discovery ----------------------------------------
 
 
 def test_discovery_offers_both_services_with_templates_using_only_2_0_tokens(client, app):
@@ -76,7 +85,13 @@ def test_discovery_offers_both_services_with_templates_using_only_2_0_tokens(cli
     assert hooks == {"tacrolimus-order-select": "order-select", "tacrolimus-order-sign": "order-sign"}
     for service in body["services"]:
         assert service["title"] and service["description"] and service["usageRequirements"]
-        assert set(service["prefetch"]) == {"patient", "conditions", "medications", "observations", "allergies"}
+        assert set(service["prefetch"]) == {
+            "patient",
+            "conditions",
+            "medications",
+            "observations",
+            "allergies",
+        }
         for template in service["prefetch"].values():
             assert set(re.findall(r"\{\{(.*?)\}\}", template)) == {"context.patientId"}
             assert "draftOrders" not in template and "today()" not in template
@@ -86,24 +101,33 @@ def test_observation_template_asks_for_exactly_the_loinc_codes_the_rules_read(cl
     template = client.get("/cds-services").get_json()["services"][0]["prefetch"]["observations"]
     asked = set(re.search(r"code=([^&]+)", template).group(1).split(","))
     terminology = app.extensions["cds_runtime"]().terminology
-    needed = {f"{s}|{c}" for name in NEEDS["Observation"] for s, c, _ in terminology.codes(name) if s == "http://loinc.org"}
+    needed = {
+        f"{s}|{c}"
+        for name in NEEDS["Observation"]
+        for s, c, _ in terminology.codes(name)
+        if s == "http://loinc.org"
+    }
     assert asked == needed
     assert "http://loinc.org|2160-0" in asked and "http://loinc.org|11253-2" in asked
     assert "_sort=-date" in template
 
 
-# --- the official examples ------------------------------------------------------------------------------------
+# --- the official examples ----------------------------------------
 
 
 @pytest.mark.parametrize(
     "path, hook",
     [
-        ("HL7-cds-hooks-library@5d04c4d_order-select.md/HL7-cds-hooks-library_order-select.md_L0051-0229_example-r4.json",
-         "order-select"),
-        ("HL7-cds-hooks-library@5d04c4d_order-sign.md/HL7-cds-hooks-library_order-sign.md_L0053-0228_example-r4.json",
-         "order-sign"),
+        (
+            "HL7-cds-hooks-library@5d04c4d_order-select.md/HL7-cds-hooks-library_order-select.md_L0051-0229_example-r4.json",
+            "order-select",
+        ),
+        (
+            "HL7-cds-hooks-library@5d04c4d_order-sign.md/HL7-cds-hooks-library_order-sign.md_L0053-0228_example-r4.json",
+            "order-sign",
+        ),
     ],
-)  # fmt: skip
+)
 def test_official_r4_examples_with_a_tacrolimus_order_get_conformant_cards(client, path, hook):
     example = json.loads((SHARED / "cds-hooks" / "examples" / path).read_text())
     context = example["context"]
@@ -123,7 +147,10 @@ def test_official_r4_examples_with_a_tacrolimus_order_get_conformant_cards(clien
 
 def test_no_tacrolimus_order_gets_empty_cards_even_without_any_data(client):
     draft = tacrolimus_draft(PID)
-    draft["medicationCodeableConcept"] = {"coding": [{"system": RXNORM, "code": "308182"}], "text": "amoxicillin"}
+    draft["medicationCodeableConcept"] = {
+        "coding": [{"system": RXNORM, "code": "308182"}],
+        "text": "amoxicillin",
+    }
     response = client.post(SIGN, json=hook_request(PID, None, draft=draft))
     assert response.status_code == 200 and response.get_json() == {"cards": []}
 
@@ -134,7 +161,7 @@ def test_order_select_only_considers_the_selected_orders(client, patient):
     assert client.post(SELECT, json=body).get_json() == {"cards": []}
 
 
-# --- every prefetch state -------------------------------------------------------------------------------------
+# --- every prefetch state ----------------------------------------
 
 
 def test_full_prefetch_needs_no_fhir_server(client, patient, fhir):
@@ -146,7 +173,9 @@ def test_full_prefetch_needs_no_fhir_server(client, patient, fhir):
     # Recent creatinine, potassium and magnesium (in mg/dL, mmol/L) are used; the rest is missing (N1);
     # a rituximab allergy (S3); no earlier tacrolimus (N11); earlier mycophenolate, so no S0.
     assert finding_ids(response.get_json()) == {"S3", "N1", "N11"}
-    monitoring = next(c for c in response.get_json()["cards"] if c["source"]["topic"]["code"].startswith("neph"))
+    monitoring = next(
+        c for c in response.get_json()["cards"] if c["source"]["topic"]["code"].startswith("neph")
+    )
     assert "0.9 mg/dL" in monitoring["detail"]  # the recent creatinine, used
     assert "no glucose or HbA1c in the last 30 days" in monitoring["detail"]
     assert "no potassium" not in monitoring["detail"]
@@ -183,8 +212,10 @@ def test_operation_outcome_in_prefetch_is_fetched_instead(client, patient, fhir)
     base, _, token = fhir
     full = client.post(SIGN, json=hook_request(PID, patient)).get_json()
     body = hook_request(PID, patient)
-    body["prefetch"]["observations"] = {"resourceType": "OperationOutcome",
-                                        "issue": [{"severity": "error", "code": "timeout"}]}  # fmt: skip
+    body["prefetch"]["observations"] = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "timeout"}],
+    }
     response = client.post(SIGN, json=with_server(body, base, token))
     assert response.status_code == 200
     assert finding_ids(response.get_json()) == finding_ids(full)
@@ -192,8 +223,10 @@ def test_operation_outcome_in_prefetch_is_fetched_instead(client, patient, fhir)
 
 def test_operation_outcome_without_a_fhir_server_is_a_412_naming_the_data(client, patient):
     body = hook_request(PID, patient)
-    body["prefetch"]["observations"] = {"resourceType": "OperationOutcome",
-                                        "issue": [{"severity": "error", "code": "timeout"}]}  # fmt: skip
+    body["prefetch"]["observations"] = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "timeout"}],
+    }
     response = client.post(SIGN, json=body)
     assert response.status_code == 412
     issues = response.get_json()["issue"]
@@ -221,7 +254,9 @@ def test_missing_prefetch_without_fhir_server_is_412(client, patient):
     response = client.post(SIGN, json=body)
     assert response.status_code == 412
     assert {tuple(i["expression"]) for i in response.get_json()["issue"]} == {
-        ("prefetch.conditions",), ("prefetch.patient",)}  # fmt: skip
+        ("prefetch.conditions",),
+        ("prefetch.patient",),
+    }
 
 
 def test_optional_allergies_unavailable_gives_a_degraded_honest_answer(client, patient, fhir):
@@ -232,10 +267,13 @@ def test_optional_allergies_unavailable_gives_a_degraded_honest_answer(client, p
     response = client.post(SIGN, json=with_server(body, base, token))
     assert response.status_code == 200
     text = json.dumps(response.get_json())
-    assert "Not checked:** allergy list (AllergyIntolerance): the FHIR server could not give it: HTTP 503" in text
+    assert (
+        "Not checked:** allergy list (AllergyIntolerance): the FHIR server could not give it: HTTP 503"
+        in text
+    )
 
 
-# --- FHIR server faults ---------------------------------------------------------------------------------------
+# --- FHIR server faults ----------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -264,9 +302,9 @@ def test_fhir_server_faults_never_hang_or_500(client, fhir, fault, expected):
 
 
 class _Recorder(BaseHTTPRequestHandler):
-    seen: list[dict] = []
+    seen: ClassVar[list[dict]] = []
 
-    def do_GET(self):  # noqa: N802 - http.server's naming
+    def do_GET(self):
         _Recorder.seen.append(dict(self.headers))
         self.send_response(200)
         self.send_header("Content-Type", "application/fhir+json")
@@ -291,7 +329,7 @@ def test_redirects_are_not_followed_and_the_token_never_reaches_another_host(cli
     assert _Recorder.seen == []
 
 
-# --- client errors --------------------------------------------------------------------------------------------
+# --- client errors ----------------------------------------
 
 
 def test_unknown_service_is_404_json(client):
@@ -332,7 +370,7 @@ def test_over_large_body_is_413(tmp_path):
     assert response.status_code == 413 and response.get_json()["error"]
 
 
-# --- feedback -------------------------------------------------------------------------------------------------
+# --- feedback ----------------------------------------
 
 
 def _feedback_rows(tmp_path):
@@ -341,17 +379,32 @@ def _feedback_rows(tmp_path):
 
 def test_feedback_is_stored_durably(client, tmp_path):
     items = [
-        {"card": "c-1", "outcome": "accepted", "acceptedSuggestions": [{"id": "s-1"}],
-         "outcomeTimestamp": "2026-11-25T10:05:31Z"},
-        {"card": "c-2", "outcome": "overridden", "outcomeTimestamp": "2026-11-25T10:06:00Z",
-         "overrideReason": {"reason": {"system": "http://terminology.hl7.org/CodeSystem/non-adherence-reason-codes",
-                                       "code": "risk-benefit-ratio"}, "userComment": "discussed"}},
-    ]  # fmt: skip
+        {
+            "card": "c-1",
+            "outcome": "accepted",
+            "acceptedSuggestions": [{"id": "s-1"}],
+            "outcomeTimestamp": "2026-11-25T10:05:31Z",
+        },
+        {
+            "card": "c-2",
+            "outcome": "overridden",
+            "outcomeTimestamp": "2026-11-25T10:06:00Z",
+            "overrideReason": {
+                "reason": {
+                    "system": "http://terminology.hl7.org/CodeSystem/non-adherence-reason-codes",
+                    "code": "risk-benefit-ratio",
+                },
+                "userComment": "discussed",
+            },
+        },
+    ]
     response = client.post(f"{SIGN}/feedback", json={"feedback": items})
     assert response.status_code == 200 and response.get_json() == {"stored": 2}
     rows = _feedback_rows(tmp_path)
     assert [(r["card_uuid"], r["outcome"], r["override_code"]) for r in rows] == [
-        ("c-1", "accepted", None), ("c-2", "overridden", "risk-benefit-ratio")]  # fmt: skip
+        ("c-1", "accepted", None),
+        ("c-2", "overridden", "risk-benefit-ratio"),
+    ]
     assert rows[0]["accepted_suggestions"] == ["s-1"]
 
 
@@ -375,13 +428,14 @@ def test_cards_shown_are_counted_per_finding(app, client, patient, tmp_path):
     assert {r["card_uuid"] for r in shown} == {c["uuid"] for c in cards}
 
 
-# --- CORS, health ---------------------------------------------------------------------------------------------
+# --- CORS, health ----------------------------------------
 
 
 def test_cors_preflight_allows_authorization_on_every_route(client):
     for path in ("/cds-services", SIGN, f"{SIGN}/feedback"):
-        response = client.options(path, headers={"Origin": "https://sandbox.cds-hooks.org",
-                                                 "Access-Control-Request-Method": "POST"})  # fmt: skip
+        response = client.options(
+            path, headers={"Origin": "https://sandbox.cds-hooks.org", "Access-Control-Request-Method": "POST"}
+        )
         assert response.status_code == 204
         assert response.headers["Access-Control-Allow-Origin"] == "https://sandbox.cds-hooks.org"
         assert "Authorization" in response.headers["Access-Control-Allow-Headers"]
@@ -398,9 +452,15 @@ def test_same_request_gives_the_same_card_and_suggestion_uuids(client, patient):
 
 
 def test_an_order_whose_medication_cannot_be_read_is_named_not_ignored(client, patient):
-    order = {"resourceType": "MedicationRequest", "id": "ref-only", "status": "active", "intent": "order",
-             "subject": {"reference": f"Patient/{PID}"}, "authoredOn": "2026-01-05",
-             "medicationReference": {"reference": "Medication/not-sent"}}  # fmt: skip
+    order = {
+        "resourceType": "MedicationRequest",
+        "id": "ref-only",
+        "status": "active",
+        "intent": "order",
+        "subject": {"reference": f"Patient/{PID}"},
+        "authoredOn": "2026-01-05",
+        "medicationReference": {"reference": "Medication/not-sent"},
+    }
     response = client.post(SIGN, json=hook_request(PID, [*patient, order]))
     assert response.status_code == 200
     text = json.dumps(response.get_json())
@@ -409,5 +469,7 @@ def test_an_order_whose_medication_cannot_be_read_is_named_not_ignored(client, p
 
 def test_rxnorm_coded_by_oid_alias_still_triggers(client, patient):
     draft = tacrolimus_draft(PID)
-    draft["medicationCodeableConcept"] = {"coding": [{"system": "urn:oid:2.16.840.1.113883.6.88", "code": "198377"}]}
+    draft["medicationCodeableConcept"] = {
+        "coding": [{"system": "urn:oid:2.16.840.1.113883.6.88", "code": "198377"}]
+    }
     assert client.post(SIGN, json=hook_request(PID, patient, draft=draft)).get_json()["cards"]

@@ -12,7 +12,13 @@ TERMINOLOGY = Terminology.load()
 
 
 def order(order_id: str = "o1", **medication) -> dict:
-    return {"resourceType": "MedicationRequest", "id": order_id, "status": "draft", "intent": "order", **medication}
+    return {
+        "resourceType": "MedicationRequest",
+        "id": order_id,
+        "status": "draft",
+        "intent": "order",
+        **medication,
+    }
 
 
 def coded(code: str, text: str | None = None) -> dict:
@@ -21,7 +27,10 @@ def coded(code: str, text: str | None = None) -> dict:
 
 
 def context(*orders: dict, selections: list[str] | None = None) -> dict:
-    ctx = {"patientId": "p", "draftOrders": {"resourceType": "Bundle", "entry": [{"resource": o} for o in orders]}}
+    ctx = {
+        "patientId": "p",
+        "draftOrders": {"resourceType": "Bundle", "entry": [{"resource": o} for o in orders]},
+    }
     if selections is not None:
         ctx["selections"] = selections
     return ctx
@@ -32,7 +41,9 @@ def triggers(ctx: dict, hook: str = "order-sign", resolve=None) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "code", ["42316", "198377", "2665162", "1664461", "108515", "1431974"], ids=["IN", "SCD", "BX", "XR", "inj", "SBDF"]
+    "code",
+    ["42316", "198377", "2665162", "1664461", "108515", "1431974"],
+    ids=["IN", "SCD", "BX", "XR", "inj", "SBDF"],
 )
 def test_systemic_tacrolimus_codes_trigger(code):
     assert triggers(context(order(**coded(code)))) == ["o1"]
@@ -54,14 +65,25 @@ def test_topical_tacrolimus_never_triggers(text):
 
 
 def test_contained_medication_is_resolved():
-    o = order(medicationReference={"reference": "#med"},
-              contained=[{"resourceType": "Medication", "id": "med",
-                          "code": {"coding": [{"system": RXNORM, "code": "198378"}]}}])  # fmt: skip
+    o = order(
+        medicationReference={"reference": "#med"},
+        contained=[
+            {
+                "resourceType": "Medication",
+                "id": "med",
+                "code": {"coding": [{"system": RXNORM, "code": "198378"}]},
+            }
+        ],
+    )
     assert triggers(context(o)) == ["o1"]
 
 
 def test_medication_in_the_same_bundle_or_fetched_is_resolved():
-    medication = {"resourceType": "Medication", "id": "m1", "code": {"coding": [{"system": RXNORM, "code": "313190"}]}}
+    medication = {
+        "resourceType": "Medication",
+        "id": "m1",
+        "code": {"coding": [{"system": RXNORM, "code": "313190"}]},
+    }
     o = order(medicationReference={"reference": "Medication/m1"})
     assert triggers(context(o), resolve=bundle_resolver([medication])) == ["o1"]
     assert triggers(context(o)) == []  # nothing to resolve it with, and no text

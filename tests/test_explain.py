@@ -1,0 +1,144 @@
+"""``cds-service explain``: for one request, every finding P1..N11 with why it fired or not, on the same code
+path (and the same configuration) as a real call."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+from support import FINDINGS_KEY, config_copy, make_app
+
+from cds_service.cli import main
+from cds_service.config import load_config
+from cds_service.explain import FINDING_IDS, explain, load_source, pick_service
+from cds_service.fixtures import FIXTURES_DIR, manifest
+from cds_service.sandbox.requests import build_request
+from cds_service.storage import Store, make_engine
+
+SIGN = "tacrolimus-order-sign"
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["explain", *args])
+    return result.exit_code, result.output
+
+
+def block(output: str, finding: str) -> list[str]:
+    """The lines about one finding: its head line and the indented lines under it."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:1] == [finding])
+    end = next((i for i in range(start + 1, len(lines)) if not lines[i].startswith(" ")), len(lines))
+    return lines[start:end]
+
+
+def test_a_fixture_explained_finding_by_finding_with_data_and_thresholds(tmp_path):
+    code, out = run("n2-creatinine-rise-25pct", "--config", str(config_copy(tmp_path)))
+    assert code == 0, out
+    assert "card nephrotoxicity-monitoring (warning): N2" in out
+    heads = [
+        line.split()[0] for line in out.splitlines() if line and not line.startswith(" ") and ":" not in line
+    ]
+    assert heads == list(FINDING_IDS)
+    n2 = block(out, "N2")
+    assert n2[0].startswith("N2   FIRED (warning, card nephrotoxicity-monitoring)")
+    assert any("Creatinine (newest): 1 mg/dL" in line and "Observation/" in line for line in n2)
+    assert any("Creatinine (baseline): 0.8 mg/dL" in line for line in n2)
+    assert "settings: creatinine_rise_warning=0.2, creatinine_rise_critical=0.3" in n2[-1]
+    n3 = block(out, "N3")
+    assert n3[0].strip() == "N3   quiet" and "25% above the baseline" in n3[1] and "less than 30%" in n3[1]
+    assert "newest potassium" in block(out, "N5")[1] and "potassium_max=5.5" in block(out, "N5")[-1]
+
+
+def test_explain_uses_the_configuration_and_tenant_given(tmp_path):
+    directory = config_copy(
+        tmp_path, thresholds={"creatinine_rise_warning": 0.26},
+        tenants={"hospital-a": {"thresholds": {"creatinine_rise_warning": 0.2},
+                                "findings": {"N2": {"enabled": False}}},
+                 "hospital-b": {"thresholds": {"creatinine_rise_warning": 0.2}}},
+    )  # fmt: skip
+    _, out = run("n2-creatinine-rise-25pct", "--config", str(directory))
+    assert block(out, "N2")[0].strip() == "N2   quiet"
+    assert "less than 26%" in block(out, "N2")[1]
+    _, out = run("n2-creatinine-rise-25pct", "--config", str(directory), "--tenant", "hospital-b")
+    assert block(out, "N2")[0].startswith("N2   FIRED (warning")
+    _, out = run("n2-creatinine-rise-25pct", "--config", str(directory), "--tenant", "hospital-a")
+    n2 = block(out, "N2")
+    assert n2[0].strip() == "N2   fired, off"
+    assert any("turned off by configuration (findings.N2.enabled: false): not on a card" in x for x in n2)
+    assert "0 card(s)" in out
+
+
+def test_a_re_graded_finding_says_so(tmp_path):
+    directory = config_copy(tmp_path, findings={"P2": {"indicator": "warning"}})
+    _, out = run("p2-pregnant-on-methotrexate", "--config", str(directory))
+    p2 = block(out, "P2")
+    assert p2[0].startswith("P2   FIRED (warning, card pregnancy)")
+    assert any("indicator critical re-graded to warning by configuration" in line for line in p2)
+
+
+def test_a_request_file_a_fixture_file_and_a_bundle_file(tmp_path):
+    directory = str(config_copy(tmp_path))
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps(build_request("n5-hyperkalaemia", hook="order-select")))
+    code, out = run(str(request), "--config", directory)
+    assert code == 0 and "service:  tacrolimus-order-select" in out  # picked by the request's hook
+    assert block(out, "N5")[0].startswith("N5   FIRED (warning")
+
+    code, out = run(str(FIXTURES_DIR / "n5-hyperkalaemia.json"), "--config", directory)
+    assert code == 0 and "request:  fixture n5-hyperkalaemia (order-sign)" in out
+    assert block(out, "N5")[0].startswith("N5   FIRED")
+
+    bundle = tmp_path / "my-patient.json"
+    shutil.copy(FIXTURES_DIR / "s6-egfr-low.json", bundle)
+    code, out = run(str(bundle), "--config", directory, "--service", "tacrolimus-order-select")
+    assert code == 0 and "request:  bundle" in out and "drafts MedicationRequest/" in out
+    assert "service:  tacrolimus-order-select" in out
+
+
+def test_out_of_scope_and_no_trigger_are_explained(tmp_path):
+    directory = str(config_copy(tmp_path))
+    _, out = run("transplant-tacrolimus-no-lupus", "--config", directory)
+    assert all("out of scope: no active systemic lupus" in block(out, f)[1] for f in FINDING_IDS)
+    _, out = run("topical-tacrolimus-ointment", "--config", directory)
+    assert all("no systemic tacrolimus order in this request" in block(out, f)[1] for f in FINDING_IDS)
+
+
+def test_json_output_and_errors(tmp_path):
+    directory = str(config_copy(tmp_path))
+    code, out = run("s6-egfr-low", "--config", directory, "--format", "json")
+    assert code == 0
+    document = json.loads(out)
+    assert [f["id"] for f in document["findings"]] == list(FINDING_IDS)
+    s6 = next(f for f in document["findings"] if f["id"] == "S6")
+    assert s6["status"] == "fired" and s6["settings"] == {"egfr_cni_caution": 45, "recent_lab_days": 30}
+    code, out = run("no-such-fixture", "--config", directory)
+    assert code == 2 and "neither a file nor a fixture name" in out
+    code, out = run("s6-egfr-low", "--config", directory, "--service", "nope")
+    assert code == 2 and "no service 'nope'" in out
+
+
+@pytest.mark.parametrize("fixture", sorted(manifest()))
+def test_explain_agrees_with_the_service_over_http(tmp_path, fixture):
+    """The findings explain puts on cards are the ones the running service returns for the same request."""
+    app = make_app(tmp_path)
+    config = load_config(tmp_path / "hooks")
+    service = pick_service(config, None, None)
+    source = load_source(fixture, service.hook)
+    response = app.test_client().post(f"/cds-services/{service.id}", json=source.body)
+    served = {
+        (i["id"], i["indicator"])
+        for c in response.get_json().get("cards", [])
+        for i in c["extension"][FINDINGS_KEY]
+    }
+    answer, verdicts, _ = explain(source, config, service)
+    assert {(v.id, v.indicator) for v in verdicts if v.status == "fired"} == served
+    assert answer.status == response.status_code
+
+
+def test_explain_writes_nothing_to_the_database(tmp_path):
+    directory = config_copy(tmp_path)
+    run("n2-creatinine-rise-25pct", "--config", str(directory))
+    store = Store(make_engine(load_config(directory).section("feedback")["database_url"]))
+    assert store.shown_rows() == []
