@@ -5,6 +5,6 @@ __version__ = "0.1.0"
 
 def create_app(*args, **kwargs):
     """The WSGI app; see ``cds_service.app.create_app``."""
-    from cds_service.app import create_app as factory  # noqa: PLC0415 - keep `import cds_service` light
+    from cds_service.app import create_app as factory
 
     return factory(*args, **kwargs)

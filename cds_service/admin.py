@@ -272,6 +272,8 @@ def reload() -> Response | tuple[Response, int]:
     else:
         status, answer = 200, {"reloaded": True, "services": services}
     if _wants_html():
+        if under_gunicorn:
+            return _admin_page(notice="Configuration checked; the workers restart on it (refresh this page).")
         return _admin_page(notice="Configuration checked and reloaded.")
     return jsonify(answer), status
 

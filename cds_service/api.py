@@ -80,7 +80,11 @@ def call_service(service_id: str) -> Response | tuple[Response, int]:
             "hook_instance": body.get("hookInstance"),
             "tenant": caller_tenant(),
             "status": answer.status,
-            "findings": [item["id"] for c in cards for item in c["extension"].get("org.example.tacrolimus-cds.findings", [])],
+            "findings": [
+                item["id"]
+                for c in cards
+                for item in c["extension"].get("org.example.tacrolimus-cds.findings", [])
+            ],
             "ms": round((time.perf_counter() - started) * 1000, 1),
             **answer.notes,
         },
@@ -106,7 +110,9 @@ def feedback(service_id: str) -> tuple[Response, int]:
     log.info("feedback", extra={"service": service_id, "tenant": caller_tenant(), "stored": stored,
                                 "rejected": len(problems)})  # fmt: skip
     if problems:
-        return jsonify({"error": "some feedback items are invalid", "problems": problems, "stored": stored}), 400
+        return jsonify(
+            {"error": "some feedback items are invalid", "problems": problems, "stored": stored}
+        ), 400
     return jsonify({"stored": stored}), 200
 
 

@@ -1,4 +1,4 @@
-"""Flask application factory: configuration, error handling, CORS and security headers around the blueprint."""
+"""Flask application factory: configuration, error handling, CORS and security headers around the API."""
 
 from __future__ import annotations
 
@@ -55,7 +55,9 @@ class RuntimeHolder:
             return []
 
 
-def create_app(config_dir: str | Path | None = None, dev: bool = False, config: Config | None = None) -> Flask:
+def create_app(
+    config_dir: str | Path | None = None, dev: bool = False, config: Config | None = None
+) -> Flask:
     """The service as a WSGI app, on ``config`` or the one read from ``config_dir``.
 
     Raises ConfigError if the configuration is invalid.
@@ -67,7 +69,7 @@ def create_app(config_dir: str | Path | None = None, dev: bool = False, config: 
     app.json.sort_keys = False
     app.json.compact = True
 
-    from cds_service.api import bp  # noqa: PLC0415 - the blueprint imports the app's collaborators
+    from cds_service.api import bp
 
     app.register_blueprint(bp)
     from cds_service.admin import bp as admin_bp  # /admin page and POST /admin/reload, behind an admin token

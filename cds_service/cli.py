@@ -21,10 +21,12 @@ def main() -> None:
 @click.option("--config", "config_dir", default=None, help="Configuration folder (default: hooks/).")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64))
 @click.option("--threads", default=4, show_default=True, type=click.IntRange(1, 64))
-@click.option("--dev", is_flag=True, help="Local work: no caller authentication, http FHIR servers on loopback.")
+@click.option(
+    "--dev", is_flag=True, help="Local work: no caller authentication, http FHIR servers on loopback."
+)
 def serve(host: str, port: int, config_dir: str | None, workers: int, threads: int, dev: bool) -> None:
     """Serve the CDS services on a production WSGI server (gunicorn)."""
-    from cds_service.server import serve as run  # noqa: PLC0415 - gunicorn is only needed here
+    from cds_service.server import serve as run
 
     setup_logging()
     try:

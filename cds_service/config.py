@@ -1,7 +1,7 @@
 """Administrator configuration: ``hooks/settings.yaml`` plus one file per service in ``hooks/services/``.
 
 A service's effective settings are the shared settings with the service file's ``thresholds``, ``findings``
-and ``scope`` laid over them.
+and ``scope`` laid over them; for one caller, its tenant's overrides go on top (``Config.settings_for``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from cds_service.yaml_lines import compose, duplicate_keys
 
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "hooks"
 OVERRIDABLE = ("scope", "thresholds", "findings")
@@ -70,16 +72,26 @@ class Config:
         Cached for the life of this Config (that is, of one Runtime); a reload starts afresh.
         """
         service = service if isinstance(service, Service) else self.services[service]
+        overrides = self.tenant_overrides(tenant)
+        if not overrides:
+            return service.settings
         key = (service.id, tenant)
         if key not in self._per_tenant:
-            overrides = self.tenant_overrides(tenant)
-            self._per_tenant[key] = deep_merge(service.settings, overrides) if overrides else service.settings
+            self._per_tenant[key] = deep_merge(service.settings, overrides)
         return self._per_tenant[key]
 
 
 def _read_yaml(path: Path) -> Any:
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        document = yaml.safe_load(text)
+        twice = duplicate_keys(compose(text))
+        if twice:
+            raise ConfigError([
+                f"{path}:{line}: {'.'.join(map(str, keys))}: written twice (first on line {first}); keep one"
+                for keys, line, first in twice
+            ])  # fmt: skip
+        return document
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""

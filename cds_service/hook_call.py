@@ -79,12 +79,19 @@ def fhir_client_for(
         return None, "no fhirAuthorization in the request"
     fhir = runtime.config.section("fhir")
     client = FhirClient(
-        server, token, runtime.session, deadline, page_cap=fhir["page_cap"], max_bytes=fhir["max_response_bytes"]
+        server,
+        token,
+        runtime.session,
+        deadline,
+        page_cap=fhir["page_cap"],
+        max_bytes=fhir["max_response_bytes"],
     )
     return client, ""
 
 
-def _medication_resolver(body: Mapping, gathered: Gathered | None, client: FhirClient | None, runtime: Runtime):
+def _medication_resolver(
+    body: Mapping, gathered: Gathered | None, client: FhirClient | None, runtime: Runtime
+):
     """Resolve ``Medication/x``: from the request's resources first, then (bounded) from the FHIR server."""
     known = list(draft_resources(body.get("context") or {}))
     if gathered:
@@ -133,12 +140,18 @@ def answer_hook(
 
     gathered = gather(body.get("prefetch"), runtime.prefetch_templates, context, client, runtime.executor,
                       client_problem or "no fhirServer in the request")  # fmt: skip
-    notes = {"triggers": len(triggers), "fetched": sorted(gathered.fetched), "unavailable": sorted(gathered.unavailable)}
+    notes = {
+        "triggers": len(triggers),
+        "fetched": sorted(gathered.fetched),
+        "unavailable": sorted(gathered.unavailable),
+    }
     if gathered.missing_required:
         return Answer(412, operation_outcome(gathered.missing_required), notes=notes)
 
     resources = gathered.resources
-    stored_orders = [r for r in resources.get("medications", ()) if r.get("resourceType") == "MedicationRequest"]
+    stored_orders = [
+        r for r in resources.get("medications", ()) if r.get("resourceType") == "MedicationRequest"
+    ]
     record = build_record(
         terminology=runtime.terminology,
         now=now,
@@ -147,7 +160,9 @@ def answer_hook(
         medications=stored_orders,
         drafts=draft_resources(context),
         trigger_ids={str(t.get("id")) for t in triggers},
-        allergies=[r for r in resources.get("allergies", ()) if r.get("resourceType") == "AllergyIntolerance"],
+        allergies=[
+            r for r in resources.get("allergies", ()) if r.get("resourceType") == "AllergyIntolerance"
+        ],
         observations=[r for r in resources.get("observations", ()) if r.get("resourceType") == "Observation"],
         resolve=_medication_resolver(body, gathered, client, runtime),
         unavailable={KEY_BY_NAME[k].resource_type for k in gathered.unavailable},

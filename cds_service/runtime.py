@@ -54,7 +54,9 @@ class Runtime:
     @cached_property
     def terminology(self) -> Terminology:
         valuesets = self.config.section("valuesets")
-        return Terminology.load(include=valuesets.get("include", ()), local_codes=valuesets.get("local_codes"))
+        return Terminology.load(
+            include=valuesets.get("include", ()), local_codes=valuesets.get("local_codes")
+        )
 
     @cached_property
     def prefetch_templates(self) -> dict[str, str]:

@@ -36,7 +36,9 @@ class Server(BaseApplication):
             self.config_snapshot = load_config(self.config_snapshot.directory)
             log.info("configuration reloaded", extra={"services": sorted(self.config_snapshot.services)})
         except ConfigError as error:
-            log.error("configuration reload refused; serving the last good one", extra={"problems": error.problems})
+            log.error(
+                "configuration reload refused; serving the last good one", extra={"problems": error.problems}
+            )
 
     def load(self):
         return create_app(config=self.config_snapshot, dev=self.dev)

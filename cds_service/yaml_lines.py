@@ -57,3 +57,21 @@ def line_of(file: Path, path: Iterable[str | int]) -> int | None:
     except OSError:
         return None
     return line_in(compose(text), path)
+
+
+def duplicate_keys(tree: yaml.Node | None, path: tuple = ()) -> list[tuple[tuple, int, int]]:
+    """Keys written twice in a mapping, as (path, line, first line): YAML loaders keep the last silently."""
+    found: list[tuple[tuple, int, int]] = []
+    if isinstance(tree, yaml.MappingNode):
+        first_line: dict[str, int] = {}
+        for key, value in tree.value:
+            name = key.value if isinstance(key, yaml.ScalarNode) else None
+            if name is not None and name in first_line:
+                found.append(((*path, name), key.start_mark.line + 1, first_line[name]))
+            elif name is not None:
+                first_line[name] = key.start_mark.line + 1
+            found += duplicate_keys(value, (*path, name))
+    elif isinstance(tree, yaml.SequenceNode):
+        for index, item in enumerate(tree.value):
+            found += duplicate_keys(item, (*path, index))
+    return found

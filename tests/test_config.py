@@ -320,6 +320,15 @@ def test_a_local_code_is_used_once_the_configuration_names_it(tmp_path):
     assert card_findings(local, request).get("N3") == "critical"
 
 
+def test_a_setting_written_twice_is_reported_not_silently_taken(tmp_path):
+    directory, path, line = edited_config(
+        tmp_path, "settings.yaml", "  magnesium_min: 1.6", "  magnesium_min: 1.6\n  magnesium_min: 1.2"
+    )
+    assert problems_of(directory) == [
+        f"{path}:{line}: thresholds.magnesium_min: written twice (first on line {line - 1}); keep one"
+    ]
+
+
 def test_broken_yaml_is_reported_with_its_line(tmp_path):
     directory, path, _ = edited_config(tmp_path, "settings.yaml", "  hcg_days: 14", "  hcg_days: [14")
     [problem] = problems_of(directory)

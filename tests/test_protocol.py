@@ -215,8 +215,8 @@ def test_every_corpus_request_is_accepted_or_rejected_with_a_protocol_error(name
 
 def test_crd_request_with_nulls_untyped_bundle_and_no_context_user_id_is_served():
     # Da Vinci CRD test request: "fhirAuthorization": null, "encounterId": null, "services": null, top-level
-    # "user" (pre-1.0 style) instead of context.userId, draftOrders Bundle without "type". The service does not
-    # use userId, so its absence is tolerated (a deliberate leniency: real EHR payloads are messy).
+    # "user" (pre-1.0 style) instead of context.userId, draftOrders Bundle without "type". The service does
+    # not use userId, so its absence is tolerated (a deliberate leniency: real EHR payloads are messy).
     body = load(CORPUS / "davinci-crd" / "deviceRequestEmptyPrefetch_r4.json")
     validate_request(body, "order-sign")
 

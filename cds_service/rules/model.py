@@ -16,7 +16,8 @@ TOPICS = ("pregnancy", "salvage-context", "nephrotoxicity-monitoring")
 
 @dataclass(frozen=True)
 class Evidence:
-    """One datum a finding used, shown on the card: ``Creatinine 1.6 mg/dL on 2026-11-02 (Observation/cr-3)``."""
+    """One datum a finding used, as the card shows it: ``Creatinine: 1.6 mg/dL on 2026-11-02 (Observation/cr-3)``.
+    """
 
     label: str
     value: str
@@ -51,7 +52,7 @@ class Finding:
     topic: str
     indicator: str
     summary: str
-    """One clause naming the problem; the card summary is built from the most serious finding's (< 120 chars)."""
+    """One clause naming the problem (< 120 chars); the card's summary is the most serious finding's."""
     detail: str
     """Markdown sentence(s): what was found, why it matters, what to do."""
     citations: tuple[str, ...]
