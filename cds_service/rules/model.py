@@ -16,8 +16,7 @@ TOPICS = ("pregnancy", "salvage-context", "nephrotoxicity-monitoring")
 
 @dataclass(frozen=True)
 class Evidence:
-    """One datum a finding used, as the card shows it: ``Creatinine: 1.6 mg/dL on 2026-11-02 (Observation/cr-3)``.
-    """
+    """One datum a finding used; the card shows ``Creatinine: 1.6 mg/dL on 2026-11-02 (Observation/cr-3)``."""
 
     label: str
     value: str
