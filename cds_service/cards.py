@@ -185,8 +185,10 @@ def build_cards(
             card["selectionBehavior"] = "any"
         citation_keys = dict.fromkeys(k for f in on_topic for k in f.citations if k in CITATIONS)
         if citation_keys:
+            targets = cards_settings.get("links") or {}  # an administrator's own link for a source
             card["links"] = [
-                {"label": CITATIONS[k][0], "url": CITATIONS[k][1], "type": "absolute"} for k in citation_keys
+                {"label": CITATIONS[k][0], "url": targets.get(k, CITATIONS[k][1]), "type": "absolute"}
+                for k in citation_keys
             ]
         cards.append({"uuid": _stable_uuid(card), **card})
     return cards

@@ -94,8 +94,8 @@ def _medication_resolver(
 ):
     """Resolve ``Medication/x``: from the request's resources first, then (bounded) from the FHIR server."""
     known = list(draft_resources(body.get("context") or {}))
-    if gathered:
-        known += [r for resources in gathered.resources.values() for r in resources]
+    if gathered:  # only the medication key can hold orders and the Medications included with them
+        known += gathered.resources.get("medications", ())
     local = bundle_resolver(known)
     wanted = set()
     for resource in known:

@@ -473,3 +473,19 @@ def test_rxnorm_coded_by_oid_alias_still_triggers(client, patient):
         "coding": [{"system": "urn:oid:2.16.840.1.113883.6.88", "code": "198377"}]
     }
     assert client.post(SIGN, json=hook_request(PID, patient, draft=draft)).get_json()["cards"]
+
+
+def test_an_administrator_can_point_a_citation_at_another_url(tmp_path, patient):
+    local = "https://intranet.example.org/guidelines/kdigo-2024.pdf"
+    client = make_app(
+        tmp_path,
+        cards={
+            "source_label": "Tacrolimus CDS",
+            "source_url": "https://example.org/cds",
+            "links": {"kdigo-2024": local},
+        },
+    ).test_client()
+    links = [link for card in client.post(SIGN, json=hook_request(PID, patient)).get_json()["cards"]
+             for link in card.get("links", [])]  # fmt: skip
+    assert local in {link["url"] for link in links if link["label"].startswith("KDIGO 2024")}
+    assert all(link["url"].startswith("https://") and link["type"] == "absolute" for link in links)
