@@ -23,12 +23,13 @@ from urllib.parse import urlsplit
 
 import jwt
 import requests
-from sqlalchemy import BigInteger, Column, MetaData, String, Table, delete, insert
+from sqlalchemy import delete, insert
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import IntegrityError
 
 from cds_service.config import Config
 from cds_service.fhir_client import shared_session
+from cds_service.storage import seen_tokens
 
 log = logging.getLogger("cds_service.auth")
 
@@ -223,16 +224,6 @@ def public_key(jwk: Mapping[str, Any], alg: str, allow_test_keys: bool) -> Any:
 
 # --- replay ----------------------------------------------------------------------------------------
 
-replay_metadata = MetaData()
-seen_tokens = Table(
-    "seen_tokens",
-    replay_metadata,
-    Column("issuer", String(500), primary_key=True),
-    Column("jti", String(MAX_JTI_CHARS), primary_key=True),
-    Column("expires_at", BigInteger, nullable=False, index=True),
-)
-
-
 class ReplayStore:
     """Every (issuer, jti) accepted, until its token can no longer pass the expiry check.
 
@@ -245,10 +236,6 @@ class ReplayStore:
         self.clock = clock
         self.prune_every = prune_every
         self._pruned_at = float("-inf")
-        try:
-            replay_metadata.create_all(engine)
-        except (OperationalError, ProgrammingError):  # another worker created it at the same moment
-            replay_metadata.create_all(engine)
 
     def first_use(self, issuer: str, jti: str, expires_at: float) -> bool:
         """Record this jti; False if it was recorded before (a replay)."""

@@ -15,6 +15,7 @@ from gunicorn.app.base import BaseApplication
 
 from cds_service.app import create_app
 from cds_service.config import Config, ConfigError, load_config
+from cds_service.storage import make_engine
 
 log = logging.getLogger("cds_service.server")
 
@@ -64,4 +65,6 @@ def gunicorn_options(host: str, port: int, workers: int, threads: int) -> dict[s
 
 
 def serve(config: Config, host: str, port: int, workers: int, threads: int, dev: bool) -> None:
+    # The master creates the database schema once, before any worker exists to race for it.
+    make_engine(config.section("feedback")["database_url"]).dispose()
     Server(config, dev, gunicorn_options(host, port, workers, threads)).run()

@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Column,
     DateTime,
     Integer,
@@ -30,7 +31,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 log = logging.getLogger("cds_service.storage")
 metadata = MetaData()
@@ -67,21 +68,33 @@ feedback = Table(
 )
 
 
+seen_tokens = Table(
+    "seen_tokens",  # callers' JWT ids, for replay protection across workers (auth.ReplayStore)
+    metadata,
+    Column("issuer", String(500), primary_key=True),
+    Column("jti", String(255), primary_key=True),  # auth.MAX_JTI_CHARS
+    Column("expires_at", BigInteger, nullable=False, index=True),
+)
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; a SQLite file is created with its folder, in WAL mode for concurrent workers."""
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and ":memory:" not in url:
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, future=True, pool_pre_ping=True)
-    if engine.dialect.name == "sqlite":
+    sqlite = url.startswith("sqlite")
+    # For SQLite the busy timeout is set when connecting, before any statement: workers that open a fresh
+    # file at the same moment wait for each other instead of failing with "database is locked".
+    engine = create_engine(url, pool_pre_ping=True, connect_args={"timeout": 15} if sqlite else {})
+    if sqlite:
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(connection, _record):  # pragma: no cover - exercised by every sqlite test
-            cursor = connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA busy_timeout=5000")
-            cursor.close()
+        def _wal(connection, _record):
+            connection.execute("PRAGMA journal_mode=WAL")
 
-    metadata.create_all(engine)
+    try:
+        metadata.create_all(engine)
+    except OperationalError:  # another process created the tables between the check and the create
+        metadata.create_all(engine)
     return engine
 
 
