@@ -267,8 +267,14 @@ def reload() -> Response | tuple[Response, int]:
         # The master re-reads the files and starts new workers; this one finishes its requests, then stops.
         os.kill(os.getppid(), signal.SIGHUP)
         log.info("admin reload: SIGHUP sent to the gunicorn master", extra={"services": services})
-        status, answer = 202, {"reloaded": "scheduled", "services": services,
-                               "detail": "new workers start on the checked configuration"}  # fmt: skip
+        status, answer = (
+            202,
+            {
+                "reloaded": "scheduled",
+                "services": services,
+                "detail": "new workers start on the checked configuration",
+            },
+        )
     else:
         status, answer = 200, {"reloaded": True, "services": services}
     if _wants_html():
@@ -314,23 +320,37 @@ def effective_view(config: Config) -> dict[str, Any]:
     tenants = config.section("tenants")
     sections = ("scope", "thresholds", "findings")
     services = [
-        {"id": s.id, "hook": s.hook, "title": s.title, "scope": s.settings["scope"],
-         "overrides": _diff(shared, s.settings, sections)}
+        {
+            "id": s.id,
+            "hook": s.hook,
+            "title": s.title,
+            "scope": s.settings["scope"],
+            "overrides": _diff(shared, s.settings, sections),
+        }
         for s in config.services.values()
-    ]  # fmt: skip
+    ]
     descriptions = _descriptions()
     affects = {key: [f for f in FINDING_IDS if key in SETTINGS_BY_FINDING[f]] for key in shared["thresholds"]}
     thresholds = []
     for key, value in shared["thresholds"].items():
-        per_service = {s.id: s.settings["thresholds"][key] for s in config.services.values()
-                       if s.settings["thresholds"][key] != value}  # fmt: skip
+        per_service = {
+            s.id: s.settings["thresholds"][key]
+            for s in config.services.values()
+            if s.settings["thresholds"][key] != value
+        }
         per_tenant = {
             t: o["thresholds"][key] for t, o in tenants.items() if key in (o.get("thresholds") or {})
         }
         thresholds.append(
-            {"key": key, "value": value, "description": descriptions.get(key, ""), "affects": affects[key],
-             "services": per_service, "tenants": per_tenant}
-        )  # fmt: skip
+            {
+                "key": key,
+                "value": value,
+                "description": descriptions.get(key, ""),
+                "affects": affects[key],
+                "services": per_service,
+                "tenants": per_tenant,
+            }
+        )
     findings = []
     for finding_id in FINDING_IDS:
         per_service = {}
@@ -340,8 +360,11 @@ def effective_view(config: Config) -> dict[str, Any]:
                 "enabled": options.get("enabled", True),
                 "indicator": options.get("indicator"),
             }
-        per_tenant = {t: o["findings"][finding_id] for t, o in tenants.items()
-                      if finding_id in (o.get("findings") or {})}  # fmt: skip
+        per_tenant = {
+            t: o["findings"][finding_id]
+            for t, o in tenants.items()
+            if finding_id in (o.get("findings") or {})
+        }
         findings.append({"id": finding_id, "services": per_service, "tenants": per_tenant})
     other = {
         "cards": dict(config.section("cards")),

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
+from cds_service.cards import FINDINGS_EXTENSION
 from cds_service.hook_call import answer_hook
 from cds_service.protocol import ProtocolError, feedback_item_errors, validate_feedback
 from cds_service.runtime import Runtime
@@ -80,11 +81,7 @@ def call_service(service_id: str) -> Response | tuple[Response, int]:
             "hook_instance": body.get("hookInstance"),
             "tenant": caller_tenant(),
             "status": answer.status,
-            "findings": [
-                item["id"]
-                for c in cards
-                for item in c["extension"].get("org.example.tacrolimus-cds.findings", [])
-            ],
+            "findings": [item["id"] for c in cards for item in c["extension"].get(FINDINGS_EXTENSION, [])],
             "ms": round((time.perf_counter() - started) * 1000, 1),
             **answer.notes,
         },
@@ -107,8 +104,10 @@ def feedback(service_id: str) -> tuple[Response, int]:
         else:
             valid.append(item)
     stored = rt.store.save_feedback(service_id, caller_tenant(), valid) if valid else 0
-    log.info("feedback", extra={"service": service_id, "tenant": caller_tenant(), "stored": stored,
-                                "rejected": len(problems)})  # fmt: skip
+    log.info(
+        "feedback",
+        extra={"service": service_id, "tenant": caller_tenant(), "stored": stored, "rejected": len(problems)},
+    )
     if problems:
         return jsonify(
             {"error": "some feedback items are invalid", "problems": problems, "stored": stored}

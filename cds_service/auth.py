@@ -224,6 +224,7 @@ def public_key(jwk: Mapping[str, Any], alg: str, allow_test_keys: bool) -> Any:
 
 # --- replay ----------------------------------------------------------------------------------------
 
+
 class ReplayStore:
     """Every (issuer, jti) accepted, until its token can no longer pass the expiry check.
 
@@ -320,8 +321,10 @@ class Verifier:
         for issuer in issuers:
             for jwk in (issuer.jwks or {}).values():
                 if jwk.get("x") in PUBLISHED_TEST_KEYS and not allow_test_keys:
-                    log.error("a published test key is configured; its tokens will be refused",
-                              extra={"issuer": issuer.issuer, "kid": jwk.get("kid")})  # fmt: skip
+                    log.error(
+                        "a published test key is configured; its tokens will be refused",
+                        extra={"issuer": issuer.issuer, "kid": jwk.get("kid")},
+                    )
         return cls(
             issuers,
             base,
@@ -342,8 +345,10 @@ class Verifier:
             raise AuthError("not a compact JWS")
         header, claims = _segment(parts[0], "header"), _segment(parts[1], "payload")
         alg, kid, iss, jti = header.get("alg"), header.get("kid"), claims.get("iss"), claims.get("jti")
-        facts = {name: value if isinstance(value, str) else None
-                 for name, value in (("issuer", iss), ("kid", kid), ("jti", jti))}  # fmt: skip
+        facts = {
+            name: value if isinstance(value, str) else None
+            for name, value in (("issuer", iss), ("kid", kid), ("jti", jti))
+        }
         if alg not in ALLOWED_ALGORITHMS:
             raise AuthError("algorithm refused", alg=str(alg), **facts)
         trusted = self.issuers.get(iss) if isinstance(iss, str) else None

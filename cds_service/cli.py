@@ -107,8 +107,9 @@ def feedback_report(since, fmt: str, tenant: str | None, config_dir: str | None)
 @click.option("--config", "config_dir", default=None, help="Configuration folder (default: hooks/).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--dev", is_flag=True, help="Allow a plain-http fhirServer on loopback in the request.")
-def explain(source: str, service_id: str | None, tenant: str | None, config_dir: str | None, fmt: str,
-            dev: bool) -> None:  # fmt: skip
+def explain(
+    source: str, service_id: str | None, tenant: str | None, config_dir: str | None, fmt: str, dev: bool
+) -> None:
     """Why each finding P1..N11 fired or not for one request: a fixture name, a Bundle or a request file."""
     from cds_service import explain as why
     from cds_service.protocol import ProtocolError
@@ -189,8 +190,15 @@ def sandbox_list() -> None:
 )
 @click.option("--config", "config_dir", default=None, help="Config of in-process runs (default hooks/)")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw request and response as JSON.")
-def sandbox_run(fixture: str, hook: str, via: str, url: str | None, fhir_base: str | None,
-                config_dir: str | None, as_json: bool) -> None:  # fmt: skip
+def sandbox_run(
+    fixture: str,
+    hook: str,
+    via: str,
+    url: str | None,
+    fhir_base: str | None,
+    config_dir: str | None,
+    as_json: bool,
+) -> None:
     """Send FIXTURE's tacrolimus order to the service and print the cards."""
     import json
 

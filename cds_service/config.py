@@ -87,10 +87,10 @@ def _read_yaml(path: Path) -> Any:
         document = yaml.safe_load(text)
         twice = duplicate_keys(compose(text))
         if twice:
-            raise ConfigError([
-                f"{path}:{line}: {'.'.join(map(str, keys))}: written twice (first on line {first}); keep one"
-                for keys, line, first in twice
-            ])  # fmt: skip
+            where = ((path, line, ".".join(map(str, keys)), first) for keys, line, first in twice)
+            raise ConfigError(
+                [f"{p}:{n}: {k}: written twice (first on line {f}); keep one" for p, n, k, f in where]
+            )
         return document
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

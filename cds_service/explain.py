@@ -208,9 +208,13 @@ def _no_evaluation_reason(answer: Answer) -> str:
 
 
 def explain(
-    source: Source, config: Config, service: Service, tenant: str | None = None, dev: bool = False,
+    source: Source,
+    config: Config,
+    service: Service,
+    tenant: str | None = None,
+    dev: bool = False,
     now: datetime | None = None,
-) -> tuple[Answer, list[Verdict], Mapping[str, Any]]:  # fmt: skip
+) -> tuple[Answer, list[Verdict], Mapping[str, Any]]:
     """Run the request like a real call (no database writes) and return the answer and the verdicts."""
     runtime = Runtime.from_config(config, dev=dev, store=Store(make_engine("sqlite://")))
     try:
@@ -221,8 +225,14 @@ def explain(
     return answer, verdicts(answer, settings), settings
 
 
-def as_text(source: Source, service: Service, tenant: str | None, answer: Answer,
-            found: list[Verdict], settings: Mapping[str, Any]) -> str:  # fmt: skip
+def as_text(
+    source: Source,
+    service: Service,
+    tenant: str | None,
+    answer: Answer,
+    found: list[Verdict],
+    settings: Mapping[str, Any],
+) -> str:
     lines = [
         f"request:  {source.label}",
         f"service:  {service.id} (hook {service.hook}), tenant {tenant or '(none)'}",
@@ -256,8 +266,14 @@ def _value(value: Any) -> str:
     return json.dumps(value) if isinstance(value, list) else str(value)
 
 
-def as_json(source: Source, service: Service, tenant: str | None, answer: Answer,
-            found: list[Verdict], settings: Mapping[str, Any]) -> str:  # fmt: skip
+def as_json(
+    source: Source,
+    service: Service,
+    tenant: str | None,
+    answer: Answer,
+    found: list[Verdict],
+    settings: Mapping[str, Any],
+) -> str:
     return json.dumps(
         {
             "request": source.label,
@@ -266,12 +282,15 @@ def as_json(source: Source, service: Service, tenant: str | None, answer: Answer
             "scope": settings.get("scope"),
             "status": answer.status,
             "cards": [
-                {"topic": c["source"]["topic"]["code"], "indicator": c["indicator"],
-                 "findings": [i["id"] for i in c.get("extension", {}).get(FINDINGS_EXTENSION, ())]}
+                {
+                    "topic": c["source"]["topic"]["code"],
+                    "indicator": c["indicator"],
+                    "findings": [i["id"] for i in c.get("extension", {}).get(FINDINGS_EXTENSION, ())],
+                }
                 for c in answer.body.get("cards", ())
             ],
             "findings": [v.__dict__ for v in found],
         },
         indent=2,
         default=str,
-    )  # fmt: skip
+    )

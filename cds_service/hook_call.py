@@ -50,11 +50,15 @@ def operation_outcome(issues: Mapping[str, str], code: str = "not-found") -> dic
     return {
         "resourceType": "OperationOutcome",
         "issue": [
-            {"severity": "error", "code": code, "diagnostics": f"{DATA_NAMES.get(key, key)}: {why}",
-             "expression": [f"prefetch.{key}"]}
+            {
+                "severity": "error",
+                "code": code,
+                "diagnostics": f"{DATA_NAMES.get(key, key)}: {why}",
+                "expression": [f"prefetch.{key}"],
+            }
             for key, why in issues.items()
         ],
-    }  # fmt: skip
+    }
 
 
 def fhir_client_for(
@@ -71,8 +75,14 @@ def fhir_client_for(
         return None, "no fhirServer in the request"
     refusal = runtime.fhir_policy.refusal(server, caller)
     if refusal:
-        log.warning("fhirServer refused", extra={"reason": refusal.reason, "host": refusal.host,
-                                                 "issuer": caller.issuer if caller else None})  # fmt: skip
+        log.warning(
+            "fhirServer refused",
+            extra={
+                "reason": refusal.reason,
+                "host": refusal.host,
+                "issuer": caller.issuer if caller else None,
+            },
+        )
         return None, refusal.public
     token = auth.get("access_token") if auth else None
     if not token and not runtime.dev:
@@ -138,8 +148,14 @@ def answer_hook(
     if not triggers:
         return Answer(200, {"cards": []}, notes={"triggers": 0})
 
-    gathered = gather(body.get("prefetch"), runtime.prefetch_templates, context, client, runtime.executor,
-                      client_problem or "no fhirServer in the request")  # fmt: skip
+    gathered = gather(
+        body.get("prefetch"),
+        runtime.prefetch_templates,
+        context,
+        client,
+        runtime.executor,
+        client_problem or "no fhirServer in the request",
+    )
     notes = {
         "triggers": len(triggers),
         "fetched": sorted(gathered.fetched),

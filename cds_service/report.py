@@ -132,10 +132,17 @@ def as_table(stats: list[FindingStats]) -> str:
         return "no cards shown and no feedback received in this period"
     header = ("service", "finding", "shown", "accepted", "overridden", "accept rate", "override reasons")
     rows = [
-        (s.service, s.finding, str(s.shown), str(s.accepted), str(s.overridden), rate_text(s.accept_rate),
-         reasons_text(s.reasons))
+        (
+            s.service,
+            s.finding,
+            str(s.shown),
+            str(s.accepted),
+            str(s.overridden),
+            rate_text(s.accept_rate),
+            reasons_text(s.reasons),
+        )
         for s in stats
-    ]  # fmt: skip
+    ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     numeric = {2, 3, 4, 5}
 

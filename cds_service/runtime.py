@@ -37,9 +37,10 @@ class Runtime:
         runtime = cls(config=config, dev=dev, store=store)
         if runtime.store is None:
             runtime.store = Store(make_engine(config.section("feedback")["database_url"]))
-        runtime.terminology  # noqa: B018 - load code sets now: a bad configuration fails at start, not on a call
+        # Build these now, so that a bad configuration fails at start (or on reload), not on a call.
+        runtime.terminology  # noqa: B018
         if not dev:
-            runtime.verifier  # noqa: B018 - the replay table exists before the first call
+            runtime.verifier  # noqa: B018
         return runtime
 
     @cached_property

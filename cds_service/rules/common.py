@@ -269,8 +269,10 @@ def newest_number(
     gaps: list[str] = []
     value = series.newest(since=since, until=until)
     while value is not None and value.value is None:
-        gaps.append(f"{LAB_WORDS.get(series.group, series.group)} on {day(value.when)} has no number "
-                    f"({show(value)}) and was not used")  # fmt: skip
+        gaps.append(
+            f"{LAB_WORDS.get(series.group, series.group)} on {day(value.when)} has no number "
+            f"({show(value)}) and was not used"
+        )
         value = series.newest(since=since, until=value.when - timedelta(microseconds=1))
     return value, [*unusable_in(series, since, value, until), *gaps]
 

@@ -466,9 +466,10 @@ def n10_nephrotoxins(inp: RuleInput) -> Finding | Quiet:
     drugs = active_orders(record, "nephrotoxins")
     if not drugs:
         return quiet(
-            "N10", "no active NSAID, aminoglycoside, amphotericin B or vancomycin order",
+            "N10",
+            "no active NSAID, aminoglycoside, amphotericin B or vancomycin order",
             unavailable(record, "MedicationRequest"),
-        )  # fmt: skip
+        )
     return finding(
         "N10",
         "warning",

@@ -233,9 +233,10 @@ def p6_pregnancy_trough(inp: RuleInput) -> Finding | Quiet:
     tacrolimus = exposure(record, "tacrolimus")
     if not tacrolimus.any:
         return quiet(
-            "P6", "pregnant, but no earlier tacrolimus exposure on record (a new start)",
+            "P6",
+            "pregnant, but no earlier tacrolimus exposure on record (a new start)",
             unavailable(record, "MedicationRequest"),
-        )  # fmt: skip
+        )
     days = threshold(inp, "pregnancy_trough_days")
     since = window_start(inp.now, days)
     series = record.lab("tacrolimus-level")
