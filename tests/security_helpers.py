@@ -1,5 +1,5 @@
-"""Tools for the security tests: an EHR's signing keys and JWTs, a JWKS server, a connection recorder, and the
-service as a real ``cds-service serve`` subprocess whose log is captured."""
+"""Tools for the security tests: an EHR's signing keys and JWTs, a JWKS server and a connection recorder (the
+service itself runs as ``support.ServiceProcess``)."""
 
 from __future__ import annotations
 
@@ -7,27 +7,18 @@ import base64
 import hashlib
 import hmac
 import json
-import os
-import signal
-import socket
 import socketserver
-import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jwt
-import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
-ROOT = Path(__file__).resolve().parent.parent
-SERVE = ROOT / ".venv" / "bin" / "cds-service"
 
 MINTED: list[str] = []
 """Every bearer token and FHIR access token the tests made: none may ever appear in the service's log."""
@@ -35,12 +26,6 @@ MINTED: list[str] = []
 
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def secret(label: str) -> str:
@@ -124,12 +109,12 @@ class _JwksHandler(BaseHTTPRequestHandler):
         pass
 
 
+S = TypeVar("S", bound=socketserver.BaseServer)
+
+
 @contextmanager
-def jwks_server(documents: dict[str, dict]) -> Iterator[ThreadingHTTPServer]:
-    """Serve ``{path: JWK Set}`` on loopback; ``server.requests`` lists every path asked for."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _JwksHandler)
-    server.documents = documents
-    server.requests = []
+def _serving(server: S) -> Iterator[S]:
+    """``server`` answering in a background thread until the block ends, then closed."""
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
@@ -137,6 +122,16 @@ def jwks_server(documents: dict[str, dict]) -> Iterator[ThreadingHTTPServer]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def jwks_server(documents: dict[str, dict]) -> Iterator[ThreadingHTTPServer]:
+    """Serve ``{path: JWK Set}`` on loopback; ``server.requests`` lists every path asked for."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _JwksHandler)
+    server.documents = documents
+    server.requests = []
+    with _serving(server):
+        yield server
 
 
 class _Recorder(socketserver.ThreadingTCPServer):
@@ -154,118 +149,5 @@ class _Recorder(socketserver.ThreadingTCPServer):
 @contextmanager
 def connection_recorder() -> Iterator[_Recorder]:
     """A TCP listener that only counts connections: proof that the service did (not) connect somewhere."""
-    server = _Recorder()
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
+    with _serving(_Recorder()) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def add_marker_service(config_dir: Path) -> str:
-    """A service with a unique id: /healthz then tells our server from another one on the same port."""
-    marker = f"probe-{uuid.uuid4().hex[:12]}"
-    source = (config_dir / "services" / "tacrolimus-order-sign.yaml").read_text()
-    (config_dir / "services" / f"{marker}.yaml").write_text(
-        source.replace("id: tacrolimus-order-sign", f"id: {marker}")
-    )
-    return marker
-
-
-class PortTaken(RuntimeError):
-    """Another process listens on the port picked for the service (tests of other people run too)."""
-
-
-class ServiceProcess:
-    """``cds-service serve`` in a subprocess, with every stderr line kept (the service logs JSON there)."""
-
-    def __init__(self, config_dir: Path, port: int, workers: int = 2):
-        self.base = f"http://127.0.0.1:{port}"
-        self.marker = add_marker_service(config_dir)
-        self.lines: list[str] = []
-        self.process = subprocess.Popen(
-            [
-                str(SERVE),
-                "serve",
-                "--config",
-                str(config_dir),
-                "--port",
-                str(port),
-                "--workers",
-                str(workers),
-            ],
-            cwd=config_dir.parent,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.process.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    def wait_ready(self, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError("service exited:\n" + "\n".join(self.lines[-40:]))
-            if any("Connection in use" in line for line in self.lines):
-                raise PortTaken(self.base)
-            try:
-                health = requests.get(f"{self.base}/healthz", timeout=2)
-                if health.status_code == 200 and self.marker in health.json().get("services", ()):
-                    return
-            except (requests.RequestException, ValueError):
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("service did not start:\n" + "\n".join(self.lines[-40:]))
-
-    def events(self) -> list[dict[str, Any]]:
-        found = []
-        for line in list(self.lines):
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict):
-                found.append(event)
-        return found
-
-    def wait_for_event(
-        self, match: Callable[[dict[str, Any]], bool], timeout: float = 10.0
-    ) -> dict[str, Any]:
-        """The first log event that ``match``es (log lines reach us a moment after the response)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for event in self.events():
-                if match(event):
-                    return event
-            if time.monotonic() > deadline:
-                raise AssertionError("no such log event; last lines:\n" + "\n".join(self.lines[-20:]))
-            time.sleep(0.05)
-
-    def wait_until(self, condition: Callable[[list[dict[str, Any]]], bool], timeout: float = 10.0) -> None:
-        """Wait until ``condition(events)`` holds (the reader thread lags the responses a little)."""
-        deadline = time.monotonic() + timeout
-        while not condition(self.events()):
-            if time.monotonic() > deadline:
-                raise AssertionError("log condition not met; last lines:\n" + "\n".join(self.lines[-20:]))
-            time.sleep(0.05)
-
-    def log_text(self) -> str:
-        return "\n".join(self.lines)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._reader.join(timeout=5)

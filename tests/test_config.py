@@ -6,23 +6,18 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 import shutil
 import signal
-import subprocess
-import threading
 import time
-import uuid
 from pathlib import Path
 
-import jwt
 import pytest
 import requests
 import yaml
 from click.testing import CliRunner
-from cryptography.hazmat.primitives.asymmetric import ec
-from support import FINDINGS_KEY, ROOT, config_copy
+from security_helpers import Signer, bearer, claims
+from support import FINDINGS_KEY, ROOT, config_copy, start_service
 
 from cds_service.app import RuntimeHolder, create_app
 from cds_service.cli import main
@@ -438,28 +433,18 @@ def test_settings_for_merges_shared_service_and_tenant_and_is_cached(tmp_path):
 
 
 class EhrSigner:
-    """An EHR's ES384 key and the CDS Hooks JWTs it signs."""
+    """An EHR: its caller entry for ``callers:`` and the JWTs it signs (keys from the security helpers)."""
 
     def __init__(self, issuer: str):
         self.issuer = issuer
-        self.kid = f"kid-{uuid.uuid4().hex[:8]}"
-        self.key = ec.generate_private_key(ec.SECP384R1())
+        self.signer = Signer("ES384")
 
     def caller(self, tenants: list[str]) -> dict:
-        jwk = jwt.algorithms.ECAlgorithm.to_jwk(self.key.public_key(), as_dict=True)
-        entry = {
-            "issuer": self.issuer,
-            "jwks": {"keys": [{**jwk, "kid": self.kid, "use": "sig", "alg": "ES384"}]},
-        }
+        entry = {"issuer": self.issuer, "jwks": {"keys": [self.signer.jwk()]}}
         return {**entry, "tenants": tenants} if tenants else entry
 
     def bearer(self, aud: str, tenant: str | None = None) -> dict:
-        now = int(time.time())
-        claims = {"iss": self.issuer, "aud": aud, "exp": now + 300, "iat": now, "jti": str(uuid.uuid4())}
-        if tenant:
-            claims["tenant"] = tenant
-        token = jwt.encode(claims, self.key, algorithm="ES384", headers={"kid": self.kid, "typ": "JWT"})
-        return {"Authorization": f"Bearer {token}"}
+        return bearer(self.signer.token(claims(self.issuer, aud, tenant=tenant)))
 
 
 def test_the_tenant_comes_from_the_jwt_tenant_claim_else_the_issuer(tmp_path):
@@ -495,71 +480,12 @@ def test_the_tenant_comes_from_the_jwt_tenant_claim_else_the_issuer(tmp_path):
 # --- reload on a running server -----------------------------------------------------------------------------
 
 
-class ServeProcess:
-    """``cds-service serve --dev --workers 1`` on a copied configuration, its stderr kept."""
-
-    def __init__(self, config_dir: Path, port: int):
-        self.base = f"http://127.0.0.1:{port}"
-        self.lines: list[str] = []
-        self.process = subprocess.Popen(
-            [str(ROOT / ".venv" / "bin" / "cds-service"), "serve", "--dev", "--workers", "1",
-             "--threads", "2", "--port", str(port), "--config", str(config_dir)],
-            cwd=config_dir.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
-        self.reader = threading.Thread(target=lambda: self.lines.extend(self.process.stderr), daemon=True)
-        self.reader.start()
-
-    def wait_until(self, check, what: str, timeout: float = 90.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(
-                    f"service exited while waiting for {what}:\n" + "".join(self.lines[-30:])
-                )
-            try:
-                result = check()
-            except requests.RequestException:
-                result = None
-            if result:
-                return result
-            time.sleep(0.2)
-        raise AssertionError(f"timed out waiting for {what}:\n" + "".join(self.lines[-30:]))
-
-    def workers(self) -> set[int]:
-        """Process ids of the gunicorn workers (the master's children)."""
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        return {int(pid) for pid in children.read_text().split()} if children.exists() else set()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def served(tmp_path):
+    """``cds-service serve --dev --workers 1 --threads 2`` on a copy of hooks/ as written."""
     directory = pristine_copy(tmp_path)
-    server = ServeProcess(directory, _free_port())
-    try:
-        server.wait_until(
-            lambda: requests.get(f"{server.base}/healthz", timeout=2).ok, "the service to start"
-        )
+    with start_service(directory, workers=1, dev=True, extra_args=["--threads", "2"]) as server:
         yield server, directory
-    finally:
-        server.stop()
 
 
 def test_sighup_and_admin_reload_change_a_running_server_and_a_bad_file_keeps_the_last_good(served):
@@ -577,7 +503,7 @@ def test_sighup_and_admin_reload_change_a_running_server_and_a_bad_file_keeps_th
         settings.read_text().replace("creatinine_rise_warning: 0.20", "creatinine_rise_warning: 0.26")
     )
     server.process.send_signal(signal.SIGHUP)
-    server.wait_until(lambda: not n2_shown(), "N2 to go after SIGHUP")
+    server.wait_until(lambda: not n2_shown(), "N2 to go after SIGHUP", timeout=90)
 
     # An invalid file: the reload is refused, the service keeps answering on the last good configuration.
     settings.write_text(
@@ -588,9 +514,12 @@ def test_sighup_and_admin_reload_change_a_running_server_and_a_bad_file_keeps_th
     refused = server.wait_until(
         lambda: [json.loads(x) for x in server.lines if "configuration reload refused" in x],
         "the refusal in the log",
+        timeout=90,
     )
     assert any("thresholds.creatinine_rise_warning: must be a number" in p for p in refused[0]["problems"])
-    server.wait_until(lambda: not (server.workers() & workers_before), "the old worker to be replaced")
+    server.wait_until(
+        lambda: not (server.workers() & workers_before), "the old worker to be replaced", timeout=90
+    )
     assert requests.get(f"{server.base}/healthz", timeout=5).ok
     assert (
         not n2_shown()
@@ -610,7 +539,7 @@ def test_sighup_and_admin_reload_change_a_running_server_and_a_bad_file_keeps_th
     assert requests.post(f"{server.base}/admin/reload", timeout=10).status_code == 401
     good = requests.post(f"{server.base}/admin/reload", headers=admin, timeout=10)
     assert good.status_code == 202 and good.json()["reloaded"] == "scheduled"
-    server.wait_until(n2_shown, "N2 to come back after POST /admin/reload")
+    server.wait_until(n2_shown, "N2 to come back after POST /admin/reload", timeout=90)
 
 
 def test_fixture_requests_used_here_exist():

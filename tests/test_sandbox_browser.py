@@ -10,10 +10,7 @@ draft list as the CDS Hooks spec says.
 from __future__ import annotations
 
 import json
-import socket
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,11 +18,10 @@ from pathlib import Path
 import pytest
 import requests
 from playwright.sync_api import expect
-from support import config_copy
+from support import config_copy, start_service
 
 from cds_service.fixtures import manifest
 
-CDS_SERVICE = str(Path(sys.executable).with_name("cds-service"))  # the console script of this environment
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
@@ -37,7 +33,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-FINDINGS_KEY = "org.example.tacrolimus-cds.findings"
 PREGNANT = "pregnant-ln-flare-on-mmf"
 RISK_BENEFIT = ("risk-benefit-ratio", "Recipient assessment of risk/benefit ratio")
 SCREENSHOT = Path(tempfile.gettempdir()) / "sandbox-round.png"
@@ -47,39 +42,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     """`cds-service serve --dev` on a free port, on a copy of hooks/ whose database is a temporary file."""
     tmp = tmp_path_factory.mktemp("sandbox-browser")
-    config = config_copy(tmp)  # hooks/ with its database in tmp
-    database = tmp / "cds.sqlite3"
-    port = _free_port()
-    command = [CDS_SERVICE, "serve", "--dev", "--port", str(port), "--config", str(config), "--workers", "1"]
-    log = (tmp / "serve.log").open("w")
-    process = subprocess.Popen(command, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            if process.poll() is not None:
-                pytest.fail(f"the service exited: {(tmp / 'serve.log').read_text()}")
-            try:
-                if requests.get(f"{base}/healthz", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                time.sleep(0.1)
-        else:
-            pytest.fail("the service did not start within 30 s")
-        yield base, database
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
+    with start_service(config_copy(tmp), workers=1, dev=True) as server:  # hooks/ with its database in tmp
+        yield server.base, tmp / "cds.sqlite3"
 
 
 @pytest.fixture(scope="module")

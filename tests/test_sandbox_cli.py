@@ -4,34 +4,25 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import requests
 from click.testing import CliRunner
-from support import config_copy, make_app
+from support import CDS_SERVICE, config_copy, finding_ids, free_port, make_app, start_service
 
 from cds_service.cli import main
 from cds_service.fixtures import manifest
 from cds_service.sandbox.runner import REDACTED, markdown_for_terminal
 
-CDS_SERVICE = str(Path(sys.executable).with_name("cds-service"))  # the console script of this environment
-FINDINGS_KEY = "org.example.tacrolimus-cds.findings"
 FIXTURES = ["p1-pregnant-sle", "s1-mmf-inadequate-response", "n1-missing-baseline-labs"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _wait_until_up(process: subprocess.Popen, url: str, log: Path) -> None:
+    """Until `url` answers 200 (for `cds-service fixtures serve`; the service: `support.start_service`)."""
     for _ in range(300):
         if process.poll() is not None:
             pytest.fail(f"the process exited: {log.read_text()}")
@@ -47,18 +38,8 @@ def _wait_until_up(process: subprocess.Popen, url: str, log: Path) -> None:
 def service(tmp_path_factory):
     """`cds-service serve --dev` on a free port; yields (base URL, its SQLite file)."""
     tmp = tmp_path_factory.mktemp("sandbox-cli")
-    config = config_copy(tmp)  # hooks/ with its database in tmp
-    database = tmp / "cds.sqlite3"
-    port = _free_port()
-    command = [CDS_SERVICE, "serve", "--dev", "--port", str(port), "--config", str(config), "--workers", "1"]
-    with (tmp / "serve.log").open("w") as log:
-        process = subprocess.Popen(command, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            _wait_until_up(process, f"http://127.0.0.1:{port}/healthz", tmp / "serve.log")
-            yield f"http://127.0.0.1:{port}", database
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
+    with start_service(config_copy(tmp), workers=1, dev=True) as server:  # hooks/ with its database in tmp
+        yield server.base, tmp / "cds.sqlite3"
 
 
 def run_cli(*args: str):
@@ -72,10 +53,6 @@ def printed_findings(output: str) -> set[str]:
     match = re.search(r"^findings on the cards:\s+(.*)$", output, re.MULTILINE)
     assert match, output
     return set() if match[1] == "none" else set(match[1].split(", "))
-
-
-def response_findings(body: dict) -> set[str]:
-    return {item["id"] for card in body["cards"] for item in card["extension"][FINDINGS_KEY]}
 
 
 # --- sandbox list -------------------------------------------------------------------------------------------
@@ -134,7 +111,7 @@ def test_json_holds_the_request_built_from_discovery_and_the_response():
     assert request["prefetch"]["patient"]["resourceType"] == "Patient"
     assert "fhirServer" not in request
     assert response["status"] == 200
-    assert response_findings(response["body"]) == set(manifest()["p1-pregnant-sle"]["expected"])
+    assert finding_ids(response["body"]) == set(manifest()["p1-pregnant-sle"]["expected"])
 
 
 def test_json_via_fhir_sends_a_fhir_server_and_no_prefetch_and_hides_the_token():
@@ -145,7 +122,7 @@ def test_json_via_fhir_sends_a_fhir_server_and_no_prefetch_and_hides_the_token()
     assert request["fhirServer"].startswith("http://127.0.0.1:")
     assert request["fhirAuthorization"]["access_token"] == REDACTED
     assert "prefetch" not in request
-    assert response_findings(exchange["response"]["body"]) == set(
+    assert finding_ids(exchange["response"]["body"]) == set(
         manifest()["s1-mmf-inadequate-response"]["expected"]
     )
 
@@ -203,7 +180,7 @@ def test_run_against_a_running_dev_service(service, via):
     assert exchange["service"] == f"{base}/cds-services/tacrolimus-order-select"
     if via == "fhir":
         assert exchange["request"]["fhirServer"] == f"{base}/sandbox/fhir"  # the API `serve --dev` mounts
-    assert response_findings(exchange["response"]["body"]) == set(manifest()["p1-pregnant-sle"]["expected"])
+    assert finding_ids(exchange["response"]["body"]) == set(manifest()["p1-pregnant-sle"]["expected"])
     # The running service (not an in-process copy) answered: it recorded the cards it showed.
     assert _shown_in(database, exchange["request"]["hookInstance"])
 
@@ -213,13 +190,13 @@ def test_run_against_a_running_dev_service(service, via):
 
 
 def test_run_against_an_unreachable_url_says_so():
-    result = run_cli("sandbox", "run", "p1-pregnant-sle", "--url", f"http://127.0.0.1:{_free_port()}")
+    result = run_cli("sandbox", "run", "p1-pregnant-sle", "--url", f"http://127.0.0.1:{free_port()}")
     assert result.exit_code == 2
     assert "cannot reach" in result.stderr
 
 
 def test_fixtures_serve_answers_fhir_searches(tmp_path):
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "fixtures.log"
     with log.open("w") as out:
         process = subprocess.Popen(

@@ -9,14 +9,13 @@ connection the service should never have made. Each refusal is checked both ways
 from __future__ import annotations
 
 import base64
-import copy
 import dataclasses
 import http.client
 import json
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,20 +24,27 @@ import pytest
 import requests
 from security_helpers import (
     MINTED,
-    PortTaken,
-    ServiceProcess,
     Signer,
     bearer,
     claims,
     connection_recorder,
-    free_port,
     hmac_token,
     jwks_server,
     secret,
     unsigned_token,
 )
 from sqlalchemy import create_engine
-from support import ROOT, SHARED, bundle, config_copy, hook_request, small_patient
+from support import (
+    ROOT,
+    SHARED,
+    ServiceProcess,
+    bundle,
+    config_copy,
+    hook_request,
+    small_patient,
+    start_service,
+    with_fhir_server,
+)
 
 from cds_service.auth import (
     AuthError,
@@ -129,7 +135,13 @@ def env(tmp_path_factory):
                 "fhir_servers": ["https://*"],
             },
         ]
-        service = stack.enter_context(start_service(tmp, callers))
+
+        def config_for(port: int) -> Path:
+            """A copy of hooks/ that trusts ``callers`` and knows its own URL (the tokens' audience)."""
+            server = {"public_base_url": f"http://127.0.0.1:{port}"}
+            return config_copy(tmp / f"port-{port}", server=server, callers=callers)
+
+        service = stack.enter_context(start_service(config_for, workers=2))
         yield Env(
             service,
             key,
@@ -144,30 +156,6 @@ def env(tmp_path_factory):
             fhir_token,
             jwks_base,
         )
-
-
-@contextmanager
-def start_service(tmp: Path, callers: list[dict]):
-    """``cds-service serve`` (2 workers) on a copy of hooks/ with ``callers``; retried if a port is taken."""
-    for attempt in range(3):
-        port = free_port()
-        config = config_copy(tmp / f"try{attempt}", server={"public_base_url": f"http://127.0.0.1:{port}"},
-                             callers=callers)  # fmt: skip
-        service = ServiceProcess(config, port, workers=2)
-        try:
-            service.wait_ready()
-        except PortTaken:
-            service.stop()
-            continue
-        except BaseException:
-            service.stop()
-            raise
-        try:
-            yield service
-        finally:
-            service.stop()
-        return
-    raise RuntimeError("no free port for the service in 3 attempts")
 
 
 def assert_refused(env: Env, response: requests.Response, reason: str, **facts) -> dict:
@@ -187,19 +175,6 @@ def get_discovery(env: Env, token: str, **headers) -> requests.Response:
 
 def post(env: Env, path: str, token: str, body: dict) -> requests.Response:
     return requests.post(env.url(path), json=body, headers=bearer(token), timeout=30)
-
-
-def with_fhir(body: dict, server: str, token: str) -> dict:
-    body = copy.deepcopy(body)
-    body["fhirServer"] = server
-    body["fhirAuthorization"] = {
-        "access_token": token,
-        "token_type": "Bearer",
-        "expires_in": 300,
-        "scope": "patient/*.read",
-        "subject": "tacrolimus-cds",
-    }
-    return body
 
 
 # --- accepted -----------------------------------------------------------------------------------------------
@@ -363,7 +338,9 @@ def test_replayed_jti_is_refused_by_every_worker(env):
         def about_this_token(events, j=jti):
             return [e for e in events if e.get("jti") == j]
 
-        env.service.wait_until(lambda events: len(about_this_token(events)) == replays + 1)
+        env.service.wait_until(
+            lambda: len(about_this_token(env.service.events())) == replays + 1, "every call in the log"
+        )
         events = about_this_token(env.service.events())
         [accepted] = [e for e in events if e["event"] == "caller authenticated"]
         refusals = [e for e in events if e["event"] == "caller refused"]
@@ -377,7 +354,7 @@ def test_replayed_jti_is_refused_by_every_worker(env):
 
 
 def test_an_allowlisted_fhir_server_is_called_with_the_token(env):
-    body = with_fhir(hook_request(PID, None), env.good_fhir, env.fhir_token)
+    body = with_fhir_server(hook_request(PID, None), env.good_fhir, env.fhir_token)
     response = post(env, SIGN, env.token(SIGN), body)
     assert response.status_code == 200
     assert response.json()["cards"]
@@ -385,7 +362,7 @@ def test_an_allowlisted_fhir_server_is_called_with_the_token(env):
 
 def test_fhir_server_not_on_the_allowlist_gets_no_callback_and_a_412(env):
     token = secret("stolen-for-elsewhere")
-    body = with_fhir(hook_request(PID, None), "https://fhir.attacker.example/r4", token)
+    body = with_fhir_server(hook_request(PID, None), "https://fhir.attacker.example/r4", token)
     response = post(env, SIGN, env.token(SIGN), body)
     assert response.status_code == 412
     assert REFUSED in json.dumps(response.json())
@@ -407,7 +384,7 @@ def test_fhir_server_on_a_private_address_gets_no_callback(env):
         "https://169.254.169.254/latest/meta-data": "169.254.169.254",
     }
     for server, host in servers.items():
-        body = with_fhir(hook_request(PID, None), server, secret("fhir-token"))
+        body = with_fhir_server(hook_request(PID, None), server, secret("fhir-token"))
         response = post(env, SIGN, env.wildcard_key.token(claims(WILDCARD_ISSUER, env.url(SIGN))), body)
         assert response.status_code == 412, server
         event = env.service.wait_for_event(
@@ -423,7 +400,7 @@ def test_fhir_server_on_a_private_address_gets_no_callback(env):
 
 def test_redirecting_fhir_server_is_not_followed(env):
     before = env.recorder.connections
-    body = with_fhir(hook_request(PID, None), env.redirect_fhir, secret("fhir-token-redirected"))
+    body = with_fhir_server(hook_request(PID, None), env.redirect_fhir, secret("fhir-token-redirected"))
     response = post(env, SIGN, env.token(SIGN), body)
     assert response.status_code == 412
     assert "redirect" in json.dumps(response.json())
@@ -462,7 +439,9 @@ def test_no_token_ever_appears_in_the_log(env):
     # a few more of each kind, so this test stands on its own
     assert get_discovery(env, env.token("/cds-services")).status_code == 200
     assert get_discovery(env, env.attacker.token(claims(ISSUER, env.url("/cds-services")))).status_code == 401
-    body = with_fhir(hook_request(PID, None), "https://fhir.attacker.example/r4", secret("fhir-token-final"))
+    body = with_fhir_server(
+        hook_request(PID, None), "https://fhir.attacker.example/r4", secret("fhir-token-final")
+    )
     assert post(env, SIGN, env.token(SIGN), body).status_code == 412
     env.service.wait_for_event(lambda e: e.get("event") == "fhirServer refused")
     log = env.service.log_text()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import threading
@@ -19,6 +18,7 @@ from support import (
     make_app,
     small_patient,
     tacrolimus_draft,
+    with_fhir_server,
 )
 
 from cds_service.protocol import check_discovery, check_response
@@ -58,19 +58,6 @@ def fhir(patient):
         faults=faults,
     ) as base:
         yield base, faults, "secret-token-123"
-
-
-def with_server(body: dict, base: str, token: str) -> dict:
-    body = copy.deepcopy(body)
-    body["fhirServer"] = base
-    body["fhirAuthorization"] = {
-        "access_token": token,
-        "token_type": "Bearer",
-        "expires_in": 300,
-        "scope": "patient/*.read",
-        "subject": "tacrolimus-cds",
-    }
-    return body
 
 
 # --- discovery ----------------------------------------
@@ -167,7 +154,7 @@ def test_order_select_only_considers_the_selected_orders(client, patient):
 def test_full_prefetch_needs_no_fhir_server(client, patient, fhir):
     base, faults, token = fhir
     faults.status = 500  # any call to the server would fail
-    response = client.post(SIGN, json=with_server(hook_request(PID, patient), base, token))
+    response = client.post(SIGN, json=with_fhir_server(hook_request(PID, patient), base, token))
     assert response.status_code == 200
     assert "Not checked" not in json.dumps(response.get_json())
     # Recent creatinine, potassium and magnesium (in mg/dL, mmol/L) are used; the rest is missing (N1);
@@ -184,14 +171,14 @@ def test_full_prefetch_needs_no_fhir_server(client, patient, fhir):
 def test_absent_prefetch_is_fetched_from_the_fhir_server_with_the_token(client, patient, fhir):
     base, _, token = fhir
     prefetched = client.post(SIGN, json=hook_request(PID, patient)).get_json()
-    fetched = client.post(SIGN, json=with_server(hook_request(PID, None), base, token))
+    fetched = client.post(SIGN, json=with_fhir_server(hook_request(PID, None), base, token))
     assert fetched.status_code == 200
     assert finding_ids(fetched.get_json()) == finding_ids(prefetched)
 
 
 def test_wrong_token_is_refused_by_the_fhir_server_and_the_service_says_what_is_missing(client, fhir):
     base, _, _ = fhir
-    response = client.post(SIGN, json=with_server(hook_request(PID, None), base, "wrong-token"))
+    response = client.post(SIGN, json=with_fhir_server(hook_request(PID, None), base, "wrong-token"))
     assert response.status_code == 412
     outcome = response.get_json()
     assert outcome["resourceType"] == "OperationOutcome"
@@ -203,7 +190,7 @@ def test_null_prefetch_means_no_data_and_is_not_fetched(client, patient, fhir):
     faults.status = 500
     body = hook_request(PID, patient)
     body["prefetch"]["allergies"] = None
-    response = client.post(SIGN, json=with_server(body, base, token))
+    response = client.post(SIGN, json=with_fhir_server(body, base, token))
     assert response.status_code == 200
     assert "Not checked" not in json.dumps(response.get_json())
 
@@ -216,7 +203,7 @@ def test_operation_outcome_in_prefetch_is_fetched_instead(client, patient, fhir)
         "resourceType": "OperationOutcome",
         "issue": [{"severity": "error", "code": "timeout"}],
     }
-    response = client.post(SIGN, json=with_server(body, base, token))
+    response = client.post(SIGN, json=with_fhir_server(body, base, token))
     assert response.status_code == 200
     assert finding_ids(response.get_json()) == finding_ids(full)
 
@@ -242,7 +229,7 @@ def test_paged_prefetch_is_completed_from_the_fhir_server(client, patient, fhir)
     assert any(link["relation"] == "next" for link in first_page["link"])
     body = hook_request(PID, patient)
     body["prefetch"]["observations"] = first_page
-    response = client.post(SIGN, json=with_server(body, base, token))
+    response = client.post(SIGN, json=with_fhir_server(body, base, token))
     assert response.status_code == 200
     assert finding_ids(response.get_json()) == finding_ids(full)
     assert "Not checked" not in json.dumps(response.get_json())
@@ -264,7 +251,7 @@ def test_optional_allergies_unavailable_gives_a_degraded_honest_answer(client, p
     faults.status = 503
     body = hook_request(PID, patient)
     del body["prefetch"]["allergies"]
-    response = client.post(SIGN, json=with_server(body, base, token))
+    response = client.post(SIGN, json=with_fhir_server(body, base, token))
     assert response.status_code == 200
     text = json.dumps(response.get_json())
     assert (
@@ -291,7 +278,7 @@ def test_fhir_server_faults_never_hang_or_500(client, fhir, fault, expected):
     for name, value in fault.items():
         setattr(faults, name, value)
     started = time.monotonic()
-    response = client.post(SIGN, json=with_server(hook_request(PID, None), base, token))
+    response = client.post(SIGN, json=with_fhir_server(hook_request(PID, None), base, token))
     elapsed = time.monotonic() - started
     assert elapsed < 1.0 + 1.5  # the 1 s deadline, plus slack for a loaded CI machine
     if expected == "no data":  # a 404 search is "nothing there": the rules run on an empty record
@@ -321,7 +308,7 @@ def test_redirects_are_not_followed_and_the_token_never_reaches_another_host(cli
     threading.Thread(target=other.serve_forever, daemon=True).start()
     try:
         faults.redirect_to = f"http://127.0.0.1:{other.server_port}"
-        response = client.post(SIGN, json=with_server(hook_request(PID, None), base, token))
+        response = client.post(SIGN, json=with_fhir_server(hook_request(PID, None), base, token))
     finally:
         other.shutdown()
     assert response.status_code == 412
