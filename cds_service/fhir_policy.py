@@ -20,6 +20,8 @@ import ipaddress
 import re
 import socket
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as LookupTimeout
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -33,6 +35,8 @@ _HOST = re.compile(r"^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(?:\.[a-z0-9](?:[a
 _BAD_PATH = re.compile(r"%2e|%2f|%5c|\\", re.IGNORECASE)
 
 Resolver = Callable[[str, int], Iterable[str]]
+_LOOKUPS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dns")
+"""DNS lookups have no timeout of their own: they run here so a hanging resolver cannot hold a request."""
 
 
 def resolve(host: str, port: int) -> list[str]:
@@ -121,18 +125,18 @@ class FhirPolicy:
         self.dev = dev
         self.resolver = resolver
 
-    def refusal(self, url: str, caller: Caller | None) -> Refusal | None:
-        """Why the service will not call ``url`` for ``caller``, or None if it may."""
+    def refusal(self, url: str, caller: Caller | None, timeout: float = 2.0) -> Refusal | None:
+        """Why the service will not call ``url`` for ``caller``, or None if it may; DNS gets ``timeout`` s."""
         target = ServerUrl.parse(url)
         if target is None:
             return Refusal("fhirServer is not a plain http(s) base URL")
         if caller is not None:
-            return self._for_caller(target, caller)
+            return self._for_caller(target, caller, timeout)
         if not self.dev:
             return Refusal("no authenticated caller", target.host)
-        return self._for_dev(target)
+        return self._public_only(target, timeout, allow_loopback=True, loopback_only=target.scheme == "http")
 
-    def _for_caller(self, target: ServerUrl, caller: Caller) -> Refusal | None:
+    def _for_caller(self, target: ServerUrl, caller: Caller, timeout: float) -> Refusal | None:
         parsed = (ServerUrl.parse(url, pattern=True) for url in caller.trusted.fhir_servers)
         entries = [entry for entry in parsed if entry is not None]
         exact = [e for e in entries if not e.wildcard and e.covers(target)]
@@ -143,20 +147,19 @@ class FhirPolicy:
         if any(e.covers(target) for e in entries if e.wildcard):
             if target.scheme != "https":
                 return Refusal("wildcard entries allow https only", target.host)
-            return self._public_only(target, allow_loopback=False)
+            return self._public_only(target, timeout, allow_loopback=False)
         if _ip(target.host) is not None and not is_public(target.host):
             return Refusal("fhirServer is a private, loopback or link-local address", target.host)
         return Refusal("fhirServer is not on the issuer's fhir_servers allowlist", target.host)
 
-    def _for_dev(self, target: ServerUrl) -> Refusal | None:
-        return self._public_only(target, allow_loopback=True, loopback_only=target.scheme == "http")
-
     def _public_only(
-        self, target: ServerUrl, allow_loopback: bool, loopback_only: bool = False
+        self, target: ServerUrl, timeout: float, allow_loopback: bool, loopback_only: bool = False
     ) -> Refusal | None:
         """Resolve the host; refuse unless every address is public (or loopback, when allowed)."""
         try:
-            addresses = list(self.resolver(target.host, target.port))
+            addresses = list(_LOOKUPS.submit(self.resolver, target.host, target.port).result(max(timeout, 0)))
+        except LookupTimeout:
+            return Refusal("fhirServer host did not resolve within the deadline", target.host)
         except OSError:
             return Refusal("fhirServer host does not resolve", target.host)
         if not addresses:

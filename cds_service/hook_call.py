@@ -73,7 +73,7 @@ def fhir_client_for(
     auth = body.get("fhirAuthorization") if isinstance(body.get("fhirAuthorization"), Mapping) else None
     if not isinstance(server, str) or not server:
         return None, "no fhirServer in the request"
-    refusal = runtime.fhir_policy.refusal(server, caller)
+    refusal = runtime.fhir_policy.refusal(server, caller, timeout=deadline - time.monotonic())
     if refusal:
         log.warning(
             "fhirServer refused",

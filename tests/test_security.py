@@ -12,6 +12,7 @@ import base64
 import dataclasses
 import http.client
 import json
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -674,6 +675,21 @@ def test_fhir_policy_in_dev_allows_public_https_and_loopback_only():
         "https://nowhere.example.org/",
     ]:
         assert policy.refusal(url, None) is not None, url
+
+
+def test_a_hanging_dns_resolver_cannot_hold_a_request_past_its_deadline():
+    release = threading.Event()
+
+    def hanging(host: str, port: int) -> list[str]:
+        release.wait(10)
+        return ["93.184.216.34"]
+
+    policy = FhirPolicy(dev=True, resolver=hanging)
+    started = time.monotonic()
+    refusal = policy.refusal("https://fhir.example.org/r4", None, timeout=0.3)
+    release.set()
+    assert refusal is not None and "did not resolve within the deadline" in refusal.reason
+    assert time.monotonic() - started < 5  # bounded by the timeout, not by the resolver
 
 
 def test_configuration_refuses_hmac_none_private_keys_and_plain_http(tmp_path):
