@@ -2,7 +2,8 @@
 
 ``evaluate`` runs every rule in catalog order; a rule that fires gives a Finding, one that does not gives a
 Quiet with its reason in words. No clock, no I/O: ``inp.now`` is the request time. Configuration that turns
-findings off or re-grades them is applied by the caller.
+findings off or re-grades them is applied by the caller. Where the catalog needed a reading, the choice is in
+``INTERPRETATIONS.md`` beside this file; docstrings cite it as "interpretation N".
 """
 
 from __future__ import annotations

@@ -383,7 +383,7 @@ def _condition_phrase(c: Condition) -> str:
 
 
 def pregnancy_status(record: PatientRecord, thresholds: Mapping[str, Any]) -> Status:
-    """Pregnant per common decision 4: condition, pregnancy status, future EDD or positive hCG."""
+    """Pregnant per interpretation 4: condition, pregnancy status, future EDD or positive hCG."""
     now = record.now
     evidence: list[Evidence] = []
     said: list[str] = []
@@ -451,7 +451,7 @@ def pregnancy_status(record: PatientRecord, thresholds: Mapping[str, Any]) -> St
 
 
 def lactation_status(record: PatientRecord, thresholds: Mapping[str, Any]) -> Status:
-    """Lactating per common decision 5: lactation condition, or newest breastfeeding status answering yes."""
+    """Lactating per interpretation 5: lactation condition, or newest breastfeeding status answering yes."""
     evidence: list[Evidence] = []
     said: list[str] = []
     checked: list[str] = []

@@ -1,7 +1,7 @@
 """Nephrotoxicity monitoring (N1-N11): what tacrolimus needs checked, and what the checks already show.
 
 Thresholds mirror the Prograf and LUPKYNIS labels and LN trial practice; every number is an administrator
-setting. A single lab finding reads only the newest result within the recent window (common decision 6).
+setting. A single lab finding reads only the newest result within the recent window (interpretation 6).
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ class Rise:
 
 
 def creatinine_rise(inp: RuleInput) -> Rise | Quiet:
-    """Newest recent creatinine against its baseline (common decision 8); a Quiet (id "") when impossible."""
+    """Newest recent creatinine against its baseline (interpretation 8); a Quiet (id "") when impossible."""
     record = inp.record
     newest, gaps = newest_recent(inp, "creatinine")
     if newest is None:

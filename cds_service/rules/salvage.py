@@ -105,7 +105,7 @@ def s0_first_agent(inp: RuleInput) -> Finding | Quiet:
 
 @needs_lupus_nephritis
 def s1_mycophenolate_failure(inp: RuleInput) -> Finding | Quiet:
-    """Inadequate response after at least 6 months of mycophenolate (common decision 9)."""
+    """Inadequate response after at least 6 months of mycophenolate (interpretation 9)."""
     record = inp.record
     mmf = exposure(record, "mycophenolate")
     if not mmf.any:
@@ -183,7 +183,7 @@ def s2_both_anchors_used(inp: RuleInput) -> Finding | Quiet:
 
 @needs_lupus_nephritis
 def s3_rituximab_barrier(inp: RuleInput) -> Finding | Quiet:
-    """A reason rituximab cannot be used (common decision 10)."""
+    """A reason rituximab cannot be used (interpretation 10)."""
     record = inp.record
     barriers: list[str] = []
     evidence = []
@@ -281,7 +281,7 @@ def s4_membranous(inp: RuleInput) -> Finding | Quiet:
 
 @needs_lupus_nephritis
 def s5_duplicate_cni(inp: RuleInput) -> Finding | Quiet:
-    """Another calcineurin inhibitor, or a second tacrolimus order (common decision 17)."""
+    """Another calcineurin inhibitor, or a second tacrolimus order (interpretation 17)."""
     record = inp.record
     others = active_orders(record, "other-calcineurin-inhibitors")
     renewed = {o.prior_prescription for o in inp.orders if o.prior_prescription}
@@ -344,7 +344,7 @@ def s6_low_egfr(inp: RuleInput) -> Finding | Quiet:
 
 @needs_lupus_nephritis
 def s7_long_term(inp: RuleInput) -> Finding | Quiet:
-    """Long tacrolimus exposure without a documented proteinuria response (common decision 11)."""
+    """Long tacrolimus exposure without a documented proteinuria response (interpretation 11)."""
     record = inp.record
     tacrolimus = exposure(record, "tacrolimus")
     if not tacrolimus.any:
