@@ -28,7 +28,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from cds_service.config import Config
-from cds_service.fhir_client import shared_session
+from cds_service.fhir_client import read_capped, shared_session
 from cds_service.storage import seen_tokens
 
 log = logging.getLogger("cds_service.auth")
@@ -190,13 +190,8 @@ class JwksCache:
         ) as r:
             if r.status_code != 200:
                 raise ValueError(f"HTTP {r.status_code}")
-            body, size = [], 0
-            for chunk in r.iter_content(chunk_size=65536):
-                size += len(chunk)
-                if size > self.max_bytes:
-                    raise ValueError(f"JWKS larger than {self.max_bytes} bytes")
-                body.append(chunk)
-        document = json.loads(b"".join(body))
+            body = read_capped(r, self.max_bytes)  # BodyTooLarge is a ValueError
+        document = json.loads(body)
         keys = document.get("keys") if isinstance(document, dict) else None
         if not isinstance(keys, list):
             raise ValueError("not a JWK Set")

@@ -95,18 +95,12 @@ class FhirClient:
         return document
 
     def _read_body(self, response: requests.Response) -> bytes:
-        declared = response.headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > self.max_bytes:
-            raise FhirError(f"response larger than {self.max_bytes} bytes")
-        chunks, size = [], 0
-        for chunk in response.iter_content(chunk_size=65536):
-            size += len(chunk)
-            if size > self.max_bytes:
-                raise FhirError(f"response larger than {self.max_bytes} bytes")
-            if self.remaining() <= 0:
-                raise FhirError("timed out")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        try:
+            return read_capped(response, self.max_bytes, in_time=lambda: self.remaining() > 0)
+        except BodyTooLarge as error:
+            raise FhirError(str(error)) from None
+        except TimeoutError:
+            raise FhirError("timed out") from None
 
     def read(self, query: str) -> dict | None:
         """A read such as ``Patient/123``: the resource, or None if the server has none."""
@@ -135,6 +129,29 @@ class FhirClient:
                 raise FhirError(f"more than {self.page_cap} pages")
             bundle = self.get(urljoin(self.base_url, next_url))
         return resources
+
+
+class BodyTooLarge(ValueError):
+    """A response body over the caller's byte limit (declared or streamed)."""
+
+
+def read_capped(response: requests.Response, max_bytes: int, in_time=lambda: True) -> bytes:
+    """A streamed response's body, refusing more than ``max_bytes``; TimeoutError once ``in_time()`` is false.
+
+    Every body from a server the service does not control (FHIR servers, JWKS hosts) is read through here.
+    """
+    declared = response.headers.get("Content-Length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise BodyTooLarge(f"response larger than {max_bytes} bytes")
+    chunks, size = [], 0
+    for chunk in response.iter_content(chunk_size=65536):
+        size += len(chunk)
+        if size > max_bytes:
+            raise BodyTooLarge(f"response larger than {max_bytes} bytes")
+        if not in_time():
+            raise TimeoutError
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def bundle_resources(bundle: dict) -> list[dict]:

@@ -65,7 +65,7 @@ class TemplateError(ValueError):
 
 # Prefetch tokens (CDS Hooks 2.0 §2.3): first-level primitive context fields, and the user tokens.
 _TOKEN = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
-_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _USER_TYPES = {
     "Practitioner": "userPractitionerId",
     "PractitionerRole": "userPractitionerRoleId",
@@ -88,7 +88,7 @@ def token_value(token: str, context: Mapping) -> str | None:
         if value is None:
             return None
         valid = isinstance(value, str) and (
-            _user_reference(value) is not None if name == "userId" else _FHIR_ID.match(value) is not None
+            _user_reference(value) is not None if name == "userId" else FHIR_ID.match(value) is not None
         )
         if not valid:
             raise TemplateError(f"context.{name} is malformed for a prefetch token")
@@ -104,7 +104,7 @@ def token_value(token: str, context: Mapping) -> str | None:
 
 def _user_reference(value: str) -> tuple[str, str] | None:
     user_type, _, user_id = value.partition("/")
-    return (user_type, user_id) if user_type in _USER_TYPES and _FHIR_ID.match(user_id) else None
+    return (user_type, user_id) if user_type in _USER_TYPES and FHIR_ID.match(user_id) else None
 
 
 def substitute_tokens(template: str, context: Mapping) -> str | None:

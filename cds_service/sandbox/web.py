@@ -18,6 +18,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, render_templ
 from markdown_it import MarkdownIt
 
 from cds_service.fixtures import load_bundle, manifest
+from cds_service.prefetch import FHIR_ID
 from cds_service.sandbox.fhir_server import create_fhir_app
 from cds_service.sandbox.requests import HOOKS, build_request_from_bundle
 from cds_service.sandbox.store import FhirStore
@@ -28,7 +29,6 @@ PAGE_CSP = (
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 MAX_DRAFTS = 50
-_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 
 bp = Blueprint(
@@ -211,7 +211,7 @@ def _checked_drafts(value: Any) -> list[dict]:
             isinstance(rtype, str)
             and _RESOURCE_TYPE.match(rtype)
             and isinstance(rid, str)
-            and _FHIR_ID.match(rid)
+            and FHIR_ID.match(rid)
         ):
             raise BadInput("every draft needs a resourceType and a FHIR id")
     if len(_refs(value)) != len(value):
