@@ -16,6 +16,11 @@ Matching rules (the same for every value set):
   entry matches every descendant by prefix (entry ``O09`` matches ``O09.511``; ``O14.0`` matches ``O14.00``).
   No other system is hierarchical: RxNorm, LOINC and SNOMED CT codes must be listed.
 
+Drug classes (rules.md § Drug recognition) are the value sets that carry name extensions (``NAME_EXTENSION``):
+:meth:`Terminology.recognise` says which classes a medication belongs to, by code, by ingredient code or by
+name, and refuses forms for skin, eye, ear or mucosa. A product's form is read from its published display at
+load time: such codes are kept aside (``local_form``) and never count for a class.
+
 The verified sets are the ``*.json`` files of the directory. ``include`` adds the extra codes of a
 sub-folder (``unverified``); ``local_codes`` adds an organisation's own codes. Codes added to a member of
 ``teratogens`` are teratogens too.
@@ -24,10 +29,11 @@ sub-folder (``unverified``); ``local_codes`` adds an organisation's own codes. C
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "valuesets"
 
@@ -43,6 +49,21 @@ SYSTEM_ALIASES = {
     "urn:oid:2.16.840.1.113883.6.90": ICD10CM,
     "http://snomed.info/id": SNOMED,
 }
+
+PROFILE = "https://example.org/tacrolimus-cds/StructureDefinition/"
+NAME_EXTENSION = PROFILE + "drug-class-name"
+"""ValueSet extension (valueString): an ingredient or brand name of the drug class, matched as a whole word."""
+SOURCE_EXTENSION = PROFILE + "code-source"
+"""compose.include extension: the published source of that include (key, reference, version, title, origin)."""
+SOURCE_KEY_EXTENSION = PROFILE + "code-source-key"
+"""expansion.contains extension (valueString): the key of a source that lists this code; one per source."""
+
+LOCAL_FORM = re.compile(
+    r"\b(topical|cutaneous|dermal|cream|ointment|gel|jelly|lotion|shampoo|foam|ophthalmic|eye|otic|ear|"
+    r"vaginal|mouthwash|oral rinse|dental|medicated (?:patch|pad)|irrigation|swab)\b",
+    re.I,
+)
+"""Dose-form words of products for the skin, eye, ear or mucosa: never a member of a drug class."""
 
 COMPOSITES = {"teratogens": ("mycophenolate", "cyclophosphamide", "methotrexate", "leflunomide")}
 """Value sets defined as the union of others; extension and local codes of a member flow into them."""
@@ -64,11 +85,55 @@ def _icd_key(code: str) -> str:
     return code.strip().upper().replace(".", "")
 
 
+class Recognition(NamedTuple):
+    """Which drug classes a medication belongs to, and how."""
+
+    classes: frozenset[str]
+    """Every value set the medication belongs to (drug classes and their unions)."""
+    by_name: frozenset[str] = frozenset()
+    """The classes recognised only by a name in its text or displays (the card says so)."""
+    local_form: bool = False
+    """True when it is a form for skin, eye, ear or mucosa: then ``classes`` is empty."""
+
+
+NOT_RECOGNISED = Recognition(frozenset())
+LOCAL_FORM_DRUG = Recognition(frozenset(), local_form=True)
+
+
 class Terminology:
     """Value-set membership of codes. Build with :meth:`load`; instances are read-only."""
 
-    def __init__(self, expansions: Mapping[str, Sequence[tuple[str, str, str]]]):
+    def __init__(
+        self,
+        expansions: Mapping[str, Sequence[tuple[str, str, str]]],
+        names: Mapping[str, Sequence[str]] | None = None,
+    ):
+        names = names or {}
+        self.drug_classes: frozenset[str] = frozenset(names)
+        self.local_forms: dict[tuple[str, str], tuple[str, str]] = {}
+        """(system, code) -> (class, published display) of products for skin, eye, ear or mucosa."""
+        kept: dict[str, list[tuple[str, str, str]]] = {}
+        for name, rows in expansions.items():
+            kept[name] = []
+            for row in rows:
+                if name in self.drug_classes and LOCAL_FORM.search(row[2]):
+                    self.local_forms.setdefault((row[0], row[1].strip()), (name, row[2]))
+                else:
+                    kept[name].append(row)
+        expansions = kept
         self._codes = {name: tuple(rows) for name, rows in expansions.items()}
+        self.names_of: dict[str, tuple[str, ...]] = {name: tuple(words) for name, words in names.items()}
+        by_word: dict[str, set[str]] = {}
+        for name, words in self.names_of.items():
+            for word in words:
+                by_word.setdefault(_word_key(word), set()).add(name)
+        self._classes_of_word = {word: frozenset(found) for word, found in by_word.items()}
+        alternatives = sorted(
+            (re.escape(w).replace(r"\ ", r"\s+") for w in {w for ws in self.names_of.values() for w in ws}),
+            key=len,
+            reverse=True,
+        )
+        self._name_pattern = re.compile(rf"\b(?:{'|'.join(alternatives)})\b", re.I) if alternatives else None
         self.names: frozenset[str] = frozenset(self._codes)
         exact: dict[tuple[str, str], set[str]] = {}
         icd: dict[str, set[str]] = {}
@@ -96,6 +161,9 @@ class Terminology:
         """
         directory = Path(directory)
         expansions = {path.stem: _expansion(path) for path in sorted(directory.glob("*.json"))}
+        names = {
+            path.stem: found for path in sorted(directory.glob("*.json")) if (found := _class_names(path))
+        }
         for folder in include:
             extra_dir = directory / folder
             if not folder or Path(folder).name != folder or folder.startswith(".") or not extra_dir.is_dir():
@@ -114,7 +182,7 @@ class Terminology:
             if composite in expansions:
                 for member in members:
                     expansions[composite] += expansions.get(member, [])
-        return cls({name: _unique(rows) for name, rows in expansions.items()})
+        return cls({name: _unique(rows) for name, rows in expansions.items()}, names)
 
     @classmethod
     def from_settings(cls, valuesets: Mapping[str, Any] | None, directory: Path = DEFAULT_DIR) -> Terminology:
@@ -138,6 +206,36 @@ class Terminology:
             return frozenset()
         codings = concept.get("coding")
         return self.concepts(codings) if isinstance(codings, list) else frozenset()
+
+    def recognise(
+        self, codings: Iterable[Mapping] = (), ingredients: Iterable[Mapping] = (), texts: Iterable[str] = ()
+    ) -> Recognition:
+        """The drug classes of a medication (rules.md § Drug recognition).
+
+        ``codings``: its concept's codings; ``ingredients``: the codings of its ingredients; ``texts``: its
+        concept text, coding displays and form. By code and by ingredient are dictionary look-ups; a name
+        counts for a class only when no code put the medication in that class. A form for skin, eye, ear or
+        mucosa, known from a code's published display or named in a text, belongs to no class.
+        """
+        codings = [c for c in codings or () if isinstance(c, Mapping)]
+        ingredients = [c for c in ingredients or () if isinstance(c, Mapping)]
+        texts = [t for t in texts or () if isinstance(t, str) and t]
+        if any(self._is_local_form(c) for c in codings) or any(LOCAL_FORM.search(t) for t in texts):
+            return LOCAL_FORM_DRUG
+        by_code = self.concepts(codings) | self.concepts(ingredients)
+        named: set[str] = set()
+        if self._name_pattern is not None:
+            for text in texts:
+                for match in self._name_pattern.finditer(text):
+                    named |= self._classes_of_word.get(_word_key(match.group(0)), frozenset())
+        by_name = frozenset(named) - by_code
+        if not by_code and not by_name:
+            return NOT_RECOGNISED
+        return Recognition(by_code | by_name, by_name)
+
+    def _is_local_form(self, coding: Mapping) -> bool:
+        system, code = canonical_system(coding.get("system")), coding.get("code")
+        return isinstance(code, str) and (system, code.strip()) in self.local_forms
 
     def contains(self, name: str, system: str, code: str) -> bool:
         """Is this code in value set ``name``?"""
@@ -194,6 +292,20 @@ def _expansion(path: Path) -> list[tuple[str, str, str]]:
             raise ValueError(f"{path}: expansion entry without system and code: {entry!r}")
         rows.append((system, code.strip(), entry.get("display") or ""))
     return rows
+
+
+def _word_key(word: str) -> str:
+    return " ".join(word.lower().split())
+
+
+def _class_names(path: Path) -> list[str]:
+    """The drug-class names (ingredients, brands) a ValueSet file declares; empty for other value sets."""
+    resource = json.loads(path.read_text(encoding="utf-8"))
+    return [
+        e["valueString"].strip()
+        for e in resource.get("extension") or ()
+        if isinstance(e, dict) and e.get("url") == NAME_EXTENSION and isinstance(e.get("valueString"), str)
+    ]
 
 
 def _local_row(name: str, coding: Mapping[str, str]) -> tuple[str, str, str]:
