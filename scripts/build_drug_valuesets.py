@@ -266,8 +266,10 @@ def build(root: Path, name: str) -> dict:
         "KB",
         "https://example.org/tacrolimus-cds/knowledge/clinical.md",
         "2026-11-25",
-        "Project knowledge base clinical.md §1.1-1.3 (codes verified there against PED, CPIC, OHDSI, PDDI, VS25, NLM-TB, NDCL)",
-        "clinical.md",
+        "Project knowledge base clinical.md §1.1-1.3: codes verified there against the sources of its §0 (CPIC "
+        "cpicpgx/cpic-schema drug.sql @05f9b09c5fcd, OHDSI PhenotypeLibrary @40106e4e2892, PDDI, VS25, "
+        "NLM Technical Bulletin Oct 2023 RxNorm release for the BX-rated tacrolimus SCDs, ndclist.com)",
+        "clinical.md (project knowledge base, 2026-11-25)",
     )
     for key in VSAC_FOR.get(name, []):
         _, oid, version, vs_title, origin = VSAC_SOURCES[key]
@@ -294,9 +296,10 @@ def build(root: Path, name: str) -> dict:
             f"{ERSD} input/fsh/valuesets/valueset-hiv-arv-booster-example.fsh",
         )
     if name in PED_FILES:
-        add("PED", ped_rows(root, name))
-        sources["PED"] = source_extension(
-            "PED",
+        key = f"PED-{PED_FILES[name]}"
+        add(key, ped_rows(root, name))
+        sources[key] = source_extension(
+            key,
             f"https://github.com/PEDSnet/Variable-Dictionary/blob/009e8ba179c8/drugs/{PED_FILES[name]}.csv",
             "2024-05-06",
             "PEDSnet Variable-Dictionary OMOP concept set (RxNorm rows)",
