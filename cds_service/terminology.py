@@ -52,9 +52,9 @@ SYSTEM_ALIASES = {
 
 PROFILE = "https://example.org/tacrolimus-cds/StructureDefinition/"
 NAME_EXTENSION = PROFILE + "drug-class-name"
-"""ValueSet extension (valueString): an ingredient or brand name of the drug class, matched as a whole word."""
+"""ValueSet extension (valueString): an ingredient or brand name of the class, matched as a whole word."""
 SOURCE_EXTENSION = PROFILE + "code-source"
-"""compose.include extension: the published source of that include (key, reference, version, title, origin)."""
+"""compose.include extension: the published source of the include (key, reference, version, title, origin)."""
 SOURCE_KEY_EXTENSION = PROFILE + "code-source-key"
 """expansion.contains extension (valueString): the key of a source that lists this code; one per source."""
 

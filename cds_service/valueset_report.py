@@ -37,7 +37,11 @@ def term_type(display: str, ingredient_names: set[str]) -> str:
     if STRENGTH.search(text):
         return "SBD" if branded else "SCD"
     if DOSE_FORM_GROUP.search(text):
-        return "SBDG" if text.split()[0][:1].isupper() and text.split()[0].lower() not in ingredient_names else "SCDG"
+        return (
+            "SBDG"
+            if text.split()[0][:1].isupper() and text.split()[0].lower() not in ingredient_names
+            else "SCDG"
+        )
     if branded:
         return "SBDF"
     if len(text.split()) > 1 and re.search(r"\b(Oral|Injection|Injectable|Tablet|Capsule|Solution)\b", text):
@@ -62,7 +66,8 @@ class ClassReport:
 
 def _fields(extension: dict) -> dict[str, str]:
     return {
-        e["url"]: next((v for k, v in e.items() if k.startswith("value")), "") for e in extension.get("extension", [])
+        e["url"]: next((v for k, v in e.items() if k.startswith("value")), "")
+        for e in extension.get("extension", [])
     }
 
 
@@ -72,7 +77,9 @@ def build_report(directory: Path = DEFAULT_DIR) -> list[ClassReport]:
     members_of: dict[str, set[str]] = {}
     for path in sorted(Path(directory).glob("*.json")):
         resource = json.loads(path.read_text(encoding="utf-8"))
-        names = [e.get("valueString", "") for e in resource.get("extension", []) if e.get("url") == NAME_EXTENSION]
+        names = [
+            e.get("valueString", "") for e in resource.get("extension", []) if e.get("url") == NAME_EXTENSION
+        ]
         if not names:
             continue
         report = ClassReport(path.stem, names=names)
@@ -93,22 +100,34 @@ def build_report(directory: Path = DEFAULT_DIR) -> list[ClassReport]:
             codes.add(entry["code"])
             report.total += 1
             report.term_types[term_type(display, ingredient_names)] += 1
-            keys = [e.get("valueString") for e in entry.get("extension", []) if e.get("url") == SOURCE_KEY_EXTENSION]
+            keys = [
+                e.get("valueString")
+                for e in entry.get("extension", [])
+                if e.get("url") == SOURCE_KEY_EXTENSION
+            ]
             if not keys:
                 report.problems.append(f"code {entry['code']} ({display}) has no source")
             for key in keys:
                 if key not in declared:
-                    report.problems.append(f"code {entry['code']} names source {key!r}, which is not declared")
+                    report.problems.append(
+                        f"code {entry['code']} names source {key!r}, which is not declared"
+                    )
                 per_source[key] += 1
         report.sources = {
-            key: (count, declared.get(key, {}).get("reference", "?"), declared.get(key, {}).get("version", "?"))
+            key: (
+                count,
+                declared.get(key, {}).get("reference", "?"),
+                declared.get(key, {}).get("version", "?"),
+            )
             for key, count in sorted(per_source.items())
         }
         if not report.total:
             report.problems.append("the class is empty: no order can be recognised by code")
         members_of[path.stem] = codes
         reports.append(report)
-    allowed = {(c, m) for c, ms in COMPOSITES.items() for m in ms} | {(m, c) for c, ms in COMPOSITES.items() for m in ms}
+    allowed = {(c, m) for c, ms in COMPOSITES.items() for m in ms} | {
+        (m, c) for c, ms in COMPOSITES.items() for m in ms
+    }
     by_name = {r.name: r for r in reports}
     classes = sorted(members_of)
     for i, first in enumerate(classes):

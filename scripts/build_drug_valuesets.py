@@ -50,22 +50,77 @@ VSAC = "http://cts.nlm.nih.gov/fhir/ValueSet/"
 
 # key: (kind, file, reference URL/OID, version, title, origin)
 VSAC_SOURCES = {
-    "VS25-1248.364": ("vs25", "2.16.840.1.113762.1.4.1248.364", "20250312", "Immunosuppressive Drugs for Urology Care", ECQM25),
-    "VS25-1248.355": ("vs25", "2.16.840.1.113762.1.4.1248.355", "20250312", "Chemotherapy Agents for Advanced Cancer", ECQM25),
-    "VS25-196.11.1001": ("vs25", "2.16.840.1.113883.3.464.1003.196.11.1001", "20250114", "Antibiotic Medications for Pharyngitis", ECQM25),
-    "VS25-600.1476": ("vs25", "2.16.840.1.113883.3.600.1476", "20250206", "Pharmacologic Therapy for Hypertension", ECQM25),
-    "VS25-196.11.1530": ("vs25", "2.16.840.1.113883.3.464.1003.196.11.1530", "20240210", "Antidepressant Medication", ECQM25),
-    "VS24-1003.1190": ("vs24", "2.16.840.1.113883.3.464.1003.1190", "20240210", "Antibiotic Medications for Upper Respiratory Infection", ECQM24),
-    "VS24-1248.134": ("vs24", "2.16.840.1.113762.1.4.1248.134", "20240119", "Central Nervous System Depressants", ECQM24),
+    "VS25-1248.364": (
+        "vs25",
+        "2.16.840.1.113762.1.4.1248.364",
+        "20250312",
+        "Immunosuppressive Drugs for Urology Care",
+        ECQM25,
+    ),
+    "VS25-1248.355": (
+        "vs25",
+        "2.16.840.1.113762.1.4.1248.355",
+        "20250312",
+        "Chemotherapy Agents for Advanced Cancer",
+        ECQM25,
+    ),
+    "VS25-196.11.1001": (
+        "vs25",
+        "2.16.840.1.113883.3.464.1003.196.11.1001",
+        "20250114",
+        "Antibiotic Medications for Pharyngitis",
+        ECQM25,
+    ),
+    "VS25-600.1476": (
+        "vs25",
+        "2.16.840.1.113883.3.600.1476",
+        "20250206",
+        "Pharmacologic Therapy for Hypertension",
+        ECQM25,
+    ),
+    "VS25-196.11.1530": (
+        "vs25",
+        "2.16.840.1.113883.3.464.1003.196.11.1530",
+        "20240210",
+        "Antidepressant Medication",
+        ECQM25,
+    ),
+    "VS24-1003.1190": (
+        "vs24",
+        "2.16.840.1.113883.3.464.1003.1190",
+        "20240210",
+        "Antibiotic Medications for Upper Respiratory Infection",
+        ECQM24,
+    ),
+    "VS24-1248.134": (
+        "vs24",
+        "2.16.840.1.113762.1.4.1248.134",
+        "20240119",
+        "Central Nervous System Depressants",
+        ECQM24,
+    ),
     "VS24-1248.164": ("vs24", "2.16.840.1.113762.1.4.1248.164", "20240120", "Antihypertensives", ECQM24),
-    "VS24-1003.1063": ("vs24", "2.16.840.1.113883.3.464.1003.1063", "20240123", "Potentially Harmful Pain Medications for Older Adults", ECQM24),
-    "VS24-1003.1055": ("vs24", "2.16.840.1.113883.3.464.1003.1055", "20240123", "Potentially Harmful Barbiturates for Older Adults", ECQM24),
-}  # fmt: skip
+    "VS24-1003.1063": (
+        "vs24",
+        "2.16.840.1.113883.3.464.1003.1063",
+        "20240123",
+        "Potentially Harmful Pain Medications for Older Adults",
+        ECQM24,
+    ),
+    "VS24-1003.1055": (
+        "vs24",
+        "2.16.840.1.113883.3.464.1003.1055",
+        "20240123",
+        "Potentially Harmful Barbiturates for Older Adults",
+        ECQM24,
+    ),
+}
 
-NSAIDS = (
-    "ibuprofen naproxen diclofenac celecoxib indomethacin ketorolac meloxicam etodolac nabumetone piroxicam "
-    "sulindac oxaprozin flurbiprofen ketoprofen fenoprofen diflunisal mefenamate tolmetin"
-).split()
+NSAIDS = [
+    "ibuprofen", "naproxen", "diclofenac", "celecoxib", "indomethacin", "ketorolac", "meloxicam", "etodolac",
+    "nabumetone", "piroxicam", "sulindac", "oxaprozin", "flurbiprofen", "ketoprofen", "fenoprofen",
+    "diflunisal", "mefenamate", "tolmetin",
+]  # fmt: skip
 PED_FILES = {
     "tacrolimus": "rx_tacrolimus_cyclosporine",
     "other-calcineurin-inhibitors": "rx_tacrolimus_cyclosporine",
@@ -116,44 +171,133 @@ CLASSES: dict[str, tuple[str, list[str], list[str], list[str]]] = {
     "cyp3a4-strong-inhibitors": (
         "Strong CYP3A4 inhibitors",
         [
-            "ketoconazole", "itraconazole", "posaconazole", "voriconazole", "clarithromycin", "ritonavir",
-            "cobicistat", "atazanavir", "darunavir", "lopinavir", "indinavir", "nelfinavir", "saquinavir",
+            "ketoconazole",
+            "itraconazole",
+            "posaconazole",
+            "voriconazole",
+            "clarithromycin",
+            "ritonavir",
+            "cobicistat",
+            "atazanavir",
+            "darunavir",
+            "lopinavir",
+            "indinavir",
+            "nelfinavir",
+            "saquinavir",
             "nefazodone",
         ],
         [
-            "Sporanox", "Tolsura", "Onmel", "Noxafil", "Vfend", "Biaxin", "Norvir", "Tybost", "Kaletra",
-            "Reyataz", "Evotaz", "Prezista", "Prezcobix", "Crixivan", "Viracept", "Invirase", "Paxlovid",
+            "Sporanox",
+            "Tolsura",
+            "Onmel",
+            "Noxafil",
+            "Vfend",
+            "Biaxin",
+            "Norvir",
+            "Tybost",
+            "Kaletra",
+            "Reyataz",
+            "Evotaz",
+            "Prezista",
+            "Prezcobix",
+            "Crixivan",
+            "Viracept",
+            "Invirase",
+            "Paxlovid",
         ],
         [],
-    ),  # fmt: skip
+    ),
     "cyp3a4-moderate-inhibitors": (
         "Moderate CYP3A4 inhibitors",
         ["diltiazem", "verapamil", "erythromycin", "fluconazole"],
-        ["Cardizem", "Tiazac", "Cartia", "Taztia", "Calan", "Verelan", "Isoptin", "Diflucan", "Ery-Tab", "EryPed", "Erythrocin"],
+        [
+            "Cardizem",
+            "Tiazac",
+            "Cartia",
+            "Taztia",
+            "Calan",
+            "Verelan",
+            "Isoptin",
+            "Diflucan",
+            "Ery-Tab",
+            "EryPed",
+            "Erythrocin",
+        ],
         [],
-    ),  # fmt: skip
+    ),
     "cyp3a4-strong-inducers": (
         "Strong CYP3A4 inducers",
         ["rifampin", "rifabutin", "carbamazepine", "phenytoin", "phenobarbital", "St. John's wort"],
         [
-            "rifampicin", "St John's wort", "hypericum", "Rifadin", "Rimactane", "Mycobutin", "Tegretol", "Carbatrol",
-            "Epitol", "Equetro", "Dilantin", "Phenytek",
+            "rifampicin",
+            "St John's wort",
+            "hypericum",
+            "Rifadin",
+            "Rimactane",
+            "Mycobutin",
+            "Tegretol",
+            "Carbatrol",
+            "Epitol",
+            "Equetro",
+            "Dilantin",
+            "Phenytek",
         ],
         [],
-    ),  # fmt: skip
+    ),
     "nephrotoxins": (
         "Additive nephrotoxins (NSAIDs, aminoglycosides, amphotericin B, vancomycin)",
-        NSAIDS
-        + ["mefenamic acid", "gentamicin", "tobramycin", "amikacin", "streptomycin", "neomycin", "plazomicin"]
-        + ["amphotericin B", "vancomycin"],
         [
-            "Advil", "Motrin", "Aleve", "Naprosyn", "Anaprox", "Voltaren", "Cataflam", "Zipsor", "Zorvolex",
-            "Cambia", "Celebrex", "Indocin", "Tivorbex", "Toradol", "Sprix", "Mobic", "Vivlodex", "Qmiiz",
-            "Relafen", "Feldene", "Daypro", "Ansaid", "Nalfon", "Ponstel", "Clinoril", "Duexis", "Vimovo",
-            "Arthrotec", "Vicoprofen", "Arikayce", "Vancocin", "Firvanq", "AmBisome", "Abelcet", "Fungizone",
+            *NSAIDS,
+            *[
+                "mefenamic acid",
+                "gentamicin",
+                "tobramycin",
+                "amikacin",
+                "streptomycin",
+                "neomycin",
+                "plazomicin",
+            ],
+            *["amphotericin B", "vancomycin"],
+        ],
+        [
+            "Advil",
+            "Motrin",
+            "Aleve",
+            "Naprosyn",
+            "Anaprox",
+            "Voltaren",
+            "Cataflam",
+            "Zipsor",
+            "Zorvolex",
+            "Cambia",
+            "Celebrex",
+            "Indocin",
+            "Tivorbex",
+            "Toradol",
+            "Sprix",
+            "Mobic",
+            "Vivlodex",
+            "Qmiiz",
+            "Relafen",
+            "Feldene",
+            "Daypro",
+            "Ansaid",
+            "Nalfon",
+            "Ponstel",
+            "Clinoril",
+            "Duexis",
+            "Vimovo",
+            "Arthrotec",
+            "Vicoprofen",
+            "Arikayce",
+            "Vancocin",
+            "Firvanq",
+            "AmBisome",
+            "Abelcet",
+            "Fungizone",
         ],
         NSAIDS,
-    ),  # fmt: skip
+    ),
 }
 VSAC_FOR = {
     "tacrolimus": ["VS25-1248.364"],
@@ -198,7 +342,11 @@ def pddi_rows(root: Path, drug: str) -> tuple[list[tuple[str, str]], set[str], s
         ]
         version = tree.find("f:version", ns)
         date = tree.find("f:date", ns)
-        return rows, version.get("value") if version is not None else "", date.get("value") if date is not None else ""
+        return (
+            rows,
+            version.get("value") if version is not None else "",
+            date.get("value") if date is not None else "",
+        )
 
     rows, version, date = read(root / "pddi" / f"valueset-{drug}.xml")
     exclude = root / "pddi" / f"valueset-{drug}-exclude.xml"
@@ -241,7 +389,9 @@ def kb_rows(name: str) -> list[tuple[str, str]]:
     resource = json.loads(path.read_text())
     rows = []
     for entry in resource.get("expansion", {}).get("contains", []):
-        keys = [e.get("valueString") for e in entry.get("extension", []) if e.get("url") == SOURCE_KEY_EXTENSION]
+        keys = [
+            e.get("valueString") for e in entry.get("extension", []) if e.get("url") == SOURCE_KEY_EXTENSION
+        ]
         if not keys or "KB" in keys:
             rows.append((entry["code"], entry["display"]))
     return rows
@@ -266,7 +416,8 @@ def build(root: Path, name: str) -> dict:
         "KB",
         "https://example.org/tacrolimus-cds/knowledge/clinical.md",
         "2026-11-25",
-        "Project knowledge base clinical.md §1.1-1.3: codes verified there against the sources of its §0 (CPIC "
+        "Project knowledge base clinical.md §1.1-1.3: codes verified there against the sources of its §0 "
+        "(CPIC "
         "cpicpgx/cpic-schema drug.sql @05f9b09c5fcd, OHDSI PhenotypeLibrary @40106e4e2892, PDDI, VS25, "
         "NLM Technical Bulletin Oct 2023 RxNorm release for the BX-rated tacrolimus SCDs, ndclist.com)",
         "clinical.md (project knowledge base, 2026-11-25)",
@@ -334,7 +485,8 @@ def resource(name: str, title: str, names: list[str], sources: dict[str, dict], 
         for key, ext in sources.items()
     ]
     counts = ", ".join(
-        f"{key} {sum(1 for c in contains if key in [e['valueString'] for e in c['extension']])}" for key in sources
+        f"{key} {sum(1 for c in contains if key in [e['valueString'] for e in c['extension']])}"
+        for key in sources
     )
     return {
         "resourceType": "ValueSet",
@@ -349,9 +501,11 @@ def resource(name: str, title: str, names: list[str], sources: dict[str, dict], 
         "date": DATE,
         "publisher": "tacrolimus-cds project",
         "description": (
-            f"Drug class {name} (rules.md § Drug recognition): its RxNorm ingredients and every product concept "
+            f"Drug class {name} (rules.md § Drug recognition): its RxNorm ingredients and every product "
+            "concept "
             "that contains them, as listed by the published sources named in compose.include "
-            f"(codes per source: {counts}). Each code names its sources in its extension; forms for skin, eye, "
+            f"(codes per source: {counts}). Each code names its sources in its extension; forms for skin, "
+            "eye, "
             "ear or mucosa are kept here with their published display and never count (terminology.py). "
             "The names extension lists the ingredients and brands recognised by name."
         ),
@@ -378,7 +532,8 @@ def teratogens(built: dict[str, dict]) -> dict:
     out = resource("teratogens", "Teratogens (P2, P7)", names, sources, found)
     out["description"] = (
         "Union of the mycophenolate, cyclophosphamide, methotrexate and leflunomide drug classes (P2 known "
-        "teratogen in pregnancy, P7 not compatible with breastfeeding; ACR 2020). Same sources and codes as its "
+        "teratogen in pregnancy, P7 not compatible with breastfeeding; ACR 2020). Same sources and codes as "
+        "its "
         "members; the loader also adds any extension or local codes of those four sets."
     )
     return out
@@ -391,7 +546,9 @@ def main() -> None:
     built = {name: build(args.sources, name) for name in CLASSES}
     built["teratogens"] = teratogens(built)
     for name, res in built.items():
-        (OUT / f"{name}.json").write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (OUT / f"{name}.json").write_text(
+            json.dumps(res, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
         print(f"{name}: {res['expansion']['total']} codes")
     prune_unverified(built)
 

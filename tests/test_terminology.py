@@ -23,8 +23,8 @@ from cds_service.terminology import (
 )
 
 DRUG_CLASSES = {
-    "tacrolimus", "mycophenolate", "cyclophosphamide", "methotrexate", "leflunomide", "teratogens", "rituximab",
-    "other-calcineurin-inhibitors", "cyp3a4-strong-inhibitors", "cyp3a4-moderate-inhibitors",
+    "tacrolimus", "mycophenolate", "cyclophosphamide", "methotrexate", "leflunomide", "teratogens",
+    "rituximab", "other-calcineurin-inhibitors", "cyp3a4-strong-inhibitors", "cyp3a4-moderate-inhibitors",
     "cyp3a4-strong-inducers", "nephrotoxins",
 }  # fmt: skip
 V3_INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
@@ -123,7 +123,7 @@ def test_sources_are_cited_in_every_description():
     keys = re.compile(r"\b(PED|CPIC|OHDSI|PDDI|VS21|VS24|VS25|GER|BHF|ELX|IG|NLM-TB|NDCL|LAB)\b")
     for path in value_set_files():
         if path.stem in DRUG_CLASSES:
-            continue  # drug classes name their sources per code (test_every_drug_class_code_has_a_published_source)
+            continue  # drug classes: a source per code (test_every_drug_class_code_has_a_published_source)
         description = json.loads(path.read_text())["description"]
         if path.stem in ("leflunomide", "qualitative-positive", "qualitative-negative"):
             continue  # no verified source in clinical.md; the description says where else they were seen
@@ -171,7 +171,9 @@ def test_leflunomide_tablets_come_from_the_published_vsac_expansion(terms):
 def source_keys(resource: dict) -> dict[str, list[str]]:
     """code -> the keys of the sources its expansion entry names."""
     return {
-        entry["code"]: [e["valueString"] for e in entry.get("extension", []) if e["url"] == SOURCE_KEY_EXTENSION]
+        entry["code"]: [
+            e["valueString"] for e in entry.get("extension", []) if e["url"] == SOURCE_KEY_EXTENSION
+        ]
         for entry in resource["expansion"].get("contains", [])
     }
 
@@ -182,7 +184,9 @@ def declared_sources(resource: dict) -> dict[str, dict[str, str]]:
     for include in resource.get("compose", {}).get("include", []):
         for ext in include.get("extension", []):
             if ext["url"] == SOURCE_EXTENSION:
-                fields = {e["url"]: next(v for k, v in e.items() if k.startswith("value")) for e in ext["extension"]}
+                fields = {
+                    e["url"]: next(v for k, v in e.items() if k.startswith("value")) for e in ext["extension"]
+                }
                 found[fields["key"]] = fields
     return found
 
@@ -203,7 +207,9 @@ def test_every_drug_class_code_has_a_published_source(name):
         assert set(keys) <= set(sources), (name, code, keys)
         for key in keys:  # and the include of that source lists the code
             include = next(
-                i for i in resource["compose"]["include"] if declared_sources({"compose": {"include": [i]}}).get(key)
+                i
+                for i in resource["compose"]["include"]
+                if declared_sources({"compose": {"include": [i]}}).get(key)
             )
             assert code in {c["code"] for c in include["concept"]}, (name, code, key)
 

@@ -12,8 +12,8 @@ from cds_service.terminology import DEFAULT_DIR, SOURCE_KEY_EXTENSION
 from cds_service.valueset_report import term_type
 
 DRUG_FILES = (
-    "tacrolimus", "mycophenolate", "cyclophosphamide", "methotrexate", "leflunomide", "teratogens", "rituximab",
-    "other-calcineurin-inhibitors", "cyp3a4-strong-inhibitors", "cyp3a4-moderate-inhibitors",
+    "tacrolimus", "mycophenolate", "cyclophosphamide", "methotrexate", "leflunomide", "teratogens",
+    "rituximab", "other-calcineurin-inhibitors", "cyp3a4-strong-inhibitors", "cyp3a4-moderate-inhibitors",
     "cyp3a4-strong-inducers", "nephrotoxins",
 )  # fmt: skip
 
