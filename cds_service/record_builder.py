@@ -42,7 +42,7 @@ from cds_service.record import (
     Unusable,
 )
 from cds_service.terminology import Terminology
-from cds_service.trigger import Resolver, drug_name, recognise
+from cds_service.trigger import DrugName, Resolver, codeable_name, drug_name, recognise
 from cds_service.units import to_canonical
 
 LAB_GROUPS = (
@@ -272,7 +272,9 @@ class RecordBuilder:
     def allergies(self, resources: Iterable[Mapping]) -> list[Allergy]:
         found = []
         for raw in resources:
-            concepts = self.terminology.concepts_of_concept(raw.get("code"))
+            substance = codeable_name(raw.get("code")) or DrugName((), ())
+            recognised = recognise(substance, self.terminology)  # a drug allergy: by code, else by name
+            concepts = self.terminology.concepts_of_concept(raw.get("code")) | recognised.classes
             if not concepts or not _validated(FhirAllergy, raw, self.skipped):
                 continue
             clinical = _code(raw.get("clinicalStatus"))
@@ -281,7 +283,7 @@ class RecordBuilder:
                 Allergy(
                     id=str(raw.get("id", "")),
                     concepts=concepts,
-                    name=_name(raw.get("code"), "allergy"),
+                    name=_label(_name(raw.get("code"), "allergy"), recognised.by_name),
                     active=clinical not in ("inactive", "resolved") and verification not in NOT_CONFIRMED,
                 )
             )

@@ -57,7 +57,8 @@ def draft_resources(context: Mapping) -> list[Mapping]:
     ]
 
 
-def _codeable(concept: object) -> DrugName | None:
+def codeable_name(concept: object) -> DrugName | None:
+    """A CodeableConcept dict as a DrugName (its codings, text and displays); None when it is not one."""
     if not isinstance(concept, Mapping):
         return None
     coding = concept.get("coding")
@@ -72,11 +73,13 @@ def _medication_parts(medication: Mapping) -> tuple[tuple[Mapping, ...], tuple[s
     words: list[str] = []
     ingredients = medication.get("ingredient")
     for ingredient in ingredients if isinstance(ingredients, list) else ():
-        item = _codeable(ingredient.get("itemCodeableConcept")) if isinstance(ingredient, Mapping) else None
+        item = (
+            codeable_name(ingredient.get("itemCodeableConcept")) if isinstance(ingredient, Mapping) else None
+        )
         if item:
             codings += item.codings
             words += item.names
-    form = _codeable(medication.get("form"))
+    form = codeable_name(medication.get("form"))
     if form:
         words += form.names
     return tuple(codings), tuple(words)
@@ -84,7 +87,7 @@ def _medication_parts(medication: Mapping) -> tuple[tuple[Mapping, ...], tuple[s
 
 def drug_name(order: Mapping, resolve: Resolver | None = None) -> DrugName:
     """An order's medication: inline concept, contained or referenced Medication, else the reference text."""
-    found = _codeable(order.get("medicationCodeableConcept"))
+    found = codeable_name(order.get("medicationCodeableConcept"))
     if found:
         return found
     ref = order.get("medicationReference")
@@ -106,7 +109,7 @@ def drug_name(order: Mapping, resolve: Resolver | None = None) -> DrugName:
     )
     if not isinstance(medication, Mapping):
         return DrugName((), display)
-    name = _codeable(medication.get("code")) or DrugName((), ())
+    name = codeable_name(medication.get("code")) or DrugName((), ())
     ingredients, other_words = _medication_parts(medication)
     return DrugName(name.codings, name.names + display, ingredients, other_words)
 
