@@ -160,9 +160,10 @@ class Terminology:
         code without a system or code.
         """
         directory = Path(directory)
-        expansions = {path.stem: _expansion(path) for path in sorted(directory.glob("*.json"))}
+        resources = {path.stem: _read(path) for path in sorted(directory.glob("*.json"))}
+        expansions = {name: _expansion(path, resource) for name, (path, resource) in resources.items()}
         names = {
-            path.stem: found for path in sorted(directory.glob("*.json")) if (found := _class_names(path))
+            name: found for name, (_, resource) in resources.items() if (found := _class_names(resource))
         }
         for folder in include:
             extra_dir = directory / folder
@@ -173,7 +174,7 @@ class Terminology:
                     raise ValueError(
                         f"{path}: unknown value set {path.stem!r} (no {path.stem}.json to extend)"
                     )
-                expansions[path.stem] += _expansion(path)
+                expansions[path.stem] += _expansion(*_read(path))
         for name, codings in (local_codes or {}).items():
             if name not in expansions:
                 raise ValueError(f"unknown value set {name!r} in valuesets.local_codes")
@@ -277,14 +278,19 @@ class Terminology:
         return found
 
 
-def _expansion(path: Path) -> list[tuple[str, str, str]]:
-    """The (system, code, display) rows of a ValueSet file's expansion."""
+def _read(path: Path) -> tuple[Path, dict]:
+    """A ValueSet file, parsed once."""
     try:
         resource = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: cannot read value set: {exc}") from None
     if not isinstance(resource, dict) or resource.get("resourceType") != "ValueSet":
         raise ValueError(f"{path}: not a FHIR ValueSet")
+    return path, resource
+
+
+def _expansion(path: Path, resource: dict) -> list[tuple[str, str, str]]:
+    """The (system, code, display) rows of a ValueSet's expansion."""
     rows = []
     for entry in (resource.get("expansion") or {}).get("contains") or ():
         system, code = canonical_system(entry.get("system")), entry.get("code")
@@ -298,9 +304,8 @@ def _word_key(word: str) -> str:
     return " ".join(word.lower().split())
 
 
-def _class_names(path: Path) -> list[str]:
-    """The drug-class names (ingredients, brands) a ValueSet file declares; empty for other value sets."""
-    resource = json.loads(path.read_text(encoding="utf-8"))
+def _class_names(resource: dict) -> list[str]:
+    """The drug-class names (ingredients, brands) a ValueSet declares; empty for other value sets."""
     return [
         e["valueString"].strip()
         for e in resource.get("extension") or ()

@@ -7,8 +7,8 @@ recognised variant must give exactly the findings of the SCD-coded order, which 
 the topical form must give exactly the findings of the same patient without the drug.
 
 Where a class has no published SBD code the SBD row carries RxNorm's SBD display with a code the service does
-not know (``NO_CODE``): it is then recognised by its name, and the card must say so. Rituximab matters to the
-rules only as an allergy (S3), so its rows are AllergyIntolerance codes and it has no ingredient or topical row.
+not know (``NO_CODE``): it is then recognised by its name, and the card must say so. Rituximab matters to
+the rules only as an allergy (S3): its rows are AllergyIntolerance codes, with no ingredient or topical row.
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ def order(order_id: str, patient: str, status: str, drug: Drug, days_ago: int) -
 
 def patient_bundle(case: str, name: str, variant: str | None) -> dict:
     """The patient of ``case``; ``variant`` None: the same patient without the drug under test."""
-    finding, pregnant, drugs = TABLE[name]
+    _, pregnant, drugs = TABLE[name]
     patient = f"{case}-patient"
     drug = drugs[variant] if variant else None
     resources: list[dict] = [
