@@ -95,6 +95,8 @@ class Allergy:
     concepts: frozenset[str]
     name: str
     active: bool
+    recognised_by_name: frozenset[str] = frozenset()
+    """Drug classes this allergy belongs to only by a name in its text (``name`` then says so)."""
 
     @property
     def reference(self) -> str:

@@ -285,6 +285,7 @@ class RecordBuilder:
                     concepts=concepts,
                     name=_label(_name(raw.get("code"), "allergy"), recognised.by_name),
                     active=clinical not in ("inactive", "resolved") and verification not in NOT_CONFIRMED,
+                    recognised_by_name=recognised.by_name,
                 )
             )
         return found

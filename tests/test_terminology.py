@@ -466,3 +466,70 @@ def test_the_shipped_settings_load_and_can_switch_the_extension_on():
 def test_default_terminology_is_loaded_once():
     assert default_terminology() is default_terminology()
     assert default_terminology().contains("tacrolimus", RXNORM, "2665161")
+
+
+# ---------------------------------------------------------------- drug recognition (rules.md § Drug recognition)
+
+
+def test_recognition_by_product_code_without_any_text(terms):
+    found = terms.recognise([coding(RXNORM, "105585")])  # methotrexate 2.5 MG Oral Tablet (VSAC)
+    assert found.classes == {"methotrexate", "teratogens"} and found.by_name == frozenset()
+
+
+def test_recognition_by_ingredient_code(terms):
+    found = terms.recognise([], ingredients=[coding(RXNORM, "3008")])  # cyclosporine
+    assert found.classes == {"other-calcineurin-inhibitors"} and not found.by_name
+
+
+@pytest.mark.parametrize(
+    ("text", "classes"),
+    [
+        ("METHOTREXATE 2.5 mg tab", {"methotrexate", "teratogens"}),
+        ("Neoral 100 mg", {"other-calcineurin-inhibitors"}),
+        ("Lupkynis 7.9 mg capsule", {"other-calcineurin-inhibitors"}),  # voclosporin: a name, no code yet
+        ("St. John's Wort 300 mg", {"cyp3a4-strong-inducers"}),
+        ("AmBisome 50 mg IV", {"nephrotoxins"}),
+        ("rituximab-abbs 500 mg", {"rituximab"}),
+    ],
+)
+def test_recognition_by_a_whole_word_name_in_any_case(terms, text, classes):
+    found = terms.recognise([coding("http://hospital.example/drugs", "X1", text)], texts=[text])
+    assert found.classes == classes and found.by_name == classes
+
+
+def test_a_name_inside_another_word_is_not_a_name(terms):
+    assert terms.recognise(texts=["antimethotrexatea 5 mg", "Ibuprofenol"]).classes == frozenset()
+
+
+def test_a_name_adds_only_the_classes_no_code_gave(terms):
+    found = terms.recognise(
+        [coding(RXNORM, "197806")], texts=["ibuprofen 600 MG Oral Tablet with methotrexate"]
+    )
+    assert found.classes == {"nephrotoxins", "methotrexate", "teratogens"}
+    assert found.by_name == {"methotrexate", "teratogens"}
+
+
+@pytest.mark.parametrize(
+    ("codings", "texts"),
+    [
+        (
+            [coding(RXNORM, "855635")],
+            ["Voltaren"],
+        ),  # known from its published display: Topical Gel [Voltaren]
+        ([coding(RXNORM, "6135")], ["ketoconazole 2 % shampoo"]),
+        ([coding(RXNORM, "42316")], ["tacrolimus 0.1 % ointment"]),
+        ([], ["cyclosporine ophthalmic emulsion"]),
+        ([], ["gentamicin 0.3 % eye drops"]),
+    ],
+)
+def test_forms_for_skin_eye_ear_or_mucosa_never_count(terms, codings, texts):
+    found = terms.recognise(codings, texts=texts)
+    assert found.classes == frozenset() and found.local_form
+
+
+def test_topical_products_of_the_sources_are_kept_aside_not_dropped(terms):
+    assert terms.local_forms[(RXNORM, "855635")] == (
+        "nephrotoxins",
+        "Diclofenac Sodium 0.01 MG/MG Topical Gel [Voltaren]",
+    )
+    assert not any(code == "855635" for _, code, _ in terms.codes("nephrotoxins"))
