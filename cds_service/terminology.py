@@ -58,12 +58,15 @@ SOURCE_EXTENSION = PROFILE + "code-source"
 SOURCE_KEY_EXTENSION = PROFILE + "code-source-key"
 """expansion.contains extension (valueString): the key of a source that lists this code; one per source."""
 
-LOCAL_FORM = re.compile(
-    r"\b(topical|cutaneous|dermal|cream|ointment|gel|jelly|lotion|shampoo|foam|ophthalmic|eye|otic|ear|"
-    r"vaginal|mouthwash|oral rinse|dental|medicated (?:patch|pad)|irrigation|swab)\b",
-    re.I,
-)
-"""Dose-form words of products for the skin, eye, ear or mucosa: never a member of a drug class."""
+LOCAL_FORM_WORDS = (
+    "topical", "cutaneous", "dermal", "cream", "ointment", "gel", "jelly", "lotion", "shampoo", "foam",
+    "ophthalmic", "eye", "otic", "ear", "vaginal", "mouthwash", "oral rinse", "dental", "medicated patch",
+    "medicated pad", "irrigation", "swab",
+)  # fmt: skip
+"""Dose-form words of products for the skin, eye, ear or mucosa: such a product is never in a drug class."""
+LOCAL_FORM = re.compile(r"\b(" + "|".join(w.replace(" ", r"\s+") for w in LOCAL_FORM_WORDS) + r")\b", re.I)
+_WORD = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*")
+"""A word of a drug name: letters and digits, an apostrophe inside (john's); anything else separates words."""
 
 COMPOSITES = {"teratogens": ("mycophenolate", "cyclophosphamide", "methotrexate", "leflunomide")}
 """Value sets defined as the union of others; extension and local codes of a member flow into them."""
@@ -123,17 +126,14 @@ class Terminology:
         expansions = kept
         self._codes = {name: tuple(rows) for name, rows in expansions.items()}
         self.names_of: dict[str, tuple[str, ...]] = {name: tuple(words) for name, words in names.items()}
-        by_word: dict[str, set[str]] = {}
+        by_words: dict[tuple[str, ...], set[str]] = {}
         for name, words in self.names_of.items():
             for word in words:
-                by_word.setdefault(_word_key(word), set()).add(name)
-        self._classes_of_word = {word: frozenset(found) for word, found in by_word.items()}
-        alternatives = sorted(
-            (re.escape(w).replace(r"\ ", r"\s+") for w in {w for ws in self.names_of.values() for w in ws}),
-            key=len,
-            reverse=True,
-        )
-        self._name_pattern = re.compile(rf"\b(?:{'|'.join(alternatives)})\b", re.I) if alternatives else None
+                if key := _words(word):
+                    by_words.setdefault(key, set()).add(name)
+        self._classes_of_words = {words: frozenset(found) for words, found in by_words.items()}
+        self._local_form_words = {_words(w) for w in LOCAL_FORM_WORDS}
+        self._longest = max((len(k) for k in (*by_words, *self._local_form_words)), default=0)
         self.names: frozenset[str] = frozenset(self._codes)
         exact: dict[tuple[str, str], set[str]] = {}
         icd: dict[str, set[str]] = {}
@@ -220,15 +220,20 @@ class Terminology:
         """
         codings = [c for c in codings or () if isinstance(c, Mapping)]
         ingredients = [c for c in ingredients or () if isinstance(c, Mapping)]
-        texts = [t for t in texts or () if isinstance(t, str) and t]
-        if any(self._is_local_form(c) for c in codings) or any(LOCAL_FORM.search(t) for t in texts):
+        if any(self._is_local_form(c) for c in codings):
             return LOCAL_FORM_DRUG
-        by_code = self.concepts(codings) | self.concepts(ingredients)
         named: set[str] = set()
-        if self._name_pattern is not None:
-            for text in texts:
-                for match in self._name_pattern.finditer(text):
-                    named |= self._classes_of_word.get(_word_key(match.group(0)), frozenset())
+        for text in texts or ():
+            if not isinstance(text, str):
+                continue
+            words = _words(text)
+            for size in range(1, self._longest + 1):  # every run of 1..3 words: one dict hit each
+                for start in range(len(words) - size + 1):
+                    run = words[start : start + size]
+                    if run in self._local_form_words:
+                        return LOCAL_FORM_DRUG
+                    named |= self._classes_of_words.get(run, frozenset())
+        by_code = self.concepts(codings) | self.concepts(ingredients)
         by_name = frozenset(named) - by_code
         if not by_code and not by_name:
             return NOT_RECOGNISED
@@ -300,8 +305,9 @@ def _expansion(path: Path, resource: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
-def _word_key(word: str) -> str:
-    return " ".join(word.lower().split())
+def _words(text: str) -> tuple[str, ...]:
+    """The words of a text, lower case, for whole-word name matching ("St. John’s Wort" -> st john's wort)."""
+    return tuple(_WORD.findall(text.lower().replace("’", "'")))
 
 
 def _class_names(resource: dict) -> list[str]:
