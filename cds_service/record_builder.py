@@ -231,7 +231,7 @@ class RecordBuilder:
             recognised = recognise(name, self.terminology)  # rules.md § Drug recognition
             concepts = recognised.classes
             if not concepts:
-                if not name.codings and not recognised.local_form and not is_draft:
+                if name.unresolved and not is_draft:
                     self._report_unresolved(raw)
                 continue
             if not is_draft and not _validated(FhirMedicationRequest, raw, self.skipped):

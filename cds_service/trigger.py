@@ -32,6 +32,8 @@ class DrugName:
     """Codings of the Medication's ``ingredient[].itemCodeableConcept``."""
     other_words: tuple[str, ...] = ()
     """Texts and displays of the Medication's ingredients and form: read for names and local forms."""
+    unresolved: bool = False
+    """True when the order references a Medication that was neither sent nor could be read."""
 
     @property
     def text(self) -> str:
@@ -108,7 +110,7 @@ def drug_name(order: Mapping, resolve: Resolver | None = None) -> DrugName:
         else ()
     )
     if not isinstance(medication, Mapping):
-        return DrugName((), display)
+        return DrugName((), display, unresolved=bool(target))
     name = codeable_name(medication.get("code")) or DrugName((), ())
     ingredients, other_words = _medication_parts(medication)
     return DrugName(name.codings, name.names + display, ingredients, other_words)

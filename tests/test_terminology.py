@@ -468,7 +468,7 @@ def test_default_terminology_is_loaded_once():
     assert default_terminology().contains("tacrolimus", RXNORM, "2665161")
 
 
-# ---------------------------------------------------------------- drug recognition (rules.md § Drug recognition)
+# ---------------------------------------------------------------- drug recognition (rules.md)
 
 
 def test_recognition_by_product_code_without_any_text(terms):
