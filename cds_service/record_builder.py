@@ -244,7 +244,7 @@ class RecordBuilder:
                 Medication(
                     id=str(raw.get("id", "")),
                     concepts=concepts,
-                    name=_label(name.label or "medication", recognised.by_name),
+                    name=_label(name.label or self._ingredients_label(name), recognised.by_name),
                     status=status,
                     authored=parse_when(raw.get("authoredOn")),
                     exposure=None if is_draft else self._exposure(status, raw),
@@ -255,6 +255,11 @@ class RecordBuilder:
                 )
             )
         return found
+
+    def _ingredients_label(self, name: DrugName) -> str:
+        """A Medication known only by its ingredients: their names (published displays), else "medication"."""
+        words = list(name.other_words) or [d for c in name.ingredients if (d := self.terminology.display(c))]
+        return " / ".join(words) or "medication"
 
     def _report_unresolved(self, raw: Mapping) -> None:
         """An order whose drug we could not see cannot be checked: say so rather than skip it silently."""

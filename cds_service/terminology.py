@@ -137,12 +137,15 @@ class Terminology:
         self.names: frozenset[str] = frozenset(self._codes)
         exact: dict[tuple[str, str], set[str]] = {}
         icd: dict[str, set[str]] = {}
+        self._displays: dict[tuple[str, str], str] = {}
         for name, rows in self._codes.items():
-            for system, code, _ in rows:
+            for system, code, display in rows:
                 if system == ICD10CM:
                     icd.setdefault(_icd_key(code), set()).add(name)
                 else:
                     exact.setdefault((system, code.strip()), set()).add(name)
+                    if display and name in self.drug_classes:
+                        self._displays.setdefault((system, code.strip()), display)
         self._exact = {key: frozenset(names) for key, names in exact.items()}
         self._icd = {key: frozenset(names) for key, names in icd.items()}
         self._memo: dict[tuple[object, object], frozenset[str]] = {}
@@ -238,6 +241,11 @@ class Terminology:
         if not by_code and not by_name:
             return NOT_RECOGNISED
         return Recognition(by_code | by_name, by_name)
+
+    def display(self, coding: Mapping) -> str | None:
+        """The published display of a drug-class code (to name a Medication known only by its ingredients)."""
+        system, code = canonical_system(coding.get("system")), coding.get("code")
+        return self._displays.get((system, code.strip())) if isinstance(code, str) and system else None
 
     def _is_local_form(self, coding: Mapping) -> bool:
         system, code = canonical_system(coding.get("system")), coding.get("code")

@@ -196,3 +196,19 @@ def test_a_read_medication_outside_every_class_is_not_reported_as_unreadable():
     )
     assert built.medications == ()
     assert [s.reference for s in built.skipped] == ["MedicationRequest/d"]
+
+
+def test_a_medication_known_only_by_an_ingredient_code_is_named_by_its_published_display():
+    cyclosporine = {
+        "resourceType": "Medication",
+        "id": "m4",
+        "ingredient": [{"itemCodeableConcept": {"coding": [{"system": RXNORM, "code": "3008"}]}}],
+    }
+    built = build_record(
+        terminology=TERMINOLOGY,
+        now=NOW,
+        patient=None,
+        medications=[referencing("e", cyclosporine)],
+        resolve=lambda ref: cyclosporine,
+    )
+    assert [m.name for m in built.medications] == ["Cyclosporine"]
