@@ -485,10 +485,10 @@ def _pregnancy_signs_and_ends(
         for v in hcg_series.values():
             result = _hcg_result(v, cutoff)
             if result == "positive" and v.when >= hcg_since:
-                said = f"positive hCG on {day(v.when)} ({show(v)})"
+                said = f"positive hCG {show(v)} on {day(v.when)}"
                 signs.append(_Sign("hcg", v.when, said, lab_evidence("hCG", v)))
             elif result == "negative":
-                ends.append(_End(v.when, f"negative hCG on {day(v.when)} ({show(v)})"))
+                ends.append(_End(v.when, f"negative hCG {show(v)} on {day(v.when)}"))
     if not any(s.kind == "hcg" for s in signs):
         checked.append(f"no positive hCG in the last {num(hcg_days)} days")
     return signs, ends, checked, missing
