@@ -580,7 +580,7 @@ def n13_low_egfr(inp: RuleInput) -> Finding | Quiet:
         return quiet("N13", "no eGFR, reported or calculated, to compare with the threshold", gaps)
     if round(egfr.value, 6) > limit:
         return quiet("N13", f"newest eGFR {egfr.on()} is above {num(limit)}", gaps)
-    how = " (calculated, CKD-EPI 2021)" if egfr.calculated else ""
+    how = " calculated (CKD-EPI 2021)" if egfr.calculated else ""
     return finding(
         "N13",
         "warning",
