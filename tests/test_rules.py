@@ -727,8 +727,8 @@ def test_n13_does_not_guess_what_the_equation_needs(patient, gap):
     assert gap in reason
 
 
-# Worked values: clinical.md §5 (female 50 y, 2.0 mg/dL ≈ 30); the NKF CKD-EPI 2021 calculator values quoted in
-# pharmaverse/admiral tests/testthat/test-compute_kidney.R (1.09 mg/dL, 55 y, male → 80; 85 µmol/L, 65 y,
+# Worked values: clinical.md §5 (female 50 y, 2.0 mg/dL ≈ 30); the NKF CKD-EPI 2021 calculator values quoted
+# in pharmaverse/admiral tests/testthat/test-compute_kidney.R (1.09 mg/dL, 55 y, male → 80; 85 µmol/L, 65 y,
 # female → 66) and in a public calculator's comparison notes (1.2 mg/dL, 55 y, male → 71).
 @pytest.mark.parametrize(
     ("creatinine", "age", "female", "expected"),
@@ -998,7 +998,7 @@ def test_the_triggering_order_is_never_earlier_exposure():
     stays_quiet("S7", inp)
 
 
-# --- catalog version 2: pregnancy that ends ------------------------------------------------------------------
+# --- catalog version 2: pregnancy that ends -----------------------------------------------------------------
 def outcome(days: float, name: str = "Encounter for full-term uncomplicated delivery") -> Condition:
     return Condition(
         f"cond-{next(_ids)}", frozenset({"pregnancy-outcome"}), name, False, onset=ago(days),
@@ -1132,7 +1132,7 @@ def test_p2_stop_suggestion_carries_the_reason_for_the_status_change():
     assert f.suggestions[0].reason.startswith("Not compatible with pregnancy")
 
 
-# --- new start or continuing therapy -------------------------------------------------------------------------
+# --- new start or continuing therapy ------------------------------------------------------------------------
 CLASS_V = (cond("lupus", "lupus-nephritis", "lupus-nephritis-class-v", name="SLE GN, WHO class V"),)
 
 
@@ -1197,7 +1197,7 @@ def test_n14_hepatitis_b_warns_for_any_order_and_n15_screens_new_starts():
     assert "could not be retrieved" in " ".join(fires("N15", make(unavailable=("Observation",))).missing)
 
 
-# --- delete suggestions for interacting drafts ---------------------------------------------------------------
+# --- delete suggestions for interacting drafts --------------------------------------------------------------
 def test_n9_and_n10_offer_to_delete_only_drafts():
     draft = med("nephrotoxins", name="naproxen 500 MG", draft=True, rid="nsaid-draft")
     stored = med("nephrotoxins", name="ibuprofen 400 MG", rid="nsaid-stored")
@@ -1209,7 +1209,7 @@ def test_n9_and_n10_offer_to_delete_only_drafts():
     assert [s.medication.id for s in f.suggestions] == ["clari"] and "Avoid the combination" in f.detail
 
 
-# --- wording of N3 and N4 ------------------------------------------------------------------------------------
+# --- wording of N3 and N4 -----------------------------------------------------------------------------------
 def test_n3_for_a_new_start_says_what_to_look_for_and_never_only_wait():
     labs = [lab("creatinine", 0.8, days=60), lab("creatinine", 1.1, days=3)]
     f = fires("N3", make(labs=labs))
