@@ -693,6 +693,7 @@ def pregnant_ln_flare_on_mmf() -> Fixture:
     c.order("hydroxychloroquine", on("2020-10-15"), dosage="200 mg by mouth twice daily")
     c.order("mmf-500mg", on("2026-06-01"), dosage=MMF_DOSE)
     c.panel(on("2026-08-20"), creatinine=0.82, egfr=94, potassium=4.1, magnesium=2.0, glucose=90, upcr=3.0)
+    c.nonreactive("hbsag", on("2026-05-21"))  # screened when the nephritis was diagnosed
     c.lab("hcg-beta", 3250, "IU/L", ago(9))
     c.panel(ago(5), creatinine=0.9, egfr=85, potassium=4.4, bp=(128, 80), upcr=2.3)
     c.order("prograf-1mg", ANCHOR.isoformat(), status="draft", key="tac-draft", dosage=TAC_DOSE)
@@ -706,7 +707,6 @@ def pregnant_ln_flare_on_mmf() -> Fixture:
             "S3": "Pregnancy is a barrier to rituximab.",
             "N1": "No magnesium and no glucose/HbA1c in the last 30 days (last ones 2026-08-20).",
             "N11": NEW_START,
-            "N15": "No HBsAg result and no hepatitis B condition on record at this new start.",
         },
     )
 
