@@ -52,7 +52,7 @@ Suggestion = OrderLabs | StopMedication
 
 @dataclass(frozen=True)
 class Finding:
-    """A rule that fired. ``id`` is the catalog id (P1...N11) that tests, feedback and configuration use."""
+    """A rule that fired. ``id`` is the catalog id (P1...N15) that tests, feedback and configuration use."""
 
     id: str
     topic: str
