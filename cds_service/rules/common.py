@@ -516,13 +516,16 @@ def pregnancy_status(record: PatientRecord, thresholds: Mapping[str, Any]) -> St
         else:
             checked.append(f"{sign.said} was ended by {end.said}")
     said = [s.said for s in live]
-    hcg = [s for s in live if s.kind == "hcg"]
-    if hcg:
-        newest = hcg[0]
+    hcg = [s for s in live if s.kind == "hcg" and s.when is not None]
+    if hcg and hcg[0].when is not None:
+        newest, newest_when = hcg[0], hcg[0].when
         confirming = [
-            s for s in live if s.kind in ("condition", "edd") or (s.kind == "status" and s.when > newest.when)
+            s
+            for s in live
+            if s.kind in ("condition", "edd")
+            or (s.kind == "status" and s.when is not None and s.when > newest_when)
         ]
-        age = (record.now.date() - newest.when.date()).days
+        age = (record.now.date() - newest_when.date()).days
         if not confirming and age > thresholds["hcg_unconfirmed_days"]:
             said[said.index(newest.said)] = (
                 f"{newest.said}, {age} days ago, and no later result confirms the pregnancy"
@@ -575,7 +578,7 @@ def continuing_because(inp: RuleInput) -> str | None:
     if inp.continuing:
         return "the active tacrolimus order is treated as continuing therapy"
     tacrolimus = exposure(inp.record, "tacrolimus")
-    if tacrolimus.any:
+    if tacrolimus.start is not None:
         return f"continuing therapy: earlier tacrolimus exposure from {tacrolimus.start.isoformat()}"
     renewed = sorted({o.prior_prescription for o in inp.orders if o.prior_prescription})
     if renewed:
@@ -608,8 +611,8 @@ class Egfr:
         return self.reported is None
 
     def on(self) -> str:
-        if self.reported is not None:
-            return on(self.reported)
+        if self.reported is not None or self.creatinine is None:
+            return on(self.reported) if self.reported else f"{num(round(self.value))} mL/min/1.73 m²"
         return (
             f"{num(round(self.value))} mL/min/1.73 m² calculated (CKD-EPI 2021) from creatinine "
             f"{on(self.creatinine)} ({self.sex}, {self.age} years)"
@@ -618,6 +621,8 @@ class Egfr:
     def evidence(self) -> list[Evidence]:
         if self.reported is not None:
             return [lab_evidence("eGFR", self.reported)]
+        if self.creatinine is None:
+            return []
         return [
             Evidence(
                 "eGFR, calculated (CKD-EPI 2021)",
@@ -636,10 +641,10 @@ def egfr_now(inp: RuleInput) -> tuple[Egfr | None, list[str]]:
     the creatinine (the equation was developed in adults; interpretation 34).
     """
     reported, gaps = newest_recent(inp, "egfr")
-    if reported is not None:
+    if reported is not None and reported.value is not None:
         return Egfr(reported.value, reported.when, reported=reported), gaps
     creatinine, creatinine_gaps = newest_recent(inp, "creatinine")
-    if creatinine is None:
+    if creatinine is None or creatinine.value is None:
         return None, [*gaps, *creatinine_gaps]
     patient = inp.record.patient
     sex = patient.gender if patient else None
@@ -651,7 +656,7 @@ def egfr_now(inp: RuleInput) -> tuple[Egfr | None, list[str]]:
         why_not = "the birth date is not recorded"
     elif age < 18:
         why_not = f"the patient was {age}: CKD-EPI 2021 is an adult equation"
-    if why_not:
+    if why_not or age is None:
         return None, [*gaps, f"eGFR not calculated from creatinine {on(creatinine)}: {why_not}"]
     value = ckd_epi_2021(creatinine.value, age, sex == "female")
     none_reported = no_recent("egfr", threshold(inp, "recent_lab_days"))
