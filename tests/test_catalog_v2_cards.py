@@ -37,7 +37,10 @@ def test_a_delivered_mother_with_an_old_pregnant_answer_gets_no_teratogen_alarm(
     found = cards(app, "delivered-old-pregnant-answer")
     assert finding_ids({"cards": found}) == {"P3", "N11"}
     assert all(c["indicator"] == "info" for c in found)
-    assert "negative hCG" in card(found, "P3")["detail"]
+    detail = card(found, "P3")["detail"]
+    assert "negative hCG" in detail
+    assert "A recorded pregnancy has ended: pregnancy status 'pregnant' on" in detail
+    assert "was ended by Spontaneous vaginal delivery, single live birth on" in detail
 
 
 def test_a_20_day_old_positive_hcg_with_mycophenolate_is_critical_and_says_nothing_confirms_it(app):

@@ -156,6 +156,8 @@ def p3_mycophenolate_without_hcg(inp: RuleInput) -> Finding | Quiet:
     ]
     who = "a woman" if sex == "female" else "a patient"
     who += f" aged {age}" if age is not None else ""
+    ended = [line for line in status.checked if " was ended by " in line]
+    ended_text = f" A recorded pregnancy has ended: {'; '.join(ended)}." if ended else ""
     return finding(
         "P3",
         "info",
@@ -164,7 +166,8 @@ def p3_mycophenolate_without_hcg(inp: RuleInput) -> Finding | Quiet:
         f"{'being ordered' if all(m.is_draft for m in mycophenolate) else 'active'} for {who}, with no "
         f"negative hCG in the last {num(days)} days. Mycophenolate must be stopped at least 6 weeks before "
         "conception (ACR 2020): confirm a negative pregnancy test and review contraception and pregnancy "
-        "plans. A urine test is suggested: it is quick and uses the urine sample the UPCR needs.",
+        "plans. A urine test is suggested: it is quick and uses the urine sample the UPCR needs."
+        + ended_text,
         ("acr-2020-reproductive",),
         evidence=[medication_evidence(m) for m in mycophenolate],
         missing=missing,
