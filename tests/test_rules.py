@@ -1224,3 +1224,8 @@ def test_n4_cites_the_lupus_nephritis_trial_regimens_for_its_ceiling():
     inp = make(meds=(med(MYCOPHENOLATE),), labs=[lab("tacrolimus-level", 8.5, days=3)])
     f = fires("N4", inp)
     assert "ln-trial-regimens" in f.citations and "not from the Prograf label" in f.detail
+
+
+def test_undated_active_pregnancy_conditions_count_and_cannot_be_ended_by_a_dated_event():
+    undated = [pregnancy_condition(active=True, onset=None) for _ in range(2)]
+    assert pregnant_by(conditions=(*undated, outcome(30)), labs=[lab("hcg-quantitative", 900, days=20)])

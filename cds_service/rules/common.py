@@ -509,7 +509,7 @@ def pregnancy_status(record: PatientRecord, thresholds: Mapping[str, Any]) -> St
         return min(later, key=lambda e: e.when) if later else None
 
     live: list[_Sign] = []
-    for sign in sorted(signs, key=lambda s: (s.when is not None, s.when), reverse=True):
+    for sign in sorted(signs, key=lambda s: s.when.timestamp() if s.when else float("inf"), reverse=True):
         end = ended_by(sign)
         if end is None:
             live.append(sign)
