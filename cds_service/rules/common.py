@@ -530,6 +530,7 @@ def pregnancy_status(record: PatientRecord, thresholds: Mapping[str, Any]) -> St
             said[said.index(newest.said)] = (
                 f"{newest.said}, {age} days ago, and no later result confirms the pregnancy"
             )
+            missing.append(f"no result after the positive hCG of {day(newest_when)} confirms the pregnancy")
     return Status(
         bool(live),
         unique(s.evidence for s in live),
