@@ -164,7 +164,14 @@ def _admin_page(notice: str | None = None, problems: list[str] | None = None, st
     runtime = holder()
     since = _since_arg()
     tenant = request.args.get("tenant") or None
-    stats = aggregate(runtime.store.shown_rows(), runtime.store.feedback_rows(), since=since, tenant=tenant)
+    store = runtime.store
+    stats = aggregate(
+        store.shown_rows(),
+        store.feedback_rows(),
+        since=since,
+        tenant=tenant,
+        suggestion_findings=store.suggestion_findings(),
+    )
     try:
         load_config(runtime.config.directory)
         on_disk: list[str] = []
