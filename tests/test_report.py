@@ -211,9 +211,7 @@ def test_formats_on_an_empty_period():
     assert json.loads(as_json([])) == []
 
 
-def test_a_reason_named_by_code_alone_is_stored_with_the_cards_display_and_a_suggestion_counts_for_its_finding(
-    tmp_path,
-):
+def test_a_reason_by_code_alone_gets_the_cards_display_and_a_suggestion_counts_for_its_finding(tmp_path):
     """The CDS Hooks Sandbox sends override reasons as system + code; accepting the "order baseline labs"
     suggestion on a card with N1 and N11 counts for N1 (whose suggestion it is), not for N11."""
     app = make_app(tmp_path)
@@ -226,7 +224,8 @@ def test_a_reason_named_by_code_alone_is_stored_with_the_cards_display_and_a_sug
     _answer(
         client,
         SIGN,
-        {"card": monitoring["uuid"], "outcome": "accepted", "acceptedSuggestions": [{"id": order_labs["uuid"]}]},
+        {"card": monitoring["uuid"], "outcome": "accepted",
+         "acceptedSuggestions": [{"id": order_labs["uuid"]}]},
         _overridden(monitoring["uuid"], "expert-contradicts"),
         {"card": monitoring["uuid"], "outcome": "overridden",
          "overrideReason": {"reason": {"system": "https://example.org/own", "code": "expert-contradicts"}}},
