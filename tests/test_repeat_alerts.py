@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -161,13 +162,29 @@ def test_bad_settings_are_refused_with_their_line(tmp_path):
     )
 
 
-def test_explain_and_the_log_say_what_was_held_back_and_why(tmp_path, caplog):
+class Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_explain_and_the_log_say_what_was_held_back_and_why(tmp_path):
     app = make_app(tmp_path)
     client = app.test_client()
     post(client, SELECT, build_request(PREECLAMPSIA, hook="order-select"))
-    caplog.set_level("INFO", logger="cds_service.api")
-    post(client, SIGN, build_request(PREECLAMPSIA, hook="order-sign"))
-    [line] = [r for r in caplog.records if r.getMessage() == "hook call"]
+    logger, records = logging.getLogger("cds_service.api"), Records()
+    logger.addHandler(records)  # the service's own logging setup may stop propagation to pytest's capture
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        post(client, SIGN, build_request(PREECLAMPSIA, hook="order-sign"))
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(level)
+    [line] = [r for r in records.records if r.getMessage() == "hook call"]
     assert line.held_back == ["P1", "N11"]
     assert line.held_back_why == [
         "info finding already shown at order-select for this patient and order within 60 min"
