@@ -9,12 +9,14 @@ The small API, for every hook that needs it:
 
 * ``RepeatRule``: what a hook remembers (``remember_as``), whose memory can hold its findings back
   (``recall_from``), which indicators may be held back and how indicators compare.
+* ``rule.subject(tenant, patient, orders)``: whom and what the findings are about (hashed, never stored).
 * ``hold_back(memory, rule, window, subject, findings, now)`` → (findings to show, ``HeldBack`` list).
 * ``memory.remember(rule.remember_as, subject, shown_findings, now)`` after the cards went out.
 
 order-sign holds back an ``info`` finding already shown at order-select for the same patient and draft order
-with the same indicator; a patient-view service will remember and recall under its own name with
-``order`` None, a 24-hour window and ``compare="not-higher"`` (held back unless its indicator rises).
+with the same indicator. A patient-view service adds ``RULES["patient-view"] = RepeatRule("patient-view",
+"patient-view", frozenset(INDICATOR_RANK), "not-higher", why, per_order=False)`` and a 24-hour
+``hold_repeats.window_minutes`` in its service file: the same finding at most once a day unless it rises.
 Any database fault shows the finding: forgetting is safe, hiding an alert wrongly is not.
 """
 
@@ -60,6 +62,11 @@ class RepeatRule:
     """``same``: held back when shown with the same indicator; ``not-higher``: unless the indicator rises."""
     why: str = ""
     """The reason in words, for ``explain`` and the log."""
+    per_order: bool = True
+    """The draft orders are part of what is remembered (False for patient-view: the patient alone)."""
+
+    def subject(self, tenant: str | None, patient: str, orders: Iterable[str] = ()) -> Subject:
+        return Subject(tenant, patient, tuple(sorted(orders)) if self.per_order else ())
 
 
 RULES: dict[str, RepeatRule] = {

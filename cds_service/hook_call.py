@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cds_service.alert_memory import RULES as REPEAT_RULES
-from cds_service.alert_memory import HeldBack, Subject, hold_back, repeat_settings
+from cds_service.alert_memory import HeldBack, hold_back, repeat_settings
 from cds_service.auth import Caller
 from cds_service.cards import apply_finding_settings, build_cards
 from cds_service.config import Service
@@ -199,11 +199,9 @@ def answer_hook(
         )
     )
     not_checked = {DATA_NAMES[k]: why for k, why in {**gathered.unavailable, **gathered.incomplete}.items()}
-    subject = Subject(
-        tenant, str(context.get("patientId")), tuple(sorted(str(t.get("id")) for t in triggers))
-    )
+    about = (tenant, str(context.get("patientId")), [str(t.get("id")) for t in triggers])
     findings, held, to_remember = _repeats(
-        apply_finding_settings(evaluation.findings, settings), service, runtime, settings, subject, now
+        apply_finding_settings(evaluation.findings, settings), service, runtime, settings, about, now
     )
     if held:
         notes["held_back"] = [h.id for h in held]
@@ -225,7 +223,7 @@ def _repeats(
     service: Service,
     runtime: Runtime,
     settings: Mapping[str, Any],
-    subject: Subject,
+    about: tuple[str | None, str, list[str]],
     now: datetime,
 ) -> tuple[list[Finding], list[HeldBack], Callable[[], int] | None]:
     """Hold back what this patient's clinician has just seen (rules.md "Across hooks and visits").
@@ -236,6 +234,7 @@ def _repeats(
     memory = runtime.alert_memory
     if rule is None or memory is None or not options["enabled"]:
         return findings, [], None
+    subject = rule.subject(*about)  # tenant, patient, the triggering orders' ids
     shown, held = hold_back(
         memory, rule, timedelta(minutes=options["window_minutes"]), subject, findings, now
     )

@@ -17,9 +17,11 @@ from click.testing import CliRunner
 from sqlalchemy import select, update
 from support import config_copy, finding_ids, make_app, start_service
 
+from cds_service.alert_memory import SECRET_ENV, AlertMemory, RepeatRule, Subject, hold_back
 from cds_service.app import create_app
 from cds_service.cli import main
 from cds_service.hook_call import answer_hook
+from cds_service.rules.model import Finding
 from cds_service.sandbox.requests import build_request
 from cds_service.storage import make_engine, service_secrets, shown_alerts
 
@@ -246,3 +248,51 @@ def test_the_hold_survives_a_restart_and_works_across_two_workers(tmp_path):
         assert found == {"P5"}
         found, _ = hook_call(service, SIGN, with_draft_id(sign_body, "never-selected"))
         assert found == {"P1", "P5", "N11"}
+
+
+def _finding(finding_id: str, indicator: str) -> Finding:
+    return Finding(finding_id, "pregnancy", indicator, "summary", "detail.", ())
+
+
+def test_the_memory_serves_a_patient_view_rule_once_a_day_unless_the_indicator_rises(tmp_path):
+    """The generic API as the coming patient-view service uses it: no order, 24 h, held unless it rises."""
+    memory = AlertMemory(make_engine(f"sqlite:///{tmp_path / 'm.sqlite3'}"), keep=timedelta(hours=24))
+    rule = RepeatRule(
+        "patient-view",
+        "patient-view",
+        frozenset({"info", "warning", "critical"}),
+        "not-higher",
+        "shown to this patient's clinicians today",
+        per_order=False,
+    )
+    day, t0 = timedelta(hours=24), datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+    subject = rule.subject("tenant-a", "patient-1", ["active-tacrolimus-order"])
+    assert subject.orders == ()
+    shown, held = hold_back(memory, rule, day, subject, [_finding("N5", "warning")], t0)
+    assert [f.id for f in shown] == ["N5"] and held == []
+    assert memory.remember("patient-view", subject, shown, t0) == 1
+    later = t0 + timedelta(hours=3)
+    _, held = hold_back(memory, rule, day, subject, [_finding("N5", "warning")], later)
+    assert [(h.id, h.why) for h in held] == [
+        ("N5", "shown to this patient's clinicians today within 1440 min")
+    ]
+    rises, held = hold_back(memory, rule, day, subject, [_finding("N5", "critical")], later)
+    assert [f.id for f in rises] == ["N5"] and held == []  # the indicator rose: shown again
+    other = rule.subject("tenant-b", "patient-1")  # same patient id in another organisation
+    assert hold_back(memory, rule, day, other, [_finding("N5", "warning")], later)[1] == []
+    next_day = t0 + timedelta(hours=25)
+    assert hold_back(memory, rule, day, subject, [_finding("N5", "warning")], next_day)[1] == []
+
+
+def test_without_a_secret_in_the_environment_every_worker_uses_the_one_generated_in_the_database(
+    tmp_path, monkeypatch
+):
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    url = f"sqlite:///{tmp_path / 'm.sqlite3'}"
+    first, second = (AlertMemory(make_engine(url), keep=timedelta(hours=1)) for _ in range(2))
+    assert AlertMemory(make_engine(url), keep=timedelta(hours=1), create_secret=False).secret() is None
+    subject = Subject("t", "p", ("o",))
+    assert first.key("order-select", subject, "o", "P1") == second.key("order-select", subject, "o", "P1")
+    monkeypatch.setenv(SECRET_ENV, "a-secret-from-the-deployment")
+    third = AlertMemory(make_engine(url), keep=timedelta(hours=1))
+    assert third.key("order-select", subject, "o", "P1") != first.key("order-select", subject, "o", "P1")
