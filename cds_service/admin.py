@@ -31,6 +31,7 @@ from cds_service.config import Config, ConfigError, load_config
 from cds_service.config_schema import SCHEMA_DIR
 from cds_service.explain import FINDING_IDS, SETTINGS_BY_FINDING
 from cds_service.report import FindingStats, aggregate, rate_text, reasons_text
+from cds_service.rules.titles import finding_title
 
 log = logging.getLogger("cds_service.admin")
 bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates")
@@ -164,7 +165,14 @@ def _admin_page(notice: str | None = None, problems: list[str] | None = None, st
     runtime = holder()
     since = _since_arg()
     tenant = request.args.get("tenant") or None
-    stats = aggregate(runtime.store.shown_rows(), runtime.store.feedback_rows(), since=since, tenant=tenant)
+    store = runtime.store
+    stats = aggregate(
+        store.shown_rows(),
+        store.feedback_rows(),
+        since=since,
+        tenant=tenant,
+        suggestion_findings=store.suggestion_findings(),
+    )
     try:
         load_config(runtime.config.directory)
         on_disk: list[str] = []
@@ -184,6 +192,7 @@ def _admin_page(notice: str | None = None, problems: list[str] | None = None, st
         rate_text=rate_text,
         reasons_text=reasons_text,
         show=show,
+        title=finding_title,
     )
 
 
@@ -318,7 +327,7 @@ def effective_view(config: Config) -> dict[str, Any]:
     """Everything the page shows about the configuration, as plain data."""
     shared = config.settings
     tenants = config.section("tenants")
-    sections = ("scope", "thresholds", "findings")
+    sections = ("scope", "thresholds", "findings", "hold_repeats")
     services = [
         {
             "id": s.id,
@@ -367,6 +376,7 @@ def effective_view(config: Config) -> dict[str, Any]:
         }
         findings.append({"id": finding_id, "services": per_service, "tenants": per_tenant})
     other = {
+        "hold_repeats": dict(config.section("hold_repeats")),
         "cards": dict(config.section("cards")),
         "valuesets": dict(config.section("valuesets")),
         "fhir": dict(config.section("fhir")),

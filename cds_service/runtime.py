@@ -12,6 +12,7 @@ from functools import cached_property
 
 import requests
 
+from cds_service.alert_memory import AlertMemory, longest_window
 from cds_service.auth import PROCESS_KEYS, ReplayStore, Verifier
 from cds_service.config import Config, Service
 from cds_service.fhir_client import shared_session
@@ -27,16 +28,26 @@ class Runtime:
     config: Config
     dev: bool = False
     store: Store | None = None
+    alert_memory: AlertMemory | None = None
+    """Findings already shown (order-select → order-sign), on the service's database unless given."""
     session: requests.Session = field(default_factory=shared_session)
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=16, thread_name_prefix="fhir")
     )
 
     @classmethod
-    def from_config(cls, config: Config, dev: bool = False, store: Store | None = None) -> Runtime:
-        runtime = cls(config=config, dev=dev, store=store)
+    def from_config(
+        cls,
+        config: Config,
+        dev: bool = False,
+        store: Store | None = None,
+        alert_memory: AlertMemory | None = None,
+    ) -> Runtime:
+        runtime = cls(config=config, dev=dev, store=store, alert_memory=alert_memory)
         if runtime.store is None:
             runtime.store = Store(make_engine(config.section("feedback")["database_url"]))
+        if runtime.alert_memory is None:
+            runtime.alert_memory = AlertMemory(runtime.store.engine, keep=longest_window(config))
         # Build these now, so that a bad configuration fails at start (or on reload), not on a call.
         runtime.terminology  # noqa: B018
         if not dev:

@@ -33,6 +33,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
+from cds_service.cards import override_reason_display
+
 log = logging.getLogger("cds_service.storage")
 metadata = MetaData()
 
@@ -77,6 +79,37 @@ seen_tokens = Table(
 )
 
 
+shown_suggestions = Table(
+    "shown_suggestions",  # which finding each shown suggestion answers: its feedback counts for that finding
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("shown_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("service_id", String(64), nullable=False),
+    Column("card_uuid", String(36), nullable=False),
+    Column("suggestion_uuid", String(200), nullable=False, index=True),
+    Column("finding_id", String(8), nullable=False),
+)
+
+shown_alerts = Table(
+    "shown_alerts",  # alert_memory: keyed hashes of (tenant, patient, order, finding) shown, never the ids
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("namespace", String(32), nullable=False),
+    Column("key", String(64), nullable=False, index=True),
+    Column("indicator", String(16), nullable=False),
+    Column("shown_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
+)
+
+service_secrets = Table(
+    "service_secrets",  # per-deployment secrets every worker and host shares (alert_memory's HMAC key)
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", String(200), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; a SQLite file is created with its folder, in WAL mode for concurrent workers."""
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and ":memory:" not in url:
@@ -99,7 +132,7 @@ def make_engine(url: str) -> Engine:
 
 
 class ShownWriter:
-    """Writes shown-findings rows in batches from a background thread.
+    """Writes shown-findings (and shown-suggestions) rows in batches from a background thread.
 
     Counting what was shown must not cost a database commit on every hook call (it was a third of a call's
     time). Rows are written within ``interval`` seconds, and on ``flush()`` and at process exit; a hard crash
@@ -109,14 +142,14 @@ class ShownWriter:
     def __init__(self, engine: Engine, interval: float = 0.5):
         self.engine = engine
         self.interval = interval
-        self._queue: queue.SimpleQueue[dict] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Table, dict]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         atexit.register(self.flush)
 
-    def put(self, rows: list[dict]) -> None:
+    def put(self, rows: list[dict], table: Table = shown_findings) -> None:
         for row in rows:
-            self._queue.put(row)
+            self._queue.put((table, row))
         if self._thread is None:  # started lazily: after a fork, each worker process gets its own
             with self._lock:
                 if self._thread is None:
@@ -124,17 +157,19 @@ class ShownWriter:
                     self._thread.start()
 
     def flush(self) -> None:
-        rows = []
+        rows: dict[Table, list[dict]] = {}
         while True:
             try:
-                rows.append(self._queue.get_nowait())
+                table, row = self._queue.get_nowait()
             except queue.Empty:
                 break
+            rows.setdefault(table, []).append(row)
         if not rows:
             return
         try:
             with self.engine.begin() as connection:
-                connection.execute(insert(shown_findings), rows)
+                for table, batch in rows.items():
+                    connection.execute(insert(table), batch)
         except SQLAlchemyError:
             log.exception("could not store shown findings", extra={"rows": len(rows)})
 
@@ -172,13 +207,37 @@ class Store:
         ]
         if rows:
             self.shown.put(rows)
+        suggestions = [
+            {
+                "shown_at": now,
+                "service_id": service_id,
+                "card_uuid": card["uuid"],
+                "suggestion_uuid": suggestion["uuid"],
+                "finding_id": item["id"],
+            }
+            for card in cards
+            for suggestion in card.get("suggestions") or ()
+            if suggestion.get("uuid")
+            for key, items in (suggestion.get("extension") or {}).items()
+            if key.endswith("findings")
+            for item in items
+        ]
+        if suggestions:
+            self.shown.put(suggestions, shown_suggestions)
 
     def save_feedback(self, service_id: str, tenant: str | None, items: Iterable[Mapping]) -> int:
-        """Store already-validated feedback items in one transaction; return how many."""
+        """Store already-validated feedback items in one transaction; return how many.
+
+        An override reason named by code alone (the CDS Hooks Sandbox sends system + code) is stored with the
+        display the cards' own ``overrideReasons`` give it.
+        """
         now = datetime.now(UTC)
         rows = []
         for item in items:
             reason = (item.get("overrideReason") or {}).get("reason") or {}
+            display = reason.get("display") or override_reason_display(
+                reason.get("code"), reason.get("system")
+            )
             rows.append(
                 {
                     "received_at": now,
@@ -190,7 +249,7 @@ class Store:
                     "accepted_suggestions": [s["id"] for s in item.get("acceptedSuggestions") or ()],
                     "override_system": reason.get("system"),
                     "override_code": reason.get("code"),
-                    "override_display": reason.get("display"),
+                    "override_display": display,
                     "user_comment": (item.get("overrideReason") or {}).get("userComment"),
                 }
             )
@@ -205,6 +264,15 @@ class Store:
             query = query.where(feedback.c.received_at >= since)
         with self.engine.connect() as connection:
             return [dict(row._mapping) for row in connection.execute(query)]
+
+    def suggestion_findings(self) -> dict[tuple[str, str], set[str]]:
+        """(service, suggestion uuid) → the finding ids that suggestion answered on the cards shown."""
+        self.shown.flush()
+        found: dict[tuple[str, str], set[str]] = {}
+        with self.engine.connect() as connection:
+            for row in connection.execute(select(shown_suggestions)):
+                found.setdefault((row.service_id, row.suggestion_uuid), set()).add(row.finding_id)
+        return found
 
     def shown_rows(self, since: datetime | None = None) -> list[dict[str, Any]]:
         self.shown.flush()
