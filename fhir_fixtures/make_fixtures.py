@@ -562,7 +562,7 @@ class Fixture:
     quiet: dict[str, str] | None = None
     """Finding id -> why a finding a reader might expect does *not* fire (one line)."""
     service: str | None = None
-    """A service other than the order services (``tacrolimus-monitoring``): the fixture is sent by its hook."""
+    """Another service than the order services (``tacrolimus-monitoring``): the fixture is sent by its hook."""
 
 
 FIXTURES: list[Callable[[], Fixture]] = []
@@ -2033,7 +2033,7 @@ def s4_class_v_renewal() -> Fixture:
     )
 
 
-# --- Patients already on tacrolimus (patient-view, service tacrolimus-monitoring) ----------------------------
+# --- Patients already on tacrolimus (patient-view, service tacrolimus-monitoring) ---------------------------
 #
 # No draft orders: the EHR calls patient-view when the chart is opened. Each patient has an active tacrolimus
 # order stored for months; ``expected`` is what the service shows with its bundled settings (warning and

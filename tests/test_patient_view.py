@@ -98,7 +98,8 @@ def test_discovery_lists_the_monitoring_service_with_templates_from_what_its_rul
     assert service["title"] and "tacrolimus" in service["description"]
     assert "patient-view" in service["usageRequirements"]
     prefetch = service["prefetch"]
-    assert set(prefetch) == {"patient", "conditions", "medications", "observations"}  # no rule reads allergies
+    # No rule of patient-view reads allergies: no allergies key.
+    assert set(prefetch) == {"patient", "conditions", "medications", "observations"}
     asked = set(re.search(r"code=([^&]+)", prefetch["observations"]).group(1).split(","))
     terminology = fixture_app.extensions["cds_runtime"]().terminology
     needed = {
@@ -299,7 +300,7 @@ def test_the_window_and_the_minimum_are_set_per_tenant_for_this_service_alone(tm
     own = config.settings_for(SERVICE, "clinic-a")
     assert own["min_indicator"] == "info" and own["hold_repeats"]["window_minutes"] == 720
     assert config.settings_for("tacrolimus-order-sign", "clinic-a")["hold_repeats"]["window_minutes"] == 30
-    assert config.settings_for("tacrolimus-order-sign", "clinic-a")["min_indicator"] == "info"  # shared default
+    assert config.settings_for("tacrolimus-order-sign", "clinic-a")["min_indicator"] == "info"  # the default
     assert config.settings_for(SERVICE, None)["min_indicator"] == "warning"
     assert config.settings_for(SERVICE, None)["hold_repeats"]["window_minutes"] == 1440
 
