@@ -223,3 +223,11 @@ def test_breastfeeding_answers_are_read_as_clinicians_code_them():
     for oid, (value, expected) in cases.items():
         series = record(observations=[breastfeeding(oid, **value)]).lab("breastfeeding-status")
         assert series.newest().answer == expected, oid
+
+
+def test_a_pregnancy_status_answered_with_a_delivery_or_postpartum_code_reads_as_ended():
+    icd = "http://hl7.org/fhir/sid/icd-10-cm"
+    for code in ("Z37.0", "Z39.1", "O80"):
+        answered = observation("ps", "82810-3", None, None, 3)
+        answered["valueCodeableConcept"] = {"coding": [{"system": icd, "code": code}]}
+        assert record(observations=[answered]).lab("pregnancy-status").newest().answer == "pregnancy-ended"
