@@ -438,26 +438,22 @@ class RecordBuilder:
         a pregnancy outcome given as an answer (a delivery code) reads as "pregnancy-ended".
         """
         concept = holder.get("valueCodeableConcept")
+        breastfeeding = group == "breastfeeding-status"
         if isinstance(concept, Mapping):
             concepts = self.terminology.concepts_of_concept(concept)
             if concepts & {"qualitative-positive", "yes-answer"}:
                 return "positive"
             if concepts & {"qualitative-negative", "no-answer"}:
                 return "negative"
-            if "lactation" in concepts:  # breastfeeding status answered with a lactation finding
+            if breastfeeding and "lactation" in concepts:  # answered with a lactation finding
                 return "positive"
-            if "pregnancy-outcome" in concepts:
+            if group == "pregnancy-status" and "pregnancy-outcome" in concepts:
                 return "pregnancy-ended"
+            said = self._breastfeeding_words(concept) if breastfeeding else None
             code = _code(concept)
-            if code and group != "breastfeeding-status":
-                return code
-            if group == "breastfeeding-status":
-                said = self._breastfeeding_words(concept)
-                if said:
-                    return said
-            if code:
-                return code
-        if group == "breastfeeding-status" and isinstance(holder.get("valueString"), str):
+            if said or code:
+                return said or code
+        if breastfeeding and isinstance(holder.get("valueString"), str):
             said = self._breastfeeding_words({"text": holder["valueString"]})
             if said:
                 return said

@@ -1,7 +1,7 @@
 """Writes the fixture patients of ``fhir_fixtures/`` (one Bundle per patient, plus ``manifest.json``).
 
 Run ``.venv/bin/python fhir_fixtures/make_fixtures.py`` after editing; the JSON it writes is committed.
-Why a script: forty patients share the same building blocks (a monitoring panel, a renewal order...), and
+Why a script: sixty patients share the same building blocks (a monitoring panel, a renewal order...), and
 writing them once keeps codes, units and id prefixes consistent. Dates are written as if today were
 2026-11-01 (``cds_service.fixtures.ANCHOR``); ``load_bundle`` moves them to the real today.
 
@@ -562,7 +562,7 @@ class Fixture:
     quiet: dict[str, str] | None = None
     """Finding id -> why a finding a reader might expect does *not* fire (one line)."""
     service: str | None = None
-    """Another service than the order services (``tacrolimus-monitoring``): the fixture is sent by its hook."""
+    """A service other than the order services (``tacrolimus-monitoring``): sent by that service's hook."""
 
 
 FIXTURES: list[Callable[[], Fixture]] = []

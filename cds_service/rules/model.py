@@ -81,7 +81,8 @@ class Quiet:
 class RuleInput:
     record: PatientRecord
     orders: tuple[Medication, ...]
-    """The triggering tacrolimus orders (already in ``record.medications`` with ``is_trigger``)."""
+    """The tacrolimus orders the request is about: the triggering drafts (in ``record.medications`` with
+    ``is_trigger``), or for patient-view the active stored order (with ``continuing=True``)."""
     thresholds: Mapping[str, Any]
     scope: str = "lupus"
     continuing: bool = False
