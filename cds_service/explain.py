@@ -130,7 +130,8 @@ def request_hook(source: str) -> str | None:
     None for another fixture or a Bundle."""
     path = Path(source)
     entry = manifest().get(path.name.removesuffix(".json"))
-    if entry and entry.get("hook") and (not path.is_file() or path.resolve().parent == FIXTURES_DIR.resolve()):
+    in_fixtures = not path.is_file() or path.resolve().parent == FIXTURES_DIR.resolve()
+    if entry and entry.get("hook") and in_fixtures:
         return str(entry["hook"])
     if not path.is_file():
         return None

@@ -198,7 +198,9 @@ def fixture(name: str) -> Response | tuple[Response, int]:
     )
 
 
-def _checked_drafts(value: Any) -> list[dict]:
+def _checked_drafts(value: Any, hook: str) -> list[dict]:
+    if hook == "patient-view":  # the chart is opened: unsigned drafts are not part of the record
+        return []
     if not isinstance(value, list) or not value:
         raise BadInput("drafts must be a non-empty list of FHIR resources (the page's draft orders)")
     if len(value) > MAX_DRAFTS:
@@ -221,7 +223,10 @@ def _checked_drafts(value: Any) -> list[dict]:
 
 @bp.post("/api/request")
 def build() -> Response:
-    """The CDS Hooks request for the fixture's patient with the page's draft orders, and its service."""
+    """The CDS Hooks request for the fixture's patient with the page's draft orders, and its service.
+
+    patient-view (service ``tacrolimus-monitoring``) sends no draft orders: the patient's chart is opened.
+    """
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise BadInput("send a JSON object: {fixture, hook, via, drafts}")
@@ -233,7 +238,7 @@ def build() -> Response:
         raise BadInput(f"hook must be one of {', '.join(HOOKS)}")
     if via not in ("prefetch", "fhir"):
         raise BadInput("via must be prefetch or fhir")
-    drafts = _checked_drafts(body.get("drafts"))
+    drafts = _checked_drafts(body.get("drafts"), hook)
 
     bundle = load_bundle(name, _today())
     original = set(entry.get("drafts", ()))
@@ -266,7 +271,7 @@ def build() -> Response:
             hook=hook,
             via=via,
             fhir_base=request.host_url.rstrip("/") + FHIR_PATH if via == "fhir" else None,
-            prefetch_templates=runtime.prefetch_templates,
+            prefetch_templates=runtime.templates_for(service),
             store=store,
         )
     except ValueError as error:
