@@ -349,3 +349,70 @@ def _as_patient(body: dict, patient_id: str) -> dict:
     body = copy.deepcopy(body)
     body["context"]["patientId"] = patient_id
     return body
+
+
+# --- the tools: sandbox run, explain, feedback report ------------------------------------------------------
+
+
+def cli(*args: str):
+    from click.testing import CliRunner
+
+    from cds_service.cli import main
+
+    return CliRunner().invoke(main, list(args))
+
+
+def test_sandbox_run_opens_the_chart_of_a_patient_on_tacrolimus(tmp_path):
+    directory = monitoring_config(tmp_path)
+    result = cli("sandbox", "run", "pv-new-clarithromycin", "--hook", "patient-view", "--config", str(directory))
+    assert result.exit_code == 0, result.output
+    assert "patient-view via prefetch · /cds-services/tacrolimus-monitoring" in result.output
+    assert re.search(r"^findings on the cards:\s+N9$", result.output, re.MULTILINE)
+    assert "clarithromycin" in result.output.lower()
+    # Without --hook a patient-view fixture is sent by its own hook; by FHIR callback too.
+    result = cli("sandbox", "run", "pv-duplicate-calcineurin-inhibitor", "--via", "fhir", "--config", str(directory))
+    assert result.exit_code == 0, result.output
+    assert re.search(r"^findings on the cards:\s+N12$", result.output, re.MULTILINE)
+
+
+def test_explain_names_what_was_below_the_minimum_and_what_the_service_does_not_run(tmp_path):
+    directory = monitoring_config(tmp_path)
+    result = cli("explain", "pv-new-pregnancy", "--service", SERVICE, "--config", str(directory))
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "service:  tacrolimus-monitoring (hook patient-view)" in out
+    assert "card pregnancy (critical): P2" in out
+    assert "P1   fired, below min_indicator (info)" in out
+    assert "below this service's min_indicator (warning)" in out
+    assert re.search(r"^N11  not run$", out, re.MULTILINE) and re.search(r"^S3   not run$", out, re.MULTILINE)
+    assert re.search(r"^N4   quiet$", out, re.MULTILINE)
+    # Explained as patient-view, an order fixture whose tacrolimus is only a draft has no trigger.
+    result = cli("explain", "complete-well-monitored", "--service", SERVICE, "--config", str(directory))
+    assert "no active systemic tacrolimus order on record" in result.output
+
+
+def test_cards_shown_and_feedback_are_reported_for_the_service(tmp_path):
+    import json as json_
+
+    app = app_for(tmp_path)
+    client = app.test_client()
+    cards = post(client, pv_request(app, "pv-creatinine-rise-45pct"))["cards"]
+    (card,) = cards
+    feedback = {
+        "feedback": [
+            {
+                "card": card["uuid"],
+                "outcome": "overridden",
+                "overrideReason": {"reason": card["overrideReasons"][0]},
+                "outcomeTimestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+        ]
+    }
+    assert client.post(f"{PATH}/feedback", json=feedback).status_code == 200
+    app.extensions["cds_runtime"]().store.shown.flush()  # shown cards are written in the background
+    directory = tmp_path / "hooks"
+    result = cli("feedback", "report", "--config", str(directory), "--format", "json")
+    assert result.exit_code == 0, result.output
+    rows = [r for r in json_.loads(result.output) if r["service"] == SERVICE]
+    assert [(r["finding"], r["shown"], r["overridden"]) for r in rows] == [("N3", 1, 1)]
+    assert card["overrideReasons"][0]["code"] in json_.dumps(rows[0]["override_reasons"])
