@@ -364,13 +364,14 @@ def cli(*args: str):
 
 def test_sandbox_run_opens_the_chart_of_a_patient_on_tacrolimus(tmp_path):
     directory = monitoring_config(tmp_path)
-    result = cli("sandbox", "run", "pv-new-clarithromycin", "--hook", "patient-view", "--config", str(directory))
+    config = ["--config", str(directory)]
+    result = cli("sandbox", "run", "pv-new-clarithromycin", "--hook", "patient-view", *config)
     assert result.exit_code == 0, result.output
     assert "patient-view via prefetch · /cds-services/tacrolimus-monitoring" in result.output
     assert re.search(r"^findings on the cards:\s+N9$", result.output, re.MULTILINE)
     assert "clarithromycin" in result.output.lower()
     # Without --hook a patient-view fixture is sent by its own hook; by FHIR callback too.
-    result = cli("sandbox", "run", "pv-duplicate-calcineurin-inhibitor", "--via", "fhir", "--config", str(directory))
+    result = cli("sandbox", "run", "pv-duplicate-calcineurin-inhibitor", "--via", "fhir", *config)
     assert result.exit_code == 0, result.output
     assert re.search(r"^findings on the cards:\s+N12$", result.output, re.MULTILINE)
 
