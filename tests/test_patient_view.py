@@ -417,3 +417,39 @@ def test_cards_shown_and_feedback_are_reported_for_the_service(tmp_path):
     rows = [r for r in json_.loads(result.output) if r["service"] == SERVICE]
     assert [(r["finding"], r["shown"], r["overridden"]) for r in rows] == [("N3", 1, 1)]
     assert card["overrideReasons"][0]["code"] in json_.dumps(rows[0]["override_reasons"])
+
+
+# --- secured like the other services; the official CDS Hooks Sandbox ---------------------------------------
+
+
+def test_outside_dev_mode_only_a_registered_ehr_signed_for_this_url_is_answered(tmp_path):
+    from security_helpers import Signer, bearer, claims
+
+    issuer, key, base = "https://ehr.example.org/cds-client", Signer("ES384"), "https://cds.example.org"
+    callers = [{"issuer": issuer, "jwks": {"keys": [key.jwk()]}, "algorithms": ["ES384"]}]
+    directory = config_copy(tmp_path, server={"public_base_url": base}, callers=callers)
+    app = create_app(config_dir=directory, dev=False)
+    client = app.test_client()
+    body = {**pv_request(app, "pv-high-trough"), "hookInstance": str(uuid.uuid4())}
+    assert client.post(PATH, json=body).status_code == 401
+    wrong = key.token(claims(issuer, f"{base}/cds-services/tacrolimus-order-sign"))
+    assert client.post(PATH, json=body, headers=bearer(wrong)).status_code == 401
+    right = key.token(claims(issuer, f"{base}{PATH}"))
+    answer = client.post(PATH, json=body, headers=bearer(right))
+    assert answer.status_code == 200 and finding_ids(answer.get_json()) == {"N4"}
+
+
+def test_the_official_sandbox_patient_view_call_gets_the_cards(fixture_app):
+    """What sandbox.cds-hooks.org's Patient View sends with `fhirServiceUrl` set to the fixture FHIR API: its
+    default user, an open FHIR server (no fhirAuthorization) and prefetch it filled from our templates."""
+    with serve_in_thread(FhirStore.from_fixtures()) as base:
+        body = pv_request(fixture_app, "pv-duplicate-calcineurin-inhibitor", via="both", fhir_base=base)
+        body["context"] = {"patientId": "pvcni-pat", "userId": "Practitioner/COREPRACTITIONER1"}
+        del body["fhirAuthorization"]
+        assert finding_ids(post(fixture_app.test_client(), body)) == {"N12"}
+        del body["prefetch"]  # the service reads the open server itself (dev mode, loopback)
+        assert finding_ids(post(fixture_app.test_client(), body)) == {"N12"}
+    services = fixture_app.test_client().get(
+        "/cds-services", headers={"Origin": "https://sandbox.cds-hooks.org"}
+    )
+    assert services.headers.get("Access-Control-Allow-Origin") in ("*", "https://sandbox.cds-hooks.org")
