@@ -176,8 +176,8 @@ def answer_hook(
     if patient_view:
         gathered = gather_keys(["medications"])
         if gathered.missing_required:
-            notes = {"triggers": 0, "fetched": gathered.fetched, "unavailable": sorted(gathered.unavailable)}
-            return Answer(412, operation_outcome(gathered.missing_required), notes=notes)
+            unread = {"triggers": 0, "fetched": gathered.fetched, "unavailable": sorted(gathered.unavailable)}
+            return Answer(412, operation_outcome(gathered.missing_required), notes=unread)
         try:
             triggers = find_active_tacrolimus(
                 _stored_orders(gathered),

@@ -201,6 +201,15 @@ def test_a_patient_with_only_topical_or_stopped_tacrolimus_gets_no_cards(fixture
     assert post(fixture_app.test_client(), body) == {"cards": []}
 
 
+def test_a_null_medications_prefetch_means_no_orders_and_an_error_in_it_is_fetched(fixture_app, fhir_base):
+    body = pv_request(fixture_app, "pv-high-trough")
+    body["prefetch"]["medications"] = None  # the EHR ran the query and found nothing
+    assert post(fixture_app.test_client(), body) == {"cards": []}
+    body = pv_request(fixture_app, "pv-high-trough", via="both", fhir_base=fhir_base, token=TOKEN)
+    body["prefetch"]["medications"] = {"resourceType": "OperationOutcome", "issue": []}
+    assert finding_ids(post(fixture_app.test_client(), body)) == {"N4"}  # fetched from the server instead
+
+
 def test_without_medications_and_without_a_server_it_answers_412(fixture_app):
     body = pv_request(fixture_app, "pv-high-trough")
     del body["prefetch"]["medications"]
