@@ -45,6 +45,17 @@ def caller_tenant() -> str | None:
     return getattr(caller, "tenant", None) or getattr(caller, "issuer", None)
 
 
+def smart_app_url(rt: Runtime) -> str | None:
+    """The course app's launch URL for card links: ``cards.smart_app_url``, else this service's /smart/launch.
+
+    Behind a proxy that rewrites the host or scheme, set ``cards.smart_app_url``; ``null`` turns the link off.
+    """
+    cards = rt.config.section("cards")
+    if "smart_app_url" in cards:
+        return cards["smart_app_url"] or None
+    return request.url_root.rstrip("/") + "/smart/launch"
+
+
 @bp.get("/cds-services")
 def discovery() -> Response:
     rt = runtime()
@@ -70,7 +81,9 @@ def call_service(service_id: str) -> Response | tuple[Response, int]:
         raise ProtocolError(404, None, f"no CDS service with id {service_id!r}")
     started = time.perf_counter()
     body = json_body()
-    answer = answer_hook(body, service, rt, tenant=caller_tenant(), caller=g.get("caller"))
+    answer = answer_hook(
+        body, service, rt, tenant=caller_tenant(), caller=g.get("caller"), smart_app_url=smart_app_url(rt)
+    )
     cards = answer.body.get("cards", [])
     if cards and rt.store is not None:
         rt.store.record_shown(service.id, caller_tenant(), body["hookInstance"], cards)
