@@ -201,7 +201,7 @@
       rule = "lowest other value in the last " + days + " days";
     }
     if (!candidates.length) return { missing: "no creatinine to serve as a baseline (" + rule + ")" };
-    const lowest = candidates.reduce((a, b) => (b.value < a.value ? b : a));
+    const lowest = candidates.reduce((a, b) => (b.value <= a.value ? b : a)); // ties: the newest, as min() over newest-first
     return { value: lowest.value, unit: "mg/dL", date: lowest.date, observation: lowest.id, rule };
   }
 
