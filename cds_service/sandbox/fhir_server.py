@@ -140,7 +140,9 @@ def create_fhir_app(
         code = "not-found" if error.code == 404 else "not-supported" if error.code == 405 else "exception"
         return fhir_response(operation_outcome(code, error.description or error.name), error.code or 500)
 
-    install_dev_smart(app, base_path, store)  # SMART discovery + a login-free authorization server, loopback only
+    install_dev_smart(
+        app, base_path, store
+    )  # SMART discovery + a login-free authorization server, loopback only
     return app
 
 

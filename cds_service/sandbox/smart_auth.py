@@ -1,6 +1,6 @@
 """A development SMART authorization server on the fixture FHIR server, so testers can launch the SMART app.
 
-Added to every fixture FHIR server (``fixtures serve``, ``/sandbox/fhir`` under ``--dev``, the tests' servers):
+On every fixture FHIR server (``fixtures serve``, ``/sandbox/fhir`` under ``--dev``, the tests' servers):
 
 * ``GET  {base}/.well-known/smart-configuration`` - SMART App Launch discovery;
 * ``POST {base}/auth/launch`` (form or query: ``patient``, optional ``appContext``) - what an EHR does before
@@ -53,7 +53,9 @@ def _decode(text: str | None, what: str) -> dict:
         padded = (text or "") + "=" * (-len(text or "") % 4)
         data = json.loads(base64.urlsafe_b64decode(padded.encode()))
     except (ValueError, binascii.Error):
-        raise _Refused("invalid_request" if what == "launch" else "invalid_grant", f"unknown {what}") from None
+        raise _Refused(
+            "invalid_request" if what == "launch" else "invalid_grant", f"unknown {what}"
+        ) from None
     if not isinstance(data, dict):
         raise _Refused("invalid_grant", f"unknown {what}")
     return data
@@ -138,7 +140,9 @@ def install_dev_smart(app: Flask, base_path: str, store: FhirStore) -> None:
         patient = request.values.get("patient", "")
         app_context = request.values.get("appContext")
         if not FHIR_ID.match(patient) or store.read("Patient", patient) is None:
-            return _json({"error": "invalid_request", "error_description": "patient: not a stored Patient id"}, 400)
+            return _json(
+                {"error": "invalid_request", "error_description": "patient: not a stored Patient id"}, 400
+            )
         if app_context is not None and len(app_context) > MAX_APP_CONTEXT:
             return _json({"error": "invalid_request", "error_description": "appContext: too long"}, 400)
         context = {"patient": patient, **({"appContext": app_context} if app_context is not None else {})}
@@ -175,7 +179,9 @@ def install_dev_smart(app: Flask, base_path: str, store: FhirStore) -> None:
             }
         )
         query = urlencode({"code": code, **({"state": args["state"]} if "state" in args else {})})
-        return Response(status=302, headers={"Location": f"{redirect_uri}{'&' if '?' in redirect_uri else '?'}{query}"})
+        return Response(
+            status=302, headers={"Location": f"{redirect_uri}{'&' if '?' in redirect_uri else '?'}{query}"}
+        )
 
     @app.post(f"{auth}/token")
     def token() -> Response:

@@ -15,7 +15,7 @@ from typing import Any
 from cds_service.cards import FINDINGS_EXTENSION
 from cds_service.rules.model import Quiet, RuleInput
 from cds_service.rules.monitoring import creatinine_rise
-from cds_service.smart import COURSE_THRESHOLDS
+from cds_service.smart import COURSE_THRESHOLDS, DRUG_GROUPS
 
 LINKED_TOPICS = ("nephrotoxicity-monitoring", "salvage-context")
 LABEL = "Kidney and tacrolimus course (chart)"
@@ -36,6 +36,13 @@ def course_context(inp: RuleInput) -> dict[str, Any]:
         }
     else:
         context["baselineMissing"] = rise.reason
+    drafts = [
+        {"name": m.name, "groups": [g for g in DRUG_GROUPS if g in m.concepts], "trigger": m.is_trigger}
+        for m in inp.record.medications
+        if m.is_draft and any(g in m.concepts for g in DRUG_GROUPS)
+    ]
+    if drafts:  # the orders of this session are not in the FHIR server yet: only the card can tell the app
+        context["drafts"] = drafts
     return context
 
 

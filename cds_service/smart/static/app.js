@@ -132,7 +132,12 @@
     return { ...computed, source: "computed in the app by the rules' definition", thresholds };
   }
 
-  function buildChart(series, bars, base, highlighted, range) {
+  function draftsOf(ctx) {
+    const drafts = ctx && Array.isArray(ctx.drafts) ? ctx.drafts : [];
+    return drafts.filter((d) => d && typeof d.name === "string" && Array.isArray(d.groups));
+  }
+
+  function buildChart(series, bars, base, highlighted, range, drafts, now) {
     const datasets = [];
     const narrow = $("course-chart").parentNode.clientWidth < 600;
     const axisWidth = narrow ? 84 : 132;
@@ -145,7 +150,8 @@
         ticks: { maxRotation: 0, autoSkip: true, autoSkipPadding: 12, font },
       },
     };
-    const drugRows = DRUGS.filter(([g]) => ["tacrolimus", "mycophenolate", "cyclophosphamide", "rituximab"].includes(g) || bars.some((b) => b.group === g));
+    const drugRows = DRUGS.filter(([g]) => ["tacrolimus", "mycophenolate", "cyclophosphamide", "rituximab"].includes(g) ||
+      bars.some((b) => b.group === g) || drafts.some((d) => d.groups.includes(g)));
     scales.yDrug = {
       type: "linear", stack: "course", stackWeight: Math.max(1.2, drugRows.length * 0.45), offset: true,
       min: -0.6, max: drugRows.length - 0.4, reverse: true, position: "left",
@@ -200,6 +206,14 @@
         const bar = { name: b.name, status: b.status, start: b.start, end: b.end, id: b.id };
         data.push({ x: b.start, y: row, bar }, { x: Math.max(b.end, b.start + 86400000 / 2), y: row, bar }, { x: b.end + 1, y: null });
       }
+      const ordered = drafts.filter((d) => d.groups.includes(group));
+      if (ordered.length) {
+        datasets.push({
+          label: label + " (being ordered)", group, draft: true, yAxisID: "yDrug", type: "line", showLine: false,
+          pointStyle: "triangle", pointRadius: 8, pointHoverRadius: 10, borderColor: "#000", backgroundColor: colour,
+          data: ordered.map((d) => ({ x: now, y: row, draft: d })),
+        });
+      }
       datasets.push({
         label, group, exposure: true, yAxisID: "yDrug", type: "line", borderColor: colour, backgroundColor: colour,
         borderWidth: hl ? 12 : 9, borderCapStyle: "butt", pointRadius: 0, pointHitRadius: 6, spanGaps: false,
@@ -221,6 +235,7 @@
             callbacks: {
               title: (items) => (items[0] && items[0].raw.bar ? items[0].dataset.label : items[0] ? items[0].raw.date : ""),
               label: (item) => {
+                if (item.raw.draft) return item.raw.draft.name + ": being ordered now (draft" + (item.raw.draft.trigger ? ", this order)" : ")");
                 if (item.raw.bar) {
                   const b = item.raw.bar;
                   return b.name + ": " + isoDay(b.start) + " to " + isoDay(b.end) + " (" + b.status + ")";
@@ -262,7 +277,7 @@
     return t;
   }
 
-  function tables(series, bars, base, highlighted) {
+  function tables(series, bars, base, highlighted, drafts) {
     const list = $("table-list");
     for (const p of PANELS) {
       for (const [group, label] of p.series) {
@@ -277,6 +292,10 @@
       cells: [labelOf(b.group) || b.group, b.name, isoDay(b.start), isoDay(b.end), b.status],
       highlight: highlighted.has(b.group),
     }));
+    for (const d of drafts) {
+      rows.push({ cells: [d.groups.map(labelOf).join(", "), d.name, "now", "", d.trigger ? "draft (this order)" : "draft (this session)"],
+        highlight: d.groups.some((g) => highlighted.has(g)) });
+    }
     list.appendChild(table("Drug exposure periods", ["Class", "Drug", "From", "To", "Order status"], rows, "exposure"));
     $("tables").hidden = false;
   }
@@ -311,8 +330,9 @@
       for (const b of bars) times.push(b.start, b.end);
       const from = Math.min(...times), pad = Math.max(86400000 * 3, (now - from) * 0.02);
       $("chart-figure").hidden = false;
-      buildChart(series, bars, base, highlighted, [from - pad, now + pad]);
-      tables(series, bars, base, highlighted);
+      const drafts = draftsOf(ctx);
+      buildChart(series, bars, base, highlighted, [from - pad, now + pad], drafts, now);
+      tables(series, bars, base, highlighted, drafts);
       if (unusable.length) {
         $("left-out").hidden = false;
         $("left-out").textContent = "Left out: " + unusable.map((u) => u.id + " (" + u.reason + ")").join("; ") + ".";
