@@ -46,14 +46,15 @@ def caller_tenant() -> str | None:
 
 
 def smart_app_url(rt: Runtime) -> str | None:
-    """The course app's launch URL for card links: ``cards.smart_app_url``, else this service's /smart/launch.
-
-    Behind a proxy that rewrites the host or scheme, set ``cards.smart_app_url``; ``null`` turns the link off.
-    """
+    """The course app's launch URL for card links: ``cards.smart_app_url`` (``null`` turns the link off),
+    else ``server.public_base_url`` + ``/smart/launch`` (with ``--dev``: this service as the caller reached
+    it, so the sandbox works on any port)."""
     cards = rt.config.section("cards")
     if "smart_app_url" in cards:
         return cards["smart_app_url"] or None
-    return request.url_root.rstrip("/") + "/smart/launch"
+    public = rt.config.section("server").get("public_base_url")
+    base = request.url_root if rt.dev or not public else public
+    return base.rstrip("/") + "/smart/launch"
 
 
 @bp.get("/cds-services")

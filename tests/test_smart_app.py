@@ -389,3 +389,12 @@ def test_the_development_authorization_server_grants_a_patient_token_with_pkce()
         assert answer.status_code == 400 and "redirect_uri" in answer.json()["error_description"]
         unknown = requests.post(f"{base}/auth/launch", data={"patient": "nobody"}, timeout=5)
         assert unknown.status_code == 400
+
+
+def test_outside_dev_the_smart_link_names_the_public_base_url(tmp_path):
+    from cds_service.api import smart_app_url
+
+    production = make_app(tmp_path, dev=False, server={"public_base_url": "https://cds.example.org"})
+    with production.test_request_context("/cds-services/tacrolimus-order-sign", base_url="http://10.0.0.5"):
+        runtime = production.extensions["cds_runtime"]()
+        assert smart_app_url(runtime) == "https://cds.example.org/smart/launch"  # never the Host header

@@ -14,15 +14,15 @@
     { id: "yBp", title: "BP mmHg", weight: 2, series: [["systolic-bp", "Systolic BP", "#b22a2a"], ["diastolic-bp", "Diastolic BP", "#e07b7b"]] },
     { id: "yElec", title: "K mmol/L · Mg mg/dL", weight: 2, series: [["potassium", "Potassium", "#5a6d00"], ["magnesium", "Magnesium", "#00808a"]] },
   ];
-  const DRUGS = [
-    ["tacrolimus", "Tacrolimus", "#7a3a9a"],
-    ["mycophenolate", "Mycophenolate", "#1f4e9c"],
-    ["cyclophosphamide", "Cyclophosphamide", "#9c1f4e"],
-    ["rituximab", "Rituximab", "#2a7f62"],
-    ["cyp3a4-strong-inhibitors", "Strong CYP3A4 inhibitor", "#b35c00"],
-    ["cyp3a4-moderate-inhibitors", "Moderate CYP3A4 inhibitor", "#c98a2e"],
-    ["cyp3a4-strong-inducers", "Strong CYP3A4 inducer", "#6b6b00"],
-    ["nephrotoxins", "Nephrotoxic drug", "#8a2020"],
+  const DRUGS = [  // group, label, colour, short label for the axis of a narrow frame
+    ["tacrolimus", "Tacrolimus", "#7a3a9a", "Tacrolimus"],
+    ["mycophenolate", "Mycophenolate", "#1f4e9c", "Mycophenol."],
+    ["cyclophosphamide", "Cyclophosphamide", "#9c1f4e", "Cyclophosph."],
+    ["rituximab", "Rituximab", "#2a7f62", "Rituximab"],
+    ["cyp3a4-strong-inhibitors", "Strong CYP3A4 inhibitor", "#b35c00", "3A4 inhib. ++"],
+    ["cyp3a4-moderate-inhibitors", "Moderate CYP3A4 inhibitor", "#c98a2e", "3A4 inhib. +"],
+    ["cyp3a4-strong-inducers", "Strong CYP3A4 inducer", "#6b6b00", "3A4 inducer"],
+    ["nephrotoxins", "Nephrotoxic drug", "#8a2020", "Nephrotoxic"],
   ];
   const FINDING_TARGETS = {
     N1: ["creatinine", "egfr", "potassium", "magnesium", "systolic-bp", "upcr"], N2: ["creatinine"], N3: ["creatinine"],
@@ -157,7 +157,7 @@
       min: -0.6, max: drugRows.length - 0.4, reverse: true, position: "left",
       title: { display: false }, afterFit: fit,
       afterBuildTicks: (axis) => { axis.ticks = drugRows.map((_, i) => ({ value: i })); },
-      ticks: { autoSkip: false, font, callback: (v) => (drugRows[v] ? (narrow ? drugRows[v][1].replace("Cyclophosphamide", "Cyclophosph.").replace("Mycophenolate", "Mycophenol.") : drugRows[v][1]).replace(" CYP3A4 ", " 3A4 ") : "") },
+      ticks: { autoSkip: false, font, callback: (v) => (drugRows[v] ? drugRows[v][narrow ? 3 : 1].replace(" CYP3A4 ", " 3A4 ") : "") },
       grid: { display: false },
     };
     for (const p of PANELS.slice().reverse()) {
