@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, current_app, jsonify, request, send_file
 
 from cds_service import units
+from cds_service.terminology import SYSTEM_ALIASES
 
 STATIC = Path(__file__).resolve().parent / "static"
 CLIENT_ID = "tacrolimus-course"
@@ -134,8 +135,6 @@ def terminology() -> Response:
     """
     runtime = _runtime()
     terms = runtime.terminology
-    from cds_service.terminology import SYSTEM_ALIASES
-
     thresholds = runtime.config.section("thresholds")
     return jsonify(
         {
