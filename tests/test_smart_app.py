@@ -42,13 +42,19 @@ LAUNCHED = [
     "tacrolimus-kidney-decline-clarithromycin",  # N3, high trough, an interacting drug bar
     "n3-creatinine-rise-first-order",  # a new start: the baseline is the lowest other recent value
     "s2-cyc-and-mmf-exposed",  # cyclophosphamide and mycophenolate exposure bars
+    "class-v-egfr-40",  # creatinine in µmol/L, UPCR in mg/mmol
+    "n6-low-magnesium-si",  # magnesium in mmol/L
+    "malformed-observation-skipped",  # a potassium whose value is 'abc': left out, as the rules leave it
 ]
+CHARTED = (
+    "creatinine", "egfr", "tacrolimus-level", "upcr", "systolic-bp", "diastolic-bp", "potassium", "magnesium",
+)  # fmt: skip
 needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian chromium")
 
 
 # --- what the chart must hold, from the service's own reading of the fixture --------------------------------
 def expected_course(name: str) -> dict:
-    """Creatinine, trough and UPCR values and drug exposure periods as the rules read them."""
+    """Every charted lab value and the drug exposure periods, as the rules read them."""
     bundle = load_bundle(name)
     resources = [e["resource"] for e in bundle["entry"]]
     drafts = set(manifest()[name].get("drafts", ()))
@@ -62,7 +68,7 @@ def expected_course(name: str) -> dict:
     )
     labs = {
         group: sorted((v.when.date().isoformat(), round(v.value, 6)) for v in record.lab(group).values())
-        for group in ("creatinine", "tacrolimus-level", "upcr")
+        for group in CHARTED
     }
     bars = sorted(
         (group, m.exposure.start.date().isoformat(), m.exposure.end.date().isoformat())
@@ -167,7 +173,7 @@ def chart_content(page) -> dict:
 
 def check_chart(drawn: dict, name: str) -> None:
     expected = expected_course(name)
-    for group in ("creatinine", "tacrolimus-level", "upcr"):
+    for group in CHARTED:  # creatinine, trough and UPCR above all, but every other series too
         assert sorted(map(tuple, drawn["labs"][group])) == expected["labs"][group], group
     assert sorted(map(tuple, drawn["bars"])) == expected["bars"]
     baseline = explained_baseline(name)
@@ -211,6 +217,13 @@ def test_ehr_launch_against_the_fixture_server_charts_the_fixture(service, fhir,
     assert "access_token" in stored
     assert page.evaluate("() => localStorage.length") == 0
     assert problems == []
+    # it reads in a 420 px frame, and every charted value is also in a table (the accessible alternative)
+    assert page.evaluate("() => document.getElementById('course-chart').getBoundingClientRect().right") <= 420
+    expected = expected_course(name)
+    assert drawn["tableRows"] >= sum(len(v) or 1 for v in expected["labs"].values()) + len(expected["bars"])
+    left_out = page.inner_text("#left-out") if page.is_visible("#left-out") else ""
+    for malformed in manifest()[name].get("malformed", ()):
+        assert malformed in left_out  # named, never silently dropped
     SHOTS.mkdir(exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}-420.png"), full_page=True)
     if name == LAUNCHED[1]:
