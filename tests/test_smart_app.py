@@ -233,6 +233,62 @@ def test_ehr_launch_against_the_fixture_server_charts_the_fixture(service, fhir,
     page.close()
 
 
+def _order(oid: str, **medication) -> dict:
+    return {
+        "resourceType": "MedicationRequest", "id": oid, "status": "active", "intent": "order",
+        "subject": {"reference": "Patient/p"}, "authoredOn": "2026-01-10T08:00:00Z", **medication,
+    }  # fmt: skip
+
+
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+HAND_MADE_ORDERS = [
+    _order("by-code", medicationCodeableConcept={"coding": [{"system": RXNORM, "code": "198377"}]}),
+    _order("by-brand-name", medicationCodeableConcept={"text": "Prograf 1 mg capsule"}),
+    _order("ointment", medicationCodeableConcept={"text": "Protopic (tacrolimus) 0.1 % ointment"}),
+    _order(
+        "by-oid",
+        medicationCodeableConcept={"coding": [{"system": "urn:oid:2.16.840.1.113883.6.88", "code": "21212"}]},
+    ),
+    _order(
+        "by-ingredient",
+        contained=[
+            {
+                "resourceType": "Medication",
+                "id": "m",
+                "code": {"text": "compounded capsule"},
+                "ingredient": [{"itemCodeableConcept": {"coding": [{"system": RXNORM, "code": "42316"}]}}],
+            }
+        ],
+        medicationReference={"reference": "#m"},
+    ),
+    _order("rifampicin-text", medicationCodeableConcept={"text": "Rifampicin 300 mg"}),
+    _order("unknown", medicationCodeableConcept={"text": "paracetamol 500 mg"}),
+]
+
+
+@needs_chromium
+def test_the_app_recognises_drug_orders_as_the_rules_do(service, fhir, browser):
+    """Codes, system aliases, ingredients, names and local forms: the app and the record builder agree."""
+    record = build_record(
+        terminology=Terminology.load(), now=datetime.now(UTC), patient=None, medications=HAND_MADE_ORDERS
+    )
+    expected = sorted((m.id, g) for m in record.medications for g in DRUG_GROUPS if g in m.concepts)
+    assert ("by-brand-name", "tacrolimus") in expected and not any(i == "ointment" for i, _ in expected)
+    page = browser.new_page()
+    launch = ehr_launch(fhir, expected_course(LAUNCHED[0])["patient"])
+    page.goto(f"{service}/smart/launch?iss={fhir}&launch={launch}")
+    page.wait_for_selector("body[data-ready=true]", timeout=20_000)
+    seen = page.evaluate(
+        """async (orders) => {
+            const terms = await (await fetch("terminology.json")).json();
+            return Course.exposures(terms, orders, Date.now(), {}).map((b) => [b.id.split("/")[1], b.group]);
+        }""",
+        HAND_MADE_ORDERS,
+    )
+    assert sorted(map(tuple, seen)) == expected
+    page.close()
+
+
 @needs_chromium
 @pytest.mark.parametrize("name", ["n2-creatinine-rise-25pct", "tacrolimus-kidney-decline-clarithromycin"])
 def test_the_monitoring_cards_smart_link_launches_the_app_from_the_web_sandbox(service, browser, name):

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, current_app, jsonify, request, send_file
 
 from cds_service import units
-from cds_service.terminology import SYSTEM_ALIASES
+from cds_service.terminology import LOCAL_FORM_WORDS, SYSTEM_ALIASES
 
 STATIC = Path(__file__).resolve().parent / "static"
 CLIENT_ID = "tacrolimus-course"
@@ -128,7 +128,7 @@ def app_page() -> Response:
 
 @bp.get("/terminology.json")
 def terminology() -> Response:
-    """Value-set codes of the charted classes, unit factors to the rules' units, and default thresholds.
+    """Value-set codes and names of the charted classes, unit factors to the rules' units, default thresholds.
 
     Generated from the running configuration (extension and local codes included), so the app sorts
     observations and orders exactly as the rules do. Terminology and settings only - no patient data.
@@ -141,6 +141,10 @@ def terminology() -> Response:
             "systemAliases": SYSTEM_ALIASES,
             "labs": {g: [[s, c] for s, c, _ in terms.codes(g)] for g in LAB_GROUPS},
             "drugs": {g: [[s, c] for s, c, _ in terms.codes(g)] for g in DRUG_GROUPS},
+            # recognition by name and the forms for skin, eye, ear or mucosa (rules.md § Drug recognition)
+            "drugNames": {g: list(terms.names_of.get(g, ())) for g in DRUG_GROUPS},
+            "localForms": sorted(f"{s}|{c}" for s, c in terms.local_forms),
+            "localFormWords": list(LOCAL_FORM_WORDS),
             "units": {g: {"canonical": units.CANONICAL_UNITS[g], "factors": units.linear_factors(g)}
                       for g in LAB_GROUPS},
             "thresholds": {k: thresholds[k] for k in COURSE_THRESHOLDS if k in thresholds},

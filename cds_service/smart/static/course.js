@@ -5,6 +5,9 @@
  * - Lab values are converted to the rules' units with the rules' factors (cds_service/units.py, shipped in
  *   terminology.json) after the same unit normalisation; a value whose unit is not understood is listed as
  *   unusable, never guessed.
+ * - Drug orders are recognised as cds_service/terminology.py recognise() does: by code, by ingredient code,
+ *   else by an ingredient or brand name (whole words) in the texts; a form for skin, eye, ear or mucosa (by
+ *   code or by a word in its texts) belongs to no class.
  * - Exposure periods follow cds_service/record_builder.py: start = authoredOn, else validityPeriod.start; end
  *   = validityPeriod.end, else now for active/on-hold orders, else the start; drafts, cancelled and
  *   entered-in-error orders have none.
@@ -128,23 +131,83 @@
     return { series, unusable };
   }
 
-  function drugCodings(order, resolved) {
-    let codings = codingsOf(order.medicationCodeableConcept);
-    const ref = (order.medicationReference || {}).reference || "";
-    if (ref.startsWith("#")) {
-      const contained = (order.contained || []).find((r) => r && r.id === ref.slice(1));
-      codings = codings.concat(codingsOf((contained || {}).code));
-    } else if (ref && resolved && resolved[ref]) {
-      codings = codings.concat(codingsOf(resolved[ref].code));
-    }
-    return codings;
+  const isObject = (x) => x !== null && typeof x === "object" && !Array.isArray(x);
+  const trimmed = (xs) => xs.filter((w) => typeof w === "string" && w.trim()).map((w) => w.trim());
+
+  /* trigger.codeable_name */
+  function codeableName(concept) {
+    if (!isObject(concept)) return null;
+    const codings = Array.isArray(concept.coding) ? concept.coding.filter(isObject) : [];
+    return { codings, names: trimmed([concept.text, ...codings.map((c) => c.display)]) };
   }
 
+  /* trigger.drug_name: inline concept, contained or referenced Medication, else the reference's display */
   function drugName(order, resolved) {
-    const concept = order.medicationCodeableConcept;
-    if (concept && concept.text) return concept.text;
-    const c = drugCodings(order, resolved).find((x) => x && x.display);
-    return c ? c.display : "medication";
+    const found = codeableName(order.medicationCodeableConcept);
+    if (found) return { ...found, ingredients: [], otherWords: [] };
+    const ref = isObject(order.medicationReference) ? order.medicationReference : {};
+    const target = typeof ref.reference === "string" ? ref.reference : "";
+    let medication = null;
+    if (target.startsWith("#")) medication = (order.contained || []).find((c) => isObject(c) && c.id === target.slice(1));
+    else if (target && resolved) medication = resolved[target];
+    const display = trimmed([ref.display]);
+    if (!isObject(medication)) return { codings: [], names: display, ingredients: [], otherWords: [] };
+    const name = codeableName(medication.code) || { codings: [], names: [] };
+    const ingredients = [], otherWords = [];
+    for (const ingredient of Array.isArray(medication.ingredient) ? medication.ingredient : []) {
+      const item = isObject(ingredient) ? codeableName(ingredient.itemCodeableConcept) : null;
+      if (item) { ingredients.push(...item.codings); otherWords.push(...item.names); }
+    }
+    const form = codeableName(medication.form);
+    if (form) otherWords.push(...form.names);
+    return { codings: name.codings, names: name.names.concat(display), ingredients, otherWords };
+  }
+
+  function words(text) {
+    return text.toLowerCase().replace(/\u2019/g, "'").match(/[a-z0-9]+(?:'[a-z0-9]+)*/g) || [];
+  }
+
+  /* Terminology.recognise: {classes, byName} of a drug name (empty classes for a local form) */
+  function recogniser(terms) {
+    const groupsOf = index(terms);
+    const aliases = terms.systemAliases || {};
+    const localForms = new Set(terms.localForms || []);
+    const localWords = new Set((terms.localFormWords || []).map((w) => words(w).join(" ")));
+    const classesOfWords = new Map();
+    for (const [group, names] of Object.entries(terms.drugNames || {})) {
+      for (const name of names) {
+        const key = words(name).join(" ");
+        if (!key) continue;
+        if (!classesOfWords.has(key)) classesOfWords.set(key, new Set());
+        classesOfWords.get(key).add(group);
+      }
+    }
+    const longest = Math.max(0, ...[...classesOfWords.keys(), ...localWords].map((k) => k.split(" ").length));
+    const NONE = { classes: new Set(), byName: new Set() };
+    return function recognise(name) {
+      const isLocal = (c) => typeof c.code === "string" && typeof c.system === "string" &&
+        localForms.has((aliases[c.system.trim()] || c.system.trim()) + "|" + c.code.trim());
+      if (name.codings.some(isLocal)) return NONE;
+      const named = new Set();
+      for (const text of name.names.concat(name.otherWords)) {
+        const w = words(text);
+        for (let size = 1; size <= longest; size++) {
+          for (let start = 0; start + size <= w.length; start++) {
+            const run = w.slice(start, start + size).join(" ");
+            if (localWords.has(run)) return NONE;
+            for (const g of classesOfWords.get(run) || []) named.add(g);
+          }
+        }
+      }
+      const byCode = new Set([...groupsOf(name.codings), ...groupsOf(name.ingredients)]);
+      const byName = new Set([...named].filter((g) => !byCode.has(g)));
+      return { classes: new Set([...byCode, ...byName]), byName };
+    };
+  }
+
+  function drugLabel(name, byName) {
+    const label = name.names[0] || name.otherWords.join(" / ") || "medication";
+    return byName.size ? label + " (recognised by its name; check the order)" : label;
   }
 
   /* record_builder._exposure */
@@ -161,16 +224,17 @@
 
   /* MedicationRequests -> [{group, name, status, id, start, end}] for the drug classes of the chart. */
   function exposures(terms, orders, now, resolved) {
-    const groupsOf = index(terms);
+    const recognise = recogniser(terms);
     const drugGroups = Object.keys(terms.drugs || {});
     const bars = [];
     for (const order of orders) {
       if (!order || order.resourceType !== "MedicationRequest") continue;
-      const groups = groupsOf(drugCodings(order, resolved));
       const period = exposure(order, now);
       if (!period) continue;
+      const name = drugName(order, resolved);
+      const { classes, byName } = recognise(name);
       for (const g of drugGroups) {
-        if (groups.has(g)) bars.push({ group: g, name: drugName(order, resolved), status: order.status, id: "MedicationRequest/" + order.id, ...period });
+        if (classes.has(g)) bars.push({ group: g, name: drugLabel(name, byName), status: order.status, id: "MedicationRequest/" + order.id, ...period });
       }
     }
     bars.sort((a, b) => a.start - b.start || a.id.localeCompare(b.id));
