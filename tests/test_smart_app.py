@@ -45,6 +45,7 @@ LAUNCHED = [
     "class-v-egfr-40",  # creatinine in µmol/L, UPCR in mg/mmol
     "n6-low-magnesium-si",  # magnesium in mmol/L
     "malformed-observation-skipped",  # a potassium whose value is 'abc': left out, as the rules leave it
+    "s7-stopped-order-supply-duration",  # a stopped order's exposure from its supply duration and repeats
 ]
 CHARTED = (
     "creatinine", "egfr", "tacrolimus-level", "upcr", "systolic-bp", "diastolic-bp", "potassium", "magnesium",

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, current_app, jsonify, request, send_file
 
 from cds_service import units
+from cds_service.record_builder import DURATION_DAYS
 from cds_service.terminology import LOCAL_FORM_WORDS, SYSTEM_ALIASES
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -145,6 +146,7 @@ def terminology() -> Response:
             "drugNames": {g: list(terms.names_of.get(g, ())) for g in DRUG_GROUPS},
             "localForms": sorted(f"{s}|{c}" for s, c in terms.local_forms),
             "localFormWords": list(LOCAL_FORM_WORDS),
+            "durationDays": DURATION_DAYS,  # a stopped order's supply: expectedSupplyDuration units in days
             "units": {g: {"canonical": units.CANONICAL_UNITS[g], "factors": units.linear_factors(g)}
                       for g in LAB_GROUPS},
             "thresholds": {k: thresholds[k] for k in COURSE_THRESHOLDS if k in thresholds},

@@ -9,8 +9,8 @@
  *   else by an ingredient or brand name (whole words) in the texts; a form for skin, eye, ear or mucosa (by
  *   code or by a word in its texts) belongs to no class.
  * - Exposure periods follow cds_service/record_builder.py: start = authoredOn, else validityPeriod.start; end
- *   = validityPeriod.end, else now for active/on-hold orders, else the start; drafts, cancelled and
- *   entered-in-error orders have none.
+ *   = validityPeriod.end, else now for active/on-hold orders, else start + expectedSupplyDuration x (1 +
+ *   numberOfRepeatsAllowed), else the start; drafts, cancelled and entered-in-error orders have none.
  * - The creatinine baseline follows cds_service/rules/monitoring.py (creatinine_rise): used only when the
  *   card's appContext does not carry the baseline the rules used.
  */
@@ -107,8 +107,11 @@
       if (!when) { unusable.push({ id, group, reason: "no effective date" }); return; }
       const value = toCanonical(terms, group, quantity || {}, loincOf(concept));
       if (value === null) {
-        const unit = quantity ? quantity.unit || quantity.code || "no unit" : "no value";
-        unusable.push({ id, group, reason: "value or unit not usable (" + unit + ")" });
+        const number = quantity && typeof quantity.value === "number" && isFinite(quantity.value);
+        const reason = !quantity ? "no value"
+          : !number ? "value " + JSON.stringify(quantity.value) + " is not a number"
+          : "unit " + JSON.stringify(quantity.unit || quantity.code || "") + " not usable";
+        unusable.push({ id, group, reason });
         return;
       }
       series[group].push({
@@ -210,15 +213,31 @@
     return byName.size ? label + " (recognised by its name; check the order)" : label;
   }
 
+  /* record_builder.supply_days: expectedSupplyDuration x (1 + numberOfRepeatsAllowed), in days */
+  function supplyDays(terms, dispense) {
+    const duration = dispense.expectedSupplyDuration;
+    if (!isObject(duration) || typeof duration.value !== "number") return null;
+    const unit = String(duration.code || duration.unit || "").trim().toLowerCase();
+    const perDay = (terms.durationDays || {})[unit];
+    if (perDay === undefined || duration.value <= 0) return null;
+    const repeats = Number.isInteger(dispense.numberOfRepeatsAllowed) && dispense.numberOfRepeatsAllowed >= 0 ? dispense.numberOfRepeatsAllowed : 0;
+    return duration.value * perDay * (1 + repeats);
+  }
+
   /* record_builder._exposure */
-  function exposure(order, now) {
+  function exposure(terms, order, now) {
     if (NOT_EXPOSURE.has(order.status)) return null;
-    const validity = ((order.dispenseRequest || {}).validityPeriod) || {};
+    const dispense = isObject(order.dispenseRequest) ? order.dispenseRequest : {};
+    const validity = dispense.validityPeriod || {};
     const startText = order.authoredOn || validity.start;
     const start = startText ? Date.parse(startText) : NaN;
     if (!isFinite(start) || start > now) return null;
     let end = validity.end ? Date.parse(validity.end) : NaN;
-    if (!isFinite(end)) end = order.status === "active" || order.status === "on-hold" ? now : start;
+    if (!isFinite(end) && (order.status === "active" || order.status === "on-hold")) end = now;
+    if (!isFinite(end)) {
+      const supply = supplyDays(terms, dispense);
+      end = supply ? start + supply * DAY : start;
+    }
     return { start, end: Math.max(start, Math.min(end, now)) };
   }
 
@@ -229,7 +248,7 @@
     const bars = [];
     for (const order of orders) {
       if (!order || order.resourceType !== "MedicationRequest") continue;
-      const period = exposure(order, now);
+      const period = exposure(terms, order, now);
       if (!period) continue;
       const name = drugName(order, resolved);
       const { classes, byName } = recognise(name);
