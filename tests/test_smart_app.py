@@ -357,6 +357,23 @@ def test_a_launch_without_a_usable_iss_and_launch_is_refused(client, query):
     assert "iss" in answer.get_json()["error"]
 
 
+def test_an_administrator_can_let_an_ehr_frame_the_app_and_reach_its_token_endpoint(tmp_path):
+    smart = {"frame_ancestors": ["https://ehr.example.org"], "connect_origins": ["https://auth.example.org"]}
+    client = make_app(tmp_path, smart=smart).test_client()
+    csp = client.get("/smart/launch?iss=https://fhir.example.org/r4&launch=x").headers[
+        "Content-Security-Policy"
+    ]
+    assert "connect-src 'self' https://fhir.example.org https://auth.example.org;" in csp
+    assert csp.endswith("frame-ancestors 'self' https://ehr.example.org")
+
+
+def test_origins_that_could_widen_the_policy_are_refused_by_config_check(tmp_path):
+    from cds_service.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"smart\.connect_origins"):
+        load_config(config_copy(tmp_path, smart={"connect_origins": ["https://a.org; script-src *"]}))
+
+
 def test_without_a_launch_the_app_page_may_connect_only_to_the_service(client):
     csp = client.get("/smart/app").headers["Content-Security-Policy"]
     assert "connect-src 'self';" in csp

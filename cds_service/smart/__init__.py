@@ -16,6 +16,7 @@ longer carries ``iss``) can be given the same policy.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -84,17 +85,23 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def page_csp(origin: str | None) -> str:
-    connect = "'self'" + (f" {origin}" if origin else "")
+def page_csp(origin: str | None, smart: Mapping[str, Any] | None = None) -> str:
+    """The app pages' policy: this service's files only; calls to the launch's FHIR origin (plus the
+    ``smart.connect_origins`` an administrator lists); framed by the service or ``smart.frame_ancestors``."""
+    smart = smart or {}
+    connect = " ".join(["'self'", *([origin] if origin else []), *smart.get("connect_origins", ())])
+    frames = " ".join(["'self'", *smart.get("frame_ancestors", ())])
     return (
         f"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        f"connect-src {connect}; base-uri 'none'; form-action 'none'; frame-ancestors 'self'"
+        f"connect-src {connect}; base-uri 'none'; form-action 'none'; frame-ancestors {frames}"
     )
 
 
 def _page(name: str, origin: str | None) -> Response:
+    smart = _runtime().config.section("smart")
     response = send_file(STATIC / name, mimetype="text/html", max_age=0)
-    response.headers["Content-Security-Policy"] = page_csp(origin)
+    response.headers["Content-Security-Policy"] = page_csp(origin, smart)
+    # For old browsers; browsers that know frame-ancestors ignore it when the CSP has that directive.
     response.headers["X-Frame-Options"] = "SAMEORIGIN"
     return response
 
