@@ -27,6 +27,7 @@ from cds_service.rules import PATIENT_VIEW as PATIENT_VIEW_RULES
 from cds_service.rules import evaluate
 from cds_service.rules.model import INDICATOR_RANK, Evaluation, Finding, RuleInput
 from cds_service.runtime import Runtime
+from cds_service.smart.links import add_course_links, course_context
 from cds_service.trigger import (
     bundle_resolver,
     draft_resources,
@@ -148,12 +149,15 @@ def answer_hook(
     now: datetime | None = None,
     tenant: str | None = None,
     caller: Caller | None = None,
+    smart_app_url: str | None = None,
 ) -> Answer:
     """The answer to one hook call; ``tenant`` (the caller's organisation) picks its overrides.
 
     Order hooks trigger on a tacrolimus draft order; patient-view (rules.md § Patients already on tacrolimus)
     on an active tacrolimus order on record, so it reads the medications first and the rest only if one is
     there.
+
+    With ``smart_app_url`` (the course app's launch URL) the monitoring and salvage cards link to the app.
     """
     validate_request(body, service.hook)
     now = now or datetime.now(UTC)
@@ -230,16 +234,15 @@ def answer_hook(
     else:
         orders = tuple(m for m in record.medications if m.is_trigger)
     settings = runtime.config.settings_for(service, tenant)
-    evaluation = evaluate(
-        RuleInput(
-            record=record,
-            orders=orders,
-            thresholds=settings["thresholds"],
-            scope=settings["scope"],
-            continuing=patient_view,
-            only=PATIENT_VIEW_RULES if patient_view else None,
-        )
+    rule_input = RuleInput(
+        record=record,
+        orders=orders,
+        thresholds=settings["thresholds"],
+        scope=settings["scope"],
+        continuing=patient_view,
+        only=PATIENT_VIEW_RULES if patient_view else None,
     )
+    evaluation = evaluate(rule_input)
     not_checked = {DATA_NAMES[k]: why for k, why in {**gathered.unavailable, **gathered.incomplete}.items()}
     findings, below = at_or_above(
         apply_finding_settings(evaluation.findings, settings), settings.get("min_indicator", "info")
@@ -258,6 +261,8 @@ def answer_hook(
         stored_orders={f"MedicationRequest/{r.get('id')}": r for r in stored_orders},
         not_checked=not_checked,
     )
+    if smart_app_url:  # the course app, launched from the monitoring and salvage cards
+        cards = add_course_links(cards, smart_app_url, course_context(rule_input))
     return Answer(
         200,
         {"cards": cards},
