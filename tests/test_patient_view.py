@@ -462,3 +462,24 @@ def test_the_official_sandbox_patient_view_call_gets_the_cards(fixture_app):
         "/cds-services", headers={"Origin": "https://sandbox.cds-hooks.org"}
     )
     assert services.headers.get("Access-Control-Allow-Origin") in ("*", "https://sandbox.cds-hooks.org")
+
+
+def test_a_reload_turns_it_off_and_on_again(tmp_path):
+    directory = monitoring_config(tmp_path)
+    client = create_app(config_dir=directory, dev=True).test_client()
+    admin = {"Authorization": "Bearer dev-admin-token"}
+    path = directory / "services" / f"{SERVICE}.yaml"
+
+    def listed() -> bool:
+        return SERVICE in [s["id"] for s in client.get("/cds-services").get_json()["services"]]
+
+    assert listed()
+    path.write_text(path.read_text().replace("enabled: true", "enabled: false"))
+    assert client.post("/admin/reload", headers=admin).status_code == 200
+    assert not listed()
+    text = path.read_text().replace("enabled: false", "enabled: true")
+    path.write_text(text.replace("min_indicator: warning", "min_indicator: info"))
+    assert client.post("/admin/reload", headers=admin).status_code == 200
+    assert listed()
+    app = client.application
+    assert finding_ids(post(client, pv_request(app, "pv-new-pregnancy"))) == {"P1", "P2"}

@@ -162,9 +162,14 @@ class Exchange:
 
 
 def fixture_rows() -> list[tuple[str, str, list[str]]]:
-    """(name, one-line description, expected finding ids) of every manifest fixture, sorted by name."""
+    """(name, one-line description, expected finding ids) of every manifest fixture, sorted by name; the
+    description of a fixture sent by another hook than the order hooks says which (``patient-view``)."""
     return [
-        (name, entry.get("description", ""), list(entry.get("expected", ())))
+        (
+            name,
+            entry.get("description", "") + (f" ({entry['hook']})" if entry.get("hook") else ""),
+            list(entry.get("expected", ())),
+        )
         for name, entry in sorted(manifest().items())
     ]
 
