@@ -128,17 +128,20 @@ def load_config(directory: str | Path | None = None) -> Config:
         check_service,
         check_settings,
         check_thresholds,
+        where,
     )
 
     problems = check_settings(settings, settings_path)
     services: dict[str, Service] = {}
     service_files: dict[str, Path] = {}
+    known_ids: set[str] = set()  # every service file's id, enabled or not
     for path in sorted((root / "services").glob("*.yaml")):
         raw = _read_yaml(path)
         found = check_service(raw, path)
         problems.extend(found)
         if found:
             continue
+        known_ids.add(raw["id"])
         if raw.get("enabled", True) is False:
             continue
         if raw["id"] in services:
@@ -169,6 +172,12 @@ def load_config(directory: str | Path | None = None) -> Config:
                 merged = deep_merge(service.settings, shared)["thresholds"]
                 problems += check_thresholds(merged, settings_path, ["tenants", tenant, "thresholds"])
             for service_id, own in (overrides.get("services") or {}).items():
+                if service_id not in known_ids:
+                    at = where(settings_path, ["tenants", tenant, "services", service_id])
+                    problems.append(
+                        f"{at}: tenants.{tenant}.services.{service_id}: not a service of hooks/services/; "
+                        f"known: {', '.join(sorted(known_ids))}"
+                    )
                 for service in [s for s in sound if s.id == service_id and (own or {}).get("thresholds")]:
                     shared = {k: v for k, v in overrides.items() if k != "services"}
                     merged = deep_merge(deep_merge(service.settings, shared), own)["thresholds"]

@@ -289,7 +289,7 @@ def as_text(
     lines = [
         f"request:  {source.label}",
         f"service:  {service.id} (hook {service.hook}), tenant {tenant or '(none)'}",
-        f"scope:    {settings.get('scope')}",
+        f"scope:    {settings.get('scope')}; cards show {settings.get('min_indicator', 'info')} and above",
         f"answer:   HTTP {answer.status}, {len(answer.body.get('cards', ()))} card(s)",
     ]
     for card in answer.body.get("cards", ()):
