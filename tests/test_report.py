@@ -213,14 +213,15 @@ def test_formats_on_an_empty_period():
 
 def test_a_reason_by_code_alone_gets_the_cards_display_and_a_suggestion_counts_for_its_finding(tmp_path):
     """The CDS Hooks Sandbox sends override reasons as system + code; accepting the "order baseline labs"
-    suggestion on a card with N1 and N11 counts for N1 (whose suggestion it is), not for N11."""
+    suggestion on a card with N1, N11 and N15 counts for N1 (whose suggestion it is), not for the others."""
     app = make_app(tmp_path)
     client = app.test_client()
     cards = _cards(client, SIGN, "n1-missing-baseline-labs", "order-sign")
     monitoring = cards["nephrotoxicity-monitoring"]
-    assert sorted(_ids(monitoring)) == ["N1", "N11"]
-    [order_labs] = monitoring["suggestions"]
-    assert order_labs["extension"][FINDINGS_KEY] == [{"id": "N1", "indicator": "info"}]
+    assert sorted(_ids(monitoring)) == ["N1", "N11", "N15"]
+    by_finding = {s["extension"][FINDINGS_KEY][0]["id"]: s for s in monitoring["suggestions"]}
+    assert sorted(by_finding) == ["N1", "N15"]  # order the missing labs; order HBsAg
+    order_labs = by_finding["N1"]
     _answer(
         client,
         SIGN,
@@ -241,7 +242,7 @@ def test_a_reason_by_code_alone_gets_the_cards_display_and_a_suggestion_counts_f
     )
     assert stored[("https://example.org/own", "expert-contradicts")] is None  # not one of the card's reasons
     rows = {r["finding"]: r for r in json.loads(run_report(tmp_path / "hooks", "--format", "json"))}
-    assert (rows["N1"]["accepted"], rows["N11"]["accepted"]) == (1, 0)
+    assert (rows["N1"]["accepted"], rows["N11"]["accepted"], rows["N15"]["accepted"]) == (1, 0, 0)
     assert rows["N11"]["override_reason_displays"] == {
         "expert-contradicts": "Advice from expert contradicts the recommended action"
     }
