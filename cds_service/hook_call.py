@@ -17,6 +17,7 @@ from cds_service.auth import Caller
 from cds_service.cards import apply_finding_settings, build_cards
 from cds_service.config import Service
 from cds_service.fhir_client import FhirClient, FhirError
+from cds_service.fhir_json import path
 from cds_service.gather import Gathered, gather, run_parallel
 from cds_service.prefetch import KEY_BY_NAME
 from cds_service.protocol import validate_request
@@ -109,13 +110,13 @@ def _medication_resolver(
     local = bundle_resolver(known)
     wanted = set()
     for resource in known:
-        ref = (resource.get("medicationReference") or {}).get("reference")
+        ref = path(resource, "medicationReference", "reference")
         if isinstance(ref, str) and ref.startswith("Medication/") and local(ref) is None:
             wanted.add(ref)
     fetched: dict[str, object] = {}
     if wanted and client is not None:
         jobs = {ref: (lambda r=ref: client.read(r)) for ref in sorted(wanted)}
-        fetched, _ = run_parallel(jobs, client.deadline, runtime.executor)
+        fetched, _ = run_parallel(jobs, client.deadline, runtime.executors.for_url(client.base_url))
 
     def resolve(ref: str):
         found = local(ref) or fetched.get(ref)
@@ -153,7 +154,7 @@ def answer_hook(
         runtime.prefetch_templates,
         context,
         client,
-        runtime.executor,
+        runtime.executors,
         client_problem or "no fhirServer in the request",
     )
     notes = {

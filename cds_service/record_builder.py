@@ -29,6 +29,7 @@ from fhir.resources.R4B.observation import Observation as FhirObservation
 from fhir.resources.R4B.patient import Patient as FhirPatient
 from pydantic import ValidationError
 
+from cds_service.fhir_json import obj, objs, path, text
 from cds_service.record import (
     Allergy,
     Condition,
@@ -100,20 +101,32 @@ def parse_when(value: Any) -> datetime | None:
 
 def _code(concept: Any) -> str | None:
     """The first coding's code of a CodeableConcept dict (status fields)."""
-    if isinstance(concept, Mapping):
-        for coding in concept.get("coding") or ():
-            if isinstance(coding, Mapping) and isinstance(coding.get("code"), str):
-                return coding["code"]
+    for coding in objs(obj(concept).get("coding")):
+        if isinstance(coding.get("code"), str):
+            return coding["code"]
     return None
 
 
+def _malformed_concept(raw: Mapping, field: str) -> bool:
+    """Is ``raw[field]`` there but not a CodeableConcept? Then what the resource records cannot be told."""
+    concept = raw.get(field)
+    if concept is None:
+        return False
+    if not isinstance(concept, Mapping):
+        return True
+    coding = concept.get("coding")
+    return coding is not None and not (
+        isinstance(coding, list) and all(isinstance(c, Mapping) for c in coding)
+    )
+
+
 def _name(concept: Any, fallback: str) -> str:
-    if isinstance(concept, Mapping):
-        if isinstance(concept.get("text"), str):
-            return concept["text"]
-        for coding in concept.get("coding") or ():
-            if isinstance(coding, Mapping) and isinstance(coding.get("display"), str):
-                return coding["display"]
+    concept = obj(concept)
+    if isinstance(concept.get("text"), str):
+        return concept["text"]
+    for coding in objs(concept.get("coding")):
+        if isinstance(coding.get("display"), str):
+            return coding["display"]
     return fallback
 
 
@@ -168,6 +181,14 @@ class RecordBuilder:
         self.skipped: list[Unusable] = []
         self._observation_problems: dict[int, Unusable | None] = {}
 
+    def _unreadable(self, raw: Mapping, field: str) -> bool:
+        """Report a resource whose coded field is malformed (it is skipped, and named on the card)."""
+        if not _malformed_concept(raw, field):
+            return False
+        reason = f"its {field} is not a valid CodeableConcept, so what it records cannot be told"
+        self.skipped.append(Unusable(f"{text(raw.get('resourceType'))}/{raw.get('id')}", reason))
+        return True
+
     # --- patient -------------------------------------------------------------------------------------------
     def patient(self, raw: Mapping | None) -> Patient | None:
         if not isinstance(raw, Mapping) or raw.get("resourceType") != "Patient":
@@ -183,7 +204,10 @@ class RecordBuilder:
         found = []
         for raw in resources:
             concepts = self.terminology.concepts_of_concept(raw.get("code"))
-            if not concepts or not _validated(FhirCondition, raw, self.skipped):
+            if not concepts:
+                self._unreadable(raw, "code")
+                continue
+            if not _validated(FhirCondition, raw, self.skipped):
                 continue
             clinical = _code(raw.get("clinicalStatus"))
             verification = _code(raw.get("verificationStatus"))
@@ -193,7 +217,7 @@ class RecordBuilder:
                     concepts=concepts,
                     name=_name(raw.get("code"), "condition"),
                     active=clinical not in INACTIVE_CLINICAL and verification not in NOT_CONFIRMED,
-                    onset=parse_when(raw.get("onsetDateTime") or (raw.get("onsetPeriod") or {}).get("start")),
+                    onset=parse_when(raw.get("onsetDateTime") or path(raw, "onsetPeriod", "start")),
                     recorded=parse_when(raw.get("recordedDate")),
                 )
             )
@@ -209,7 +233,7 @@ class RecordBuilder:
     def _exposure(self, status: str, raw: Mapping) -> Period | None:
         if status in NOT_EXPOSURE:
             return None
-        validity = (raw.get("dispenseRequest") or {}).get("validityPeriod") or {}
+        validity = obj(path(raw, "dispenseRequest", "validityPeriod"))
         start = parse_when(raw.get("authoredOn")) or parse_when(validity.get("start"))
         if start is None or start > self.now:
             return None
@@ -228,7 +252,11 @@ class RecordBuilder:
             name = drug_name(raw, resolve)
             concepts = self._drug_concepts(name)
             if not concepts:
-                if not name.codings and not is_draft:
+                if (
+                    not name.codings
+                    and not is_draft
+                    and not self._unreadable(raw, "medicationCodeableConcept")
+                ):
                     self._report_unresolved(raw)
                 continue
             if not is_draft and not _validated(FhirMedicationRequest, raw, self.skipped):
@@ -236,7 +264,7 @@ class RecordBuilder:
             status = raw.get("status") if isinstance(raw.get("status"), str) else "unknown"
             if is_draft:
                 status = "draft"  # a draft order of this session is active for the rules, whatever it says
-            prior = (raw.get("priorPrescription") or {}).get("reference")
+            prior = path(raw, "priorPrescription", "reference")
             found.append(
                 Medication(
                     id=str(raw.get("id", "")),
@@ -254,8 +282,12 @@ class RecordBuilder:
 
     def _report_unresolved(self, raw: Mapping) -> None:
         """An order whose drug we could not see cannot be checked: say so rather than skip it silently."""
-        target = (raw.get("medicationReference") or {}).get("reference")
-        if isinstance(target, str) and not target.startswith("#"):
+        reference = raw.get("medicationReference")
+        target = path(reference, "reference")
+        if reference is not None and not isinstance(target, str):
+            why = "its medicationReference is malformed, so its drug cannot be told"
+            self.skipped.append(Unusable(f"MedicationRequest/{raw.get('id')}", why))
+        elif isinstance(target, str) and not target.startswith("#"):
             self.skipped.append(
                 Unusable(
                     f"MedicationRequest/{raw.get('id')}",
@@ -269,7 +301,10 @@ class RecordBuilder:
         found = []
         for raw in resources:
             concepts = self.terminology.concepts_of_concept(raw.get("code"))
-            if not concepts or not _validated(FhirAllergy, raw, self.skipped):
+            if not concepts:
+                self._unreadable(raw, "code")
+                continue
+            if not _validated(FhirAllergy, raw, self.skipped):
                 continue
             clinical = _code(raw.get("clinicalStatus"))
             verification = _code(raw.get("verificationStatus"))
@@ -288,18 +323,19 @@ class RecordBuilder:
         """Index Observations by lab group on raw JSON; validation waits until a rule reads a value."""
         raw_by_group: dict[str, list[RawLab]] = defaultdict(list)
         for raw in resources:
-            if raw.get("status") in NOT_RESULTS:
+            if text(raw.get("status")) in NOT_RESULTS:
                 continue
             concepts = self.terminology.concepts_of_concept(raw.get("code"))
             groups = [g for g in LAB_GROUPS if g in concepts] if concepts & LAB_GROUP_SET else []
             if BP_PANEL in concepts or (not groups and raw.get("component")):
                 groups += [g for g in BP_COMPONENT_GROUPS if g not in groups and self._component(raw, g)]
             if not groups:
+                self._unreadable(raw, "code")
                 continue
             when = parse_when(
                 raw.get("effectiveDateTime")
                 or raw.get("effectiveInstant")
-                or (raw.get("effectivePeriod") or {}).get("start")
+                or path(raw, "effectivePeriod", "start")
                 or raw.get("issued")
             )
             if when is None:
@@ -319,10 +355,8 @@ class RecordBuilder:
         return self._observation_problems[key]
 
     def _component(self, raw: Mapping, group: str) -> Mapping | None:
-        for component in raw.get("component") or ():
-            if isinstance(component, Mapping) and group in self.terminology.concepts_of_concept(
-                component.get("code")
-            ):
+        for component in objs(raw.get("component")):
+            if group in self.terminology.concepts_of_concept(component.get("code")):
                 return component
         return None
 
@@ -364,10 +398,8 @@ class RecordBuilder:
         return LabValue(raw.get("id", ""), code, entry.when, None, None, answer=answer, original=answer)
 
     def _group_code(self, concept: Any, group: str) -> str:
-        for coding in (concept or {}).get("coding") or ():
-            if isinstance(coding, Mapping) and self.terminology.contains(
-                group, str(coding.get("system")), str(coding.get("code"))
-            ):
+        for coding in objs(obj(concept).get("coding")):
+            if self.terminology.contains(group, str(coding.get("system")), str(coding.get("code"))):
                 return str(coding["code"])
         return ""
 
@@ -385,15 +417,15 @@ class RecordBuilder:
             code = _code(concept)
             if code:
                 return code
-        text = holder.get("valueString") or (holder.get("valueCodeableConcept") or {}).get("text")
-        if isinstance(text, str):
-            if NEGATIVE_TEXT.match(text):
+        words = text(holder.get("valueString")) or text(path(holder, "valueCodeableConcept", "text"))
+        if words:
+            if NEGATIVE_TEXT.match(words):
                 return "negative"
-            if POSITIVE_TEXT.match(text):
+            if POSITIVE_TEXT.match(words):
                 return "positive"
         if isinstance(holder.get("valueBoolean"), bool):
             return "positive" if holder["valueBoolean"] else "negative"
-        interpretations = {_code(i) for i in holder.get("interpretation") or () if isinstance(i, Mapping)}
+        interpretations = {_code(i) for i in objs(holder.get("interpretation"))}
         if interpretations & POSITIVE_INTERPRETATION:
             return "positive"
         if interpretations & NEGATIVE_INTERPRETATION:
