@@ -164,6 +164,8 @@ class FhirClient:
     """``time.monotonic()`` value after which no call starts and running reads are cut off."""
     page_cap: int = 10
     max_bytes: int = 20_000_000
+    max_resources: int = 20_000
+    """Per search, pages together: what the record builder may have to look at stays bounded."""
 
     def __post_init__(self) -> None:
         self.base_url = self.base_url.rstrip("/") + "/"
@@ -249,16 +251,24 @@ class FhirClient:
                 except MalformedBundle as error:
                     raise FhirError(f"malformed Bundle: {error}") from None
                 pages += 1
+                if len(resources) > self.max_resources:
+                    raise Incomplete(too_many(self.max_resources), resources[: self.max_resources])
                 if next_url is None:
                     break
                 if pages >= self.page_cap:
                     raise FhirError(f"more than {self.page_cap} pages; only the first {pages} were read")
                 bundle = self.get(urljoin(self.base_url, next_url))
+            except Incomplete:
+                raise
             except FhirError as error:
                 if pages == 0:
                     raise
                 raise Incomplete(str(error), resources) from None
         return resources
+
+
+def too_many(limit: int) -> str:
+    return f"more than {limit} resources; only the first {limit} were read"
 
 
 class BodyTooLarge(ValueError):

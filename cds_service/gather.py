@@ -23,7 +23,15 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from cds_service.fhir_client import FhirClient, FhirError, Incomplete, bundle_resources, next_link, origin
+from cds_service.fhir_client import (
+    FhirClient,
+    FhirError,
+    Incomplete,
+    bundle_resources,
+    next_link,
+    origin,
+    too_many,
+)
 from cds_service.fhir_json import MalformedBundle, obj
 from cds_service.prefetch import KEY_BY_NAME, TemplateError, substitute_tokens
 
@@ -130,13 +138,21 @@ def gather(
     client: FhirClient | None,
     executors: ServerExecutors,
     client_unusable_reason: str = "no fhirServer with fhirAuthorization in the request",
+    max_resources: int = 20_000,
 ) -> Gathered:
-    """Resources per prefetch key; what the prefetch lacks is fetched in parallel within the deadline."""
+    """Resources per prefetch key; what the prefetch lacks is fetched in parallel within the deadline.
+
+    A key holds at most ``max_resources`` resources (in the order sent: the templates ask newest first);
+    beyond that it is incomplete and says so.
+    """
     prefetch = prefetch if isinstance(prefetch, Mapping) else {}
     result = Gathered()
     jobs: dict[str, Callable[[], list[dict]]] = {}
     for key, template in templates.items():
         resources, partial, why = _from_prefetch(key, prefetch.get(key, _ABSENT))
+        if resources is not None and len(resources) > max_resources:
+            resources, partial = resources[:max_resources], None
+            result.incomplete[key] = f"the prefetch held {too_many(max_resources)}"
         if resources is not None:
             result.resources[key] = resources
         if resources is not None and partial is None:

@@ -62,6 +62,11 @@ def operation_outcome(issues: Mapping[str, str], code: str = "not-found") -> dic
     }
 
 
+def longest_lookback(thresholds: Mapping[str, Any]) -> int:
+    """The longest look-back window (``*_days``) of the rule catalog's settings."""
+    return max((int(v) for k, v in thresholds.items() if k.endswith("_days")), default=365)
+
+
 def fhir_client_for(
     body: Mapping, runtime: Runtime, deadline: float, caller: Caller | None = None
 ) -> tuple[FhirClient | None, str]:
@@ -96,6 +101,7 @@ def fhir_client_for(
         deadline,
         page_cap=fhir["page_cap"],
         max_bytes=fhir["max_response_bytes"],
+        max_resources=fhir.get("max_resources_per_key", 20_000),
     )
     return client, ""
 
@@ -156,6 +162,7 @@ def answer_hook(
         client,
         runtime.executors,
         client_problem or "no fhirServer in the request",
+        runtime.config.section("fhir").get("max_resources_per_key", 20_000),
     )
     notes = {
         "triggers": len(triggers),
@@ -166,6 +173,7 @@ def answer_hook(
         return Answer(412, operation_outcome(gathered.missing_required), notes=notes)
 
     resources = gathered.resources
+    settings = runtime.config.settings_for(service, tenant)
     stored_orders = [
         r for r in resources.get("medications", ()) if r.get("resourceType") == "MedicationRequest"
     ]
@@ -183,8 +191,8 @@ def answer_hook(
         observations=[r for r in resources.get("observations", ()) if r.get("resourceType") == "Observation"],
         resolve=_medication_resolver(body, gathered, client, runtime),
         unavailable={KEY_BY_NAME[k].resource_type for k in gathered.unavailable},
+        lookback_days=longest_lookback(settings["thresholds"]),
     )
-    settings = runtime.config.settings_for(service, tenant)
     evaluation = evaluate(
         RuleInput(
             record=record,

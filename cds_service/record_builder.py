@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -77,6 +77,10 @@ POSITIVE_TEXT = re.compile(r"^\s*(positive|detected|reactive|pos|yes)\b", re.I)
 NEGATIVE_TEXT = re.compile(r"^\s*(negative|not detected|non-?reactive|neg|no)\b", re.I)
 POSITIVE_INTERPRETATION = frozenset({"POS", "DET"})
 NEGATIVE_INTERPRETATION = frozenset({"NEG", "ND"})
+MAX_RESULTS_PER_LAB = 100
+"""The newest results of one lab group the rules may read. A record with thousands of results of one lab
+(or a hostile request) costs no more than this: the rest are never validated."""
+DEFAULT_LOOKBACK_DAYS = 365
 
 
 def parse_when(value: Any) -> datetime | None:
@@ -175,9 +179,11 @@ def _validated(model: Any, raw: Mapping, skipped: list[Unusable]) -> bool:
 class RecordBuilder:
     """Turns the gathered resources of one request into a PatientRecord."""
 
-    def __init__(self, terminology: Terminology, now: datetime):
+    def __init__(self, terminology: Terminology, now: datetime, lookback_days: int = DEFAULT_LOOKBACK_DAYS):
         self.terminology = terminology
         self.now = now
+        self.lookback_days = lookback_days
+        """The longest look-back window of the rules: results dropped by the cap before it are named."""
         self.skipped: list[Unusable] = []
         self._observation_problems: dict[int, Unusable | None] = {}
 
@@ -343,7 +349,25 @@ class RecordBuilder:
                 continue
             for group in groups:
                 raw_by_group[group].append(RawLab(when, raw))
-        return {group: LabSeries(group, entries, self._parse_lab) for group, entries in raw_by_group.items()}
+        return {
+            group: LabSeries(group, self._newest(group, entries), self._parse_lab)
+            for group, entries in raw_by_group.items()
+        }
+
+    def _newest(self, group: str, entries: list[RawLab]) -> list[RawLab]:
+        """The newest ``MAX_RESULTS_PER_LAB`` entries, chosen before any is validated; the cut is named on the
+        card when it drops results inside the rules' look-back windows."""
+        if len(entries) <= MAX_RESULTS_PER_LAB:
+            return entries
+        entries = sorted(entries, key=lambda r: r.when, reverse=True)
+        kept, dropped = entries[:MAX_RESULTS_PER_LAB], entries[MAX_RESULTS_PER_LAB:]
+        if dropped[0].when >= self.now - timedelta(days=self.lookback_days):
+            reason = (
+                f"only the newest {MAX_RESULTS_PER_LAB} of {len(entries)} results were read "
+                f"(older ones from {dropped[0].when.date().isoformat()} back were not)"
+            )
+            self.skipped.append(Unusable(f"Observation ({group})", reason))
+        return kept
 
     def _observation_problem(self, raw: Mapping) -> Unusable | None:
         """Validate an Observation once, though a BP panel is read for two groups."""
@@ -446,8 +470,9 @@ def build_record(
     observations: Sequence[Mapping] = (),
     resolve: Resolver | None = None,
     unavailable: Iterable[str] = (),
+    lookback_days: int = DEFAULT_LOOKBACK_DAYS,
 ) -> PatientRecord:
-    builder = RecordBuilder(terminology, now)
+    builder = RecordBuilder(terminology, now, lookback_days)
     return PatientRecord(
         now=now,
         patient=builder.patient(patient),
