@@ -164,7 +164,7 @@ class FhirClient:
     """``time.monotonic()`` value after which no call starts and running reads are cut off."""
     page_cap: int = 10
     max_bytes: int = 20_000_000
-    max_resources: int = 20_000
+    max_resources: int = 50_000
     """Per search, pages together: what the record builder may have to look at stays bounded."""
 
     def __post_init__(self) -> None:
@@ -182,7 +182,7 @@ class FhirClient:
             raise FhirError("link leads off the FHIR server; not followed")
         remaining = self.remaining()
         if remaining <= 0:
-            raise FhirError("deadline passed")
+            raise FhirError("the deadline passed before the call could start (too many calls to this server)")
         headers = {"Accept": FHIR_JSON}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"

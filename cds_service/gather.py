@@ -138,7 +138,7 @@ def gather(
     client: FhirClient | None,
     executors: ServerExecutors,
     client_unusable_reason: str = "no fhirServer with fhirAuthorization in the request",
-    max_resources: int = 20_000,
+    max_resources: int = 50_000,
 ) -> Gathered:
     """Resources per prefetch key; what the prefetch lacks is fetched in parallel within the deadline.
 

@@ -101,7 +101,7 @@ def fhir_client_for(
         deadline,
         page_cap=fhir["page_cap"],
         max_bytes=fhir["max_response_bytes"],
-        max_resources=fhir.get("max_resources_per_key", 20_000),
+        max_resources=fhir.get("max_resources_per_key", 50_000),
     )
     return client, ""
 
@@ -162,7 +162,7 @@ def answer_hook(
         client,
         runtime.executors,
         client_problem or "no fhirServer in the request",
-        runtime.config.section("fhir").get("max_resources_per_key", 20_000),
+        runtime.config.section("fhir").get("max_resources_per_key", 50_000),
     )
     notes = {
         "triggers": len(triggers),

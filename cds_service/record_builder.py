@@ -363,8 +363,8 @@ class RecordBuilder:
         kept, dropped = entries[:MAX_RESULTS_PER_LAB], entries[MAX_RESULTS_PER_LAB:]
         if dropped[0].when >= self.now - timedelta(days=self.lookback_days):
             reason = (
-                f"only the newest {MAX_RESULTS_PER_LAB} of {len(entries)} results were read "
-                f"(older ones from {dropped[0].when.date().isoformat()} back were not)"
+                f"only the newest {MAX_RESULTS_PER_LAB} of {len(entries)} results were read; "
+                f"the {len(dropped)} older ones (from {dropped[0].when.date().isoformat()} back) were not"
             )
             self.skipped.append(Unusable(f"Observation ({group})", reason))
         return kept
@@ -387,15 +387,15 @@ class RecordBuilder:
     def _parse_lab(self, group: str, entry: RawLab) -> LabValue | Unusable:
         raw = entry.resource
         reference = f"Observation/{raw.get('id')}"
+        day = entry.when.date().isoformat()
         problem = self._observation_problem(raw)
-        if problem is not None:
-            return problem
+        if problem is not None:  # the rules quote the reason alone: it names the resource
+            return Unusable(reference, f"{group} on {day} ({reference}) is {problem.reason}")
         holder = raw
         concepts = self.terminology.concepts_of_concept(raw.get("code"))
         if group in BP_COMPONENT_GROUPS and group not in concepts:
             holder = self._component(raw, group) or {}
         code = self._group_code(holder.get("code"), group)
-        day = entry.when.date().isoformat()
         quantity = holder.get("valueQuantity")
         if isinstance(quantity, Mapping) and quantity.get("value") is not None:
             value, unit = float(quantity["value"]), quantity.get("unit") or quantity.get("code")
