@@ -178,7 +178,11 @@ class FhirClient:
 
     def get(self, url: str) -> dict | None:
         """GET one FHIR JSON document; None for 404/410. The URL must be on the FHIR server's origin."""
-        if origin(url) != origin(self.base_url):
+        try:
+            off_server = origin(url) != origin(self.base_url)
+        except ValueError:  # urlsplit refuses some hostile links ("http://[x")
+            raise FhirError("malformed link; not followed") from None
+        if off_server:
             raise FhirError("link leads off the FHIR server; not followed")
         remaining = self.remaining()
         if remaining <= 0:
@@ -257,7 +261,11 @@ class FhirClient:
                     break
                 if pages >= self.page_cap:
                     raise FhirError(f"more than {self.page_cap} pages; only the first {pages} were read")
-                bundle = self.get(urljoin(self.base_url, next_url))
+                try:
+                    next_page = urljoin(self.base_url, next_url)
+                except ValueError:
+                    raise FhirError("malformed next link; not followed") from None
+                bundle = self.get(next_page)
             except Incomplete:
                 raise
             except FhirError as error:

@@ -16,6 +16,7 @@ its pages is ``incomplete``, and the pages had are kept.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -34,6 +35,8 @@ from cds_service.fhir_client import (
 )
 from cds_service.fhir_json import MalformedBundle, obj
 from cds_service.prefetch import KEY_BY_NAME, TemplateError, substitute_tokens
+
+log = logging.getLogger("cds_service.gather")
 
 GRACE_SECONDS = 0.25
 """How long after the deadline the answer waits for fetches the watchdog is cutting (to keep their pages)."""
@@ -210,4 +213,7 @@ def run_parallel(
             errors[name] = f"only part of it could be fetched: {error}"
         except FhirError as error:
             errors[name] = f"the FHIR server could not give it: {error}"
+        except Exception:  # a bug met by hostile data: this key is lost, never the whole answer
+            log.exception("unexpected error while fetching", extra={"key": name})
+            errors[name] = "the FHIR server's answer could not be read"
     return results, errors

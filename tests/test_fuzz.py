@@ -22,9 +22,10 @@ from typing import Any
 
 import pytest
 import requests
+from hostile_helpers import canned_fhir_server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import ROOT, config_copy, make_app, start_service, tacrolimus_draft
+from support import ROOT, config_copy, make_app, start_service, tacrolimus_draft, with_fhir_server
 
 from cds_service.fixtures import manifest
 from cds_service.sandbox.requests import build_request
@@ -100,6 +101,7 @@ scalars = st.one_of(
     st.sampled_from(
         ["", "final", "Observation", "MedicationRequest", "Bundle", "2026-13-45", "../x", "{{x}}"]
     ),
+    st.sampled_from(["http://[bad", "Observation?page=2", "//evil.example/x", "http://a:99999999/", "next"]),
 )
 json_values = st.recursive(
     scalars,
@@ -259,6 +261,60 @@ def test_mutated_requests_to_a_real_server_never_5xx_never_hang(tmp_path):
         assert "Traceback" not in service.log_text()
     print(f"fuzz against cds-service serve: {sum(statuses.values())} requests, {dict(statuses)}")
     assert sum(statuses.values()) >= SERVED_EXAMPLES * REQUESTS_PER_EXAMPLE
+
+
+FHIR_EXAMPLES = 150
+FHIR_KEYS = {
+    "Patient": "patient",
+    "Condition": "conditions",
+    "MedicationRequest": "medications",
+    "Observation": "observations",
+    "AllergyIntolerance": "allergies",
+}
+
+
+def fhir_answers(request: dict) -> dict[str, Any]:
+    """What a FHIR server would answer for each search of this (fixture) request: its prefetch."""
+    prefetch = request["prefetch"]
+    return {kind: prefetch.get(key) for kind, key in FHIR_KEYS.items() if prefetch.get(key) is not None}
+
+
+def test_mutated_fhir_server_answers_never_5xx_never_hang(tmp_path):
+    """The same mutations, on what the FHIR server answers to the service's callbacks."""
+    client = make_app(tmp_path, fhir={"deadline_seconds": 2.0}).test_client()
+    fixture_requests = [
+        r for r in seeds()[0] if isinstance(r.get("prefetch"), dict) and "patient" in r["prefetch"]
+    ]
+    statuses: Counter[int] = Counter()
+    with canned_fhir_server({}) as (base, server):
+
+        @settings(FUZZ_SETTINGS, max_examples=FHIR_EXAMPLES)
+        @given(st.data())
+        def run(data):
+            request = copy.deepcopy(data.draw(st.sampled_from(fixture_requests)))
+            answers: dict[str, Any] = fhir_answers(request)
+            kind = data.draw(st.sampled_from(sorted(answers)))
+            for _ in range(data.draw(st.integers(1, 2))):
+                answers[kind] = mutate(data.draw, answers[kind], seeds()[1])
+            server.answers = {k: json.dumps(v).encode() for k, v in answers.items()}
+            del request["prefetch"]
+            body = json.dumps(with_fhir_server(request, base, "token")).encode()
+            started = time.monotonic()
+            response = client.post(
+                f"/cds-services/{SERVICES[request['hook']]}", data=body, content_type="application/json"
+            )
+            statuses[response.status_code] += 1
+            check(
+                response.status_code,
+                response.content_type,
+                response.get_data(),
+                time.monotonic() - started,
+                server.answers[kind],
+            )
+
+        run()
+    print(f"fuzz of FHIR answers: {sum(statuses.values())} requests, {dict(statuses)}")
+    assert statuses[200] > 0 and statuses[412] > 0
 
 
 @pytest.mark.parametrize("path", sorted(p.name for p in DATA.glob("*.json")))
