@@ -114,16 +114,35 @@ def exchange_deadline(deadline: float) -> Iterator[None]:
         _exchange.deadline, _exchange.tickets = None, []
 
 
-class _WatchedHTTPConnection(HTTPConnection):
-    def getresponse(self, *args: Any, **kwargs: Any):  # type: ignore[override]
-        deadline = getattr(_exchange, "deadline", None)
-        if deadline is not None and self.sock is not None:
-            _exchange.tickets.append(WATCHDOG.watch(self.sock, deadline))
-        return super().getresponse(*args, **kwargs)
+class _Watched:
+    """Mixed into urllib3's connections: inside ``exchange_deadline``, the socket is watched from its creation
+    (a trickled TLS handshake too) and again when a pooled connection is reused for a request."""
+
+    sock: socket.socket | None
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()  # type: ignore[misc]
+        _watch(sock)
+        return sock
+
+    def getresponse(self, *args: Any, **kwargs: Any):
+        if self.sock is not None:
+            _watch(self.sock)
+        return super().getresponse(*args, **kwargs)  # type: ignore[misc]
 
 
-class _WatchedHTTPSConnection(HTTPSConnection):
-    getresponse = _WatchedHTTPConnection.getresponse  # type: ignore[assignment]
+def _watch(sock: socket.socket) -> None:
+    deadline = getattr(_exchange, "deadline", None)
+    if deadline is not None:
+        _exchange.tickets.append(WATCHDOG.watch(sock, deadline))
+
+
+class _WatchedHTTPConnection(_Watched, HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_Watched, HTTPSConnection):
+    pass
 
 
 class _WatchedHTTPPool(HTTPConnectionPool):
