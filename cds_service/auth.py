@@ -29,7 +29,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from cds_service.config import Config
-from cds_service.fhir_client import read_capped, shared_session
+from cds_service.fhir_client import exchange_deadline, read_capped, shared_session
 from cds_service.storage import seen_tokens
 
 log = logging.getLogger("cds_service.auth")
@@ -191,9 +191,13 @@ class JwksCache:
         if problem:
             raise ValueError(problem)
         headers = {"Accept": "application/jwk-set+json, application/json"}
-        with self.session.get(
-            url, headers=headers, timeout=self.timeout, allow_redirects=False, stream=True
-        ) as r:
+        deadline = time.monotonic() + sum(self.timeout)  # wall-clock: a trickling key server is cut too
+        with (
+            exchange_deadline(deadline),
+            self.session.get(
+                url, headers=headers, timeout=self.timeout, allow_redirects=False, stream=True
+            ) as r,
+        ):
             if r.status_code != 200:
                 raise ValueError(f"HTTP {r.status_code}")
             body = read_capped(r, self.max_bytes)  # BodyTooLarge is a ValueError
