@@ -29,6 +29,9 @@ from cds_service.trigger import bundle_resolver, draft_resources, find_trigger_o
 
 log = logging.getLogger("cds_service.hook_call")
 
+MAX_MEDICATION_READS = 50
+"""Medications read from the FHIR server per request; orders naming others are left out and named."""
+
 DATA_NAMES = {
     "patient": "patient demographics",
     "conditions": "problem list (Condition)",
@@ -121,7 +124,8 @@ def _medication_resolver(
             wanted.add(ref)
     fetched: dict[str, object] = {}
     if wanted and client is not None:
-        jobs = {ref: (lambda r=ref: client.read(r)) for ref in sorted(wanted)}
+        # bounded: a request naming 10,000 Medications must not make the service send 10,000 reads
+        jobs = {ref: (lambda r=ref: client.read(r)) for ref in sorted(wanted)[:MAX_MEDICATION_READS]}
         fetched, _ = run_parallel(jobs, client.deadline, runtime.executors.for_url(client.base_url))
 
     def resolve(ref: str):

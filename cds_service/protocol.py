@@ -24,6 +24,9 @@ from referencing import Registry, Resource
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 
+MAX_DRAFT_ORDERS = 1000
+"""Draft orders read from one request: checking each costs schema validation and drug recognition, and no
+order session signs a thousand orders (a larger Bundle is refused before any of that work)."""
 _OO_ISSUE_BY_STATUS = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 412: "incomplete"}
 
 
@@ -291,6 +294,15 @@ def validate_request(body: object, expected_hook: str) -> None:
         raise ValueError(f"no context schema for hook {expected_hook!r} (supported: {supported})")
     if not isinstance(body, dict):
         raise ProtocolError(400, None, "request body must be a JSON object")
+    context = body.get("context")
+    for name in ("draftOrders", "medications"):
+        orders = context.get(name) if isinstance(context, dict) else None
+        entries = orders.get("entry") if isinstance(orders, dict) else None
+        if isinstance(entries, list) and len(entries) > MAX_DRAFT_ORDERS:
+            message = (
+                f"holds {len(entries)} entries; this service reads at most {MAX_DRAFT_ORDERS} draft orders"
+            )
+            raise ProtocolError(400, f"context.{name}.entry", message)
     problem = _best_problem(_REQUEST, body, None)
     if problem:
         _raise_400(problem)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import Any
@@ -81,6 +81,17 @@ MAX_RESULTS_PER_LAB = 100
 """The newest results of one lab group the rules may read. A record with thousands of results of one lab
 (or a hostile request) costs no more than this: the rest are never validated."""
 DEFAULT_LOOKBACK_DAYS = 365
+MAX_PER_CLASS = {"Condition": 20, "AllergyIntolerance": 20, "MedicationRequest": 100}
+"""At most this many resources of one kind with the same concepts (value sets) are validated and used, the
+newest first: enough for any record (100 orders of one drug class are eight years of monthly renewals), and a
+request repeating one resource 30,000 times costs no more than that. A cut is named on the card."""
+EARLIEST = datetime.min.replace(tzinfo=UTC)
+MAX_RESOURCE_BYTES = 200_000
+"""A resource larger than this is not validated but left out and named: validating 5 MB of one Patient's names
+takes seconds, and no resource the rules read is near this size."""
+MAX_SCANNED = 10_000
+"""Conditions, orders (stored or draft) or allergies looked at, even on raw JSON: recognising a drug by its
+name costs tens of µs, and no patient's record holds ten thousand of them."""
 
 
 def parse_when(value: Any) -> datetime | None:
@@ -122,6 +133,17 @@ def _malformed_concept(raw: Mapping, field: str) -> bool:
     return coding is not None and not (
         isinstance(coding, list) and all(isinstance(c, Mapping) for c in coding)
     )
+
+
+def _order_date(raw: Mapping) -> datetime | None:
+    return parse_when(raw.get("authoredOn")) or parse_when(
+        path(raw, "dispenseRequest", "validityPeriod", "start")
+    )
+
+
+def _condition_date(raw: Mapping) -> datetime | None:
+    """When a condition or allergy was recorded (else its onset): what "newest" means for them."""
+    return parse_when(raw.get("recordedDate")) or parse_when(raw.get("onsetDateTime"))
 
 
 def _name(concept: Any, fallback: str) -> str:
@@ -170,7 +192,12 @@ def _validated(model: Any, raw: Mapping, skipped: list[Unusable]) -> bool:
         content = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits from a stdlib-parsed file: no cache key
         content = None
-    problem = _problem(model.__name__, content) if content else _uncached_problem(model, raw)
+    if content is not None and len(content) > MAX_RESOURCE_BYTES:
+        problem: str | None = f"{len(content)} bytes, too large to read (at most {MAX_RESOURCE_BYTES})"
+    elif content is not None:
+        problem = _problem(model.__name__, content)
+    else:
+        problem = _uncached_problem(model, raw)
     if problem:
         skipped.append(Unusable(f"{raw.get('resourceType')}/{raw.get('id')}", problem))
     return problem is None
@@ -203,6 +230,35 @@ class RecordBuilder:
         self.skipped.append(Unusable(f"{text(raw.get('resourceType'))}/{raw.get('id')}", reason))
         return True
 
+    def scanned(self, kind: str, resources: Sequence[Mapping]) -> Sequence[Mapping]:
+        """The first ``MAX_SCANNED`` resources of a kind (no real record comes near it); a cut is named."""
+        if len(resources) <= MAX_SCANNED:
+            return resources
+        reason = f"only the first {MAX_SCANNED} of {len(resources)} were read"
+        self.skipped.append(Unusable(f"{kind} (all)", reason))
+        return resources[:MAX_SCANNED]
+
+    def _newest_per_class(
+        self,
+        kind: str,
+        candidates: list[tuple[frozenset[str], Mapping]],
+        when: Callable[[Mapping], datetime | None],
+    ) -> set[int]:
+        """Indexes of the candidates to use: at most ``MAX_PER_CLASS[kind]`` per concept set, the newest by
+        ``when(raw)``, chosen on raw JSON before any is validated."""
+        cap = MAX_PER_CLASS[kind]
+        by_class: dict[frozenset[str], list[int]] = defaultdict(list)
+        for index, (concepts, _) in enumerate(candidates):
+            by_class[concepts].append(index)
+        chosen: set[int] = set()
+        for concepts, indexes in by_class.items():
+            if len(indexes) > cap:
+                indexes.sort(key=lambda i: when(candidates[i][1]) or EARLIEST, reverse=True)
+                reason = f"only the newest {cap} of {len(indexes)} with the same codes were read"
+                self.skipped.append(Unusable(f"{kind} ({', '.join(sorted(concepts))})", reason))
+            chosen.update(indexes[:cap])
+        return chosen
+
     # --- patient -------------------------------------------------------------------------------------------
     def patient(self, raw: Mapping | None) -> Patient | None:
         if not isinstance(raw, Mapping) or raw.get("resourceType") != "Patient":
@@ -215,13 +271,17 @@ class RecordBuilder:
 
     # --- conditions ----------------------------------------------------------------------------------------
     def conditions(self, resources: Iterable[Mapping]) -> list[Condition]:
-        found = []
+        candidates = []
         for raw in resources:
             concepts = self.terminology.concepts_of_concept(raw.get("code"))
-            if not concepts:
+            if concepts:
+                candidates.append((concepts, raw))
+            else:
                 self._unreadable(raw, "code")
-                continue
-            if not _validated(FhirCondition, raw, self.skipped):
+        chosen = self._newest_per_class("Condition", candidates, _condition_date)
+        found = []
+        for index, (concepts, raw) in enumerate(candidates):
+            if index not in chosen or not _validated(FhirCondition, raw, self.skipped):
                 continue
             clinical = _code(raw.get("clinicalStatus"))
             verification = _code(raw.get("verificationStatus"))
@@ -253,19 +313,26 @@ class RecordBuilder:
     def medications(
         self, stored: Iterable[Mapping], drafts: Iterable[Mapping], trigger_ids: set[str], resolve: Resolver
     ) -> list[Medication]:
-        found = []
+        candidates = []
         for raw, is_draft in [(r, False) for r in stored] + [(r, True) for r in drafts]:
             if raw.get("resourceType") not in ("MedicationRequest", "MedicationOrder"):
                 continue
             name = drug_name(raw, resolve)
             recognised = recognise(name, self.terminology)  # rules.md § Drug recognition
+            if recognised.classes:
+                candidates.append((raw, is_draft, name, recognised))
+            elif not is_draft and not self._unreadable(raw, "medicationCodeableConcept"):
+                self._report_unresolved(raw, name.unresolved)
+        stored_candidates = [(c[3].classes, c[0]) for c in candidates if not c[1]]
+        chosen = self._newest_per_class("MedicationRequest", stored_candidates, _order_date)
+        stored_index = -1
+        found = []
+        for raw, is_draft, name, recognised in candidates:
             concepts = recognised.classes
-            if not concepts:
-                if not is_draft and not self._unreadable(raw, "medicationCodeableConcept"):
-                    self._report_unresolved(raw, name.unresolved)
-                continue
-            if not is_draft and not _validated(FhirMedicationRequest, raw, self.skipped):
-                continue
+            if not is_draft:
+                stored_index += 1
+                if stored_index not in chosen or not _validated(FhirMedicationRequest, raw, self.skipped):
+                    continue
             status = raw.get("status") if isinstance(raw.get("status"), str) else "unknown"
             if is_draft:
                 status = "draft"  # a draft order of this session is active for the rules, whatever it says
@@ -309,15 +376,20 @@ class RecordBuilder:
 
     # --- allergies -----------------------------------------------------------------------------------------
     def allergies(self, resources: Iterable[Mapping]) -> list[Allergy]:
-        found = []
+        candidates, recognitions = [], []
         for raw in resources:
             substance = codeable_name(raw.get("code")) or DrugName((), ())
             recognised = recognise(substance, self.terminology)  # a drug allergy: by code, else by name
             concepts = self.terminology.concepts_of_concept(raw.get("code")) | recognised.classes
-            if not concepts:
+            if concepts:
+                candidates.append((concepts, raw))
+                recognitions.append(recognised)
+            else:
                 self._unreadable(raw, "code")
-                continue
-            if not _validated(FhirAllergy, raw, self.skipped):
+        chosen = self._newest_per_class("AllergyIntolerance", candidates, _condition_date)
+        found = []
+        for index, ((concepts, raw), recognised) in enumerate(zip(candidates, recognitions, strict=True)):
+            if index not in chosen or not _validated(FhirAllergy, raw, self.skipped):
                 continue
             clinical = _code(raw.get("clinicalStatus"))
             verification = _code(raw.get("verificationStatus"))
@@ -484,11 +556,16 @@ def build_record(
     return PatientRecord(
         now=now,
         patient=builder.patient(patient),
-        conditions=tuple(builder.conditions(conditions)),
+        conditions=tuple(builder.conditions(builder.scanned("Condition", conditions))),
         medications=tuple(
-            builder.medications(medications, drafts, set(trigger_ids), resolve or (lambda r: None))
+            builder.medications(
+                builder.scanned("MedicationRequest", medications),
+                builder.scanned("draft order", drafts),
+                set(trigger_ids),
+                resolve or (lambda r: None),
+            )
         ),
-        allergies=tuple(builder.allergies(allergies)),
+        allergies=tuple(builder.allergies(builder.scanned("AllergyIntolerance", allergies))),
         labs=builder.lab_series(observations),
         skipped=tuple(builder.skipped),
         unavailable=frozenset(unavailable),
