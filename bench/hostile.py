@@ -51,6 +51,24 @@ def creatinine(i: int, value: float, minutes_ago: float, now: datetime) -> dict:
     }
 
 
+def worst_bodies(base: list[dict]) -> list[tuple[str, dict]]:
+    patient, condition, order, allergy = base[:4]
+    many_orders = [{**order, "id": f"mmf-{i}"} for i in range(20_000)]
+    many_allergies = [{**allergy, "id": f"alg-{i}"} for i in range(30_000)]
+    big_patient = {**patient, "name": [{"family": f"F{i}", "given": ["G"]} for i in range(150_000)]}
+    drafts = hook_request(PID, base)
+    template = drafts["context"]["draftOrders"]["entry"][0]["resource"]
+    drafts["context"]["draftOrders"]["entry"] = [
+        {"resource": {**template, "id": f"t{i}"}} for i in range(1000)
+    ]
+    return [
+        ("20,000 mycophenolate orders", hook_request(PID, [*base, *many_orders])),
+        ("30,000 rituximab allergies", hook_request(PID, [*base, *many_allergies])),
+        ("a Patient with 150,000 names", hook_request(PID, [big_patient, *base[1:]])),
+        ("1,000 tacrolimus draft orders", drafts),
+    ]
+
+
 def timed(call) -> tuple[float, requests.Response]:
     started = time.monotonic()
     response = call()
@@ -76,6 +94,14 @@ def fhir_probes(tmp: Path) -> None:
                 f"prefetch 36,000 creatinine ({len(raw) / 1e6:.1f} MB), run {attempt}: "
                 f"{response.status_code} in {took:.2f} s"
             )
+        # other bodies just under the limit that once cost seconds
+        base = small_patient(PID)
+        for label, body in worst_bodies(base):
+            raw = json.dumps(body).encode()
+            took, response = timed(
+                lambda: requests.post(service.base + SIGN, data=raw, headers=headers, timeout=30)
+            )
+            print(f"{label} ({len(raw) / 1e6:.1f} MB): {response.status_code} in {took:.2f} s")
         # a 100,000-entry Bundle from the FHIR server
         entries = [creatinine(0, 1.3, 30, now)] + [creatinine(i, 0.8, 60 + i, now) for i in range(1, 100_000)]
         answers = {

@@ -272,3 +272,15 @@ def test_pages_before_the_page_cap_are_kept_and_the_key_named_incomplete(service
         "lab results and vital signs (Observation): only part of it could be fetched: more than 10 pages"
         in text_of(response)
     )
+
+
+def test_more_draft_orders_than_any_session_signs_are_refused_naming_the_field(service):
+    body = full_request()
+    draft = body["context"]["draftOrders"]["entry"][0]
+    body["context"]["draftOrders"]["entry"] = [
+        {"resource": {**draft["resource"], "id": f"tac-{i}"}} for i in range(1001)
+    ]
+    response = call(service, body)
+    assert response.status_code == 400
+    assert response.json()["field"] == "context.draftOrders.entry"
+    assert "at most 1000 draft orders" in response.json()["error"]

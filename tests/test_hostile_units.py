@@ -7,13 +7,13 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from support import LOINC
+from support import LOINC, small_patient
 
 from cds_service.auth import LATEST_TIME, _time
 from cds_service.fhir_client import WATCHDOG, FhirClient, Incomplete, exchange_deadline, shared_session
 from cds_service.fhir_json import MalformedBundle, bundle_entries, bundle_links, obj, objs, path, text
 from cds_service.gather import ServerExecutors, gather
-from cds_service.record_builder import MAX_RESULTS_PER_LAB, build_record
+from cds_service.record_builder import MAX_PER_CLASS, MAX_RESULTS_PER_LAB, build_record
 from cds_service.terminology import default_terminology
 
 NOW = datetime(2026, 11, 30, 12, tzinfo=UTC)
@@ -156,3 +156,43 @@ def test_the_watchdog_cuts_a_blocked_read_at_its_deadline():
 )
 def test_time_claims_must_be_finite_numbers_of_seconds(value, valid):
     assert _time(value) is valid
+
+
+def copies(resource: dict, count: int, date_field: str) -> list[dict]:
+    made = []
+    for i in range(count):
+        copy_ = {**resource, "id": f"{resource['id']}-{i}"}
+        copy_[date_field] = (NOW - timedelta(days=i)).date().isoformat()
+        made.append(copy_)
+    return made
+
+
+def test_a_repeated_resource_is_validated_at_most_a_few_times_per_concept_set():
+    patient = small_patient("cap-p1", observations=0)
+    condition, order = patient[1], patient[2]
+    record = build_record(
+        terminology=default_terminology(),
+        now=NOW,
+        patient=None,
+        conditions=copies(condition, 30, "recordedDate"),
+        medications=copies(order, 150, "authoredOn"),
+    )
+    assert len(record.conditions) == MAX_PER_CLASS["Condition"]
+    assert {c.id for c in record.conditions} == {f"{condition['id']}-{i}" for i in range(20)}  # the newest
+    assert len(record.medications) == MAX_PER_CLASS["MedicationRequest"]
+    cuts = {u.reference: u.reason for u in record.skipped}
+    assert (
+        "only the newest 20 of 30 with the same codes were read" in cuts["Condition (lupus, lupus-nephritis)"]
+    )
+    assert any(
+        ref.startswith("MedicationRequest (") and "newest 100 of 150" in why for ref, why in cuts.items()
+    )
+
+
+def test_a_resource_too_large_to_validate_is_left_out_and_named():
+    patient = small_patient("big-p1", observations=0)[0]
+    patient["name"] = [{"family": f"F{i}"} for i in range(20_000)]
+    record = build_record(terminology=default_terminology(), now=NOW, patient=patient)
+    assert record.patient is not None and record.patient.birth_date is None
+    (left_out,) = record.skipped
+    assert left_out.reference == "Patient/big-p1" and "too large to read" in left_out.reason
