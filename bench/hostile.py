@@ -52,7 +52,7 @@ def creatinine(i: int, value: float, minutes_ago: float, now: datetime) -> dict:
 
 
 def worst_bodies(base: list[dict]) -> list[tuple[str, dict]]:
-    patient, condition, order, allergy = base[:4]
+    patient, _condition, order, allergy = base[:4]
     many_orders = [{**order, "id": f"mmf-{i}"} for i in range(20_000)]
     many_allergies = [{**allergy, "id": f"alg-{i}"} for i in range(30_000)]
     big_patient = {**patient, "name": [{"family": f"F{i}", "given": ["G"]} for i in range(150_000)]}
@@ -88,7 +88,7 @@ def fhir_probes(tmp: Path) -> None:
         headers = {"Content-Type": "application/json"}
         for attempt in (1, 2):
             took, response = timed(
-                lambda: requests.post(service.base + SIGN, data=raw, headers=headers, timeout=30)
+                lambda raw=raw: requests.post(service.base + SIGN, data=raw, headers=headers, timeout=30)
             )
             print(
                 f"prefetch 36,000 creatinine ({len(raw) / 1e6:.1f} MB), run {attempt}: "
@@ -99,7 +99,7 @@ def fhir_probes(tmp: Path) -> None:
         for label, body in worst_bodies(base):
             raw = json.dumps(body).encode()
             took, response = timed(
-                lambda: requests.post(service.base + SIGN, data=raw, headers=headers, timeout=30)
+                lambda raw=raw: requests.post(service.base + SIGN, data=raw, headers=headers, timeout=30)
             )
             print(f"{label} ({len(raw) / 1e6:.1f} MB): {response.status_code} in {took:.2f} s")
         # a 100,000-entry Bundle from the FHIR server
