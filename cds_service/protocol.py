@@ -27,6 +27,9 @@ SCHEMA_DIR = Path(__file__).parent / "schemas"
 MAX_DRAFT_ORDERS = 1000
 """Draft orders read from one request: checking each costs schema validation and drug recognition, and no
 order session signs a thousand orders (a larger Bundle is refused before any of that work)."""
+MAX_FEEDBACK_ITEMS = 1000
+"""Feedback items per request: each is validated and stored, so a 10 MB batch would hold a thread for
+seconds and flood the table; an EHR sends feedback per card, a few at a time."""
 _OO_ISSUE_BY_STATUS = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 412: "incomplete"}
 
 
@@ -320,6 +323,10 @@ def validate_feedback(body: object) -> None:
     :func:`feedback_item_errors` so that a single bad item does not discard the rest of a batch."""
     if not isinstance(body, dict):
         raise ProtocolError(400, None, "feedback body must be a JSON object")
+    items = body.get("feedback")
+    if isinstance(items, list) and len(items) > MAX_FEEDBACK_ITEMS:
+        message = f"holds {len(items)} items; send at most {MAX_FEEDBACK_ITEMS} per request"
+        raise ProtocolError(400, "feedback", message)
     envelope_errors = (err for err in _FEEDBACK.iter_errors(body) if len(err.absolute_path) < 2)
     error = best_match(envelope_errors, key=_usefulness)
     if error is not None:

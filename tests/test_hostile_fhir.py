@@ -284,3 +284,17 @@ def test_more_draft_orders_than_any_session_signs_are_refused_naming_the_field(s
     assert response.status_code == 400
     assert response.json()["field"] == "context.draftOrders.entry"
     assert "at most 1000 draft orders" in response.json()["error"]
+
+
+def test_a_feedback_batch_larger_than_any_ehr_sends_is_refused_before_it_is_read(service):
+    item = {
+        "card": "9368d37b-283f-44a0-93ea-547cebab93ed",
+        "outcome": "accepted",
+        "acceptedSuggestions": [{"id": "x"}],
+        "outcomeTimestamp": "2026-11-30T10:00:00Z",
+    }
+    response = requests.post(service.base + SIGN + "/feedback", json={"feedback": [item] * 1001}, timeout=10)
+    assert response.status_code == 400  # was 200 after storing every row (50,000 took 12 s)
+    assert response.json()["field"] == "feedback"
+    accepted = requests.post(service.base + SIGN + "/feedback", json={"feedback": [item] * 3}, timeout=10)
+    assert accepted.status_code == 200 and accepted.json() == {"stored": 3}
