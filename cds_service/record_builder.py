@@ -173,13 +173,44 @@ def _problem(model_name: str, content: bytes) -> str | None:
     return _uncached_problem(MODELS[model_name], orjson.loads(content))
 
 
+READ_FIELDS = {
+    "Patient": ("id", "gender", "birthDate"),
+    "Condition": (
+        "id", "subject", "code", "clinicalStatus", "verificationStatus", "onsetDateTime", "onsetPeriod",
+        "recordedDate", "abatementDateTime", "abatementPeriod", "meta",
+    ),
+    "MedicationRequest": (
+        "id", "status", "intent", "subject", "medicationCodeableConcept", "medicationReference", "authoredOn",
+        "dispenseRequest", "priorPrescription",
+    ),
+    "Observation": (
+        "id", "status", "code", "subject", "effectiveDateTime", "effectiveInstant", "effectivePeriod", "issued",
+        "valueQuantity", "valueCodeableConcept", "valueString", "valueBoolean", "valueDateTime", "component",
+        "interpretation",
+    ),
+    "AllergyIntolerance": ("id", "patient", "code", "clinicalStatus", "verificationStatus"),
+}  # fmt: skip
+"""The elements the record reads, per resource type. Only these are validated: real EHR data in an older
+FHIR shape (an STU3 ``category`` object, ``context`` instead of ``encounter``) in an element nobody reads must
+not hide an active cyclosporine order or a pregnancy from the rules (seen in the HL7 PDDI CDS requests)."""
+
+
+def _read_part(model: Any, raw: Mapping) -> Mapping:
+    fields = READ_FIELDS.get(model.__name__)
+    if not fields:
+        return raw
+    return {"resourceType": raw.get("resourceType"), **{k: raw[k] for k in fields if k in raw}}
+
+
 def _validated(model: Any, raw: Mapping, skipped: list[Unusable]) -> bool:
-    """Is ``raw`` valid for ``model``? If not, it is added to ``skipped`` with the reason."""
+    """Are the elements of ``raw`` that the record reads valid for ``model``? If not, it is added to
+    ``skipped`` with the reason."""
+    raw_read = _read_part(model, raw)
     try:
-        content = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
+        content = orjson.dumps(raw_read, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits from a stdlib-parsed file: no cache key
         content = None
-    problem = _problem(model.__name__, content) if content else _uncached_problem(model, raw)
+    problem = _problem(model.__name__, content) if content else _uncached_problem(model, raw_read)
     if problem:
         skipped.append(Unusable(f"{raw.get('resourceType')}/{raw.get('id')}", problem))
     return problem is None
