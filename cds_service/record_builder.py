@@ -184,9 +184,9 @@ READ_FIELDS = {
         "dispenseRequest", "priorPrescription",
     ),
     "Observation": (
-        "id", "status", "code", "subject", "effectiveDateTime", "effectiveInstant", "effectivePeriod", "issued",
-        "valueQuantity", "valueCodeableConcept", "valueString", "valueBoolean", "valueDateTime", "component",
-        "interpretation",
+        "id", "status", "code", "subject", "effectiveDateTime", "effectiveInstant", "effectivePeriod",
+        "issued", "valueQuantity", "valueCodeableConcept", "valueString", "valueBoolean", "valueDateTime",
+        "component", "interpretation",
     ),
     "AllergyIntolerance": ("id", "patient", "code", "clinicalStatus", "verificationStatus"),
 }  # fmt: skip

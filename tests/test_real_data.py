@@ -24,11 +24,11 @@ from support import (
     hook_request,
     make_app,
     small_patient,
-    tacrolimus_draft,
 )
 
 REAL = Path(__file__).resolve().parent / "data" / "real"
 DATE = re.compile(r"^\d{4}-\d{2}-\d{2}(T[0-9:.]+([+-]\d{2}:\d{2}|Z)?)?$")
+HL7 = "http://terminology.hl7.org"
 DATED = ("effectiveDateTime", "authoredOn", "onsetDateTime", "recordedDate", "issued")
 
 
@@ -88,7 +88,9 @@ def with_lupus_nephritis(resources: list[dict]) -> list[dict]:
         "id": "added-lupus-nephritis",
         "subject": {"reference": f"Patient/{pid}"},
         "clinicalStatus": {
-            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]
+            "coding": [
+                {"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}
+            ]
         },
         "code": {"coding": [{"system": SNOMED, "code": "68815009", "display": "SLE glomerulonephritis"}]},
     }
@@ -135,10 +137,12 @@ def finding_text(response: dict, rule_id: str) -> str:
 
 
 def indicator_of(response: dict, rule_id: str) -> str:
-    return next(f["indicator"] for c in response["cards"] for f in c["extension"][FINDINGS_KEY] if f["id"] == rule_id)
+    return next(
+        f["indicator"] for c in response["cards"] for f in c["extension"][FINDINGS_KEY] if f["id"] == rule_id
+    )
 
 
-# --- pregnancy as Synthea records it: a "Normal pregnancy" Condition, resolved at the delivery ----------------
+# --- pregnancy as Synthea records it: a "Normal pregnancy" Condition, resolved at the delivery --------------
 
 FRANCINE_PREGNANT = "2019-01-18"  # second pregnancy, onset 2018-10-25, premature birth 2019-05-09
 FRANCINE_DELIVERED = "2019-06-01"  # 23 days after the delivery; the Condition is resolved at 2019-05-09
@@ -168,7 +172,14 @@ def test_a_synthea_patient_who_delivered_gets_no_teratogen_alarm(client):
     assert not {"P1", "P2", "P5", "P6"} & finding_ids(response)
 
 
-# --- Synthea labs: codes and units as Synthea writes them ------------------------------------------------------
+def test_synthea_preeclampsia_in_pregnancy_is_p5(client):
+    # Francine's second pregnancy: Preeclampsia (398254007) from 2019-04-11, resolved at birth (2019-05-09).
+    response = cards_for(client, with_lupus_nephritis(as_of(synthea("francine"), "2019-04-20")))
+    assert indicator_of(response, "P5") == "warning"
+    assert "Preeclampsia" in finding_text(response, "P5")
+
+
+# --- Synthea labs: codes and units as Synthea writes them ---------------------------------------------------
 
 
 def test_synthea_egfr_and_blood_pressure_panels_are_read(client):
@@ -200,7 +211,7 @@ def test_a_synthea_carbamazepine_order_is_recognised_by_its_name_and_says_so(cli
     assert "Carbamazepine[Tegretol]" in n9 and "recognised by its name" in n9
 
 
-# --- real RxNorm-coded orders from public CDS Hooks requests and FHIR examples ---------------------------------
+# --- real RxNorm-coded orders from public CDS Hooks requests and FHIR examples ------------------------------
 
 REAL_ORDERS = json.loads((REAL / "medication-orders.json").read_text(encoding="utf-8"))
 EXPECTED = {  # the real order's first coding -> the finding it must give (None: it must give none)
