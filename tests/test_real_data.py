@@ -21,20 +21,31 @@ from support import (
     FINDINGS_KEY,
     SNOMED,
     finding_ids,
-    hook_request,
     make_app,
     small_patient,
+    tacrolimus_draft,
 )
 
+from cds_service.protocol import check_response
+from cds_service.sandbox.fhir_server import serve_in_thread
+from cds_service.sandbox.requests import build_request_from_bundle
+from cds_service.sandbox.store import FhirStore
+
 REAL = Path(__file__).resolve().parent / "data" / "real"
+TOKEN = "real-data-token-1"
+VIAS = ["prefetch", "fhir"]
 DATE = re.compile(r"^\d{4}-\d{2}-\d{2}(T[0-9:.]+([+-]\d{2}:\d{2}|Z)?)?$")
 HL7 = "http://terminology.hl7.org"
 DATED = ("effectiveDateTime", "authoredOn", "onsetDateTime", "recordedDate", "issued")
 
 
 def synthea(name: str) -> list[dict]:
-    bundle = json.loads((REAL / f"synthea-{name}.json").read_text(encoding="utf-8"))
-    return [entry["resource"] for entry in bundle["entry"]]
+    """The patient's resources, with the transaction's ``urn:uuid:`` references to the patient written as
+    ``Patient/<id>``, as a FHIR server does when it stores the transaction."""
+    text = (REAL / f"synthea-{name}.json").read_text(encoding="utf-8")
+    pid = patient_id([entry["resource"] for entry in json.loads(text)["entry"]])
+    stored = text.replace(f'"urn:uuid:{pid}"', f'"Patient/{pid}"')
+    return [entry["resource"] for entry in json.loads(stored)["entry"]]
 
 
 def _moved(value, delta: timedelta):
@@ -115,16 +126,38 @@ def order_of(resources: list[dict], rxnorm: str) -> dict:
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    return make_app(tmp_path_factory.mktemp("real-data")).test_client()
+    return make_app(tmp_path_factory.mktemp("real-data"))
 
 
-def cards_for(client, resources: list[dict], hook: str = "order-sign", drafts: list[dict] = ()) -> dict:
+def cards_for(
+    app, resources: list[dict], hook: str = "order-sign", drafts: list[dict] = (), via: str = "prefetch"
+) -> dict:
+    """The cards for ordering tacrolimus (with ``drafts``) for this record, which the service reads from the
+    prefetch or, with ``via="fhir"``, from a real FHIR server on loopback holding the same record."""
     pid = patient_id(resources)
-    body = hook_request(pid, resources, hook=hook)
-    body["context"]["draftOrders"]["entry"] += [{"resource": d} for d in drafts]
-    response = client.post(f"/cds-services/tacrolimus-{hook}", json=body)
+    ordered = [tacrolimus_draft(pid), *drafts]
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in resources]}
+    bundle["entry"] += [{"resource": d} for d in ordered]
+    refs = [f"MedicationRequest/{d['id']}" for d in ordered]
+    store = FhirStore()
+    store.add_bundle(bundle, exclude=refs)
+    with serve_in_thread(store, require_token=TOKEN) as base:
+        body = build_request_from_bundle(
+            bundle,
+            refs,
+            selections=refs[:1],
+            hook=hook,
+            via=via,
+            fhir_base=base if via == "fhir" else None,
+            prefetch_templates=app.extensions["cds_runtime"]().prefetch_templates,
+            token=TOKEN,
+            store=store,
+        )
+        response = app.test_client().post(f"/cds-services/tacrolimus-{hook}", json=body)
     assert response.status_code == 200, response.get_json()
-    return response.get_json()
+    cards = response.get_json()
+    assert check_response(cards) == []
+    return cards
 
 
 def finding_text(response: dict, rule_id: str) -> str:
@@ -148,33 +181,37 @@ FRANCINE_PREGNANT = "2019-01-18"  # second pregnancy, onset 2018-10-25, prematur
 FRANCINE_DELIVERED = "2019-06-01"  # 23 days after the delivery; the Condition is resolved at 2019-05-09
 
 
+@pytest.mark.parametrize("via", VIAS)
 @pytest.mark.parametrize("hook", ["order-select", "order-sign"])
-def test_a_synthea_patient_during_her_pregnancy_gets_p1(client, hook):
+def test_a_synthea_patient_during_her_pregnancy_gets_p1(client, hook, via):
     record = with_lupus_nephritis(as_of(synthea("francine"), FRANCINE_PREGNANT))
-    response = cards_for(client, record, hook)
+    response = cards_for(client, record, hook, via=via)
     assert "P1" in finding_ids(response)
     assert "Normal pregnancy" in finding_text(response, "P1")
     assert not {"P2", "P7"} & finding_ids(response)
 
 
-def test_a_real_methotrexate_order_in_a_synthea_pregnancy_is_the_critical_teratogen_card(client):
+@pytest.mark.parametrize("via", VIAS)
+def test_a_real_methotrexate_order_in_a_synthea_pregnancy_is_the_critical_teratogen_card(client, via):
     record = with_lupus_nephritis(as_of(synthea("francine"), FRANCINE_PREGNANT))
     methotrexate = for_patient(order_of(synthea("asa"), "105586"), patient_id(record))  # Synthea, active
-    response = cards_for(client, [*record, methotrexate])
+    response = cards_for(client, [*record, methotrexate], via=via)
     assert indicator_of(response, "P2") == "critical"
     assert "Methotrexate 10 MG Oral Tablet" in finding_text(response, "P2")
 
 
-def test_a_synthea_patient_who_delivered_gets_no_teratogen_alarm(client):
+@pytest.mark.parametrize("via", VIAS)
+def test_a_synthea_patient_who_delivered_gets_no_teratogen_alarm(client, via):
     record = with_lupus_nephritis(as_of(synthea("francine"), FRANCINE_DELIVERED))
     methotrexate = for_patient(order_of(synthea("asa"), "105586"), patient_id(record))
-    response = cards_for(client, [*record, methotrexate])
+    response = cards_for(client, [*record, methotrexate], via=via)
     assert not {"P1", "P2", "P5", "P6"} & finding_ids(response)
 
 
-def test_synthea_preeclampsia_in_pregnancy_is_p5(client):
+@pytest.mark.parametrize("via", VIAS)
+def test_synthea_preeclampsia_in_pregnancy_is_p5(client, via):
     # Francine's second pregnancy: Preeclampsia (398254007) from 2019-04-11, resolved at birth (2019-05-09).
-    response = cards_for(client, with_lupus_nephritis(as_of(synthea("francine"), "2019-04-20")))
+    response = cards_for(client, with_lupus_nephritis(as_of(synthea("francine"), "2019-04-20")), via=via)
     assert indicator_of(response, "P5") == "warning"
     assert "Preeclampsia" in finding_text(response, "P5")
 
@@ -182,9 +219,10 @@ def test_synthea_preeclampsia_in_pregnancy_is_p5(client):
 # --- Synthea labs: codes and units as Synthea writes them ---------------------------------------------------
 
 
-def test_synthea_egfr_and_blood_pressure_panels_are_read(client):
+@pytest.mark.parametrize("via", VIAS)
+def test_synthea_egfr_and_blood_pressure_panels_are_read(client, via):
     isaiah = synthea("isaiah")  # CKD stage 2 and diabetic renal disease; eGFR 33914-3, BP panels 55284-4
-    response = cards_for(client, with_lupus_nephritis(as_of(isaiah, newest_day(isaiah))))
+    response = cards_for(client, with_lupus_nephritis(as_of(isaiah, newest_day(isaiah))), via=via)
     assert "eGFR 41.6 mL/min/1.73 m²" in finding_text(response, "N13")
     n7 = finding_text(response, "N7")
     # 148/102: only the diastolic part crosses the warning tier (160/100), and the card says so.
@@ -194,9 +232,10 @@ def test_synthea_egfr_and_blood_pressure_panels_are_read(client):
     assert "could not be used" not in json.dumps(response)
 
 
-def test_synthea_creatinine_potassium_and_hba1c_count_as_baseline(client):
+@pytest.mark.parametrize("via", VIAS)
+def test_synthea_creatinine_potassium_and_hba1c_count_as_baseline(client, via):
     dirk = synthea("dirk")  # creatinine 38483-4, potassium 6298-4, HbA1c 4548-4, eGFR 33914-3 in "mL/min"
-    response = cards_for(client, with_lupus_nephritis(as_of(dirk, newest_day(dirk))))
+    response = cards_for(client, with_lupus_nephritis(as_of(dirk, newest_day(dirk))), via=via)
     n1 = finding_text(response, "N1")
     missing = n1.split(":", 1)[1].split(".", 1)[0]  # "Nothing is recorded in the last 30 days for ...."
     assert "magnesium" in missing and "UPCR" in missing
@@ -204,9 +243,10 @@ def test_synthea_creatinine_potassium_and_hba1c_count_as_baseline(client):
         assert present not in missing, n1
 
 
-def test_a_synthea_carbamazepine_order_is_recognised_by_its_name_and_says_so(client):
+@pytest.mark.parametrize("via", VIAS)
+def test_a_synthea_carbamazepine_order_is_recognised_by_its_name_and_says_so(client, via):
     dirk = synthea("dirk")  # "Carbamazepine[Tegretol]", RxNorm 308971 (not in the published lists we ship)
-    response = cards_for(client, with_lupus_nephritis(as_of(dirk, newest_day(dirk))))
+    response = cards_for(client, with_lupus_nephritis(as_of(dirk, newest_day(dirk))), via=via)
     n9 = finding_text(response, "N9")
     assert "Carbamazepine[Tegretol]" in n9 and "recognised by its name" in n9
 
@@ -232,9 +272,10 @@ def _code(entry: dict) -> str:
     return (resource.get("medicationCodeableConcept") or resource.get("code"))["coding"][0]["code"]
 
 
+@pytest.mark.parametrize("via", VIAS)
 @pytest.mark.parametrize("entry", REAL_ORDERS, ids=_code)
 @pytest.mark.parametrize("hook", ["order-select", "order-sign"])
-def test_a_real_order_gives_its_finding(client, entry, hook):
+def test_a_real_order_gives_its_finding(client, entry, hook, via):
     pid = "real-orders-p"
     record = small_patient(pid)
     resource = for_patient(entry["resource"], pid) if "subject" in entry["resource"] else entry["resource"]
@@ -253,6 +294,6 @@ def test_a_real_order_gives_its_finding(client, entry, hook):
         drafts.append(resource)
     else:
         record = [*record, resource]
-    response = cards_for(client, record, hook, drafts)
+    response = cards_for(client, record, hook, drafts, via)
     expected = EXPECTED[_code(entry)]
     assert FAMILY & finding_ids(response) == ({expected} if expected else set()), entry["source"]
