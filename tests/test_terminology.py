@@ -574,3 +574,26 @@ def test_topical_products_of_the_sources_are_kept_aside_not_dropped(terms):
         "Diclofenac Sodium 0.01 MG/MG Topical Gel [Voltaren]",
     )
     assert not any(code == "855635" for _, code, _ in terms.codes("nephrotoxins"))
+
+
+# Brands whose every product is for the eye or skin (a name alone must not count as systemic), veterinary
+# brands, and names too short or generic to match as a word in free text.
+NOT_NAMED_ON_PURPOSE = {
+    "Acular", "Acuvail", "Ocufen", "Omidria", "Flector", "Pennsaid", "Solaraze", "Surpass",
+    "EloxiOral", "Eloxiject", "Ketofen", "Loxicom", "Meloxidyl", "Metacam", "Ostilox", "Xylon",
+    "Ibu", "Samson",
+}  # fmt: skip
+
+
+def test_every_published_display_of_a_class_code_is_recognised_by_its_name_too():
+    """A text-only order copies a product's published name ("Caldolor 800 mg IV"): the names must cover
+    every brand in the class's own sources, or such an order is missed (found: Caldolor, Lodine, Treximet)."""
+    terms = Terminology.load()
+    unnamed = set()
+    for name in sorted(terms.drug_classes):
+        for system, code, display in terms.codes(name):
+            by_code = terms.concepts([{"system": system, "code": code}]) & terms.drug_classes
+            by_name = terms.recognise(texts=[display]).classes & terms.drug_classes
+            if display and by_code - by_name:
+                unnamed.add(display.split(" ")[0])
+    assert unnamed <= NOT_NAMED_ON_PURPOSE
