@@ -297,3 +297,36 @@ def test_a_real_order_gives_its_finding(client, entry, hook, via):
     response = cards_for(client, record, hook, drafts, via)
     expected = EXPECTED[_code(entry)]
     assert FAMILY & finding_ids(response) == ({expected} if expected else set()), entry["source"]
+
+
+def _pregnancy_days(resources: list[dict]) -> list[tuple[str, bool]]:
+    """Every day something was recorded for the patient, and whether a pregnancy Condition was open then."""
+    pregnancies = [
+        (r["onsetDateTime"][:10], r.get("abatementDateTime", "9999")[:10])
+        for r in resources
+        if r["resourceType"] == "Condition" and r["code"]["coding"][0]["code"] == "72892002"
+    ]
+    days = sorted({when.date().isoformat() for r in resources if (when := _dated(r))})
+    return [(day, any(start <= day < end for start, end in pregnancies)) for day in days]
+
+
+def test_p1_follows_every_synthea_pregnancy_from_its_start_to_its_end(client):
+    """On every day of Francine's record (five pregnancies: births, a termination, a miscarriage), P1 is on
+    the cards exactly when a pregnancy was open that day, and P2 exactly then for an active methotrexate."""
+    francine = synthea("francine")
+    wrong = []
+    for day, pregnant in _pregnancy_days(francine):
+        record = with_lupus_nephritis(as_of(francine, day))
+        methotrexate = for_patient(order_of(synthea("asa"), "105586"), patient_id(record))
+        found = finding_ids(cards_for(client, [*record, methotrexate]))
+        if ("P1" in found, "P2" in found) != (pregnant, pregnant):
+            wrong.append((day, pregnant, sorted(found)))
+    assert wrong == []
+
+
+@pytest.mark.parametrize("via", VIAS)
+def test_a_stopped_synthea_cyclosporine_is_no_duplicate_but_an_active_naproxen_is_a_nephrotoxin(client, via):
+    asa = synthea("asa")  # cycloSPORINE 50 MG Oral Capsule stopped; Naproxen sodium 220 MG Oral Tablet active
+    response = cards_for(client, with_lupus_nephritis(as_of(asa, newest_day(asa))), via=via)
+    assert "N12" not in finding_ids(response)
+    assert "Naproxen sodium 220 MG Oral Tablet" in finding_text(response, "N10")
