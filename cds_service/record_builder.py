@@ -4,8 +4,9 @@ Two passes keep it fast and safe:
 
 1. Raw JSON is filtered by code: only resources whose codes belong to a value set the rules use go on
    (a patient's record is mostly irrelevant to tacrolimus; parsing all of it is 15-30x slower).
-2. What is left is validated one resource at a time with ``fhir.resources`` (R4B models read R4 data). A
-   resource that fails is skipped and reported; it never sinks the request. Observations are validated lazily,
+2. What is left is validated one resource at a time with ``fhir.resources`` (R4B models read R4 data), on the
+   elements the record reads (``READ_FIELDS``): an older shape elsewhere must not hide an order. A resource
+   that fails is skipped and reported; it never sinks the request. Observations are validated lazily,
    when a rule reads them (see ``LabSeries``).
 
 Draft orders from ``context.draftOrders`` are read leniently from raw JSON: EHRs send them in older FHIR
