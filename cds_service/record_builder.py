@@ -134,6 +134,30 @@ def _code(concept: Any) -> str | None:
     return None
 
 
+STATUS_SYSTEMS = {
+    "Condition": ("condition-clinical", "condition-ver-status"),
+    "AllergyIntolerance": ("allergyintolerance-clinical", "allergyintolerance-verification"),
+}
+
+
+def _r4_statuses(raw: Mapping) -> Mapping:
+    """``raw`` with STU3/DSTU2 status codes (``"clinicalStatus": "active"``) written as R4 CodeableConcepts.
+
+    EHRs still send Conditions and allergies this way (the HL7 PDDI CDS requests do): the code means the same,
+    and leaving the resource out would hide a lupus or pregnancy Condition, and with it every card."""
+    systems = STATUS_SYSTEMS.get(str(raw.get("resourceType")))
+    if systems is None or not any(
+        isinstance(raw.get(k), str) for k in ("clinicalStatus", "verificationStatus")
+    ):
+        return raw
+    fixed = dict(raw)
+    for key, system in zip(("clinicalStatus", "verificationStatus"), systems, strict=True):
+        if isinstance(raw.get(key), str):
+            url = f"http://terminology.hl7.org/CodeSystem/{system}"
+            fixed[key] = {"coding": [{"system": url, "code": raw[key].strip()}]}
+    return fixed
+
+
 def _name(concept: Any, fallback: str) -> str:
     if isinstance(concept, Mapping):
         if isinstance(concept.get("text"), str):
@@ -249,6 +273,7 @@ class RecordBuilder:
         found = []
         for raw in resources:
             concepts = self.terminology.concepts_of_concept(raw.get("code"))
+            raw = _r4_statuses(raw)
             if not concepts or not _validated(FhirCondition, raw, self.skipped):
                 continue
             clinical = _code(raw.get("clinicalStatus"))
@@ -347,6 +372,7 @@ class RecordBuilder:
             substance = codeable_name(raw.get("code")) or DrugName((), ())
             recognised = recognise(substance, self.terminology)  # a drug allergy: by code, else by name
             concepts = self.terminology.concepts_of_concept(raw.get("code")) | recognised.classes
+            raw = _r4_statuses(raw)
             if not concepts or not _validated(FhirAllergy, raw, self.skipped):
                 continue
             clinical = _code(raw.get("clinicalStatus"))

@@ -330,3 +330,25 @@ def test_a_stopped_synthea_cyclosporine_is_no_duplicate_but_an_active_naproxen_i
     response = cards_for(client, with_lupus_nephritis(as_of(asa, newest_day(asa))), via=via)
     assert "N12" not in finding_ids(response)
     assert "Naproxen sodium 220 MG Oral Tablet" in finding_text(response, "N10")
+
+
+STU3_CONDITION = json.loads((REAL / "stu3-conditions.json").read_text(encoding="utf-8"))[0]["resource"]
+
+
+def _stu3_condition(pid: str, code: str, display: str) -> dict:
+    """The PDDI CDS request's STU3 Condition ("clinicalStatus": "active", "verificationStatus":
+    "differential", assertedDate) for this patient, coded as the rules need."""
+    condition = for_patient(STU3_CONDITION, pid)
+    condition["code"] = {"coding": [{"system": SNOMED, "code": code, "display": display}]}
+    return condition
+
+
+@pytest.mark.parametrize("via", VIAS)
+def test_stu3_shaped_lupus_nephritis_and_pregnancy_conditions_are_read(client, via):
+    pid = "stu3-p"
+    patient = [r for r in small_patient(pid) if r["resourceType"] != "Condition"]  # no R4 lupus nephritis
+    lupus_nephritis = _stu3_condition(pid, "68815009", "Systemic lupus erythematosus glomerulonephritis")
+    pregnancy = {**_stu3_condition(pid, "77386006", "Pregnant"), "id": "c101-pregnancy"}
+    response = cards_for(client, [*patient, lupus_nephritis, pregnancy], via=via)
+    assert "P1" in finding_ids(response)  # before: both Conditions left out, so no card at all
+    assert "Left out" not in json.dumps(response)
