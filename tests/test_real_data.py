@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -135,7 +136,8 @@ def cards_for(
     """The cards for ordering tacrolimus (with ``drafts``) for this record, which the service reads from the
     prefetch or, with ``via="fhir"``, from a real FHIR server on loopback holding the same record."""
     pid = patient_id(resources)
-    ordered = [tacrolimus_draft(pid), *drafts]
+    # A new draft id per call: what order-select showed is never held back at order-sign between tests.
+    ordered = [tacrolimus_draft(pid, f"tac-{uuid.uuid4().hex[:12]}"), *drafts]
     bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in resources]}
     bundle["entry"] += [{"resource": d} for d in ordered]
     refs = [f"MedicationRequest/{d['id']}" for d in ordered]
