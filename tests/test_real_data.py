@@ -163,10 +163,11 @@ def cards_for(
 
 
 def finding_text(response: dict, rule_id: str) -> str:
-    """The detail paragraph of one finding."""
+    """The detail paragraph of one finding: it opens with the finding id in bold ("**N7 (warning)**")."""
+    opens = re.compile(rf"^\*\*[^*]*\b{re.escape(rule_id)}\b[^*]*\*\*")
     for card in response["cards"]:
         for block in card["detail"].split("\n\n"):
-            if block.startswith(f"**{rule_id} "):
+            if opens.match(block):
                 return block
     raise AssertionError(f"{rule_id} not on the cards: {finding_ids(response)}")
 
