@@ -19,6 +19,7 @@ from cds_service.auth import Caller
 from cds_service.cards import apply_finding_settings, build_cards
 from cds_service.config import Service
 from cds_service.fhir_client import FhirClient, FhirError
+from cds_service.fhir_json import path
 from cds_service.gather import Gathered, gather, run_parallel
 from cds_service.prefetch import KEY_BY_NAME
 from cds_service.protocol import validate_request
@@ -36,6 +37,9 @@ from cds_service.trigger import (
 )
 
 log = logging.getLogger("cds_service.hook_call")
+
+MAX_MEDICATION_READS = 50
+"""Medications read from the FHIR server per request; orders naming others are left out and named."""
 
 DATA_NAMES = {
     "patient": "patient demographics",
@@ -76,6 +80,11 @@ def operation_outcome(issues: Mapping[str, str], code: str = "not-found") -> dic
     }
 
 
+def longest_lookback(thresholds: Mapping[str, Any]) -> int:
+    """The longest look-back window (``*_days``) of the rule catalog's settings."""
+    return max((int(v) for k, v in thresholds.items() if k.endswith("_days")), default=365)
+
+
 def fhir_client_for(
     body: Mapping, runtime: Runtime, deadline: float, caller: Caller | None = None
 ) -> tuple[FhirClient | None, str]:
@@ -110,6 +119,7 @@ def fhir_client_for(
         deadline,
         page_cap=fhir["page_cap"],
         max_bytes=fhir["max_response_bytes"],
+        max_resources=fhir.get("max_resources_per_key", 50_000),
     )
     return client, ""
 
@@ -124,13 +134,14 @@ def _medication_resolver(
     local = bundle_resolver(known)
     wanted = set()
     for resource in known:
-        ref = (resource.get("medicationReference") or {}).get("reference")
+        ref = path(resource, "medicationReference", "reference")
         if isinstance(ref, str) and ref.startswith("Medication/") and local(ref) is None:
             wanted.add(ref)
     fetched: dict[str, object] = {}
     if wanted and client is not None:
-        jobs = {ref: (lambda r=ref: client.read(r)) for ref in sorted(wanted)}
-        fetched, _ = run_parallel(jobs, client.deadline, runtime.executor)
+        # bounded: a request naming 10,000 Medications must not make the service send 10,000 reads
+        jobs = {ref: (lambda r=ref: client.read(r)) for ref in sorted(wanted)[:MAX_MEDICATION_READS]}
+        fetched, _ = run_parallel(jobs, client.deadline, runtime.executors.for_url(client.base_url))
 
     def resolve(ref: str):
         found = local(ref) or fetched.get(ref)
@@ -173,8 +184,9 @@ def answer_hook(
             {k: templates[k] for k in keys},
             context,
             client,
-            runtime.executor,
+            runtime.executors,
             client_problem or "no fhirServer in the request",
+            runtime.config.section("fhir").get("max_resources_per_key", 50_000),
         )
 
     if patient_view:
@@ -212,6 +224,7 @@ def answer_hook(
         return Answer(412, operation_outcome(gathered.missing_required), notes=notes)
 
     resources = gathered.resources
+    settings = runtime.config.settings_for(service, tenant)
     stored_orders = _stored_orders(gathered)
     record = build_record(
         terminology=runtime.terminology,
@@ -227,13 +240,13 @@ def answer_hook(
         observations=[r for r in resources.get("observations", ()) if r.get("resourceType") == "Observation"],
         resolve=_medication_resolver(body, gathered, client, runtime),
         unavailable={KEY_BY_NAME[k].resource_type for k in gathered.unavailable},
+        lookback_days=longest_lookback(settings["thresholds"]),
     )
     if patient_view:  # the newest active tacrolimus order is "the order", continuing therapy
         by_id = {m.id: m for m in record.medications if not m.is_draft}
         orders = tuple(by_id[i] for i in [str(t.get("id")) for t in triggers][:1] if i in by_id)
     else:
         orders = tuple(m for m in record.medications if m.is_trigger)
-    settings = runtime.config.settings_for(service, tenant)
     rule_input = RuleInput(
         record=record,
         orders=orders,
