@@ -1,13 +1,13 @@
-"""The baseline: a Flask endpoint that reads the body and answers ``{"cards": []}``, same gunicorn."""
+"""The baseline: a Flask endpoint that reads the body and answers ``{"cards": []}``, under the same server
+settings as ``cds-service serve`` (granian, same workers and threads, start-up objects frozen the same way)."""
 
 from __future__ import annotations
 
 import sys
 
 from flask import Flask, jsonify, request
-from gunicorn.app.base import BaseApplication
 
-from cds_service.server import gunicorn_options
+from cds_service.server import freeze_startup_objects, granian_server
 
 
 def create_noop_app() -> Flask:
@@ -25,19 +25,12 @@ def create_noop_app() -> Flask:
     return app
 
 
-class NoopServer(BaseApplication):
-    def __init__(self, options):
-        self.options = options
-        super().__init__()
-
-    def load_config(self):
-        for key, value in self.options.items():
-            self.cfg.set(key, value)
-
-    def load(self):
-        return create_noop_app()
+def load_app() -> Flask:
+    app = create_noop_app()
+    freeze_startup_objects()
+    return app
 
 
 if __name__ == "__main__":
     port, workers, threads = (int(a) for a in sys.argv[1:4])
-    NoopServer(gunicorn_options("127.0.0.1", port, workers, threads)).run()
+    granian_server("noop", "127.0.0.1", port, workers, threads).serve(target_loader=load_app, wrap_loader=False)
