@@ -7,7 +7,7 @@ import sys
 
 from flask import Flask, jsonify, request
 
-from cds_service.server import freeze_startup_objects, granian_server
+from cds_service.server import deliver_stop_signals_to_main_thread, freeze_startup_objects, granian_server
 
 
 def create_noop_app() -> Flask:
@@ -26,6 +26,7 @@ def create_noop_app() -> Flask:
 
 
 def load_app() -> Flask:
+    deliver_stop_signals_to_main_thread()
     app = create_noop_app()
     freeze_startup_objects()
     return app
@@ -33,4 +34,6 @@ def load_app() -> Flask:
 
 if __name__ == "__main__":
     port, workers, threads = (int(a) for a in sys.argv[1:4])
-    granian_server("noop", "127.0.0.1", port, workers, threads).serve(target_loader=load_app, wrap_loader=False)
+    granian_server("noop", "127.0.0.1", port, workers, threads).serve(
+        target_loader=load_app, wrap_loader=False
+    )

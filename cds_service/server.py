@@ -27,6 +27,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -52,18 +53,42 @@ def before_workers(config: Config) -> None:
 
 
 def die_with_parent(master_pid: int) -> None:
-    """Ask the kernel to send this worker SIGTERM when the master dies, even by SIGKILL.
+    """Ask the kernel to kill this worker when the master dies, even by SIGKILL.
 
     Without it, workers orphaned by a ``kill -9`` of the master keep their listening sockets (granian
     workers each hold one, SO_REUSEPORT) and keep serving the old code and configuration beside a new
-    master. SIGTERM lets the worker finish its in-flight requests (granian's graceful stop) and exit.
+    master. SIGKILL, not SIGTERM: nothing in the worker can delay it, and with no master left to time out a
+    slow graceful stop, a worker killed this way loses no more than a worker killed -9, which the service is
+    built to survive.
     """
     if sys.platform == "linux":
         libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
             log.warning("could not tie the worker's life to the master", extra={"errno": ctypes.get_errno()})
     if os.getppid() != master_pid:  # the master died before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def deliver_stop_signals_to_main_thread() -> None:
+    """Make SIGTERM/SIGINT stop the worker whichever of its threads the kernel hands them to.
+
+    granian's worker waits for its stop in ``threading.Event.wait()`` on the main thread, and Python runs
+    signal handlers only there. A process-directed signal that the kernel delivers to another thread (a
+    Tokio or request thread, common once requests have been served) does not wake that wait: the worker
+    ignored SIGTERM until killed 20 s later. So: block the two signals here, before granian starts its
+    threads (they inherit the mask), and let one thread ``sigwait`` for them and run the installed handler.
+    """
+    stops = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+
+    def relay() -> None:
+        while True:
+            received = signal.sigwait(stops)
+            handler = signal.getsignal(received)
+            if callable(handler):
+                handler(received, None)
+
+    threading.Thread(target=relay, name="stop-signals", daemon=True).start()
 
 
 def freeze_startup_objects() -> None:
@@ -97,6 +122,7 @@ class Server:
         from cds_service.app import create_app
 
         die_with_parent(int(os.environ[MASTER_PID_ENV]))
+        deliver_stop_signals_to_main_thread()
         app = create_app(config=self.config_snapshot, dev=self.dev)
         freeze_startup_objects()
         return app
@@ -124,7 +150,11 @@ def granian_server(name: str, host: str, port: int, workers: int, threads: int) 
         interface=Interfaces.WSGI,
         workers=workers,
         blocking_threads=threads,  # Python threads per worker that run the app
-        backpressure=threads * 8,  # complete requests queued per worker before new ones wait in the kernel
+        # Connections each worker holds at once (idle and slow ones included). Each worker has its own queue
+        # (SO_REUSEPORT): once one is full, new connections the kernel hashes to it wait, so keep it high;
+        # only ``threads`` requests run Python at a time whatever this is.
+        backlog=2048,
+        backpressure=1024,
         http="1",
         http1_settings=HTTP1Settings(header_read_timeout=10_000),  # a client gets 10 s to send its headers
         log_level=LogLevels.warning,
