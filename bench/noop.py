@@ -1,5 +1,5 @@
 """The baseline: a Flask endpoint that reads the body and answers ``{"cards": []}``, under the same server
-settings as ``cds-service serve`` (granian, same workers and threads, start-up objects frozen the same way)."""
+settings as ``cds-service serve`` (granian, same workers and threads, start-up objects frozen alike)."""
 
 from __future__ import annotations
 
