@@ -83,7 +83,7 @@ def _mutations(body: dict) -> Iterator[Any]:
 
 def _agree(checker: Any, body: Any) -> None:
     if checker.fast.is_valid(body):
-        assert list(checker.full.iter_errors(body)) == [], f"fast path accepted an invalid body: {body!r:.300}"
+        assert list(checker.full.iter_errors(body)) == [], f"fast path accepted: {body!r:.300}"
 
 
 @pytest.mark.parametrize("hook", ["order-select", "order-sign"])
