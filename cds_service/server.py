@@ -42,14 +42,30 @@ MASTER_PID_ENV = "CDS_SERVICE_MASTER_PID"
 _PR_SET_PDEATHSIG = 1
 
 
-def before_workers(config: Config) -> None:
+def before_workers(config: Config, dev: bool) -> None:
     """One-time start-up work in the master, before any worker exists to race for it.
 
-    Add steps here (in order); each runs again on nothing: a reload only re-checks the configuration.
+    Add steps here (in order); none runs again on reload, which only re-checks the configuration.
     """
     from cds_service.storage import make_engine
 
     make_engine(config.section("feedback")["database_url"]).dispose()
+    preload_code(dev)
+
+
+def preload_code(dev: bool) -> None:
+    """Import the app's code once in the master: every worker (and every worker a reload starts) is forked
+    with it, so a worker is ready in the time it takes to build its app (~0.2 s instead of ~1.5 s), and the
+    pages of that code are shared between workers. A reload therefore changes configuration, not code:
+    restart the service to run new code. Nothing here opens a file, a socket or a thread."""
+    import cds_service.admin
+    import cds_service.api
+    import cds_service.app
+    import cds_service.hook_call
+
+    if dev:
+        import cds_service.sandbox.web  # noqa: F401
+    freeze_startup_objects()
 
 
 def die_with_parent(master_pid: int) -> None:
@@ -130,7 +146,7 @@ class Server:
     def run(self) -> None:
         wait_for_port(self.host, self.port)
         os.environ[MASTER_PID_ENV] = str(os.getpid())
-        before_workers(self.config_snapshot)
+        before_workers(self.config_snapshot, self.dev)
         server = granian_server("cds_service", self.host, self.port, self.workers, self.threads)
         server.on_reload(self.reload_config)
         server.serve(target_loader=self.load_app, wrap_loader=False)
