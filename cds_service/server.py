@@ -114,6 +114,25 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
+class ReturnMemoryAfterLargeBodies:
+    """WSGI wrapper: after a request with a body over ``threshold`` bytes, give freed heap pages back to the
+    system (glibc ``malloc_trim``). A 4 MB prefetch briefly needs ~100 MB of Python objects; without this
+    the worker keeps ~25 MB of them resident for good. Costs a few ms, only after such requests."""
+
+    def __init__(self, app: Callable[..., Any], threshold: int = 1_000_000):
+        self.app = app
+        self.threshold = threshold
+        self._trim = getattr(ctypes.CDLL(None), "malloc_trim", None) if sys.platform == "linux" else None
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        try:
+            return self.app(environ, start_response)
+        finally:
+            length = environ.get("CONTENT_LENGTH") or ""
+            if self._trim is not None and length.isdigit() and int(length) > self.threshold:
+                self._trim(0)
+
+
 class Server:
     """The master: holds the last good configuration and hands it to each worker it forks."""
 
@@ -141,7 +160,7 @@ class Server:
         deliver_stop_signals_to_main_thread()
         app = create_app(config=self.config_snapshot, dev=self.dev)
         freeze_startup_objects()
-        return app
+        return ReturnMemoryAfterLargeBodies(app)
 
     def run(self) -> None:
         wait_for_port(self.host, self.port)
