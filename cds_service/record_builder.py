@@ -19,7 +19,7 @@ import re
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -43,7 +43,7 @@ from cds_service.record import (
     Unusable,
 )
 from cds_service.terminology import Terminology
-from cds_service.trigger import DrugName, Resolver, drug_name, is_systemic_tacrolimus
+from cds_service.trigger import DrugName, Resolver, codeable_name, drug_name, recognise
 from cds_service.units import to_canonical
 
 LAB_GROUPS = (
@@ -65,6 +65,7 @@ LAB_GROUPS = (
     "breastfeeding-status",
     "igg",
     "hbsag",
+    "anti-hbc",
 )
 LAB_GROUP_SET = frozenset(LAB_GROUPS)
 BP_PANEL = "blood-pressure"
@@ -75,6 +76,9 @@ INACTIVE_CLINICAL = frozenset({"inactive", "remission", "resolved"})
 NOT_CONFIRMED = frozenset({"refuted", "entered-in-error"})
 POSITIVE_TEXT = re.compile(r"^\s*(positive|detected|reactive|pos|yes)\b", re.I)
 NEGATIVE_TEXT = re.compile(r"^\s*(negative|not detected|non-?reactive|neg|no)\b", re.I)
+# Breastfeeding status (63895-7) answered in words: "Yes", "Breastfeeding", "Exclusively breastfed"...
+BREASTFEEDING_NO_TEXT = re.compile(r"\b(no|not|never|none|stopped|weaned|formula only)\b", re.I)
+BREASTFEEDING_YES_TEXT = re.compile(r"\b(yes|breast-?\s?feeding|breast-?\s?fed|lactating|nursing)\b", re.I)
 POSITIVE_INTERPRETATION = frozenset({"POS", "DET"})
 NEGATIVE_INTERPRETATION = frozenset({"NEG", "ND"})
 
@@ -97,6 +101,28 @@ def parse_when(value: Any) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+DURATION_DAYS = {"d": 1, "day": 1, "days": 1, "wk": 7, "week": 7, "weeks": 7, "mo": 30, "month": 30,
+                 "months": 30, "a": 365.25, "year": 365.25, "years": 365.25, "h": 1 / 24, "hour": 1 / 24,
+                 "hours": 1 / 24}  # fmt: skip
+
+
+def supply_days(dispense: Mapping) -> float | None:
+    """Days a stopped order's dispenses cover: expectedSupplyDuration × (1 + numberOfRepeatsAllowed).
+
+    None when the duration is absent or in a unit that is not a time (rules.md § Data rules).
+    """
+    duration = dispense.get("expectedSupplyDuration")
+    if not isinstance(duration, Mapping) or not isinstance(duration.get("value"), int | float):
+        return None
+    unit = str(duration.get("code") or duration.get("unit") or "").strip().lower()
+    per_day = DURATION_DAYS.get(unit)
+    if per_day is None or duration["value"] <= 0:
+        return None
+    repeats = dispense.get("numberOfRepeatsAllowed")
+    repeats = repeats if isinstance(repeats, int) and repeats >= 0 else 0
+    return float(duration["value"]) * per_day * (1 + repeats)
 
 
 def _code(concept: Any) -> str | None:
@@ -176,6 +202,14 @@ def _validated(model: Any, raw: Mapping, skipped: list[Unusable]) -> bool:
     return problem is None
 
 
+BY_NAME_NOTE = " (recognised by its name; check the order)"
+
+
+def _label(label: str, by_name: frozenset[str]) -> str:
+    """The drug's name as cards show it: a drug recognised only by its name says so (rules.md)."""
+    return label + BY_NAME_NOTE if by_name else label
+
+
 class RecordBuilder:
     """Turns the gathered resources of one request into a PatientRecord."""
 
@@ -212,17 +246,17 @@ class RecordBuilder:
                     active=clinical not in INACTIVE_CLINICAL and verification not in NOT_CONFIRMED,
                     onset=parse_when(raw.get("onsetDateTime") or (raw.get("onsetPeriod") or {}).get("start")),
                     recorded=parse_when(raw.get("recordedDate")),
+                    clinical_status=clinical,
+                    confirmed=verification not in NOT_CONFIRMED,
+                    abated=parse_when(
+                        raw.get("abatementDateTime") or (raw.get("abatementPeriod") or {}).get("end")
+                    ),
+                    last_updated=parse_when((raw.get("meta") or {}).get("lastUpdated")),
                 )
             )
         return found
 
     # --- medications ---------------------------------------------------------------------------------------
-    def _drug_concepts(self, name: DrugName) -> frozenset[str]:
-        concepts = self.terminology.concepts(name.codings)
-        if "tacrolimus" not in concepts and is_systemic_tacrolimus(name, self.terminology):
-            concepts = concepts | {"tacrolimus"}  # the trigger's text fallback names tacrolimus everywhere
-        return concepts
-
     def _exposure(self, status: str, raw: Mapping) -> Period | None:
         if status in NOT_EXPOSURE:
             return None
@@ -231,8 +265,11 @@ class RecordBuilder:
         if start is None or start > self.now:
             return None
         end = parse_when(validity.get("end"))
+        if end is None and status in ("active", "on-hold"):
+            end = self.now
         if end is None:
-            end = self.now if status in ("active", "on-hold") else start
+            supply = supply_days(raw.get("dispenseRequest") or {})
+            end = start + timedelta(days=supply) if supply else start
         return Period(start, max(start, min(end, self.now)))
 
     def medications(
@@ -243,9 +280,10 @@ class RecordBuilder:
             if raw.get("resourceType") not in ("MedicationRequest", "MedicationOrder"):
                 continue
             name = drug_name(raw, resolve)
-            concepts = self._drug_concepts(name)
+            recognised = recognise(name, self.terminology)  # rules.md § Drug recognition
+            concepts = recognised.classes
             if not concepts:
-                if not name.codings and not is_draft:
+                if name.unresolved and not is_draft:
                     self._report_unresolved(raw)
                 continue
             if not is_draft and not _validated(FhirMedicationRequest, raw, self.skipped):
@@ -258,16 +296,22 @@ class RecordBuilder:
                 Medication(
                     id=str(raw.get("id", "")),
                     concepts=concepts,
-                    name=name.label or "medication",
+                    name=_label(name.label or self._ingredients_label(name), recognised.by_name),
                     status=status,
                     authored=parse_when(raw.get("authoredOn")),
                     exposure=None if is_draft else self._exposure(status, raw),
                     is_draft=is_draft,
                     is_trigger=is_draft and str(raw.get("id")) in trigger_ids,
                     prior_prescription=prior.rsplit("/", 1)[-1] if isinstance(prior, str) else None,
+                    recognised_by_name=recognised.by_name,
                 )
             )
         return found
+
+    def _ingredients_label(self, name: DrugName) -> str:
+        """A Medication known only by its ingredients: their names (published displays), else "medication"."""
+        words = list(name.other_words) or [d for c in name.ingredients if (d := self.terminology.display(c))]
+        return " / ".join(words) or "medication"
 
     def _report_unresolved(self, raw: Mapping) -> None:
         """An order whose drug we could not see cannot be checked: say so rather than skip it silently."""
@@ -285,7 +329,9 @@ class RecordBuilder:
     def allergies(self, resources: Iterable[Mapping]) -> list[Allergy]:
         found = []
         for raw in resources:
-            concepts = self.terminology.concepts_of_concept(raw.get("code"))
+            substance = codeable_name(raw.get("code")) or DrugName((), ())
+            recognised = recognise(substance, self.terminology)  # a drug allergy: by code, else by name
+            concepts = self.terminology.concepts_of_concept(raw.get("code")) | recognised.classes
             if not concepts or not _validated(FhirAllergy, raw, self.skipped):
                 continue
             clinical = _code(raw.get("clinicalStatus"))
@@ -294,8 +340,9 @@ class RecordBuilder:
                 Allergy(
                     id=str(raw.get("id", "")),
                     concepts=concepts,
-                    name=_name(raw.get("code"), "allergy"),
+                    name=_label(_name(raw.get("code"), "allergy"), recognised.by_name),
                     active=clinical not in ("inactive", "resolved") and verification not in NOT_CONFIRMED,
+                    recognised_by_name=recognised.by_name,
                 )
             )
         return found
@@ -375,10 +422,23 @@ class RecordBuilder:
                 answer=holder["valueDateTime"][:10],
                 original=holder["valueDateTime"],
             )
-        answer = self._answer(holder)
+        answer = self._answer(holder, group)
         if answer is None:
             return Unusable(reference, f"{group} on {day} has no usable value")
         return LabValue(raw.get("id", ""), code, entry.when, None, None, answer=answer, original=answer)
+
+    @staticmethod
+    def _breastfeeding_words(concept: Mapping) -> str | None:
+        """A breastfeeding answer in words (its text or a coding's display): "Yes", "Breastfeeding"..."""
+        texts = [concept.get("text")] + [
+            c.get("display") for c in concept.get("coding") or () if isinstance(c, Mapping)
+        ]
+        for text in (t for t in texts if isinstance(t, str) and t.strip()):
+            if BREASTFEEDING_NO_TEXT.search(text):
+                return "negative"
+            if BREASTFEEDING_YES_TEXT.search(text):
+                return "positive"
+        return None
 
     def _group_code(self, concept: Any, group: str) -> str:
         for coding in (concept or {}).get("coding") or ():
@@ -388,20 +448,32 @@ class RecordBuilder:
                 return str(coding["code"])
         return ""
 
-    def _answer(self, holder: Mapping) -> str | None:
-        """A qualitative result: "positive", "negative", or the (SNOMED) code of a coded answer."""
+    def _answer(self, holder: Mapping, group: str = "") -> str | None:
+        """A qualitative result: "positive", "negative", "pregnancy-ended", or the code of a coded answer.
+
+        Yes/no answer codes (LOINC LA33-6 / LA32-8, SNOMED 373066001 / 373067005) read as positive/negative;
+        a pregnancy outcome given as an answer (a delivery code) reads as "pregnancy-ended".
+        """
         concept = holder.get("valueCodeableConcept")
+        breastfeeding = group == "breastfeeding-status"
         if isinstance(concept, Mapping):
             concepts = self.terminology.concepts_of_concept(concept)
-            if "qualitative-positive" in concepts:
+            if concepts & {"qualitative-positive", "yes-answer"}:
                 return "positive"
-            if "qualitative-negative" in concepts:
+            if concepts & {"qualitative-negative", "no-answer"}:
                 return "negative"
-            if "lactation" in concepts:  # breastfeeding status answered with a lactation finding
+            if breastfeeding and "lactation" in concepts:  # answered with a lactation finding
                 return "positive"
+            if group == "pregnancy-status" and "pregnancy-outcome" in concepts:
+                return "pregnancy-ended"
+            said = self._breastfeeding_words(concept) if breastfeeding else None
             code = _code(concept)
-            if code:
-                return code
+            if said or code:
+                return said or code
+        if breastfeeding and isinstance(holder.get("valueString"), str):
+            said = self._breastfeeding_words({"text": holder["valueString"]})
+            if said:
+                return said
         text = holder.get("valueString") or (holder.get("valueCodeableConcept") or {}).get("text")
         if isinstance(text, str):
             if NEGATIVE_TEXT.match(text):
