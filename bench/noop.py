@@ -4,10 +4,12 @@ settings as ``cds-service serve`` (granian, same workers and threads, start-up o
 from __future__ import annotations
 
 import sys
+from functools import partial
 
 from flask import Flask, jsonify, request
 
-from cds_service.server import deliver_stop_signals_to_main_thread, freeze_startup_objects, granian_server
+from cds_service.server import freeze_startup_objects, granian_server
+from cds_service.wsgi_bridge import BodyFirst
 
 
 def create_noop_app() -> Flask:
@@ -25,15 +27,14 @@ def create_noop_app() -> Flask:
     return app
 
 
-def load_app() -> Flask:
-    deliver_stop_signals_to_main_thread()
+def load_app(threads: int) -> BodyFirst:
     app = create_noop_app()
     freeze_startup_objects()
-    return app
+    return BodyFirst(app, threads, 10_000_000)
 
 
 if __name__ == "__main__":
     port, workers, threads = (int(a) for a in sys.argv[1:4])
-    granian_server("noop", "127.0.0.1", port, workers, threads).serve(
-        target_loader=load_app, wrap_loader=False
+    granian_server("noop", "127.0.0.1", port, workers).serve(
+        target_loader=partial(load_app, threads), wrap_loader=False
     )

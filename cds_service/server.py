@@ -1,8 +1,9 @@
 """Run the app under granian (a Rust HTTP server with Python WSGI workers), with reload on SIGHUP.
 
 Why granian (README, "Server model"): its HTTP side is asynchronous Rust, so a client that trickles its
-headers or body holds a few bytes of a Tokio task, never a Python thread; only complete requests reach the
-WSGI threads. Under gunicorn's gthread workers, ten such clients blocked every thread for 25 s. It also
+headers holds a few bytes of a Tokio task, never a Python thread; the body is then read on the worker's event
+loop (``wsgi_bridge``), and only complete requests reach the WSGI threads. Under gunicorn's gthread
+workers, ten clients trickling headers blocked every thread for 25 s. It also
 costs less CPU per request (no-op endpoint: about 0.4 ms against 0.9 ms).
 
 Start-up, in order, all in the master process:
@@ -27,12 +28,12 @@ import os
 import signal
 import socket
 import sys
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from cds_service.config import Config, ConfigError, load_config
+from cds_service.wsgi_bridge import BodyFirst
 
 log = logging.getLogger("cds_service.server")
 
@@ -85,28 +86,6 @@ def die_with_parent(master_pid: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def deliver_stop_signals_to_main_thread() -> None:
-    """Make SIGTERM/SIGINT stop the worker whichever of its threads the kernel hands them to.
-
-    granian's worker waits for its stop in ``threading.Event.wait()`` on the main thread, and Python runs
-    signal handlers only there. A process-directed signal that the kernel delivers to another thread (a
-    Tokio or request thread, common once requests have been served) does not wake that wait: the worker
-    ignored SIGTERM until killed 20 s later. So: block the two signals here, before granian starts its
-    threads (they inherit the mask), and let one thread ``sigwait`` for them and run the installed handler.
-    """
-    stops = {signal.SIGTERM, signal.SIGINT}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
-
-    def relay() -> None:
-        while True:
-            received = signal.sigwait(stops)
-            handler = signal.getsignal(received)
-            if callable(handler):
-                handler(received, None)
-
-    threading.Thread(target=relay, name="stop-signals", daemon=True).start()
-
-
 def freeze_startup_objects() -> None:
     """Move every object alive now (modules, schemas, value sets, models: ~100,000) out of the collector's
     reach: a full collection then scans only what requests create, not 55-110 ms of start-up state."""
@@ -157,21 +136,21 @@ class Server:
         from cds_service.app import create_app
 
         die_with_parent(int(os.environ[MASTER_PID_ENV]))
-        deliver_stop_signals_to_main_thread()
         app = create_app(config=self.config_snapshot, dev=self.dev)
         freeze_startup_objects()
-        return ReturnMemoryAfterLargeBodies(app)
+        limit = self.config_snapshot.section("server")["max_body_bytes"]
+        return BodyFirst(ReturnMemoryAfterLargeBodies(app), self.threads, limit)
 
     def run(self) -> None:
         wait_for_port(self.host, self.port)
         os.environ[MASTER_PID_ENV] = str(os.getpid())
         before_workers(self.config_snapshot, self.dev)
-        server = granian_server("cds_service", self.host, self.port, self.workers, self.threads)
+        server = granian_server("cds_service", self.host, self.port, self.workers)
         server.on_reload(self.reload_config)
         server.serve(target_loader=self.load_app, wrap_loader=False)
 
 
-def granian_server(name: str, host: str, port: int, workers: int, threads: int) -> Any:
+def granian_server(name: str, host: str, port: int, workers: int) -> Any:
     """The production server settings; the benchmark runs its no-op baseline under the same ones."""
     from granian.constants import Interfaces
     from granian.http import HTTP1Settings
@@ -182,9 +161,8 @@ def granian_server(name: str, host: str, port: int, workers: int, threads: int) 
         name,  # only a label: the app comes from ``target_loader``
         address=host,
         port=port,
-        interface=Interfaces.WSGI,
+        interface=Interfaces.RSGI,  # the app is a WSGI one behind wsgi_bridge.BodyFirst (its ``threads``)
         workers=workers,
-        blocking_threads=threads,  # Python threads per worker that run the app
         # Connections each worker holds at once (idle and slow ones included). Each worker has its own queue
         # (SO_REUSEPORT): once one is full, new connections the kernel hashes to it wait, so keep it high;
         # only ``threads`` requests run Python at a time whatever this is.

@@ -76,6 +76,56 @@ def test_fifty_clients_trickling_headers_do_not_block_health_or_hook_calls(tmp_p
             trickler.join(timeout=5)
 
 
+def test_clients_stalling_mid_body_do_not_block_anyone_and_are_answered_408(tmp_path):
+    """Headers complete, then one byte of a 1,000-byte body and silence: under gunicorn and under granian's
+    own WSGI interface each such client held a Python thread, and ten of them blocked every /healthz."""
+    with start_service(config_copy(tmp_path), workers=2, dev=True) as server:
+        port = int(server.base.rsplit(":", 1)[1])
+        request = hook_request("stall-p1", small_patient("stall-p1"))
+        stalled = []
+        for _ in range(20):
+            connection = socket.create_connection(("127.0.0.1", port), timeout=20)
+            connection.sendall(
+                f"POST /cds-services/{SIGN} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{".encode()
+            )
+            stalled.append(connection)
+        try:
+            time.sleep(1.0)
+            for _ in range(3):
+                assert requests.get(f"{server.base}/healthz", timeout=2).status_code == 200
+                call = requests.post(f"{server.base}/cds-services/{SIGN}", json=request, timeout=2)
+                assert call.status_code == 200 and finding_ids(call.json())
+            answer = stalled[0].recv(4096)  # the body time limit (10 s) ends the wait with an answer
+            assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
+            assert b"request body not received in time" in answer
+        finally:
+            for connection in stalled:
+                connection.close()
+
+
+def test_bodies_over_the_limit_get_413_declared_or_chunked(tmp_path):
+    with start_service(
+        config_copy(tmp_path, server={"max_body_bytes": 50_000}), workers=1, dev=True
+    ) as server:
+        url = f"{server.base}/cds-services/{SIGN}"
+        declared = requests.post(
+            url, data=b"{" + b" " * 60_000 + b"}", timeout=10, headers={"Content-Type": "application/json"}
+        )
+        assert declared.status_code == 413
+        assert declared.json() == {"error": "request body too large"}
+        chunked = requests.post(
+            url,
+            data=iter([b"{", b" " * 30_000, b" " * 30_000, b"}"]),
+            timeout=10,
+            headers={"Content-Type": "application/json"},
+        )
+        assert chunked.status_code == 413
+        assert chunked.json() == {"error": "request body too large"}
+        fits = requests.post(url, data=b"{}", timeout=10, headers={"Content-Type": "application/json"})
+        assert fits.status_code == 400  # read in full and judged by the app: not a CDS Hooks request
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
