@@ -53,7 +53,10 @@ class BodyFirst:
             protocol.response_bytes(413, JSON, b'{"error": "request body too large"}')
             return
         try:
-            body = await asyncio.wait_for(self._read(protocol), self.body_seconds)
+            # A declared length is already within the limit (and enforced by the HTTP layer): one read. A
+            # chunked body is counted as it comes.
+            read = protocol() if declared is not None else self._read(protocol)
+            body = await asyncio.wait_for(read, self.body_seconds)
         except _TooLarge:
             protocol.response_bytes(413, JSON, b'{"error": "request body too large"}')
             return
