@@ -34,9 +34,15 @@ class BodyFirst:
         self.max_body_bytes = max_body_bytes
         self.body_seconds = body_seconds
         self.pool: ThreadPoolExecutor | None = None
+        # Bodies held in memory at once, per worker: many large uploads wait (then 503) instead of each
+        # taking up to max_body_bytes. A body under the limit always fits in an empty budget.
+        self.budget = max(64_000_000, 4 * max_body_bytes)
+        self.buffered = 0
+        self.budget_changed: asyncio.Condition | None = None
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="wsgi")
+        self.budget_changed = asyncio.Condition()
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.pool is not None:
@@ -52,10 +58,22 @@ class BodyFirst:
         if declared is not None and int(declared) > self.max_body_bytes:
             protocol.response_bytes(413, JSON, b'{"error": "request body too large"}')
             return
+        # A declared length is within the limit (and enforced by the HTTP layer): one read, that much held.
+        # A chunked body is counted as it comes and may hold up to the limit; no body holds nothing.
+        chunked = declared is None and "chunked" in (scope.headers.get("transfer-encoding") or "").lower()
+        held = int(declared) if declared is not None else self.max_body_bytes if chunked else 0
+        if held and not await self._reserve(held):
+            protocol.response_bytes(503, JSON, b'{"error": "busy receiving other requests; retry"}')
+            return
         try:
-            # A declared length is already within the limit (and enforced by the HTTP layer): one read. A
-            # chunked body is counted as it comes.
-            read = protocol() if declared is not None else self._read(protocol)
+            await self._answer(scope, protocol, chunked)
+        finally:
+            if held:
+                await self._release(held)  # the body is held until the app has answered
+
+    async def _answer(self, scope: Any, protocol: Any, chunked: bool) -> None:
+        try:
+            read = self._read(protocol) if chunked else protocol()
             body = await asyncio.wait_for(read, self.body_seconds)
         except _TooLarge:
             protocol.response_bytes(413, JSON, b'{"error": "request body too large"}')
@@ -68,6 +86,28 @@ class BodyFirst:
         loop = asyncio.get_running_loop()
         status, headers, payload = await loop.run_in_executor(self.pool, self._call, scope, body)
         protocol.response_bytes(status, headers, payload)
+
+    async def _reserve(self, size: int) -> bool:
+        """Wait (at most the body time limit) until ``size`` bytes fit the budget; False if they never do."""
+        assert self.budget_changed is not None
+        async with self.budget_changed:
+            try:
+                await asyncio.wait_for(
+                    self.budget_changed.wait_for(
+                        lambda: self.buffered == 0 or self.buffered + size <= self.budget
+                    ),
+                    self.body_seconds,
+                )
+            except TimeoutError:
+                return False
+            self.buffered += size
+            return True
+
+    async def _release(self, size: int) -> None:
+        assert self.budget_changed is not None
+        async with self.budget_changed:
+            self.buffered -= size
+            self.budget_changed.notify_all()
 
     async def _read(self, protocol: Any) -> bytes:
         chunks, size = [], 0
