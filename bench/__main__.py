@@ -122,7 +122,7 @@ class Scenario:
 
 
 class Wrk:
-    def __init__(self, work: Path, signer: ec.EllipticCurvePrivateKey | None, prod_port: int):
+    def __init__(self, work: Path, signer: ec.EllipticCurvePrivateKey, prod_port: int):
         self.work = work
         self.signer = signer
         self.prod_port = prod_port

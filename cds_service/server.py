@@ -131,7 +131,7 @@ class Server:
                 "configuration reload refused; serving the last good one", extra={"problems": error.problems}
             )
 
-    def load_app(self) -> Callable[..., Any]:
+    def load_app(self) -> BodyFirst:
         """Runs in each new worker (forked from the master, so it sees the master's current snapshot)."""
         from cds_service.app import create_app
 
@@ -152,7 +152,7 @@ class Server:
 
 def granian_server(name: str, host: str, port: int, workers: int) -> Any:
     """The production server settings; the benchmark runs its no-op baseline under the same ones."""
-    from granian.constants import Interfaces
+    from granian.constants import HTTPModes, Interfaces
     from granian.http import HTTP1Settings
     from granian.log import LogLevels
     from granian.server import Server as Granian
@@ -168,7 +168,7 @@ def granian_server(name: str, host: str, port: int, workers: int) -> Any:
         # only ``threads`` requests run Python at a time whatever this is.
         backlog=2048,
         backpressure=1024,
-        http="1",
+        http=HTTPModes.http1,
         http1_settings=HTTP1Settings(header_read_timeout=10_000),  # a client gets 10 s to send its headers
         log_level=LogLevels.warning,
         log_access=False,  # the app logs one PHI-free line per call; URLs are not needed twice
@@ -201,7 +201,8 @@ def wait_for_port(host: str, port: int, seconds: float = 10.0) -> None:
                 return
             except OSError as error:
                 if time.monotonic() > deadline:
-                    raise PortInUse(f"cannot listen on {host}:{port}: {error.strerror.lower()}") from None
+                    why = (error.strerror or str(error)).lower()
+                    raise PortInUse(f"cannot listen on {host}:{port}: {why}") from None
         time.sleep(0.2)
 
 
