@@ -5,6 +5,11 @@ clients that send their headers and then stall mid-body held every thread of the
 out). Here the body is read on the worker's event loop (a coroutine per connection, no thread), within a
 size limit (413) and a time limit (408); only a complete request goes to the pool of ``threads`` Python
 threads that run the app. Headers are already read by granian's Rust side, with their own time limit.
+
+A chunked body is read chunk by chunk so that the size limit holds while it arrives. granian ends such a
+body at malformed chunk framing as if it were complete (without an error to see here), so the app judges
+what arrived: truncated JSON is a 400, a login form without its token a 401 (``bodies.py`` sees a body
+with a Content-Length, as it does for every request here).
 """
 
 from __future__ import annotations
