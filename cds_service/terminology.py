@@ -199,7 +199,7 @@ class Terminology:
         """Names of every value set that any of these FHIR Coding dicts belongs to."""
         found = _EMPTY
         for coding in codings or ():
-            if isinstance(coding, Mapping):
+            if isinstance(coding, (dict, Mapping)):  # dict first: no ABC check for the usual case
                 hit = self._match(coding.get("system"), coding.get("code"))
                 if hit:
                     found = found | hit if found else hit
@@ -207,10 +207,10 @@ class Terminology:
 
     def concepts_of_concept(self, concept: Mapping | None) -> frozenset[str]:
         """Names of every value set a CodeableConcept dict (or None) belongs to through its codings."""
-        if not isinstance(concept, Mapping):
-            return frozenset()
+        if not isinstance(concept, (dict, Mapping)):  # dict first: no ABC check for the usual case
+            return _EMPTY
         codings = concept.get("coding")
-        return self.concepts(codings) if isinstance(codings, list) else frozenset()
+        return self.concepts(codings) if isinstance(codings, list) else _EMPTY
 
     def recognise(
         self, codings: Iterable[Mapping] = (), ingredients: Iterable[Mapping] = (), texts: Iterable[str] = ()
