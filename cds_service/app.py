@@ -10,6 +10,7 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from cds_service.auth import AuthError
+from cds_service.bodies import BodyGuard
 from cds_service.config import Config, ConfigError, load_config
 from cds_service.protocol import ProtocolError
 from cds_service.runtime import Runtime
@@ -75,6 +76,9 @@ def create_app(
     from cds_service.admin import bp as admin_bp  # /admin page and POST /admin/reload, behind an admin token
 
     app.register_blueprint(admin_bp)
+    from cds_service.smart import bp as smart_bp  # the course SMART app, launched from card links
+
+    app.register_blueprint(smart_bp)
     if dev:
         from cds_service.sandbox.web import install as install_sandbox  # dev-only: imported on demand
 
@@ -82,6 +86,8 @@ def create_app(
     _install_cors_and_headers(app, holder)
     _install_authentication(app, holder)
     _install_error_handlers(app)
+    # outermost: compressed, oversized chunked and badly framed bodies are answered before anything reads them
+    app.wsgi_app = BodyGuard(app.wsgi_app, app.config["MAX_CONTENT_LENGTH"], SECURITY_HEADERS)  # type: ignore[method-assign]
     return app
 
 

@@ -19,6 +19,7 @@ from cds_service.auth import Caller
 from cds_service.cards import apply_finding_settings, build_cards
 from cds_service.config import Service
 from cds_service.fhir_client import FhirClient, FhirError
+from cds_service.fhir_json import path
 from cds_service.gather import Gathered, gather, run_parallel
 from cds_service.prefetch import KEY_BY_NAME
 from cds_service.protocol import validate_request
@@ -26,9 +27,13 @@ from cds_service.record_builder import build_record
 from cds_service.rules import evaluate
 from cds_service.rules.model import Evaluation, Finding, RuleInput
 from cds_service.runtime import Runtime
+from cds_service.smart.links import add_course_links, course_context
 from cds_service.trigger import bundle_resolver, draft_resources, find_trigger_orders
 
 log = logging.getLogger("cds_service.hook_call")
+
+MAX_MEDICATION_READS = 50
+"""Medications read from the FHIR server per request; orders naming others are left out and named."""
 
 DATA_NAMES = {
     "patient": "patient demographics",
@@ -67,6 +72,11 @@ def operation_outcome(issues: Mapping[str, str], code: str = "not-found") -> dic
     }
 
 
+def longest_lookback(thresholds: Mapping[str, Any]) -> int:
+    """The longest look-back window (``*_days``) of the rule catalog's settings."""
+    return max((int(v) for k, v in thresholds.items() if k.endswith("_days")), default=365)
+
+
 def fhir_client_for(
     body: Mapping, runtime: Runtime, deadline: float, caller: Caller | None = None
 ) -> tuple[FhirClient | None, str]:
@@ -101,6 +111,7 @@ def fhir_client_for(
         deadline,
         page_cap=fhir["page_cap"],
         max_bytes=fhir["max_response_bytes"],
+        max_resources=fhir.get("max_resources_per_key", 50_000),
     )
     return client, ""
 
@@ -115,13 +126,14 @@ def _medication_resolver(
     local = bundle_resolver(known)
     wanted = set()
     for resource in known:
-        ref = (resource.get("medicationReference") or {}).get("reference")
+        ref = path(resource, "medicationReference", "reference")
         if isinstance(ref, str) and ref.startswith("Medication/") and local(ref) is None:
             wanted.add(ref)
     fetched: dict[str, object] = {}
     if wanted and client is not None:
-        jobs = {ref: (lambda r=ref: client.read(r)) for ref in sorted(wanted)}
-        fetched, _ = run_parallel(jobs, client.deadline, runtime.executor)
+        # bounded: a request naming 10,000 Medications must not make the service send 10,000 reads
+        jobs = {ref: (lambda r=ref: client.read(r)) for ref in sorted(wanted)[:MAX_MEDICATION_READS]}
+        fetched, _ = run_parallel(jobs, client.deadline, runtime.executors.for_url(client.base_url))
 
     def resolve(ref: str):
         found = local(ref) or fetched.get(ref)
@@ -137,8 +149,12 @@ def answer_hook(
     now: datetime | None = None,
     tenant: str | None = None,
     caller: Caller | None = None,
+    smart_app_url: str | None = None,
 ) -> Answer:
-    """The answer to one hook call; ``tenant`` (the caller's organisation) picks its overrides."""
+    """The answer to one hook call; ``tenant`` (the caller's organisation) picks its overrides.
+
+    With ``smart_app_url`` (the course app's launch URL) the monitoring and salvage cards link to the app.
+    """
     validate_request(body, service.hook)
     now = now or datetime.now(UTC)
     context = body["context"]
@@ -159,8 +175,9 @@ def answer_hook(
         runtime.prefetch_templates,
         context,
         client,
-        runtime.executor,
+        runtime.executors,
         client_problem or "no fhirServer in the request",
+        runtime.config.section("fhir").get("max_resources_per_key", 50_000),
     )
     notes = {
         "triggers": len(triggers),
@@ -171,6 +188,7 @@ def answer_hook(
         return Answer(412, operation_outcome(gathered.missing_required), notes=notes)
 
     resources = gathered.resources
+    settings = runtime.config.settings_for(service, tenant)
     stored_orders = [
         r for r in resources.get("medications", ()) if r.get("resourceType") == "MedicationRequest"
     ]
@@ -188,16 +206,15 @@ def answer_hook(
         observations=[r for r in resources.get("observations", ()) if r.get("resourceType") == "Observation"],
         resolve=_medication_resolver(body, gathered, client, runtime),
         unavailable={KEY_BY_NAME[k].resource_type for k in gathered.unavailable},
+        lookback_days=longest_lookback(settings["thresholds"]),
     )
-    settings = runtime.config.settings_for(service, tenant)
-    evaluation = evaluate(
-        RuleInput(
-            record=record,
-            orders=tuple(m for m in record.medications if m.is_trigger),
-            thresholds=settings["thresholds"],
-            scope=settings["scope"],
-        )
+    rule_input = RuleInput(
+        record=record,
+        orders=tuple(m for m in record.medications if m.is_trigger),
+        thresholds=settings["thresholds"],
+        scope=settings["scope"],
     )
+    evaluation = evaluate(rule_input)
     not_checked = {DATA_NAMES[k]: why for k, why in {**gathered.unavailable, **gathered.incomplete}.items()}
     about = (tenant, str(context.get("patientId")), [str(t.get("id")) for t in triggers])
     findings, held, to_remember = _repeats(
@@ -213,6 +230,8 @@ def answer_hook(
         stored_orders={f"MedicationRequest/{r.get('id')}": r for r in stored_orders},
         not_checked=not_checked,
     )
+    if smart_app_url:  # the course app, launched from the monitoring and salvage cards
+        cards = add_course_links(cards, smart_app_url, course_context(rule_input))
     return Answer(
         200, {"cards": cards}, evaluation=evaluation, notes=notes, held=held, to_remember=to_remember
     )
