@@ -4,8 +4,9 @@ Two passes keep it fast and safe:
 
 1. Raw JSON is filtered by code: only resources whose codes belong to a value set the rules use go on
    (a patient's record is mostly irrelevant to tacrolimus; parsing all of it is 15-30x slower).
-2. What is left is validated one resource at a time with ``fhir.resources`` (R4B models read R4 data). A
-   resource that fails is skipped and reported; it never sinks the request. Observations are validated lazily,
+2. What is left is validated one resource at a time with ``fhir.resources`` (R4B models read R4 data), on the
+   elements the record reads (``READ_FIELDS``): an older shape elsewhere must not hide an order. A resource
+   that fails is skipped and reported; it never sinks the request. Observations are validated lazily,
    when a rule reads them (see ``LabSeries``).
 
 Draft orders from ``context.draftOrders`` are read leniently from raw JSON: EHRs send them in older FHIR
@@ -172,6 +173,30 @@ def _condition_date(raw: Mapping) -> datetime | None:
     return parse_when(raw.get("recordedDate")) or parse_when(raw.get("onsetDateTime"))
 
 
+STATUS_SYSTEMS = {
+    "Condition": ("condition-clinical", "condition-ver-status"),
+    "AllergyIntolerance": ("allergyintolerance-clinical", "allergyintolerance-verification"),
+}
+
+
+def _r4_statuses(raw: Mapping) -> Mapping:
+    """``raw`` with STU3/DSTU2 status codes (``"clinicalStatus": "active"``) written as R4 CodeableConcepts.
+
+    EHRs still send Conditions and allergies this way (the HL7 PDDI CDS requests do): the code means the same,
+    and leaving the resource out would hide a lupus or pregnancy Condition, and with it every card."""
+    systems = STATUS_SYSTEMS.get(str(raw.get("resourceType")))
+    if systems is None or not any(
+        isinstance(raw.get(k), str) for k in ("clinicalStatus", "verificationStatus")
+    ):
+        return raw
+    fixed = dict(raw)
+    for key, system in zip(("clinicalStatus", "verificationStatus"), systems, strict=True):
+        if isinstance(raw.get(key), str):
+            url = f"http://terminology.hl7.org/CodeSystem/{system}"
+            fixed[key] = {"coding": [{"system": url, "code": raw[key].strip()}]}
+    return fixed
+
+
 def _name(concept: Any, fallback: str) -> str:
     concept = obj(concept)
     if isinstance(concept.get("text"), str):
@@ -212,10 +237,41 @@ def _problem(model_name: str, content: bytes) -> str | None:
     return _uncached_problem(MODELS[model_name], orjson.loads(content))
 
 
+READ_FIELDS = {
+    "Patient": ("id", "gender", "birthDate"),
+    "Condition": (
+        "id", "subject", "code", "clinicalStatus", "verificationStatus", "onsetDateTime", "onsetPeriod",
+        "recordedDate", "abatementDateTime", "abatementPeriod", "meta",
+    ),
+    "MedicationRequest": (
+        "id", "status", "intent", "subject", "medicationCodeableConcept", "medicationReference", "authoredOn",
+        "dispenseRequest", "priorPrescription",
+    ),
+    "Observation": (
+        "id", "status", "code", "subject", "effectiveDateTime", "effectiveInstant", "effectivePeriod",
+        "issued", "valueQuantity", "valueCodeableConcept", "valueString", "valueBoolean", "valueDateTime",
+        "component", "interpretation",
+    ),
+    "AllergyIntolerance": ("id", "patient", "code", "clinicalStatus", "verificationStatus"),
+}  # fmt: skip
+"""The elements the record reads, per resource type. Only these are validated: real EHR data in an older
+FHIR shape (an STU3 ``category`` object, ``context`` instead of ``encounter``) in an element nobody reads must
+not hide an active cyclosporine order or a pregnancy from the rules (seen in the HL7 PDDI CDS requests)."""
+
+
+def _read_part(model: Any, raw: Mapping) -> Mapping:
+    fields = READ_FIELDS.get(model.__name__)
+    if not fields:
+        return raw
+    return {"resourceType": raw.get("resourceType"), **{k: raw[k] for k in fields if k in raw}}
+
+
 def _validated(model: Any, raw: Mapping, skipped: list[Unusable]) -> bool:
-    """Is ``raw`` valid for ``model``? If not, it is added to ``skipped`` with the reason."""
+    """Are the elements of ``raw`` that the record reads valid for ``model``? If not, it is added to
+    ``skipped`` with the reason."""
+    raw_read = _read_part(model, raw)
     try:
-        content = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
+        content = orjson.dumps(raw_read, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits from a stdlib-parsed file: no cache key
         content = None
     if content is not None and len(content) > MAX_RESOURCE_BYTES:
@@ -223,7 +279,7 @@ def _validated(model: Any, raw: Mapping, skipped: list[Unusable]) -> bool:
     elif content is not None:
         problem = _problem(model.__name__, content)
     else:
-        problem = _uncached_problem(model, raw)
+        problem = _uncached_problem(model, raw_read)
     if problem:
         skipped.append(Unusable(f"{raw.get('resourceType')}/{raw.get('id')}", problem))
     return problem is None
@@ -301,7 +357,7 @@ class RecordBuilder:
         for raw in resources:
             concepts = self.terminology.concepts_of_concept(raw.get("code"))
             if concepts:
-                candidates.append((concepts, raw))
+                candidates.append((concepts, _r4_statuses(raw)))
             else:
                 self._unreadable(raw, "code")
         chosen = self._newest_per_class("Condition", candidates, _condition_date)
@@ -415,7 +471,7 @@ class RecordBuilder:
             recognised = recognise(substance, self.terminology)  # a drug allergy: by code, else by name
             concepts = self.terminology.concepts_of_concept(raw.get("code")) | recognised.classes
             if concepts:
-                candidates.append((concepts, raw))
+                candidates.append((concepts, _r4_statuses(raw)))
                 recognitions.append(recognised)
             else:
                 self._unreadable(raw, "code")

@@ -191,8 +191,17 @@ def test_a_repeated_resource_is_validated_at_most_a_few_times_per_concept_set():
 
 def test_a_resource_too_large_to_validate_is_left_out_and_named():
     patient = small_patient("big-p1", observations=0)[0]
-    patient["name"] = [{"family": f"F{i}"} for i in range(20_000)]
-    record = build_record(terminology=default_terminology(), now=NOW, patient=patient)
-    assert record.patient is not None and record.patient.birth_date is None
+    patient["name"] = [{"family": f"F{i}"} for i in range(20_000)]  # not read by the rules: not validated
+    lupus = {
+        "resourceType": "Condition",
+        "id": "big-c1",
+        "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                                       "code": "active"}]},
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "55464009"}]
+                 + [{"system": "urn:example", "code": f"x{i}"} for i in range(20_000)]},  # read: validated
+    }  # fmt: skip
+    record = build_record(terminology=default_terminology(), now=NOW, patient=patient, conditions=[lupus])
+    assert record.patient is not None and record.patient.birth_date is not None
+    assert not record.conditions
     (left_out,) = record.skipped
-    assert left_out.reference == "Patient/big-p1" and "too large to read" in left_out.reason
+    assert left_out.reference == "Condition/big-c1" and "too large to read" in left_out.reason
