@@ -16,19 +16,26 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="CDS_HOST")
+@click.option("--port", default=8080, show_default=True, type=int, envvar="CDS_PORT")
 @click.option("--config", "config_dir", default=None, help="Configuration folder (default: hooks/).")
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64))
-@click.option("--threads", default=4, show_default=True, type=click.IntRange(1, 64))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64), envvar="CDS_WORKERS")
+@click.option("--threads", default=4, show_default=True, type=click.IntRange(1, 64), envvar="CDS_THREADS")
 @click.option(
     "--dev", is_flag=True, help="Local work: no caller authentication, http FHIR servers on loopback."
 )
 def serve(host: str, port: int, config_dir: str | None, workers: int, threads: int, dev: bool) -> None:
-    """Serve the CDS services on a production WSGI server (gunicorn)."""
-    from cds_service.server import serve as run
+    """Serve the CDS services on a production WSGI server (gunicorn).
+
+    Options may also come from the environment: CDS_HOST, CDS_PORT, CDS_WORKERS, CDS_THREADS (and
+    CDS_DATABASE_URL, CDS_PUBLIC_BASE_URL, CDS_ADMIN_TOKEN, CDS_CONFIG_DIR for the configuration).
+    """
+    from cds_service.server import metrics_folder
 
     setup_logging()
+    metrics_dir = metrics_folder()  # before prometheus-client is imported: workers count into this folder
+    from cds_service.server import serve as run
+
     try:
         config = load_config(config_dir)
     except ConfigError as error:
@@ -43,7 +50,30 @@ def serve(host: str, port: int, config_dir: str | None, workers: int, threads: i
             err=True,
         )
     click.echo(f"serving {', '.join(sorted(config.services))} on http://{host}:{port}/cds-services", err=True)
-    run(config, host, port, workers, threads, dev)
+    try:
+        run(config, host, port, workers, threads, dev)
+    finally:
+        metrics_dir.cleanup()
+
+
+@main.group()
+def db() -> None:
+    """The database of feedback, shown findings and seen JWT ids."""
+
+
+@db.command("upgrade")
+@click.option("--config", "config_dir", default=None, help="Configuration folder (default: hooks/).")
+def db_upgrade(config_dir: str | None) -> None:
+    """Bring the database schema to the newest revision (`serve` also does this at start)."""
+    from cds_service.migrations import current, head
+    from cds_service.storage import make_engine
+
+    setup_logging()
+    config = _config_or_exit(config_dir)
+    engine = make_engine(config.section("feedback")["database_url"])
+    with engine.connect() as connection:
+        click.echo(f"database schema at revision {current(connection)} (newest: {head()})")
+    engine.dispose()
 
 
 @main.group()

@@ -16,6 +16,8 @@ from urllib.parse import urljoin, urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
+from cds_service import metrics
+
 FHIR_JSON = "application/fhir+json, application/json;q=0.9"
 
 
@@ -47,6 +49,8 @@ class FhirClient:
     """``time.monotonic()`` value after which no call starts and running reads are cut off."""
     page_cap: int = 10
     max_bytes: int = 20_000_000
+    request_id: str | None = None
+    """Sent as ``X-Request-ID`` so the FHIR server's logs can be matched with ours."""
 
     def __post_init__(self) -> None:
         self.base_url = self.base_url.rstrip("/") + "/"
@@ -59,12 +63,23 @@ class FhirClient:
 
     def get(self, url: str) -> dict | None:
         """GET one FHIR JSON document; None for 404/410. The URL must be on the FHIR server's origin."""
+        try:
+            document = self._exchange(url)
+        except FhirError as error:
+            metrics.FHIR_REQUESTS.labels(outcome=metrics.fhir_outcome(str(error))).inc()
+            raise
+        metrics.FHIR_REQUESTS.labels(outcome="ok" if document is not None else "not_found").inc()
+        return document
+
+    def _exchange(self, url: str) -> dict | None:
         if origin(url) != origin(self.base_url):
             raise FhirError("link leads off the FHIR server; not followed")
         remaining = self.remaining()
         if remaining <= 0:
             raise FhirError("deadline passed")
         headers = {"Accept": FHIR_JSON}
+        if self.request_id:
+            headers["X-Request-ID"] = self.request_id
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         try:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from cds_service import metrics
 from cds_service.auth import Caller
 from cds_service.cards import apply_finding_settings, build_cards
 from cds_service.config import Service
@@ -62,7 +63,11 @@ def operation_outcome(issues: Mapping[str, str], code: str = "not-found") -> dic
 
 
 def fhir_client_for(
-    body: Mapping, runtime: Runtime, deadline: float, caller: Caller | None = None
+    body: Mapping,
+    runtime: Runtime,
+    deadline: float,
+    caller: Caller | None = None,
+    request_id: str | None = None,
 ) -> tuple[FhirClient | None, str]:
     """A client for the request's fhirServer, or None with the reason it cannot be used.
 
@@ -95,6 +100,7 @@ def fhir_client_for(
         deadline,
         page_cap=fhir["page_cap"],
         max_bytes=fhir["max_response_bytes"],
+        request_id=request_id,
     )
     return client, ""
 
@@ -131,13 +137,20 @@ def answer_hook(
     now: datetime | None = None,
     tenant: str | None = None,
     caller: Caller | None = None,
+    request_id: str | None = None,
+    laps: metrics.Laps | None = None,
 ) -> Answer:
-    """The answer to one hook call; ``tenant`` (the caller's organisation) picks its overrides."""
+    """The answer to one hook call; ``tenant`` (the caller's organisation) picks its overrides.
+
+    ``laps`` times the stages into ``cds_stage_seconds``; ``request_id`` goes on every FHIR call.
+    """
+    laps = laps or metrics.Laps()
     validate_request(body, service.hook)
+    laps.lap("parse")
     now = now or datetime.now(UTC)
     context = body["context"]
     deadline = time.monotonic() + runtime.config.section("fhir")["deadline_seconds"]
-    client, client_problem = fhir_client_for(body, runtime, deadline, caller)
+    client, client_problem = fhir_client_for(body, runtime, deadline, caller, request_id)
 
     try:
         triggers = find_trigger_orders(
@@ -161,6 +174,7 @@ def answer_hook(
         "fetched": sorted(gathered.fetched),
         "unavailable": sorted(gathered.unavailable),
     }
+    laps.lap("gather")
     if gathered.missing_required:
         return Answer(412, operation_outcome(gathered.missing_required), notes=notes)
 
@@ -183,6 +197,7 @@ def answer_hook(
         resolve=_medication_resolver(body, gathered, client, runtime),
         unavailable={KEY_BY_NAME[k].resource_type for k in gathered.unavailable},
     )
+    laps.lap("record")
     settings = runtime.config.settings_for(service, tenant)
     evaluation = evaluate(
         RuleInput(
@@ -192,6 +207,7 @@ def answer_hook(
             scope=settings["scope"],
         )
     )
+    laps.lap("rules")
     not_checked = {DATA_NAMES[k]: why for k, why in {**gathered.unavailable, **gathered.incomplete}.items()}
     cards = build_cards(
         apply_finding_settings(evaluation.findings, settings),
@@ -200,4 +216,5 @@ def answer_hook(
         stored_orders={f"MedicationRequest/{r.get('id')}": r for r in stored_orders},
         not_checked=not_checked,
     )
+    laps.lap("cards")
     return Answer(200, {"cards": cards}, evaluation=evaluation, notes=notes)

@@ -9,6 +9,11 @@ workers start on the last good configuration.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -31,6 +36,7 @@ class Server(BaseApplication):
         for key, value in self.options.items():
             self.cfg.set(key, value)
         self.cfg.set("on_reload", self._on_reload)
+        self.cfg.set("child_exit", _worker_gone)
 
     def _on_reload(self, arbiter) -> None:  # runs in the master on SIGHUP
         try:
@@ -64,7 +70,47 @@ def gunicorn_options(host: str, port: int, workers: int, threads: int) -> dict[s
     }
 
 
+def _worker_gone(_server, worker) -> None:
+    """A worker exited: its live gauges leave /metrics (counters and histograms keep their totals)."""
+    from prometheus_client import multiprocess
+
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(worker.pid)
+
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@dataclass
+class MetricsFolder:
+    path: Path
+    owned: bool
+
+    def cleanup(self) -> None:
+        if self.owned:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def metrics_folder() -> MetricsFolder:
+    """The folder where every worker writes its metrics (prometheus-client multi-process mode), emptied.
+
+    ``PROMETHEUS_MULTIPROC_DIR`` if the operator set it (e.g. a Kubernetes emptyDir), else a fresh temporary
+    folder removed at exit. Must run before prometheus-client is imported; works with any pre-fork server.
+    """
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):  # from an earlier run: would be summed in
+            stale.unlink(missing_ok=True)
+        return MetricsFolder(path, owned=False)
+    path = Path(tempfile.mkdtemp(prefix="cds-metrics-"))
+    os.environ[MULTIPROC_ENV] = str(path)
+    return MetricsFolder(path, owned=True)
+
+
 def serve(config: Config, host: str, port: int, workers: int, threads: int, dev: bool) -> None:
-    # The master creates the database schema once, before any worker exists to race for it.
+    # The master brings the database schema up to date once, before any worker starts (instances on other
+    # hosts that start at the same moment wait on the migration lock; see migrations/__init__.py).
     make_engine(config.section("feedback")["database_url"]).dispose()
     Server(config, dev, gunicorn_options(host, port, workers, threads)).run()
