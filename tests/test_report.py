@@ -16,6 +16,9 @@ from cds_service.cli import main
 from cds_service.report import UNKNOWN_CARD, aggregate, as_csv, as_json, as_table
 from cds_service.sandbox.requests import build_request
 
+# Storage-facing: every test here runs on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("each_database")
+
 SIGN = "tacrolimus-order-sign"
 SELECT = "tacrolimus-order-select"
 NON_ADHERENCE = "http://terminology.hl7.org/CodeSystem/non-adherence-reason-codes"
