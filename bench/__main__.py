@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from bench import production
 from bench.patients import lupus_patient, other_draft, tacrolimus_draft
 from cds_service.sandbox.requests import build_request_from_bundle
 
@@ -121,6 +122,23 @@ def new_versions(body: bytes, version: int) -> bytes:
 
 def as_bundle(resources: list[dict]) -> dict:
     return {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in resources]}
+
+
+PRODUCTION = "typical, production mode (JWT per call)"
+
+
+def production_row(work: Path, config: Path, body: bytes, args: argparse.Namespace, env: dict) -> tuple:
+    """The typical prefetch call again, on a service without --dev: a fresh EHR JWT verified per call."""
+
+    def start_service(config_dir: Path, port: int) -> subprocess.Popen:
+        command = [str(Path(sys.executable).parent / "cds-service"), "serve", "--port", str(port)]
+        command += ["--workers", str(WORKERS), "--threads", str(THREADS), "--config", str(config_dir)]
+        return start(command, f"http://127.0.0.1:{port}/healthz", env)
+
+    result = production.run_scenario(
+        start_service, config, work, free_port(), body, args.seconds, args.concurrency
+    )
+    return (PRODUCTION, len(body), result)
 
 
 def main() -> None:
@@ -235,6 +253,7 @@ def main() -> None:
             result["alone_p50"] = alone
             time.sleep(1.0)
             rows.append((name, len(bodies[0]), result))
+        rows.append(production_row(work, config, typical_body, args, env))
 
         baseline = rows[0][2]
 
@@ -253,6 +272,10 @@ def main() -> None:
             "typical, new content every call": typical_target,
             "large patient (10,000 obs), prefetch": lambda r: (
                 f"p50 alone ≤ 150 ms: {verdict(r['alone_p50'] <= 150)}"
+            ),
+            PRODUCTION: lambda r: (
+                f"rps ≥ 70 % of dev mode: {verdict(r['rps'] >= 0.7 * rows[1][2]['rps'])} "
+                f"({100 * r['rps'] / rows[1][2]['rps']:.0f} %)"
             ),
             "non-tacrolimus order": lambda r: (
                 f"p50 alone within 2× no-op: {verdict(r['alone_p50'] <= 2 * baseline['alone_p50'])}"
