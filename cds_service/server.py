@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from cds_service import metrics
 from cds_service.app import create_app
 from cds_service.config import Config, ConfigError, load_config
 from cds_service.storage import make_engine
@@ -74,39 +71,8 @@ def _worker_gone(_server, worker) -> None:
     """A worker exited: its live gauges leave /metrics (counters and histograms keep their totals)."""
     from prometheus_client import multiprocess
 
-    if os.environ.get(MULTIPROC_ENV):
+    if os.environ.get(metrics.MULTIPROC_ENV):
         multiprocess.mark_process_dead(worker.pid)
-
-
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
-
-@dataclass
-class MetricsFolder:
-    path: Path
-    owned: bool
-
-    def cleanup(self) -> None:
-        if self.owned:
-            shutil.rmtree(self.path, ignore_errors=True)
-
-
-def metrics_folder() -> MetricsFolder:
-    """The folder where every worker writes its metrics (prometheus-client multi-process mode), emptied.
-
-    ``PROMETHEUS_MULTIPROC_DIR`` if the operator set it (e.g. a Kubernetes emptyDir), else a fresh temporary
-    folder removed at exit. Must run before prometheus-client is imported; works with any pre-fork server.
-    """
-    given = os.environ.get(MULTIPROC_ENV)
-    if given:
-        path = Path(given)
-        path.mkdir(parents=True, exist_ok=True)
-        for stale in path.glob("*.db"):  # from an earlier run: would be summed in
-            stale.unlink(missing_ok=True)
-        return MetricsFolder(path, owned=False)
-    path = Path(tempfile.mkdtemp(prefix="cds-metrics-"))
-    os.environ[MULTIPROC_ENV] = str(path)
-    return MetricsFolder(path, owned=True)
 
 
 def serve(config: Config, host: str, port: int, workers: int, threads: int, dev: bool) -> None:

@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from sqlalchemy import inspect
 
 from cds_service import metrics
+from cds_service.app import create_app
 from cds_service.migrations import current, head
 from cds_service.storage import Store, make_engine, metadata
 from tests.support import CDS_SERVICE, config_copy, hook_request, make_app, small_patient, with_fhir_server
@@ -280,3 +281,35 @@ def test_a_request_id_is_echoed_or_made_and_sent_on_every_fhir_call(tmp_path):
         server.shutdown()
         server.server_close()
     assert len(server.request_ids) >= 5 and set(server.request_ids) == {"call-7"}
+
+
+def test_authenticated_calls_answer_503_while_the_replay_table_is_unreachable(tmp_path, postgres):
+    """Production mode: every JWT jti is recorded, so the database is needed before the rules run."""
+    from tests.security_helpers import Signer, bearer, claims
+
+    signer = Signer("ES384")
+    issuer = "https://ehr-outage.test"
+    database = postgres.new_database()
+    try:
+        with cable_to(database) as (cable, url):
+            config = config_copy(
+                tmp_path,
+                feedback={"database_url": url},
+                server={"public_base_url": "http://localhost"},
+                callers=[{"issuer": issuer, "jwks": {"keys": [signer.jwk()]}}],
+            )
+            client = create_app(config_dir=config).test_client()
+            body = hook_request(PID, small_patient(PID))
+
+            def call():
+                token = signer.token(claims(issuer, f"http://localhost{SIGN}"))
+                return client.post(SIGN, json=body, headers=bearer(token))
+
+            assert call().status_code == 200
+            cable.unplug()
+            refused = call()
+            assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
+            cable.plug()
+            assert call().status_code == 200
+    finally:
+        postgres.drop_database(database)
