@@ -313,3 +313,21 @@ def test_authenticated_calls_answer_503_while_the_replay_table_is_unreachable(tm
             assert call().status_code == 200
     finally:
         postgres.drop_database(database)
+
+
+def test_the_environment_wins_over_settings_yaml_for_deployment_values(tmp_path, monkeypatch, database_url):
+    from cds_service.config import load_config
+
+    config_dir = config_copy(tmp_path, feedback={"database_url": "sqlite:///does/not/matter.sqlite3"})
+    monkeypatch.setenv("CDS_DATABASE_URL", database_url)
+    monkeypatch.setenv("CDS_PUBLIC_BASE_URL", "https://cds.example-hospital.org")
+    config = load_config(config_dir)
+    assert config.section("feedback")["database_url"] == database_url
+    assert config.section("server")["public_base_url"] == "https://cds.example-hospital.org"
+    assert (
+        config.services["tacrolimus-order-sign"].settings["server"]["public_base_url"].startswith("https://")
+    )
+    client = create_app(config_dir=config_dir, dev=True)
+    item = {"card": "c-env", "outcome": "overridden", "outcomeTimestamp": "2026-01-02T03:04:05Z"}
+    assert client.test_client().post(f"{SIGN}/feedback", json={"feedback": [item]}).status_code == 200
+    assert [r["card_uuid"] for r in Store(make_engine(database_url)).feedback_rows()] == ["c-env"]
