@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter as Counter_
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
@@ -61,10 +62,10 @@ SHOWN_ROWS_LOST = Counter(
 
 
 def count_shown(rows: Iterable[Mapping[str, str]]) -> None:
-    for row in rows:
-        FINDINGS_SHOWN.labels(
-            service=row["service_id"], finding=row["finding_id"], indicator=row["indicator"]
-        ).inc()
+    """``cds_findings_shown_total`` for the rows of one call (one increment per distinct label set)."""
+    counts = Counter_((row["service_id"], row["finding_id"], row["indicator"]) for row in rows)
+    for (service, finding, indicator), count in counts.items():
+        FINDINGS_SHOWN.labels(service=service, finding=finding, indicator=indicator).inc(count)
 
 
 @contextmanager

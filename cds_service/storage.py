@@ -34,6 +34,7 @@ from cds_service import metrics
 
 log = logging.getLogger("cds_service.storage")
 metadata = MetaData()
+STATEMENT_TIMEOUT_MS = 10_000  # PostgreSQL; migrations lift it for their own connection
 
 # Column types: what the service itself writes (uuids, finding ids, service ids) has a bounded String; what a
 # caller sends (card, outcomeTimestamp, hookInstance, tenant, override reason) is Text, so every value the
@@ -115,10 +116,13 @@ def make_engine(url: str, migrate: bool = True) -> Engine:
         engine = create_engine(
             engine_url(url),
             pool_pre_ping=True,
-            pool_size=5,
-            max_overflow=10,
+            # A worker runs at most `threads` requests at once, each holding one connection at a time: a small
+            # pool per worker keeps replicas × workers × pool under PostgreSQL's default 100 connections.
+            pool_size=4,
+            max_overflow=4,
             pool_timeout=5,  # a pool exhausted by a stuck database: 503 in seconds, not a hung worker
-            connect_args={"connect_timeout": 3},
+            # Bounded waits: connecting, and any statement (a locked table) -> an error -> 503 Retry-After.
+            connect_args={"connect_timeout": 3, "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"},
         )
     if migrate:
         from cds_service.migrations import upgrade  # imported here: alembic loads only when needed

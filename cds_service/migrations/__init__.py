@@ -49,12 +49,16 @@ def current(connection: Connection) -> str | None:
 def _exclusive(engine: Engine, connection: Connection) -> Iterator[None]:
     """One migrator at a time across processes and hosts."""
     if engine.dialect.name == "postgresql":
+        # Waiting for another instance's migration, or migrating a big table, may take longer than the
+        # service's statement timeout; this connection waits as long as it takes.
+        connection.execute(text("SET statement_timeout = 0"))
         connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": PG_LOCK_KEY})
         connection.commit()
         try:
             yield
         finally:
             connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": PG_LOCK_KEY})
+            connection.execute(text("RESET statement_timeout"))  # back to the service's, for the pool
             connection.commit()
     elif engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
         with open(f"{engine.url.database}.migrate-lock", "a") as lock_file:
