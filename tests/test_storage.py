@@ -276,11 +276,14 @@ def test_a_request_id_is_echoed_or_made_and_sent_on_every_fhir_call(tmp_path):
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     try:
         body = with_fhir_server(hook_request(PID, None), f"http://127.0.0.1:{server.server_port}", "t")
+        ok_before = metrics.FHIR_REQUESTS.labels(outcome="ok")._value.get()
         client.post(SIGN, json=body, headers={"X-Request-ID": "call-7"})
+        fhir_ok = metrics.FHIR_REQUESTS.labels(outcome="ok")._value.get() - ok_before
     finally:
         server.shutdown()
         server.server_close()
     assert len(server.request_ids) >= 5 and set(server.request_ids) == {"call-7"}
+    assert fhir_ok == len(server.request_ids)  # cds_fhir_requests_total{outcome="ok"}: one per exchange
 
 
 def test_authenticated_calls_answer_503_while_the_replay_table_is_unreachable(tmp_path, postgres):
