@@ -64,14 +64,14 @@ class FhirClient:
     def get(self, url: str) -> dict | None:
         """GET one FHIR JSON document; None for 404/410. The URL must be on the FHIR server's origin."""
         try:
-            document = self._exchange(url)
+            document = self._fetch(url)
         except FhirError as error:
             metrics.FHIR_REQUESTS.labels(outcome=metrics.fhir_outcome(str(error))).inc()
             raise
         metrics.FHIR_REQUESTS.labels(outcome="ok" if document is not None else "not_found").inc()
         return document
 
-    def _exchange(self, url: str) -> dict | None:
+    def _fetch(self, url: str) -> dict | None:
         if origin(url) != origin(self.base_url):
             raise FhirError("link leads off the FHIR server; not followed")
         remaining = self.remaining()
