@@ -79,6 +79,9 @@ def create_app(
     from cds_service.admin import bp as admin_bp  # /admin page and POST /admin/reload, behind an admin token
 
     app.register_blueprint(admin_bp)
+    from cds_service.smart import bp as smart_bp  # the course SMART app, launched from card links
+
+    app.register_blueprint(smart_bp)
     if dev:
         from cds_service.sandbox.web import install as install_sandbox  # dev-only: imported on demand
 
