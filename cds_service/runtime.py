@@ -6,7 +6,6 @@ requests finish on the old configuration.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -16,6 +15,7 @@ from cds_service.auth import PROCESS_KEYS, ReplayStore, Verifier
 from cds_service.config import Config, Service
 from cds_service.fhir_client import shared_session
 from cds_service.fhir_policy import FhirPolicy
+from cds_service.gather import ServerExecutors
 from cds_service.prefetch import templates
 from cds_service.rules import NEEDS
 from cds_service.storage import Store, engine_url, make_engine
@@ -28,9 +28,8 @@ class Runtime:
     dev: bool = False
     store: Store | None = None
     session: requests.Session = field(default_factory=shared_session)
-    executor: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=16, thread_name_prefix="fhir")
-    )
+    executors: ServerExecutors = field(default_factory=ServerExecutors)
+    """Threads for FHIR calls, a few per FHIR server (``fhir.max_calls_per_server``)."""
 
     @classmethod
     def from_config(
@@ -38,23 +37,25 @@ class Runtime:
     ) -> Runtime:
         """A Runtime for ``config``; on a reload, ``previous`` lends what does not depend on the files.
 
-        The HTTP session, thread pool and database engine (with its connection pool) are kept across
-        reloads, so a reload opens no new pool and leaks none; a changed database URL gets a new engine and
-        the old one's idle connections are closed.
+        The HTTP session, the FHIR threads (unless ``fhir.max_calls_per_server`` changed) and the database
+        engine with its connection pool are kept across reloads, so a reload opens no new pool and leaks
+        none; a changed database URL gets a new engine and the old one's idle connections are closed.
         """
         url = config.section("feedback")["database_url"]
+        threads = config.section("fhir").get("max_calls_per_server", 8)
         if previous is None:
-            runtime = cls(config=config, dev=dev, store=store)
+            runtime = cls(config=config, dev=dev, store=store, executors=ServerExecutors(threads))
         else:
             same_db = (
                 store is None and previous.store is not None and previous.store.engine.url == engine_url(url)
             )
+            same_threads = previous.executors.threads == threads
             runtime = cls(
                 config=config,
                 dev=dev,
                 store=store or (previous.store if same_db else None),
                 session=previous.session,
-                executor=previous.executor,
+                executors=previous.executors if same_threads else ServerExecutors(threads),
             )
         if runtime.store is None:
             runtime.store = Store(make_engine(url))
@@ -90,5 +91,5 @@ class Runtime:
         return self.config.services.get(service_id)
 
     def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.executors.shutdown()
         self.session.close()
