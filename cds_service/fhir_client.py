@@ -30,9 +30,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from cds_service.fhir_json import MalformedBundle, bundle_entries, bundle_links, text
-
 from cds_service import metrics
+from cds_service.fhir_json import MalformedBundle, bundle_entries, bundle_links, text
 
 FHIR_JSON = "application/fhir+json, application/json;q=0.9"
 
