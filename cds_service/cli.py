@@ -30,12 +30,7 @@ def serve(host: str, port: int, config_dir: str | None, workers: int, threads: i
     Options may also come from the environment: CDS_HOST, CDS_PORT, CDS_WORKERS, CDS_THREADS (and
     CDS_DATABASE_URL, CDS_PUBLIC_BASE_URL, CDS_ADMIN_TOKEN, CDS_CONFIG_DIR for the configuration).
     """
-    from cds_service.metrics_folder import metrics_folder
-
     setup_logging()
-    metrics_dir = metrics_folder()  # before prometheus-client is imported: workers count into this folder
-    from cds_service.server import serve as run
-
     try:
         config = load_config(config_dir)
     except ConfigError as error:
@@ -50,7 +45,12 @@ def serve(host: str, port: int, config_dir: str | None, workers: int, threads: i
             err=True,
         )
     click.echo(f"serving {', '.join(sorted(config.services))} on http://{host}:{port}/cds-services", err=True)
+    from cds_service.metrics_folder import metrics_folder
+
+    metrics_dir = metrics_folder()  # before prometheus-client is imported: workers count into this folder
     try:
+        from cds_service.server import serve as run
+
         run(config, host, port, workers, threads, dev)
     finally:
         metrics_dir.cleanup()

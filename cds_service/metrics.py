@@ -29,6 +29,8 @@ from prometheus_client import (
 disable_created_metrics()  # the *_created series only add noise to every counter
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+MULTIPROCESS = bool(os.environ.get(MULTIPROC_ENV))
+"""Decided once, at import, as prometheus-client decides where values live."""
 STAGES = ("parse", "gather", "record", "rules", "cards")
 
 HOOK_CALLS = Counter(
@@ -94,7 +96,7 @@ def fhir_outcome(reason: str) -> str:
 
 def exposition() -> tuple[bytes, str]:
     """The metrics page: this process's metrics, or every worker's summed in multi-process mode."""
-    if os.environ.get(MULTIPROC_ENV):
+    if MULTIPROCESS:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -17,9 +17,12 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 class MetricsFolder:
     path: Path
     owned: bool
+    creator: int = field(default_factory=os.getpid)
 
     def cleanup(self) -> None:
-        if self.owned:
+        """Remove the folder we made, from the process that made it only: a forked worker that exits runs
+        the same ``finally`` blocks, and must not pull the folder from under the others."""
+        if self.owned and os.getpid() == self.creator:
             shutil.rmtree(self.path, ignore_errors=True)
 
 
