@@ -24,12 +24,32 @@ def main() -> None:
 @click.option(
     "--dev", is_flag=True, help="Local work: no caller authentication, http FHIR servers on loopback."
 )
-def serve(host: str, port: int, config_dir: str | None, workers: int, threads: int, dev: bool) -> None:
-    """Serve the CDS services on a production WSGI server (gunicorn).
+@click.option(
+    "--allow-dev-on-network",
+    is_flag=True,
+    help="Let --dev listen on a non-loopback --host (anyone who reaches it calls without authentication).",
+)
+def serve(
+    host: str,
+    port: int,
+    config_dir: str | None,
+    workers: int,
+    threads: int,
+    dev: bool,
+    allow_dev_on_network: bool,
+) -> None:
+    """Serve the CDS services on a production HTTP server (granian, WSGI workers).
 
     Options may also come from the environment: CDS_HOST, CDS_PORT, CDS_WORKERS, CDS_THREADS (and
     CDS_DATABASE_URL, CDS_PUBLIC_BASE_URL, CDS_ADMIN_TOKEN, CDS_CONFIG_DIR for the configuration).
     """
+    if dev and not allow_dev_on_network and not is_loopback(host):
+        click.echo(
+            f"--dev turns caller authentication off; it listens on loopback only, not on {host!r}. "
+            "Use --host 127.0.0.1, or add --allow-dev-on-network if every host that can reach it is trusted.",
+            err=True,
+        )
+        sys.exit(2)
     setup_logging()
     try:
         config = load_config(config_dir)
@@ -49,11 +69,28 @@ def serve(host: str, port: int, config_dir: str | None, workers: int, threads: i
 
     metrics_dir = metrics_folder()  # before prometheus-client is imported: workers count into this folder
     try:
+        from cds_service.server import PortInUse
         from cds_service.server import serve as run
 
-        run(config, host, port, workers, threads, dev)
+        try:
+            run(config, host, port, workers, threads, dev)
+        except PortInUse as error:
+            click.echo(f"not starting: {error}", err=True)
+            sys.exit(2)
     finally:
         metrics_dir.cleanup()
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost``, 127.0.0.0/8 or ::1 (``0.0.0.0`` and every other address are reachable from outside)."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @main.group()

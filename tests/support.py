@@ -136,7 +136,7 @@ class ServiceProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError("service exited:\n" + self._last_lines())
-            if any("Connection in use" in line for line in self.lines):
+            if any("cannot listen on" in line for line in self.lines):
                 raise PortTaken(self.base)
             try:
                 health = requests.get(f"{self.base}/healthz", timeout=2)
@@ -185,7 +185,7 @@ class ServiceProcess:
         )
 
     def workers(self) -> set[int]:
-        """Process ids of the gunicorn workers (the master's children)."""
+        """Process ids of the workers (the master's children)."""
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
         return {int(pid) for pid in children.read_text().split()} if children.exists() else set()
 
