@@ -177,7 +177,10 @@ def test_two_instances_behind_nginx_survive_losing_one(tmp_path, postgres, monke
 
             (tmp_path / "a").mkdir()
             (tmp_path / "b").mkdir()
+            # Each instance's metrics folder in tmp_path: one killed by SIGKILL cannot remove its own.
+            monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "a" / "metrics"))
             a = stack.enter_context(start_service(lambda port: config_for(port, "a"), workers=2))
+            monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "b" / "metrics"))
             b = stack.enter_context(start_service(lambda port: config_for(port, "b"), workers=2))
             ports = (int(a.base.rsplit(":", 1)[1]), int(b.base.rsplit(":", 1)[1]))
             base = stack.enter_context(nginx_in_front_of(ports, tmp_path / "nginx", balancer_port))
