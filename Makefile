@@ -17,6 +17,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	./scripts/ensure-chromium
+	./scripts/ensure-postgres-nginx
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 

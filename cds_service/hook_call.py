@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from cds_service import metrics
 from cds_service.alert_memory import RULES as REPEAT_RULES
 from cds_service.alert_memory import HeldBack, hold_back, repeat_settings
 from cds_service.auth import Caller
@@ -86,7 +87,11 @@ def longest_lookback(thresholds: Mapping[str, Any]) -> int:
 
 
 def fhir_client_for(
-    body: Mapping, runtime: Runtime, deadline: float, caller: Caller | None = None
+    body: Mapping,
+    runtime: Runtime,
+    deadline: float,
+    caller: Caller | None = None,
+    request_id: str | None = None,
 ) -> tuple[FhirClient | None, str]:
     """A client for the request's fhirServer, or None with the reason it cannot be used.
 
@@ -119,6 +124,7 @@ def fhir_client_for(
         deadline,
         page_cap=fhir["page_cap"],
         max_bytes=fhir["max_response_bytes"],
+        request_id=request_id,
         max_resources=fhir.get("max_resources_per_key", 50_000),
     )
     return client, ""
@@ -160,6 +166,8 @@ def answer_hook(
     now: datetime | None = None,
     tenant: str | None = None,
     caller: Caller | None = None,
+    request_id: str | None = None,
+    laps: metrics.Laps | None = None,
     smart_app_url: str | None = None,
 ) -> Answer:
     """The answer to one hook call; ``tenant`` (the caller's organisation) picks its overrides.
@@ -169,12 +177,15 @@ def answer_hook(
     there.
 
     With ``smart_app_url`` (the course app's launch URL) the monitoring and salvage cards link to the app.
+    ``laps`` times the stages into ``cds_stage_seconds``; ``request_id`` goes on every FHIR call.
     """
+    laps = laps or metrics.Laps()
     validate_request(body, service.hook)
+    laps.lap("parse")
     now = now or datetime.now(UTC)
     context = body["context"]
     deadline = time.monotonic() + runtime.config.section("fhir")["deadline_seconds"]
-    client, client_problem = fhir_client_for(body, runtime, deadline, caller)
+    client, client_problem = fhir_client_for(body, runtime, deadline, caller, request_id)
     templates = runtime.templates_for(service)
     patient_view = service.hook == PATIENT_VIEW
 
@@ -220,6 +231,7 @@ def answer_hook(
         "fetched": sorted(gathered.fetched),
         "unavailable": sorted(gathered.unavailable),
     }
+    laps.lap("gather")
     if gathered.missing_required:
         return Answer(412, operation_outcome(gathered.missing_required), notes=notes)
 
@@ -247,6 +259,7 @@ def answer_hook(
         orders = tuple(by_id[i] for i in [str(t.get("id")) for t in triggers][:1] if i in by_id)
     else:
         orders = tuple(m for m in record.medications if m.is_trigger)
+    laps.lap("record")
     rule_input = RuleInput(
         record=record,
         orders=orders,
@@ -256,6 +269,7 @@ def answer_hook(
         only=PATIENT_VIEW_RULES if patient_view else None,
     )
     evaluation = evaluate(rule_input)
+    laps.lap("rules")
     not_checked = {DATA_NAMES[k]: why for k, why in {**gathered.unavailable, **gathered.incomplete}.items()}
     findings, below = at_or_above(
         apply_finding_settings(evaluation.findings, settings), settings.get("min_indicator", "info")
@@ -276,6 +290,7 @@ def answer_hook(
     )
     if smart_app_url:  # the course app, launched from the monitoring and salvage cards
         cards = add_course_links(cards, smart_app_url, course_context(rule_input))
+    laps.lap("cards")
     return Answer(
         200,
         {"cards": cards},
