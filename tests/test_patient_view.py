@@ -419,7 +419,6 @@ def test_cards_shown_and_feedback_are_reported_for_the_service(tmp_path):
         ]
     }
     assert client.post(f"{PATH}/feedback", json=feedback).status_code == 200
-    app.extensions["cds_runtime"]().store.shown.flush()  # shown cards are written in the background
     directory = tmp_path / "hooks"
     result = cli("feedback", "report", "--config", str(directory), "--format", "json")
     assert result.exit_code == 0, result.output
