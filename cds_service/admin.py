@@ -34,6 +34,7 @@ from cds_service.config import Config, ConfigError, load_config
 from cds_service.config_schema import SCHEMA_DIR
 from cds_service.explain import FINDING_IDS, SETTINGS_BY_FINDING
 from cds_service.report import FindingStats, aggregate, rate_text, reasons_text
+from cds_service.rules.titles import finding_title
 from cds_service.server import ask_master_to_reload, master_pid
 
 log = logging.getLogger("cds_service.admin")
@@ -219,7 +220,14 @@ def _admin_page(notice: str | None = None, problems: list[str] | None = None, st
     runtime = holder()
     since = _since_arg()
     tenant = request.args.get("tenant") or None
-    stats = aggregate(runtime.store.shown_rows(), runtime.store.feedback_rows(), since=since, tenant=tenant)
+    store = runtime.store
+    stats = aggregate(
+        store.shown_rows(),
+        store.feedback_rows(),
+        since=since,
+        tenant=tenant,
+        suggestion_findings=store.suggestion_findings(),
+    )
     try:
         load_config(runtime.config.directory)
         on_disk: list[str] = []
@@ -239,6 +247,7 @@ def _admin_page(notice: str | None = None, problems: list[str] | None = None, st
         rate_text=rate_text,
         reasons_text=reasons_text,
         show=show,
+        title=finding_title,
     )
 
 
@@ -383,7 +392,7 @@ def effective_view(config: Config) -> dict[str, Any]:
     """Everything the page shows about the configuration, as plain data."""
     shared = config.settings
     tenants = config.section("tenants")
-    sections = ("scope", "thresholds", "findings")
+    sections = ("scope", "thresholds", "findings", "hold_repeats")
     services = [
         {
             "id": s.id,
@@ -432,6 +441,7 @@ def effective_view(config: Config) -> dict[str, Any]:
         }
         findings.append({"id": finding_id, "services": per_service, "tenants": per_tenant})
     other = {
+        "hold_repeats": dict(config.section("hold_repeats")),
         "cards": dict(config.section("cards")),
         "valuesets": dict(config.section("valuesets")),
         "fhir": dict(config.section("fhir")),

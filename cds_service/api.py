@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -128,6 +129,8 @@ def call_service(service_id: str) -> Response | tuple[Response, int]:
     cards = answer.body.get("cards", [])
     if cards and rt.store is not None:  # synchronous: a call answered 200 has its rows stored (issue 12)
         rt.store.record_shown(service.id, caller_tenant(), body["hookInstance"], cards)
+    if answer.to_remember is not None:  # written before the answer leaves: order-sign may follow at once
+        answer.to_remember()
     log.info(
         "hook call",
         extra={
@@ -137,6 +140,7 @@ def call_service(service_id: str) -> Response | tuple[Response, int]:
             "status": answer.status,
             "findings": [item["id"] for c in cards for item in c["extension"].get(FINDINGS_EXTENSION, [])],
             "ms": round((time.perf_counter() - started) * 1000, 1),
+            "worker_pid": os.getpid(),
             **answer.notes,
         },
     )

@@ -1,8 +1,10 @@
 """Findings → CDS Hooks cards, conformant by construction (rules.md "Card contract").
 
-One card per topic. Its indicator is the highest of its findings, its summary names the most serious one,
-its detail lists every finding with the patient's data and the citation, then the data that was missing or
-unusable. Uuids are derived from the card's content, so the same request gives the same uuids.
+One card per topic, read in ten seconds in a narrow EHR sidebar. Its indicator is the highest of its findings;
+its summary names the most serious one and counts the others in words; its detail lists the findings from the
+most serious down, each with the patient's data and the numbers of its sources, then the data that was missing
+or unusable. Each source is cited once per card, as a numbered ``absolute`` link. Uuids are derived from the
+card's content, so the same request gives the same uuids.
 """
 
 from __future__ import annotations
@@ -14,7 +16,14 @@ from typing import Any
 
 from cds_service.record import PatientRecord
 from cds_service.rules.citations import CITATIONS
-from cds_service.rules.model import INDICATOR_RANK, TOPICS, Finding, OrderLabs, StopMedication
+from cds_service.rules.model import (
+    INDICATOR_RANK,
+    TOPICS,
+    Evidence,
+    Finding,
+    OrderLabs,
+    StopMedication,
+)
 
 FINDINGS_EXTENSION = "org.example.tacrolimus-cds.findings"
 TOPIC_SYSTEM = "https://example.org/tacrolimus-cds/CodeSystem/card-topic"
@@ -57,30 +66,74 @@ def _stable_uuid(content: Any) -> str:
     return str(uuid.uuid5(UUID_NAMESPACE, json.dumps(content, sort_keys=True, default=str)))
 
 
-def _summary(most_serious: Finding, others: int) -> str:
+def most_serious_first(findings: Iterable[Finding]) -> list[Finding]:
+    """Critical, then warning, then info; catalog order within an indicator (the sort is stable)."""
+    return sorted(findings, key=lambda f: -INDICATOR_RANK[f.indicator])
+
+
+def others_text(count: int) -> str:
+    """How a summary counts the findings after the first: words that cannot be read as more of the same."""
+    return f"and {count} other finding{'s' if count != 1 else ''}"
+
+
+def card_summary(most_serious: Finding, others: int) -> str:
+    """The most serious finding's summary (< 140 characters), then "; and 2 other findings" if any.
+
+    When it is too long, the finding's own text is shortened, never the count of the others.
+    """
     text = most_serious.summary.strip().rstrip(".")
-    if others:
-        text += f" (+{others} more)"
-    if len(text) > SUMMARY_LIMIT:
-        text = text[: SUMMARY_LIMIT - 1].rstrip() + "…"
-    return text
+    tail = f"; {others_text(others)}" if others else ""
+    room = SUMMARY_LIMIT - len(tail)
+    if len(text) > room:
+        text = text[: room - 1].rstrip(" ,;:") + "…"
+    return text + tail
 
 
-def _finding_markdown(finding: Finding) -> str:
-    lines = [f"**{finding.id} ({finding.indicator})**: {finding.detail.strip()}"]
+def citation_numbers(findings: Iterable[Finding]) -> dict[str, int]:
+    """Citation key → its number on the card, in order of first use: each source is listed once per card."""
+    keys = dict.fromkeys(k for f in findings for k in f.citations if k in CITATIONS)
+    return {key: number for number, key in enumerate(keys, start=1)}
+
+
+def _evidence_line(item: Evidence) -> str:
+    when = f" on {item.when.date().isoformat()}" if item.when else ""
+    ref = f" ({item.reference})" if item.reference else ""
+    return f"- {item.label}: {item.value}{when}{ref}"
+
+
+def _finding_markdown(finding: Finding, numbers: Mapping[str, int], listed: set[Evidence]) -> str:
+    """``**Critical · P2.** What was found, why, what to do. [1, 2]`` then the data it used.
+
+    Data already listed under a more serious finding of the card is named, not repeated.
+    """
+    cited = sorted({numbers[k] for k in finding.citations if k in numbers})
+    marks = f" [{', '.join(map(str, cited))}]" if cited else ""
+    lines = [f"**{finding.indicator.capitalize()} · {finding.id}.** {finding.detail.strip()}{marks}"]
+    again = []
     for item in finding.evidence:
-        when = f" on {item.when.date().isoformat()}" if item.when else ""
-        ref = f" ({item.reference})" if item.reference else ""
-        lines.append(f"- {item.label}: {item.value}{when}{ref}")
-    sources = [CITATIONS[key][0] for key in finding.citations if key in CITATIONS]
-    if sources:
-        lines.append(f"- Source: {'; '.join(sources)}")
+        if item in listed:
+            again.append(item.label)
+            continue
+        listed.add(item)
+        lines.append(_evidence_line(item))
+    if again:
+        lines.append(f"- Also uses: {', '.join(dict.fromkeys(again))} (above)")
     return "\n".join(lines)
 
 
-def _detail(findings: list[Finding], record: PatientRecord, not_checked: Mapping[str, str]) -> str:
-    parts = [_finding_markdown(f) for f in findings]
-    missing = list(dict.fromkeys(m for f in findings for m in f.missing))
+def _detail(
+    ranked: list[Finding],
+    numbers: Mapping[str, int],
+    record: PatientRecord,
+    not_checked: Mapping[str, str],
+) -> str:
+    """The findings from the most serious down, then what was missing, unreadable or not checked.
+
+    The sources are the card's numbered ``links``; a finding names them by number.
+    """
+    listed: set[Evidence] = set()
+    parts = [_finding_markdown(f, numbers, listed) for f in ranked]
+    missing = list(dict.fromkeys(m for f in ranked for m in f.missing))
     if missing:
         parts.append("**Not found in the record:** " + "; ".join(missing) + ".")
     if record.skipped:  # resources that could not be read; lab units are named by the rules that read them
@@ -92,7 +145,16 @@ def _detail(findings: list[Finding], record: PatientRecord, not_checked: Mapping
         parts.append(
             "**Not checked:** " + "; ".join(f"{what}: {why}" for what, why in not_checked.items()) + "."
         )
+    if numbers:
+        parts.append("**Sources:** the numbered links below.")
     return "\n\n".join(parts)
+
+
+def override_reason_display(code: str | None, system: str | None = None) -> str | None:
+    """The display of one of the cards' override reasons, for feedback that names it by code alone."""
+    if system not in (None, NON_ADHERENCE):
+        return None
+    return dict(OVERRIDE_REASONS).get(code or "")
 
 
 def _actions(
@@ -157,19 +219,19 @@ def build_cards(
     stored_orders: Mapping[str, Mapping] | None = None,
     not_checked: Mapping[str, str] | None = None,
 ) -> list[dict]:
-    """One card per topic with findings, in catalog topic order."""
+    """One card per topic with findings, in catalog topic order; each card's findings most serious first."""
     cards_settings = settings.get("cards") or {}
     patient_ref = f"Patient/{record.patient.id}" if record.patient and record.patient.id else None
     cards = []
     for topic in TOPICS:
-        on_topic = [f for f in findings if f.topic == topic]
-        if not on_topic:
+        ranked = most_serious_first(f for f in findings if f.topic == topic)
+        if not ranked:
             continue
-        ranked = sorted(on_topic, key=lambda f: -INDICATOR_RANK[f.indicator])
+        numbers = citation_numbers(ranked)
         card: dict[str, Any] = {
-            "summary": _summary(ranked[0], len(on_topic) - 1),
+            "summary": card_summary(ranked[0], len(ranked) - 1),
             "indicator": ranked[0].indicator,
-            "detail": _detail(on_topic, record, not_checked or {}),
+            "detail": _detail(ranked, numbers, record, not_checked or {}),
             "source": {
                 "label": cards_settings.get("source_label", "Tacrolimus CDS"),
                 **({"url": cards_settings["source_url"]} if cards_settings.get("source_url") else {}),
@@ -178,24 +240,36 @@ def build_cards(
             "overrideReasons": [
                 {"system": NON_ADHERENCE, "code": c, "display": d} for c, d in OVERRIDE_REASONS
             ],
-            "extension": {FINDINGS_EXTENSION: [{"id": f.id, "indicator": f.indicator} for f in on_topic]},
+            "extension": {FINDINGS_EXTENSION: [{"id": f.id, "indicator": f.indicator} for f in ranked]},
         }
         suggestions = []
-        for finding in on_topic:
+        for finding in ranked:
             for suggestion in finding.suggestions:
                 actions = _actions(suggestion, patient_ref, stored_orders or {})
                 if actions:
                     item = {"label": suggestion.label, "actions": actions}
-                    suggestions.append({"uuid": _stable_uuid([topic, finding.id, item]), **item})
+                    suggestions.append(
+                        {
+                            "uuid": _stable_uuid([topic, finding.id, item]),
+                            **item,
+                            # the finding this suggestion answers: feedback on it counts for that finding
+                            "extension": {
+                                FINDINGS_EXTENSION: [{"id": finding.id, "indicator": finding.indicator}]
+                            },
+                        }
+                    )
         if suggestions:
             card["suggestions"] = suggestions
             card["selectionBehavior"] = "any"
-        citation_keys = dict.fromkeys(k for f in on_topic for k in f.citations if k in CITATIONS)
-        if citation_keys:
+        if numbers:
             targets = cards_settings.get("links") or {}  # an administrator's own link for a source
             card["links"] = [
-                {"label": CITATIONS[k][0], "url": targets.get(k, CITATIONS[k][1]), "type": "absolute"}
-                for k in citation_keys
+                {
+                    "label": f"[{number}] {CITATIONS[key][0]}",
+                    "url": targets.get(key, CITATIONS[key][1]),
+                    "type": "absolute",
+                }
+                for key, number in numbers.items()
             ]
         cards.append({"uuid": _stable_uuid(card), **card})
     return cards

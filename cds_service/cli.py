@@ -183,7 +183,13 @@ def feedback_report(since, fmt: str, tenant: str | None, config_dir: str | None)
     config = _config_or_exit(config_dir)
     store = Store(make_engine(config.section("feedback")["database_url"]))
     day = since.date() if since else None
-    stats = aggregate(store.shown_rows(), store.feedback_rows(), since=day, tenant=tenant)
+    stats = aggregate(
+        store.shown_rows(),
+        store.feedback_rows(),
+        since=day,
+        tenant=tenant,
+        suggestion_findings=store.suggestion_findings(),
+    )
     click.echo(FORMATS[fmt](stats).rstrip("\n"))
 
 

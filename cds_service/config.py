@@ -1,7 +1,8 @@
 """Administrator configuration: ``hooks/settings.yaml`` plus one file per service in ``hooks/services/``.
 
-A service's effective settings are the shared settings with the service file's ``thresholds``, ``findings``
-and ``scope`` laid over them; for one caller, its tenant's overrides go on top (``Config.settings_for``).
+A service's effective settings are the shared settings with the service file's ``thresholds``, ``findings``,
+``scope`` and ``hold_repeats`` laid over them; for one caller, its tenant's overrides go on top
+(``Config.settings_for``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import yaml
 from cds_service.yaml_lines import compose, duplicate_keys
 
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "hooks"
-OVERRIDABLE = ("scope", "thresholds", "findings")
+OVERRIDABLE = ("scope", "thresholds", "findings", "hold_repeats")
 ENVIRONMENT = {
     # Deployment-specific settings that may come from the environment (which wins over settings.yaml), so
     # one configuration folder serves every host and no secret has to live in the YAML. The admin token is

@@ -14,6 +14,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
+from cds_service.alert_memory import AlertMemory, longest_window
 from cds_service.cards import FINDINGS_EXTENSION
 from cds_service.config import Config, Service
 from cds_service.fixtures import FIXTURES_DIR, manifest
@@ -155,7 +158,7 @@ def pick_service(config: Config, service_id: str | None, hook: str | None) -> Se
 class Verdict:
     id: str
     status: str
-    """``fired``, ``fired-off`` (turned off by configuration) or ``quiet``."""
+    """``fired``, ``fired-off`` (turned off by configuration), ``held-back`` (already shown) or ``quiet``."""
     indicator: str | None
     card: str | None
     why: list[str]
@@ -192,6 +195,7 @@ def verdicts(answer: Answer, settings: Mapping[str, Any], only: Sequence[str] = 
         for card in answer.body.get("cards", ())
         for item in card.get("extension", {}).get(FINDINGS_EXTENSION, ())
     }
+    held = {h.id: h for h in answer.held}
     thresholds = settings.get("thresholds") or {}
     out = []
     for finding_id in (f for f in FINDING_IDS if f in only):
@@ -204,7 +208,10 @@ def verdicts(answer: Answer, settings: Mapping[str, Any], only: Sequence[str] = 
             if indicator != finding.indicator:
                 why.append(f"indicator {finding.indicator} re-graded to {indicator} by configuration")
             status = "fired" if card else "fired-off"
-            if not card and options.get("enabled", True) is False:
+            if finding_id in held:
+                status = "held-back"
+                why.insert(0, f"held back, not on a card: {held[finding_id].why}")
+            elif not card and options.get("enabled", True) is False:
                 why.append(
                     f"turned off by configuration (findings.{finding_id}.enabled: false): not on a card"
                 )
@@ -232,8 +239,16 @@ def explain(
     now: datetime | None = None,
     only: Sequence[str] = FINDING_IDS,
 ) -> tuple[Answer, list[Verdict], Mapping[str, Any]]:
-    """Run the request like a real call (no database writes) and return the answer and the verdicts."""
-    runtime = Runtime.from_config(config, dev=dev, store=Store(make_engine("sqlite://")))
+    """Run the request like a real call (no database writes) and return the answer and the verdicts.
+
+    What was already shown (``alert_memory``) is read from the configured database, never written.
+    """
+    try:  # read only: no migration, no secret made; without a usable database nothing counts as shown
+        engine = make_engine(config.section("feedback")["database_url"], migrate=False)
+        memory: AlertMemory | None = AlertMemory(engine, keep=longest_window(config), create_secret=False)
+    except SQLAlchemyError:
+        memory = None
+    runtime = Runtime.from_config(config, dev=dev, store=Store(make_engine("sqlite://")), alert_memory=memory)
     try:
         answer = answer_hook(source.body, service, runtime, now=now, tenant=tenant)
     finally:
@@ -263,11 +278,13 @@ def as_text(
         for issue in answer.body.get("issue", ()):
             lines.append(f"  {issue.get('diagnostics')}")
     lines.append("")
-    labels = {"fired": "FIRED", "fired-off": "fired, off", "quiet": "quiet"}
+    labels = {"fired": "FIRED", "fired-off": "fired, off", "held-back": "held back", "quiet": "quiet"}
     for verdict in found:
         head = labels[verdict.status]
         if verdict.status == "fired":
             head += f" ({verdict.indicator}, card {verdict.card})"
+        elif verdict.status == "held-back":
+            head += f" ({verdict.indicator})"
         lines.append(f"{verdict.id:<4} {head}")
         lines += [f"       {line}" for line in verdict.why]
         if verdict.settings:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cds_service import metrics
+from cds_service.alert_memory import RULES as REPEAT_RULES
+from cds_service.alert_memory import HeldBack, hold_back, repeat_settings
 from cds_service.auth import Caller
 from cds_service.cards import apply_finding_settings, build_cards
 from cds_service.config import Service
@@ -24,7 +26,7 @@ from cds_service.prefetch import KEY_BY_NAME
 from cds_service.protocol import validate_request
 from cds_service.record_builder import build_record
 from cds_service.rules import evaluate
-from cds_service.rules.model import Evaluation, RuleInput
+from cds_service.rules.model import Evaluation, Finding, RuleInput
 from cds_service.runtime import Runtime
 from cds_service.smart.links import add_course_links, course_context
 from cds_service.trigger import bundle_resolver, draft_resources, find_trigger_orders
@@ -49,7 +51,11 @@ class Answer:
     body: dict[str, Any]
     evaluation: Evaluation | None = None
     notes: dict[str, Any] = field(default_factory=dict)
-    """PHI-free facts for the log line: trigger count, fetched keys, unavailable keys."""
+    """PHI-free facts for the log line: trigger count, fetched keys, unavailable keys, findings held back."""
+    held: list[HeldBack] = field(default_factory=list)
+    """Findings that fired but were not shown again (``alert_memory``): what ``explain`` reports."""
+    to_remember: Callable[[], int] | None = None
+    """Remembers the findings shown (order-select); called by the HTTP endpoint, never by ``explain``."""
 
 
 def operation_outcome(issues: Mapping[str, str], code: str = "not-found") -> dict[str, Any]:
@@ -224,8 +230,15 @@ def answer_hook(
     evaluation = evaluate(rule_input)
     laps.lap("rules")
     not_checked = {DATA_NAMES[k]: why for k, why in {**gathered.unavailable, **gathered.incomplete}.items()}
+    about = (tenant, str(context.get("patientId")), [str(t.get("id")) for t in triggers])
+    findings, held, to_remember = _repeats(
+        apply_finding_settings(evaluation.findings, settings), service, runtime, settings, about, now
+    )
+    if held:
+        notes["held_back"] = [h.id for h in held]
+        notes["held_back_why"] = sorted({h.why for h in held})
     cards = build_cards(
-        apply_finding_settings(evaluation.findings, settings),
+        findings,
         record,
         settings,
         stored_orders={f"MedicationRequest/{r.get('id')}": r for r in stored_orders},
@@ -234,4 +247,31 @@ def answer_hook(
     if smart_app_url:  # the course app, launched from the monitoring and salvage cards
         cards = add_course_links(cards, smart_app_url, course_context(rule_input))
     laps.lap("cards")
-    return Answer(200, {"cards": cards}, evaluation=evaluation, notes=notes)
+    return Answer(
+        200, {"cards": cards}, evaluation=evaluation, notes=notes, held=held, to_remember=to_remember
+    )
+
+
+def _repeats(
+    findings: list[Finding],
+    service: Service,
+    runtime: Runtime,
+    settings: Mapping[str, Any],
+    about: tuple[str | None, str, list[str]],
+    now: datetime,
+) -> tuple[list[Finding], list[HeldBack], Callable[[], int] | None]:
+    """Hold back what this patient's clinician has just seen (rules.md "Across hooks and visits").
+
+    Returns the findings to show, those held back, and how to remember the shown ones once the cards are sent.
+    """
+    rule, options = REPEAT_RULES.get(service.hook), repeat_settings(settings)
+    memory = runtime.alert_memory
+    if rule is None or memory is None or not options["enabled"]:
+        return findings, [], None
+    subject = rule.subject(*about)  # tenant, patient, the triggering orders' ids
+    shown, held = hold_back(
+        memory, rule, timedelta(minutes=options["window_minutes"]), subject, findings, now
+    )
+    namespace = rule.remember_as
+    to_remember = (lambda: memory.remember(namespace, subject, shown, now)) if namespace and shown else None
+    return shown, held, to_remember

@@ -2,8 +2,10 @@
 
 Pure functions over the rows of ``storage`` (``shown_findings`` and ``feedback``), so the command line and the
 admin page count the same way. Feedback names a card by its uuid; the findings on that card come from the
-``shown_findings`` rows of the same service with that uuid. An outcome counts once for every finding on the
-card. The accept rate is accepted / (accepted + overridden): cards nobody answered are in neither.
+``shown_findings`` rows of the same service with that uuid. An accepted suggestion counts for the finding that
+suggestion answers (``shown_suggestions``); an override, or an answer naming no known suggestion, counts once
+for every finding on the card. The accept rate is accepted / (accepted + overridden): cards nobody answered
+are in neither. Override reasons are counted by code and shown with their stored display.
 """
 
 from __future__ import annotations
@@ -20,7 +22,16 @@ from typing import Any
 UNKNOWN_CARD = "?"
 """Finding id for feedback on a card uuid this service never recorded as shown (e.g. before the database)."""
 
-COLUMNS = ("service", "finding", "shown", "accepted", "overridden", "accept_rate", "override_reasons")
+COLUMNS = (
+    "service",
+    "finding",
+    "shown",
+    "accepted",
+    "overridden",
+    "accept_rate",
+    "override_reasons",
+    "override_reason_displays",
+)
 
 
 @dataclass
@@ -32,6 +43,8 @@ class FindingStats:
     overridden: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
     """Override reason code → count; ``(none given)`` when the clinician gave no reason."""
+    displays: dict[str, str] = field(default_factory=dict)
+    """Override reason code → its display, as stored with the feedback."""
 
     @property
     def answered(self) -> int:
@@ -50,6 +63,9 @@ class FindingStats:
             "overridden": self.overridden,
             "accept_rate": None if self.accept_rate is None else round(self.accept_rate, 4),
             "override_reasons": dict(self.reasons.most_common()),
+            "override_reason_displays": {
+                c: self.displays[c] for c, _ in self.reasons.most_common() if c in self.displays
+            },
         }
 
 
@@ -79,8 +95,11 @@ def aggregate(
     feedback_rows: Iterable[Mapping[str, Any]],
     since: date | datetime | None = None,
     tenant: str | None = None,
+    suggestion_findings: Mapping[tuple[str, str], set[str]] | None = None,
 ) -> list[FindingStats]:
     """Statistics per (service, finding), in service then catalog order.
+
+    ``suggestion_findings``: (service, suggestion uuid) → the findings it answers (from the Store).
 
     ``shown_rows`` should be every row (not only those since ``since``): an answer received in the window
     about a card shown before it still needs the card's findings.
@@ -99,7 +118,8 @@ def aggregate(
     def counted(row: Mapping[str, Any], moment_key: str) -> bool:
         if tenant is not None and row.get("tenant") != tenant:
             return False
-        return start is None or _utc(row[moment_key]) >= start
+        moment = _utc(row[moment_key])
+        return start is None or (moment is not None and moment >= start)
 
     for row in shown_rows:
         if counted(row, "shown_at"):
@@ -108,13 +128,24 @@ def aggregate(
         if not counted(row, "received_at"):
             continue
         findings = findings_on_card.get((row["service_id"], row["card_uuid"])) or {UNKNOWN_CARD}
+        if row["outcome"] == "accepted":
+            answered = set().union(
+                *(
+                    (suggestion_findings or {}).get((row["service_id"], str(uuid)), set())
+                    for uuid in row.get("accepted_suggestions") or ()
+                )
+            )
+            findings = answered or findings
         for finding in findings:
             item = entry(row["service_id"], finding)
             if row["outcome"] == "accepted":
                 item.accepted += 1
             elif row["outcome"] == "overridden":
                 item.overridden += 1
-                item.reasons[row.get("override_code") or "(none given)"] += 1
+                code = row.get("override_code") or "(none given)"
+                item.reasons[code] += 1
+                if row.get("override_display"):
+                    item.displays.setdefault(code, row["override_display"])
     return sorted(stats.values(), key=lambda s: (s.service, catalog_order(s.finding)))
 
 
@@ -122,8 +153,15 @@ def rate_text(rate: float | None) -> str:
     return "-" if rate is None else f"{rate * 100:.0f}%"
 
 
-def reasons_text(reasons: Counter[str], separator: str = ", ") -> str:
-    return separator.join(f"{code} {count}" for code, count in reasons.most_common())
+def reasons_text(
+    reasons: Counter[str], separator: str = ", ", displays: Mapping[str, str] | None = None
+) -> str:
+    """``risk-benefit-ratio (Recipient assessment of risk/benefit ratio) 2, (none given) 1``."""
+    shown = displays or {}
+    return separator.join(
+        f"{code} ({shown[code]}) {count}" if code in shown else f"{code} {count}"
+        for code, count in reasons.most_common()
+    )
 
 
 def as_table(stats: list[FindingStats]) -> str:
@@ -139,7 +177,7 @@ def as_table(stats: list[FindingStats]) -> str:
             str(s.accepted),
             str(s.overridden),
             rate_text(s.accept_rate),
-            reasons_text(s.reasons),
+            reasons_text(s.reasons, displays=s.displays),
         )
         for s in stats
     ]
@@ -163,7 +201,10 @@ def as_csv(stats: list[FindingStats]) -> str:
     for s in stats:
         rate = "" if s.accept_rate is None else f"{s.accept_rate:.4f}"
         reasons = ";".join(f"{code}={count}" for code, count in s.reasons.most_common())
-        writer.writerow((s.service, s.finding, s.shown, s.accepted, s.overridden, rate, reasons))
+        displays = ";".join(
+            f"{code}={s.displays[code]}" for code, _ in s.reasons.most_common() if code in s.displays
+        )
+        writer.writerow((s.service, s.finding, s.shown, s.accepted, s.overridden, rate, reasons, displays))
     return out.getvalue()
 
 

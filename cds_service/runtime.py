@@ -11,6 +11,7 @@ from functools import cached_property
 
 import requests
 
+from cds_service.alert_memory import AlertMemory, longest_window
 from cds_service.auth import PROCESS_KEYS, ReplayStore, Verifier
 from cds_service.config import Config, Service
 from cds_service.fhir_client import shared_session
@@ -27,13 +28,20 @@ class Runtime:
     config: Config
     dev: bool = False
     store: Store | None = None
+    alert_memory: AlertMemory | None = None
+    """Findings already shown (order-select → order-sign), on the service's database unless given."""
     session: requests.Session = field(default_factory=shared_session)
     executors: ServerExecutors = field(default_factory=ServerExecutors)
     """Threads for FHIR calls, a few per FHIR server (``fhir.max_calls_per_server``)."""
 
     @classmethod
     def from_config(
-        cls, config: Config, dev: bool = False, store: Store | None = None, previous: Runtime | None = None
+        cls,
+        config: Config,
+        dev: bool = False,
+        store: Store | None = None,
+        previous: Runtime | None = None,
+        alert_memory: AlertMemory | None = None,
     ) -> Runtime:
         """A Runtime for ``config``; on a reload, ``previous`` lends what does not depend on the files.
 
@@ -61,6 +69,7 @@ class Runtime:
             runtime.store = Store(make_engine(url))
         if previous is not None and previous.store is not None and previous.store is not runtime.store:
             previous.store.engine.dispose()  # connections in use by in-flight requests close when returned
+        runtime.alert_memory = alert_memory or AlertMemory(runtime.store.engine, keep=longest_window(config))
         # Build these now, so that a bad configuration fails at start (or on reload), not on a call.
         runtime.terminology  # noqa: B018
         if not dev:

@@ -31,6 +31,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service import metrics
+from cds_service.cards import override_reason_display
 
 log = logging.getLogger("cds_service.storage")
 metadata = MetaData()
@@ -78,6 +79,37 @@ seen_tokens = Table(
     Column("issuer", String(500), primary_key=True),  # a configured caller's issuer, exactly
     Column("jti", String(255), primary_key=True),  # auth.MAX_JTI_CHARS
     Column("expires_at", BigInteger, nullable=False, index=True),
+)
+
+
+shown_suggestions = Table(
+    "shown_suggestions",  # which finding each shown suggestion answers: its feedback counts for that finding
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("shown_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("service_id", String(64), nullable=False),
+    Column("card_uuid", String(36), nullable=False),
+    Column("suggestion_uuid", String(200), nullable=False, index=True),
+    Column("finding_id", String(8), nullable=False),
+)
+
+shown_alerts = Table(
+    "shown_alerts",  # alert_memory: keyed hashes of (tenant, patient, order, finding) shown, never the ids
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("namespace", String(32), nullable=False),
+    Column("key", String(64), nullable=False, index=True),
+    Column("indicator", String(16), nullable=False),
+    Column("shown_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
+)
+
+service_secrets = Table(
+    "service_secrets",  # per-deployment secrets every worker and host shares (alert_memory's HMAC key)
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", String(200), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
 
@@ -172,12 +204,30 @@ class Store:
         millisecond. If the database fails, the cards still go out (advice must not wait on statistics);
         the lost rows are logged and counted in ``cds_shown_rows_lost_total``, never dropped silently.
         """
-        rows = shown_rows_for(service_id, tenant, hook_instance, cards, datetime.now(UTC))
+        now = datetime.now(UTC)
+        rows = shown_rows_for(service_id, tenant, hook_instance, cards, now)
         if not rows:
             return 0
+        suggestions = [  # which finding each suggestion answers: feedback on it counts for that finding
+            {
+                "shown_at": now,
+                "service_id": service_id,
+                "card_uuid": card["uuid"],
+                "suggestion_uuid": suggestion["uuid"],
+                "finding_id": item["id"],
+            }
+            for card in cards
+            for suggestion in card.get("suggestions") or ()
+            if suggestion.get("uuid")
+            for key, items in (suggestion.get("extension") or {}).items()
+            if key.endswith("findings")
+            for item in items
+        ]
         try:
             with self.engine.begin() as connection:
                 connection.execute(insert(shown_findings), rows)
+                if suggestions:
+                    connection.execute(insert(shown_suggestions), suggestions)
         except SQLAlchemyError as error:
             metrics.SHOWN_ROWS_LOST.inc(len(rows))
             metrics.DB_ERRORS.labels(operation="record_shown").inc()
@@ -192,13 +242,17 @@ class Store:
     def save_feedback(self, service_id: str, tenant: str | None, items: Iterable[Mapping]) -> int:
         """Store already-validated feedback items in one transaction; return how many.
 
-        A database error propagates (the caller answers 503, so the EHR retries); nothing is acknowledged
-        that was not committed.
+        An override reason named by code alone (the CDS Hooks Sandbox sends system + code) is stored with the
+        display the cards' own ``overrideReasons`` give it. A database error propagates (the caller answers
+        503, so the EHR retries); nothing is acknowledged that was not committed.
         """
         now = datetime.now(UTC)
         rows = []
         for item in items:
             reason = (item.get("overrideReason") or {}).get("reason") or {}
+            display = reason.get("display") or override_reason_display(
+                reason.get("code"), reason.get("system")
+            )
             rows.append(
                 {
                     "received_at": now,
@@ -210,7 +264,7 @@ class Store:
                     "accepted_suggestions": [s["id"] for s in item.get("acceptedSuggestions") or ()],
                     "override_system": _text(reason.get("system")),
                     "override_code": _text(reason.get("code")),
-                    "override_display": _text(reason.get("display")),
+                    "override_display": _text(display),
                     "user_comment": _text((item.get("overrideReason") or {}).get("userComment")),
                 }
             )
@@ -242,6 +296,14 @@ class Store:
             query = query.where(feedback.c.received_at >= since)
         with self.engine.connect() as connection:
             return [dict(row._mapping) for row in connection.execute(query)]
+
+    def suggestion_findings(self) -> dict[tuple[str, str], set[str]]:
+        """(service, suggestion uuid) → the finding ids that suggestion answered on the cards shown."""
+        found: dict[tuple[str, str], set[str]] = {}
+        with self.engine.connect() as connection:
+            for row in connection.execute(select(shown_suggestions)):
+                found.setdefault((row.service_id, row.suggestion_uuid), set()).add(row.finding_id)
+        return found
 
     def shown_rows(self, since: datetime | None = None) -> list[dict[str, Any]]:
         query = select(shown_findings).order_by(shown_findings.c.id)

@@ -145,9 +145,12 @@ def test_the_page_shows_the_effective_configuration(tmp_path):
     rise = row(tables["thresholds"], "creatinine_rise_warning")
     assert rise[1] == "0.2" and "N2" in rise[3] and "tenant hospital-a: 0.15" in rise[4]
     n1 = row(tables["findings"], "N1")
-    assert n1[1].startswith("off") and n1[2].startswith("off")
-    assert "indicator warning" in row(tables["findings"], "P2")[1]
-    assert "tenant hospital-a: off" in row(tables["findings"], "N7")[3]
+    assert n1[1] == "Baseline labs missing"  # every finding is named in words next to its id
+    assert n1[2].startswith("off") and n1[3].startswith("off")
+    assert all(r[1] for r in tables["findings"][1:])
+    assert "indicator warning" in row(tables["findings"], "P2")[2]
+    assert "tenant hospital-a: off" in row(tables["findings"], "N7")[4]
+    assert row(tables["other"], "hold_repeats.window_minutes")[1] == "60"
     assert (
         row(tables["tenants"], "hospital-a")[1]
         == "thresholds.creatinine_rise_warning: 0.15 findings.N7.enabled: false"
@@ -163,15 +166,28 @@ def test_the_page_shows_the_statistics_of_feedback_posted_over_http(tmp_path):
     assert stats[0] == [
         "Service",
         "Finding",
+        "In words",
         "Shown",
         "Accepted",
         "Overridden",
         "Accept rate",
         "Override reasons",
     ]
-    assert row(stats, SIGN, "N2") == [SIGN, "N2", "2", "0", "1", "0%", "risk-benefit-ratio 1"]
-    assert row(stats, SIGN, "P1") == [SIGN, "P1", "1", "1", "0", "100%", ""]
-    assert row(stats, SIGN, "S3")[5] == "-"
+    reason = "risk-benefit-ratio (Recipient assessment of risk/benefit ratio) 1"  # the stored display
+    assert row(stats, SIGN, "N2") == [
+        SIGN,
+        "N2",
+        "Creatinine 20–30 % above baseline",
+        "2",
+        "0",
+        "1",
+        "0%",
+        reason,
+    ]
+    # the accepted suggestion (stop mycophenolate) answers P2, not P1 on the same card
+    assert row(stats, SIGN, "P2") == [SIGN, "P2", "Teratogen active in pregnancy", "1", "1", "0", "100%", ""]
+    assert row(stats, SIGN, "P1")[3:7] == ["1", "0", "0", "-"]
+    assert row(stats, SIGN, "S3")[6] == "-"
     # the chart: one bar group per row, each titled with its numbers
     svg = html[html.index("<svg") : html.index("</svg>")]
     assert "<title>N2 · tacrolimus-order-sign: shown 2, accepted 0, overridden 1</title>" in svg

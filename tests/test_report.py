@@ -89,7 +89,7 @@ EXPECTED = {
     (SELECT, "P1"): (1, 0, 1, {"patient-ineligible": 1}),
     (SELECT, "P2"): (1, 0, 1, {"patient-ineligible": 1}),
     (SELECT, "N11"): (1, 0, 0, {}),
-    (SIGN, "P1"): (1, 1, 0, {}),
+    (SIGN, "P1"): (1, 0, 0, {}),  # the accepted suggestion (stop mycophenolate) answers P2 alone
     (SIGN, "P2"): (1, 1, 0, {}),
     (SIGN, "S3"): (1, 0, 0, {}),
     (SIGN, "N1"): (1, 0, 1, {"(none given)": 1}),
@@ -119,7 +119,7 @@ def test_report_json_counts_shown_accepted_overridden_and_reasons(answered):
            for r in rows}  # fmt: skip
     assert got == EXPECTED
     rate = {(r["service"], r["finding"]): r["accept_rate"] for r in rows}
-    assert rate[(SIGN, "P1")] == 1.0 and rate[(SIGN, "N2")] == 0.0 and rate[(SIGN, "S3")] is None
+    assert rate[(SIGN, "P2")] == 1.0 and rate[(SIGN, "N2")] == 0.0 and rate[(SIGN, "S3")] is None
     # services in order, findings in catalog order within each
     assert [(r["service"], r["finding"]) for r in rows][:3] == [
         (SELECT, "P1"),
@@ -134,13 +134,17 @@ def test_report_table_and_csv_say_the_same(answered):
     table = run_report(config_dir)
     n2_line = next(line for line in table.splitlines() if line.startswith(SIGN) and " N2 " in line)
     assert n2_line.split()[:6] == [SIGN, "N2", "2", "0", "1", "0%"]
-    assert "risk-benefit-ratio 1" in n2_line
+    # the Sandbox sends system + code only; the display comes from the card's own overrideReasons
+    assert "risk-benefit-ratio (Recipient assessment of risk/benefit ratio) 1" in n2_line
     assert "accept rate = accepted / (accepted + overridden)" in table
     rows = list(csv.DictReader(io.StringIO(run_report(config_dir, "--format", "csv"))))
-    p1 = next(r for r in rows if r["service"] == SIGN and r["finding"] == "P1")
-    assert (p1["shown"], p1["accepted"], p1["overridden"], p1["accept_rate"]) == ("1", "1", "0", "1.0000")
+    p2 = next(r for r in rows if r["service"] == SIGN and r["finding"] == "P2")
+    assert (p2["shown"], p2["accepted"], p2["overridden"], p2["accept_rate"]) == ("1", "1", "0", "1.0000")
     select_p2 = next(r for r in rows if r["service"] == SELECT and r["finding"] == "P2")
     assert select_p2["override_reasons"] == "patient-ineligible=1"
+    assert select_p2["override_reason_displays"] == (
+        "patient-ineligible=Patient does not meet eligibility for recommended action"
+    )
 
 
 def test_report_since_and_tenant_filter(answered):
@@ -203,5 +207,45 @@ def test_naive_database_times_are_utc_and_tenants_filter():
 
 def test_formats_on_an_empty_period():
     assert "no cards shown" in as_table([])
-    assert as_csv([]).strip() == "service,finding,shown,accepted,overridden,accept_rate,override_reasons"
+    assert as_csv([]).strip() == (
+        "service,finding,shown,accepted,overridden,accept_rate,override_reasons,override_reason_displays"
+    )
     assert json.loads(as_json([])) == []
+
+
+def test_a_reason_by_code_alone_gets_the_cards_display_and_a_suggestion_counts_for_its_finding(tmp_path):
+    """The CDS Hooks Sandbox sends override reasons as system + code; accepting the "order baseline labs"
+    suggestion on a card with N1, N11 and N15 counts for N1 (whose suggestion it is), not for the others."""
+    app = make_app(tmp_path)
+    client = app.test_client()
+    cards = _cards(client, SIGN, "n1-missing-baseline-labs", "order-sign")
+    monitoring = cards["nephrotoxicity-monitoring"]
+    assert sorted(_ids(monitoring)) == ["N1", "N11", "N15"]
+    by_finding = {s["extension"][FINDINGS_KEY][0]["id"]: s for s in monitoring["suggestions"]}
+    assert sorted(by_finding) == ["N1", "N15"]  # order the missing labs; order HBsAg
+    order_labs = by_finding["N1"]
+    _answer(
+        client,
+        SIGN,
+        {"card": monitoring["uuid"], "outcome": "accepted",
+         "acceptedSuggestions": [{"id": order_labs["uuid"]}]},
+        _overridden(monitoring["uuid"], "expert-contradicts"),
+        {"card": monitoring["uuid"], "outcome": "overridden",
+         "overrideReason": {"reason": {"system": "https://example.org/own", "code": "expert-contradicts"}}},
+    )  # fmt: skip
+    store = app.extensions["cds_runtime"]().store
+    stored = {
+        (r["override_system"], r["override_code"]): r["override_display"] for r in store.feedback_rows()
+    }
+    assert (
+        stored[(NON_ADHERENCE, "expert-contradicts")]
+        == "Advice from expert contradicts the recommended action"
+    )
+    assert stored[("https://example.org/own", "expert-contradicts")] is None  # not one of the card's reasons
+    rows = {r["finding"]: r for r in json.loads(run_report(tmp_path / "hooks", "--format", "json"))}
+    assert (rows["N1"]["accepted"], rows["N11"]["accepted"], rows["N15"]["accepted"]) == (1, 0, 0)
+    assert rows["N11"]["override_reason_displays"] == {
+        "expert-contradicts": "Advice from expert contradicts the recommended action"
+    }
+    table = run_report(tmp_path / "hooks")
+    assert "expert-contradicts (Advice from expert contradicts the recommended action) 2" in table

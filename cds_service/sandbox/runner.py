@@ -402,6 +402,12 @@ def render_exchange(exchange: Exchange, width: int | None = None, color: bool = 
         lines.append(textwrap.fill(clean(description), width))
     lines.append(f"expected findings (manifest): {', '.join(exchange.expected) or 'none'}")
     lines.append(f"findings on the cards:        {', '.join(exchange.finding_ids()) or 'none'}")
+    absent = [f for f in exchange.expected if f not in exchange.finding_ids()]
+    if exchange.hook == "order-sign" and absent and exchange.status == 200:
+        lines.append(
+            f"not on the cards:             {', '.join(absent)} (info findings already shown at "
+            "order-select for this order are not repeated; `cds-service explain` says why)"
+        )
     if exchange.status != 200:
         lines += [
             "",
