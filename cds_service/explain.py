@@ -14,6 +14,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from cds_service.alert_memory import AlertMemory, longest_window
 from cds_service.cards import FINDINGS_EXTENSION
 from cds_service.config import Config, Service
@@ -264,11 +266,11 @@ def explain(
 
     What was already shown (``alert_memory``) is read from the configured database, never written.
     """
-    memory = AlertMemory(
-        make_engine(config.section("feedback")["database_url"]),
-        keep=longest_window(config),
-        create_secret=False,
-    )
+    try:  # read only: no migration, no secret made; without a usable database nothing counts as shown
+        engine = make_engine(config.section("feedback")["database_url"], migrate=False)
+        memory: AlertMemory | None = AlertMemory(engine, keep=longest_window(config), create_secret=False)
+    except SQLAlchemyError:
+        memory = None
     runtime = Runtime.from_config(config, dev=dev, store=Store(make_engine("sqlite://")), alert_memory=memory)
     try:
         answer = answer_hook(source.body, service, runtime, now=now, tenant=tenant)

@@ -15,6 +15,22 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # A database made from the tables' definitions (create_all) before this migration ran already has them.
+    existing = set(sa.inspect(op.get_bind()).get_table_names())
+    if "shown_suggestions" not in existing:
+        _shown_suggestions()
+    if "shown_alerts" not in existing:
+        _shown_alerts()
+    if "service_secrets" not in existing:
+        op.create_table(
+            "service_secrets",
+            sa.Column("name", sa.String(64), primary_key=True),
+            sa.Column("value", sa.String(200), nullable=False),
+            sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        )
+
+
+def _shown_suggestions() -> None:
     op.create_table(
         "shown_suggestions",
         sa.Column("id", sa.Integer, primary_key=True),
@@ -26,6 +42,9 @@ def upgrade() -> None:
     )
     op.create_index("ix_shown_suggestions_shown_at", "shown_suggestions", ["shown_at"])
     op.create_index("ix_shown_suggestions_suggestion_uuid", "shown_suggestions", ["suggestion_uuid"])
+
+
+def _shown_alerts() -> None:
     op.create_table(
         "shown_alerts",
         sa.Column("id", sa.Integer, primary_key=True),
@@ -37,12 +56,6 @@ def upgrade() -> None:
     )
     op.create_index("ix_shown_alerts_key", "shown_alerts", ["key"])
     op.create_index("ix_shown_alerts_expires_at", "shown_alerts", ["expires_at"])
-    op.create_table(
-        "service_secrets",
-        sa.Column("name", sa.String(64), primary_key=True),
-        sa.Column("value", sa.String(200), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    )
 
 
 def downgrade() -> None:
