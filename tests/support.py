@@ -27,7 +27,7 @@ from cds_service.app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 CDS_SERVICE = str(Path(sys.executable).with_name("cds-service"))  # the console script of this environment
-SHARED = ROOT.parent / "shared"
+DATA = ROOT / "tests" / "data"  # copies of public examples and corpora; see tests/data/SOURCES.md
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
