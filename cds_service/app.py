@@ -97,9 +97,15 @@ def _allowed_origin(holder: RuntimeHolder) -> str | None:
 def _install_cors_and_headers(app: Flask, holder: RuntimeHolder) -> None:
     @app.before_request
     def preflight() -> Response | None:
-        if request.method == "OPTIONS":
-            return Response(status=204)
-        return None
+        if request.method != "OPTIONS":
+            return None
+        response = Response(status=204)
+        # Chromium's Private Network Access: a public page (the hosted CDS Hooks Sandbox) calling loopback.
+        if request.headers.get("Access-Control-Request-Private-Network") == "true" and _allowed_origin(
+            holder
+        ):
+            response.headers["Access-Control-Allow-Private-Network"] = "true"
+        return response
 
     @app.after_request
     def headers(response: Response) -> Response:
