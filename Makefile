@@ -1,5 +1,6 @@
 # Two commands a newcomer needs: `make run` (the service, dev mode, bundled config) and `make test`.
 PYTHON ?= python3
+PORT   ?= 8080
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -13,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/cds-service serve --dev --port 8080
+	@$(BIN)/cds-service serve --dev --port $(PORT)
 
 test: $(STAMP)
 	./scripts/ensure-chromium

@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 import sys
 
 import click
 
 from cds_service.config import ConfigError, load_config
 from cds_service.logs import setup_logging
+
+
+def exit_unless_port_free(host: str, port: int) -> None:
+    """One clear line and exit status 1 when ``host:port`` cannot be listened on (e.g. already in use).
+
+    Checked before anything says "serving": gunicorn alone would retry for five seconds, logging each try.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.create_server((host, port), family=family):  # SO_REUSEADDR, as gunicorn binds
+            pass
+    except OSError as error:
+        reason = "already in use" if error.errno == errno.EADDRINUSE else (error.strerror or str(error))
+        click.echo(
+            f"error: cannot listen on {host}:{port}: {reason}; stop what runs there or choose another --port",
+            err=True,
+        )
+        sys.exit(1)
 
 
 @click.group()
@@ -36,6 +56,7 @@ def serve(host: str, port: int, config_dir: str | None, workers: int, threads: i
         for problem in error.problems:
             click.echo(f"  {problem}", err=True)
         sys.exit(2)
+    exit_unless_port_free(host, port)
     if dev:
         click.echo(
             "DEV MODE: caller authentication is OFF and plain-http FHIR servers on loopback are allowed. "
@@ -143,6 +164,7 @@ def fixtures_serve(host: str, port: int) -> None:
 
     from cds_service.sandbox import FhirStore, serve_in_thread
 
+    exit_unless_port_free(host, port)
     store = FhirStore.from_fixtures()
     with serve_in_thread(store, host, port, log_requests=True) as base_url:
         click.echo(f"fixture FHIR server on {base_url} ({base_url}/metadata); Ctrl-C stops it", err=True)
@@ -167,6 +189,24 @@ def sandbox_list() -> None:
     width = max(len(name) for name, _, _ in rows)
     for name, description, expected in rows:
         click.echo(f"{name:<{width}}  {description}  [{', '.join(expected) or 'no cards'}]")
+
+
+@sandbox.command("links")
+@click.option("--sandbox", "sandbox_url", default=None, help="Default: https://sandbox.cds-hooks.org/")
+@click.option("--fhir", "fhir_url", default=None, help="Default: http://localhost:8080/sandbox/fhir")
+@click.option("--discovery", default=None, help="Default: http://localhost:8080/cds-services")
+def sandbox_links(sandbox_url: str | None, fhir_url: str | None, discovery: str | None) -> None:
+    """A link per fixture that opens the official CDS Hooks Sandbox on that patient, our services added."""
+    from cds_service.sandbox import official
+
+    rows = official.links(
+        sandbox_url or official.HOSTED_SANDBOX,
+        fhir_url or official.LOCAL_FHIR,
+        discovery or official.LOCAL_DISCOVERY,
+    )
+    width = max(len(name) for name, _, _ in rows)
+    for name, _, link in rows:
+        click.echo(f"{name:<{width}}  {link}")
 
 
 @sandbox.command("run")
