@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, current_app, jsonify, redirect, render_template, request
 from sqlalchemy.engine import make_url
 from werkzeug.exceptions import NotFound
+from werkzeug.wrappers import Response as BaseResponse  # what flask.redirect returns
 
 from cds_service.config import Config, ConfigError, load_config
 from cds_service.config_schema import SCHEMA_DIR
@@ -151,7 +152,7 @@ def _wants_html() -> bool:
 
 @bp.get("")
 @bp.get("/")
-def page() -> Response:
+def page() -> BaseResponse:
     if _authenticated() is None:
         if request.headers.get("Authorization") or not _wants_html():
             return _unauthorized()
@@ -211,7 +212,7 @@ def login_form() -> Response:
 
 
 @bp.post("/login")
-def login() -> Response:
+def login() -> BaseResponse:
     token = (request.form.get("token") or "").strip()
     if not token_opens(token, _hashes()):
         log.warning("admin login refused", extra={"remote": request.remote_addr})
@@ -226,7 +227,7 @@ def login() -> Response:
 
 
 @bp.post("/logout")
-def logout() -> Response:
+def logout() -> BaseResponse:
     response = redirect("/admin/login", code=303)
     response.delete_cookie(COOKIE, path="/admin", httponly=True, samesite="Strict")
     return response
@@ -267,6 +268,7 @@ def reload() -> Response | tuple[Response, int]:
         # The master re-reads the files and starts new workers; this one finishes its requests, then stops.
         os.kill(os.getppid(), signal.SIGHUP)
         log.info("admin reload: SIGHUP sent to the gunicorn master", extra={"services": services})
+        answer: dict[str, Any]
         status, answer = (
             202,
             {

@@ -103,6 +103,7 @@ def feedback(service_id: str) -> tuple[Response, int]:
             problems.append(error)
         else:
             valid.append(item)
+    assert rt.store is not None  # Runtime.from_config always opens the database
     stored = rt.store.save_feedback(service_id, caller_tenant(), valid) if valid else 0
     log.info(
         "feedback",

@@ -66,8 +66,8 @@ def create_app(
     holder = RuntimeHolder(config_dir, dev, config)
     app.extensions["cds_runtime"] = holder
     app.config["MAX_CONTENT_LENGTH"] = holder.current.config.section("server")["max_body_bytes"]
-    app.json.sort_keys = False
-    app.json.compact = True
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # Flask's DefaultJSONProvider settings
+    app.json.compact = True  # type: ignore[attr-defined]
 
     from cds_service.api import bp
 
@@ -150,7 +150,8 @@ def _install_error_handlers(app: Flask) -> None:
             405: "method not allowed",
             413: "request body too large",
         }
-        return jsonify({"error": messages.get(error.code, error.name)}), error.code or 500
+        status = error.code or 500
+        return jsonify({"error": messages.get(status, error.name)}), status
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception) -> tuple[Response, int]:

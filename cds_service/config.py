@@ -94,8 +94,8 @@ def _read_yaml(path: Path) -> Any:
         return document
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        raise ConfigError([f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+        at = f":{mark.line + 1}" if mark else ""
+        raise ConfigError([f"{path}{at}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
 

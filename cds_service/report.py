@@ -99,7 +99,8 @@ def aggregate(
     def counted(row: Mapping[str, Any], moment_key: str) -> bool:
         if tenant is not None and row.get("tenant") != tenant:
             return False
-        return start is None or _utc(row[moment_key]) >= start
+        moment = _utc(row[moment_key])
+        return start is None or (moment is not None and moment >= start)
 
     for row in shown_rows:
         if counted(row, "shown_at"):

@@ -246,7 +246,7 @@ def _checked_staged(value: Any, stored: Mapping[str, Mapping]) -> dict[str, dict
         if not isinstance(change, dict) or change.get("type") not in ("update", "delete"):
             raise BadInput("every staged change needs type update or delete")
         ref, resource = change.get("ref"), change.get("resource")
-        if ref not in stored:
+        if not isinstance(ref, str) or ref not in stored:
             raise BadInput(f"staged changes apply to stored resources only, not {ref!r}")
         if change["type"] == "delete":
             changes[ref] = None
