@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
+from cds_service import __version__
 from cds_service.cards import FINDINGS_EXTENSION
 from cds_service.hook_call import answer_hook
 from cds_service.protocol import ProtocolError, feedback_item_errors, validate_feedback
@@ -105,9 +106,16 @@ def feedback(service_id: str) -> tuple[Response, int]:
             valid.append(item)
     assert rt.store is not None  # Runtime.from_config always opens the database
     stored = rt.store.save_feedback(service_id, caller_tenant(), valid) if valid else 0
-    log.info(
+    log.log(
+        logging.WARNING if problems else logging.INFO,
         "feedback",
-        extra={"service": service_id, "tenant": caller_tenant(), "stored": stored, "rejected": len(problems)},
+        extra={
+            "service": service_id,
+            "tenant": caller_tenant(),
+            "stored": stored,
+            "rejected": len(problems),
+            **({"problems": problems} if problems else {}),  # "feedback[0].outcome: ...": fields, no values
+        },
     )
     if problems:
         return jsonify(
@@ -118,4 +126,4 @@ def feedback(service_id: str) -> tuple[Response, int]:
 
 @bp.get("/healthz")
 def healthz() -> Response:
-    return jsonify({"status": "ok", "services": sorted(runtime().config.services)})
+    return jsonify({"status": "ok", "version": __version__, "services": sorted(runtime().config.services)})

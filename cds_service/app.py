@@ -75,6 +75,9 @@ def create_app(
     from cds_service.admin import bp as admin_bp  # /admin page and POST /admin/reload, behind an admin token
 
     app.register_blueprint(admin_bp)
+    from cds_service.docs import bp as docs_bp  # GET /docs: the README, where cards' source links point
+
+    app.register_blueprint(docs_bp)
     if dev:
         from cds_service.sandbox.web import install as install_sandbox  # dev-only: imported on demand
 
@@ -138,9 +141,21 @@ def _install_authentication(app: Flask, holder: RuntimeHolder) -> None:
         return None
 
 
+def _log_rejection(status: int, reason: str, field: str | None = None) -> None:
+    """One line per refused call: status, method, path (no query string), the field and the reason.
+
+    The reasons are the service's own sentences about the request's shape (never its values), so the line
+    holds no patient data; an unknown path is routine (scanners, typos) and logged at info level.
+    """
+    level = logging.INFO if status in (404, 405) else logging.WARNING
+    extra = {"status": status, "method": request.method, "path": request.path, "reason": reason}
+    log.log(level, "request rejected", extra={**extra, **({"field": field} if field else {})})
+
+
 def _install_error_handlers(app: Flask) -> None:
     @app.errorhandler(ProtocolError)
     def protocol_error(error: ProtocolError) -> tuple[Response, int]:
+        _log_rejection(error.status, error.message, error.field)
         return jsonify(error.to_json()), error.status
 
     @app.errorhandler(HTTPException)
@@ -151,7 +166,10 @@ def _install_error_handlers(app: Flask) -> None:
             413: "request body too large",
         }
         status = error.code or 500
-        return jsonify({"error": messages.get(status, error.name)}), status
+        message = messages.get(status, error.name)
+        if status < 500:
+            _log_rejection(status, message)
+        return jsonify({"error": message}), status
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception) -> tuple[Response, int]:

@@ -104,6 +104,17 @@ def config_dir(directory: str | Path | None = None) -> Path:
     return Path(directory or os.environ.get("CDS_CONFIG_DIR") or DEFAULT_CONFIG_DIR)
 
 
+DOCS_PATH = "/docs"
+"""Where the service serves its own README (``cds_service.docs``): the cards' default source link."""
+
+
+def _default_source_url(settings: dict) -> None:
+    """Cards link to this service's own documentation, ``public_base_url`` + /docs, unless told otherwise."""
+    cards, server = settings.get("cards"), settings.get("server")
+    if isinstance(cards, dict) and not cards.get("source_url") and isinstance(server, dict):
+        cards["source_url"] = str(server["public_base_url"]).rstrip("/") + DOCS_PATH
+
+
 def load_config(directory: str | Path | None = None) -> Config:
     """Read and check the configuration in ``directory`` (default ``hooks/``); ConfigError if unusable."""
     root = config_dir(directory)
@@ -121,6 +132,8 @@ def load_config(directory: str | Path | None = None) -> Config:
     )
 
     problems = check_settings(settings, settings_path)
+    if not problems:
+        _default_source_url(settings)
     services: dict[str, Service] = {}
     service_files: dict[str, Path] = {}
     for path in sorted((root / "services").glob("*.yaml")):

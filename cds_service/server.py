@@ -61,6 +61,9 @@ def gunicorn_options(host: str, port: int, workers: int, threads: int) -> dict[s
         "limit_request_line": 8190,
         "limit_request_field_size": 16380,
         "preload_app": False,
+        # gunicorn >= 25.1 opens a control socket under $HOME by default; the service does not use it, and in
+        # the container (HOME not writable) it logged "Control server error: Permission denied" at each start.
+        "control_socket_disable": True,
     }
 
 

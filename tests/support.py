@@ -135,6 +135,9 @@ class ServiceProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                self._reader.join(timeout=5)  # every line of the exited process
+                if any("already in use" in line for line in self.lines):  # `serve` checks the port first
+                    raise PortTaken(self.base)
                 raise RuntimeError("service exited:\n" + self._last_lines())
             if any("Connection in use" in line for line in self.lines):
                 raise PortTaken(self.base)
