@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
@@ -154,7 +155,7 @@ def read_capped(response: requests.Response, max_bytes: int, in_time=lambda: Tru
     return b"".join(chunks)
 
 
-def bundle_resources(bundle: dict) -> list[dict]:
+def bundle_resources(bundle: Mapping) -> list[dict]:
     """The resources of a Bundle's entries, without OperationOutcome entries (``search.mode = outcome``)."""
     found = []
     for entry in bundle.get("entry") or ():
@@ -164,7 +165,7 @@ def bundle_resources(bundle: dict) -> list[dict]:
     return found
 
 
-def next_link(bundle: dict) -> str | None:
+def next_link(bundle: Mapping) -> str | None:
     for link in bundle.get("link") or ():
         if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
             return link["url"]

@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from functools import partial
+from typing import TypeVar
 
 from cds_service.fhir_client import FhirClient, FhirError, bundle_resources, next_link
 from cds_service.prefetch import KEY_BY_NAME, TemplateError, substitute_tokens
@@ -79,6 +81,10 @@ def _from_prefetch(key: str, value: object) -> tuple[list[dict] | None, dict | N
     return bundle_resources(value), (dict(value) if next_link(value) else None), None
 
 
+def _read_one(client: FhirClient, query: str) -> list[dict]:
+    return [r for r in [client.read(query)] if r is not None]
+
+
 def gather(
     prefetch: Mapping | None,
     templates: Mapping[str, str],
@@ -92,10 +98,10 @@ def gather(
     result = Gathered()
     jobs: dict[str, Callable[[], list[dict]]] = {}
     for key, template in templates.items():
-        resources, partial, why = _from_prefetch(key, prefetch.get(key, _ABSENT))
+        resources, first_page, why = _from_prefetch(key, prefetch.get(key, _ABSENT))
         if resources is not None:
             result.resources[key] = resources
-        if resources is not None and partial is None:
+        if resources is not None and first_page is None:
             continue
         if client is None:
             if resources is None:
@@ -103,8 +109,8 @@ def gather(
             else:
                 result.incomplete[key] = f"only the first page was sent; {client_unusable_reason}"
             continue
-        if partial is not None:
-            jobs[key] = lambda c=client, b=partial: c.rest_of(b)  # the first page again, then the rest
+        if first_page is not None:
+            jobs[key] = partial(client.rest_of, first_page)  # the first page again, then the rest
             continue
         try:
             query = substitute_tokens(template, context)
@@ -113,10 +119,10 @@ def gather(
         if query is None:
             result.unavailable[key] = f"{why}; the context lacks a usable value for the query"
         elif KEY_BY_NAME[key].is_read:
-            jobs[key] = lambda c=client, q=query: [r for r in [c.read(q)] if r is not None]
+            jobs[key] = partial(_read_one, client, query)
         else:
-            jobs[key] = lambda c=client, q=query: c.search(q)
-    results, errors = run_parallel(jobs, client.deadline, executor) if jobs else ({}, {})
+            jobs[key] = partial(client.search, query)
+    results, errors = run_parallel(jobs, client.deadline, executor) if client and jobs else ({}, {})
     for key, resources in results.items():
         result.resources[key] = resources
         result.fetched.append(key)
@@ -125,13 +131,16 @@ def gather(
     return result
 
 
+T = TypeVar("T")
+
+
 def run_parallel(
-    jobs: Mapping[str, Callable[[], object]], deadline: float, executor: ThreadPoolExecutor
-) -> tuple[dict[str, object], dict[str, str]]:
+    jobs: Mapping[str, Callable[[], T]], deadline: float, executor: ThreadPoolExecutor
+) -> tuple[dict[str, T], dict[str, str]]:
     """Run jobs at once; return (results, errors) by job name once all finish or the deadline passes."""
-    futures: dict[Future, str] = {executor.submit(job): name for name, job in jobs.items()}
+    futures: dict[Future[T], str] = {executor.submit(job): name for name, job in jobs.items()}
     wait(futures, timeout=max(0.0, deadline - time.monotonic()))
-    results: dict[str, object] = {}
+    results: dict[str, T] = {}
     errors: dict[str, str] = {}
     for future, name in futures.items():
         if not future.done():

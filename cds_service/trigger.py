@@ -76,7 +76,8 @@ def drug_name(order: Mapping, resolve: Resolver | None = None) -> DrugName:
     ref = order.get("medicationReference")
     if not isinstance(ref, Mapping):
         return DrugName((), ())
-    target = ref.get("reference") if isinstance(ref.get("reference"), str) else ""
+    reference = ref.get("reference")
+    target = reference if isinstance(reference, str) else ""
     medication = None
     if target.startswith("#"):
         medication = next(
@@ -86,11 +87,8 @@ def drug_name(order: Mapping, resolve: Resolver | None = None) -> DrugName:
     elif target and resolve is not None:
         medication = resolve(target)
     name = _codeable(medication.get("code")) if isinstance(medication, Mapping) else None
-    display = (
-        (ref.get("display").strip(),)
-        if isinstance(ref.get("display"), str) and ref["display"].strip()
-        else ()
-    )
+    shown = ref.get("display")
+    display = (shown.strip(),) if isinstance(shown, str) and shown.strip() else ()
     if name:
         return DrugName(name.codings, name.names + display)
     return DrugName((), display)
