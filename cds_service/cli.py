@@ -85,6 +85,26 @@ def config_check(directory: str | None) -> None:
     click.echo(f"{loaded.directory}: ok ({', '.join(sorted(loaded.services))})")
 
 
+@main.group()
+def valuesets() -> None:
+    """The drug-class value sets."""
+
+
+@valuesets.command("report")
+@click.option("--directory", type=click.Path(exists=True, file_okay=False), default=None)
+def valuesets_report(directory: str | None) -> None:
+    """Per drug class: codes by term type and source, names, problems; exit 1 if there is a problem."""
+    from pathlib import Path
+
+    from cds_service.terminology import DEFAULT_DIR
+    from cds_service.valueset_report import build_report, render
+
+    reports = build_report(Path(directory) if directory else DEFAULT_DIR)
+    click.echo(render(reports))
+    if any(r.problems for r in reports):
+        sys.exit(1)
+
+
 REPORT_FORMATS = ("table", "csv", "json")
 
 

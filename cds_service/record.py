@@ -76,6 +76,9 @@ class Medication:
     """True for the tacrolimus order(s) this request is about."""
     prior_prescription: str | None = None
     """Id (without type) of the order this one renews or changes, from ``priorPrescription``."""
+    recognised_by_name: frozenset[str] = frozenset()
+    """Drug classes this order belongs to only because its text names them (rules.md § Drug recognition);
+    ``name`` then says so, so every card citing the drug shows it."""
 
     @property
     def active(self) -> bool:
@@ -92,6 +95,8 @@ class Allergy:
     concepts: frozenset[str]
     name: str
     active: bool
+    recognised_by_name: frozenset[str] = frozenset()
+    """Drug classes this allergy belongs to only by a name in its text (``name`` then says so)."""
 
     @property
     def reference(self) -> str:

@@ -42,7 +42,7 @@ from cds_service.record import (
     Unusable,
 )
 from cds_service.terminology import Terminology
-from cds_service.trigger import DrugName, Resolver, drug_name, is_systemic_tacrolimus
+from cds_service.trigger import DrugName, Resolver, codeable_name, drug_name, recognise
 from cds_service.units import to_canonical
 
 LAB_GROUPS = (
@@ -161,6 +161,14 @@ def _validated(model: Any, raw: Mapping, skipped: list[Unusable]) -> bool:
     return problem is None
 
 
+BY_NAME_NOTE = " (recognised by its name; check the order)"
+
+
+def _label(label: str, by_name: frozenset[str]) -> str:
+    """The drug's name as cards show it: a drug recognised only by its name says so (rules.md)."""
+    return label + BY_NAME_NOTE if by_name else label
+
+
 class RecordBuilder:
     """Turns the gathered resources of one request into a PatientRecord."""
 
@@ -202,12 +210,6 @@ class RecordBuilder:
         return found
 
     # --- medications ---------------------------------------------------------------------------------------
-    def _drug_concepts(self, name: DrugName) -> frozenset[str]:
-        concepts = self.terminology.concepts(name.codings)
-        if "tacrolimus" not in concepts and is_systemic_tacrolimus(name, self.terminology):
-            concepts = concepts | {"tacrolimus"}  # the trigger's text fallback names tacrolimus everywhere
-        return concepts
-
     def _exposure(self, status: str, raw: Mapping) -> Period | None:
         if status in NOT_EXPOSURE:
             return None
@@ -228,9 +230,10 @@ class RecordBuilder:
             if raw.get("resourceType") not in ("MedicationRequest", "MedicationOrder"):
                 continue
             name = drug_name(raw, resolve)
-            concepts = self._drug_concepts(name)
+            recognised = recognise(name, self.terminology)  # rules.md § Drug recognition
+            concepts = recognised.classes
             if not concepts:
-                if not name.codings and not is_draft:
+                if name.unresolved and not is_draft:
                     self._report_unresolved(raw)
                 continue
             if not is_draft and not _validated(FhirMedicationRequest, raw, self.skipped):
@@ -243,16 +246,22 @@ class RecordBuilder:
                 Medication(
                     id=str(raw.get("id", "")),
                     concepts=concepts,
-                    name=name.label or "medication",
+                    name=_label(name.label or self._ingredients_label(name), recognised.by_name),
                     status=status,
                     authored=parse_when(raw.get("authoredOn")),
                     exposure=None if is_draft else self._exposure(status, raw),
                     is_draft=is_draft,
                     is_trigger=is_draft and str(raw.get("id")) in trigger_ids,
                     prior_prescription=prior.rsplit("/", 1)[-1] if isinstance(prior, str) else None,
+                    recognised_by_name=recognised.by_name,
                 )
             )
         return found
+
+    def _ingredients_label(self, name: DrugName) -> str:
+        """A Medication known only by its ingredients: their names (published displays), else "medication"."""
+        words = list(name.other_words) or [d for c in name.ingredients if (d := self.terminology.display(c))]
+        return " / ".join(words) or "medication"
 
     def _report_unresolved(self, raw: Mapping) -> None:
         """An order whose drug we could not see cannot be checked: say so rather than skip it silently."""
@@ -270,7 +279,9 @@ class RecordBuilder:
     def allergies(self, resources: Iterable[Mapping]) -> list[Allergy]:
         found = []
         for raw in resources:
-            concepts = self.terminology.concepts_of_concept(raw.get("code"))
+            substance = codeable_name(raw.get("code")) or DrugName((), ())
+            recognised = recognise(substance, self.terminology)  # a drug allergy: by code, else by name
+            concepts = self.terminology.concepts_of_concept(raw.get("code")) | recognised.classes
             if not concepts or not _validated(FhirAllergy, raw, self.skipped):
                 continue
             clinical = _code(raw.get("clinicalStatus"))
@@ -279,8 +290,9 @@ class RecordBuilder:
                 Allergy(
                     id=str(raw.get("id", "")),
                     concepts=concepts,
-                    name=_name(raw.get("code"), "allergy"),
+                    name=_label(_name(raw.get("code"), "allergy"), recognised.by_name),
                     active=clinical not in ("inactive", "resolved") and verification not in NOT_CONFIRMED,
+                    recognised_by_name=recognised.by_name,
                 )
             )
         return found

@@ -16,6 +16,11 @@ Matching rules (the same for every value set):
   entry matches every descendant by prefix (entry ``O09`` matches ``O09.511``; ``O14.0`` matches ``O14.00``).
   No other system is hierarchical: RxNorm, LOINC and SNOMED CT codes must be listed.
 
+Drug classes (rules.md § Drug recognition) are the value sets that carry name extensions (``NAME_EXTENSION``):
+:meth:`Terminology.recognise` says which classes a medication belongs to, by code, by ingredient code or by
+name, and refuses forms for skin, eye, ear or mucosa. A product's form is read from its published display at
+load time: such codes are kept aside (``local_form``) and never count for a class.
+
 The verified sets are the ``*.json`` files of the directory. ``include`` adds the extra codes of a
 sub-folder (``unverified``); ``local_codes`` adds an organisation's own codes. Codes added to a member of
 ``teratogens`` are teratogens too.
@@ -24,10 +29,11 @@ sub-folder (``unverified``); ``local_codes`` adds an organisation's own codes. C
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "valuesets"
 
@@ -43,6 +49,24 @@ SYSTEM_ALIASES = {
     "urn:oid:2.16.840.1.113883.6.90": ICD10CM,
     "http://snomed.info/id": SNOMED,
 }
+
+PROFILE = "https://example.org/tacrolimus-cds/StructureDefinition/"
+NAME_EXTENSION = PROFILE + "drug-class-name"
+"""ValueSet extension (valueString): an ingredient or brand name of the class, matched as a whole word."""
+SOURCE_EXTENSION = PROFILE + "code-source"
+"""compose.include extension: the published source of the include (key, reference, version, title, origin)."""
+SOURCE_KEY_EXTENSION = PROFILE + "code-source-key"
+"""expansion.contains extension (valueString): the key of a source that lists this code; one per source."""
+
+LOCAL_FORM_WORDS = (
+    "topical", "cutaneous", "dermal", "cream", "ointment", "gel", "jelly", "lotion", "shampoo", "foam",
+    "ophthalmic", "eye", "otic", "ear", "vaginal", "mouthwash", "oral rinse", "dental", "medicated patch",
+    "medicated pad", "irrigation", "swab",
+)  # fmt: skip
+"""Dose-form words of products for the skin, eye, ear or mucosa: such a product is never in a drug class."""
+LOCAL_FORM = re.compile(r"\b(" + "|".join(w.replace(" ", r"\s+") for w in LOCAL_FORM_WORDS) + r")\b", re.I)
+_WORD = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*")
+"""A word of a drug name: letters and digits, an apostrophe inside (john's); anything else separates words."""
 
 COMPOSITES = {"teratogens": ("mycophenolate", "cyclophosphamide", "methotrexate", "leflunomide")}
 """Value sets defined as the union of others; extension and local codes of a member flow into them."""
@@ -64,20 +88,64 @@ def _icd_key(code: str) -> str:
     return code.strip().upper().replace(".", "")
 
 
+class Recognition(NamedTuple):
+    """Which drug classes a medication belongs to, and how."""
+
+    classes: frozenset[str]
+    """Every value set the medication belongs to (drug classes and their unions)."""
+    by_name: frozenset[str] = frozenset()
+    """The classes recognised only by a name in its text or displays (the card says so)."""
+    local_form: bool = False
+    """True when it is a form for skin, eye, ear or mucosa: then ``classes`` is empty."""
+
+
+NOT_RECOGNISED = Recognition(frozenset())
+LOCAL_FORM_DRUG = Recognition(frozenset(), local_form=True)
+
+
 class Terminology:
     """Value-set membership of codes. Build with :meth:`load`; instances are read-only."""
 
-    def __init__(self, expansions: Mapping[str, Sequence[tuple[str, str, str]]]):
+    def __init__(
+        self,
+        expansions: Mapping[str, Sequence[tuple[str, str, str]]],
+        names: Mapping[str, Sequence[str]] | None = None,
+    ):
+        names = names or {}
+        self.drug_classes: frozenset[str] = frozenset(names)
+        self.local_forms: dict[tuple[str, str], tuple[str, str]] = {}
+        """(system, code) -> (class, published display) of products for skin, eye, ear or mucosa."""
+        kept: dict[str, list[tuple[str, str, str]]] = {}
+        for name, rows in expansions.items():
+            kept[name] = []
+            for row in rows:
+                if name in self.drug_classes and LOCAL_FORM.search(row[2]):
+                    self.local_forms.setdefault((row[0], row[1].strip()), (name, row[2]))
+                else:
+                    kept[name].append(row)
+        expansions = kept
         self._codes = {name: tuple(rows) for name, rows in expansions.items()}
+        self.names_of: dict[str, tuple[str, ...]] = {name: tuple(words) for name, words in names.items()}
+        by_words: dict[tuple[str, ...], set[str]] = {}
+        for name, words in self.names_of.items():
+            for word in words:
+                if key := _words(word):
+                    by_words.setdefault(key, set()).add(name)
+        self._classes_of_words = {words: frozenset(found) for words, found in by_words.items()}
+        self._local_form_words = {_words(w) for w in LOCAL_FORM_WORDS}
+        self._longest = max((len(k) for k in (*by_words, *self._local_form_words)), default=0)
         self.names: frozenset[str] = frozenset(self._codes)
         exact: dict[tuple[str, str], set[str]] = {}
         icd: dict[str, set[str]] = {}
+        self._displays: dict[tuple[str, str], str] = {}
         for name, rows in self._codes.items():
-            for system, code, _ in rows:
+            for system, code, display in rows:
                 if system == ICD10CM:
                     icd.setdefault(_icd_key(code), set()).add(name)
                 else:
                     exact.setdefault((system, code.strip()), set()).add(name)
+                    if display and name in self.drug_classes:
+                        self._displays.setdefault((system, code.strip()), display)
         self._exact = {key: frozenset(names) for key, names in exact.items()}
         self._icd = {key: frozenset(names) for key, names in icd.items()}
         self._memo: dict[tuple[object, object], frozenset[str]] = {}
@@ -95,7 +163,11 @@ class Terminology:
         code without a system or code.
         """
         directory = Path(directory)
-        expansions = {path.stem: _expansion(path) for path in sorted(directory.glob("*.json"))}
+        resources = {path.stem: _read(path) for path in sorted(directory.glob("*.json"))}
+        expansions = {name: _expansion(path, resource) for name, (path, resource) in resources.items()}
+        names = {
+            name: found for name, (_, resource) in resources.items() if (found := _class_names(resource))
+        }
         for folder in include:
             extra_dir = directory / folder
             if not folder or Path(folder).name != folder or folder.startswith(".") or not extra_dir.is_dir():
@@ -105,7 +177,7 @@ class Terminology:
                     raise ValueError(
                         f"{path}: unknown value set {path.stem!r} (no {path.stem}.json to extend)"
                     )
-                expansions[path.stem] += _expansion(path)
+                expansions[path.stem] += _expansion(*_read(path))
         for name, codings in (local_codes or {}).items():
             if name not in expansions:
                 raise ValueError(f"unknown value set {name!r} in valuesets.local_codes")
@@ -114,7 +186,7 @@ class Terminology:
             if composite in expansions:
                 for member in members:
                     expansions[composite] += expansions.get(member, [])
-        return cls({name: _unique(rows) for name, rows in expansions.items()})
+        return cls({name: _unique(rows) for name, rows in expansions.items()}, names)
 
     @classmethod
     def from_settings(cls, valuesets: Mapping[str, Any] | None, directory: Path = DEFAULT_DIR) -> Terminology:
@@ -138,6 +210,46 @@ class Terminology:
             return frozenset()
         codings = concept.get("coding")
         return self.concepts(codings) if isinstance(codings, list) else frozenset()
+
+    def recognise(
+        self, codings: Iterable[Mapping] = (), ingredients: Iterable[Mapping] = (), texts: Iterable[str] = ()
+    ) -> Recognition:
+        """The drug classes of a medication (rules.md § Drug recognition).
+
+        ``codings``: its concept's codings; ``ingredients``: the codings of its ingredients; ``texts``: its
+        concept text, coding displays and form. By code and by ingredient are dictionary look-ups; a name
+        counts for a class only when no code put the medication in that class. A form for skin, eye, ear or
+        mucosa, known from a code's published display or named in a text, belongs to no class.
+        """
+        codings = [c for c in codings or () if isinstance(c, Mapping)]
+        ingredients = [c for c in ingredients or () if isinstance(c, Mapping)]
+        if any(self._is_local_form(c) for c in codings):
+            return LOCAL_FORM_DRUG
+        named: set[str] = set()
+        for text in texts or ():
+            if not isinstance(text, str):
+                continue
+            words = _words(text)
+            for size in range(1, self._longest + 1):  # every run of 1..3 words: one dict hit each
+                for start in range(len(words) - size + 1):
+                    run = words[start : start + size]
+                    if run in self._local_form_words:
+                        return LOCAL_FORM_DRUG
+                    named |= self._classes_of_words.get(run, frozenset())
+        by_code = self.concepts(codings) | self.concepts(ingredients)
+        by_name = frozenset(named) - by_code
+        if not by_code and not by_name:
+            return NOT_RECOGNISED
+        return Recognition(by_code | by_name, by_name)
+
+    def display(self, coding: Mapping) -> str | None:
+        """The published display of a drug-class code (to name a Medication known only by its ingredients)."""
+        system, code = canonical_system(coding.get("system")), coding.get("code")
+        return self._displays.get((system, code.strip())) if isinstance(code, str) and system else None
+
+    def _is_local_form(self, coding: Mapping) -> bool:
+        system, code = canonical_system(coding.get("system")), coding.get("code")
+        return isinstance(code, str) and (system, code.strip()) in self.local_forms
 
     def contains(self, name: str, system: str, code: str) -> bool:
         """Is this code in value set ``name``?"""
@@ -179,14 +291,19 @@ class Terminology:
         return found
 
 
-def _expansion(path: Path) -> list[tuple[str, str, str]]:
-    """The (system, code, display) rows of a ValueSet file's expansion."""
+def _read(path: Path) -> tuple[Path, dict]:
+    """A ValueSet file, parsed once."""
     try:
         resource = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: cannot read value set: {exc}") from None
     if not isinstance(resource, dict) or resource.get("resourceType") != "ValueSet":
         raise ValueError(f"{path}: not a FHIR ValueSet")
+    return path, resource
+
+
+def _expansion(path: Path, resource: dict) -> list[tuple[str, str, str]]:
+    """The (system, code, display) rows of a ValueSet's expansion."""
     rows = []
     for entry in (resource.get("expansion") or {}).get("contains") or ():
         system, code = canonical_system(entry.get("system")), entry.get("code")
@@ -194,6 +311,20 @@ def _expansion(path: Path) -> list[tuple[str, str, str]]:
             raise ValueError(f"{path}: expansion entry without system and code: {entry!r}")
         rows.append((system, code.strip(), entry.get("display") or ""))
     return rows
+
+
+def _words(text: str) -> tuple[str, ...]:
+    """The words of a text, lower case, for whole-word name matching ("St. John’s Wort" -> st john's wort)."""
+    return tuple(_WORD.findall(text.lower().replace("’", "'")))
+
+
+def _class_names(resource: dict) -> list[str]:
+    """The drug-class names (ingredients, brands) a ValueSet declares; empty for other value sets."""
+    return [
+        e["valueString"].strip()
+        for e in resource.get("extension") or ()
+        if isinstance(e, dict) and e.get("url") == NAME_EXTENSION and isinstance(e.get("valueString"), str)
+    ]
 
 
 def _local_row(name: str, coding: Mapping[str, str]) -> tuple[str, str, str]:

@@ -3,26 +3,19 @@
 Works on the raw JSON of ``context.draftOrders``: EHRs send draft orders without ``Bundle.type``, in STU3 or
 DSTU2 shape, with extra fields; none of that may stop the service from recognising the drug.
 
-An order triggers when its medication carries an RxNorm code of the ``tacrolimus`` value set (systemic
-products only), or, with no RxNorm coding at all, when its text names tacrolimus or one of its brands and
-nothing says it is topical. An RxNorm-coded order outside the set never triggers on its text: the code is the
-more precise statement.
+An order triggers when its medication belongs to the drug class ``tacrolimus`` as rules.md § Drug recognition
+defines it (:meth:`Terminology.recognise`): by a code of its concept, by an ingredient code of its Medication,
+or else by a tacrolimus name in its text or displays; a form for skin, eye, ear or mucosa never counts.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from cds_service.terminology import Terminology, canonical_system
+from cds_service.terminology import Recognition, Terminology
 
-RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 ORDER_TYPES = ("MedicationRequest", "MedicationOrder")  # MedicationOrder: DSTU2 clients
-TACROLIMUS_WORDS = re.compile(r"\b(tacrolimus|prograf|envarsus|astagraf|hecoria|advagraf|modigraf)\b", re.I)
-TOPICAL_WORDS = re.compile(
-    r"\b(topical|ointment|cream|lotion|protopic|cutaneous|eye drops?|ophthalmic)\b", re.I
-)
 
 Resolver = Callable[[str], Mapping | None]
 """Looks up a Medication by reference (``Medication/x``); None when it cannot be found."""
@@ -35,11 +28,17 @@ class DrugName:
     codings: tuple[Mapping, ...]
     names: tuple[str, ...]
     """The concept's text, then its codings' displays, then the reference's display."""
+    ingredients: tuple[Mapping, ...] = ()
+    """Codings of the Medication's ``ingredient[].itemCodeableConcept``."""
+    other_words: tuple[str, ...] = ()
+    """Texts and displays of the Medication's ingredients and form: read for names and local forms."""
+    unresolved: bool = False
+    """True when the order references a Medication that was neither sent nor could be read."""
 
     @property
     def text(self) -> str:
-        """Every word the order uses for the drug: what the text fallback searches."""
-        return " ".join(self.names)
+        """Every word the order uses for the drug: what recognition by name searches."""
+        return " ".join(self.names + self.other_words)
 
     @property
     def label(self) -> str:
@@ -60,17 +59,37 @@ def draft_resources(context: Mapping) -> list[Mapping]:
     ]
 
 
-def _codeable(concept: object) -> DrugName | None:
+def codeable_name(concept: object) -> DrugName | None:
+    """A CodeableConcept dict as a DrugName (its codings, text and displays); None when it is not one."""
     if not isinstance(concept, Mapping):
         return None
-    codings = tuple(c for c in concept.get("coding") or () if isinstance(c, Mapping))
+    coding = concept.get("coding")
+    codings = tuple(c for c in coding if isinstance(c, Mapping)) if isinstance(coding, list) else ()
     words = [concept.get("text")] + [c.get("display") for c in codings]
     return DrugName(codings, tuple(w.strip() for w in words if isinstance(w, str) and w.strip()))
 
 
+def _medication_parts(medication: Mapping) -> tuple[tuple[Mapping, ...], tuple[str, ...]]:
+    """A Medication's ingredient codings, and the words of its ingredients and form."""
+    codings: list[Mapping] = []
+    words: list[str] = []
+    ingredients = medication.get("ingredient")
+    for ingredient in ingredients if isinstance(ingredients, list) else ():
+        item = (
+            codeable_name(ingredient.get("itemCodeableConcept")) if isinstance(ingredient, Mapping) else None
+        )
+        if item:
+            codings += item.codings
+            words += item.names
+    form = codeable_name(medication.get("form"))
+    if form:
+        words += form.names
+    return tuple(codings), tuple(words)
+
+
 def drug_name(order: Mapping, resolve: Resolver | None = None) -> DrugName:
     """An order's medication: inline concept, contained or referenced Medication, else the reference text."""
-    found = _codeable(order.get("medicationCodeableConcept"))
+    found = codeable_name(order.get("medicationCodeableConcept"))
     if found:
         return found
     ref = order.get("medicationReference")
@@ -86,18 +105,22 @@ def drug_name(order: Mapping, resolve: Resolver | None = None) -> DrugName:
         )
     elif target and resolve is not None:
         medication = resolve(target)
-    name = _codeable(medication.get("code")) if isinstance(medication, Mapping) else None
     shown = ref.get("display")
     display = (shown.strip(),) if isinstance(shown, str) and shown.strip() else ()
-    if name:
-        return DrugName(name.codings, name.names + display)
-    return DrugName((), display)
+    if not isinstance(medication, Mapping):
+        return DrugName((), display, unresolved=bool(target))
+    name = codeable_name(medication.get("code")) or DrugName((), ())
+    ingredients, other_words = _medication_parts(medication)
+    return DrugName(name.codings, name.names + display, ingredients, other_words)
+
+
+def recognise(name: DrugName, terminology: Terminology) -> Recognition:
+    """The drug classes of an order's medication: by code, by ingredient, else by name (rules.md)."""
+    return terminology.recognise(name.codings, name.ingredients, name.names + name.other_words)
 
 
 def is_systemic_tacrolimus(name: DrugName, terminology: Terminology) -> bool:
-    if any(canonical_system(c.get("system")) == RXNORM for c in name.codings):
-        return "tacrolimus" in terminology.concepts(name.codings)
-    return bool(TACROLIMUS_WORDS.search(name.text)) and not TOPICAL_WORDS.search(name.text)
+    return "tacrolimus" in recognise(name, terminology).classes
 
 
 def order_reference(resource: Mapping) -> str:

@@ -146,3 +146,69 @@ def test_partial_and_zoned_dates_parse_to_utc():
     assert parse_when("2026-05") == datetime(2026, 5, 1, tzinfo=UTC)
     assert parse_when("2026-05-02T10:00:00+02:00") == datetime(2026, 5, 2, 8, 0, tzinfo=UTC)
     assert parse_when("not a date") is None and parse_when(None) is None
+
+
+def referencing(oid: str, medication: dict) -> dict:
+    resource = order(oid, "0", "active", "2026-11-01")
+    del resource["medicationCodeableConcept"]
+    resource["medicationReference"] = {"reference": f"Medication/{medication['id']}"}
+    return resource
+
+
+def test_a_medication_known_by_its_ingredient_joins_the_class_and_one_named_says_so():
+    methotrexate = {
+        "resourceType": "Medication",
+        "id": "m1",
+        "ingredient": [{"itemCodeableConcept": {"coding": [{"system": RXNORM, "code": "6851"}]}}],
+    }
+    named = {"resourceType": "Medication", "id": "m2", "code": {"text": "Trexall 5 mg tablet"}}
+    meds = {m["id"]: m for m in (methotrexate, named)}
+    built = build_record(
+        terminology=TERMINOLOGY,
+        now=NOW,
+        patient=None,
+        medications=[referencing("a", methotrexate), referencing("b", named)],
+        resolve=lambda ref: meds.get(ref.split("/")[-1]),
+    )
+    by_id = {m.id: m for m in built.medications}
+    assert "methotrexate" in by_id["a"].concepts and not by_id["a"].recognised_by_name
+    assert "teratogens" in by_id["b"].concepts and by_id["b"].recognised_by_name == {
+        "methotrexate",
+        "teratogens",
+    }
+    assert by_id["b"].name == "Trexall 5 mg tablet (recognised by its name; check the order)"
+
+
+def test_a_read_medication_outside_every_class_is_not_reported_as_unreadable():
+    other = {
+        "resourceType": "Medication",
+        "id": "m3",
+        "ingredient": [
+            {"itemCodeableConcept": {"coding": [{"system": RXNORM, "code": "29046"}]}}
+        ],  # lisinopril
+    }
+    built = build_record(
+        terminology=TERMINOLOGY,
+        now=NOW,
+        patient=None,
+        medications=[referencing("c", other), referencing("d", {"id": "gone"})],
+        resolve=lambda ref: other if ref == "Medication/m3" else None,
+    )
+    assert built.medications == ()
+    assert [s.reference for s in built.skipped] == ["MedicationRequest/d"]
+
+
+def test_a_medication_known_only_by_an_ingredient_code_is_named_by_its_published_display():
+    cyclosporine = {
+        "resourceType": "Medication",
+        "id": "m4",
+        "ingredient": [{"itemCodeableConcept": {"coding": [{"system": RXNORM, "code": "3008"}]}}],
+    }
+    built = build_record(
+        terminology=TERMINOLOGY,
+        now=NOW,
+        patient=None,
+        medications=[referencing("e", cyclosporine)],
+        resolve=lambda ref: cyclosporine,
+    )
+    assert [m.name for m in built.medications] == ["Cyclosporine"]

@@ -16,10 +16,17 @@ from cds_service.terminology import (
     LOINC,
     RXNORM,
     SNOMED,
+    SOURCE_EXTENSION,
+    SOURCE_KEY_EXTENSION,
     Terminology,
     default_terminology,
 )
 
+DRUG_CLASSES = {
+    "tacrolimus", "mycophenolate", "cyclophosphamide", "methotrexate", "leflunomide", "teratogens",
+    "rituximab", "other-calcineurin-inhibitors", "cyp3a4-strong-inhibitors", "cyp3a4-moderate-inhibitors",
+    "cyp3a4-strong-inducers", "nephrotoxins",
+}  # fmt: skip
 V3_INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 REPO = Path(__file__).resolve().parent.parent
 CLINICAL_MD = REPO / "tests" / "data" / "knowledge" / "clinical.md"  # see tests/data/SOURCES.md
@@ -115,6 +122,8 @@ def test_unverified_files_only_extend_existing_sets_with_new_codes(terms):
 def test_sources_are_cited_in_every_description():
     keys = re.compile(r"\b(PED|CPIC|OHDSI|PDDI|VS21|VS24|VS25|GER|BHF|ELX|IG|NLM-TB|NDCL|LAB)\b")
     for path in value_set_files():
+        if path.stem in DRUG_CLASSES:
+            continue  # drug classes: a source per code (test_every_drug_class_code_has_a_published_source)
         description = json.loads(path.read_text())["description"]
         if path.stem in ("leflunomide", "qualitative-positive", "qualitative-negative"):
             continue  # no verified source in clinical.md; the description says where else they were seen
@@ -126,7 +135,7 @@ def test_every_default_code_is_written_in_clinical_md():
     text = CLINICAL_MD.read_text()
     own_sources = {"qualitative-positive", "qualitative-negative"}  # verified elsewhere (descriptions)
     for path in value_set_files():
-        if path.stem in own_sources:
+        if path.stem in own_sources or path.stem in DRUG_CLASSES:  # drug classes: a source per code
             continue
         for entry in json.loads(path.read_text())["expansion"].get("contains", []):
             written = re.compile(rf"(?<![\w.-]){re.escape(entry['code'])}(?![\w-])")
@@ -152,10 +161,63 @@ def test_lupus_file_contains_every_lupus_nephritis_code():
     assert file_codes("lupus-nephritis") < file_codes("lupus")
 
 
-def test_leflunomide_has_no_default_code_but_a_reasoned_description(terms):
-    assert terms.codes("leflunomide") == []
-    description = json.loads((DEFAULT_DIR / "leflunomide.json").read_text())["description"]
-    assert "no verified" in description and "unverified" in description
+def test_leflunomide_tablets_come_from_the_published_vsac_expansion(terms):
+    assert {code for _, code, _ in terms.codes("leflunomide")} == {"205284", "205285", "205286"}
+    keys = source_keys(json.loads((DEFAULT_DIR / "leflunomide.json").read_text()))
+    assert keys["205285"] == ["VS25-1248.364"]
+
+
+def source_keys(resource: dict) -> dict[str, list[str]]:
+    """code -> the keys of the sources its expansion entry names."""
+    return {
+        entry["code"]: [
+            e["valueString"] for e in entry.get("extension", []) if e["url"] == SOURCE_KEY_EXTENSION
+        ]
+        for entry in resource["expansion"].get("contains", [])
+    }
+
+
+def declared_sources(resource: dict) -> dict[str, dict[str, str]]:
+    """key -> the source's fields (reference, version, title, origin), from compose.include extensions."""
+    found = {}
+    for include in resource.get("compose", {}).get("include", []):
+        for ext in include.get("extension", []):
+            if ext["url"] == SOURCE_EXTENSION:
+                fields = {
+                    e["url"]: next(v for k, v in e.items() if k.startswith("value")) for e in ext["extension"]
+                }
+                found[fields["key"]] = fields
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(DRUG_CLASSES))
+def test_every_drug_class_code_has_a_published_source(name):
+    """Each shipped drug code names a source the ValueSet declares with its URL/OID, version and origin."""
+    resource = json.loads((DEFAULT_DIR / f"{name}.json").read_text())
+    sources = declared_sources(resource)
+    assert sources
+    for key, fields in sources.items():
+        assert fields["reference"].startswith(("http://", "https://")), key
+        assert fields["version"] and fields["origin"] and fields["title"], key
+    codes = source_keys(resource)
+    assert codes
+    for code, keys in codes.items():
+        assert keys, (name, code)
+        assert set(keys) <= set(sources), (name, code, keys)
+        for key in keys:  # and the include of that source lists the code
+            include = next(
+                i
+                for i in resource["compose"]["include"]
+                if declared_sources({"compose": {"include": [i]}}).get(key)
+            )
+            assert code in {c["code"] for c in include["concept"]}, (name, code, key)
+
+
+def test_drug_classes_carry_their_names(terms):
+    assert terms.drug_classes == DRUG_CLASSES
+    assert "Prograf" in terms.names_of["tacrolimus"]
+    assert "Neoral" in terms.names_of["other-calcineurin-inhibitors"]
+    assert set(terms.names_of["methotrexate"]) <= set(terms.names_of["teratogens"])
 
 
 # ---------------------------------------------------------------- medications
@@ -352,12 +414,10 @@ def test_unverified_codes_are_off_by_default_and_on_when_included(terms):
     extended = Terminology.load(include=["unverified"])
     assert "tacrolimus-level" not in terms.concepts([coding(LOINC, "74096-9")])
     assert "tacrolimus-level" in extended.concepts([coding(LOINC, "74096-9")])
-    assert "tacrolimus" not in terms.concepts([coding(RXNORM, "1664464")])  # older XR tablet name, PED only
-    assert "tacrolimus" in extended.concepts([coding(RXNORM, "1664464")])
     assert "lupus" in extended.concepts([coding(ICD10CM, "M32.13")])
-    # an extension of a member set also extends the union
-    assert extended.concepts([coding(RXNORM, "205285")]) == {"leflunomide", "teratogens"}
-    assert terms.concepts([coding(RXNORM, "205285")]) == frozenset()
+    # an extension of a member set also extends the union (leflunomide ingredient: no published source yet)
+    assert extended.concepts([coding(RXNORM, "27169")]) == {"leflunomide", "teratogens"}
+    assert terms.concepts([coding(RXNORM, "27169")]) == frozenset()
 
 
 def test_local_codes_join_their_set_and_unions(terms):
@@ -405,3 +465,70 @@ def test_the_shipped_settings_load_and_can_switch_the_extension_on():
 def test_default_terminology_is_loaded_once():
     assert default_terminology() is default_terminology()
     assert default_terminology().contains("tacrolimus", RXNORM, "2665161")
+
+
+# ---------------------------------------------------------------- drug recognition (rules.md)
+
+
+def test_recognition_by_product_code_without_any_text(terms):
+    found = terms.recognise([coding(RXNORM, "105585")])  # methotrexate 2.5 MG Oral Tablet (VSAC)
+    assert found.classes == {"methotrexate", "teratogens"} and found.by_name == frozenset()
+
+
+def test_recognition_by_ingredient_code(terms):
+    found = terms.recognise([], ingredients=[coding(RXNORM, "3008")])  # cyclosporine
+    assert found.classes == {"other-calcineurin-inhibitors"} and not found.by_name
+
+
+@pytest.mark.parametrize(
+    ("text", "classes"),
+    [
+        ("METHOTREXATE 2.5 mg tab", {"methotrexate", "teratogens"}),
+        ("Neoral 100 mg", {"other-calcineurin-inhibitors"}),
+        ("Lupkynis 7.9 mg capsule", {"other-calcineurin-inhibitors"}),  # voclosporin: a name, no code yet
+        ("St. John's Wort 300 mg", {"cyp3a4-strong-inducers"}),
+        ("AmBisome 50 mg IV", {"nephrotoxins"}),
+        ("rituximab-abbs 500 mg", {"rituximab"}),
+    ],
+)
+def test_recognition_by_a_whole_word_name_in_any_case(terms, text, classes):
+    found = terms.recognise([coding("http://hospital.example/drugs", "X1", text)], texts=[text])
+    assert found.classes == classes and found.by_name == classes
+
+
+def test_a_name_inside_another_word_is_not_a_name(terms):
+    assert terms.recognise(texts=["antimethotrexatea 5 mg", "Ibuprofenol"]).classes == frozenset()
+
+
+def test_a_name_adds_only_the_classes_no_code_gave(terms):
+    found = terms.recognise(
+        [coding(RXNORM, "197806")], texts=["ibuprofen 600 MG Oral Tablet with methotrexate"]
+    )
+    assert found.classes == {"nephrotoxins", "methotrexate", "teratogens"}
+    assert found.by_name == {"methotrexate", "teratogens"}
+
+
+@pytest.mark.parametrize(
+    ("codings", "texts"),
+    [
+        (
+            [coding(RXNORM, "855635")],
+            ["Voltaren"],
+        ),  # known from its published display: Topical Gel [Voltaren]
+        ([coding(RXNORM, "6135")], ["ketoconazole 2 % shampoo"]),
+        ([coding(RXNORM, "42316")], ["tacrolimus 0.1 % ointment"]),
+        ([], ["cyclosporine ophthalmic emulsion"]),
+        ([], ["gentamicin 0.3 % eye drops"]),
+    ],
+)
+def test_forms_for_skin_eye_ear_or_mucosa_never_count(terms, codings, texts):
+    found = terms.recognise(codings, texts=texts)
+    assert found.classes == frozenset() and found.local_form
+
+
+def test_topical_products_of_the_sources_are_kept_aside_not_dropped(terms):
+    assert terms.local_forms[(RXNORM, "855635")] == (
+        "nephrotoxins",
+        "Diclofenac Sodium 0.01 MG/MG Topical Gel [Voltaren]",
+    )
+    assert not any(code == "855635" for _, code, _ in terms.codes("nephrotoxins"))

@@ -49,9 +49,19 @@ def test_systemic_tacrolimus_codes_trigger(code):
     assert triggers(context(order(**coded(code)))) == ["o1"]
 
 
-def test_an_rxnorm_code_outside_the_set_does_not_trigger_on_its_text():
-    # amoxicillin's code with a misleading text: the code is the more precise statement
-    assert triggers(context(order(**coded("308182", text="tacrolimus")))) == []
+def test_a_code_outside_the_set_still_triggers_when_its_text_names_tacrolimus():
+    # rules.md v2 § Drug recognition: by name when no code matches (an unknown product code, a local code)
+    assert triggers(context(order(**coded("308182", text="tacrolimus 1 mg capsule")))) == ["o1"]
+
+
+def test_a_text_naming_a_word_that_merely_contains_a_name_does_not_trigger():
+    assert triggers(context(order(medicationCodeableConcept={"text": "pretacrolimusine 1 mg"}))) == []
+
+
+def test_a_topical_form_never_triggers_even_with_the_ingredient_code():
+    # 284520 Protopic (clinical.md: topical tacrolimus) is in no set; the ingredient code cannot revive it
+    topical = {"coding": [{"system": RXNORM, "code": "42316"}], "text": "tacrolimus 0.1 % topical ointment"}
+    assert triggers(context(order(medicationCodeableConcept=topical))) == []
 
 
 @pytest.mark.parametrize("text", ["Prograf 1 mg capsule", "tacrolimus 0.5 mg", "Envarsus XR 4 mg tablet"])
