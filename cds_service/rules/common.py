@@ -152,8 +152,10 @@ def day(when: datetime | date | None) -> str:
 
 
 # --- numbers and evidence -----------------------------------------------------------------------------------
-def num(value: float) -> str:
+def num(value: float | None) -> str:
     """A number as a clinician writes it: 1.6, 38, 148, 0.85 (never 1.6000001 or 1.48e+02)."""
+    if value is None:  # never shown as a number: missing is not normal
+        return "an unknown value"
     if float(value).is_integer():
         return str(int(value))
     if abs(value) >= 100:
@@ -183,7 +185,7 @@ def _was_converted(v: LabValue) -> bool:
     try:
         recorded = float(v.original.split()[0])
     except (ValueError, IndexError):
-        return bool(v.unit) and v.unit.replace(" ", "") not in v.original.replace(" ", "")
+        return v.unit is not None and v.unit.replace(" ", "") not in v.original.replace(" ", "")
     return abs(recorded - v.value) > 1e-9 * max(1.0, abs(v.value))
 
 
@@ -262,6 +264,13 @@ def unusable_in(
     return [entry.reason for _, entry in series.unusable_between(since, until, newer_than=newer)]
 
 
+def number(v: LabValue) -> float:
+    """The number of a result already known to be numeric (from ``newest_number`` or a ``value`` filter)."""
+    if v.value is None:
+        raise ValueError(f"{v.reference} has no number")
+    return v.value
+
+
 def newest_number(
     series: LabSeries, since: datetime | None = None, until: datetime | None = None
 ) -> tuple[LabValue | None, list[str]]:
@@ -300,8 +309,11 @@ class Exposure:
         return bool(self.orders)
 
     @property
-    def start(self) -> date | None:
-        return self.spans[0][0] if self.spans else None
+    def start(self) -> date:
+        """The first day of exposure; only asked once ``any`` is true (every order has a period)."""
+        if not self.spans:
+            raise ValueError("an exposure without orders has no start")
+        return self.spans[0][0]
 
     @property
     def days(self) -> int:
@@ -317,10 +329,14 @@ class Exposure:
 def exposure(record: PatientRecord, *concepts: str) -> Exposure:
     """Union of the exposure periods of every stored order in the concepts (never the triggering order)."""
     orders = {m.id: m for concept in concepts for m in record.exposures(concept)}
-    ordered = sorted(orders.values(), key=lambda m: (m.exposure.start, m.id))
+    dated = sorted(
+        ((m.exposure, m) for m in orders.values() if m.exposure is not None),
+        key=lambda t: (t[0].start, t[1].id),
+    )
+    ordered = [m for _, m in dated]
     spans: list[list[date]] = []
-    for m in ordered:
-        start, end = m.exposure.start.date(), m.exposure.end.date()
+    for period, _ in dated:
+        start, end = period.start.date(), period.end.date()
         if spans and start <= spans[-1][1] + timedelta(days=1):
             spans[-1][1] = max(spans[-1][1], end)
         else:
@@ -417,7 +433,7 @@ def pregnancy_status(record: PatientRecord, thresholds: Mapping[str, Any]) -> St
     edd = _edd(edd_value) if edd_value else None
     if edd_value is not None and edd is None:
         missing.append(f"estimated delivery date recorded on {day(edd_value.when)} could not be read")
-    if edd is not None and edd >= now.date():
+    if edd is not None and edd_value is not None and edd >= now.date():
         evidence.append(
             Evidence("Estimated delivery date", edd.isoformat(), edd_value.when, edd_value.reference)
         )

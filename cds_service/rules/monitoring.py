@@ -25,6 +25,7 @@ from cds_service.rules.common import (
     newest_number,
     newest_recent,
     num,
+    number,
     on,
     percent,
     quiet,
@@ -171,8 +172,8 @@ def creatinine_rise(inp: RuleInput) -> Rise | Quiet:
     gaps = [*gaps, *unusable_in(series, since, until=until)]
     if not candidates:
         return quiet("", f"no creatinine {where} to serve as a baseline", gaps)
-    baseline = min(candidates, key=lambda v: v.value)
-    fraction = round((newest.value - baseline.value) / baseline.value, 6)
+    baseline = min(candidates, key=number)
+    fraction = round((number(newest) - number(baseline)) / number(baseline), 6)
     return Rise(
         newest, baseline, fraction, tacrolimus.start if tacrolimus.any else None, tuple(dict.fromkeys(gaps))
     )
@@ -236,7 +237,7 @@ def n3_creatinine_rise_critical(inp: RuleInput) -> Finding | Quiet:
             "irreversible: the source article reports that about 17% of patients lose significant kidney "
             "function within 3 years."
         )
-        cited = ("lupkynis-label", "mok-2016", "fomin-roberts-2016")
+        cited: tuple[str, ...] = ("lupkynis-label", "mok-2016", "fomin-roberts-2016")
     else:
         detail = (
             f"{capital(rise.text())} ({rise.baseline_rule(days)}), before tacrolimus has started. Review "
@@ -401,13 +402,13 @@ def n8_hyperglycaemia(inp: RuleInput) -> Finding | Quiet:
     hits = {kind: values for kind, values in hits.items() if values}
     start = tacrolimus.start.isoformat()
     if not hits:
-        seen = [f"{kind} {on(values[0])}" for kind, values in kinds.items() if values]
-        if not seen:
+        newest = [f"{kind} {on(values[0])}" for kind, values in kinds.items() if values]
+        if not newest:
             return quiet("N8", f"no glucose or HbA1c since tacrolimus began on {start}", gaps)
         return quiet(
             "N8",
             f"no glucose or HbA1c at or above the thresholds since tacrolimus began on {start} (newest: "
-            f"{'; '.join(seen)})",
+            f"{'; '.join(newest)})",
             gaps,
         )
     newest_hits = [values[0] for values in hits.values()]

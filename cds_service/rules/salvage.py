@@ -30,6 +30,7 @@ from cds_service.rules.common import (
     newest_number,
     newest_recent,
     num,
+    number,
     on,
     percent,
     pregnancy_status,
@@ -131,7 +132,7 @@ def s1_mycophenolate_failure(inp: RuleInput) -> Finding | Quiet:
     evidence = [*mmf.evidence(), lab_evidence("UPCR on mycophenolate", after)]
     pre_text = "; no earlier UPCR is on record to judge the fall"
     if before is not None:
-        reduction = round((before.value - after.value) / before.value, 6) if before.value else 0.0
+        reduction = round((number(before) - number(after)) / number(before), 6) if before.value else 0.0
         wanted = threshold(inp, "upcr_reduction")
         if reduction >= wanted:
             return quiet(
@@ -197,7 +198,7 @@ def s3_rituximab_barrier(inp: RuleInput) -> Finding | Quiet:
     if hbv or hbv_positive:
         barriers.append("hepatitis B")
         evidence += [condition_evidence(c) for c in hbv]
-        evidence += [lab_evidence("HBsAg", hbsag)] if hbv_positive else []
+        evidence += [lab_evidence("HBsAg", hbsag)] if hbsag is not None and hbv_positive else []
     else:
         checked.append(f"no hepatitis B condition{f', HBsAg {on(hbsag)}' if hbsag else ''}")
         if hbsag is None:
@@ -209,11 +210,11 @@ def s3_rituximab_barrier(inp: RuleInput) -> Finding | Quiet:
     hypogamma = record.active_conditions("hypogammaglobulinemia")
     igg, igg_gaps = newest_number(record.lab("igg"))
     missing += igg_gaps
-    igg_low = igg is not None and igg.value < low_igg
-    if hypogamma or igg_low:
-        barriers.append(f"hypogammaglobulinaemia{f' (IgG {on(igg)})' if igg_low else ''}")
+    low = igg if igg is not None and number(igg) < low_igg else None
+    if hypogamma or low is not None:
+        barriers.append(f"hypogammaglobulinaemia{f' (IgG {on(low)})' if low is not None else ''}")
         evidence += [condition_evidence(c) for c in hypogamma]
-        evidence += [lab_evidence("IgG", igg)] if igg_low else []
+        evidence += [lab_evidence("IgG", low)] if low is not None else []
     else:
         checked.append(
             f"IgG {on(igg)} is not below {num(low_igg)} mg/dL"
