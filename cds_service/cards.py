@@ -132,13 +132,15 @@ def _actions(
             }
         ]
     resource = stored.get(medication.reference)
-    if resource is None:
+    if resource is None or suggestion.drafts_only:
         return []
+    reason = {"statusReason": {"text": suggestion.reason}} if suggestion.reason else {}  # why it was stopped
     return [
         {
             "type": "update",
-            "description": f"Stop {medication.name}",
-            "resource": {**resource, "status": "stopped"},
+            "description": f"Stop {medication.name}"
+            + (f" ({suggestion.reason})" if suggestion.reason else ""),
+            "resource": {**resource, "status": "stopped", **reason},
         }
     ]
 

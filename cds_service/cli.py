@@ -148,18 +148,30 @@ def feedback_report(since, fmt: str, tenant: str | None, config_dir: str | None)
 @click.option("--config", "config_dir", default=None, help="Configuration folder (default: hooks/).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--dev", is_flag=True, help="Allow a plain-http fhirServer on loopback in the request.")
+@click.option(
+    "--finding", "findings", multiple=True, metavar="ID", help="Only this finding (repeatable), e.g. N13."
+)
 def explain(
-    source: str, service_id: str | None, tenant: str | None, config_dir: str | None, fmt: str, dev: bool
+    source: str,
+    service_id: str | None,
+    tenant: str | None,
+    config_dir: str | None,
+    fmt: str,
+    dev: bool,
+    findings: tuple[str, ...],
 ) -> None:
-    """Why each finding P1..N11 fired or not for one request: a fixture name, a Bundle or a request file."""
+    """Why each finding P1..N15 fired or not for one request: a fixture name, a Bundle or a request file."""
     from cds_service import explain as why
     from cds_service.protocol import ProtocolError
 
     config = _config_or_exit(config_dir)
     try:
+        only = why.pick_findings(findings)
         service = why.pick_service(config, service_id, why.request_hook(source))
         source_request = why.load_source(source, service.hook)
-        answer, verdicts, settings = why.explain(source_request, config, service, tenant=tenant, dev=dev)
+        answer, verdicts, settings = why.explain(
+            source_request, config, service, tenant=tenant, dev=dev, only=only
+        )
     except why.ExplainError as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(2)
@@ -215,7 +227,10 @@ def sandbox_list() -> None:
 @click.option("--sandbox", "sandbox_url", default=None, help="Default: https://sandbox.cds-hooks.org/")
 @click.option("--fhir", "fhir_url", default=None, help="Default: http://localhost:8080/sandbox/fhir")
 @click.option("--discovery", default=None, help="Default: http://localhost:8080/cds-services")
-def sandbox_links(sandbox_url: str | None, fhir_url: str | None, discovery: str | None) -> None:
+@click.option("--markdown", is_flag=True, help="As the rows of the README's table.")
+def sandbox_links(
+    sandbox_url: str | None, fhir_url: str | None, discovery: str | None, markdown: bool
+) -> None:
     """A link per fixture that opens the official CDS Hooks Sandbox on that patient, our services added."""
     from cds_service.sandbox import official
 
@@ -224,6 +239,10 @@ def sandbox_links(sandbox_url: str | None, fhir_url: str | None, discovery: str 
         fhir_url or official.LOCAL_FHIR,
         discovery or official.LOCAL_DISCOVERY,
     )
+    if markdown:
+        for name, patient, link in rows:
+            click.echo(f"| `{name}` | `{patient}` | [Rx View]({link}) |")
+        return
     width = max(len(name) for name, _, _ in rows)
     for name, _, link in rows:
         click.echo(f"{name:<{width}}  {link}")

@@ -16,6 +16,7 @@ from typing import Any
 from jsonschema import Draft202012Validator, ValidationError
 from referencing import Registry, Resource
 
+from cds_service.rules import RETIRED, retired_message
 from cds_service.yaml_lines import line_of
 
 FORMAT_CHECKER = Draft202012Validator.FORMAT_CHECKER
@@ -69,8 +70,10 @@ TYPE_WORDS = {
 
 
 def _explain_name(error: ValidationError) -> str:
+    if error.validator == "enum" and error.instance in RETIRED:
+        return retired_message(error.instance)
     if error.validator == "enum":
-        return f"{error.instance!r} is not a finding id of the catalog (P1-P6, S0-S7, N1-N11)"
+        return f"{error.instance!r} is not a finding id of the catalog (P1-P7, S0-S4, S7, N1-N15)"
     return f"{error.instance!r} is not allowed as a name here: {error.message}"
 
 
@@ -156,6 +159,11 @@ def check_thresholds(t: Mapping[str, Any], path: Path, at: list[str | int]) -> l
         problems.append(
             f"{where(path, [*at, 'bp_info'])}: {_dotted([*at, 'bp_*'])}: tiers must rise: "
             f"bp_info <= bp_warning <= bp_critical, got {tiers[0]}, {tiers[1]}, {tiers[2]}"
+        )
+    if t["hcg_unconfirmed_days"] > t["hcg_days"]:
+        problems.append(
+            f"{where(path, [*at, 'hcg_unconfirmed_days'])}: {_dotted([*at, 'hcg_unconfirmed_days'])}: "
+            f"must not exceed hcg_days ({t['hcg_days']}), got {t['hcg_unconfirmed_days']}"
         )
     low, high = t["pregnancy_capable_age"]
     if low > high:

@@ -8,7 +8,7 @@ every one that did not; this module lays them out finding by finding with the se
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -18,29 +18,31 @@ from cds_service.cards import FINDINGS_EXTENSION
 from cds_service.config import Config, Service
 from cds_service.fixtures import FIXTURES_DIR, manifest
 from cds_service.hook_call import Answer, answer_hook
+from cds_service.rules import FINDING_IDS, RETIRED, retired_message
 from cds_service.rules.model import Finding
 from cds_service.runtime import Runtime
 from cds_service.storage import Store, make_engine
 
-FINDING_IDS = tuple(
-    [f"P{i}" for i in range(1, 7)] + [f"S{i}" for i in range(8)] + [f"N{i}" for i in range(1, 12)]
+_PREGNANCY = (
+    "pregnancy_status_days",
+    "hcg_days",
+    "hcg_unconfirmed_days",
+    "hcg_positive_iu_per_l",
+    "edd_overdue_days",
 )
-
-_PREGNANCY = ("pregnancy_status_days", "hcg_days", "hcg_positive_iu_per_l")
 SETTINGS_BY_FINDING: dict[str, tuple[str, ...]] = {
     "P1": _PREGNANCY,
     "P2": _PREGNANCY,
     "P3": ("pregnancy_capable_age", "mycophenolate_hcg_days", *_PREGNANCY),
-    "P4": ("pregnancy_status_days",),
+    "P4": ("breastfeeding_status_days",),
     "P5": ("pregnancy_bp_days", *_PREGNANCY),
     "P6": ("pregnancy_trough_days", *_PREGNANCY),
+    "P7": ("breastfeeding_status_days",),
     "S0": (),
     "S1": ("mycophenolate_failure_months", "upcr_response", "upcr_reduction"),
     "S2": (),
     "S3": ("igg_low", *_PREGNANCY),
     "S4": (),
-    "S5": (),
-    "S6": ("egfr_cni_caution", "recent_lab_days"),
     "S7": ("tacrolimus_long_term_months", "upcr_response"),
     "N1": ("recent_lab_days",),
     "N2": (
@@ -58,6 +60,10 @@ SETTINGS_BY_FINDING: dict[str, tuple[str, ...]] = {
     "N9": ("include_moderate_cyp3a4",),
     "N10": (),
     "N11": (),
+    "N12": (),
+    "N13": ("egfr_cni_caution", "recent_lab_days"),
+    "N14": (),
+    "N15": (),
 }
 """The thresholds (``hooks/settings.yaml``) each finding reads: shown next to its verdict."""
 
@@ -166,8 +172,18 @@ def _evidence_lines(finding: Finding) -> list[str]:
     return lines
 
 
-def verdicts(answer: Answer, settings: Mapping[str, Any]) -> list[Verdict]:
-    """One verdict per catalog finding, in catalog order."""
+def pick_findings(wanted: Sequence[str]) -> tuple[str, ...]:
+    """The finding ids asked for (all when none), refusing unknown and retired (version 1) ids by name."""
+    for finding_id in wanted:
+        if finding_id in RETIRED:
+            raise ExplainError(retired_message(finding_id))
+        if finding_id not in FINDING_IDS:
+            raise ExplainError(f"{finding_id!r} is not a finding id of the catalog: {', '.join(FINDING_IDS)}")
+    return tuple(wanted) or FINDING_IDS
+
+
+def verdicts(answer: Answer, settings: Mapping[str, Any], only: Sequence[str] = FINDING_IDS) -> list[Verdict]:
+    """One verdict per catalog finding (or per id in ``only``), in catalog order."""
     evaluation = answer.evaluation
     fired = {f.id: f for f in evaluation.findings} if evaluation else {}
     quiet = {q.id: q.reason for q in evaluation.quiet} if evaluation else {}
@@ -178,7 +194,7 @@ def verdicts(answer: Answer, settings: Mapping[str, Any]) -> list[Verdict]:
     }
     thresholds = settings.get("thresholds") or {}
     out = []
-    for finding_id in FINDING_IDS:
+    for finding_id in (f for f in FINDING_IDS if f in only):
         read = {key: thresholds.get(key) for key in SETTINGS_BY_FINDING[finding_id]}
         options = (settings.get("findings") or {}).get(finding_id) or {}
         if finding_id in fired:
@@ -214,6 +230,7 @@ def explain(
     tenant: str | None = None,
     dev: bool = False,
     now: datetime | None = None,
+    only: Sequence[str] = FINDING_IDS,
 ) -> tuple[Answer, list[Verdict], Mapping[str, Any]]:
     """Run the request like a real call (no database writes) and return the answer and the verdicts."""
     runtime = Runtime.from_config(config, dev=dev, store=Store(make_engine("sqlite://")))
@@ -222,7 +239,7 @@ def explain(
     finally:
         runtime.close()
     settings = config.settings_for(service, tenant)
-    return answer, verdicts(answer, settings), settings
+    return answer, verdicts(answer, settings, only), settings
 
 
 def as_text(

@@ -53,10 +53,27 @@ class Condition:
     """clinicalStatus active/recurrence/relapse or absent; verificationStatus not refuted/entered-in-error."""
     onset: datetime | None = None
     recorded: datetime | None = None
+    clinical_status: str | None = None
+    """The clinicalStatus code as recorded (``resolved``, ``inactive``...); None when absent."""
+    confirmed: bool = True
+    """False when verificationStatus is refuted or entered-in-error: such a condition means nothing."""
+    abated: datetime | None = None
+    last_updated: datetime | None = None
+    """``meta.lastUpdated``: when a resolved condition without an abatement date was last changed."""
 
     @property
     def reference(self) -> str:
         return f"Condition/{self.id}"
+
+    @property
+    def resolved(self) -> bool:
+        """Confirmed, but no longer active (clinicalStatus inactive, remission or resolved)."""
+        return self.confirmed and not self.active
+
+    @property
+    def dated(self) -> datetime | None:
+        """When the condition began, as best the record says (onset, else recorded, else last update)."""
+        return self.onset or self.recorded or self.last_updated
 
 
 @dataclass(frozen=True)
@@ -237,6 +254,10 @@ class PatientRecord:
 
     def active_conditions(self, concept: str) -> list[Condition]:
         return [c for c in self.conditions if c.active and concept in c.concepts]
+
+    def confirmed_conditions(self, concept: str) -> list[Condition]:
+        """Conditions in the concept, active or not, unless refuted or entered in error."""
+        return [c for c in self.conditions if c.confirmed and concept in c.concepts]
 
     def has_condition(self, concept: str) -> bool:
         return any(c.active and concept in c.concepts for c in self.conditions)

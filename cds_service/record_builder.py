@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -64,6 +64,7 @@ LAB_GROUPS = (
     "breastfeeding-status",
     "igg",
     "hbsag",
+    "anti-hbc",
 )
 LAB_GROUP_SET = frozenset(LAB_GROUPS)
 BP_PANEL = "blood-pressure"
@@ -74,6 +75,9 @@ INACTIVE_CLINICAL = frozenset({"inactive", "remission", "resolved"})
 NOT_CONFIRMED = frozenset({"refuted", "entered-in-error"})
 POSITIVE_TEXT = re.compile(r"^\s*(positive|detected|reactive|pos|yes)\b", re.I)
 NEGATIVE_TEXT = re.compile(r"^\s*(negative|not detected|non-?reactive|neg|no)\b", re.I)
+# Breastfeeding status (63895-7) answered in words: "Yes", "Breastfeeding", "Exclusively breastfed"...
+BREASTFEEDING_NO_TEXT = re.compile(r"\b(no|not|never|none|stopped|weaned|formula only)\b", re.I)
+BREASTFEEDING_YES_TEXT = re.compile(r"\b(yes|breast-?\s?feeding|breast-?\s?fed|lactating|nursing)\b", re.I)
 POSITIVE_INTERPRETATION = frozenset({"POS", "DET"})
 NEGATIVE_INTERPRETATION = frozenset({"NEG", "ND"})
 
@@ -96,6 +100,28 @@ def parse_when(value: Any) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+DURATION_DAYS = {"d": 1, "day": 1, "days": 1, "wk": 7, "week": 7, "weeks": 7, "mo": 30, "month": 30,
+                 "months": 30, "a": 365.25, "year": 365.25, "years": 365.25, "h": 1 / 24, "hour": 1 / 24,
+                 "hours": 1 / 24}  # fmt: skip
+
+
+def supply_days(dispense: Mapping) -> float | None:
+    """Days a stopped order's dispenses cover: expectedSupplyDuration × (1 + numberOfRepeatsAllowed).
+
+    None when the duration is absent or in a unit that is not a time (rules.md § Data rules).
+    """
+    duration = dispense.get("expectedSupplyDuration")
+    if not isinstance(duration, Mapping) or not isinstance(duration.get("value"), int | float):
+        return None
+    unit = str(duration.get("code") or duration.get("unit") or "").strip().lower()
+    per_day = DURATION_DAYS.get(unit)
+    if per_day is None or duration["value"] <= 0:
+        return None
+    repeats = dispense.get("numberOfRepeatsAllowed")
+    repeats = repeats if isinstance(repeats, int) and repeats >= 0 else 0
+    return float(duration["value"]) * per_day * (1 + repeats)
 
 
 def _code(concept: Any) -> str | None:
@@ -205,6 +231,12 @@ class RecordBuilder:
                     active=clinical not in INACTIVE_CLINICAL and verification not in NOT_CONFIRMED,
                     onset=parse_when(raw.get("onsetDateTime") or (raw.get("onsetPeriod") or {}).get("start")),
                     recorded=parse_when(raw.get("recordedDate")),
+                    clinical_status=clinical,
+                    confirmed=verification not in NOT_CONFIRMED,
+                    abated=parse_when(
+                        raw.get("abatementDateTime") or (raw.get("abatementPeriod") or {}).get("end")
+                    ),
+                    last_updated=parse_when((raw.get("meta") or {}).get("lastUpdated")),
                 )
             )
         return found
@@ -218,8 +250,11 @@ class RecordBuilder:
         if start is None or start > self.now:
             return None
         end = parse_when(validity.get("end"))
+        if end is None and status in ("active", "on-hold"):
+            end = self.now
         if end is None:
-            end = self.now if status in ("active", "on-hold") else start
+            supply = supply_days(raw.get("dispenseRequest") or {})
+            end = start + timedelta(days=supply) if supply else start
         return Period(start, max(start, min(end, self.now)))
 
     def medications(
@@ -372,10 +407,23 @@ class RecordBuilder:
                 answer=holder["valueDateTime"][:10],
                 original=holder["valueDateTime"],
             )
-        answer = self._answer(holder)
+        answer = self._answer(holder, group)
         if answer is None:
             return Unusable(reference, f"{group} on {day} has no usable value")
         return LabValue(raw.get("id", ""), code, entry.when, None, None, answer=answer, original=answer)
+
+    @staticmethod
+    def _breastfeeding_words(concept: Mapping) -> str | None:
+        """A breastfeeding answer in words (its text or a coding's display): "Yes", "Breastfeeding"..."""
+        texts = [concept.get("text")] + [
+            c.get("display") for c in concept.get("coding") or () if isinstance(c, Mapping)
+        ]
+        for text in (t for t in texts if isinstance(t, str) and t.strip()):
+            if BREASTFEEDING_NO_TEXT.search(text):
+                return "negative"
+            if BREASTFEEDING_YES_TEXT.search(text):
+                return "positive"
+        return None
 
     def _group_code(self, concept: Any, group: str) -> str:
         for coding in (concept or {}).get("coding") or ():
@@ -385,20 +433,32 @@ class RecordBuilder:
                 return str(coding["code"])
         return ""
 
-    def _answer(self, holder: Mapping) -> str | None:
-        """A qualitative result: "positive", "negative", or the (SNOMED) code of a coded answer."""
+    def _answer(self, holder: Mapping, group: str = "") -> str | None:
+        """A qualitative result: "positive", "negative", "pregnancy-ended", or the code of a coded answer.
+
+        Yes/no answer codes (LOINC LA33-6 / LA32-8, SNOMED 373066001 / 373067005) read as positive/negative;
+        a pregnancy outcome given as an answer (a delivery code) reads as "pregnancy-ended".
+        """
         concept = holder.get("valueCodeableConcept")
+        breastfeeding = group == "breastfeeding-status"
         if isinstance(concept, Mapping):
             concepts = self.terminology.concepts_of_concept(concept)
-            if "qualitative-positive" in concepts:
+            if concepts & {"qualitative-positive", "yes-answer"}:
                 return "positive"
-            if "qualitative-negative" in concepts:
+            if concepts & {"qualitative-negative", "no-answer"}:
                 return "negative"
-            if "lactation" in concepts:  # breastfeeding status answered with a lactation finding
+            if breastfeeding and "lactation" in concepts:  # answered with a lactation finding
                 return "positive"
+            if group == "pregnancy-status" and "pregnancy-outcome" in concepts:
+                return "pregnancy-ended"
+            said = self._breastfeeding_words(concept) if breastfeeding else None
             code = _code(concept)
-            if code:
-                return code
+            if said or code:
+                return said or code
+        if breastfeeding and isinstance(holder.get("valueString"), str):
+            said = self._breastfeeding_words({"text": holder["valueString"]})
+            if said:
+                return said
         text = holder.get("valueString") or (holder.get("valueCodeableConcept") or {}).get("text")
         if isinstance(text, str):
             if NEGATIVE_TEXT.match(text):

@@ -54,7 +54,7 @@ class FindingStats:
 
 
 def catalog_order(finding_id: str) -> tuple[int, int, str]:
-    """P1…P6, S0…S7, N1…N11, then anything else: the order of the rule catalog."""
+    """P1…P7, S0…S7, N1…N15, then anything else (retired S5/S6 of old rows too): the catalog order."""
     family = "PSN".find(finding_id[:1])
     number = finding_id[1:]
     return (family if family >= 0 else 3, int(number) if number.isdigit() else 99, finding_id)

@@ -1,7 +1,7 @@
 """Writes the fixture patients of ``fhir_fixtures/`` (one Bundle per patient, plus ``manifest.json``).
 
 Run ``.venv/bin/python fhir_fixtures/make_fixtures.py`` after editing; the JSON it writes is committed.
-Why a script: forty patients share the same building blocks (a monitoring panel, a renewal order...), and
+Why a script: sixty patients share the same building blocks (a monitoring panel, a renewal order...), and
 writing them once keeps codes, units and id prefixes consistent. Dates are written as if today were
 2026-11-01 (``cds_service.fixtures.ANCHOR``); ``load_bundle`` moves them to the real today.
 
@@ -157,6 +157,13 @@ CONDITIONS: dict[str, tuple[list[dict], str]] = {
     ),
     "pre-eclampsia": ([coding(SNOMED, "398254007", "Pre-eclampsia")], "Pre-eclampsia"),
     "breastfeeding": ([coding(SNOMED, "866041003", "Mother currently breastfeeding")], "Breastfeeding"),
+    "delivered": (
+        [
+            coding(ICD10, "O80", "Encounter for full-term uncomplicated delivery"),
+            coding(ICD10, "Z37.0", "Single live birth"),
+        ],
+        "Spontaneous vaginal delivery, single live birth",
+    ),
     "hepatitis-b": (
         [
             coding(SNOMED, "61977001", "Chronic type B viral hepatitis"),
@@ -212,6 +219,7 @@ TESTS: dict[str, tuple[str, str, str]] = {
         "laboratory",
     ),
     "pregnancy-status": ("82810-3", "Pregnancy status", "social-history"),
+    "breastfeeding-status": ("63895-7", "Breastfeeding status", "social-history"),
     "edd": ("11778-8", "Delivery date Estimated", "exam"),
     "bp": ("85354-9", "Blood pressure panel with all children optional", "vital-signs"),
 }
@@ -232,6 +240,8 @@ UNITS = {
 }
 
 PREGNANT = coding(SNOMED, "77386006", "Pregnant")
+YES_LOINC = coding(LOINC, "LA33-6", "Yes")
+YES_SNOMED = coding(SNOMED, "373066001", "Yes")
 NOT_PREGNANT = coding(SNOMED, "60001007", "Not pregnant")
 
 
@@ -426,6 +436,22 @@ class Chart:
         resource["valueDateTime"] = edd
         return self.add(resource)
 
+    def nonreactive(self, test: str, when: str) -> str:
+        """A qualitative negative screening result (text answer plus the HL7 'NEG' interpretation)."""
+        resource = self._observation(test, when)
+        resource["valueCodeableConcept"] = {"text": "Non-reactive"}
+        resource["interpretation"] = [{"coding": [coding(INTERPRETATION, "NEG", "Negative")]}]
+        return self.add(resource)
+
+    def answer(self, test: str, when: str, *, coded: dict | None = None, boolean: bool | None = None) -> str:
+        """An Observation answered with a coding (e.g. LOINC LA33-6 'Yes') or a boolean."""
+        resource = self._observation(test, when)
+        if coded is not None:
+            resource["valueCodeableConcept"] = {"coding": [coded], "text": coded["display"]}
+        else:
+            resource["valueBoolean"] = boolean
+        return self.add(resource)
+
     def reactive(self, test: str, when: str) -> str:
         """A qualitative 'reactive' screening result (text answer plus the HL7 'POS' interpretation)."""
         resource = self._observation(test, when)
@@ -502,8 +528,13 @@ class Chart:
         }
 
 
-def normal_visit(c: Chart, days_ago: int = 6, **overrides: Any) -> None:
-    """A complete, unremarkable monitoring visit: every N1 lab present and inside every threshold."""
+def normal_visit(c: Chart, days_ago: int = 6, hbsag_screened: bool = True, **overrides: Any) -> None:
+    """A complete, unremarkable monitoring visit: every N1 lab present and inside every threshold.
+
+    ``hbsag_screened`` adds a non-reactive HBsAg from the lupus nephritis work-up 60 days earlier (so N15,
+    the hepatitis B screening reminder, stays quiet unless a fixture is about it)."""
+    if hbsag_screened:
+        c.nonreactive("hbsag", ago(days_ago + 60))
     values: dict[str, Any] = {
         "creatinine": 0.82,
         "egfr": 96,
@@ -662,6 +693,7 @@ def pregnant_ln_flare_on_mmf() -> Fixture:
     c.order("hydroxychloroquine", on("2020-10-15"), dosage="200 mg by mouth twice daily")
     c.order("mmf-500mg", on("2026-06-01"), dosage=MMF_DOSE)
     c.panel(on("2026-08-20"), creatinine=0.82, egfr=94, potassium=4.1, magnesium=2.0, glucose=90, upcr=3.0)
+    c.nonreactive("hbsag", on("2026-05-21"))  # screened when the nephritis was diagnosed
     c.lab("hcg-beta", 3250, "IU/L", ago(9))
     c.panel(ago(5), creatinine=0.9, egfr=85, potassium=4.4, bp=(128, 80), upcr=2.3)
     c.order("prograf-1mg", ANCHOR.isoformat(), status="draft", key="tac-draft", dosage=TAC_DOSE)
@@ -700,6 +732,7 @@ def mmf_failure_hbv_rising_upcr() -> Fixture:
             "S1": "Mycophenolate since 2025-11-20 (> 6 months); UPCR 2.3 g/g now, 1.9 g/g before it started.",
             "S3": "Active chronic hepatitis B Condition (and HBsAg reactive): a barrier to rituximab.",
             "N11": NEW_START,
+            "N14": "Active chronic hepatitis B Condition and HBsAg reactive: antiviral prophylaxis warning.",
         },
         quiet={
             "N2": "No other creatinine in the last 90 days, so no baseline to compare with (N3 likewise)."
@@ -755,7 +788,7 @@ def tacrolimus_kidney_decline_clarithromycin() -> Fixture:
             "N9": "Clarithromycin (strong CYP3A4 inhibitor) drafted in the same session.",
         },
         selections=["MedicationRequest/tacclari-tac-draft"],
-        quiet={"S5": "The tacrolimus draft's priorPrescription points to the active tacrolimus order."},
+        quiet={"N12": "The tacrolimus draft's priorPrescription points to the active tacrolimus order."},
     )
 
 
@@ -789,7 +822,7 @@ def class_v_egfr_40() -> Fixture:
         c,
         {
             "S4": "Lupus nephritis class V (52042003) on the problem list.",
-            "S6": "Newest eGFR 40 mL/min/1.73 m2 (<= 45).",
+            "N13": "Newest eGFR 40 mL/min/1.73 m2 (<= 45).",
             "N11": NEW_START,
         },
     )
@@ -937,11 +970,10 @@ def p6_pregnant_on_tacrolimus_no_trough() -> Fixture:
         {
             "P1": "Estimated delivery date 2027-02-10 is in the future.",
             "P6": "Already on tacrolimus and no tacrolimus level in 28 days (last one 52 days ago).",
-            "S3": "Pregnancy is a barrier to rituximab.",
         },
         quiet={
-            "S1": "Newest UPCR 0.3 g/g (< 0.5).",
-            "S5": "The draft's priorPrescription points to the active tacrolimus order.",
+            "S3": "Pregnancy is a rituximab barrier, but a dose change continues therapy: no salvage.",
+            "N12": "The draft's priorPrescription points to the active tacrolimus order.",
         },
     )
 
@@ -1085,8 +1117,8 @@ def s4_class_v() -> Fixture:
 
 
 @fixture
-def s5_second_tacrolimus_draft() -> Fixture:
-    c = Chart("s5dup").patient("Samuel", "Adeyemi", "male", "1987-07-07")
+def n12_second_tacrolimus_draft() -> Fixture:
+    c = Chart("n12dup").patient("Samuel", "Adeyemi", "male", "1987-07-07")
     c.condition("sle", on("2020-01-01"))
     c.condition("ln-class-iv", on("2026-07-10"))
     c.order("mmf-500mg", on("2026-07-20"), dosage=MMF_DOSE)
@@ -1108,17 +1140,20 @@ def s5_second_tacrolimus_draft() -> Fixture:
         note="Nephrology",
     )
     return Fixture(
-        "s5-second-tacrolimus-draft",
+        "n12-second-tacrolimus-draft",
         "Two tacrolimus drafts in one session (IR capsule and XR tablet, two prescribers)",
         c,
-        {"S5": "A second tacrolimus order in the same draftOrders.", "N11": NEW_START},
-        selections=["MedicationRequest/s5dup-tac-draft"],
+        {
+            "N11": NEW_START,
+            "N12": "A second tacrolimus order in the same draftOrders (a suggestion deletes that draft).",
+        },
+        selections=["MedicationRequest/n12dup-tac-draft"],
     )
 
 
 @fixture
-def s5_cyclosporine_active() -> Fixture:
-    c = Chart("s5csa").patient("Ahmed", "Karimi", "male", "1980-11-23")
+def n12_cyclosporine_active() -> Fixture:
+    c = Chart("n12csa").patient("Ahmed", "Karimi", "male", "1980-11-23")
     c.condition("sle", on("2015-05-15"))
     c.condition("ln-class-iv", on("2024-10-01"))
     c.order(
@@ -1132,16 +1167,19 @@ def s5_cyclosporine_active() -> Fixture:
     normal_visit(c, 6, upcr=1.1)
     c.order("tacrolimus-1mg", ANCHOR.isoformat(), status="draft", key="tac-draft", dosage=TAC_DOSE)
     return Fixture(
-        "s5-cyclosporine-active",
+        "n12-cyclosporine-active",
         "Switching cyclosporine to tacrolimus while the cyclosporine order is still active",
         c,
-        {"S5": "Cyclosporine (another calcineurin inhibitor) is an active order.", "N11": NEW_START},
+        {
+            "N11": NEW_START,
+            "N12": "Cyclosporine (another calcineurin inhibitor) is an active order; start >= 24 h after it.",
+        },
     )
 
 
 @fixture
-def s6_egfr_low() -> Fixture:
-    c = Chart("s6egfr").patient("George", "Papadopoulos", "male", "1968-02-17")
+def n13_egfr_low() -> Fixture:
+    c = Chart("n13egfr").patient("George", "Papadopoulos", "male", "1968-02-17")
     c.condition("sle", on("2008-08-08"))
     c.condition("ln-class-iv", on("2024-03-01"))
     c.order(
@@ -1156,10 +1194,10 @@ def s6_egfr_low() -> Fixture:
     normal_visit(c, 5, creatinine=1.95, egfr=38, upcr=1.6)
     c.order("tacrolimus-1mg", ANCHOR.isoformat(), status="draft", key="tac-draft", dosage=TAC_DOSE)
     return Fixture(
-        "s6-egfr-low",
+        "n13-egfr-low",
         "LN with eGFR 38 (stable creatinine 1.9 mg/dL) after cyclophosphamide",
         c,
-        {"S6": "Newest eGFR 38 mL/min/1.73 m2 (<= 45).", "N11": NEW_START},
+        {"N11": NEW_START, "N13": "Newest eGFR 38 mL/min/1.73 m2 (<= 45)."},
     )
 
 
@@ -1200,7 +1238,7 @@ def s7_long_term_tacrolimus() -> Fixture:
         {"S7": "Tacrolimus since 2025-03-01 (> 12 months) and no UPCR < 0.5 g/g since then (lowest 0.7)."},
         quiet={
             "S1": "UPCR 0.7 g/g is 77 % below the 3.0 g/g measured before mycophenolate started.",
-            "S5": "The draft's priorPrescription points to the active tacrolimus order.",
+            "N12": "The draft's priorPrescription points to the active tacrolimus order.",
         },
     )
 
@@ -1221,6 +1259,7 @@ def n1_missing_baseline_labs() -> Fixture:
         {
             "N1": "No potassium, magnesium, glucose/HbA1c or UPCR in the last 30 days.",
             "N11": NEW_START,
+            "N15": "No HBsAg result and no hepatitis B condition on record at this new start.",
         },
     )
 
@@ -1504,7 +1543,7 @@ def tacrolimus_renewal_no_duplicate() -> Fixture:
         "Dose change whose priorPrescription points to the active tacrolimus order (not a duplicate)",
         c,
         {"N1": "No magnesium in the last 30 days (last one 2026-06-20)."},
-        quiet={"S5": "The draft's priorPrescription points to the active tacrolimus order."},
+        quiet={"N12": "The draft's priorPrescription points to the active tacrolimus order."},
     )
 
 
@@ -1524,7 +1563,7 @@ def tacrolimus_active_duplicate() -> Fixture:
         "tacrolimus-active-duplicate",
         "New Envarsus XR order while the tacrolimus capsule order is still active and not referenced",
         c,
-        {"S5": "Stored active tacrolimus order that the draft's priorPrescription does not point to."},
+        {"N12": "Stored active tacrolimus order that the draft's priorPrescription does not point to."},
     )
 
 
@@ -1545,6 +1584,450 @@ def malformed_observation_skipped() -> Fixture:
         c,
         {"N11": NEW_START},
         quiet={"N1": "Malformed potassium (2 days ago) skipped; the valid 4.3 mmol/L 6 days ago is recent."},
+    )
+
+
+# --- Rule catalog version 2: pregnancy that ends, breastfeeding answers, new starts, eGFR, hepatitis B ------
+
+
+def _ln_woman(short: str, given: str, family: str, birth: str) -> Chart:
+    c = Chart(short).patient(given, family, "female", birth)
+    c.condition("sle", on("2019-03-03"))
+    c.condition("ln-class-iii", on("2026-06-01"))
+    return c
+
+
+def _tacrolimus_start(c: Chart) -> None:
+    c.order("tacrolimus-1mg", ANCHOR.isoformat(), status="draft", key="tac-draft", dosage=TAC_DOSE)
+
+
+@fixture
+def delivered_old_pregnant_answer() -> Fixture:
+    c = _ln_woman("deliv", "Maya", "Johansson", "1995-05-05")
+    c.condition("pregnancy", on("2026-01-20"))  # never resolved on the problem list
+    c.pregnancy_status(PREGNANT, ago(200))
+    c.condition("delivered", ago(30), clinical="resolved", category="encounter-diagnosis")
+    c.order("mmf-500mg", ago(25), dosage=MMF_DOSE)
+    normal_visit(c, 6)
+    _tacrolimus_start(c)
+    return Fixture(
+        "delivered-old-pregnant-answer",
+        "Delivered 30 days ago (O80/Z37.0); an old 'Pregnant' answer and a stale pregnancy problem remain",
+        c,
+        {
+            "P3": "Woman aged 31 on mycophenolate, no negative hCG in 30 days; the pregnancy has ended.",
+            "N11": NEW_START,
+        },
+        quiet={
+            "P1": "The 'Pregnant' answer (200 days ago) and the pregnancy Condition predate the delivery.",
+            "P2": "Not pregnant since the delivery: no teratogen alarm for mycophenolate.",
+        },
+    )
+
+
+@fixture
+def hcg_20_days_on_mmf() -> Fixture:
+    c = _ln_woman("hcg20", "Ines", "Moreau", "1996-02-14")
+    c.order("mmf-500mg", on("2026-07-01"), dosage=MMF_DOSE)
+    c.lab("hcg", 850, "IU/L", ago(20))
+    normal_visit(c, 5)
+    _tacrolimus_start(c)
+    return Fixture(
+        "hcg-20-days-on-mmf",
+        "Positive hCG (850 IU/L) 20 days ago, nothing later; on mycophenolate",
+        c,
+        {
+            "P1": "Positive hCG 20 days ago and no later result: it still counts (no later result confirms).",
+            "P2": "Mycophenolate is active while the pregnancy is not ended.",
+            "S3": "Pregnancy is a barrier to rituximab.",
+            "N11": NEW_START,
+        },
+        quiet={"P3": "Pregnancy is documented; P1/P2 apply instead."},
+    )
+
+
+def _ln_man_after_cyclophosphamide(
+    short: str, given: str, family: str, birth: str, sex: str = "male"
+) -> Chart:
+    c = Chart(short).patient(given, family, sex, birth)
+    c.condition("sle", on("2012-02-02"))
+    c.condition("ln-class-iv", on("2024-03-01"))
+    c.order(
+        "cyclophosphamide-500mg",
+        on("2024-03-10"),
+        status="completed",
+        until="2024-05-25",
+        dosage="500 mg IV every 2 weeks, 6 doses",
+    )
+    c.order("azathioprine-50mg", on("2024-06-01"), dosage="100 mg by mouth once daily")
+    return c
+
+
+@fixture
+def n13_creatinine_only_egfr() -> Fixture:
+    c = _ln_man_after_cyclophosphamide("crcalc", "Karen", "Whitfield", "1976-10-01", sex="female")
+    c.lab("creatinine", 1.9, "mg/dL", ago(50))
+    normal_visit(c, 5, creatinine=2.0, egfr=None, upcr=1.4)
+    _tacrolimus_start(c)
+    return Fixture(
+        "n13-creatinine-only-egfr",
+        "Woman aged 50, creatinine 2.0 mg/dL and no reported eGFR: eGFR calculated (CKD-EPI 2021) = 30",
+        c,
+        {"N11": NEW_START, "N13": "eGFR calculated (CKD-EPI 2021) from creatinine 2.0 mg/dL: 30 (<= 45)."},
+        quiet={"N2": "Creatinine 2.0 mg/dL is 5 % above the 1.9 mg/dL 50 days ago."},
+    )
+
+
+@fixture
+def n13_egfr_45() -> Fixture:
+    c = _ln_man_after_cyclophosphamide("egfr45", "Peter", "Holm", "1970-04-04")
+    normal_visit(c, 5, creatinine=1.7, egfr=45, upcr=1.2)
+    _tacrolimus_start(c)
+    return Fixture(
+        "n13-egfr-45",
+        "Reported eGFR exactly 45: at the threshold",
+        c,
+        {"N11": NEW_START, "N13": "Reported eGFR 45 (at or below 45)."},
+    )
+
+
+@fixture
+def n13_egfr_46() -> Fixture:
+    c = _ln_man_after_cyclophosphamide("egfr46", "Martin", "Krause", "1970-04-04")
+    normal_visit(c, 5, creatinine=1.7, egfr=46, upcr=1.2)
+    _tacrolimus_start(c)
+    return Fixture(
+        "n13-egfr-46",
+        "Reported eGFR 46: just above the threshold (the reported value wins over a calculated one)",
+        c,
+        {"N11": NEW_START},
+        quiet={"N13": "Reported eGFR 46 is above 45."},
+    )
+
+
+def _sle_woman(short: str, given: str, family: str) -> Chart:
+    c = Chart(short).patient(given, family, "female", "1993-03-03")
+    c.condition("sle-no-organ", on("2016-06-06"))
+    c.order("hydroxychloroquine", on("2016-07-01"), dosage="200 mg by mouth twice daily")
+    return c
+
+
+@fixture
+def p1_hcg_280_days() -> Fixture:
+    c = _sle_woman("hcg280", "Olga", "Ivanova")
+    c.lab("hcg", 5200, "IU/L", ago(280))
+    normal_visit(c, 5, upcr=0.1)
+    _tacrolimus_start(c)
+    return Fixture(
+        "p1-hcg-280-days",
+        "Positive hCG exactly 280 days ago and nothing since: still counts (hcg_days 280)",
+        c,
+        {
+            "P1": "Positive hCG 280 days ago, no later result (nothing confirms it).",
+            "N11": NEW_START,
+        },
+    )
+
+
+@fixture
+def p1_hcg_281_days() -> Fixture:
+    c = _sle_woman("hcg281", "Vera", "Sokolova")
+    c.lab("hcg", 5200, "IU/L", ago(281))
+    normal_visit(c, 5, upcr=0.1)
+    _tacrolimus_start(c)
+    return Fixture(
+        "p1-hcg-281-days",
+        "Positive hCG 281 days ago and nothing since: no longer counts",
+        c,
+        {"N11": NEW_START},
+        quiet={"P1": "The positive hCG is older than 280 days."},
+    )
+
+
+@fixture
+def pregnancy_edd_14_days_past() -> Fixture:
+    c = _sle_woman("edd14", "Zara", "Ali")
+    c.pregnancy_status(PREGNANT, ago(250))
+    c.due_date((ANCHOR - timedelta(days=14)).isoformat(), ago(240))
+    normal_visit(c, 5, upcr=0.1)
+    _tacrolimus_start(c)
+    return Fixture(
+        "pregnancy-edd-14-days-past",
+        "'Pregnant' 250 days ago; estimated delivery date 14 days ago, no delivery recorded",
+        c,
+        {"P1": "'Pregnant' answer 250 days ago; an EDD 14 days past does not end it.", "N11": NEW_START},
+    )
+
+
+@fixture
+def pregnancy_edd_15_days_past() -> Fixture:
+    c = _sle_woman("edd15", "Leila", "Nasser")
+    c.pregnancy_status(PREGNANT, ago(250))
+    c.due_date((ANCHOR - timedelta(days=15)).isoformat(), ago(240))
+    normal_visit(c, 5, upcr=0.1)
+    _tacrolimus_start(c)
+    return Fixture(
+        "pregnancy-edd-15-days-past",
+        "'Pregnant' 250 days ago; estimated delivery date 15 days ago: the pregnancy has ended",
+        c,
+        {"N11": NEW_START},
+        quiet={"P1": "An estimated delivery date more than 14 days past ends the pregnancy."},
+    )
+
+
+@fixture
+def pregnancy_resolved_condition() -> Fixture:
+    c = _ln_woman("pregres", "Anna", "Berg", "1994-09-09")
+    c.lab("hcg-beta", 2300, "IU/L", ago(200))
+    c.condition("pregnancy", ago(190), clinical="resolved", abated=ago(20))
+    c.order("mmf-500mg", ago(15), dosage=MMF_DOSE)
+    normal_visit(c, 5)
+    _tacrolimus_start(c)
+    return Fixture(
+        "pregnancy-resolved-condition",
+        "Positive hCG 200 days ago; the pregnancy Condition resolved (abated 20 days ago); mycophenolate",
+        c,
+        {"P3": "Not pregnant any more, on mycophenolate, no negative hCG in 30 days.", "N11": NEW_START},
+        quiet={"P1": "The resolved pregnancy Condition (abated 20 days ago) ends the hCG of 200 days ago."},
+    )
+
+
+@fixture
+def p7_breastfeeding_on_mmf() -> Fixture:
+    c = _ln_woman("p7bf", "Grace", "Mwangi", "1993-12-12")
+    c.answer("breastfeeding-status", ago(10), boolean=True)
+    c.lab("hcg", 1.0, "IU/L", ago(10))
+    c.order("mmf-500mg", on("2026-08-15"), dosage=MMF_DOSE)
+    normal_visit(c, 5)
+    _tacrolimus_start(c)
+    return Fixture(
+        "p7-breastfeeding-on-mmf",
+        "Breastfeeding status answered true 10 days ago while on mycophenolate",
+        c,
+        {
+            "P4": "Breastfeeding status (63895-7) valueBoolean true 10 days ago.",
+            "P7": "Mycophenolate is not compatible with breastfeeding (a suggestion stops it).",
+            "N11": NEW_START,
+        },
+        quiet={"P3": "Negative hCG (1.0 IU/L) 10 days ago."},
+    )
+
+
+@fixture
+def p4_breastfeeding_answer_280_days() -> Fixture:
+    c = _sle_woman("bf280", "Lina", "Haug")
+    c.answer("breastfeeding-status", ago(280), coded=YES_LOINC)
+    normal_visit(c, 5, upcr=0.1)
+    _tacrolimus_start(c)
+    return Fixture(
+        "p4-breastfeeding-answer-280-days",
+        "Breastfeeding status answered LOINC LA33-6 'Yes' exactly 280 days ago",
+        c,
+        {"P4": "Breastfeeding status 'Yes' (LA33-6) within 280 days.", "N11": NEW_START},
+    )
+
+
+@fixture
+def p4_breastfeeding_answer_281_days() -> Fixture:
+    c = _sle_woman("bf281", "Mira", "Voss")
+    c.answer("breastfeeding-status", ago(281), coded=YES_SNOMED)
+    normal_visit(c, 5, upcr=0.1)
+    _tacrolimus_start(c)
+    return Fixture(
+        "p4-breastfeeding-answer-281-days",
+        "Breastfeeding status answered SNOMED 373066001 'Yes' 281 days ago: too old",
+        c,
+        {"N11": NEW_START},
+        quiet={"P4": "The newest breastfeeding status is older than 280 days."},
+    )
+
+
+@fixture
+def p3_negative_hcg_30_days() -> Fixture:
+    c = _ln_woman("p3neg30", "Eva", "Lund", "1997-07-07")
+    c.order("mmf-500mg", on("2026-08-01"), dosage=MMF_DOSE)
+    c.lab("hcg", 1.0, "IU/L", ago(30))
+    normal_visit(c, 5)
+    _tacrolimus_start(c)
+    return Fixture(
+        "p3-negative-hcg-30-days",
+        "Mycophenolate; negative hCG exactly 30 days ago",
+        c,
+        {"N11": NEW_START},
+        quiet={"P3": "Negative hCG within 30 days."},
+    )
+
+
+@fixture
+def p3_negative_hcg_31_days() -> Fixture:
+    c = _ln_woman("p3neg31", "Ida", "Strand", "1997-07-07")
+    c.order("mmf-500mg", on("2026-08-01"), dosage=MMF_DOSE)
+    c.lab("hcg", 1.0, "IU/L", ago(31))
+    normal_visit(c, 5)
+    _tacrolimus_start(c)
+    return Fixture(
+        "p3-negative-hcg-31-days",
+        "Mycophenolate; the only negative hCG is 31 days old",
+        c,
+        {"P3": "No negative hCG in the last 30 days (the last one is 31 days old).", "N11": NEW_START},
+    )
+
+
+def _stopped_tacrolimus_with_supply(c: Chart, refills: int) -> None:
+    ref = c.order(
+        "tacrolimus-1mg",
+        ago(500),
+        status="stopped",
+        key="mr-tac-old",
+        dosage="2 mg by mouth every 12 hours",
+    )
+    order = next(r for r in c.resources if f"{r['resourceType']}/{r['id']}" == ref)
+    order["dispenseRequest"] = {
+        "numberOfRepeatsAllowed": refills,
+        "expectedSupplyDuration": {"value": 30, "unit": "days", "system": UCUM, "code": "d"},
+    }
+
+
+def _ln_on_azathioprine(short: str, given: str, family: str) -> Chart:
+    c = Chart(short).patient(given, family, "male", "1982-08-08")
+    c.condition("sle", on("2014-04-04"))
+    c.condition("ln-class-iv", on("2025-01-10"))
+    c.order("azathioprine-50mg", on("2025-01-20"), dosage="100 mg by mouth once daily")
+    c.panel(ago(520), creatinine=0.9, upcr=2.2)
+    c.panel(ago(300), creatinine=0.92, upcr=1.2)
+    return c
+
+
+@fixture
+def s7_stopped_order_supply_duration() -> Fixture:
+    c = _ln_on_azathioprine("s7supply", "Erik", "Nilsen")
+    _stopped_tacrolimus_with_supply(c, refills=13)
+    normal_visit(c, 6, creatinine=0.95, upcr=0.9)
+    _tacrolimus_start(c)
+    return Fixture(
+        "s7-stopped-order-supply-duration",
+        "Stopped tacrolimus order, no validity period: 30 days x (1 + 13 repeats) = 420 days of exposure",
+        c,
+        {"S7": "Exposure 420 days (> 12 months, from expectedSupplyDuration) and no UPCR < 0.5 g/g."},
+        quiet={"N11": "Earlier tacrolimus exposure: a restart continues therapy, not a new start."},
+    )
+
+
+@fixture
+def s7_stopped_order_short_supply() -> Fixture:
+    c = _ln_on_azathioprine("s7short", "Lars", "Dahl")
+    _stopped_tacrolimus_with_supply(c, refills=11)
+    normal_visit(c, 6, creatinine=0.95, upcr=0.9)
+    _tacrolimus_start(c)
+    return Fixture(
+        "s7-stopped-order-short-supply",
+        "Stopped tacrolimus order: 30 days x (1 + 11 repeats) = 360 days, just under 12 months",
+        c,
+        {},
+        quiet={
+            "S7": "Exposure 360 days: not > 12 months.",
+            "N11": "Earlier exposure: not a new start.",
+        },
+    )
+
+
+@fixture
+def n10_nsaid_draft() -> Fixture:
+    c = Chart("n10draft").patient("Adam", "Novak", "male", "1985-05-15")
+    c.condition("sle", on("2017-03-17"))
+    c.condition("ln-class-iii", on("2026-07-22"))
+    c.order("mmf-500mg", on("2026-08-01"), dosage=MMF_DOSE)
+    normal_visit(c, 5, upcr=1.3)
+    _tacrolimus_start(c)
+    c.order("naproxen", ANCHOR.isoformat(), status="draft", key="naproxen-draft", dosage="500 mg twice daily")
+    return Fixture(
+        "n10-nsaid-draft",
+        "Naproxen drafted in the same session as tacrolimus: a suggestion deletes the draft",
+        c,
+        {"N10": "Naproxen (NSAID) is a draft of this session.", "N11": NEW_START},
+        selections=["MedicationRequest/n10draft-tac-draft"],
+    )
+
+
+@fixture
+def n12_cyclosporine_sle_no_nephritis() -> Fixture:
+    c = _sle_woman("n12sle", "Ruth", "Keller")
+    c.order("cyclosporine-modified", on("2026-04-04"), dosage="100 mg by mouth twice daily")
+    normal_visit(c, 5, upcr=0.1)
+    _tacrolimus_start(c)
+    return Fixture(
+        "n12-cyclosporine-sle-no-nephritis",
+        "SLE without nephritis, cyclosporine still active: the duplicate check needs no lupus nephritis",
+        c,
+        {"N11": NEW_START, "N12": "Cyclosporine is active (N12 does not need lupus nephritis)."},
+    )
+
+
+@fixture
+def n14_hbsag_positive_renewal() -> Fixture:
+    c = Chart("n14hbv").patient("Minh", "Tran", "male", "1980-01-20")
+    c.condition("sle", on("2015-05-05"))
+    c.condition("ln-class-iv", on("2026-01-10"))
+    c.order("mmf-500mg", on("2026-01-20"), dosage=MMF_DOSE)
+    tac = c.order("tacrolimus-1mg", on("2026-05-01"), key="mr-tac", dosage="2 mg by mouth every 12 hours")
+    c.panel(on("2026-01-15"), creatinine=0.9, upcr=2.0)
+    c.reactive("hbsag", ago(10))
+    normal_visit(c, 5, hbsag_screened=False, creatinine=0.92, upcr=0.4, tacrolimus=6.0)
+    c.order(
+        "tacrolimus-1mg",
+        ANCHOR.isoformat(),
+        status="draft",
+        key="tac-draft",
+        prior=tac,
+        dosage="2 mg by mouth every 12 hours (renewal)",
+    )
+    return Fixture(
+        "n14-hbsag-positive-renewal",
+        "HBsAg reactive 10 days ago, no hepatitis B on the problem list; renewal of tacrolimus",
+        c,
+        {"N14": "HBsAg positive: antiviral prophylaxis before or with immunosuppression."},
+        quiet={"S3": "Continuing therapy: the salvage questions are not asked."},
+    )
+
+
+@fixture
+def n15_no_hbsag_new_start() -> Fixture:
+    c = Chart("n15scr").patient("Tariq", "Aziz", "male", "1990-10-10")
+    c.condition("sle", on("2020-02-02"))
+    c.condition("ln-class-iii", on("2026-07-01"))
+    c.order("mmf-500mg", on("2026-07-10"), dosage=MMF_DOSE)
+    normal_visit(c, 5, hbsag_screened=False, upcr=1.5)
+    _tacrolimus_start(c)
+    return Fixture(
+        "n15-no-hbsag-new-start",
+        "New tacrolimus start with no HBsAg result and no hepatitis B condition on record",
+        c,
+        {"N11": NEW_START, "N15": "No HBsAg and no hepatitis B condition on record: screen first."},
+    )
+
+
+@fixture
+def s4_class_v_renewal() -> Fixture:
+    c = Chart("s4renew").patient("Nora", "Engel", "female", "1970-02-02")
+    c.condition("sle", on("2014-04-14"))
+    c.condition("ln-class-v", on("2026-03-01"))
+    tac = c.order("tacrolimus-1mg", on("2026-04-01"), key="mr-tac", dosage="2 mg by mouth every 12 hours")
+    c.panel(on("2026-03-10"), creatinine=0.8, upcr=3.2)
+    normal_visit(c, 5, creatinine=0.82, upcr=0.4, tacrolimus=6.0)
+    c.order(
+        "tacrolimus-1mg",
+        ANCHOR.isoformat(),
+        status="draft",
+        key="tac-draft",
+        prior=tac,
+        dosage="2.5 mg by mouth every 12 hours (dose change)",
+    )
+    return Fixture(
+        "s4-class-v-renewal",
+        "Class V lupus nephritis on tacrolimus since April: a dose change gets no salvage lecture",
+        c,
+        {},
+        quiet={"S4": "Class V is on record, but a dose change continues therapy: S0-S4 are for new starts."},
     )
 
 

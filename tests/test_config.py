@@ -129,7 +129,7 @@ CFG_CASES = [
     ("hba1c", T(hba1c=7.0), "n8-hyperglycaemia-on-tacrolimus", "N8", "info", None),
     ("include_moderate_cyp3a4", T(include_moderate_cyp3a4=True), well_monitored_with_erythromycin, "N9", None,
      "warning"),
-    ("egfr_cni_caution", T(egfr_cni_caution=35), "s6-egfr-low", "S6", "warning", None),
+    ("egfr_cni_caution", T(egfr_cni_caution=35), "n13-egfr-low", "N13", "warning", None),
     ("mycophenolate_failure_months", T(mycophenolate_failure_months=11), "s1-mmf-inadequate-response", "S1",
      "info", None),
     ("upcr_response", T(upcr_response=2.0), "s1-mmf-inadequate-response", "S1", "info", None),
@@ -139,7 +139,11 @@ CFG_CASES = [
      "info", None),
     ("pregnancy_status_days", T(pregnancy_status_days=10), "p1-pregnant-sle", "P1", "info",
      None),
-    ("hcg_days", T(hcg_days=3), "p2-pregnant-on-methotrexate", "P1", "info", None),
+    ("hcg_days", T(hcg_days=3, hcg_unconfirmed_days=3), "p2-pregnant-on-methotrexate", "P1", "info", None),
+    ("hcg_unconfirmed_days", T(hcg_unconfirmed_days=30), "hcg-20-days-on-mmf", "P1", "info", "info"),
+    ("edd_overdue_days", T(edd_overdue_days=15), "pregnancy-edd-15-days-past", "P1", None, "info"),
+    ("breastfeeding_status_days", T(breastfeeding_status_days=279), "p4-breastfeeding-answer-280-days", "P4",
+     "info", None),
     ("hcg_positive_iu_per_l", T(hcg_positive_iu_per_l=2000), "p2-pregnant-on-methotrexate", "P1", "info",
      None),
     ("pregnancy_capable_age", T(pregnancy_capable_age=[30, 55]), "p3-mmf-no-pregnancy-test", "P3", "info",
@@ -163,6 +167,25 @@ def test_the_cases_cover_every_cfg_value_of_the_catalog():
     shipped = yaml.safe_load((ROOT / "hooks" / "settings.yaml").read_text())
     covered = {case[0] for case in CFG_CASES}
     assert set(shipped["thresholds"]) | {"scope", "findings.enabled", "findings.indicator"} <= covered
+
+
+def card_details(config_dir: Path, request: dict) -> str:
+    config = load_config(config_dir)
+    runtime = Runtime.from_config(config, store=Store(make_engine("sqlite://")))
+    try:
+        answer = answer_hook(copy.deepcopy(request), config.services[SIGN], runtime)
+    finally:
+        runtime.close()
+    return "\n".join(card["detail"] for card in answer.body["cards"])
+
+
+def test_hcg_unconfirmed_days_decides_when_the_card_says_nothing_later_confirms_the_pregnancy(tmp_path):
+    """The one (cfg) value that changes words, not findings: P1 and P2 fire either way."""
+    request = fixture_request("hcg-20-days-on-mmf")
+    unconfirmed = "20 days ago, and no later result confirms the pregnancy"
+    assert unconfirmed in card_details(config_copy(tmp_path / "default"), request)
+    changed = config_copy(tmp_path / "changed", thresholds={"hcg_unconfirmed_days": 20})
+    assert unconfirmed not in card_details(changed, request)
 
 
 @pytest.mark.parametrize(
@@ -213,6 +236,8 @@ def problems_of(directory: Path) -> list[str]:
     return caught.value.problems
 
 
+RETIRED_S5 = "is retired in rule catalog version 2: it is now N12 (monitoring family, any scope)"
+RETIRED_S6 = RETIRED_S5.replace("N12", "N13")
 TENANT_BLOCK = "tenants:\n  hospital-a:\n    thresholds:\n      potassium_max: 55\n"
 
 
@@ -226,7 +251,15 @@ TENANT_BLOCK = "tenants:\n  hospital-a:\n    thresholds:\n      potassium_max: 5
         ("settings.yaml", "P2: {enabled: true, indicator: critical}", "P2: {indicator: severe}",
          "findings.P2.indicator: must be one of 'info', 'warning', 'critical', got 'severe'"),
         ("settings.yaml", "N3: {enabled: true, indicator: critical}", "N33: {enabled: false}",
-         "findings.N33: 'N33' is not a finding id of the catalog (P1-P6, S0-S7, N1-N11)"),
+         "findings.N33: 'N33' is not a finding id of the catalog (P1-P7, S0-S4, S7, N1-N15)"),
+        ("settings.yaml", "N3: {enabled: true, indicator: critical}", "S5: {enabled: false}",
+         f"findings.S5: 'S5' {RETIRED_S5}"),
+        ("settings.yaml", "\ntenants: {}\n", "\ntenants:\n  hospital-a:\n    findings: {S6: {}}\n",
+         f"tenants.hospital-a.findings.S6: 'S6' {RETIRED_S6}"),
+        ("services/tacrolimus-order-sign.yaml", "hook: order-sign", "hook: order-sign\nfindings: {S5: {}}",
+         f"findings.S5: 'S5' {RETIRED_S5}"),
+        ("settings.yaml", "hcg_unconfirmed_days: 14", "hcg_unconfirmed_days: 300",
+         "thresholds.hcg_unconfirmed_days: must not exceed hcg_days (280), got 300"),
         ("settings.yaml", "bp_info: [140, 90]", "bp_info: [140]",
          "thresholds.bp_info: must be a list of exactly 2 values, got [140]"),
         ("settings.yaml", "include_moderate_cyp3a4: false", "include_moderate_cyp3a4: sometimes",
@@ -240,7 +273,8 @@ TENANT_BLOCK = "tenants:\n  hospital-a:\n    thresholds:\n      potassium_max: 5
         ("services/tacrolimus-order-sign.yaml", "hook: order-sign", "hook: order-sgn",
          "hook: must be one of 'order-select', 'order-sign', got 'order-sgn'"),
     ],
-    ids=["text-for-number", "scope", "indicator", "finding-id", "bp-pair", "boolean", "integer", "admin-hash",
+    ids=["text-for-number", "scope", "indicator", "finding-id", "retired-S5", "retired-S6-tenant",
+         "retired-S5-service", "hcg-unconfirmed", "bp-pair", "boolean", "integer", "admin-hash",
          "tenant-range", "service-hook"],
 )  # fmt: skip
 def test_an_invalid_value_is_reported_with_file_line_path_and_allowed_values(
@@ -325,7 +359,7 @@ def test_a_setting_written_twice_is_reported_not_silently_taken(tmp_path):
 
 
 def test_broken_yaml_is_reported_with_its_line(tmp_path):
-    directory, path, _ = edited_config(tmp_path, "settings.yaml", "  hcg_days: 14", "  hcg_days: [14")
+    directory, path, _ = edited_config(tmp_path, "settings.yaml", "  hcg_days: 280", "  hcg_days: [280")
     [problem] = problems_of(directory)
     assert re.match(rf"{re.escape(str(path))}:\d+: not valid YAML", problem), problem
 

@@ -1,4 +1,4 @@
-"""``cds-service explain``: for one request, every finding P1..N11 with why it fired or not, on the same code
+"""``cds-service explain``: for one request, every finding P1..N15 with why it fired or not, on the same code
 path (and the same configuration) as a real call."""
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def test_a_request_file_a_fixture_file_and_a_bundle_file(tmp_path):
     assert block(out, "N5")[0].startswith("N5   FIRED")
 
     bundle = tmp_path / "my-patient.json"
-    shutil.copy(FIXTURES_DIR / "s6-egfr-low.json", bundle)
+    shutil.copy(FIXTURES_DIR / "n13-egfr-low.json", bundle)
     code, out = run(str(bundle), "--config", directory, "--service", "tacrolimus-order-select")
     assert code == 0 and "request:  bundle" in out and "drafts MedicationRequest/" in out
     assert "service:  tacrolimus-order-select" in out
@@ -107,16 +107,39 @@ def test_out_of_scope_and_no_trigger_are_explained(tmp_path):
 
 def test_json_output_and_errors(tmp_path):
     directory = str(config_copy(tmp_path))
-    code, out = run("s6-egfr-low", "--config", directory, "--format", "json")
+    code, out = run("n13-egfr-low", "--config", directory, "--format", "json")
     assert code == 0
     document = json.loads(out)
     assert [f["id"] for f in document["findings"]] == list(FINDING_IDS)
-    s6 = next(f for f in document["findings"] if f["id"] == "S6")
-    assert s6["status"] == "fired" and s6["settings"] == {"egfr_cni_caution": 45, "recent_lab_days": 30}
+    n13 = next(f for f in document["findings"] if f["id"] == "N13")
+    assert n13["status"] == "fired" and n13["settings"] == {"egfr_cni_caution": 45, "recent_lab_days": 30}
     code, out = run("no-such-fixture", "--config", directory)
     assert code == 2 and "neither a file nor a fixture name" in out
-    code, out = run("s6-egfr-low", "--config", directory, "--service", "nope")
+    code, out = run("n13-egfr-low", "--config", directory, "--service", "nope")
     assert code == 2 and "no service 'nope'" in out
+
+
+def test_explain_shows_the_data_and_setting_behind_the_new_findings(tmp_path):
+    directory = str(config_copy(tmp_path))
+    code, out = run("n13-creatinine-only-egfr", "--config", directory, "--finding", "N13")
+    assert code == 0, out
+    n13 = block(out, "N13")
+    assert n13[0].startswith("N13  FIRED (warning")
+    assert any("eGFR, calculated (CKD-EPI 2021): 30 mL/min/1.73 m² (female, 50 years)" in x for x in n13)
+    assert any(x.strip().startswith("Creatinine: 2 mg/dL") for x in n13)
+    assert n13[-1].strip() == "settings: egfr_cni_caution=45, recent_lab_days=30"
+    assert "P1 " not in out  # only the finding asked for
+    _, out = run("hcg-20-days-on-mmf", "--config", directory, "--finding", "P2")
+    p2 = block(out, "P2")
+    assert any("hCG: 850 IU/L" in x for x in p2) and "hcg_unconfirmed_days=14" in p2[-1]
+    _, out = run("delivered-old-pregnant-answer", "--config", directory, "--finding", "P1")
+    assert "was ended by Spontaneous vaginal delivery" in block(out, "P1")[1]
+
+
+@pytest.mark.parametrize(("old", "new"), [("S5", "N12"), ("S6", "N13")])
+def test_explain_refuses_a_retired_finding_id_and_names_its_successor(tmp_path, old, new):
+    code, out = run("n13-egfr-low", "--config", str(config_copy(tmp_path)), "--finding", old)
+    assert code == 2 and f"'{old}' is retired in rule catalog version 2: it is now {new}" in out
 
 
 @pytest.mark.parametrize("fixture", sorted(manifest()))

@@ -20,10 +20,11 @@ from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
 from cds_service.fixtures import ANCHOR, FIXTURES_DIR, load_bundle
+from cds_service.rules import FINDING_IDS
 
 MANIFEST = json.loads((FIXTURES_DIR / "manifest.json").read_text())
 NAMES = sorted(MANIFEST)
-CATALOG = {f"P{i}" for i in range(1, 7)} | {f"S{i}" for i in range(8)} | {f"N{i}" for i in range(1, 12)}
+CATALOG = set(FINDING_IDS)
 ALLOWED_SYSTEMS = {
     "http://www.nlm.nih.gov/research/umls/rxnorm",
     "http://loinc.org",

@@ -148,6 +148,91 @@ def test_partial_and_zoned_dates_parse_to_utc():
     assert parse_when("not a date") is None and parse_when(None) is None
 
 
+def test_a_stopped_order_without_validity_period_is_exposed_for_its_supply_and_repeats():
+    stopped = order("mr", "198377", "stopped", "2026-01-01")
+    stopped["dispenseRequest"] = {
+        "numberOfRepeatsAllowed": 2,
+        "expectedSupplyDuration": {
+            "value": 30,
+            "unit": "days",
+            "system": "http://unitsofmeasure.org",
+            "code": "d",
+        },
+    }
+    weeks = order("mr2", "198377", "completed", "2026-01-01")
+    weeks["dispenseRequest"] = {"expectedSupplyDuration": {"value": 4, "unit": "wk"}}
+    bare = order("mr3", "198377", "stopped", "2026-01-01")
+    meds = {m.id: m for m in record(medications=[stopped, weeks, bare]).medications}
+    assert meds["mr"].exposure.days == 90  # 30 days × (1 + 2 repeats)
+    assert meds["mr2"].exposure.days == 28
+    assert meds["mr3"].exposure.days == 0  # nothing else known: its last recorded date
+
+
+def condition(cid: str, code: str, system: str = "http://hl7.org/fhir/sid/icd-10-cm", **extra) -> dict:
+    return {
+        "resourceType": "Condition",
+        "id": cid,
+        "subject": {"reference": "Patient/p"},
+        "code": {"coding": [{"system": system, "code": code}]},
+        **extra,
+    }
+
+
+def test_conditions_keep_what_ends_a_pregnancy():
+    clinical = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                            "code": "resolved"}]}  # fmt: skip
+    built = record(
+        conditions=[
+            condition("preg", "Z33.1", clinicalStatus=clinical, abatementDateTime="2026-10-01"),
+            condition(
+                "preg2",
+                "77386006",
+                system="http://snomed.info/sct",
+                clinicalStatus=clinical,
+                meta={"lastUpdated": "2026-10-05T10:00:00Z"},
+            ),
+            condition("birth", "Z37.0", onsetDateTime="2026-09-30"),
+        ]
+    )
+    by_id = {c.id: c for c in built.conditions}
+    assert by_id["preg"].resolved and by_id["preg"].abated.date().isoformat() == "2026-10-01"
+    assert by_id["preg2"].last_updated.date().isoformat() == "2026-10-05"
+    assert "pregnancy-outcome" in by_id["birth"].concepts and by_id["birth"].dated.day == 30
+
+
+def breastfeeding(oid: str, **value) -> dict:
+    resource = observation(oid, "63895-7", None, None, 3)
+    resource.update(value)
+    return resource
+
+
+def test_breastfeeding_answers_are_read_as_clinicians_code_them():
+    def coded(system: str, code: str, display: str | None = None) -> dict:
+        return {"valueCodeableConcept": {"coding": [{"system": system, "code": code, "display": display}]}}
+
+    cases = {
+        "la33": (coded(LOINC, "LA33-6", "Yes"), "positive"),
+        "sct": (coded("http://snomed.info/sct", "373066001", "Yes"), "positive"),
+        "la32": (coded(LOINC, "LA32-8", "No"), "negative"),
+        "bool": ({"valueBoolean": True}, "positive"),
+        "boolno": ({"valueBoolean": False}, "negative"),
+        "text": ({"valueString": "Exclusively breastfeeding"}, "positive"),
+        "textno": ({"valueString": "Not breastfeeding"}, "negative"),
+        "display": (coded("urn:oid:1.2.3", "BF1", "Breastfeeding"), "positive"),
+    }
+    for oid, (value, expected) in cases.items():
+        series = record(observations=[breastfeeding(oid, **value)]).lab("breastfeeding-status")
+        assert series.newest().answer == expected, oid
+
+
+def test_a_pregnancy_status_answered_with_a_delivery_or_postpartum_code_reads_as_ended():
+    icd = "http://hl7.org/fhir/sid/icd-10-cm"
+    for code in ("Z37.0", "Z39.1", "O80"):
+        answered = observation("ps", "82810-3", None, None, 3)
+        answered["valueCodeableConcept"] = {"coding": [{"system": icd, "code": code}]}
+        assert record(observations=[answered]).lab("pregnancy-status").newest().answer == "pregnancy-ended"
+
+
 def referencing(oid: str, medication: dict) -> dict:
     resource = order(oid, "0", "active", "2026-11-01")
     del resource["medicationCodeableConcept"]

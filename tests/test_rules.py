@@ -27,7 +27,7 @@ from cds_service.record import (
 )
 from cds_service.rules import NEEDS, RULES, evaluate
 from cds_service.rules.citations import CITATIONS
-from cds_service.rules.common import months_before
+from cds_service.rules.common import ckd_epi_2021, months_before
 from cds_service.rules.model import Finding, OrderLabs, Quiet, RuleInput, StopMedication
 
 NOW = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
@@ -57,7 +57,10 @@ THRESHOLDS = {
     "igg_low": 500,
     "tacrolimus_long_term_months": 12,
     "pregnancy_status_days": 280,
-    "hcg_days": 14,
+    "breastfeeding_status_days": 280,
+    "hcg_days": 280,
+    "hcg_unconfirmed_days": 14,
+    "edd_overdue_days": 14,
     "hcg_positive_iu_per_l": 25,
     "pregnancy_capable_age": [12, 55],
     "mycophenolate_hcg_days": 30,
@@ -248,9 +251,9 @@ MYCOPHENOLATE = "mycophenolate"
 # --- catalog shape ------------------------------------------------------------------------------------------
 def test_rules_run_in_catalog_order():
     assert list(RULES) == [
-        *(f"P{i}" for i in range(1, 7)),
-        *(f"S{i}" for i in range(8)),
-        *(f"N{i}" for i in range(1, 12)),
+        *(f"P{i}" for i in range(1, 8)),
+        *(f"S{i}" for i in (0, 1, 2, 3, 4, 7)),
+        *(f"N{i}" for i in range(1, 16)),
     ]
 
 
@@ -334,12 +337,7 @@ def test_findings_are_complete_and_cite_known_sources():
         "P2",
         "P4",
         "P5",
-        "S1",
-        "S2",
-        "S3",
-        "S4",
-        "S5",
-        "S6",
+        "P7",
         "S7",
         "N3",
         "N4",
@@ -349,6 +347,9 @@ def test_findings_are_complete_and_cite_known_sources():
         "N8",
         "N9",
         "N10",
+        "N12",
+        "N13",
+        "N14",
     }
     topics = {"P": "pregnancy", "S": "salvage-context", "N": "nephrotoxicity-monitoring"}
     for f in evaluation.findings:
@@ -401,8 +402,8 @@ def test_any_indication_runs_pregnancy_and_monitoring_but_salvage_needs_lupus_ne
 def test_sle_without_nephritis_gets_no_salvage_findings():
     evaluation = evaluate(make(conditions=(cond("lupus"),), labs=[lab("egfr", 30, days=2)]))
     fired = {f.id for f in evaluation.findings}
-    assert "S6" not in fired and "S0" not in fired
-    assert "N11" in fired
+    assert "S0" not in fired
+    assert {"N11", "N13"} <= fired
 
 
 def test_unknown_scope_is_a_configuration_error():
@@ -414,8 +415,8 @@ def test_unknown_scope_is_a_configuration_error():
 def test_no_pregnancy_data_is_unknown_not_negative():
     reason = stays_quiet("P1", make())
     assert "not documented" in reason
-    assert "no pregnancy status in the last 280 days" in reason
-    assert "no hCG in the last 14 days" in reason
+    assert "no 'pregnant' pregnancy status in the last 280 days" in reason
+    assert "no positive hCG in the last 280 days" in reason
 
 
 @pytest.mark.parametrize(
@@ -446,8 +447,8 @@ def test_no_pregnancy_data_is_unknown_not_negative():
         ),
         ([lab("edd", answer=(NOW + timedelta(days=120)).date().isoformat(), days=60)], True),
         ([lab("edd", answer=(NOW - timedelta(days=3)).date().isoformat(), days=250)], False),
-        ([lab("hcg-qualitative", answer="positive", days=14)], True),
-        ([lab("hcg-qualitative", answer="positive", days=15)], False),
+        ([lab("hcg-qualitative", answer="positive", days=280)], True),
+        ([lab("hcg-qualitative", answer="positive", days=281)], False),
         (
             [
                 lab("hcg-qualitative", answer="positive", days=10),
@@ -468,7 +469,7 @@ def test_pregnancy_is_recognised_from_each_source(labs, pregnant):
 def test_p1_pregnant_names_the_evidence_and_cites_the_source_article():
     f = fires("P1", make(labs=[lab("hcg-quantitative", 1200, days=4, rid="hcg-1")]))
     assert f.indicator == "info"
-    assert "positive hCG on 2026-10-28 (1200 [IU]/L)" in f.detail
+    assert "positive hCG 1200 [IU]/L on 2026-10-28" in f.detail
     assert "fomin-roberts-2016" in f.citations and "maternal-fetal medicine" in f.detail
     assert f.evidence[0].reference == "Observation/hcg-1"
 
@@ -631,11 +632,13 @@ def test_s2_both_anchor_drugs():
     assert "cyclophosphamide" in stays_quiet("S2", make(meds=(med(MYCOPHENOLATE),)))
 
 
-def test_s3_hepatitis_b_barrier_never_implies_tacrolimus_is_hbv_safe():
-    f = fires("S3", make(labs=[lab("hbsag", answer="positive", days=100)]))
+def test_s3_names_hepatitis_b_as_a_barrier_and_leaves_the_action_to_n14():
+    inp = make(labs=[lab("hbsag", answer="positive", days=100)])
+    f = fires("S3", inp)
     assert "hepatitis B" in f.summary
-    assert "prophylaxis" in f.detail and "under any immunosuppression" in f.detail
-    assert "rituximab cannot be used" in f.detail
+    assert "rituximab cannot be used" in f.detail and "N14" in f.detail
+    assert "prophylaxis" not in f.detail
+    assert "prophylaxis" in fires("N14", inp).detail
 
 
 @pytest.mark.parametrize(("igg", "fire"), [(499, True), (500, False)])
@@ -660,32 +663,85 @@ def test_s4_class_v():
     stays_quiet("S4", make())
 
 
-def test_s5_duplicate_calcineurin_inhibitors():
-    assert (
-        fires("S5", make(meds=(med("other-calcineurin-inhibitors", name="cyclosporine"),))).indicator
-        == "critical"
-    )
+def test_n12_duplicate_calcineurin_inhibitors():
+    f = fires("N12", make(meds=(med("other-calcineurin-inhibitors", name="cyclosporine"),)))
+    assert f.indicator == "critical" and "24 hours" in f.detail and f.suggestions == ()
     stored = med("tacrolimus", rid="tac-old", days=200)
-    fires("S5", make(meds=(stored,)))
+    fires("N12", make(meds=(stored,)))
     assert "renews tac-old" in stays_quiet(
-        "S5", make(meds=(stored,), trigger=tacrolimus_draft(prior="tac-old"))
+        "N12", make(meds=(stored,), trigger=tacrolimus_draft(prior="tac-old"))
     )
-    fires("S5", make(meds=(med("tacrolimus", draft=True, rid="tac-draft-2"),)))
-    stays_quiet("S5", make(meds=(med("tacrolimus", status="stopped", days=400, ended_days=300),)))
+    second = med("tacrolimus", draft=True, rid="tac-draft-2", name="tacrolimus XR 4 MG")
+    f = fires("N12", make(meds=(second,)))
+    assert [(s.medication.id, s.drafts_only) for s in f.suggestions] == [("tac-draft-2", True)]
+    assert "24 hours" not in f.detail
+    stays_quiet("N12", make(meds=(med("tacrolimus", status="stopped", days=400, ended_days=300),)))
+
+
+def test_n12_and_n13_do_not_need_lupus_nephritis():
+    sle_only = (cond("lupus"),)
+    fires("N12", make(conditions=sle_only, meds=(med("other-calcineurin-inhibitors", name="cyclosporine"),)))
+    fires("N13", make(conditions=sle_only, labs=[lab("egfr", 30, days=2)]))
+    fires("N13", make(conditions=(), scope="any-indication", labs=[lab("egfr", 30, days=2)]))
 
 
 @pytest.mark.parametrize(("egfr", "fire"), [(46, False), (45, True)])
-def test_s6_egfr(egfr, fire):
-    result = run("S6", make(labs=[lab("egfr", egfr, days=10)]))
+def test_n13_egfr(egfr, fire):
+    result = run("N13", make(labs=[lab("egfr", egfr, days=10)]))
     assert isinstance(result, Finding) is fire
     if fire:
         assert result.indicator == "warning" and "45 mL/min/1.73 m²" in result.detail
+        assert "calculated" not in result.summary
     else:
         assert "newest eGFR 46 mL/min/1.73 m² on 2026-10-22 is above 45" in result.reason
 
 
-def test_s6_ignores_an_old_egfr_and_says_it_is_missing():
-    assert "no eGFR in the last 30 days" in stays_quiet("S6", make(labs=[lab("egfr", 30, days=31)]))
+def test_n13_ignores_an_old_egfr_and_says_it_is_missing():
+    assert "no eGFR in the last 30 days" in stays_quiet("N13", make(labs=[lab("egfr", 30, days=31)]))
+
+
+def test_n13_calculates_egfr_from_creatinine_when_none_is_reported():
+    patient = Patient("pat-1", "female", date(1976, 10, 1))  # 50 on the day of the creatinine
+    inp = make(patient=patient, labs=[lab("creatinine", 2.0, days=5, rid="cr-1")])
+    f = fires("N13", inp)
+    assert "calculated (CKD-EPI 2021)" in f.summary and "eGFR 30 " in f.summary
+    assert "30 mL/min/1.73 m² calculated (CKD-EPI 2021) from creatinine 2 mg/dL on 2026-10-27" in f.detail
+    assert "ckd-epi-2021" in f.citations
+    assert [e.reference for e in f.evidence] == [None, "Observation/cr-1"]
+    assert not any("no eGFR" in m for m in f.missing)
+    # A reported eGFR wins over the calculation, even when the calculated one would fire.
+    reported = make(patient=patient, labs=[lab("creatinine", 2.0, days=5), lab("egfr", 50, days=5)])
+    stays_quiet("N13", reported)
+
+
+@pytest.mark.parametrize(
+    ("patient", "gap"),
+    [
+        (Patient("p", None, date(1976, 1, 1)), "sex is not recorded as female or male"),
+        (Patient("p", "female", None), "the birth date is not recorded"),
+        (Patient("p", "male", date(2010, 1, 1)), "CKD-EPI 2021 is an adult equation"),
+    ],
+)
+def test_n13_does_not_guess_what_the_equation_needs(patient, gap):
+    reason = stays_quiet("N13", make(patient=patient, labs=[lab("creatinine", 2.0, days=5)]))
+    assert gap in reason
+
+
+# Worked values: clinical.md §5 (female 50 y, 2.0 mg/dL ≈ 30); the NKF CKD-EPI 2021 calculator values quoted
+# in pharmaverse/admiral tests/testthat/test-compute_kidney.R (1.09 mg/dL, 55 y, male → 80; 85 µmol/L, 65 y,
+# female → 66) and in a public calculator's comparison notes (1.2 mg/dL, 55 y, male → 71).
+@pytest.mark.parametrize(
+    ("creatinine", "age", "female", "expected"),
+    [(2.0, 50, True, 30), (1.09, 55, False, 80), (85 / 88.4, 65, True, 66), (1.2, 55, False, 71)],
+)
+def test_ckd_epi_2021_matches_published_worked_values(creatinine, age, female, expected):
+    assert round(ckd_epi_2021(creatinine, age, female)) == expected
+
+
+def test_ckd_epi_2021_is_continuous_at_kappa_and_applies_the_sex_factor():
+    assert ckd_epi_2021(0.7, 40, True) == pytest.approx(142 * 0.9938**40 * 1.012)
+    assert ckd_epi_2021(0.9, 40, False) == pytest.approx(142 * 0.9938**40)
+    assert ckd_epi_2021(0.5, 40, True) == pytest.approx(142 * (0.5 / 0.7) ** -0.241 * 0.9938**40 * 1.012)
 
 
 def test_s7_bridge_not_destination():
@@ -940,3 +996,236 @@ def test_the_triggering_order_is_never_earlier_exposure():
     inp = make(trigger=active_trigger)
     fires("N11", inp)
     stays_quiet("S7", inp)
+
+
+# --- catalog version 2: pregnancy that ends -----------------------------------------------------------------
+def outcome(days: float, name: str = "Encounter for full-term uncomplicated delivery") -> Condition:
+    return Condition(
+        f"cond-{next(_ids)}", frozenset({"pregnancy-outcome"}), name, False, onset=ago(days),
+        clinical_status="resolved",
+    )  # fmt: skip
+
+
+def pregnancy_condition(**kw) -> Condition:
+    kw.setdefault("onset", ago(200))
+    return Condition(f"cond-{next(_ids)}", frozenset({"pregnancy"}), "Pregnancy", **kw)
+
+
+def pregnant_by(*, conditions=(), labs=()) -> bool:
+    return isinstance(run("P1", make(conditions=(cond(*LUPUS_NEPHRITIS), *conditions), labs=labs)), Finding)
+
+
+def test_a_delivery_ends_an_earlier_pregnant_answer_and_problem_but_not_a_later_one():
+    answer = lab("pregnancy-status", answer="77386006", days=200)
+    stale = pregnancy_condition(active=True)
+    assert not pregnant_by(conditions=(stale, outcome(30)), labs=[answer])
+    reason = stays_quiet("P1", make(conditions=(cond(*LUPUS_NEPHRITIS), outcome(30)), labs=[answer]))
+    assert "was ended by Encounter for full-term uncomplicated delivery on 2026-10-02" in reason
+    assert pregnant_by(conditions=(outcome(300),), labs=[answer])  # a new pregnancy after an old delivery
+
+
+def test_a_resolved_pregnancy_condition_ends_at_its_abatement_else_its_last_update():
+    hcg = lab("hcg-quantitative", 900, days=200)
+    resolved = {"active": False, "clinical_status": "resolved"}
+    assert not pregnant_by(conditions=(pregnancy_condition(abated=ago(20), **resolved),), labs=[hcg])
+    assert not pregnant_by(conditions=(pregnancy_condition(last_updated=ago(20), **resolved),), labs=[hcg])
+    assert pregnant_by(conditions=(pregnancy_condition(abated=ago(250), **resolved),), labs=[hcg])
+    refuted = pregnancy_condition(abated=ago(20), confirmed=False, **resolved)
+    assert pregnant_by(conditions=(refuted,), labs=[hcg])
+
+
+def test_not_pregnant_and_negative_hcg_end_only_what_came_before_and_unknown_does_nothing():
+    assert not pregnant_by(
+        labs=[lab("hcg-quantitative", 900, days=100), lab("pregnancy-status", answer="60001007", days=10)]
+    )
+    assert pregnant_by(
+        labs=[lab("pregnancy-status", answer="60001007", days=100), lab("hcg-quantitative", 900, days=10)]
+    )
+    assert pregnant_by(
+        labs=[lab("hcg-quantitative", 900, days=100), lab("pregnancy-status", answer="261665006", days=10)]
+    )
+    assert not pregnant_by(labs=[lab("pregnancy-status", answer="261665006", days=10)])
+    assert not pregnant_by(labs=[lab("hcg-quantitative", 900, days=100), lab("hcg-quantitative", 3, days=90)])
+
+
+@pytest.mark.parametrize(("past", "pregnant"), [(14, True), (15, False)])
+def test_an_estimated_delivery_date_more_than_14_days_past_ends_the_pregnancy(past, pregnant):
+    labs = [
+        lab("pregnancy-status", answer="77386006", days=250),
+        lab("edd", answer=(NOW - timedelta(days=past)).date().isoformat(), days=240),
+    ]
+    assert pregnant_by(labs=labs) is pregnant
+
+
+def test_a_positive_hcg_after_the_overdue_point_is_a_new_pregnancy():
+    old = lab("edd", answer=(NOW - timedelta(days=40)).date().isoformat(), days=240)
+    assert pregnant_by(labs=[old, lab("hcg-quantitative", 400, days=5)])  # after EDD + 14 days
+    # Within 14 days of the due date an hCG may still be that pregnancy's: it does not restart one.
+    assert not pregnant_by(labs=[old, lab("hcg-quantitative", 400, days=30)])
+
+
+def test_edd_overdue_days_is_a_setting():
+    labs = [
+        lab("pregnancy-status", answer="77386006", days=250),
+        lab("edd", answer=(NOW - timedelta(days=20)).date().isoformat(), days=240),
+    ]
+    inp = make(labs=labs, edd_overdue_days=21)
+    fires("P1", inp)
+
+
+@pytest.mark.parametrize(("days", "note"), [(14, False), (15, True)])
+def test_an_old_positive_hcg_still_counts_and_the_card_says_nothing_later_confirms_it(days, note):
+    f = fires("P1", make(labs=[lab("hcg-quantitative", 850, days=days)]))
+    assert ("no later result confirms the pregnancy" in f.detail) is note
+    if note:
+        assert f"{days} days ago" in f.detail
+
+
+def test_a_later_pregnant_answer_or_an_active_condition_confirms_an_old_hcg():
+    hcg = lab("hcg-quantitative", 850, days=40)
+    later = lab("pregnancy-status", answer="77386006", days=10)
+    assert "confirms" not in fires("P1", make(labs=[hcg, later])).detail
+    inp = make(conditions=(cond(*LUPUS_NEPHRITIS), PREGNANT), labs=[hcg])
+    assert "confirms" not in fires("P1", inp).detail
+
+
+def test_p2_after_delivery_is_quiet_and_p3_asks_for_a_negative_test():
+    inp = make(
+        conditions=(cond(*LUPUS_NEPHRITIS), outcome(30)),
+        meds=(med(MYCOPHENOLATE, "teratogens", name="mycophenolate mofetil"),),
+        labs=[lab("pregnancy-status", answer="77386006", days=200)],
+    )
+    stays_quiet("P2", inp)
+    assert "no negative hCG in the last 30 days" in fires("P3", inp).missing
+
+
+def test_p3_a_positive_or_unreadable_recent_hcg_is_not_the_negative_test_it_asks_for():
+    # Positive hCG 20 days ago, then ended by a delivery: not pregnant now, and no negative test.
+    inp = make(
+        conditions=(cond(*LUPUS_NEPHRITIS), outcome(5)),
+        meds=(med(MYCOPHENOLATE),),
+        labs=[lab("hcg-quantitative", 900, days=20)],
+    )
+    fires("P3", inp)
+    stays_quiet("P3", make(meds=(med(MYCOPHENOLATE),), labs=[lab("hcg-quantitative", 25, days=3)]))
+
+
+# --- P7: breastfeeding and drugs not compatible with it -----------------------------------------------------
+def test_p7_lactating_with_a_teratogen_warns_and_offers_to_stop_it():
+    stored = med(MYCOPHENOLATE, "teratogens", name="mycophenolate mofetil 500 MG", rid="mmf-1")
+    inp = make(meds=(stored,), labs=[lab("breastfeeding-status", answer="positive", days=10)])
+    f = fires("P7", inp)
+    assert f.indicator == "warning" and "not compatible with breastfeeding" in f.detail
+    assert [(s.medication.id, s.reason) for s in f.suggestions] == [
+        ("mmf-1", "Not compatible with breastfeeding (ACR 2020 reproductive health guideline)")
+    ]
+    stays_quiet("P7", make(meds=(stored,)))
+    stays_quiet("P7", make(labs=[lab("breastfeeding-status", answer="positive", days=10)]))
+    assert "no breastfeeding status in the last 280 days" in stays_quiet(
+        "P7", make(meds=(stored,), labs=[lab("breastfeeding-status", answer="positive", days=281)])
+    )
+
+
+def test_p2_stop_suggestion_carries_the_reason_for_the_status_change():
+    stored = med(MYCOPHENOLATE, "teratogens", name="mycophenolate mofetil", rid="mmf-1")
+    f = fires("P2", make(conditions=(cond(*LUPUS_NEPHRITIS), PREGNANT), meds=(stored,)))
+    assert f.suggestions[0].reason.startswith("Not compatible with pregnancy")
+
+
+# --- new start or continuing therapy ------------------------------------------------------------------------
+CLASS_V = (cond("lupus", "lupus-nephritis", "lupus-nephritis-class-v", name="SLE GN, WHO class V"),)
+
+
+def test_salvage_questions_are_asked_only_for_a_new_start():
+    fires("S4", make(conditions=CLASS_V))
+    renewal = make(conditions=CLASS_V, trigger=tacrolimus_draft(prior="tac-old"))
+    assert "renews or changes MedicationRequest/tac-old" in stays_quiet("S4", renewal)
+    earlier = make(
+        conditions=CLASS_V, meds=(med("tacrolimus", status="completed", days=800, ended_days=700),)
+    )
+    assert "earlier tacrolimus exposure" in stays_quiet("S4", earlier)
+    for rule_id in ("S0", "S1", "S2", "S3", "N11", "N15"):
+        assert "continuing" in stays_quiet(rule_id, renewal)
+
+
+def test_continuing_flag_and_selection_serve_the_patient_view_service():
+    from cds_service.rules import PATIENT_VIEW
+
+    stored = med("tacrolimus", rid="tac-active", days=400)
+    base = make(
+        conditions=(cond(*LUPUS_NEPHRITIS), PREGNANT),
+        meds=(stored,),
+        labs=[lab("upcr", 1.2, days=10)],
+    )
+    inp = RuleInput(base.record, (stored,), base.thresholds, base.scope, continuing=True, only=PATIENT_VIEW)
+    evaluation = evaluate(inp)
+    ids = {f.id for f in evaluation.findings} | {q.id for q in evaluation.quiet}
+    assert ids == set(PATIENT_VIEW)
+    assert not {"N11", "N15", "S0", "S4"} & ids
+    assert {"P1", "S7"} <= {f.id for f in evaluation.findings}
+    with pytest.raises(ValueError, match="unknown finding ids S5"):
+        evaluate(RuleInput(base.record, (stored,), base.thresholds, only=frozenset({"S5"})))
+
+
+# --- hepatitis B (N14, N15) ---------------------------------------------------------------------------------
+def test_n14_hepatitis_b_warns_for_any_order_and_n15_screens_new_starts():
+    hbsag_pos = lab("hbsag", answer="positive", days=10)
+    f = fires("N14", make(labs=[hbsag_pos], trigger=tacrolimus_draft(prior="tac-old")))
+    assert f.indicator == "warning" and "entecavir or tenofovir" in f.detail and "not a" in f.detail
+    f = fires(
+        "N14", make(conditions=(cond(*LUPUS_NEPHRITIS), cond("hepatitis-b", name="Chronic hepatitis B")))
+    )
+    assert "Chronic hepatitis B on the problem list" in f.detail
+    resolved = Condition(
+        "hbv-old", frozenset({"hepatitis-b"}), "Hepatitis B", False, clinical_status="resolved"
+    )
+    f = fires("N14", make(conditions=(cond(*LUPUS_NEPHRITIS), resolved)))
+    assert "(resolved)" in f.detail and "monitoring" in f.detail
+    fires("N14", make(labs=[lab("anti-hbc", answer="positive", days=10)]))
+    assert "no HBsAg result" in stays_quiet("N14", make())
+    stays_quiet("N14", make(labs=[lab("hbsag", answer="negative", days=10)]))
+
+    f = fires("N15", make())
+    assert f.indicator == "info" and f.suggestions == (
+        OrderLabs(
+            (("5196-1", "Hepatitis B virus surface Ag [Presence] in Serum or Plasma by Immunoassay"),),
+            "Order hepatitis B surface antigen (HBsAg)",
+        ),
+    )
+    assert "HBsAg" in stays_quiet("N15", make(labs=[lab("hbsag", answer="negative", days=2000)]))
+    stays_quiet("N15", make(conditions=(cond(*LUPUS_NEPHRITIS), resolved)))
+    assert "could not be retrieved" in " ".join(fires("N15", make(unavailable=("Observation",))).missing)
+
+
+# --- delete suggestions for interacting drafts --------------------------------------------------------------
+def test_n9_and_n10_offer_to_delete_only_drafts():
+    draft = med("nephrotoxins", name="naproxen 500 MG", draft=True, rid="nsaid-draft")
+    stored = med("nephrotoxins", name="ibuprofen 400 MG", rid="nsaid-stored")
+    f = fires("N10", make(meds=(draft, stored)))
+    assert [s.medication.id for s in f.suggestions] == ["nsaid-draft"]
+    assert fires("N10", make(meds=(stored,))).suggestions == ()
+    inhibitor = med("cyp3a4-strong-inhibitors", name="clarithromycin 500 MG", draft=True, rid="clari")
+    f = fires("N9", make(meds=(inhibitor,)))
+    assert [s.medication.id for s in f.suggestions] == ["clari"] and "Avoid the combination" in f.detail
+
+
+# --- wording of N3 and N4 -----------------------------------------------------------------------------------
+def test_n3_for_a_new_start_says_what_to_look_for_and_never_only_wait():
+    labs = [lab("creatinine", 0.8, days=60), lab("creatinine", 1.1, days=3)]
+    f = fires("N3", make(labs=labs))
+    assert "Look for the cause" in f.detail and "wait" not in f.detail.lower()
+    on_therapy = make(labs=[lab("creatinine", 0.8, days=200), lab("creatinine", 1.1, days=3)],
+                      meds=(med("tacrolimus", days=150),))  # fmt: skip
+    f = fires("N3", on_therapy)
+    assert "eGFR is below 60 and has fallen by 30% or more" in f.detail
+
+
+def test_n4_cites_the_lupus_nephritis_trial_regimens_for_its_ceiling():
+    inp = make(meds=(med(MYCOPHENOLATE),), labs=[lab("tacrolimus-level", 8.5, days=3)])
+    f = fires("N4", inp)
+    assert "ln-trial-regimens" in f.citations and "not from the Prograf label" in f.detail
+
+
+def test_undated_active_pregnancy_conditions_count_and_cannot_be_ended_by_a_dated_event():
+    undated = [pregnancy_condition(active=True, onset=None) for _ in range(2)]
+    assert pregnant_by(conditions=(*undated, outcome(30)), labs=[lab("hcg-quantitative", 900, days=20)])

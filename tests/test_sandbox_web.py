@@ -9,8 +9,11 @@ from __future__ import annotations
 import pytest
 from support import finding_ids, make_app
 
+from cds_service.fixtures import manifest
+
 PREGNANT = "pregnant-ln-flare-on-mmf"  # pregnant with mycophenolate active: P2, the teratogen card
-DUPLICATE = "tacrolimus-active-duplicate"  # a new tacrolimus order beside an active one: S5
+DUPLICATE = "tacrolimus-active-duplicate"  # a new tacrolimus order beside an active one
+(DUPLICATE_FINDING,) = manifest()[DUPLICATE]["expected"]  # the duplicate-therapy finding (N12 in catalog v2)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +119,7 @@ def test_a_draft_marked_as_renewal_of_the_active_order_is_no_duplicate(client):
     loaded = fixture(client, DUPLICATE)
     drafts = [d["resource"] for d in loaded["drafts"]]
     _, plain = fire(client, DUPLICATE, drafts)
-    assert "S5" in finding_ids(plain.get_json())
+    assert DUPLICATE_FINDING in finding_ids(plain.get_json())
 
     active = [
         o for o in loaded["stored_orders"] if o["status"] == "active" and "tacrolimus" in o["label"].lower()
@@ -127,7 +130,7 @@ def test_a_draft_marked_as_renewal_of_the_active_order_is_no_duplicate(client):
     assert sent["context"]["draftOrders"]["entry"][0]["resource"]["priorPrescription"] == {
         "reference": active[0]["ref"]
     }
-    assert "S5" not in finding_ids(renewal.get_json())
+    assert DUPLICATE_FINDING not in finding_ids(renewal.get_json())
 
 
 def test_the_page_has_a_favicon(client):

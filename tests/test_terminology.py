@@ -45,6 +45,8 @@ COMMON_MD_NAMES = {
     "pregnancy-status", "edd", "breastfeeding-status", "igg", "hbsag",
     # answers
     "pregnant-answer", "not-pregnant-answer", "qualitative-positive", "qualitative-negative",
+    # rule catalog version 2 (clinical.md §5)
+    "pregnancy-outcome", "anti-hbc", "yes-answer", "no-answer",
 }  # fmt: skip
 
 # clinical.md marks these UNVERIFIED (or, for 284520, topical): never in a default set.
@@ -59,6 +61,8 @@ UNVERIFIED_OR_TOPICAL = [
     (RXNORM, "11170"),  # verapamil ingredient
     (RXNORM, "732"),  # amphotericin B
     (RXNORM, "27169"),  # leflunomide ingredient
+    (LOINC, "16933-4"),  # anti-HBc total (clinical.md §5: UNVERIFIED)
+    (LOINC, "13952-7"),  # anti-HBc (clinical.md §5: UNVERIFIED)
 ]
 
 
@@ -125,7 +129,10 @@ def test_sources_are_cited_in_every_description():
         if path.stem in DRUG_CLASSES:
             continue  # drug classes: a source per code (test_every_drug_class_code_has_a_published_source)
         description = json.loads(path.read_text())["description"]
-        if path.stem in ("leflunomide", "qualitative-positive", "qualitative-negative"):
+        if path.stem in (
+            "leflunomide", "qualitative-positive", "qualitative-negative",
+            "anti-hbc", "pregnancy-outcome", "yes-answer", "no-answer",  # clinical.md §5 names no source key
+        ):  # fmt: skip
             continue  # no verified source in clinical.md; the description says where else they were seen
         assert keys.search(description), path.name
 
@@ -134,12 +141,35 @@ def test_every_default_code_is_written_in_clinical_md():
     """A typo in a code would silently miss patients; every code must appear in the knowledge base."""
     text = CLINICAL_MD.read_text()
     own_sources = {"qualitative-positive", "qualitative-negative"}  # verified elsewhere (descriptions)
+    own_sources |= {"pregnancy-outcome"}  # clinical.md §5 writes ICD-10-CM ranges: see the next test
     for path in value_set_files():
         if path.stem in own_sources or path.stem in DRUG_CLASSES:  # drug classes: a source per code
             continue
         for entry in json.loads(path.read_text())["expansion"].get("contains", []):
             written = re.compile(rf"(?<![\w.-]){re.escape(entry['code'])}(?![\w-])")
             assert written.search(text), (path.stem, entry["code"])
+
+
+def test_pregnancy_outcome_codes_are_the_icd_10_cm_blocks_of_the_catalog():
+    """clinical.md §5: O00-O08, O80-O82, Z37.x, Z39.x (ICD-10-CM only until SNOMED is verified)."""
+    allowed = {f"O0{i}" for i in range(9)} | {"O80", "O81", "O82", "Z37", "Z39"}
+    codes = file_codes("pregnancy-outcome")
+    assert {system for system, _ in codes} == {ICD10CM}
+    assert {code for _, code in codes} <= allowed
+    assert {"O80", "O82", "Z37", "Z39", "O03"} <= {code for _, code in codes}
+
+
+def test_yes_no_answers_read_as_positive_and_negative_sets(terms):
+    assert "yes-answer" in terms.concepts([coding(LOINC, "LA33-6")])
+    assert "yes-answer" in terms.concepts([coding(SNOMED, "373066001")])
+    assert "no-answer" in terms.concepts([coding(LOINC, "LA32-8")])
+    assert "no-answer" in terms.concepts([coding(SNOMED, "373067005")])
+
+
+def test_anti_hbc_ships_only_behind_configuration(terms):
+    assert terms.codes("anti-hbc") == []
+    extended = Terminology.load(include=["unverified"])
+    assert "anti-hbc" in extended.concepts([coding(LOINC, "16933-4")])
 
 
 def test_no_default_set_holds_an_unverified_or_topical_code(terms):

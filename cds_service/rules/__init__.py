@@ -21,6 +21,31 @@ SCOPE_NEEDS = {"Condition": ("lupus", "lupus-nephritis", "lupus-nephritis-class-
 
 RULES: dict[str, Rule] = {**pregnancy.RULES, **salvage.RULES, **monitoring.RULES}
 
+FINDING_IDS: tuple[str, ...] = tuple(RULES)
+"""Every finding id of the catalog (version 2), in catalog order: P1-P7, S0-S4, S7, N1-N15."""
+
+RETIRED: dict[str, str] = {"S5": "N12", "S6": "N13"}
+"""Version-1 ids that no longer exist → the id that took their place. Configuration naming them is refused."""
+
+FAMILIES: dict[str, tuple[str, ...]] = {
+    family: tuple(rule_id for rule_id in RULES if rule_id.startswith(letter))
+    for family, letter in (("pregnancy", "P"), ("salvage", "S"), ("monitoring", "N"))
+}
+
+PATIENT_VIEW: frozenset[str] = frozenset(
+    (*FAMILIES["pregnancy"], "S7", *(i for i in FAMILIES["monitoring"] if i not in ("N11", "N15")))
+)
+"""What patient-view runs (rules.md § Patients already on tacrolimus), with ``RuleInput.continuing=True``."""
+
+
+def retired_message(finding_id: str) -> str:
+    """Why an id of version 1 is refused, naming the id that replaced it."""
+    return (
+        f"{finding_id!r} is retired in rule catalog version 2: it is now {RETIRED[finding_id]} "
+        "(monitoring family, any scope)"
+    )
+
+
 NEEDS: dict[str, tuple[str, ...]] = merge_needs(SCOPE_NEEDS, pregnancy.NEEDS, salvage.NEEDS, monitoring.NEEDS)
 """What the rules read: resource type → value-set names. Discovery derives its prefetch templates from it."""
 
@@ -41,12 +66,17 @@ def in_scope(inp: RuleInput) -> Quiet | None:
 
 
 def evaluate(inp: RuleInput) -> Evaluation:
-    """Run every rule; findings and quiet reasons come out in catalog order (P1…P6, S0…S7, N1…N11)."""
+    """Run the rules (all, or ``inp.only``); findings and quiet reasons come out in catalog order."""
     out_of_scope = in_scope(inp)
     if out_of_scope is not None:
         return Evaluation(quiet=[out_of_scope])
+    if inp.only is not None and not inp.only <= set(RULES):
+        unknown = sorted(inp.only - set(RULES))
+        raise ValueError(f"unknown finding ids {', '.join(unknown)}; known: {', '.join(RULES)}")
     evaluation = Evaluation()
-    for rule in RULES.values():
+    for rule_id, rule in RULES.items():
+        if inp.only is not None and rule_id not in inp.only:
+            continue
         result = rule(inp)
         if isinstance(result, Finding):
             evaluation.findings.append(result)
@@ -55,4 +85,15 @@ def evaluate(inp: RuleInput) -> Evaluation:
     return evaluation
 
 
-__all__ = ["NEEDS", "RULES", "Rule", "evaluate", "in_scope"]
+__all__ = [
+    "FAMILIES",
+    "FINDING_IDS",
+    "NEEDS",
+    "PATIENT_VIEW",
+    "RETIRED",
+    "RULES",
+    "Rule",
+    "evaluate",
+    "in_scope",
+    "retired_message",
+]

@@ -79,4 +79,14 @@ CITATIONS: dict[str, tuple[str, str]] = {
         "Naesens et al. CJASN 2009 (review of calcineurin-inhibitor nephrotoxicity and its amplifiers)",
         "https://pubmed.ncbi.nlm.nih.gov/?term=Naesens+calcineurin+inhibitor+nephrotoxicity+2009",
     ),
+    "ln-trial-regimens": (
+        "Tacrolimus regimens used in lupus nephritis trials (systematic review table, Lupus Sci Med): "
+        "trough 5–10 ng/mL (Chen), 6–8 ng/mL (Li), 5–7 ng/mL with mycophenolate 1 g (Bao)",
+        "https://pubmed.ncbi.nlm.nih.gov/?term=tacrolimus+lupus+nephritis+systematic+review+Lupus+Sci+Med",
+    ),
+    "ckd-epi-2021": (
+        "Inker LA, et al. New Creatinine- and Cystatin C-Based Equations to Estimate GFR without Race. "
+        "N Engl J Med 2021;385:1737–49",
+        "https://doi.org/10.1056/NEJMoa2102953",
+    ),
 }

@@ -38,6 +38,7 @@ LAB_WORDS = {
     "breastfeeding-status": "breastfeeding status",
     "igg": "IgG",
     "hbsag": "HBsAg",
+    "anti-hbc": "anti-HBc",
 }
 
 RESOURCE_WORDS = {
@@ -64,7 +65,7 @@ ANSWER_WORDS = {
 }
 
 PREGNANCY_NEEDS: dict[str, tuple[str, ...]] = {
-    "Condition": ("pregnancy",),
+    "Condition": ("pregnancy", "pregnancy-outcome"),
     "Observation": ("pregnancy-status", "edd", "hcg-qualitative", "hcg-quantitative"),
 }
 
@@ -309,10 +310,14 @@ class Exposure:
         return bool(self.orders)
 
     @property
-    def start(self) -> date:
-        """The first day of exposure; only asked once ``any`` is true (every order has a period)."""
+    def start(self) -> date | None:
+        return self.spans[0][0] if self.spans else None
+
+    @property
+    def first_day(self) -> date:
+        """``start`` where ``any`` is already known to be true (every order of an exposure has a period)."""
         if not self.spans:
-            raise ValueError("an exposure without orders has no start")
+            raise ValueError("an exposure without orders has no first day")
         return self.spans[0][0]
 
     @property
@@ -364,7 +369,8 @@ class Status:
     present: bool
     evidence: tuple[Evidence, ...]
     said: tuple[str, ...]
-    """The evidence in words, for the card's detail: ``"positive hCG on 2026-10-25 (1200 IU/L)"``."""
+    """The evidence in words, with its date: ``"positive hCG on 2026-10-25 (1200 IU/L)"``; an hCG older than
+    ``hcg_unconfirmed_days`` that nothing later confirms says so."""
     checked: tuple[str, ...]
     missing: tuple[str, ...]
 
@@ -374,6 +380,25 @@ class Status:
 
     def why_not(self, what: str) -> str:
         return f"{what} is not documented: " + "; ".join(self.checked)
+
+
+@dataclass(frozen=True)
+class _Sign:
+    """One datum that says "pregnant"; ``when`` None (an undated active Condition) cannot be ended by time."""
+
+    kind: str
+    """``condition``, ``status``, ``edd`` or ``hcg``."""
+    when: datetime | None
+    said: str
+    evidence: Evidence
+
+
+@dataclass(frozen=True)
+class _End:
+    """One datum that says the pregnancy is over (delivery, outcome, "not pregnant", negative hCG...)."""
+
+    when: datetime
+    said: str
 
 
 def _hcg_result(v: LabValue, positive_above: float) -> str | None:
@@ -398,76 +423,145 @@ def _condition_phrase(c: Condition) -> str:
     return f"{c.name} on the problem list" + (f" since {day(since)}" if since else "")
 
 
-def pregnancy_status(record: PatientRecord, thresholds: Mapping[str, Any]) -> Status:
-    """Pregnant per interpretation 4: condition, pregnancy status, future EDD or positive hCG."""
+def _pregnancy_signs_and_ends(
+    record: PatientRecord, thresholds: Mapping[str, Any]
+) -> tuple[list[_Sign], list[_End], list[str], list[str]]:
+    """Every sign of pregnancy within its look-back, every event that ends one, what was looked for, gaps."""
     now = record.now
-    evidence: list[Evidence] = []
-    said: list[str] = []
+    signs: list[_Sign] = []
+    ends: list[_End] = []
     checked: list[str] = []
     missing: list[str] = unavailable(record, "Condition", "Observation")
 
-    conditions = record.active_conditions("pregnancy")
-    evidence += [condition_evidence(c) for c in conditions]
-    said += [_condition_phrase(c) for c in conditions]
-    if not conditions:
+    # Conditions: an active pregnancy is a sign; a resolved one ends at its abatement, else its last update;
+    # a delivery or pregnancy outcome ends what came before it.
+    for c in record.active_conditions("pregnancy"):
+        signs.append(_Sign("condition", c.dated, _condition_phrase(c), condition_evidence(c)))
+    if not signs:
         checked.append("no active pregnancy condition")
+    for c in record.confirmed_conditions("pregnancy"):
+        if c.resolved:
+            ended = c.abated or c.last_updated or c.recorded or c.onset
+            if ended is not None:
+                how = "abated" if c.abated else "last updated"
+                ends.append(_End(ended, f"{c.name} {c.clinical_status or 'inactive'} ({how} {day(ended)})"))
+    for c in record.confirmed_conditions("pregnancy-outcome"):
+        if c.dated is not None:
+            ends.append(_End(c.dated, f"{c.name} on {day(c.dated)}"))
 
+    # Pregnancy status (82810-3): "pregnant" within the look-back is a sign; "not pregnant" or an outcome
+    # answer at any time ends what came before it; "unknown" neither starts nor ends.
     status_days = thresholds["pregnancy_status_days"]
-    since = window_start(now, status_days)
+    status_since = window_start(now, status_days)
     series = record.lab("pregnancy-status")
-    decisive = next(
-        (v for v in series.values(since=since) if v.answer in PREGNANT_ANSWERS | NOT_PREGNANT_ANSWERS), None
-    )
-    missing += unusable_in(series, since, decisive)
-    if decisive is not None and decisive.answer in PREGNANT_ANSWERS:
-        evidence.append(lab_evidence("Pregnancy status", decisive))
-        said.append(f"pregnancy status '{show(decisive)}' on {day(decisive.when)}")
-    elif decisive is not None:
-        checked.append(f"pregnancy status on {day(decisive.when)} was '{show(decisive)}'")
-    else:
-        checked.append(f"no pregnancy status in the last {num(status_days)} days")
+    answers = series.values()
+    missing += unusable_in(series, None)
+    for v in answers:
+        if v.answer in PREGNANT_ANSWERS and v.when >= status_since:
+            said = f"pregnancy status '{show(v)}' on {day(v.when)}"
+            signs.append(_Sign("status", v.when, said, lab_evidence("Pregnancy status", v)))
+        elif v.answer in NOT_PREGNANT_ANSWERS or v.answer == "pregnancy-ended":
+            ends.append(_End(v.when, f"pregnancy status '{show(v)}' on {day(v.when)}"))
+    if not any(s.kind == "status" for s in signs):
+        checked.append(f"no 'pregnant' pregnancy status in the last {num(status_days)} days")
 
+    # Estimated delivery date (11778-8), the newest recorded: today or later is a sign; more than
+    # ``edd_overdue_days`` past ends the pregnancy at that point (post-term rarely passes 42 weeks).
     edd_series = record.lab("edd")
     edd_value = edd_series.newest()
     missing += unusable_in(edd_series, None, edd_value)
     edd = _edd(edd_value) if edd_value else None
+    overdue = thresholds["edd_overdue_days"]
     if edd_value is not None and edd is None:
         missing.append(f"estimated delivery date recorded on {day(edd_value.when)} could not be read")
-    if edd is not None and edd_value is not None and edd >= now.date():
-        evidence.append(
-            Evidence("Estimated delivery date", edd.isoformat(), edd_value.when, edd_value.reference)
+    if edd_value is not None and edd is not None and edd >= now.date():
+        signs.append(
+            _Sign(
+                "edd",
+                edd_value.when,
+                f"estimated delivery date {edd.isoformat()} (recorded {day(edd_value.when)})",
+                Evidence("Estimated delivery date", edd.isoformat(), edd_value.when, edd_value.reference),
+            )
         )
-        said.append(f"estimated delivery date {edd.isoformat()}")
+    elif edd is not None and (now.date() - edd).days > overdue:
+        ended = day_end(edd + timedelta(days=overdue), now)
+        past = f"estimated delivery date {edd.isoformat()}, more than {num(overdue)} days past"
+        ends.append(_End(ended, past))
+        checked.append(f"the {past}")
     elif edd is not None:
-        checked.append(f"the newest estimated delivery date {edd.isoformat()} has passed")
+        checked.append(
+            f"the estimated delivery date {edd.isoformat()} has passed (by {num(overdue)} days or less)"
+        )
     else:
         checked.append("no estimated delivery date")
 
+    # hCG: positive within ``hcg_days`` is a sign; a negative result at any time ends what came before it.
     hcg_days = thresholds["hcg_days"]
+    hcg_since = window_start(now, hcg_days)
     cutoff = thresholds["hcg_positive_iu_per_l"]
-    since = window_start(now, hcg_days)
-    results = []
     for group in ("hcg-qualitative", "hcg-quantitative"):
         hcg_series = record.lab(group)
-        results += [(v, _hcg_result(v, cutoff)) for v in hcg_series.values(since=since)]
-        missing += unusable_in(hcg_series, since)
-    # Newest first; on a tie a positive result wins (the safer reading).
-    results = [r for r in results if r[1] is not None]
-    results.sort(key=lambda r: (r[0].when, r[1] == "positive", r[0].resource_id), reverse=True)
-    if results and results[0][1] == "positive":
-        newest = results[0][0]
-        evidence.append(lab_evidence("hCG", newest))
-        said.append(f"positive hCG on {day(newest.when)} ({show(newest)})")
-    elif results:
-        checked.append(f"hCG on {day(results[0][0].when)} was negative ({show(results[0][0])})")
-    else:
-        checked.append(f"no hCG in the last {num(hcg_days)} days")
+        missing += unusable_in(hcg_series, None)
+        for v in hcg_series.values():
+            result = _hcg_result(v, cutoff)
+            if result == "positive" and v.when >= hcg_since:
+                said = f"positive hCG {show(v)} on {day(v.when)}"
+                signs.append(_Sign("hcg", v.when, said, lab_evidence("hCG", v)))
+            elif result == "negative":
+                ends.append(_End(v.when, f"negative hCG {show(v)} on {day(v.when)}"))
+    if not any(s.kind == "hcg" for s in signs):
+        checked.append(f"no positive hCG in the last {num(hcg_days)} days")
+    return signs, ends, checked, missing
 
-    return Status(bool(evidence), tuple(evidence), tuple(said), tuple(checked), unique(missing))
+
+def pregnancy_status(record: PatientRecord, thresholds: Mapping[str, Any]) -> Status:
+    """Pregnant per rules.md v2: a sign (condition, status, EDD, positive hCG) that nothing later has ended.
+
+    A sign is ended by a later delivery/outcome, resolved pregnancy condition, "not pregnant" answer,
+    negative hCG or an estimated delivery date long past (interpretations 4 and 29-32).
+    """
+    signs, ends, checked, missing = _pregnancy_signs_and_ends(record, thresholds)
+
+    def ended_by(sign: _Sign) -> _End | None:
+        if sign.when is None:
+            return None
+        later = [e for e in ends if e.when > sign.when]
+        return min(later, key=lambda e: e.when) if later else None
+
+    live: list[_Sign] = []
+    for sign in sorted(signs, key=lambda s: s.when.timestamp() if s.when else float("inf"), reverse=True):
+        end = ended_by(sign)
+        if end is None:
+            live.append(sign)
+        else:
+            checked.append(f"{sign.said} was ended by {end.said}")
+    said = [s.said for s in live]
+    hcg = [s for s in live if s.kind == "hcg" and s.when is not None]
+    if hcg and hcg[0].when is not None:
+        newest, newest_when = hcg[0], hcg[0].when
+        confirming = [
+            s
+            for s in live
+            if s.kind in ("condition", "edd")
+            or (s.kind == "status" and s.when is not None and s.when > newest_when)
+        ]
+        age = (record.now.date() - newest_when.date()).days
+        if not confirming and age > thresholds["hcg_unconfirmed_days"]:
+            said[said.index(newest.said)] = (
+                f"{newest.said}, {age} days ago, and no later result confirms the pregnancy"
+            )
+            missing.append(f"no result after the positive hCG of {day(newest_when)} confirms the pregnancy")
+    return Status(
+        bool(live),
+        unique(s.evidence for s in live),
+        tuple(said),
+        tuple(checked),
+        unique(missing),
+    )
 
 
 def lactation_status(record: PatientRecord, thresholds: Mapping[str, Any]) -> Status:
-    """Lactating per interpretation 5: lactation condition, or newest breastfeeding status answering yes."""
+    """Lactating: a lactation condition, or the newest breastfeeding status (63895-7) answering yes."""
     evidence: list[Evidence] = []
     said: list[str] = []
     checked: list[str] = []
@@ -479,7 +573,7 @@ def lactation_status(record: PatientRecord, thresholds: Mapping[str, Any]) -> St
     if not conditions:
         checked.append("no active lactation condition")
 
-    status_days = thresholds["pregnancy_status_days"]
+    status_days = thresholds["breastfeeding_status_days"]
     since = window_start(record.now, status_days)
     series = record.lab("breastfeeding-status")
     newest = series.newest(since=since)
@@ -492,6 +586,103 @@ def lactation_status(record: PatientRecord, thresholds: Mapping[str, Any]) -> St
     else:
         checked.append(f"no breastfeeding status in the last {num(status_days)} days")
     return Status(bool(evidence), tuple(evidence), tuple(said), tuple(checked), unique(missing))
+
+
+# --- new start or continuing therapy ------------------------------------------------------------------------
+def is_new_start(inp: RuleInput) -> bool:
+    """A new start: no earlier tacrolimus exposure and no renewal of an earlier order (interpretation 33)."""
+    return continuing_because(inp) is None
+
+
+def continuing_because(inp: RuleInput) -> str | None:
+    """Why the triggering order continues therapy, in words; None for a new start."""
+    if inp.continuing:
+        return "the active tacrolimus order is treated as continuing therapy"
+    tacrolimus = exposure(inp.record, "tacrolimus")
+    if tacrolimus.start is not None:
+        return f"continuing therapy: earlier tacrolimus exposure from {tacrolimus.start.isoformat()}"
+    renewed = sorted({o.prior_prescription for o in inp.orders if o.prior_prescription})
+    if renewed:
+        return f"continuing therapy: this order renews or changes MedicationRequest/{', '.join(renewed)}"
+    return None
+
+
+# --- eGFR, reported or calculated ---------------------------------------------------------------------------
+def ckd_epi_2021(creatinine_mg_dl: float, age: float, female: bool) -> float:
+    """eGFR (mL/min/1.73 m²) by the race-free CKD-EPI 2021 creatinine equation (Inker, NEJM 2021)."""
+    kappa, alpha = (0.7, -0.241) if female else (0.9, -0.302)
+    ratio = creatinine_mg_dl / kappa
+    egfr = 142 * min(ratio, 1.0) ** alpha * max(ratio, 1.0) ** -1.200 * 0.9938**age
+    return egfr * 1.012 if female else egfr
+
+
+@dataclass(frozen=True)
+class Egfr:
+    """The eGFR a rule judges: the lab's newest recent one, else one calculated from the newest creatinine."""
+
+    value: float
+    when: datetime
+    reported: LabValue | None = None
+    creatinine: LabValue | None = None
+    age: int | None = None
+    sex: str | None = None
+
+    @property
+    def calculated(self) -> bool:
+        return self.reported is None
+
+    def on(self) -> str:
+        if self.reported is not None or self.creatinine is None:
+            return on(self.reported) if self.reported else f"{num(round(self.value))} mL/min/1.73 m²"
+        return (
+            f"{num(round(self.value))} mL/min/1.73 m² calculated (CKD-EPI 2021) from creatinine "
+            f"{on(self.creatinine)} ({self.sex}, {self.age} years)"
+        )
+
+    def evidence(self) -> list[Evidence]:
+        if self.reported is not None:
+            return [lab_evidence("eGFR", self.reported)]
+        if self.creatinine is None:
+            return []
+        return [
+            Evidence(
+                "eGFR, calculated (CKD-EPI 2021)",
+                f"{num(round(self.value))} mL/min/1.73 m² ({self.sex}, {self.age} years)",
+                self.when,
+                None,
+            ),
+            lab_evidence("Creatinine", self.creatinine),
+        ]
+
+
+def egfr_now(inp: RuleInput) -> tuple[Egfr | None, list[str]]:
+    """The newest recent reported eGFR; if none, CKD-EPI 2021 from the newest recent creatinine.
+
+    Calculation needs a recorded sex of female or male and a birth date giving an adult age on the day of
+    the creatinine (the equation was developed in adults; interpretation 34).
+    """
+    reported, gaps = newest_recent(inp, "egfr")
+    if reported is not None and reported.value is not None:
+        return Egfr(reported.value, reported.when, reported=reported), gaps
+    creatinine, creatinine_gaps = newest_recent(inp, "creatinine")
+    if creatinine is None or creatinine.value is None:
+        return None, [*gaps, *creatinine_gaps]
+    patient = inp.record.patient
+    sex = patient.gender if patient else None
+    age = patient.age_on(creatinine.when.date()) if patient else None
+    why_not = None
+    if sex not in ("female", "male"):
+        why_not = "sex is not recorded as female or male"
+    elif age is None:
+        why_not = "the birth date is not recorded"
+    elif age < 18:
+        why_not = f"the patient was {age}: CKD-EPI 2021 is an adult equation"
+    if why_not or age is None:
+        return None, [*gaps, f"eGFR not calculated from creatinine {on(creatinine)}: {why_not}"]
+    value = ckd_epi_2021(creatinine.value, age, sex == "female")
+    none_reported = no_recent("egfr", threshold(inp, "recent_lab_days"))
+    kept = [gap for gap in gaps if gap != none_reported]
+    return Egfr(value, creatinine.when, creatinine=creatinine, age=age, sex=sex), [*kept, *creatinine_gaps]
 
 
 @dataclass(frozen=True)

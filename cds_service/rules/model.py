@@ -34,10 +34,17 @@ class OrderLabs:
 
 @dataclass(frozen=True)
 class StopMedication:
-    """Suggest stopping an order: a draft is deleted, a stored order is updated to ``stopped``."""
+    """Suggest stopping an order: a draft is deleted, a stored order is updated to ``stopped``.
+
+    ``reason`` becomes the stopped order's ``statusReason.text``; ``drafts_only`` offers the suggestion only
+    when the order is a draft of this session (N9, N10, N12: which of two stored drugs to stop is a choice
+    the card leaves to the clinician).
+    """
 
     medication: Medication
     label: str
+    reason: str = ""
+    drafts_only: bool = False
 
 
 Suggestion = OrderLabs | StopMedication
@@ -45,7 +52,7 @@ Suggestion = OrderLabs | StopMedication
 
 @dataclass(frozen=True)
 class Finding:
-    """A rule that fired. ``id`` is the catalog id (P1...N11) that tests, feedback and configuration use."""
+    """A rule that fired. ``id`` is the catalog id (P1...N15) that tests, feedback and configuration use."""
 
     id: str
     topic: str
@@ -74,9 +81,14 @@ class Quiet:
 class RuleInput:
     record: PatientRecord
     orders: tuple[Medication, ...]
-    """The triggering tacrolimus orders (already in ``record.medications`` with ``is_trigger``)."""
+    """The tacrolimus orders the request is about: the triggering drafts (in ``record.medications`` with
+    ``is_trigger``), or for patient-view the active stored order (with ``continuing=True``)."""
     thresholds: Mapping[str, Any]
     scope: str = "lupus"
+    continuing: bool = False
+    """Treat the order as continuing therapy whatever the record says (patient-view: the active order)."""
+    only: frozenset[str] | None = None
+    """Run only these finding ids (e.g. ``rules.PATIENT_VIEW``); None runs the whole catalog."""
 
     @property
     def now(self) -> datetime:

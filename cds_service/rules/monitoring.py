@@ -1,7 +1,8 @@
-"""Nephrotoxicity monitoring (N1-N11): what tacrolimus needs checked, and what the checks already show.
+"""Nephrotoxicity and safety monitoring (N1-N15): what tacrolimus needs checked, and what the checks show.
 
 Thresholds mirror the Prograf and LUPKYNIS labels and LN trial practice; every number is an administrator
 setting. A single lab finding reads only the newest result within the recent window (interpretation 6).
+None of these needs lupus nephritis: N12 (duplicate calcineurin inhibitor) and N13 (low eGFR) were S5 and S6.
 """
 
 from __future__ import annotations
@@ -15,8 +16,12 @@ from cds_service.rules.common import (
     active_orders,
     bp_readings,
     capital,
+    condition_evidence,
+    continuing_because,
+    day,
     day_end,
     day_start,
+    egfr_now,
     exposure,
     finding,
     lab_evidence,
@@ -36,18 +41,22 @@ from cds_service.rules.common import (
     window_start,
     words,
 )
-from cds_service.rules.model import Evidence, Finding, OrderLabs, Quiet, RuleInput
+from cds_service.rules.model import Evidence, Finding, OrderLabs, Quiet, RuleInput, StopMedication
 
 NEEDS: dict[str, tuple[str, ...]] = {
+    "Patient": (),
+    "Condition": ("hepatitis-b",),
     "Observation": (
         "creatinine", "egfr", "potassium", "magnesium", "glucose", "glucose-fasting", "hba1c",
-        "blood-pressure", "systolic-bp", "diastolic-bp", "upcr", "tacrolimus-level",
+        "blood-pressure", "systolic-bp", "diastolic-bp", "upcr", "tacrolimus-level", "hbsag", "anti-hbc",
     ),
     "MedicationRequest": (
         "tacrolimus", "mycophenolate", "cyp3a4-strong-inhibitors", "cyp3a4-moderate-inhibitors",
-        "cyp3a4-strong-inducers", "nephrotoxins",
+        "cyp3a4-strong-inducers", "nephrotoxins", "other-calcineurin-inhibitors",
     ),
 }  # fmt: skip
+
+HBSAG = ("5196-1", "Hepatitis B virus surface Ag [Presence] in Serum or Plasma by Immunoassay")
 
 FASTING_GLUCOSE_LOINC = "1558-6"
 
@@ -157,10 +166,10 @@ def creatinine_rise(inp: RuleInput) -> Rise | Quiet:
     days = threshold(inp, "baseline_creatinine_days")
     tacrolimus = exposure(record, "tacrolimus")
     if tacrolimus.any:
-        since = window_start(day_start(tacrolimus.start, inp.now), days)
-        until = day_end(tacrolimus.start, inp.now)
+        since = window_start(day_start(tacrolimus.first_day, inp.now), days)
+        until = day_end(tacrolimus.first_day, inp.now)
         candidates = [v for v in series.values(since=since, until=until) if v.value is not None]
-        where = f"in the {num(days)} days before tacrolimus began on {tacrolimus.start.isoformat()}"
+        where = f"in the {num(days)} days before tacrolimus began on {day(tacrolimus.start)}"
     else:
         since, until = window_start(inp.now, days), None
         candidates = [
@@ -200,8 +209,9 @@ def n2_creatinine_rise(inp: RuleInput) -> Finding | Quiet:
         detail = (
             f"{capital(rise.text())} ({rise.baseline_rule(days)}). This may be an early haemodynamic "
             "calcineurin-inhibitor effect: check the tacrolimus trough, volume status and NSAIDs or "
-            "interacting drugs, and recheck creatinine within 2 weeks (thresholds by analogy with the "
-            "voclosporin label)."
+            "interacting drugs, and recheck creatinine within 2 weeks. The thresholds are taken by analogy "
+            "from the voclosporin label, which reduces the dose when eGFR is below 60 and has fallen by more "
+            "than 20% but less than 30%, and rechecks within 2 weeks."
         )
     else:
         detail = (
@@ -232,17 +242,21 @@ def n3_creatinine_rise_critical(inp: RuleInput) -> Finding | Quiet:
     if rise.tacrolimus_start:
         detail = (
             f"{capital(rise.text())} ({rise.baseline_rule(days)}). Consider reducing or holding tacrolimus "
-            "and review promptly (trough, volume, interacting drugs); the voclosporin label stops "
-            "treatment at a 30% fall in eGFR. Chronic calcineurin-inhibitor damage is largely "
-            "irreversible: the source article reports that about 17% of patients lose significant kidney "
-            "function within 3 years."
+            "and review promptly (trough, volume, interacting drugs). By analogy: the voclosporin label "
+            "interrupts treatment when eGFR is below 60 and has fallen by 30% or more from baseline, "
+            "rechecks within 2 weeks, and restarts at a lower dose only once eGFR is back to at least 80% "
+            "of baseline. Chronic calcineurin-inhibitor damage is largely irreversible: the source article "
+            "reports that about 17% of patients lose significant kidney function within 3 years."
         )
         cited: tuple[str, ...] = ("lupkynis-label", "mok-2016", "fomin-roberts-2016")
     else:
         detail = (
-            f"{capital(rise.text())} ({rise.baseline_rule(days)}), before tacrolimus has started. Review "
-            "the kidney before starting a calcineurin inhibitor: look for lupus nephritis activity, volume "
-            "depletion or nephrotoxic drugs, and consider waiting until creatinine is stable."
+            f"{capital(rise.text())} ({rise.baseline_rule(days)}), before tacrolimus has started: kidney "
+            "function is falling for another reason. Look for the cause now: lupus nephritis activity "
+            "(UPCR, urine sediment, complement and anti-dsDNA), volume depletion, and nephrotoxic or "
+            "interacting drugs (NSAIDs, contrast, RAS blockers started recently). Repeat creatinine within "
+            "days. If tacrolimus goes ahead, use it with caution: a low starting dose, a trough and "
+            "creatinine at 1 week, and the thresholds on this card against the new baseline."
         )
         cited = ("lupkynis-label", "mok-2016")
     return finding(
@@ -274,10 +288,12 @@ def n4_trough_high(inp: RuleInput) -> Finding | Quiet:
         "N4",
         "warning",
         f"Tacrolimus level {num(level.value)} ng/mL above {num(limit)}",
-        f"Tacrolimus level {on(level)} is above the {num(limit)} ng/mL upper target used in lupus "
-        f"nephritis{with_mmf}. Confirm it was a true trough (taken just before a dose), look for "
-        "interacting drugs, and consider a dose reduction with a repeat level in about 1 week.",
-        ("prograf-label",),
+        f"Tacrolimus level {on(level)} is above {num(limit)} ng/mL{with_mmf}. The ceiling comes from the "
+        "trough ranges of the lupus nephritis trial regimens (about 5–10 ng/mL with tacrolimus alone, "
+        "6–8 ng/mL combined with mycophenolate), not from the Prograf label, which sets no lupus target. "
+        "Confirm it was a true trough (taken just before a dose), look for interacting drugs, and consider "
+        "a dose reduction with a repeat level in about 1 week.",
+        ("ln-trial-regimens", "liu-2015", "prograf-label"),
         evidence=[lab_evidence("Tacrolimus level", level), *(medication_evidence(m) for m in mycophenolate)],
         missing=gaps,
     )
@@ -379,7 +395,7 @@ def n8_hyperglycaemia(inp: RuleInput) -> Finding | Quiet:
     tacrolimus = exposure(record, "tacrolimus")
     if not tacrolimus.any:
         return quiet("N8", "no earlier tacrolimus exposure, so no glucose since it began to judge")
-    since = day_start(tacrolimus.start, inp.now)
+    since = day_start(tacrolimus.first_day, inp.now)
     kinds: dict[str, list[LabValue]] = {"fasting glucose": [], "glucose": [], "HbA1c": []}
     seen: set[tuple[str, object]] = set()
     for group in ("glucose-fasting", "glucose"):
@@ -400,7 +416,7 @@ def n8_hyperglycaemia(inp: RuleInput) -> Finding | Quiet:
     gaps = [r for g in ("glucose-fasting", "glucose", "hba1c") for r in unusable_in(record.lab(g), since)]
     hits = {kind: [v for v in values if v.value >= limits[kind]] for kind, values in kinds.items()}
     hits = {kind: values for kind, values in hits.items() if values}
-    start = tacrolimus.start.isoformat()
+    start = day(tacrolimus.start)
     if not hits:
         newest = [f"{kind} {on(values[0])}" for kind, values in kinds.items() if values]
         if not newest:
@@ -455,10 +471,11 @@ def n9_cyp3a4(inp: RuleInput) -> Finding | Quiet:
         "warning",
         f"Interacting drug: {listed[0]}" + (f" and {len(listed) - 1} more" if len(listed) > 1 else ""),
         f"{capital(words(listed))} {'is' if len(drugs) == 1 else 'are'} active and can sharply {effect}. "
-        "Adjust the tacrolimus dose and check a trough within about 1 week of starting or stopping "
-        f"{'it' if len(drugs) == 1 else 'them'}.",
+        "Avoid the combination where an alternative exists; otherwise adjust the tacrolimus dose and check "
+        f"a trough within about 1 week of starting or stopping {'it' if len(drugs) == 1 else 'them'}.",
         ("prograf-label", "lupkynis-label"),
         evidence=[medication_evidence(m) for m in drugs],
+        suggestions=remove_drafts(drugs, "Interacts with tacrolimus (CYP3A4)"),
     )
 
 
@@ -481,18 +498,16 @@ def n10_nephrotoxins(inp: RuleInput) -> Finding | Quiet:
         "where possible, otherwise check creatinine more often.",
         ("naesens-2009",),
         evidence=[medication_evidence(m) for m in drugs],
+        suggestions=remove_drafts(drugs, "Additive nephrotoxicity with tacrolimus"),
     )
 
 
 # --- new start (N11) ----------------------------------------------------------------------------------------
 def n11_new_start(inp: RuleInput) -> Finding | Quiet:
     record = inp.record
-    tacrolimus = exposure(record, "tacrolimus")
-    if tacrolimus.any:
-        return quiet(
-            "N11",
-            f"earlier tacrolimus exposure on record from {tacrolimus.start.isoformat()}: not a new start",
-        )
+    continuing = continuing_because(inp)
+    if continuing:
+        return quiet("N11", f"{continuing}: not a new start")
     return finding(
         "N11",
         "info",
@@ -504,6 +519,163 @@ def n11_new_start(inp: RuleInput) -> Finding | Quiet:
         ("lupkynis-label", "acr-2024-ln", "fomin-roberts-2016"),
         missing=unavailable(record, "MedicationRequest"),
     )
+
+
+# --- duplicate calcineurin inhibitor, eGFR (N12, N13; S5 and S6 in version 1) ------------------------------
+def n12_duplicate_cni(inp: RuleInput) -> Finding | Quiet:
+    """Another calcineurin inhibitor, or a second tacrolimus order (interpretation 17)."""
+    record = inp.record
+    others = active_orders(record, "other-calcineurin-inhibitors")
+    renewed = {o.prior_prescription for o in inp.orders if o.prior_prescription}
+    tacrolimus_drafts = [m for m in record.active_medications("tacrolimus") if m.is_draft]
+    this_order = inp.orders[0].id if inp.orders else None
+    duplicates = [m for m in tacrolimus_drafts if m.id != this_order] if len(tacrolimus_drafts) > 1 else []
+    stored = [
+        m
+        for m in record.active_medications("tacrolimus")
+        if not m.is_draft
+        and not m.is_trigger
+        and m.status in ("active", "on-hold")
+        and m.id not in renewed
+        and m.id != this_order
+    ]
+    found = [*others, *duplicates, *stored]
+    if not found:
+        return quiet(
+            "N12",
+            "no other calcineurin inhibitor and no second tacrolimus order is active"
+            + (f" (this order renews {', '.join(sorted(renewed))})" if renewed else ""),
+            unavailable(record, "MedicationRequest"),
+        )
+    detail_renewal = (
+        " If this order replaces the earlier tacrolimus order, link it as a renewal or change "
+        "(priorPrescription) or stop the old order."
+        if stored or duplicates
+        else ""
+    )
+    cyclosporine = (
+        " When switching from cyclosporine, start tacrolimus no sooner than 24 hours after the last "
+        "cyclosporine dose, later if cyclosporine levels are high (Prograf label)."
+        if others
+        else ""
+    )
+    return finding(
+        "N12",
+        "critical",
+        f"Duplicate calcineurin-inhibitor therapy: {found[0].name}",
+        f"{capital(names(found))} {'is' if len(found) == 1 else 'are'} active alongside this tacrolimus "
+        "order: duplicate calcineurin-inhibitor therapy, with additive nephrotoxicity. Keep one "
+        f"calcineurin inhibitor.{detail_renewal}{cyclosporine}",
+        ("prograf-label", "lupkynis-label"),
+        evidence=[medication_evidence(m) for m in found],
+        missing=unavailable(record, "MedicationRequest"),
+        suggestions=remove_drafts(found, "Duplicate calcineurin-inhibitor therapy"),
+    )
+
+
+def n13_low_egfr(inp: RuleInput) -> Finding | Quiet:
+    """eGFR at or below the calcineurin-inhibitor caution threshold, reported or calculated."""
+    egfr, gaps = egfr_now(inp)
+    limit = threshold(inp, "egfr_cni_caution")
+    if egfr is None:
+        return quiet("N13", "no eGFR, reported or calculated, to compare with the threshold", gaps)
+    if round(egfr.value, 6) > limit:
+        return quiet("N13", f"newest eGFR {egfr.on()} is above {num(limit)}", gaps)
+    how = " calculated (CKD-EPI 2021)" if egfr.calculated else ""
+    return finding(
+        "N13",
+        "warning",
+        f"eGFR {num(round(egfr.value))}{how} is at or below {num(limit)}: calcineurin-inhibitor caution",
+        f"eGFR {egfr.on()}. KDIGO 2024 offers calcineurin-inhibitor regimens only when eGFR is above "
+        f"{num(limit)}, and the voclosporin label does not recommend starting at {num(limit)} or below "
+        "unless the benefit outweighs the risk. Weigh the benefit against nephrotoxicity and follow kidney "
+        "function closely if tacrolimus goes ahead.",
+        ("kdigo-2024", "lupkynis-label", *(("ckd-epi-2021",) if egfr.calculated else ())),
+        evidence=egfr.evidence(),
+        missing=gaps,
+    )
+
+
+# --- hepatitis B (N14, N15) ---------------------------------------------------------------------------------
+def n14_hepatitis_b(inp: RuleInput) -> Finding | Quiet:
+    """Hepatitis B on record: prophylaxis before or with immunosuppression (interpretation 35)."""
+    record = inp.record
+    found: list[str] = []
+    evidence: list[Evidence] = []
+    gaps: list[str] = unavailable(record, "Condition", "Observation")
+    conditions = record.confirmed_conditions("hepatitis-b")
+    for c in conditions:
+        found.append(f"{c.name} on the problem list" + (" (resolved)" if c.resolved else ""))
+        evidence.append(condition_evidence(c))
+    for group, label in (("hbsag", "HBsAg"), ("anti-hbc", "anti-HBc")):
+        series = record.lab(group)
+        newest = next((v for v in series.values() if v.answer in ("positive", "negative")), None)
+        gaps += unusable_in(series, None, newest)
+        if newest is not None and newest.answer == "positive":
+            found.append(f"{label} positive on {day(newest.when)}")
+            evidence.append(lab_evidence(label, newest))
+    if not found:
+        hbsag = record.lab("hbsag").newest()
+        seen = f"newest HBsAg {on(hbsag)}" if hbsag else "no HBsAg result"
+        return quiet("N14", f"no hepatitis B condition and no positive HBsAg or anti-HBc ({seen})", gaps)
+    hbsag_positive = any(f.startswith("HBsAg positive") for f in found)
+    active = any(c.active for c in conditions) or hbsag_positive
+    advice = (
+        "Start antiviral prophylaxis (entecavir or tenofovir) before or with the immunosuppression and "
+        "continue it after, with hepatology input"
+        if active
+        else "Past or occult infection can reactivate under immunosuppression: arrange antiviral "
+        "prophylaxis or HBV DNA and ALT monitoring according to risk, with hepatology input"
+    )
+    return finding(
+        "N14",
+        "warning",
+        f"Hepatitis B: {found[0]}",
+        f"Hepatitis B is on record: {words(found)}. {advice} (KDIGO 2024). Tacrolimus is not a "
+        "hepatitis B-safe choice: any immunosuppression can reactivate the virus.",
+        ("kdigo-2024", "livertox-rituximab"),
+        evidence=evidence,
+        missing=gaps,
+    )
+
+
+def n15_hepatitis_b_screen(inp: RuleInput) -> Finding | Quiet:
+    """A new start with no hepatitis B status on record at all: screen first."""
+    record = inp.record
+    continuing = continuing_because(inp)
+    if continuing:
+        return quiet("N15", f"{continuing}: the screening reminder is for a new start")
+    conditions = record.confirmed_conditions("hepatitis-b")
+    if conditions:
+        return quiet("N15", f"a hepatitis B condition is on record ({conditions[0].name}); N14 applies")
+    series = record.lab("hbsag")
+    results = series.values()
+    if results:
+        return quiet("N15", f"HBsAg {on(results[0])} is on record")
+    return finding(
+        "N15",
+        "info",
+        "No hepatitis B screening on record before a new immunosuppressant",
+        "No HBsAg result and no hepatitis B condition is on record. KDIGO 2024 asks for hepatitis B "
+        "screening (HBsAg and anti-HBc) before immunosuppression, because tacrolimus, like any "
+        "immunosuppressant, can reactivate the virus.",
+        ("kdigo-2024", "livertox-rituximab"),
+        missing=[
+            "no HBsAg result on record",
+            *unusable_in(series, None),
+            *unavailable(record, "Condition", "Observation"),
+        ],
+        suggestions=[OrderLabs((HBSAG,), "Order hepatitis B surface antigen (HBsAg)")],
+    )
+
+
+def remove_drafts(drugs: list[Medication], reason: str) -> list[StopMedication]:
+    """Delete suggestions for the drugs that are drafts of this session (never for stored orders)."""
+    return [
+        StopMedication(m, f"Remove the draft {m.name} order", reason=reason, drafts_only=True)
+        for m in drugs
+        if m.is_draft
+    ]
 
 
 RULES = {
@@ -518,4 +690,8 @@ RULES = {
     "N9": n9_cyp3a4,
     "N10": n10_nephrotoxins,
     "N11": n11_new_start,
+    "N12": n12_duplicate_cni,
+    "N13": n13_low_egfr,
+    "N14": n14_hepatitis_b,
+    "N15": n15_hepatitis_b_screen,
 }

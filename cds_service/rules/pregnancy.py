@@ -1,7 +1,8 @@
-"""Pregnancy suitability (P1-P6): is tacrolimus right for a patient who is or may become pregnant, or nurses?
+"""Pregnancy suitability (P1-P7): is tacrolimus right for a patient who is or may become pregnant, or nurses?
 
 Tacrolimus itself is pregnancy-compatible; the findings are about what comes with it: teratogens still active,
-mycophenolate without a pregnancy test, breastfeeding, hypertension and the falling trough of pregnancy.
+mycophenolate without a negative pregnancy test, breastfeeding (and drugs that are not compatible with it),
+hypertension and the falling trough of pregnancy.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from cds_service.rules.common import (
     bp_readings,
     capital,
     condition_evidence,
+    day,
     exposure,
     finding,
     lab_evidence,
@@ -103,7 +105,11 @@ def p2_teratogen_in_pregnancy(inp: RuleInput) -> Finding | Quiet:
         evidence=[*status.evidence, *(medication_evidence(m) for m in teratogens)],
         missing=status.missing,
         suggestions=[
-            StopMedication(m, f"Remove the draft {m.name} order" if m.is_draft else f"Stop {m.name}")
+            StopMedication(
+                m,
+                f"Remove the draft {m.name} order" if m.is_draft else f"Stop {m.name}",
+                reason="Not compatible with pregnancy (ACR 2020 reproductive health guideline)",
+            )
             for m in teratogens
         ],
     )
@@ -134,35 +140,46 @@ def p3_mycophenolate_without_hcg(inp: RuleInput) -> Finding | Quiet:
         )
     days = threshold(inp, "mycophenolate_hcg_days")
     since = window_start(inp.now, days)
+    cutoff = threshold(inp, "hcg_positive_iu_per_l")
     tests = sorted(
         (v for group in HCG_GROUPS for v in record.lab(group).values(since=since)),
         key=lambda v: v.when,
         reverse=True,
     )
-    if tests:
-        return quiet("P3", f"hCG {on(tests[0])} is within the last {num(days)} days")
+    negative = [v for v in tests if _is_negative_hcg(v, cutoff)]
+    if negative:
+        return quiet("P3", f"negative hCG {on(negative[0])} is within the last {num(days)} days")
     missing = [
-        f"no hCG result in the last {num(days)} days",
+        f"no negative hCG in the last {num(days)} days",
         *(reason for group in HCG_GROUPS for reason in unusable_in(record.lab(group), since)),
         *unavailable(record, "Observation"),
         *missing,
     ]
     who = "a woman" if sex == "female" else "a patient"
     who += f" aged {age}" if age is not None else ""
+    ended = [line for line in status.checked if " was ended by " in line]
+    ended_text = f" A recorded pregnancy has ended: {'; '.join(ended)}." if ended else ""
     return finding(
         "P3",
         "info",
-        f"Mycophenolate without a pregnancy test in the last {num(days)} days",
+        f"Mycophenolate without a negative pregnancy test in the last {num(days)} days",
         f"{capital(names(mycophenolate))} is "
-        f"{'being ordered' if all(m.is_draft for m in mycophenolate) else 'active'} for {who}, with no hCG "
-        f"result in the last {num(days)} days. Mycophenolate must be stopped at least 6 weeks before "
+        f"{'being ordered' if all(m.is_draft for m in mycophenolate) else 'active'} for {who}, with no "
+        f"negative hCG in the last {num(days)} days. Mycophenolate must be stopped at least 6 weeks before "
         "conception (ACR 2020): confirm a negative pregnancy test and review contraception and pregnancy "
-        "plans. A urine test is suggested: it is quick and uses the urine sample the UPCR needs.",
+        "plans. A urine test is suggested: it is quick and uses the urine sample the UPCR needs."
+        + ended_text,
         ("acr-2020-reproductive",),
         evidence=[medication_evidence(m) for m in mycophenolate],
         missing=missing,
         suggestions=[OrderLabs((URINE_HCG,), "Order a urine pregnancy test (hCG)")],
     )
+
+
+def _is_negative_hcg(v, cutoff: float) -> bool:
+    if v.value is not None:
+        return v.value <= cutoff
+    return v.answer == "negative"
 
 
 def p4_breastfeeding(inp: RuleInput) -> Finding | Quiet:
@@ -249,7 +266,7 @@ def p6_pregnancy_trough(inp: RuleInput) -> Finding | Quiet:
         "P6",
         "info",
         f"Pregnant on tacrolimus with no trough in {num(days)} days",
-        f"Pregnant ({status.text}) and on tacrolimus since {tacrolimus.start.isoformat()}, with no "
+        f"Pregnant ({status.text}) and on tacrolimus since {day(tacrolimus.start)}, with no "
         f"tacrolimus level in the last {num(days)} days{last_text}. Whole-blood levels fall as pregnancy "
         "advances (transplant series needed dose increases of 20–25% or more) while low albumin raises the "
         "unbound fraction: check a trough now and every 2–4 weeks, and read it together with the albumin.",
@@ -269,6 +286,41 @@ def p6_pregnancy_trough(inp: RuleInput) -> Finding | Quiet:
     )
 
 
+def p7_teratogen_while_breastfeeding(inp: RuleInput) -> Finding | Quiet:
+    record = inp.record
+    status = lactation_status(record, inp.thresholds)
+    if not status.present:
+        return quiet("P7", status.why_not("breastfeeding"), status.missing)
+    drugs = active_orders(record, *TERATOGEN_CONCEPTS)
+    if not drugs:
+        return quiet(
+            "P7",
+            "breastfeeding, but no active mycophenolate, cyclophosphamide, methotrexate or leflunomide order",
+            unavailable(record, "MedicationRequest"),
+        )
+    return finding(
+        "P7",
+        "warning",
+        f"Not compatible with breastfeeding: {_short(drugs)}",
+        f"Breastfeeding is documented ({status.text}) while {names(drugs)} "
+        f"{'is' if len(drugs) == 1 else 'are'} active. Mycophenolate, cyclophosphamide, methotrexate and "
+        "leflunomide are not compatible with breastfeeding (ACR 2020; BSR 2022): stop "
+        f"{'it' if len(drugs) == 1 else 'them'} or stop breastfeeding. Tacrolimus, cyclosporine, "
+        "azathioprine and hydroxychloroquine are compatible with breastfeeding.",
+        ("acr-2020-reproductive", "bsr-2022"),
+        evidence=[*status.evidence, *(medication_evidence(m) for m in drugs)],
+        missing=status.missing,
+        suggestions=[
+            StopMedication(
+                m,
+                f"Remove the draft {m.name} order" if m.is_draft else f"Stop {m.name}",
+                reason="Not compatible with breastfeeding (ACR 2020 reproductive health guideline)",
+            )
+            for m in drugs
+        ],
+    )
+
+
 def _short(meds) -> str:
     first = meds[0].name
     return first if len(meds) == 1 else f"{first} and {len(meds) - 1} more"
@@ -281,4 +333,5 @@ RULES = {
     "P4": p4_breastfeeding,
     "P5": p5_hypertension_in_pregnancy,
     "P6": p6_pregnancy_trough,
+    "P7": p7_teratogen_while_breastfeeding,
 }

@@ -1,8 +1,9 @@
-"""Salvage context (S0-S7): why tacrolimus now, for a patient with lupus nephritis?
+"""Salvage context (S0-S4, S7): why tacrolimus now, for a patient with lupus nephritis?
 
 The source article sees tacrolimus's place after mycophenolate or cyclophosphamide has failed, when rituximab
 cannot be used, or in pregnancy, and calls it "a bridge, not a destination". These findings put that context
-on the card; they never apply without active lupus nephritis.
+on the card; they never apply without active lupus nephritis. S0-S4 ask "why start it?", so they speak only
+for a new start: a renewal or dose change gets no salvage lecture. (S5 and S6 of version 1 are N12 and N13.)
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from cds_service.record import Allergy
 from cds_service.rules.common import (
     PREGNANCY_NEEDS,
     active_orders,
-    capital,
     condition_evidence,
+    continuing_because,
+    day,
     day_start,
     exposure,
     finding,
@@ -28,7 +30,6 @@ from cds_service.rules.common import (
     months_as_days,
     names,
     newest_number,
-    newest_recent,
     num,
     number,
     on,
@@ -46,13 +47,8 @@ NEEDS = merge_needs(
     PREGNANCY_NEEDS,
     {
         "Condition": ("lupus-nephritis", "lupus-nephritis-class-v", "hepatitis-b", "hypogammaglobulinemia"),
-        "Observation": ("upcr", "egfr", "hbsag", "igg"),
-        "MedicationRequest": (
-            "tacrolimus",
-            "mycophenolate",
-            "cyclophosphamide",
-            "other-calcineurin-inhibitors",
-        ),
+        "Observation": ("upcr", "hbsag", "igg"),
+        "MedicationRequest": ("tacrolimus", "mycophenolate", "cyclophosphamide"),
         "AllergyIntolerance": ("rituximab",),
     },
 )
@@ -77,7 +73,24 @@ def needs_lupus_nephritis(
     return checked
 
 
+def new_start_only(
+    rule: Callable[[RuleInput], Finding | Quiet],
+) -> Callable[[RuleInput], Finding | Quiet]:
+    """S0-S4 are questions about starting tacrolimus; for continuing therapy the rule stays quiet."""
+    rule_id = rule.__name__[:2].upper()
+
+    @wraps(rule)
+    def checked(inp: RuleInput) -> Finding | Quiet:
+        continuing = continuing_because(inp)
+        if continuing:
+            return quiet(rule_id, f"{continuing}; the salvage questions are asked only for a new start")
+        return rule(inp)
+
+    return checked
+
+
 @needs_lupus_nephritis
+@new_start_only
 def s0_first_agent(inp: RuleInput) -> Finding | Quiet:
     """Tacrolimus before either anchor drug: the North American debate."""
     record = inp.record
@@ -105,6 +118,7 @@ def s0_first_agent(inp: RuleInput) -> Finding | Quiet:
 
 
 @needs_lupus_nephritis
+@new_start_only
 def s1_mycophenolate_failure(inp: RuleInput) -> Finding | Quiet:
     """Inadequate response after at least 6 months of mycophenolate (interpretation 9)."""
     record = inp.record
@@ -120,10 +134,10 @@ def s1_mycophenolate_failure(inp: RuleInput) -> Finding | Quiet:
             f"{num(months)} months ({num(needed)} days)",
         )
     series = record.lab("upcr")
-    started = day_start(mmf.start, inp.now)
+    started = day_start(mmf.first_day, inp.now)
     after, gaps = newest_number(series, since=started)
     if after is None:
-        return quiet("S1", f"no UPCR since mycophenolate began on {mmf.start.isoformat()}", gaps)
+        return quiet("S1", f"no UPCR since mycophenolate began on {day(mmf.start)}", gaps)
     limit = threshold(inp, "upcr_response")
     if after.value < limit:
         return quiet("S1", f"UPCR {on(after)} is below {num(limit)} g/g: response on mycophenolate")
@@ -148,7 +162,7 @@ def s1_mycophenolate_failure(inp: RuleInput) -> Finding | Quiet:
         "info",
         f"Inadequate response to mycophenolate: UPCR {num(after.value)} g/g after {in_months(mmf.days)}",
         f"UPCR is still {on(after)} after {in_months(mmf.days)} of mycophenolate (since "
-        f"{mmf.start.isoformat()}){pre_text}. This fits an inadequate response: the source article sees "
+        f"{day(mmf.start)}){pre_text}. This fits an inadequate response: the source article sees "
         "tacrolimus's place after mycophenolate has failed, and KDIGO 2024 / ACR 2024 list adding a "
         "calcineurin inhibitor or switching as options. Check adherence first and consider a repeat biopsy.",
         ("fomin-roberts-2016", "kdigo-2024", "acr-2024-ln"),
@@ -158,6 +172,7 @@ def s1_mycophenolate_failure(inp: RuleInput) -> Finding | Quiet:
 
 
 @needs_lupus_nephritis
+@new_start_only
 def s2_both_anchors_used(inp: RuleInput) -> Finding | Quiet:
     """Both anchor drugs (cyclophosphamide and mycophenolate) already used."""
     record = inp.record
@@ -172,7 +187,7 @@ def s2_both_anchors_used(inp: RuleInput) -> Finding | Quiet:
         "S2",
         "info",
         "Both anchor drugs used before: cyclophosphamide and mycophenolate",
-        f"Cyclophosphamide (from {cyc.start.isoformat()}) and mycophenolate (from {mmf.start.isoformat()}) "
+        f"Cyclophosphamide (from {day(cyc.start)}) and mycophenolate (from {day(mmf.start)}) "
         "have both been used. The source article sees tacrolimus's place after mycophenolate or "
         "cyclophosphamide has failed, but the multitarget evidence (Liu 2015) and the "
         "tacrolimus-versus-mycophenolate trial (Mok 2016) come from Chinese cohorts; North American data "
@@ -183,6 +198,7 @@ def s2_both_anchors_used(inp: RuleInput) -> Finding | Quiet:
 
 
 @needs_lupus_nephritis
+@new_start_only
 def s3_rituximab_barrier(inp: RuleInput) -> Finding | Quiet:
     """A reason rituximab cannot be used (interpretation 10)."""
     record = inp.record
@@ -202,9 +218,7 @@ def s3_rituximab_barrier(inp: RuleInput) -> Finding | Quiet:
     else:
         checked.append(f"no hepatitis B condition{f', HBsAg {on(hbsag)}' if hbsag else ''}")
         if hbsag is None:
-            missing.append(
-                "no HBsAg result on record (KDIGO asks for hepatitis B screening before immunosuppression)"
-            )
+            missing.append("no HBsAg result on record")
 
     low_igg = threshold(inp, "igg_low")
     hypogamma = record.active_conditions("hypogammaglobulinemia")
@@ -242,8 +256,8 @@ def s3_rituximab_barrier(inp: RuleInput) -> Finding | Quiet:
     if not barriers:
         return quiet("S3", "no rituximab barrier recorded: " + "; ".join(checked), missing)
     hbv_text = (
-        " Tacrolimus is not a hepatitis B-safe choice either: hepatitis B still needs antiviral prophylaxis "
-        "and hepatology input under any immunosuppression."
+        " Hepatitis B is a barrier to rituximab only: what it needs under tacrolimus is on the monitoring "
+        "card (N14)."
         if "hepatitis B" in barriers
         else ""
     )
@@ -262,6 +276,7 @@ def s3_rituximab_barrier(inp: RuleInput) -> Finding | Quiet:
 
 
 @needs_lupus_nephritis
+@new_start_only
 def s4_membranous(inp: RuleInput) -> Finding | Quiet:
     """Class V (membranous) lupus nephritis."""
     record = inp.record
@@ -277,69 +292,6 @@ def s4_membranous(inp: RuleInput) -> Finding | Quiet:
         "for nephrotic-range proteinuria.",
         ("kdigo-2024", "acr-2024-ln", "fomin-roberts-2016"),
         evidence=[condition_evidence(c) for c in class_v],
-    )
-
-
-@needs_lupus_nephritis
-def s5_duplicate_cni(inp: RuleInput) -> Finding | Quiet:
-    """Another calcineurin inhibitor, or a second tacrolimus order (interpretation 17)."""
-    record = inp.record
-    others = active_orders(record, "other-calcineurin-inhibitors")
-    renewed = {o.prior_prescription for o in inp.orders if o.prior_prescription}
-    tacrolimus_drafts = [m for m in record.active_medications("tacrolimus") if m.is_draft]
-    this_order = inp.orders[0].id if inp.orders else None
-    duplicates = [m for m in tacrolimus_drafts if m.id != this_order] if len(tacrolimus_drafts) > 1 else []
-    stored = [
-        m
-        for m in record.active_medications("tacrolimus")
-        if not m.is_draft and not m.is_trigger and m.status in ("active", "on-hold") and m.id not in renewed
-    ]
-    found = [*others, *duplicates, *stored]
-    if not found:
-        return quiet(
-            "S5",
-            "no other calcineurin inhibitor and no second tacrolimus order is active"
-            + (f" (this order renews {', '.join(sorted(renewed))})" if renewed else ""),
-            unavailable(record, "MedicationRequest"),
-        )
-    detail_renewal = (
-        " If this order replaces the earlier tacrolimus order, link it as a renewal or change "
-        "(priorPrescription) or stop the old order."
-        if stored or duplicates
-        else ""
-    )
-    return finding(
-        "S5",
-        "critical",
-        f"Duplicate calcineurin-inhibitor therapy: {found[0].name}",
-        f"{capital(names(found))} {'is' if len(found) == 1 else 'are'} active alongside this tacrolimus "
-        "order: duplicate calcineurin-inhibitor therapy, with additive nephrotoxicity. Keep one "
-        f"calcineurin inhibitor.{detail_renewal}",
-        ("prograf-label", "lupkynis-label"),
-        evidence=[medication_evidence(m) for m in found],
-    )
-
-
-@needs_lupus_nephritis
-def s6_low_egfr(inp: RuleInput) -> Finding | Quiet:
-    """eGFR at or below the calcineurin-inhibitor caution threshold."""
-    egfr, gaps = newest_recent(inp, "egfr")
-    limit = threshold(inp, "egfr_cni_caution")
-    if egfr is None:
-        return quiet("S6", "no eGFR to compare with the threshold", gaps)
-    if egfr.value > limit:
-        return quiet("S6", f"newest eGFR {on(egfr)} is above {num(limit)}", gaps)
-    return finding(
-        "S6",
-        "warning",
-        f"eGFR {num(egfr.value)} is at or below {num(limit)}: calcineurin-inhibitor caution",
-        f"eGFR {on(egfr)}. KDIGO 2024 offers calcineurin-inhibitor regimens only when eGFR is above "
-        f"{num(limit)}, and the voclosporin label does not recommend starting at {num(limit)} or below. "
-        "Weigh the benefit against nephrotoxicity and follow kidney function closely if tacrolimus goes "
-        "ahead.",
-        ("kdigo-2024", "lupkynis-label"),
-        evidence=[lab_evidence("eGFR", egfr)],
-        missing=gaps,
     )
 
 
@@ -362,7 +314,7 @@ def s7_long_term(inp: RuleInput) -> Finding | Quiet:
         )
     limit = threshold(inp, "upcr_response")
     series = record.lab("upcr")
-    started = day_start(tacrolimus.start, inp.now)
+    started = day_start(tacrolimus.first_day, inp.now)
     during = [v for v in series.values(since=started) if v.value is not None and tacrolimus.covers(v.when)]
     responses = [v for v in during if v.value < limit]
     if responses:
@@ -373,7 +325,7 @@ def s7_long_term(inp: RuleInput) -> Finding | Quiet:
         "S7",
         "info",
         f"Tacrolimus for {in_months(tacrolimus.days)} without a proteinuria response",
-        f"Tacrolimus since {tacrolimus.start.isoformat()} ({in_months(tacrolimus.days)} in total) with no "
+        f"Tacrolimus since {day(tacrolimus.start)} ({in_months(tacrolimus.days)} in total) with no "
         f'UPCR below {num(limit)} g/g in that time ({upcr_text}). The source article calls tacrolimus "a '
         'bridge, not a destination": about 17% of patients lose significant kidney function within 3 years, '
         "so reassess whether to continue it.",
@@ -396,7 +348,5 @@ RULES = {
     "S2": s2_both_anchors_used,
     "S3": s3_rituximab_barrier,
     "S4": s4_membranous,
-    "S5": s5_duplicate_cni,
-    "S6": s6_low_egfr,
     "S7": s7_long_term,
 }
