@@ -62,6 +62,7 @@ def test_order_select_and_order_sign_examples_get_the_pregnancy_cards(answers):
         status, body = answers[name]
         assert status == 200
         assert check_response(body) == []
+        assert len(body["cards"]) == 3  # as the README says
         assert body["cards"][0]["indicator"] == "critical"
         assert body["cards"][0]["summary"].startswith("Teratogen active in pregnancy")
 
