@@ -46,6 +46,18 @@ def caller_tenant() -> str | None:
     return getattr(caller, "tenant", None) or getattr(caller, "issuer", None)
 
 
+def smart_app_url(rt: Runtime) -> str | None:
+    """The course app's launch URL for card links: ``cards.smart_app_url`` (``null`` turns the link off),
+    else ``server.public_base_url`` + ``/smart/launch`` (with ``--dev``: this service as the caller reached
+    it, so the sandbox works on any port)."""
+    cards = rt.config.section("cards")
+    if "smart_app_url" in cards:
+        return cards["smart_app_url"] or None
+    public = rt.config.section("server").get("public_base_url")
+    base = request.url_root if rt.dev or not public else public
+    return base.rstrip("/") + "/smart/launch"
+
+
 @bp.get("/cds-services")
 def discovery() -> Response:
     rt = runtime()
@@ -71,7 +83,9 @@ def call_service(service_id: str) -> Response | tuple[Response, int]:
         raise ProtocolError(404, None, f"no CDS service with id {service_id!r}")
     started = time.perf_counter()
     body = json_body()
-    answer = answer_hook(body, service, rt, tenant=caller_tenant(), caller=g.get("caller"))
+    answer = answer_hook(
+        body, service, rt, tenant=caller_tenant(), caller=g.get("caller"), smart_app_url=smart_app_url(rt)
+    )
     cards = answer.body.get("cards", [])
     if cards and rt.store is not None:
         rt.store.record_shown(service.id, caller_tenant(), body["hookInstance"], cards)

@@ -78,6 +78,9 @@ def create_app(
     from cds_service.docs import bp as docs_bp  # GET /docs: the README, where cards' source links point
 
     app.register_blueprint(docs_bp)
+    from cds_service.smart import bp as smart_bp  # the course SMART app, launched from card links
+
+    app.register_blueprint(smart_bp)
     if dev:
         from cds_service.sandbox.web import install as install_sandbox  # dev-only: imported on demand
 

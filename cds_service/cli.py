@@ -200,6 +200,7 @@ def fixtures_serve(host: str, port: int) -> None:
     store = FhirStore.from_fixtures()
     with serve_in_thread(store, host, port, log_requests=True) as base_url:
         click.echo(f"fixture FHIR server on {base_url} ({base_url}/metadata); Ctrl-C stops it", err=True)
+        click.echo(f"SMART (development, no login): {base_url}/.well-known/smart-configuration", err=True)
         try:
             while True:
                 time.sleep(3600)

@@ -24,6 +24,7 @@ from cds_service.record_builder import build_record
 from cds_service.rules import evaluate
 from cds_service.rules.model import Evaluation, RuleInput
 from cds_service.runtime import Runtime
+from cds_service.smart.links import add_course_links, course_context
 from cds_service.trigger import bundle_resolver, draft_resources, find_trigger_orders
 
 log = logging.getLogger("cds_service.hook_call")
@@ -131,8 +132,12 @@ def answer_hook(
     now: datetime | None = None,
     tenant: str | None = None,
     caller: Caller | None = None,
+    smart_app_url: str | None = None,
 ) -> Answer:
-    """The answer to one hook call; ``tenant`` (the caller's organisation) picks its overrides."""
+    """The answer to one hook call; ``tenant`` (the caller's organisation) picks its overrides.
+
+    With ``smart_app_url`` (the course app's launch URL) the monitoring and salvage cards link to the app.
+    """
     validate_request(body, service.hook)
     now = now or datetime.now(UTC)
     context = body["context"]
@@ -184,14 +189,13 @@ def answer_hook(
         unavailable={KEY_BY_NAME[k].resource_type for k in gathered.unavailable},
     )
     settings = runtime.config.settings_for(service, tenant)
-    evaluation = evaluate(
-        RuleInput(
-            record=record,
-            orders=tuple(m for m in record.medications if m.is_trigger),
-            thresholds=settings["thresholds"],
-            scope=settings["scope"],
-        )
+    rule_input = RuleInput(
+        record=record,
+        orders=tuple(m for m in record.medications if m.is_trigger),
+        thresholds=settings["thresholds"],
+        scope=settings["scope"],
     )
+    evaluation = evaluate(rule_input)
     not_checked = {DATA_NAMES[k]: why for k, why in {**gathered.unavailable, **gathered.incomplete}.items()}
     cards = build_cards(
         apply_finding_settings(evaluation.findings, settings),
@@ -200,4 +204,6 @@ def answer_hook(
         stored_orders={f"MedicationRequest/{r.get('id')}": r for r in stored_orders},
         not_checked=not_checked,
     )
+    if smart_app_url:  # the course app, launched from the monitoring and salvage cards
+        cards = add_course_links(cards, smart_app_url, course_context(rule_input))
     return Answer(200, {"cards": cards}, evaluation=evaluation, notes=notes)

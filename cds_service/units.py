@@ -180,3 +180,13 @@ def _normalise(group: str, text: str) -> str:
 def _check_group(group: str) -> None:
     if group not in CANONICAL_UNITS and group not in QUALITATIVE_GROUPS:
         raise ValueError(f"unknown lab group {group!r}")
+
+
+def linear_factors(group: str) -> dict[str, float]:
+    """Normalised unit -> factor to the canonical unit, for groups whose conversions are all linear.
+
+    For the SMART app, which converts in the browser exactly as the rules do (same keys, same factors).
+    """
+    _check_group(group)
+    table = _CONVERSIONS.get(group, {})
+    return {key: convert(1.0) for key, convert in table.items() if convert is not _ifcc_to_ngsp}

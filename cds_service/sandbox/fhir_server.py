@@ -20,6 +20,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import WSGIRequestHandler, make_server
 
+from cds_service.sandbox.smart_auth import install_dev_smart
 from cds_service.sandbox.store import (
     FhirStore,
     SearchError,
@@ -164,6 +165,9 @@ def create_fhir_app(
         code = "not-found" if error.code == 404 else "not-supported" if error.code == 405 else "exception"
         return fhir_response(operation_outcome(code, error.description or error.name), error.code or 500)
 
+    install_dev_smart(
+        app, base_path, store
+    )  # SMART discovery + a login-free authorization server, loopback only
     return app
 
 

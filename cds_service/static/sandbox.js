@@ -12,6 +12,7 @@ const state = {
   storedOrders: [],     // stored MedicationRequests a draft may renew ({ref, label, status})
   created: 0,           // counter for ids of resources created by suggestions
   busy: false,
+  patientId: null,      // the fixture patient's id, for SMART launches from card links
 };
 
 // ---------------------------------------------------------------------------------------------- helpers
@@ -110,6 +111,7 @@ async function loadFixture(name) {
   state.editable = new Set(fixture.drafts.filter((d) => d.editable).map((d) => ref(d.resource)));
   state.storedOrders = fixture.stored_orders || [];
   const patient = fixture.patient || {};
+  state.patientId = patient.id || null;
   $("#patient-name").textContent = patient.name || "(no name)";
   $("#patient-facts").textContent = [patient.gender, patient.birthDate && `born ${patient.birthDate}`, patient.id && `Patient/${patient.id}`]
     .filter(Boolean).join(" · ");
@@ -251,6 +253,33 @@ function safeLink(url, label) {
   return el("a", { href: parsed.href, target: "_blank", rel: "noopener noreferrer" }, label);
 }
 
+// A card's `smart` link, launched as an EHR does (SMART App Launch): the development authorization server of
+// /sandbox/fhir mints a launch id bound to this patient and the link's appContext, then the app opens in a
+// new tab with iss (this sandbox's FHIR base) and launch.
+function smartLaunchButton(link) {
+  const button = el("button", { type: "button", className: "smart-launch" }, `${link.label} (SMART app)`);
+  button.addEventListener("click", async () => {
+    let target = null;
+    try { target = new URL(link.url); } catch (e) { target = null; }
+    if (!target || !["http:", "https:"].includes(target.protocol) || !state.patientId) {
+      setStatus(`The SMART link cannot be launched: ${link.url}`);
+      return;
+    }
+    const form = new URLSearchParams({ patient: state.patientId });
+    if (typeof link.appContext === "string") form.set("appContext", link.appContext);
+    const response = await fetch("/sandbox/fhir/auth/launch", { method: "POST", body: form });
+    const answer = await response.json().catch(() => ({}));
+    if (!response.ok || !answer.launch) {
+      setStatus(`The SMART launch failed: ${answer.error_description || response.status}`);
+      return;
+    }
+    target.searchParams.set("iss", `${window.location.origin}/sandbox/fhir`);
+    target.searchParams.set("launch", answer.launch);
+    window.open(target.href, "_blank", "noopener");
+  });
+  return button;
+}
+
 async function renderCards(cards, serviceId) {
   const details = await renderMarkdown(cards.map((c) => (typeof c.detail === "string" ? c.detail : "")));
   const box = $("#cards");
@@ -297,7 +326,7 @@ function cardElement(card, detailHtml, serviceId) {
 
   if (Array.isArray(card.links) && card.links.length) {
     node.append(el("ul", { className: "links" }, ...card.links.map((link) =>
-      el("li", {}, link.type === "smart" ? el("span", { className: "muted" }, `${link.label} (SMART app launch is not supported in this sandbox)`) : safeLink(link.url, link.label)))));
+      el("li", {}, link.type === "smart" ? smartLaunchButton(link) : safeLink(link.url, link.label)))));
   }
 
   const reasons = Array.isArray(card.overrideReasons) ? card.overrideReasons : [];
