@@ -3,8 +3,10 @@
 The token is configured as its SHA-256 (``admin.token_sha256`` in settings.yaml) or given in the environment
 (``CDS_ADMIN_TOKEN``); with neither, every ``/admin`` URL answers 404. In ``--dev`` without either, the fixed
 token ``dev-admin-token`` works and the start-up log says so. A request proves the token with
-``Authorization: Bearer <token>`` or with the cookie the login form sets (HttpOnly, SameSite=Strict, only
-sent to ``/admin``). The page is server-rendered HTML with inline SVG: no script, no external CSS, and a
+``Authorization: Bearer <token>`` or shows the session cookie the login form sets (HttpOnly, SameSite=Strict,
+only sent to ``/admin``; signed and expiring, never the token itself, ended on the server at sign-out; see
+``admin_sessions``). Wrong tokens, by form or header, slow down and then lock out the client.
+The page is server-rendered HTML with inline SVG: no script, no external CSS, and a
 Content-Security-Policy that allows only its own nonce-tagged style block.
 """
 
@@ -17,6 +19,7 @@ import logging
 import os
 import secrets
 import signal
+import weakref
 from collections.abc import Iterable, Mapping
 from datetime import date
 from functools import cache
@@ -28,6 +31,7 @@ from sqlalchemy.engine import make_url
 from werkzeug.exceptions import NotFound
 from werkzeug.wrappers import Response as BaseResponse  # what flask.redirect returns
 
+from cds_service.admin_sessions import SESSION_SECONDS, AdminSessions
 from cds_service.config import Config, ConfigError, load_config
 from cds_service.config_schema import SCHEMA_DIR
 from cds_service.explain import FINDING_IDS, SETTINGS_BY_FINDING
@@ -79,12 +83,25 @@ def _hashes() -> list[str]:
     return accepted_hashes(holder.current.config, holder.dev)
 
 
-def _presented_token() -> tuple[str | None, str]:
-    """(token, how): from the Authorization header, else from the login cookie."""
+_SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _sessions() -> AdminSessions:
+    """The sessions and login throttle on the current database (made once per engine)."""
+    engine = _holder().current.store.engine
+    sessions = _SESSIONS.get(engine)
+    if sessions is None:
+        sessions = _SESSIONS[engine] = AdminSessions(engine)
+    return sessions
+
+
+def _client() -> str:
+    return request.remote_addr or "unknown"
+
+
+def _bearer() -> str | None:
     scheme, _, value = (request.headers.get("Authorization") or "").partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip(), "bearer"
-    return request.cookies.get(COOKIE), "cookie"
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
 def _same_origin() -> bool:
@@ -117,10 +134,48 @@ def _admin_switched_on() -> None:
         raise NotFound()
 
 
+class Throttled(Exception):
+    """This client failed too often: it must wait (``seconds``) before the token is checked again."""
+
+    def __init__(self, seconds: int, locked: bool):
+        super().__init__(seconds)
+        self.seconds, self.locked = seconds, locked
+
+
+def _check_token(token: str) -> bool:
+    """Does ``token`` open the page? Counted per client; Throttled while the client must wait."""
+    sessions = _sessions()
+    waiting = sessions.wait(_client())
+    if waiting is not None:
+        raise Throttled(waiting.seconds, waiting.locked)
+    if token_opens(token, _hashes()):
+        sessions.succeeded(_client())
+        return True
+    sessions.failed(_client())
+    log.warning("admin token refused", extra={"remote": _client()})
+    return False
+
+
 def _authenticated() -> str | None:
-    """How the request proved the admin token ("bearer" or "cookie"), or None."""
-    token, how = _presented_token()
-    return how if token_opens(token, _hashes()) else None
+    """How the request proved the admin token ("bearer" or "cookie"), or None. Throttled for a client that
+    guessed wrong too often."""
+    token = _bearer()
+    if token is not None:
+        return "bearer" if _check_token(token) else None
+    return "cookie" if _sessions().valid(request.cookies.get(COOKIE), _hashes()) else None
+
+
+@bp.errorhandler(Throttled)
+def _throttled(error: Throttled) -> Response:
+    what = "locked out after repeated wrong tokens" if error.locked else "slowed down after wrong tokens"
+    message = f"Too many wrong tokens from this address: {what}; try again in {error.seconds} s."
+    if request.path.endswith("/login") and request.method == "POST":
+        response = _page("admin_login.html", status=429, error=message)
+    else:
+        response = jsonify({"error": message})
+        response.status_code = 429
+    response.headers["Retry-After"] = str(error.seconds)
+    return response
 
 
 def _unauthorized() -> Response:
@@ -214,20 +269,30 @@ def login_form() -> Response:
 @bp.post("/login")
 def login() -> BaseResponse:
     token = (request.form.get("token") or "").strip()
-    if not token_opens(token, _hashes()):
-        log.warning("admin login refused", extra={"remote": request.remote_addr})
+    if not _check_token(token):
         return _page("admin_login.html", status=401, error="That token does not open the admin page.")
-    log.info("admin login", extra={"remote": request.remote_addr})
+    log.info("admin login", extra={"remote": _client()})
     response = redirect("/admin", code=303)
     secure = request.is_secure or _holder().current.config.section("server")["public_base_url"].startswith(
         "https"
     )
-    response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=secure, path="/admin")
+    session = _sessions().open(_sha256(token))
+    response.set_cookie(
+        COOKIE,
+        session,
+        max_age=SESSION_SECONDS,
+        httponly=True,
+        samesite="Strict",
+        secure=secure,
+        path="/admin",
+    )
     return response
 
 
 @bp.post("/logout")
 def logout() -> BaseResponse:
+    """End the session on the server (a copy of the cookie is worthless after this) and in the browser."""
+    _sessions().close(request.cookies.get(COOKIE))
     response = redirect("/admin/login", code=303)
     response.delete_cookie(COOKIE, path="/admin", httponly=True, samesite="Strict")
     return response

@@ -10,6 +10,7 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from cds_service.auth import AuthError
+from cds_service.bodies import BodyGuard
 from cds_service.config import Config, ConfigError, load_config
 from cds_service.protocol import ProtocolError
 from cds_service.runtime import Runtime
@@ -88,6 +89,8 @@ def create_app(
     _install_cors_and_headers(app, holder)
     _install_authentication(app, holder)
     _install_error_handlers(app)
+    # outermost: compressed, oversized chunked and badly framed bodies are answered before anything reads them
+    app.wsgi_app = BodyGuard(app.wsgi_app, app.config["MAX_CONTENT_LENGTH"], SECURITY_HEADERS)  # type: ignore[method-assign]
     return app
 
 

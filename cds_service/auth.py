@@ -13,6 +13,7 @@ import base64
 import binascii
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -28,7 +29,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from cds_service.config import Config
-from cds_service.fhir_client import read_capped, shared_session
+from cds_service.fhir_client import exchange_deadline, read_capped, shared_session
 from cds_service.storage import seen_tokens
 
 log = logging.getLogger("cds_service.auth")
@@ -47,6 +48,11 @@ REQUIRED_CLAIMS = ("iss", "aud", "exp", "iat", "jti")
 MAX_JTI_CHARS = 255
 DEFAULT_CLOCK_SKEW_SECONDS = 60
 DEFAULT_MAX_TOKEN_BYTES = 8192
+DEFAULT_MAX_TOKEN_LIFETIME_SECONDS = 300
+"""CDS Hooks 2.0 §6.1: ``exp`` "no more than 5 minutes in the future" of issue. It also bounds how long a jti
+is kept in the replay table."""
+LATEST_TIME = 253402300799
+"""9999-12-31T23:59:59Z: a time claim beyond it (or negative, or not finite) is not a time."""
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 PUBLISHED_TEST_KEYS = {
@@ -185,9 +191,13 @@ class JwksCache:
         if problem:
             raise ValueError(problem)
         headers = {"Accept": "application/jwk-set+json, application/json"}
-        with self.session.get(
-            url, headers=headers, timeout=self.timeout, allow_redirects=False, stream=True
-        ) as r:
+        deadline = time.monotonic() + sum(self.timeout)  # wall-clock: a trickling key server is cut too
+        with (
+            exchange_deadline(deadline),
+            self.session.get(
+                url, headers=headers, timeout=self.timeout, allow_redirects=False, stream=True
+            ) as r,
+        ):
             if r.status_code != 200:
                 raise ValueError(f"HTTP {r.status_code}")
             body = read_capped(r, self.max_bytes)  # BodyTooLarge is a ValueError
@@ -280,8 +290,15 @@ def _segment(text: str, what: str) -> dict[str, Any]:
     return value
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+def _time(value: Any) -> bool:
+    """A NumericDate this service can compare and store: finite, in 0..9999-12-31 (NaN, 1e400 and 2**70 are
+    not; NaN would even pass every comparison)."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 0 <= value <= LATEST_TIME
+    )
 
 
 class Verifier:
@@ -297,6 +314,7 @@ class Verifier:
         max_token_bytes: int = DEFAULT_MAX_TOKEN_BYTES,
         clock: Callable[[], float] = time.time,
         allow_test_keys: bool = False,
+        max_lifetime: float = DEFAULT_MAX_TOKEN_LIFETIME_SECONDS,
     ):
         self.issuers = {i.issuer: i for i in issuers}
         self.public_base_url = public_base_url.rstrip("/")
@@ -306,6 +324,7 @@ class Verifier:
         self.max_token_bytes = max_token_bytes
         self.clock = clock
         self.allow_test_keys = allow_test_keys
+        self.max_lifetime = max_lifetime
 
     @classmethod
     def from_config(cls, config: Config, replay: ReplayStore, keys: JwksCache, dev: bool = False) -> Verifier:
@@ -328,6 +347,7 @@ class Verifier:
             clock_skew=server.get("clock_skew_seconds", DEFAULT_CLOCK_SKEW_SECONDS),
             max_token_bytes=server.get("max_token_bytes", DEFAULT_MAX_TOKEN_BYTES),
             allow_test_keys=allow_test_keys,
+            max_lifetime=server.get("max_token_lifetime_seconds", DEFAULT_MAX_TOKEN_LIFETIME_SECONDS),
         )
 
     def verify(self, authorization: str | None, path: str) -> Caller:
@@ -386,8 +406,8 @@ class Verifier:
         jti, exp, iat = claims["jti"], claims["exp"], claims["iat"]
         if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI_CHARS:
             raise AuthError(f"jti must be a string of 1-{MAX_JTI_CHARS} characters", **facts)
-        if not _number(exp) or not _number(iat) or ("nbf" in claims and not _number(claims["nbf"])):
-            raise AuthError("exp, iat and nbf must be numbers", **facts)
+        if not _time(exp) or not _time(iat) or ("nbf" in claims and not _time(claims["nbf"])):
+            raise AuthError("exp, iat and nbf must be numbers of seconds (finite, not before 1970)", **facts)
         audience = self.public_base_url + path
         aud = claims["aud"]
         if not (aud == audience or (isinstance(aud, list) and audience in aud)):
@@ -399,6 +419,8 @@ class Verifier:
             raise AuthError("token not yet valid (iat or nbf in the future)", **facts)
         if exp < iat:
             raise AuthError("token expires before it was issued", **facts)
+        if exp - iat > self.max_lifetime:
+            raise AuthError(f"token lifetime (exp - iat) over {self.max_lifetime} seconds", **facts)
         tenant = claims.get("tenant")
         if tenant is not None and (not isinstance(tenant, str) or tenant not in trusted.tenants):
             raise AuthError("tenant not allowed for this issuer", tenant=str(tenant), **facts)

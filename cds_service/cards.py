@@ -21,6 +21,8 @@ TOPIC_SYSTEM = "https://example.org/tacrolimus-cds/CodeSystem/card-topic"
 LOINC = "http://loinc.org"
 UUID_NAMESPACE = uuid.UUID("6f1c2a1e-9d4b-5c1e-8f5e-7a3b2c1d0e9f")
 SUMMARY_LIMIT = 139
+MAX_NAMED_SKIPPED = 20
+"""Resources left out are named on a card up to this many (a hostile request could send thousands)."""
 TOPIC_DISPLAY = {
     "pregnancy": "Pregnancy and breastfeeding suitability",
     "salvage-context": "Why tacrolimus now (salvage context)",
@@ -82,7 +84,10 @@ def _detail(findings: list[Finding], record: PatientRecord, not_checked: Mapping
     if missing:
         parts.append("**Not found in the record:** " + "; ".join(missing) + ".")
     if record.skipped:  # resources that could not be read; lab units are named by the rules that read them
-        parts.append("**Left out:** " + "; ".join(f"{u.reference}: {u.reason}" for u in record.skipped) + ".")
+        named = [f"{u.reference}: {u.reason}" for u in record.skipped[:MAX_NAMED_SKIPPED]]
+        if len(record.skipped) > MAX_NAMED_SKIPPED:
+            named.append(f"and {len(record.skipped) - MAX_NAMED_SKIPPED} more")
+        parts.append("**Left out:** " + "; ".join(named) + ".")
     if not_checked:
         parts.append(
             "**Not checked:** " + "; ".join(f"{what}: {why}" for what, why in not_checked.items()) + "."

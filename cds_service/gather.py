@@ -8,21 +8,40 @@ Every prefetch state of CDS Hooks 2.0 is handled (compare HAPI FHIR's CDS Hooks 
 - a Bundle with a ``next`` link: the rest of the pages are fetched;
 - anything else malformed: treated as absent.
 
-All fetches of a request run in parallel under one deadline. A key that still cannot be had is
-``unavailable``, with a reason that is safe to log and to show.
+All fetches of a request run in parallel under one deadline, on the threads of their FHIR server
+(``ServerExecutors``): a slow server can hold only its own few threads, never those of the others. A key that
+still cannot be had is ``unavailable``, with a reason that is safe to log and to show; a key with only some of
+its pages is ``incomplete``, and the pages had are kept.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TypeVar
+from typing import TypeVar, cast
 
-from cds_service.fhir_client import FhirClient, FhirError, bundle_resources, next_link
+from cds_service.fhir_client import (
+    FhirClient,
+    FhirError,
+    Incomplete,
+    bundle_resources,
+    next_link,
+    origin,
+    too_many,
+)
+from cds_service.fhir_json import MalformedBundle, obj
 from cds_service.prefetch import KEY_BY_NAME, TemplateError, substitute_tokens
+
+log = logging.getLogger("cds_service.gather")
+
+GRACE_SECONDS = 0.25
+"""How long after the deadline the answer waits for fetches the watchdog is cutting (to keep their pages)."""
 
 _ABSENT = object()
 
@@ -42,18 +61,47 @@ class Gathered:
         return {k: why for k, why in self.unavailable.items() if KEY_BY_NAME[k].required}
 
 
+class ServerExecutors:
+    """A few threads per FHIR server (scheme and host), made when first needed, the least used dropped.
+
+    Calls to one server beyond ``threads`` wait in its queue; calls to other servers never wait behind them.
+    """
+
+    def __init__(self, threads: int = 8, max_servers: int = 32):
+        self.threads = threads
+        self.max_servers = max_servers
+        self._pools: OrderedDict[tuple[str, str], ThreadPoolExecutor] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def for_url(self, url: str) -> ThreadPoolExecutor:
+        key = origin(url)
+        with self._lock:
+            pool = self._pools.get(key)
+            if pool is None:
+                pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix=f"fhir-{key[1][:40]}")
+                self._pools[key] = pool
+                if len(self._pools) > self.max_servers:  # its running calls end by their deadline
+                    self._pools.popitem(last=False)[1].shutdown(wait=False)
+            self._pools.move_to_end(key)
+            return pool
+
+    def shutdown(self) -> None:
+        with self._lock:
+            for pool in self._pools.values():
+                pool.shutdown(wait=False, cancel_futures=True)
+            self._pools.clear()
+
+
 def _is_outcome(value: Mapping) -> bool:
     if value.get("resourceType") == "OperationOutcome":
         return True
     # Some clients wrap the error in a Bundle that holds nothing but OperationOutcomes.
-    entries = value.get("entry") or []
+    entries = value.get("entry")
     return (
         value.get("resourceType") == "Bundle"
+        and isinstance(entries, list)
         and bool(entries)
-        and all(
-            isinstance(e, Mapping) and (e.get("resource") or {}).get("resourceType") == "OperationOutcome"
-            for e in entries
-        )
+        and all(obj(obj(e).get("resource")).get("resourceType") == "OperationOutcome" for e in entries)
     )
 
 
@@ -68,21 +116,24 @@ def _from_prefetch(key: str, value: object) -> tuple[list[dict] | None, dict | N
         return None, None, "prefetch value is not a FHIR resource"
     if _is_outcome(value):
         return None, None, "prefetch carried an OperationOutcome"
-    if spec.is_read:
-        if value.get("resourceType") == spec.resource_type:
-            return [dict(value)], None, None
-        if value.get("resourceType") == "Bundle":  # some clients answer a read with a searchset
-            found = [r for r in bundle_resources(value) if r.get("resourceType") == spec.resource_type]
-            return found[:1], None, None
-        return None, None, f"prefetch holds a {value.get('resourceType')!r}, not a {spec.resource_type}"
-    if value.get("resourceType") != "Bundle":
-        return None, None, f"prefetch holds a {value.get('resourceType')!r}, not a Bundle"
-    # Included resources (a Medication next to its MedicationRequest) are kept: they resolve references.
-    return bundle_resources(value), (dict(value) if next_link(value) else None), None
-
-
-def _read_one(client: FhirClient, query: str) -> list[dict]:
-    return [r for r in [client.read(query)] if r is not None]
+    kind = value.get("resourceType")
+    shown = repr(kind)[:40]
+    try:
+        if spec.is_read:
+            if kind == spec.resource_type:
+                return [dict(value)], None, None
+            if kind == "Bundle":  # some clients answer a read with a searchset
+                found = [
+                    r for r in bundle_resources(dict(value)) if r.get("resourceType") == spec.resource_type
+                ]
+                return found[:1], None, None
+            return None, None, f"prefetch holds a {shown}, not a {spec.resource_type}"
+        if kind != "Bundle":
+            return None, None, f"prefetch holds a {shown}, not a Bundle"
+        # Included resources (a Medication next to its MedicationRequest) are kept: they resolve references.
+        return bundle_resources(dict(value)), (dict(value) if next_link(dict(value)) else None), None
+    except MalformedBundle as error:
+        return None, None, f"prefetch Bundle is malformed ({error})"
 
 
 def gather(
@@ -90,15 +141,23 @@ def gather(
     templates: Mapping[str, str],
     context: Mapping,
     client: FhirClient | None,
-    executor: ThreadPoolExecutor,
+    executors: ServerExecutors,
     client_unusable_reason: str = "no fhirServer with fhirAuthorization in the request",
+    max_resources: int = 50_000,
 ) -> Gathered:
-    """Resources per prefetch key; what the prefetch lacks is fetched in parallel within the deadline."""
+    """Resources per prefetch key; what the prefetch lacks is fetched in parallel within the deadline.
+
+    A key holds at most ``max_resources`` resources (in the order sent: the templates ask newest first);
+    beyond that it is incomplete and says so.
+    """
     prefetch = prefetch if isinstance(prefetch, Mapping) else {}
     result = Gathered()
     jobs: dict[str, Callable[[], list[dict]]] = {}
     for key, template in templates.items():
         resources, first_page, why = _from_prefetch(key, prefetch.get(key, _ABSENT))
+        if resources is not None and len(resources) > max_resources:
+            resources, first_page = resources[:max_resources], None
+            result.incomplete[key] = f"the prefetch held {too_many(max_resources)}"
         if resources is not None:
             result.resources[key] = resources
         if resources is not None and first_page is None:
@@ -122,7 +181,9 @@ def gather(
             jobs[key] = partial(_read_one, client, query)
         else:
             jobs[key] = partial(client.search, query)
-    results, errors = run_parallel(jobs, client.deadline, executor) if client and jobs else ({}, {})
+    if not jobs or client is None:
+        return result
+    results, errors = run_parallel(jobs, client.deadline, executors.for_url(client.base_url))
     for key, resources in results.items():
         result.resources[key] = resources
         result.fetched.append(key)
@@ -131,15 +192,22 @@ def gather(
     return result
 
 
+def _read_one(client: FhirClient, query: str) -> list[dict]:
+    return [r for r in [client.read(query)] if r is not None]
+
+
 T = TypeVar("T")
 
 
 def run_parallel(
     jobs: Mapping[str, Callable[[], T]], deadline: float, executor: ThreadPoolExecutor
 ) -> tuple[dict[str, T], dict[str, str]]:
-    """Run jobs at once; return (results, errors) by job name once all finish or the deadline passes."""
+    """Run jobs at once; return (results, errors) by job name once all finish or the deadline passes.
+
+    A job that ends ``Incomplete`` gives both: its partial result and the reason it is partial.
+    """
     futures: dict[Future[T], str] = {executor.submit(job): name for name, job in jobs.items()}
-    wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+    wait(futures, timeout=max(0.0, deadline - time.monotonic()) + GRACE_SECONDS)
     results: dict[str, T] = {}
     errors: dict[str, str] = {}
     for future, name in futures.items():
@@ -149,6 +217,12 @@ def run_parallel(
             continue
         try:
             results[name] = future.result()
+        except Incomplete as error:
+            results[name] = cast(T, error.resources)  # only list-returning fetches raise Incomplete
+            errors[name] = f"only part of it could be fetched: {error}"
         except FhirError as error:
             errors[name] = f"the FHIR server could not give it: {error}"
+        except Exception:  # a bug met by hostile data: this key is lost, never the whole answer
+            log.exception("unexpected error while fetching", extra={"key": name})
+            errors[name] = "the FHIR server's answer could not be read"
     return results, errors

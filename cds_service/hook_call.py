@@ -17,6 +17,7 @@ from cds_service.auth import Caller
 from cds_service.cards import apply_finding_settings, build_cards
 from cds_service.config import Service
 from cds_service.fhir_client import FhirClient, FhirError
+from cds_service.fhir_json import path
 from cds_service.gather import Gathered, gather, run_parallel
 from cds_service.prefetch import KEY_BY_NAME
 from cds_service.protocol import validate_request
@@ -28,6 +29,9 @@ from cds_service.smart.links import add_course_links, course_context
 from cds_service.trigger import bundle_resolver, draft_resources, find_trigger_orders
 
 log = logging.getLogger("cds_service.hook_call")
+
+MAX_MEDICATION_READS = 50
+"""Medications read from the FHIR server per request; orders naming others are left out and named."""
 
 DATA_NAMES = {
     "patient": "patient demographics",
@@ -60,6 +64,11 @@ def operation_outcome(issues: Mapping[str, str], code: str = "not-found") -> dic
             for key, why in issues.items()
         ],
     }
+
+
+def longest_lookback(thresholds: Mapping[str, Any]) -> int:
+    """The longest look-back window (``*_days``) of the rule catalog's settings."""
+    return max((int(v) for k, v in thresholds.items() if k.endswith("_days")), default=365)
 
 
 def fhir_client_for(
@@ -96,6 +105,7 @@ def fhir_client_for(
         deadline,
         page_cap=fhir["page_cap"],
         max_bytes=fhir["max_response_bytes"],
+        max_resources=fhir.get("max_resources_per_key", 50_000),
     )
     return client, ""
 
@@ -110,13 +120,14 @@ def _medication_resolver(
     local = bundle_resolver(known)
     wanted = set()
     for resource in known:
-        ref = (resource.get("medicationReference") or {}).get("reference")
+        ref = path(resource, "medicationReference", "reference")
         if isinstance(ref, str) and ref.startswith("Medication/") and local(ref) is None:
             wanted.add(ref)
     fetched: dict[str, object] = {}
     if wanted and client is not None:
-        jobs = {ref: (lambda r=ref: client.read(r)) for ref in sorted(wanted)}
-        fetched, _ = run_parallel(jobs, client.deadline, runtime.executor)
+        # bounded: a request naming 10,000 Medications must not make the service send 10,000 reads
+        jobs = {ref: (lambda r=ref: client.read(r)) for ref in sorted(wanted)[:MAX_MEDICATION_READS]}
+        fetched, _ = run_parallel(jobs, client.deadline, runtime.executors.for_url(client.base_url))
 
     def resolve(ref: str):
         found = local(ref) or fetched.get(ref)
@@ -158,8 +169,9 @@ def answer_hook(
         runtime.prefetch_templates,
         context,
         client,
-        runtime.executor,
+        runtime.executors,
         client_problem or "no fhirServer in the request",
+        runtime.config.section("fhir").get("max_resources_per_key", 50_000),
     )
     notes = {
         "triggers": len(triggers),
@@ -170,6 +182,7 @@ def answer_hook(
         return Answer(412, operation_outcome(gathered.missing_required), notes=notes)
 
     resources = gathered.resources
+    settings = runtime.config.settings_for(service, tenant)
     stored_orders = [
         r for r in resources.get("medications", ()) if r.get("resourceType") == "MedicationRequest"
     ]
@@ -187,8 +200,8 @@ def answer_hook(
         observations=[r for r in resources.get("observations", ()) if r.get("resourceType") == "Observation"],
         resolve=_medication_resolver(body, gathered, client, runtime),
         unavailable={KEY_BY_NAME[k].resource_type for k in gathered.unavailable},
+        lookback_days=longest_lookback(settings["thresholds"]),
     )
-    settings = runtime.config.settings_for(service, tenant)
     rule_input = RuleInput(
         record=record,
         orders=tuple(m for m in record.medications if m.is_trigger),

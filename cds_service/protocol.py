@@ -24,6 +24,12 @@ from referencing import Registry, Resource
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 
+MAX_DRAFT_ORDERS = 1000
+"""Draft orders read from one request: checking each costs schema validation and drug recognition, and no
+order session signs a thousand orders (a larger Bundle is refused before any of that work)."""
+MAX_FEEDBACK_ITEMS = 1000
+"""Feedback items per request: each is validated and stored, so a 10 MB batch would hold a thread for
+seconds and flood the table; an EHR sends feedback per card, a few at a time."""
 _OO_ISSUE_BY_STATUS = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 412: "incomplete"}
 
 
@@ -291,6 +297,15 @@ def validate_request(body: object, expected_hook: str) -> None:
         raise ValueError(f"no context schema for hook {expected_hook!r} (supported: {supported})")
     if not isinstance(body, dict):
         raise ProtocolError(400, None, "request body must be a JSON object")
+    context = body.get("context")
+    for name in ("draftOrders", "medications"):
+        orders = context.get(name) if isinstance(context, dict) else None
+        entries = orders.get("entry") if isinstance(orders, dict) else None
+        if isinstance(entries, list) and len(entries) > MAX_DRAFT_ORDERS:
+            message = (
+                f"holds {len(entries)} entries; this service reads at most {MAX_DRAFT_ORDERS} draft orders"
+            )
+            raise ProtocolError(400, f"context.{name}.entry", message)
     problem = _best_problem(_REQUEST, body, None)
     if problem:
         _raise_400(problem)
@@ -308,6 +323,10 @@ def validate_feedback(body: object) -> None:
     :func:`feedback_item_errors` so that a single bad item does not discard the rest of a batch."""
     if not isinstance(body, dict):
         raise ProtocolError(400, None, "feedback body must be a JSON object")
+    items = body.get("feedback")
+    if isinstance(items, list) and len(items) > MAX_FEEDBACK_ITEMS:
+        message = f"holds {len(items)} items; send at most {MAX_FEEDBACK_ITEMS} per request"
+        raise ProtocolError(400, "feedback", message)
     envelope_errors = (err for err in _FEEDBACK.iter_errors(body) if len(err.absolute_path) < 2)
     error = best_match(envelope_errors, key=_usefulness)
     if error is not None:

@@ -4,8 +4,9 @@ Two passes keep it fast and safe:
 
 1. Raw JSON is filtered by code: only resources whose codes belong to a value set the rules use go on
    (a patient's record is mostly irrelevant to tacrolimus; parsing all of it is 15-30x slower).
-2. What is left is validated one resource at a time with ``fhir.resources`` (R4B models read R4 data). A
-   resource that fails is skipped and reported; it never sinks the request. Observations are validated lazily,
+2. What is left is validated one resource at a time with ``fhir.resources`` (R4B models read R4 data), on the
+   elements the record reads (``READ_FIELDS``): an older shape elsewhere must not hide an order. A resource
+   that fails is skipped and reported; it never sinks the request. Observations are validated lazily,
    when a rule reads them (see ``LabSeries``).
 
 Draft orders from ``context.draftOrders`` are read leniently from raw JSON: EHRs send them in older FHIR
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import Any
@@ -29,6 +30,7 @@ from fhir.resources.R4B.observation import Observation as FhirObservation
 from fhir.resources.R4B.patient import Patient as FhirPatient
 from pydantic import ValidationError
 
+from cds_service.fhir_json import obj, objs, path, text
 from cds_service.record import (
     Allergy,
     Condition,
@@ -80,6 +82,21 @@ BREASTFEEDING_NO_TEXT = re.compile(r"\b(no|not|never|none|stopped|weaned|formula
 BREASTFEEDING_YES_TEXT = re.compile(r"\b(yes|breast-?\s?feeding|breast-?\s?fed|lactating|nursing)\b", re.I)
 POSITIVE_INTERPRETATION = frozenset({"POS", "DET"})
 NEGATIVE_INTERPRETATION = frozenset({"NEG", "ND"})
+MAX_RESULTS_PER_LAB = 100
+"""The newest results of one lab group the rules may read. A record with thousands of results of one lab
+(or a hostile request) costs no more than this: the rest are never validated."""
+DEFAULT_LOOKBACK_DAYS = 365
+MAX_PER_CLASS = {"Condition": 20, "AllergyIntolerance": 20, "MedicationRequest": 100}
+"""At most this many resources of one kind with the same concepts (value sets) are validated and used, the
+newest first: enough for any record (100 orders of one drug class are eight years of monthly renewals), and a
+request repeating one resource 30,000 times costs no more than that. A cut is named on the card."""
+EARLIEST = datetime.min.replace(tzinfo=UTC)
+MAX_RESOURCE_BYTES = 200_000
+"""A resource larger than this is not validated but left out and named: validating 5 MB of one Patient's names
+takes seconds, and no resource the rules read is near this size."""
+MAX_SCANNED = 10_000
+"""Conditions, orders (stored or draft) or allergies looked at, even on raw JSON: recognising a drug by its
+name costs tens of µs, and no patient's record holds ten thousand of them."""
 
 
 def parse_when(value: Any) -> datetime | None:
@@ -126,20 +143,67 @@ def supply_days(dispense: Mapping) -> float | None:
 
 def _code(concept: Any) -> str | None:
     """The first coding's code of a CodeableConcept dict (status fields)."""
-    if isinstance(concept, Mapping):
-        for coding in concept.get("coding") or ():
-            if isinstance(coding, Mapping) and isinstance(coding.get("code"), str):
-                return coding["code"]
+    for coding in objs(obj(concept).get("coding")):
+        if isinstance(coding.get("code"), str):
+            return coding["code"]
     return None
 
 
+def _malformed_concept(raw: Mapping, field: str) -> bool:
+    """Is ``raw[field]`` there but not a CodeableConcept? Then what the resource records cannot be told."""
+    concept = raw.get(field)
+    if concept is None:
+        return False
+    if not isinstance(concept, Mapping):
+        return True
+    coding = concept.get("coding")
+    return coding is not None and not (
+        isinstance(coding, list) and all(isinstance(c, Mapping) for c in coding)
+    )
+
+
+def _order_date(raw: Mapping) -> datetime | None:
+    return parse_when(raw.get("authoredOn")) or parse_when(
+        path(raw, "dispenseRequest", "validityPeriod", "start")
+    )
+
+
+def _condition_date(raw: Mapping) -> datetime | None:
+    """When a condition or allergy was recorded (else its onset): what "newest" means for them."""
+    return parse_when(raw.get("recordedDate")) or parse_when(raw.get("onsetDateTime"))
+
+
+STATUS_SYSTEMS = {
+    "Condition": ("condition-clinical", "condition-ver-status"),
+    "AllergyIntolerance": ("allergyintolerance-clinical", "allergyintolerance-verification"),
+}
+
+
+def _r4_statuses(raw: Mapping) -> Mapping:
+    """``raw`` with STU3/DSTU2 status codes (``"clinicalStatus": "active"``) written as R4 CodeableConcepts.
+
+    EHRs still send Conditions and allergies this way (the HL7 PDDI CDS requests do): the code means the same,
+    and leaving the resource out would hide a lupus or pregnancy Condition, and with it every card."""
+    systems = STATUS_SYSTEMS.get(str(raw.get("resourceType")))
+    if systems is None or not any(
+        isinstance(raw.get(k), str) for k in ("clinicalStatus", "verificationStatus")
+    ):
+        return raw
+    fixed = dict(raw)
+    for key, system in zip(("clinicalStatus", "verificationStatus"), systems, strict=True):
+        if isinstance(raw.get(key), str):
+            url = f"http://terminology.hl7.org/CodeSystem/{system}"
+            fixed[key] = {"coding": [{"system": url, "code": raw[key].strip()}]}
+    return fixed
+
+
 def _name(concept: Any, fallback: str) -> str:
-    if isinstance(concept, Mapping):
-        if isinstance(concept.get("text"), str):
-            return concept["text"]
-        for coding in concept.get("coding") or ():
-            if isinstance(coding, Mapping) and isinstance(coding.get("display"), str):
-                return coding["display"]
+    concept = obj(concept)
+    if isinstance(concept.get("text"), str):
+        return concept["text"]
+    for coding in objs(concept.get("coding")):
+        if isinstance(coding.get("display"), str):
+            return coding["display"]
     return fallback
 
 
@@ -175,13 +239,49 @@ def _problem(model_name: str, content: bytes) -> str | None:
     return _uncached_problem(MODELS[model_name], orjson.loads(content))
 
 
+READ_FIELDS = {
+    "Patient": ("id", "gender", "birthDate"),
+    "Condition": (
+        "id", "subject", "code", "clinicalStatus", "verificationStatus", "onsetDateTime", "onsetPeriod",
+        "recordedDate", "abatementDateTime", "abatementPeriod", "meta",
+    ),
+    "MedicationRequest": (
+        "id", "status", "intent", "subject", "medicationCodeableConcept", "medicationReference", "authoredOn",
+        "dispenseRequest", "priorPrescription",
+    ),
+    "Observation": (
+        "id", "status", "code", "subject", "effectiveDateTime", "effectiveInstant", "effectivePeriod",
+        "issued", "valueQuantity", "valueCodeableConcept", "valueString", "valueBoolean", "valueDateTime",
+        "component", "interpretation",
+    ),
+    "AllergyIntolerance": ("id", "patient", "code", "clinicalStatus", "verificationStatus"),
+}  # fmt: skip
+"""The elements the record reads, per resource type. Only these are validated: real EHR data in an older
+FHIR shape (an STU3 ``category`` object, ``context`` instead of ``encounter``) in an element nobody reads must
+not hide an active cyclosporine order or a pregnancy from the rules (seen in the HL7 PDDI CDS requests)."""
+
+
+def _read_part(model: Any, raw: Mapping) -> Mapping:
+    fields = READ_FIELDS.get(model.__name__)
+    if not fields:
+        return raw
+    return {"resourceType": raw.get("resourceType"), **{k: raw[k] for k in fields if k in raw}}
+
+
 def _validated(model: Any, raw: Mapping, skipped: list[Unusable]) -> bool:
-    """Is ``raw`` valid for ``model``? If not, it is added to ``skipped`` with the reason."""
+    """Are the elements of ``raw`` that the record reads valid for ``model``? If not, it is added to
+    ``skipped`` with the reason."""
+    raw_read = _read_part(model, raw)
     try:
-        content = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
+        content = orjson.dumps(raw_read, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits from a stdlib-parsed file: no cache key
         content = None
-    problem = _problem(model.__name__, content) if content else _uncached_problem(model, raw)
+    if content is not None and len(content) > MAX_RESOURCE_BYTES:
+        problem: str | None = f"{len(content)} bytes, too large to read (at most {MAX_RESOURCE_BYTES})"
+    elif content is not None:
+        problem = _problem(model.__name__, content)
+    else:
+        problem = _uncached_problem(model, raw_read)
     if problem:
         skipped.append(Unusable(f"{raw.get('resourceType')}/{raw.get('id')}", problem))
     return problem is None
@@ -198,11 +298,50 @@ def _label(label: str, by_name: frozenset[str]) -> str:
 class RecordBuilder:
     """Turns the gathered resources of one request into a PatientRecord."""
 
-    def __init__(self, terminology: Terminology, now: datetime):
+    def __init__(self, terminology: Terminology, now: datetime, lookback_days: int = DEFAULT_LOOKBACK_DAYS):
         self.terminology = terminology
         self.now = now
+        self.lookback_days = lookback_days
+        """The longest look-back window of the rules: results dropped by the cap before it are named."""
         self.skipped: list[Unusable] = []
         self._observation_problems: dict[int, Unusable | None] = {}
+
+    def _unreadable(self, raw: Mapping, field: str) -> bool:
+        """Report a resource whose coded field is malformed (it is skipped, and named on the card)."""
+        if not _malformed_concept(raw, field):
+            return False
+        reason = f"its {field} is not a valid CodeableConcept, so what it records cannot be told"
+        self.skipped.append(Unusable(f"{text(raw.get('resourceType'))}/{raw.get('id')}", reason))
+        return True
+
+    def scanned(self, kind: str, resources: Sequence[Mapping]) -> Sequence[Mapping]:
+        """The first ``MAX_SCANNED`` resources of a kind (no real record comes near it); a cut is named."""
+        if len(resources) <= MAX_SCANNED:
+            return resources
+        reason = f"only the first {MAX_SCANNED} of {len(resources)} were read"
+        self.skipped.append(Unusable(f"{kind} (all)", reason))
+        return resources[:MAX_SCANNED]
+
+    def _newest_per_class(
+        self,
+        kind: str,
+        candidates: list[tuple[frozenset[str], Mapping]],
+        when: Callable[[Mapping], datetime | None],
+    ) -> set[int]:
+        """Indexes of the candidates to use: at most ``MAX_PER_CLASS[kind]`` per concept set, the newest by
+        ``when(raw)``, chosen on raw JSON before any is validated."""
+        cap = MAX_PER_CLASS[kind]
+        by_class: dict[frozenset[str], list[int]] = defaultdict(list)
+        for index, (concepts, _) in enumerate(candidates):
+            by_class[concepts].append(index)
+        chosen: set[int] = set()
+        for concepts, indexes in by_class.items():
+            if len(indexes) > cap:
+                indexes.sort(key=lambda i: when(candidates[i][1]) or EARLIEST, reverse=True)
+                reason = f"only the newest {cap} of {len(indexes)} with the same codes were read"
+                self.skipped.append(Unusable(f"{kind} ({', '.join(sorted(concepts))})", reason))
+            chosen.update(indexes[:cap])
+        return chosen
 
     # --- patient -------------------------------------------------------------------------------------------
     def patient(self, raw: Mapping | None) -> Patient | None:
@@ -216,10 +355,17 @@ class RecordBuilder:
 
     # --- conditions ----------------------------------------------------------------------------------------
     def conditions(self, resources: Iterable[Mapping]) -> list[Condition]:
-        found = []
+        candidates = []
         for raw in resources:
             concepts = self.terminology.concepts_of_concept(raw.get("code"))
-            if not concepts or not _validated(FhirCondition, raw, self.skipped):
+            if concepts:
+                candidates.append((concepts, _r4_statuses(raw)))
+            else:
+                self._unreadable(raw, "code")
+        chosen = self._newest_per_class("Condition", candidates, _condition_date)
+        found = []
+        for index, (concepts, raw) in enumerate(candidates):
+            if index not in chosen or not _validated(FhirCondition, raw, self.skipped):
                 continue
             clinical = _code(raw.get("clinicalStatus"))
             verification = _code(raw.get("verificationStatus"))
@@ -229,14 +375,12 @@ class RecordBuilder:
                     concepts=concepts,
                     name=_name(raw.get("code"), "condition"),
                     active=clinical not in INACTIVE_CLINICAL and verification not in NOT_CONFIRMED,
-                    onset=parse_when(raw.get("onsetDateTime") or (raw.get("onsetPeriod") or {}).get("start")),
+                    onset=parse_when(raw.get("onsetDateTime") or path(raw, "onsetPeriod", "start")),
                     recorded=parse_when(raw.get("recordedDate")),
                     clinical_status=clinical,
                     confirmed=verification not in NOT_CONFIRMED,
-                    abated=parse_when(
-                        raw.get("abatementDateTime") or (raw.get("abatementPeriod") or {}).get("end")
-                    ),
-                    last_updated=parse_when((raw.get("meta") or {}).get("lastUpdated")),
+                    abated=parse_when(raw.get("abatementDateTime") or path(raw, "abatementPeriod", "end")),
+                    last_updated=parse_when(path(raw, "meta", "lastUpdated")),
                 )
             )
         return found
@@ -245,7 +389,7 @@ class RecordBuilder:
     def _exposure(self, status: str, raw: Mapping) -> Period | None:
         if status in NOT_EXPOSURE:
             return None
-        validity = (raw.get("dispenseRequest") or {}).get("validityPeriod") or {}
+        validity = obj(path(raw, "dispenseRequest", "validityPeriod"))
         start = parse_when(raw.get("authoredOn")) or parse_when(validity.get("start"))
         if start is None or start > self.now:
             return None
@@ -253,30 +397,37 @@ class RecordBuilder:
         if end is None and status in ("active", "on-hold"):
             end = self.now
         if end is None:
-            supply = supply_days(raw.get("dispenseRequest") or {})
+            supply = supply_days(obj(raw.get("dispenseRequest")))
             end = start + timedelta(days=supply) if supply else start
         return Period(start, max(start, min(end, self.now)))
 
     def medications(
         self, stored: Iterable[Mapping], drafts: Iterable[Mapping], trigger_ids: set[str], resolve: Resolver
     ) -> list[Medication]:
-        found = []
+        candidates = []
         for raw, is_draft in [(r, False) for r in stored] + [(r, True) for r in drafts]:
             if raw.get("resourceType") not in ("MedicationRequest", "MedicationOrder"):
                 continue
             name = drug_name(raw, resolve)
             recognised = recognise(name, self.terminology)  # rules.md § Drug recognition
+            if recognised.classes:
+                candidates.append((raw, is_draft, name, recognised))
+            elif not is_draft and not self._unreadable(raw, "medicationCodeableConcept"):
+                self._report_unresolved(raw, name.unresolved)
+        stored_candidates = [(c[3].classes, c[0]) for c in candidates if not c[1]]
+        chosen = self._newest_per_class("MedicationRequest", stored_candidates, _order_date)
+        stored_index = -1
+        found = []
+        for raw, is_draft, name, recognised in candidates:
             concepts = recognised.classes
-            if not concepts:
-                if name.unresolved and not is_draft:
-                    self._report_unresolved(raw)
-                continue
-            if not is_draft and not _validated(FhirMedicationRequest, raw, self.skipped):
-                continue
+            if not is_draft:
+                stored_index += 1
+                if stored_index not in chosen or not _validated(FhirMedicationRequest, raw, self.skipped):
+                    continue
             status = raw["status"] if isinstance(raw.get("status"), str) else "unknown"
             if is_draft:
                 status = "draft"  # a draft order of this session is active for the rules, whatever it says
-            prior = (raw.get("priorPrescription") or {}).get("reference")
+            prior = path(raw, "priorPrescription", "reference")
             found.append(
                 Medication(
                     id=str(raw.get("id", "")),
@@ -298,10 +449,14 @@ class RecordBuilder:
         words = list(name.other_words) or [d for c in name.ingredients if (d := self.terminology.display(c))]
         return " / ".join(words) or "medication"
 
-    def _report_unresolved(self, raw: Mapping) -> None:
+    def _report_unresolved(self, raw: Mapping, unresolved: bool) -> None:
         """An order whose drug we could not see cannot be checked: say so rather than skip it silently."""
-        target = (raw.get("medicationReference") or {}).get("reference")
-        if isinstance(target, str) and not target.startswith("#"):
+        reference = raw.get("medicationReference")
+        target = path(reference, "reference")
+        if reference is not None and not isinstance(target, str):
+            why = "its medicationReference is malformed, so its drug cannot be told"
+            self.skipped.append(Unusable(f"MedicationRequest/{raw.get('id')}", why))
+        elif unresolved and isinstance(target, str) and not target.startswith("#"):
             self.skipped.append(
                 Unusable(
                     f"MedicationRequest/{raw.get('id')}",
@@ -312,12 +467,20 @@ class RecordBuilder:
 
     # --- allergies -----------------------------------------------------------------------------------------
     def allergies(self, resources: Iterable[Mapping]) -> list[Allergy]:
-        found = []
+        candidates, recognitions = [], []
         for raw in resources:
             substance = codeable_name(raw.get("code")) or DrugName((), ())
             recognised = recognise(substance, self.terminology)  # a drug allergy: by code, else by name
             concepts = self.terminology.concepts_of_concept(raw.get("code")) | recognised.classes
-            if not concepts or not _validated(FhirAllergy, raw, self.skipped):
+            if concepts:
+                candidates.append((concepts, _r4_statuses(raw)))
+                recognitions.append(recognised)
+            else:
+                self._unreadable(raw, "code")
+        chosen = self._newest_per_class("AllergyIntolerance", candidates, _condition_date)
+        found = []
+        for index, ((concepts, raw), recognised) in enumerate(zip(candidates, recognitions, strict=True)):
+            if index not in chosen or not _validated(FhirAllergy, raw, self.skipped):
                 continue
             clinical = _code(raw.get("clinicalStatus"))
             verification = _code(raw.get("verificationStatus"))
@@ -337,18 +500,19 @@ class RecordBuilder:
         """Index Observations by lab group on raw JSON; validation waits until a rule reads a value."""
         raw_by_group: dict[str, list[RawLab]] = defaultdict(list)
         for raw in resources:
-            if raw.get("status") in NOT_RESULTS:
+            if text(raw.get("status")) in NOT_RESULTS:
                 continue
             concepts = self.terminology.concepts_of_concept(raw.get("code"))
             groups = [g for g in LAB_GROUPS if g in concepts] if concepts & LAB_GROUP_SET else []
             if BP_PANEL in concepts or (not groups and raw.get("component")):
                 groups += [g for g in BP_COMPONENT_GROUPS if g not in groups and self._component(raw, g)]
             if not groups:
+                self._unreadable(raw, "code")
                 continue
             when = parse_when(
                 raw.get("effectiveDateTime")
                 or raw.get("effectiveInstant")
-                or (raw.get("effectivePeriod") or {}).get("start")
+                or path(raw, "effectivePeriod", "start")
                 or raw.get("issued")
             )
             if when is None:
@@ -356,7 +520,25 @@ class RecordBuilder:
                 continue
             for group in groups:
                 raw_by_group[group].append(RawLab(when, raw))
-        return {group: LabSeries(group, entries, self._parse_lab) for group, entries in raw_by_group.items()}
+        return {
+            group: LabSeries(group, self._newest(group, entries), self._parse_lab)
+            for group, entries in raw_by_group.items()
+        }
+
+    def _newest(self, group: str, entries: list[RawLab]) -> list[RawLab]:
+        """The newest ``MAX_RESULTS_PER_LAB`` entries, chosen before any is validated; the cut is named on the
+        card when it drops results inside the rules' look-back windows."""
+        if len(entries) <= MAX_RESULTS_PER_LAB:
+            return entries
+        entries = sorted(entries, key=lambda r: r.when, reverse=True)
+        kept, dropped = entries[:MAX_RESULTS_PER_LAB], entries[MAX_RESULTS_PER_LAB:]
+        if dropped[0].when >= self.now - timedelta(days=self.lookback_days):
+            reason = (
+                f"only the newest {MAX_RESULTS_PER_LAB} of {len(entries)} results were read; "
+                f"the {len(dropped)} older ones (from {dropped[0].when.date().isoformat()} back) were not"
+            )
+            self.skipped.append(Unusable(f"Observation ({group})", reason))
+        return kept
 
     def _observation_problem(self, raw: Mapping) -> Unusable | None:
         """Validate an Observation once, though a BP panel is read for two groups."""
@@ -368,25 +550,23 @@ class RecordBuilder:
         return self._observation_problems[key]
 
     def _component(self, raw: Mapping, group: str) -> Mapping | None:
-        for component in raw.get("component") or ():
-            if isinstance(component, Mapping) and group in self.terminology.concepts_of_concept(
-                component.get("code")
-            ):
+        for component in objs(raw.get("component")):
+            if group in self.terminology.concepts_of_concept(component.get("code")):
                 return component
         return None
 
     def _parse_lab(self, group: str, entry: RawLab) -> LabValue | Unusable:
         raw = entry.resource
         reference = f"Observation/{raw.get('id')}"
+        day = entry.when.date().isoformat()
         problem = self._observation_problem(raw)
-        if problem is not None:
-            return problem
+        if problem is not None:  # the rules quote the reason alone: it names the resource
+            return Unusable(reference, f"{group} on {day} ({reference}) is {problem.reason}")
         holder = raw
         concepts = self.terminology.concepts_of_concept(raw.get("code"))
         if group in BP_COMPONENT_GROUPS and group not in concepts:
             holder = self._component(raw, group) or {}
         code = self._group_code(holder.get("code"), group)
-        day = entry.when.date().isoformat()
         quantity = holder.get("valueQuantity")
         if isinstance(quantity, Mapping) and quantity.get("value") is not None:
             value, unit = float(quantity["value"]), quantity.get("unit") or quantity.get("code")
@@ -415,21 +595,17 @@ class RecordBuilder:
     @staticmethod
     def _breastfeeding_words(concept: Mapping) -> str | None:
         """A breastfeeding answer in words (its text or a coding's display): "Yes", "Breastfeeding"..."""
-        texts = [concept.get("text")] + [
-            c.get("display") for c in concept.get("coding") or () if isinstance(c, Mapping)
-        ]
-        for text in (t for t in texts if isinstance(t, str) and t.strip()):
-            if BREASTFEEDING_NO_TEXT.search(text):
+        texts = [concept.get("text")] + [c.get("display") for c in objs(concept.get("coding"))]
+        for said in (t for t in texts if isinstance(t, str) and t.strip()):
+            if BREASTFEEDING_NO_TEXT.search(said):
                 return "negative"
-            if BREASTFEEDING_YES_TEXT.search(text):
+            if BREASTFEEDING_YES_TEXT.search(said):
                 return "positive"
         return None
 
     def _group_code(self, concept: Any, group: str) -> str:
-        for coding in (concept or {}).get("coding") or ():
-            if isinstance(coding, Mapping) and self.terminology.contains(
-                group, str(coding.get("system")), str(coding.get("code"))
-            ):
+        for coding in objs(obj(concept).get("coding")):
+            if self.terminology.contains(group, str(coding.get("system")), str(coding.get("code"))):
                 return str(coding["code"])
         return ""
 
@@ -459,15 +635,15 @@ class RecordBuilder:
             said = self._breastfeeding_words({"text": holder["valueString"]})
             if said:
                 return said
-        text = holder.get("valueString") or (holder.get("valueCodeableConcept") or {}).get("text")
-        if isinstance(text, str):
-            if NEGATIVE_TEXT.match(text):
+        words = text(holder.get("valueString")) or text(path(holder, "valueCodeableConcept", "text"))
+        if words:
+            if NEGATIVE_TEXT.match(words):
                 return "negative"
-            if POSITIVE_TEXT.match(text):
+            if POSITIVE_TEXT.match(words):
                 return "positive"
         if isinstance(holder.get("valueBoolean"), bool):
             return "positive" if holder["valueBoolean"] else "negative"
-        interpretations = {_code(i) for i in holder.get("interpretation") or () if isinstance(i, Mapping)}
+        interpretations = {_code(i) for i in objs(holder.get("interpretation"))}
         if interpretations & POSITIVE_INTERPRETATION:
             return "positive"
         if interpretations & NEGATIVE_INTERPRETATION:
@@ -488,16 +664,22 @@ def build_record(
     observations: Sequence[Mapping] = (),
     resolve: Resolver | None = None,
     unavailable: Iterable[str] = (),
+    lookback_days: int = DEFAULT_LOOKBACK_DAYS,
 ) -> PatientRecord:
-    builder = RecordBuilder(terminology, now)
+    builder = RecordBuilder(terminology, now, lookback_days)
     return PatientRecord(
         now=now,
         patient=builder.patient(patient),
-        conditions=tuple(builder.conditions(conditions)),
+        conditions=tuple(builder.conditions(builder.scanned("Condition", conditions))),
         medications=tuple(
-            builder.medications(medications, drafts, set(trigger_ids), resolve or (lambda r: None))
+            builder.medications(
+                builder.scanned("MedicationRequest", medications),
+                builder.scanned("draft order", drafts),
+                set(trigger_ids),
+                resolve or (lambda r: None),
+            )
         ),
-        allergies=tuple(builder.allergies(allergies)),
+        allergies=tuple(builder.allergies(builder.scanned("AllergyIntolerance", allergies))),
         labs=builder.lab_series(observations),
         skipped=tuple(builder.skipped),
         unavailable=frozenset(unavailable),

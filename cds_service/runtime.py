@@ -6,7 +6,6 @@ requests finish on the old configuration.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -16,6 +15,7 @@ from cds_service.auth import PROCESS_KEYS, ReplayStore, Verifier
 from cds_service.config import Config, Service
 from cds_service.fhir_client import shared_session
 from cds_service.fhir_policy import FhirPolicy
+from cds_service.gather import ServerExecutors
 from cds_service.prefetch import templates
 from cds_service.rules import NEEDS
 from cds_service.storage import Store, make_engine
@@ -28,13 +28,13 @@ class Runtime:
     dev: bool = False
     store: Store | None = None
     session: requests.Session = field(default_factory=shared_session)
-    executor: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=16, thread_name_prefix="fhir")
-    )
+    executors: ServerExecutors = field(default_factory=ServerExecutors)
+    """Threads for FHIR calls, a few per FHIR server (``fhir.max_calls_per_server``)."""
 
     @classmethod
     def from_config(cls, config: Config, dev: bool = False, store: Store | None = None) -> Runtime:
-        runtime = cls(config=config, dev=dev, store=store)
+        threads = config.section("fhir").get("max_calls_per_server", 8)
+        runtime = cls(config=config, dev=dev, store=store, executors=ServerExecutors(threads))
         if runtime.store is None:
             runtime.store = Store(make_engine(config.section("feedback")["database_url"]))
         # Build these now, so that a bad configuration fails at start (or on reload), not on a call.
@@ -68,5 +68,5 @@ class Runtime:
         return self.config.services.get(service_id)
 
     def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.executors.shutdown()
         self.session.close()

@@ -59,6 +59,11 @@ def draft_resources(context: Mapping) -> list[Mapping]:
     ]
 
 
+def _list(value: object) -> list:
+    """A JSON array, or none: malformed JSON must never raise here (one bad order would silence all)."""
+    return value if isinstance(value, list) else []
+
+
 def codeable_name(concept: object) -> DrugName | None:
     """A CodeableConcept dict as a DrugName (its codings, text and displays); None when it is not one."""
     if not isinstance(concept, Mapping):
@@ -100,7 +105,11 @@ def drug_name(order: Mapping, resolve: Resolver | None = None) -> DrugName:
     medication = None
     if target.startswith("#"):
         medication = next(
-            (c for c in order.get("contained") or () if isinstance(c, Mapping) and c.get("id") == target[1:]),
+            (
+                c
+                for c in _list(order.get("contained"))
+                if isinstance(c, Mapping) and c.get("id") == target[1:]
+            ),
             None,
         )
     elif target and resolve is not None:
@@ -131,7 +140,7 @@ def candidate_orders(context: Mapping, hook: str) -> list[Mapping]:
     """The orders this hook asks about: the selections on order-select, every draft order otherwise."""
     orders = [r for r in draft_resources(context) if r.get("resourceType") in ORDER_TYPES]
     if hook == "order-select":
-        selected = {s for s in context.get("selections") or () if isinstance(s, str)}
+        selected = {s for s in _list(context.get("selections")) if isinstance(s, str)}
         orders = [r for r in orders if order_reference(r) in selected]
     return orders
 

@@ -297,3 +297,32 @@ def test_a_medication_known_only_by_an_ingredient_code_is_named_by_its_published
         resolve=lambda ref: cyclosporine,
     )
     assert [m.name for m in built.medications] == ["Cyclosporine"]
+
+
+def test_an_older_fhir_shape_in_an_element_nobody_reads_does_not_hide_the_resource():
+    # The HL7 PDDI CDS requests send an active cyclosporine order with an STU3 `category` object and
+    # `context`; a duplicate calcineurin inhibitor must not vanish for that (tests/test_real_data.py).
+    stu3_order = {
+        **order("csa", "241834", "active", "2026-10-01"),
+        "category": {"coding": [{"code": "outpatient"}]},
+        "context": {"reference": "Encounter/e1"},
+    }
+    stu3_condition = {
+        "resourceType": "Condition",
+        "id": "preg",
+        "subject": {"reference": "Patient/p"},
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "77386006"}]},
+        "context": {"reference": "Encounter/e1"},
+        "assertedDate": "2026-10-01",
+    }
+    read = record(medications=[stu3_order], conditions=[stu3_condition])
+    assert [m.id for m in read.active_medications("other-calcineurin-inhibitors")] == ["csa"]
+    assert [c.id for c in read.active_conditions("pregnancy")] == ["preg"]
+    assert read.skipped == ()
+
+
+def test_an_element_the_record_reads_is_still_validated():
+    broken = {**order("csa", "241834", "active", "2026-10-01"), "dispenseRequest": {"validityPeriod": "soon"}}
+    read = record(medications=[broken])
+    assert read.active_medications("other-calcineurin-inhibitors") == []
+    assert "dispenseRequest" in read.skipped[0].reason

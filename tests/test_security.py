@@ -470,6 +470,9 @@ def test_the_specifications_example_jwt_verifies_against_its_example_jwks(tmp_pa
         tenants=frozenset({"2ddd6c3a-8e9a-44c6-a305-52111ad302a2"}),
     )
     replay = ReplayStore(make_engine(f"sqlite:///{tmp_path / 'r.sqlite3'}"), clock=lambda: 1400000000)
+    strict = Verifier([issuer], "https://cds.example.org", replay, JwksCache(), clock=lambda: 1400000000)
+    with pytest.raises(AuthError, match="lifetime"):  # it lives 3.5 years, against the spec's own 5 minutes
+        strict.verify(header.removeprefix("Authorization: "), "/cds-services/some-service")
     verifier = Verifier(
         [issuer],
         "https://cds.example.org",
@@ -477,6 +480,7 @@ def test_the_specifications_example_jwt_verifies_against_its_example_jwks(tmp_pa
         JwksCache(),
         clock=lambda: 1400000000,
         allow_test_keys=True,
+        max_lifetime=4 * 365 * 86400,
     )  # a clock inside the token's lifetime
     caller = verifier.verify(header.removeprefix("Authorization: "), "/cds-services/some-service")
     assert (caller.issuer, caller.tenant, caller.kid) == (

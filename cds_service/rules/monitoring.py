@@ -351,12 +351,23 @@ def n7_blood_pressure(inp: RuleInput) -> Finding | Quiet:
     reading = readings[0]
     tiers = {tier: threshold(inp, f"bp_{tier}") for tier in ("info", "warning", "critical")}
 
+    def crossing(limit, strictly: bool) -> list[str]:
+        """Which parts of the reading cross ``limit``: "systolic", "diastolic", both or none."""
+        pairs = (("systolic", reading.sbp, limit[0]), ("diastolic", reading.dbp, limit[1]))
+        return [part for part, v, lim in pairs if v is not None and (v > lim if strictly else v >= lim)]
+
     def over(limit, strictly: bool) -> bool:
-        pairs = ((reading.sbp, limit[0]), (reading.dbp, limit[1]))
-        return any(v is not None and (v > lim if strictly else v >= lim) for v, lim in pairs)
+        return bool(crossing(limit, strictly))
 
     def text(limit) -> str:
         return f"{num(limit[0])}/{num(limit[1])}"
+
+    def against(limit, strictly: bool, relation: str) -> str:
+        """The threshold as the reading crossed it: 148/102 is not "at or above 160/100", its diastolic is."""
+        parts = crossing(limit, strictly)
+        if len(parts) == 1:
+            return f"{parts[0]} {relation} {num(limit[0] if parts[0] == 'systolic' else limit[1])}"
+        return f"{relation} {text(limit)}"
 
     if over(tiers["critical"], strictly=True):
         indicator, relation, limit = "critical", "above", tiers["critical"]
@@ -378,11 +389,12 @@ def n7_blood_pressure(inp: RuleInput) -> Finding | Quiet:
         )
     else:
         return quiet("N7", f"newest blood pressure {reading.on()} is below {text(tiers['info'])}", gaps)
+    crossed = against(limit, indicator == "critical", relation)
     return finding(
         "N7",
         indicator,
-        f"Blood pressure {reading.text()} {relation} {text(limit)}",
-        f"Blood pressure {reading.on()}, {relation} {text(limit)}. {advice}",
+        f"Blood pressure {reading.text()}: {crossed}",
+        f"Blood pressure {reading.on()}: {crossed}. {advice}",
         ("prograf-label", "lupkynis-label", "kdigo-2024"),
         evidence=reading.evidence(),
         missing=gaps,

@@ -1,0 +1,185 @@
+"""Admin sign-in that survives guessing and ends on the server: sessions and failed-login throttling.
+
+On the service's database, so every worker (and host, with PostgreSQL) sees the same sessions and the same
+count of failures:
+
+- a session is a random id in ``admin_sessions``; the browser holds it signed (itsdangerous, with a secret
+  kept in ``admin_secret``) and timestamped, never the admin token. It ends after ``SESSION_SECONDS``, on
+  sign-out (the row is deleted, so a copied cookie is dead too) or when the token that opened it stops
+  opening the page;
+- failed logins are counted per client address in ``admin_login_failures``: after ``FREE_ATTEMPTS`` each
+  further attempt must wait twice as long as the one before (1 s, 2 s, 4 s... up to a minute), and after
+  ``LOCK_AFTER`` failures the client is locked out for ``LOCK_SECONDS``. A refused attempt costs no token
+  check and holds no thread (no sleeping): it is answered 429 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from sqlalchemy import Column, Float, Integer, MetaData, String, Table, delete, insert, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+
+SESSION_SECONDS = 8 * 3600
+FREE_ATTEMPTS = 3
+LOCK_AFTER = 10
+LOCK_SECONDS = 15 * 60
+MAX_WAIT_SECONDS = 60
+FORGET_AFTER_SECONDS = LOCK_SECONDS
+"""A client's failures are forgotten this long after its last one."""
+
+metadata = MetaData()
+admin_secret = Table(
+    "admin_secret",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("secret", String(64), nullable=False),
+)
+admin_sessions = Table(
+    "admin_sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("token_sha256", String(64), nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+admin_login_failures = Table(
+    "admin_login_failures",
+    metadata,
+    Column("client", String(64), primary_key=True),
+    Column("failures", Integer, nullable=False),
+    Column("last_failure_at", Float, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Wait:
+    """A client that may not try now: how long until it may, and whether it is locked out."""
+
+    seconds: int
+    locked: bool
+
+
+class AdminSessions:
+    """Sessions and login throttling of the admin page, on ``engine``."""
+
+    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time):
+        self.engine = engine
+        self.clock = clock
+        metadata.create_all(engine, checkfirst=True)
+        self._serializer = URLSafeTimedSerializer(self._secret(), salt="cds-admin-session")
+
+    def _secret(self) -> str:
+        """One random signing secret per database, made by whichever worker comes first."""
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(insert(admin_secret).values(id=1, secret=secrets.token_hex(32)))
+        except IntegrityError:
+            pass  # another worker made it
+        with self.engine.connect() as connection:
+            return connection.execute(
+                select(admin_secret.c.secret).where(admin_secret.c.id == 1)
+            ).scalar_one()
+
+    # --- sessions -----------------------------------------------------------------------------------------
+
+    def open(self, token_sha256: str) -> str:
+        """A new session for whoever proved the token with this hash; returns the cookie value."""
+        session_id = secrets.token_urlsafe(32)
+        now = self.clock()
+        with self.engine.begin() as connection:
+            connection.execute(delete(admin_sessions).where(admin_sessions.c.expires_at < now))
+            connection.execute(
+                insert(admin_sessions).values(
+                    id=session_id, token_sha256=token_sha256, expires_at=now + SESSION_SECONDS
+                )
+            )
+        return self._serializer.dumps(session_id)
+
+    def _session_id(self, cookie: str | None) -> str | None:
+        if not cookie or len(cookie) > 512:
+            return None
+        try:
+            session_id = self._serializer.loads(cookie, max_age=SESSION_SECONDS)
+        except BadSignature:  # also SignatureExpired
+            return None
+        return session_id if isinstance(session_id, str) else None
+
+    def valid(self, cookie: str | None, accepted_hashes: list[str]) -> bool:
+        """Is this cookie a live session opened by a token that still opens the page?"""
+        session_id = self._session_id(cookie)
+        if session_id is None:
+            return False
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                select(admin_sessions.c.token_sha256, admin_sessions.c.expires_at).where(
+                    admin_sessions.c.id == session_id
+                )
+            ).first()
+        return row is not None and row.expires_at > self.clock() and row.token_sha256 in accepted_hashes
+
+    def close(self, cookie: str | None) -> None:
+        """End the session on the server: the cookie is worthless from now on, wherever it was copied."""
+        session_id = self._session_id(cookie)
+        if session_id is not None:
+            with self.engine.begin() as connection:
+                connection.execute(delete(admin_sessions).where(admin_sessions.c.id == session_id))
+
+    # --- failed logins ------------------------------------------------------------------------------------
+
+    def wait(self, client: str) -> Wait | None:
+        """How long ``client`` must wait before its next attempt, or None if it may try now."""
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                select(admin_login_failures).where(admin_login_failures.c.client == client[:64])
+            ).first()
+        if row is None:
+            return None
+        since = self.clock() - row.last_failure_at
+        if since > FORGET_AFTER_SECONDS:
+            return None
+        if row.failures >= LOCK_AFTER:
+            return Wait(max(1, int(LOCK_SECONDS - since + 0.999)), locked=True)
+        if row.failures >= FREE_ATTEMPTS:
+            pause = min(2 ** (row.failures - FREE_ATTEMPTS), MAX_WAIT_SECONDS)
+            if since < pause:
+                return Wait(max(1, int(pause - since + 0.999)), locked=False)
+        return None
+
+    def failed(self, client: str) -> None:
+        """Count a failed attempt of ``client`` (atomic increments, so workers racing lose no count)."""
+        client, now = client[:64], self.clock()
+        with self.engine.begin() as connection:
+            connection.execute(  # forgotten failures of every client: the table stays small
+                delete(admin_login_failures).where(
+                    admin_login_failures.c.last_failure_at < now - FORGET_AFTER_SECONDS
+                )
+            )
+            if self._count(connection, client, now):
+                return
+        try:
+            with self.engine.begin() as connection:
+                row = {"client": client, "failures": 1, "last_failure_at": now}
+                connection.execute(insert(admin_login_failures).values(row))
+        except IntegrityError:  # another worker counted this client's first failure meanwhile
+            with self.engine.begin() as connection:
+                self._count(connection, client, now)
+
+    @staticmethod
+    def _count(connection, client: str, now: float) -> bool:
+        counted = connection.execute(
+            update(admin_login_failures)
+            .where(admin_login_failures.c.client == client)
+            .values(failures=admin_login_failures.c.failures + 1, last_failure_at=now)
+        )
+        return counted.rowcount > 0
+
+    def succeeded(self, client: str) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(
+                delete(admin_login_failures).where(admin_login_failures.c.client == client[:64])
+            )
