@@ -1,4 +1,4 @@
-# Production image: gunicorn, non-root, health check. Build: docker build -t tacrolimus-cds .
+# Production image: granian (cds-service serve), non-root, health check. Build: docker build -t tacrolimus-cds .
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -1,34 +1,45 @@
-"""Benchmark: ``make bench`` (or ``python -m bench [--seconds N] [--concurrency C]``).
+"""Benchmark: ``make bench`` (or ``python -m bench [--seconds N] [--concurrency C]``); needs ``wrk``.
 
-Starts the service as ``cds-service serve`` does (gunicorn, 2 workers × 4 threads), a no-op Flask endpoint
-under the same server, and a FHIR server on loopback; loads each on loopback with keep-alive clients and
-prints requests/s, p50 and p99 per scenario, with the targets of the issue beside them.
+Starts, each in its own processes: the service as ``cds-service serve`` runs it (granian, 2 workers x 4
+threads) in dev mode and in production mode (a trusted EHR, a JWT on every call), a no-op Flask endpoint
+under the same server settings, and a FHIR server for the callback scenario. Every scenario is then loaded
+by wrk (C, light on the CPU the service needs): first one connection alone (latency p50/p99), then
+``--concurrency`` connections (requests/s). The service's own CPU time per request (its processes' utime +
+stime from /proc, so the load generator and the other processes on the machine do not count) is the
+steadiest figure on a shared machine; run as root, the servers and wrk run at ``nice -10``. Then memory
+per worker (after at least 10,000 calls of all the scenarios) and start-up to ready. Each figure is
+printed beside its target (issue 15).
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
+import jwt
 import yaml
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from bench.patients import lupus_patient, other_draft, tacrolimus_draft
 from cds_service.sandbox.requests import build_request_from_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS, THREADS = 2, 4
+PATH = "/cds-services/tacrolimus-order-sign"
+ISSUER = "https://ehr.bench.example"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+MIXED_CALLS = 10_000
 
 
 def free_port() -> int:
@@ -37,162 +48,251 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until_up(url: str, process: subprocess.Popen, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+def wait_until_up(url: str, process: subprocess.Popen, seconds: float = 60) -> float:
+    """Seconds until ``url`` answers 200."""
+    started = time.monotonic()
+    while time.monotonic() < started + seconds:
         if process.poll() is not None:
             raise SystemExit(f"server exited with {process.returncode}: {url}")
         try:
             with urllib.request.urlopen(url, timeout=1) as response:
                 if response.status == 200:
-                    return
+                    return time.monotonic() - started
         except OSError:
-            time.sleep(0.1)
+            time.sleep(0.02)
     raise SystemExit(f"server did not come up: {url}")
 
 
-def start(args: list[str], health: str, env: dict | None = None) -> subprocess.Popen:
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    wait_until_up(health, process)
-    return process
+def priority() -> list[str]:
+    """``nice -n -10`` where allowed (root): on a machine shared with other work, the servers and wrk then
+    get the CPU when they need it, so the latency columns measure the service rather than its neighbours."""
+    return ["nice", "-n", "-10"] if os.geteuid() == 0 and shutil.which("nice") else []
 
 
-def load(
-    port: int, path: str, bodies: list[bytes], seconds: float, concurrency: int, max_requests: int
-) -> dict:
-    """Keep-alive clients post ``bodies`` in turn for ``seconds`` (or ``max_requests``); latencies in ms."""
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    lock = threading.Lock()
-    stop_at = time.monotonic() + seconds
-
-    def client(offset: int) -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        mine, codes = [], {}
-        while time.monotonic() < stop_at and len(mine) < max_requests // concurrency:
-            body = bodies[(offset + len(mine) * concurrency) % len(bodies)]
-            started = time.perf_counter()
-            connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
-            response = connection.getresponse()
-            response.read()
-            mine.append((time.perf_counter() - started) * 1000)
-            codes[response.status] = codes.get(response.status, 0) + 1
-        connection.close()
-        with lock:
-            latencies.extend(mine)
-            for code, count in codes.items():
-                statuses[code] = statuses.get(code, 0) + count
-
-    began = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - began
-    latencies.sort()
-    return {
-        "requests": len(latencies),
-        "rps": len(latencies) / elapsed,
-        "p50": statistics.median(latencies),
-        "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
-        "statuses": statuses,
-    }
+def start(args: list[str], health: str, env: dict) -> tuple[subprocess.Popen, float]:
+    """The process and its seconds to ready."""
+    process = subprocess.Popen(
+        [*priority(), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
+    return process, wait_until_up(health, process)
 
 
-def single_latency(port: int, path: str, bodies: list[bytes], count: int) -> float:
-    """p50 of one client alone: the latency a single EHR call sees on an idle server."""
-    return load(port, path, bodies, seconds=60, concurrency=1, max_requests=count)["p50"]
+def family(pid: int) -> list[int]:
+    """The master and its workers."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return [pid, *(int(p) for p in children.read_text().split())] if children.exists() else [pid]
 
 
-def new_versions(body: bytes, version: int) -> bytes:
-    """The request with ``meta.versionId`` set on every prefetched resource: same findings, new content."""
-    request = json.loads(body)
-    for value in request["prefetch"].values():
-        resources = (
-            [e["resource"] for e in value.get("entry", [])]
-            if value.get("resourceType") == "Bundle"
-            else [value]
+def cpu_seconds(pid: int) -> float:
+    total = 0.0
+    for member in family(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+    return total
+
+
+def memory_mb(pid: int) -> tuple[float, float]:
+    """(RSS, PSS) in MB: PSS counts pages shared with the master and the other worker (the code imported
+    before forking) by their share, RSS counts them whole."""
+    values = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        if name in ("Rss", "Pss"):
+            values[name] = int(rest.split()[0]) / 1024
+    return values.get("Rss", 0.0), values.get("Pss", 0.0)
+
+
+@dataclass
+class Target:
+    port: int
+    pid: int
+    label: str
+
+
+@dataclass
+class Scenario:
+    name: str
+    target: Target
+    body: Path
+    size: int
+    tokens: int = 0  # JWTs needed per request (production mode)
+
+
+class Wrk:
+    def __init__(self, work: Path, signer: ec.EllipticCurvePrivateKey, prod_port: int):
+        self.work = work
+        self.signer = signer
+        self.prod_port = prod_port
+        self.counter = 0
+        self.calls: dict[int, int] = {}
+
+    def tokens(self, count: int) -> Path:
+        """``count`` fresh JWTs of the bench EHR, one a line (each jti is accepted once)."""
+        now = int(time.time())
+        audience = f"http://127.0.0.1:{self.prod_port}{PATH}"
+        path = self.work / f"tokens-{uuid.uuid4().hex}.txt"
+        lines = (
+            jwt.encode(
+                {"iss": ISSUER, "aud": audience, "exp": now + 300, "iat": now, "jti": uuid.uuid4().hex},
+                self.signer,
+                algorithm="ES384",
+                headers={"kid": "bench"},
+            )
+            for _ in range(count)
         )
-        for resource in resources:
-            resource["meta"] = {"versionId": str(version)}
-    return json.dumps(request).encode()
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def run(self, scenario: Scenario, connections: int, seconds: float, expect_rps: float = 0) -> dict:
+        env = {
+            **os.environ,
+            "BENCH_BODY": str(scenario.body),
+            "BENCH_PATH": PATH,
+            "BENCH_FIRST": str(self.counter),
+            "BENCH_TOKENS": "",
+        }
+        if scenario.tokens:
+            env["BENCH_TOKENS"] = str(self.tokens(int(max(expect_rps, 50) * seconds * 2.5) + 200))
+        before = cpu_seconds(scenario.target.pid)
+        output = subprocess.run(
+            [
+                *priority(),
+                "wrk",
+                "-t1",
+                f"-c{connections}",
+                f"-d{seconds:g}s",
+                "--timeout",
+                "10s",
+                "-s",
+                str(Path(__file__).with_name("wrk.lua")),
+                f"http://127.0.0.1:{scenario.target.port}",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        used = cpu_seconds(scenario.target.pid) - before
+        line = next(x for x in output.splitlines() if x.startswith("BENCH "))
+        result = json.loads(line[len("BENCH ") :])
+        self.counter += result["requests"] + 10
+        self.calls[scenario.target.pid] = self.calls.get(scenario.target.pid, 0) + result["requests"]
+        requests = max(1, result["requests"])
+        return {
+            "requests": result["requests"],
+            "rps": result["requests"] / (result["duration_us"] / 1e6),
+            "p50": result["p50_us"] / 1000,
+            "p99": result["p99_us"] / 1000,
+            "cpu_ms": used * 1000 / requests,
+            "bad": result["non_2xx"] + result["socket_errors"],
+        }
 
 
 def as_bundle(resources: list[dict]) -> dict:
     return {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in resources]}
 
 
+def searchset(resources: list[dict]) -> dict:
+    entries = [{"resource": r} for r in resources]
+    return {"resourceType": "Bundle", "type": "searchset", "total": len(resources), "entry": entries}
+
+
+def with_versions(request: dict) -> dict:
+    """The request with ``meta.versionId`` "@@V@@" on every prefetched resource: wrk makes it a new number on
+    every call, so no cache of the service can recognise the content (a first sight of the patient)."""
+    copied = json.loads(json.dumps(request))
+    for value in copied["prefetch"].values():
+        if not isinstance(value, dict):
+            continue
+        is_bundle = value.get("resourceType") == "Bundle"
+        for resource in [e["resource"] for e in value.get("entry", [])] if is_bundle else [value]:
+            resource["meta"] = {"versionId": "@@V@@"}
+    return copied
+
+
+def config_copy(work: Path, name: str, **changes) -> Path:
+    config = work / name
+    shutil.copytree(ROOT / "hooks", config)
+    settings = yaml.safe_load((config / "settings.yaml").read_text())
+    settings["feedback"]["database_url"] = f"sqlite:///{work / (name + '.sqlite3')}"
+    for section, value in changes.items():
+        if isinstance(value, dict):
+            settings.setdefault(section, {}).update(value)
+        else:
+            settings[section] = value
+    (config / "settings.yaml").write_text(yaml.safe_dump(settings))
+    return config
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=float, default=5.0, help="load duration per scenario")
+    parser.add_argument("--seconds", type=float, default=4.0, help="load duration per scenario")
+    parser.add_argument("--alone-seconds", type=float, default=3.0, help="one-connection duration")
     parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument(
-        "--cold-requests", type=int, default=1500, help="distinct bodies of the cold scenario"
-    )
     args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("make bench needs wrk: apt-get install wrk")
 
     work = Path(tempfile.mkdtemp(prefix="cds-bench-"))
     processes: list[subprocess.Popen] = []
     try:
         typical = lupus_patient("bench-typical", observations=200)
         large = lupus_patient("bench-large", observations=10_000, seed=11)
-        bundles = {}
-        for name, resources in (("typical", typical), ("large", large)):
-            bundles[name] = as_bundle(resources)
-            (work / f"{name}.json").write_text(json.dumps(bundles[name]))
+        bundles = {"typical": as_bundle(typical), "large": as_bundle(large)}
+        for name, bundle in bundles.items():
+            (work / f"{name}.json").write_text(json.dumps(bundle))
 
-        config = work / "hooks"
-        shutil.copytree(ROOT / "hooks", config)
-        settings = yaml.safe_load((config / "settings.yaml").read_text())
-        settings["feedback"]["database_url"] = f"sqlite:///{work / 'bench.sqlite3'}"
-        (config / "settings.yaml").write_text(yaml.safe_dump(settings))
-
-        fhir_port, service_port, noop_port = free_port(), free_port(), free_port()
+        key = ec.generate_private_key(ec.SECP384R1())
+        jwk = {**json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key())), "kid": "bench"}
+        fhir_port, service_port, noop_port, prod_port = (free_port() for _ in range(4))
+        dev_config = config_copy(work, "hooks-dev")
+        prod_config = config_copy(
+            work,
+            "hooks-prod",
+            server={"public_base_url": f"http://127.0.0.1:{prod_port}"},
+            callers=[{"issuer": ISSUER, "jwks": {"keys": [jwk]}, "algorithms": ["ES384"]}],
+        )
         python = sys.executable
+        cds_service = str(Path(python).with_name("cds-service"))
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        processes.append(
-            start(
-                [python, "-m", "bench.fhir_process", str(fhir_port), *map(str, work.glob("*.json"))],
-                f"http://127.0.0.1:{fhir_port}/metadata",
-                env,
-            )
+        fhir, _ = start(
+            [python, "-m", "bench.fhir_process", str(fhir_port), *map(str, work.glob("*.json"))],
+            f"http://127.0.0.1:{fhir_port}/metadata",
+            env,
         )
-        processes.append(
-            start(
-                [
-                    str(Path(python).parent / "cds-service"),
-                    "serve",
-                    "--dev",
-                    "--port",
-                    str(service_port),
-                    "--workers",
-                    str(WORKERS),
-                    "--threads",
-                    str(THREADS),
-                    "--config",
-                    str(config),
-                ],
-                f"http://127.0.0.1:{service_port}/healthz",
-                env,
-            )
+        processes.append(fhir)
+        serve = [cds_service, "serve", "--workers", str(WORKERS), "--threads", str(THREADS)]
+        service, startup = start(
+            [*serve, "--dev", "--port", str(service_port), "--config", str(dev_config)],
+            f"http://127.0.0.1:{service_port}/healthz",
+            env,
         )
-        processes.append(
-            start(
-                [python, "-m", "bench.noop", str(noop_port), str(WORKERS), str(THREADS)],
-                f"http://127.0.0.1:{noop_port}/healthz",
-                env,
-            )
+        processes.append(service)
+        prod, _ = start(
+            [*serve, "--port", str(prod_port), "--config", str(prod_config)],
+            f"http://127.0.0.1:{prod_port}/healthz",
+            env,
         )
+        processes.append(prod)
+        noop, _ = start(
+            [python, "-m", "bench.noop", str(noop_port), str(WORKERS), str(THREADS)],
+            f"http://127.0.0.1:{noop_port}/healthz",
+            env,
+        )
+        processes.append(noop)
 
         with urllib.request.urlopen(f"http://127.0.0.1:{service_port}/cds-services") as response:
-            templates = json.load(response)["services"][0]["prefetch"]
+            discovery = json.load(response)["services"]
+        templates = discovery[0]["prefetch"]
         fhir_base = f"http://127.0.0.1:{fhir_port}"
 
-        def request(bundle: dict, draft: dict, via: str) -> bytes:
-            body = build_request_from_bundle(
+        def request(bundle: dict, draft: dict, via: str) -> dict:
+            return build_request_from_bundle(
                 {**bundle, "entry": bundle["entry"] + [{"resource": draft}]},
                 [f"MedicationRequest/{draft['id']}"],
                 hook="order-sign",
@@ -200,89 +300,135 @@ def main() -> None:
                 fhir_base=fhir_base if via != "prefetch" else None,
                 prefetch_templates=templates,
             )
-            return json.dumps(body).encode()
 
-        typical_body = request(bundles["typical"], tacrolimus_draft("bench-typical"), "prefetch")
-        # Every request a new version of every resource: nothing a cache holds can be reused (a first call).
-        cold = [new_versions(typical_body, n) for n in range(args.cold_requests)]
+        def body_file(name: str, body: dict) -> tuple[Path, int]:
+            path = work / f"body-{name}.json"
+            data = json.dumps(body).encode()
+            path.write_bytes(data)
+            return path, len(data)
+
+        typical_request = request(bundles["typical"], tacrolimus_draft("bench-typical"), "prefetch")
+        large_request = request(bundles["large"], tacrolimus_draft("bench-large"), "prefetch")
+        # The whole record, as an EHR that does not page its prefetch sends it (not the template's first 500).
+        large_request["prefetch"]["observations"] = searchset(
+            [r for r in large if r["resourceType"] == "Observation"]
+        )
+        dev = Target(service_port, service.pid, "service --dev")
+        production = Target(prod_port, prod.pid, "service, production mode")
+        baseline = Target(noop_port, noop.pid, "no-op")
         scenarios = [
-            ("no-op endpoint (baseline)", noop_port, [typical_body]),
-            ("typical patient, full prefetch", service_port, [typical_body]),
-            ("typical, new content every call", service_port, cold),
-            (
-                "typical patient, FHIR callback",
-                service_port,
-                [request(bundles["typical"], tacrolimus_draft("bench-typical"), "fhir")],
+            Scenario("no-op endpoint (baseline)", baseline, *body_file("typical", typical_request)),
+            Scenario("typical, full prefetch (warm)", dev, *body_file("typical", typical_request)),
+            Scenario(
+                "typical, new content every call (cold)",
+                dev,
+                *body_file("cold", with_versions(typical_request)),
             ),
-            (
-                "large patient (10,000 obs), prefetch",
-                service_port,
-                [request(bundles["large"], tacrolimus_draft("bench-large"), "prefetch")],
+            Scenario(
+                "typical, production mode (JWT per call)",
+                production,
+                *body_file("typical", typical_request),
+                1,
             ),
-            (
+            Scenario(
+                "typical, FHIR callback (no prefetch)",
+                dev,
+                *body_file(
+                    "callback", request(bundles["typical"], tacrolimus_draft("bench-typical"), "fhir")
+                ),
+            ),
+            Scenario("large patient, all 10,000 obs in prefetch", dev, *body_file("large", large_request)),
+            Scenario(
                 "non-tacrolimus order",
-                service_port,
-                [request(bundles["typical"], other_draft("bench-typical"), "prefetch")],
+                dev,
+                *body_file("other", request(bundles["typical"], other_draft("bench-typical"), "prefetch")),
             ),
         ]
-        path = "/cds-services/tacrolimus-order-sign"
+        # HOOK (patient-view): when discovery lists a patient-view service, add its scenario here (a typical
+        # patient's patient-view request with full prefetch, posted to that service's id).
+        if any(s["hook"] == "patient-view" for s in discovery):
+            print("note: a patient-view service exists; its scenario is not written yet (bench/__main__.py)")
+
+        wrk = Wrk(work, key, prod_port)
         rows = []
-        for name, port, bodies in scenarios:
-            load(port, path, bodies, seconds=1.0, concurrency=args.concurrency, max_requests=50)  # warm-up
-            time.sleep(1.0)  # let the background writer of shown findings drain before timing one client
-            alone = single_latency(port, path, bodies, count=100)
-            result = load(port, path, bodies, args.seconds, args.concurrency, max_requests=100_000)
-            result["alone_p50"] = alone
-            time.sleep(1.0)
-            rows.append((name, len(bodies[0]), result))
+        for scenario in scenarios:
+            print(f"  {scenario.name} ...", file=sys.stderr, flush=True)
+            wrk.run(scenario, 2, 1.0, expect_rps=400)  # warm-up: code paths, caches of unchanged content
+            time.sleep(0.5)
+            alone = wrk.run(scenario, 1, args.alone_seconds, expect_rps=400)
+            loaded = wrk.run(scenario, args.concurrency, args.seconds, expect_rps=alone["rps"] * 2)
+            rows.append((scenario, alone, loaded))
 
-        baseline = rows[0][2]
+        # Memory per worker after at least MIXED_CALLS calls of all the scenarios (topped up with cold ones).
+        served = wrk.calls.get(service.pid, 0)
+        cold = scenarios[2]
+        while served < MIXED_CALLS:
+            top_up = wrk.run(cold, args.concurrency, 2.0, expect_rps=400)
+            served += max(1, top_up["requests"])
+        memory = max(memory_mb(pid) for pid in family(service.pid)[1:])
 
-        def verdict(ok: bool) -> str:
-            return "PASS" if ok else "FAIL"
-
-        def typical_target(r: dict) -> str:
-            share = r["rps"] / baseline["rps"]
-            return (
-                f"p50 alone ≤ 10 ms: {verdict(r['alone_p50'] <= 10)}; "
-                f"rps ≥ 40 % of no-op: {verdict(share >= 0.4)} ({100 * share:.0f} %)"
-            )
-
-        targets = {
-            "typical patient, full prefetch": typical_target,
-            "typical, new content every call": typical_target,
-            "large patient (10,000 obs), prefetch": lambda r: (
-                f"p50 alone ≤ 150 ms: {verdict(r['alone_p50'] <= 150)}"
-            ),
-            "non-tacrolimus order": lambda r: (
-                f"p50 alone within 2× no-op: {verdict(r['alone_p50'] <= 2 * baseline['alone_p50'])}"
-            ),
-        }
-        print(
-            f"\nservice: gunicorn {WORKERS} workers × {THREADS} threads; load: {args.concurrency} keep-alive "
-            f"clients for {args.seconds:g} s per scenario, on loopback; {os.cpu_count()} cores\n"
-        )
-        columns = ("body KB", 8), ("req/s", 8), ("p50 ms", 8), ("p99 ms", 8), ("alone p50", 10)
-        header = f"{'scenario':40} " + " ".join(f"{name:>{width}}" for name, width in columns) + "  target"
-        print(header)
-        print("-" * len(header))
-        for name, size, r in rows:
-            target = targets.get(name, lambda r: "")(r)
-            bad = {k: v for k, v in r["statuses"].items() if k != 200}
-            note = f"  statuses {bad}" if bad else ""
-            print(
-                f"{name:40} {size / 1024:8.1f} {r['rps']:8.0f} {r['p50']:8.1f} {r['p99']:8.1f} "
-                f"{r['alone_p50']:10.1f}  {target}{note}"
-            )
+        report(rows, served, memory, startup, args)
     finally:
         for process in processes:
             process.terminate()
         for process in processes:
             try:
-                process.wait(timeout=10)
+                process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def report(
+    rows: list, served: int, memory: tuple[float, float], startup: float, args: argparse.Namespace
+) -> None:
+    noop_alone, noop_loaded = rows[0][1], rows[0][2]
+
+    def mark(ok: bool) -> str:
+        return "PASS" if ok else "MISS"
+
+    def warm_target(alone: dict, loaded: dict, p50: float) -> str:
+        share = loaded["rps"] / noop_loaded["rps"]
+        tail = alone["p99"] / alone["p50"]
+        return (
+            f"p50≤{p50:g}ms {mark(alone['p50'] <= p50)}; p99/p50 {tail:.1f}≤3 {mark(tail <= 3)}; "
+            f"req/s {100 * share:.0f}% of no-op≥25% {mark(share >= 0.25)}"
+        )
+
+    targets = {
+        "typical, full prefetch (warm)": lambda a, lo: warm_target(a, lo, 5),
+        "typical, new content every call (cold)": lambda a, lo: warm_target(a, lo, 7),
+        "large patient, all 10,000 obs in prefetch": lambda a, lo: (
+            f"p50≤100ms {mark(a['p50'] <= 100)}; CPU/req {lo['cpu_ms']:.0f}ms≤100 {mark(lo['cpu_ms'] <= 100)}"
+        ),
+        "non-tacrolimus order": lambda a, lo: (
+            f"p50 {a['p50'] / noop_alone['p50']:.1f}×no-op≤1.5× {mark(a['p50'] <= 1.5 * noop_alone['p50'])}"
+        ),
+    }
+    print(
+        f"\nserver: granian {WORKERS} workers × {THREADS} threads, loopback; load: wrk, 1 connection for "
+        f"{args.alone_seconds:g} s, then {args.concurrency} for {args.seconds:g} s; {os.cpu_count()} cores, "
+        f"load average {os.getloadavg()[0]:.1f}\n"
+        f"p50/p99: ms at 1 connection; req/s at {args.concurrency}; CPU/req: ms of the server processes' own "
+        f"CPU time per request at {args.concurrency} connections (other processes excluded)"
+        f"{'; servers and wrk at nice -10' if priority() else ''}\n"
+    )
+    header = f"{'scenario':42} {'KB':>5} {'p50':>7} {'p99':>7} {'req/s':>6} {'CPU/req':>7}  target"
+    print(header)
+    print("-" * (len(header) + 60))
+    for scenario, alone, loaded in rows:
+        bad = alone["bad"] + loaded["bad"]
+        note = f"  ({bad} failed calls)" if bad else ""
+        target = targets.get(scenario.name, lambda a, lo: "")(alone, loaded)
+        print(
+            f"{scenario.name:42} {scenario.size / 1024:5.0f} {alone['p50']:7.2f} {alone['p99']:7.2f} "
+            f"{loaded['rps']:6.0f} {loaded['cpu_ms']:7.2f}  {target}{note}"
+        )
+    print(
+        f"\nmemory per worker after {served:,} calls: {memory[0]:.0f} MB RSS "
+        f"(≤150 MB {mark(memory[0] <= 150)}; PSS {memory[1]:.0f} MB); "
+        f"start-up to ready: {startup:.2f} s (≤3 s {mark(startup <= 3)})"
+    )
 
 
 if __name__ == "__main__":

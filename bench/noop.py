@@ -1,13 +1,15 @@
-"""The baseline: a Flask endpoint that reads the body and answers ``{"cards": []}``, same gunicorn."""
+"""The baseline: a Flask endpoint that reads the body and answers ``{"cards": []}``, under the same server
+settings as ``cds-service serve`` (granian, same workers and threads, start-up objects frozen alike)."""
 
 from __future__ import annotations
 
 import sys
+from functools import partial
 
 from flask import Flask, jsonify, request
-from gunicorn.app.base import BaseApplication
 
-from cds_service.server import gunicorn_options
+from cds_service.server import freeze_startup_objects, granian_server
+from cds_service.wsgi_bridge import BodyFirst
 
 
 def create_noop_app() -> Flask:
@@ -25,19 +27,14 @@ def create_noop_app() -> Flask:
     return app
 
 
-class NoopServer(BaseApplication):
-    def __init__(self, options):
-        self.options = options
-        super().__init__()
-
-    def load_config(self):
-        for key, value in self.options.items():
-            self.cfg.set(key, value)
-
-    def load(self):
-        return create_noop_app()
+def load_app(threads: int) -> BodyFirst:
+    app = create_noop_app()
+    freeze_startup_objects()
+    return BodyFirst(app, threads, 10_000_000)
 
 
 if __name__ == "__main__":
     port, workers, threads = (int(a) for a in sys.argv[1:4])
-    NoopServer(gunicorn_options("127.0.0.1", port, workers, threads)).run()
+    granian_server("noop", "127.0.0.1", port, workers).serve(
+        target_loader=partial(load_app, threads), wrap_loader=False
+    )

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import secrets
-import signal
 import weakref
 from collections.abc import Iterable, Mapping
 from datetime import date
@@ -36,6 +35,7 @@ from cds_service.config import Config, ConfigError, load_config
 from cds_service.config_schema import SCHEMA_DIR
 from cds_service.explain import FINDING_IDS, SETTINGS_BY_FINDING
 from cds_service.report import FindingStats, aggregate, rate_text, reasons_text
+from cds_service.server import ask_master_to_reload, master_pid
 
 log = logging.getLogger("cds_service.admin")
 bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates")
@@ -302,9 +302,9 @@ def logout() -> BaseResponse:
 def reload() -> Response | tuple[Response, int]:
     """Load the configuration files again; a bad file leaves the running configuration in place.
 
-    Under gunicorn (``cds-service serve``) the files are checked here and the master is sent SIGHUP, so every
-    worker moves to the new configuration and in-flight requests finish on the old one. Elsewhere (a single
-    process) this process swaps its configuration itself.
+    Under ``cds-service serve`` (a master and its workers) the files are checked here and the master is sent
+    SIGHUP, so every worker moves to the new configuration and in-flight requests finish on the old one.
+    Elsewhere (a single process) this process swaps its configuration itself.
     """
     how = _authenticated()
     if how is None:
@@ -312,8 +312,8 @@ def reload() -> Response | tuple[Response, int]:
     if how == "cookie" and not _same_origin():
         return jsonify({"error": "cross-site request refused"}), 403
     holder = _holder()
-    under_gunicorn = request.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/")
-    if under_gunicorn:
+    under_master = master_pid() is not None
+    if under_master:
         try:
             services = sorted(load_config(holder.config_dir).services)
             problems = []
@@ -329,10 +329,10 @@ def reload() -> Response | tuple[Response, int]:
         return jsonify(
             {"reloaded": False, "problems": problems, "serving": "the last good configuration"}
         ), 422
-    if under_gunicorn:
+    if under_master:
         # The master re-reads the files and starts new workers; this one finishes its requests, then stops.
-        os.kill(os.getppid(), signal.SIGHUP)
-        log.info("admin reload: SIGHUP sent to the gunicorn master", extra={"services": services})
+        ask_master_to_reload()
+        log.info("admin reload: SIGHUP sent to the master", extra={"services": services})
         answer: dict[str, Any]
         status, answer = (
             202,
@@ -345,7 +345,7 @@ def reload() -> Response | tuple[Response, int]:
     else:
         status, answer = 200, {"reloaded": True, "services": services}
     if _wants_html():
-        if under_gunicorn:
+        if under_master:
             return _admin_page(notice="Configuration checked; the workers restart on it (refresh this page).")
         return _admin_page(notice="Configuration checked and reloaded.")
     return jsonify(answer), status

@@ -5,7 +5,9 @@ Thin on purpose: parse, hand over to ``hook_call`` or ``storage``, log one PHI-f
 
 from __future__ import annotations
 
+import gc
 import logging
+import threading
 import time
 from typing import Any
 
@@ -29,13 +31,42 @@ def runtime() -> Runtime:
     return g.runtime
 
 
+class _CollectorPause:
+    """Hold the cyclic garbage collector off while JSON is parsed (by any thread of the process).
+
+    Parsing builds only acyclic dicts and lists, yet each 700 of them start a collection, and every tenth
+    of those a full one over all the objects parsed so far: a 4 MB prefetch ran 124 collections. Threads
+    count in and out, so the collector is back on as soon as no parse is running.
+    """
+
+    def __init__(self) -> None:
+        self._parsing = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self._parsing += 1
+            gc.disable()
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._parsing -= 1
+            if self._parsing == 0:
+                gc.enable()
+
+
+_NO_COLLECTIONS = _CollectorPause()
+
+
 def json_body() -> Any:
     """The request body as strict JSON, or a ProtocolError with the right status (415, 400)."""
     mimetype = request.mimetype or ""
     if not (mimetype == "application/json" or mimetype.endswith("+json")):
         raise ProtocolError(415, None, "Content-Type must be application/json")
+    data = request.get_data(cache=False)
     try:
-        return orjson.loads(request.get_data(cache=False))  # strict: no NaN/Infinity, UTF-8 only
+        with _NO_COLLECTIONS:
+            return orjson.loads(data)  # strict: no NaN/Infinity, UTF-8 only
     except orjson.JSONDecodeError as error:
         raise ProtocolError(400, None, f"body is not valid JSON: {error}") from None
 

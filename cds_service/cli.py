@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import errno
-import socket
 import sys
 
 import click
@@ -12,22 +10,18 @@ from cds_service.config import ConfigError, load_config
 from cds_service.logs import setup_logging
 
 
-def exit_unless_port_free(host: str, port: int) -> None:
-    """One clear line and exit status 1 when ``host:port`` cannot be listened on (e.g. already in use).
+def exit_unless_port_free(host: str, port: int, wait_seconds: float = 0.0) -> None:
+    """One clear line and exit status 2 when ``host:port`` stays taken (``server.wait_for_port``).
 
-    Checked before anything says "serving": gunicorn alone would retry for five seconds, logging each try.
+    Checked before anything says "serving", so a busy port never prints a misleading start.
     """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    from cds_service.server import PortInUse, wait_for_port
+
     try:
-        with socket.create_server((host, port), family=family):  # SO_REUSEADDR, as gunicorn binds
-            pass
-    except OSError as error:
-        reason = "already in use" if error.errno == errno.EADDRINUSE else (error.strerror or str(error))
-        click.echo(
-            f"error: cannot listen on {host}:{port}: {reason}; stop what runs there or choose another --port",
-            err=True,
-        )
-        sys.exit(1)
+        wait_for_port(host, port, wait_seconds)
+    except PortInUse as error:
+        click.echo(f"error: {error}; stop what runs there or choose another --port", err=True)
+        sys.exit(2)
 
 
 @click.group()
@@ -44,10 +38,31 @@ def main() -> None:
 @click.option(
     "--dev", is_flag=True, help="Local work: no caller authentication, http FHIR servers on loopback."
 )
-def serve(host: str, port: int, config_dir: str | None, workers: int, threads: int, dev: bool) -> None:
-    """Serve the CDS services on a production WSGI server (gunicorn)."""
+@click.option(
+    "--allow-dev-on-network",
+    is_flag=True,
+    help="Let --dev listen on a non-loopback --host (anyone who reaches it calls without authentication).",
+)
+def serve(
+    host: str,
+    port: int,
+    config_dir: str | None,
+    workers: int,
+    threads: int,
+    dev: bool,
+    allow_dev_on_network: bool,
+) -> None:
+    """Serve the CDS services on a production HTTP server (granian, WSGI workers)."""
+    from cds_service.server import PortInUse
     from cds_service.server import serve as run
 
+    if dev and not allow_dev_on_network and not is_loopback(host):
+        click.echo(
+            f"--dev turns caller authentication off; it listens on loopback only, not on {host!r}. "
+            "Use --host 127.0.0.1, or add --allow-dev-on-network if every host that can reach it is trusted.",
+            err=True,
+        )
+        sys.exit(2)
     setup_logging()
     try:
         config = load_config(config_dir)
@@ -56,7 +71,7 @@ def serve(host: str, port: int, config_dir: str | None, workers: int, threads: i
         for problem in error.problems:
             click.echo(f"  {problem}", err=True)
         sys.exit(2)
-    exit_unless_port_free(host, port)
+    exit_unless_port_free(host, port, wait_seconds=10.0)  # workers of a stopped server may still finish
     if dev:
         click.echo(
             "DEV MODE: caller authentication is OFF and plain-http FHIR servers on loopback are allowed. "
@@ -64,7 +79,23 @@ def serve(host: str, port: int, config_dir: str | None, workers: int, threads: i
             err=True,
         )
     click.echo(f"serving {', '.join(sorted(config.services))} on http://{host}:{port}/cds-services", err=True)
-    run(config, host, port, workers, threads, dev)
+    try:
+        run(config, host, port, workers, threads, dev)
+    except PortInUse as error:  # taken again in the moment since the check above
+        click.echo(f"error: {error}; stop what runs there or choose another --port", err=True)
+        sys.exit(2)
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost``, 127.0.0.0/8 or ::1 (``0.0.0.0`` and every other address are reachable from outside)."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @main.group()

@@ -15,11 +15,12 @@ shapes, and only their identity, drug and status matter.
 
 from __future__ import annotations
 
+import hashlib
 import re
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
-from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -215,11 +216,6 @@ def _reason(error: ValidationError) -> str:
     return f"not valid FHIR R4: {where}: {errors[0]['msg']}" if where else "not valid FHIR R4"
 
 
-MODELS = {
-    m.__name__: m for m in (FhirAllergy, FhirCondition, FhirMedicationRequest, FhirObservation, FhirPatient)
-}
-
-
 def _uncached_problem(model: Any, raw: Any) -> str | None:
     """Why this resource is not valid FHIR R4, or None."""
     try:
@@ -231,12 +227,34 @@ def _uncached_problem(model: Any, raw: Any) -> str | None:
     return None
 
 
-@lru_cache(maxsize=20_000)
-def _problem(model_name: str, content: bytes) -> str | None:
-    """``_uncached_problem``, keyed by content: EHRs send the same resources again and again (order-select
-    fires on every edit of an order, then order-sign), and validating one costs ~250 µs. Bounded: about 8 MB
-    per process."""
-    return _uncached_problem(MODELS[model_name], orjson.loads(content))
+class _ProblemCache:
+    """Validation results keyed by a 128-bit BLAKE2b digest of the resource's canonical JSON: EHRs send the
+    same resources again and again (order-select fires on every edit of an order, then order-sign), and
+    validating one costs ~250 µs. A digest instead of the content keeps 20,000 entries to ~5 MB per worker
+    (the content itself was ~20 MB); a collision between two different resources is out of reach (2^-64).
+    Oldest entries go first when it is full."""
+
+    def __init__(self, size: int = 20_000):
+        self.size = size
+        self._results: dict[bytes, str | None] = {}
+        self._lock = threading.Lock()
+
+    def problem(self, model: Any, raw: Mapping, content: bytes) -> str | None:
+        """Why ``raw`` (whose canonical JSON is ``content``) is not valid for ``model``, or None."""
+        key = hashlib.blake2b(content, digest_size=16, person=model.__name__.encode()[:16]).digest()
+        try:
+            return self._results[key]
+        except KeyError:
+            pass
+        found = _uncached_problem(model, raw)
+        with self._lock:
+            if len(self._results) >= self.size:
+                del self._results[next(iter(self._results))]
+            self._results[key] = found
+        return found
+
+
+_PROBLEMS = _ProblemCache()
 
 
 READ_FIELDS = {
@@ -279,7 +297,7 @@ def _validated(model: Any, raw: Mapping, skipped: list[Unusable]) -> bool:
     if content is not None and len(content) > MAX_RESOURCE_BYTES:
         problem: str | None = f"{len(content)} bytes, too large to read (at most {MAX_RESOURCE_BYTES})"
     elif content is not None:
-        problem = _problem(model.__name__, content)
+        problem = _PROBLEMS.problem(model, raw_read, content)
     else:
         problem = _uncached_problem(model, raw_read)
     if problem:

@@ -149,6 +149,7 @@ class Terminology:
         self._exact = {key: frozenset(names) for key, names in exact.items()}
         self._icd = {key: frozenset(names) for key, names in icd.items()}
         self._memo: dict[tuple[object, object], frozenset[str]] = {}
+        self._text_memo: dict[str, frozenset[str] | None] = {}
 
     @classmethod
     def load(
@@ -198,7 +199,7 @@ class Terminology:
         """Names of every value set that any of these FHIR Coding dicts belongs to."""
         found = _EMPTY
         for coding in codings or ():
-            if isinstance(coding, Mapping):
+            if isinstance(coding, (dict, Mapping)):  # dict first: no ABC check for the usual case
                 hit = self._match(coding.get("system"), coding.get("code"))
                 if hit:
                     found = found | hit if found else hit
@@ -206,10 +207,10 @@ class Terminology:
 
     def concepts_of_concept(self, concept: Mapping | None) -> frozenset[str]:
         """Names of every value set a CodeableConcept dict (or None) belongs to through its codings."""
-        if not isinstance(concept, Mapping):
-            return frozenset()
+        if not isinstance(concept, (dict, Mapping)):  # dict first: no ABC check for the usual case
+            return _EMPTY
         codings = concept.get("coding")
-        return self.concepts(codings) if isinstance(codings, list) else frozenset()
+        return self.concepts(codings) if isinstance(codings, list) else _EMPTY
 
     def recognise(
         self, codings: Iterable[Mapping] = (), ingredients: Iterable[Mapping] = (), texts: Iterable[str] = ()
@@ -229,18 +230,38 @@ class Terminology:
         for text in texts or ():
             if not isinstance(text, str):
                 continue
-            words = _words(text)
-            for size in range(1, self._longest + 1):  # every run of 1..3 words: one dict hit each
-                for start in range(len(words) - size + 1):
-                    run = words[start : start + size]
-                    if run in self._local_form_words:
-                        return LOCAL_FORM_DRUG
-                    named |= self._classes_of_words.get(run, frozenset())
+            classes = self._classes_named_in(text)
+            if classes is None:
+                return LOCAL_FORM_DRUG
+            named |= classes
         by_code = self.concepts(codings) | self.concepts(ingredients)
         by_name = frozenset(named) - by_code
         if not by_code and not by_name:
             return NOT_RECOGNISED
         return Recognition(by_code | by_name, by_name)
+
+    def _classes_named_in(self, text: str) -> frozenset[str] | None:
+        """The drug classes named in ``text`` (None: it names a form for skin, eye, ear or mucosa).
+        Memoised: the same displays and texts come back on every call for a patient."""
+        try:
+            return self._text_memo[text]
+        except KeyError:
+            pass
+        named = self._scan(text)
+        if len(self._text_memo) < _MEMO_LIMIT:
+            self._text_memo[text] = named
+        return named
+
+    def _scan(self, text: str) -> frozenset[str] | None:
+        words = _words(text)
+        named: set[str] = set()
+        for size in range(1, self._longest + 1):  # every run of 1..3 words: one dict hit each
+            for start in range(len(words) - size + 1):
+                run = words[start : start + size]
+                if run in self._local_form_words:
+                    return None
+                named |= self._classes_of_words.get(run, frozenset())
+        return frozenset(named)
 
     def display(self, coding: Mapping) -> str | None:
         """The published display of a drug-class code (to name a Medication known only by its ingredients)."""

@@ -136,10 +136,10 @@ class ServiceProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 self._reader.join(timeout=5)  # every line of the exited process
-                if any("already in use" in line for line in self.lines):  # `serve` checks the port first
+                if any("cannot listen on" in line for line in self.lines):  # `serve` checks the port first
                     raise PortTaken(self.base)
                 raise RuntimeError("service exited:\n" + self._last_lines())
-            if any("Connection in use" in line for line in self.lines):
+            if any("cannot listen on" in line for line in self.lines):
                 raise PortTaken(self.base)
             try:
                 health = requests.get(f"{self.base}/healthz", timeout=2)
@@ -188,7 +188,7 @@ class ServiceProcess:
         )
 
     def workers(self) -> set[int]:
-        """Process ids of the gunicorn workers (the master's children)."""
+        """Process ids of the workers (the master's children)."""
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
         return {int(pid) for pid in children.read_text().split()} if children.exists() else set()
 

@@ -91,9 +91,9 @@ def test_a_busy_port_gives_one_clear_error_and_no_serving_line(command):
         run = subprocess.run(
             [CDS_SERVICE, *command, "--port", str(port)], capture_output=True, text=True, timeout=60
         )
-    assert run.returncode == 1
+    assert run.returncode == 2
     lines = run.stderr.splitlines()
-    busy_line = f"error: cannot listen on 127.0.0.1:{port}: already in use; stop what runs there"
+    busy_line = f"error: cannot listen on 127.0.0.1:{port}: address already in use; stop what runs there"
     assert lines == [busy_line + " or choose another --port"]
     assert "serving" not in run.stderr and "fixture FHIR server on" not in run.stderr
 

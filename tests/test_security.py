@@ -1,6 +1,6 @@
 """Only trusted EHRs get in, and the service cannot be turned against anyone (issue 6).
 
-The attack tests run against the real thing: ``cds-service serve`` with two gunicorn workers, a trusted issuer
+The attack tests run against the real thing: ``cds-service serve`` with two workers, a trusted issuer
 whose JWKS is served from loopback, real FHIR servers (one redirecting) and a listener that counts any
 connection the service should never have made. Each refusal is checked both ways: the caller sees a bare
 401, and the log says why (without the token).
