@@ -116,7 +116,7 @@ def test_invalid_feedback_items_are_logged_with_the_fields_at_fault(tmp_path, ca
 
 
 def test_a_clean_start_logs_no_error_line(tmp_path, monkeypatch):
-    # A runtime dir nobody can write (gunicorn once put its control socket there and logged an error at start).
+    # A runtime dir nobody can write (gunicorn once put its control socket there and logged an error).
     monkeypatch.setenv("XDG_RUNTIME_DIR", "/proc/self")  # nobody, not even root, may create a socket there
     with start_service(config_copy(tmp_path), workers=1) as server:
         assert requests.get(f"{server.base}/healthz", timeout=10).status_code == 200
