@@ -1,16 +1,20 @@
-# Production image: granian (cds-service serve), non-root, health check. Build: docker build -t tacrolimus-cds .
+# Production image: granian (cds-service serve), non-root, health check, the PostgreSQL driver.
+# Build: docker build -t tacrolimus-cds .
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     CDS_CONFIG_DIR=/app/hooks \
-    CDS_FIXTURES_DIR=/app/fhir_fixtures
+    CDS_FIXTURES_DIR=/app/fhir_fixtures \
+    CDS_HOST=0.0.0.0 \
+    CDS_PORT=8080 \
+    CDS_WORKERS=4
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY cds_service ./cds_service
-RUN pip install --no-compile . && rm -rf /root/.cache
+RUN pip install --no-compile '.[postgres]' && rm -rf /root/.cache
 
 COPY hooks ./hooks
 COPY fhir_fixtures ./fhir_fixtures
@@ -23,5 +27,7 @@ EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=3s --retries=3 \
     CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status != 200)"
 
-# Mount a production configuration over /app/hooks (trusted callers, public_base_url, database_url).
-CMD ["cds-service", "serve", "--host", "0.0.0.0", "--port", "8080", "--workers", "4"]
+# Mount a production configuration over /app/hooks (trusted callers); give the deployment-specific values in
+# the environment: CDS_DATABASE_URL, CDS_PUBLIC_BASE_URL, CDS_ADMIN_TOKEN (and CDS_PORT, CDS_WORKERS).
+# `serve` brings the database schema up to date before it starts the workers (`cds-service db upgrade`).
+CMD ["cds-service", "serve"]

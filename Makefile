@@ -18,6 +18,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	./scripts/ensure-chromium
+	./scripts/ensure-postgres-nginx
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest

@@ -21,9 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from sqlalchemy import Column, Float, Integer, MetaData, String, Table, delete, insert, select, update
+from sqlalchemy import Column, Float, Integer, String, Table, delete, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
+
+from cds_service.storage import metadata  # one schema, one migration history (cds_service/migrations)
 
 SESSION_SECONDS = 8 * 3600
 FREE_ATTEMPTS = 3
@@ -33,7 +35,6 @@ MAX_WAIT_SECONDS = 60
 FORGET_AFTER_SECONDS = LOCK_SECONDS
 """A client's failures are forgotten this long after its last one."""
 
-metadata = MetaData()
 admin_secret = Table(
     "admin_secret",
     metadata,
@@ -70,7 +71,6 @@ class AdminSessions:
     def __init__(self, engine: Engine, clock: Callable[[], float] = time.time):
         self.engine = engine
         self.clock = clock
-        metadata.create_all(engine, checkfirst=True)
         self._serializer = URLSafeTimedSerializer(self._secret(), salt="cds-admin-session")
 
     def _secret(self) -> str:

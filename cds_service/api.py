@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from cds_service import __version__
+from cds_service import __version__, metrics
 from cds_service.cards import FINDINGS_EXTENSION
 from cds_service.hook_call import answer_hook
 from cds_service.protocol import ProtocolError, feedback_item_errors, validate_feedback
@@ -113,12 +113,20 @@ def call_service(service_id: str) -> Response | tuple[Response, int]:
     if service is None:
         raise ProtocolError(404, None, f"no CDS service with id {service_id!r}")
     started = time.perf_counter()
+    laps = metrics.Laps()
     body = json_body()
     answer = answer_hook(
-        body, service, rt, tenant=caller_tenant(), caller=g.get("caller"), smart_app_url=smart_app_url(rt)
+        body,
+        service,
+        rt,
+        tenant=caller_tenant(),
+        caller=g.get("caller"),
+        request_id=g.get("request_id"),
+        laps=laps,
+        smart_app_url=smart_app_url(rt),
     )
     cards = answer.body.get("cards", [])
-    if cards and rt.store is not None:
+    if cards and rt.store is not None:  # synchronous: a call answered 200 has its rows stored (issue 12)
         rt.store.record_shown(service.id, caller_tenant(), body["hookInstance"], cards)
     log.info(
         "hook call",
@@ -169,6 +177,46 @@ def feedback(service_id: str) -> tuple[Response, int]:
     return jsonify({"stored": stored}), 200
 
 
+@bp.after_request
+def count_hook_call(response: Response) -> Response:
+    """``cds_hook_calls_total`` by service and status, for every answer (4xx and 5xx too)."""
+    if request.endpoint == "cds.call_service":
+        service_id = (request.view_args or {}).get("service_id")
+        known = service_id if runtime().service(service_id or "") is not None else "unknown"
+        metrics.HOOK_CALLS.labels(service=known, status=str(response.status_code)).inc()
+    return response
+
+
 @bp.get("/healthz")
 def healthz() -> Response:
+    """Liveness: the process answers. Says nothing about the database (that is ``/readyz``)."""
     return jsonify({"status": "ok", "version": __version__, "services": sorted(runtime().config.services)})
+
+
+@bp.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    """Readiness: 200 when the configuration is loaded and the database answers, else 503.
+
+    A load balancer or Kubernetes stops sending calls to an instance that is not ready, and sends them
+    again when it is.
+    """
+    holder = current_app.extensions.get("cds_runtime")
+    rt = holder() if holder is not None else None
+    if rt is None or rt.store is None:
+        return jsonify({"status": "not ready", "reason": "configuration not loaded"}), 503
+    try:
+        rt.store.ping()
+    except Exception as error:  # any failure to answer is "not ready"; the reason goes to the log
+        metrics.DB_ERRORS.labels(operation="readyz").inc()
+        log.warning("not ready: database does not answer", extra={"error": type(error).__name__})
+        response = jsonify({"status": "not ready", "reason": "database does not answer"})
+        response.headers["Retry-After"] = "5"
+        return response, 503
+    return jsonify({"status": "ready", "services": sorted(rt.config.services)}), 200
+
+
+@bp.get("/metrics")
+def metrics_page() -> Response:
+    """Prometheus text format; no patient data in any label. Keep it off the public side of the balancer."""
+    body, content_type = metrics.exposition()
+    return Response(body, content_type=content_type)

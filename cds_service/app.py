@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
+import uuid
 from pathlib import Path
 
 from flask import Flask, Response, g, jsonify, request
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
+from cds_service import metrics
 from cds_service.auth import AuthError
 from cds_service.bodies import BodyGuard
 from cds_service.config import Config, ConfigError, load_config
@@ -26,7 +30,7 @@ SECURITY_HEADERS = {
 }
 CORS_HEADERS = {
     "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-    "Access-Control-Allow-Headers": "Authorization, Content-Type",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, X-Request-ID",
     "Access-Control-Max-Age": "600",
 }
 
@@ -47,7 +51,7 @@ class RuntimeHolder:
         """Load the configuration again; on problems keep serving the last good one and return them."""
         with self._lock:
             try:
-                fresh = Runtime.from_config(load_config(self.config_dir), dev=self.dev)
+                fresh = Runtime.from_config(load_config(self.config_dir), dev=self.dev, previous=self.current)
             except ConfigError as error:
                 log.error("configuration reload refused", extra={"problems": error.problems})
                 return error.problems
@@ -86,12 +90,33 @@ def create_app(
         from cds_service.sandbox.web import install as install_sandbox  # dev-only: imported on demand
 
         install_sandbox(app)  # /sandbox page and the fixture FHIR API at /sandbox/fhir
+    _install_request_id(app)
     _install_cors_and_headers(app, holder)
     _install_authentication(app, holder)
     _install_error_handlers(app)
     # outermost: compressed, oversized chunked and badly framed bodies are answered before anything reads them
     app.wsgi_app = BodyGuard(app.wsgi_app, app.config["MAX_CONTENT_LENGTH"], SECURITY_HEADERS)  # type: ignore[method-assign]
     return app
+
+
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+DB_RETRY_AFTER_SECONDS = 5
+
+
+def _install_request_id(app: Flask) -> None:
+    """``X-Request-ID``: the caller's (if it is a plain token) or a new one; in every log line of the
+    request (logs.JsonFormatter), on every FHIR call it makes, and on the answer."""
+
+    @app.before_request
+    def request_id() -> None:
+        given = request.headers.get("X-Request-ID", "")
+        g.request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+    @app.after_request
+    def echo(response: Response) -> Response:
+        if "request_id" in g:
+            response.headers["X-Request-ID"] = g.request_id
+        return response
 
 
 def _allowed_origin(holder: RuntimeHolder) -> str | None:
@@ -176,6 +201,18 @@ def _install_error_handlers(app: Flask) -> None:
         if status < 500:
             _log_rejection(status, message)
         return jsonify({"error": message}), status
+
+    @app.errorhandler(SQLAlchemyError)
+    def database_unavailable(error: SQLAlchemyError) -> tuple[Response, int]:
+        """The database failed (down, unreachable, pool exhausted): 503 with Retry-After, never 500.
+
+        Nothing was acknowledged; the caller may retry, and the next call finds the database again by itself
+        (connections are checked before use)."""
+        metrics.DB_ERRORS.labels(operation=request.endpoint or "request").inc()
+        log.error("database unavailable", extra={"path": request.path, "error": type(error).__name__})
+        response = jsonify({"error": "database unavailable; retry later"})
+        response.headers["Retry-After"] = str(DB_RETRY_AFTER_SECONDS)
+        return response, 503
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception) -> tuple[Response, int]:

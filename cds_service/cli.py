@@ -30,11 +30,11 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="CDS_HOST")
+@click.option("--port", default=8080, show_default=True, type=int, envvar="CDS_PORT")
 @click.option("--config", "config_dir", default=None, help="Configuration folder (default: hooks/).")
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64))
-@click.option("--threads", default=4, show_default=True, type=click.IntRange(1, 64))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64), envvar="CDS_WORKERS")
+@click.option("--threads", default=4, show_default=True, type=click.IntRange(1, 64), envvar="CDS_THREADS")
 @click.option(
     "--dev", is_flag=True, help="Local work: no caller authentication, http FHIR servers on loopback."
 )
@@ -52,10 +52,11 @@ def serve(
     dev: bool,
     allow_dev_on_network: bool,
 ) -> None:
-    """Serve the CDS services on a production HTTP server (granian, WSGI workers)."""
-    from cds_service.server import PortInUse
-    from cds_service.server import serve as run
+    """Serve the CDS services on a production HTTP server (granian, WSGI workers).
 
+    Options may also come from the environment: CDS_HOST, CDS_PORT, CDS_WORKERS, CDS_THREADS (and
+    CDS_DATABASE_URL, CDS_PUBLIC_BASE_URL, CDS_ADMIN_TOKEN, CDS_CONFIG_DIR for the configuration).
+    """
     if dev and not allow_dev_on_network and not is_loopback(host):
         click.echo(
             f"--dev turns caller authentication off; it listens on loopback only, not on {host!r}. "
@@ -79,11 +80,20 @@ def serve(
             err=True,
         )
     click.echo(f"serving {', '.join(sorted(config.services))} on http://{host}:{port}/cds-services", err=True)
+    from cds_service.metrics_folder import metrics_folder
+
+    metrics_dir = metrics_folder()  # before prometheus-client is imported: workers count into this folder
     try:
-        run(config, host, port, workers, threads, dev)
-    except PortInUse as error:  # taken again in the moment since the check above
-        click.echo(f"error: {error}; stop what runs there or choose another --port", err=True)
-        sys.exit(2)
+        from cds_service.server import PortInUse
+        from cds_service.server import serve as run
+
+        try:
+            run(config, host, port, workers, threads, dev)
+        except PortInUse as error:
+            click.echo(f"error: {error}; stop what runs there or choose another --port", err=True)
+            sys.exit(2)
+    finally:
+        metrics_dir.cleanup()
 
 
 def is_loopback(host: str) -> bool:
@@ -96,6 +106,26 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+@main.group()
+def db() -> None:
+    """The database of feedback, shown findings and seen JWT ids."""
+
+
+@db.command("upgrade")
+@click.option("--config", "config_dir", default=None, help="Configuration folder (default: hooks/).")
+def db_upgrade(config_dir: str | None) -> None:
+    """Bring the database schema to the newest revision (`serve` also does this at start)."""
+    from cds_service.migrations import current, head
+    from cds_service.storage import make_engine
+
+    setup_logging()
+    config = _config_or_exit(config_dir)
+    engine = make_engine(config.section("feedback")["database_url"])
+    with engine.connect() as connection:
+        click.echo(f"database schema at revision {current(connection)} (newest: {head()})")
+    engine.dispose()
 
 
 @main.group()

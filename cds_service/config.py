@@ -18,6 +18,14 @@ from cds_service.yaml_lines import compose, duplicate_keys
 
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "hooks"
 OVERRIDABLE = ("scope", "thresholds", "findings")
+ENVIRONMENT = {
+    # Deployment-specific settings that may come from the environment (which wins over settings.yaml), so
+    # one configuration folder serves every host and no secret has to live in the YAML. The admin token is
+    # CDS_ADMIN_TOKEN (admin.py); port, host, workers and threads are CDS_PORT, CDS_HOST, CDS_WORKERS and
+    # CDS_THREADS (cli.py).
+    "CDS_DATABASE_URL": ("feedback", "database_url"),
+    "CDS_PUBLIC_BASE_URL": ("server", "public_base_url"),
+}
 
 
 class ConfigError(Exception):
@@ -115,6 +123,15 @@ def _default_source_url(settings: dict) -> None:
         cards["source_url"] = str(server["public_base_url"]).rstrip("/") + DOCS_PATH
 
 
+def with_environment(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` with the values set in the environment (``ENVIRONMENT``) laid over them."""
+    for variable, (section, key) in ENVIRONMENT.items():
+        value = os.environ.get(variable)
+        if value:
+            settings = {**settings, section: {**(settings.get(section) or {}), key: value}}
+    return settings
+
+
 def load_config(directory: str | Path | None = None) -> Config:
     """Read and check the configuration in ``directory`` (default ``hooks/``); ConfigError if unusable."""
     root = config_dir(directory)
@@ -131,6 +148,7 @@ def load_config(directory: str | Path | None = None) -> Config:
         check_thresholds,
     )
 
+    settings = with_environment(settings)
     problems = check_settings(settings, settings_path)
     if not problems:
         _default_source_url(settings)

@@ -30,6 +30,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from cds_service import metrics
 from cds_service.fhir_json import MalformedBundle, bundle_entries, bundle_links, text
 
 FHIR_JSON = "application/fhir+json, application/json;q=0.9"
@@ -185,6 +186,8 @@ class FhirClient:
     max_bytes: int = 20_000_000
     max_resources: int = 50_000
     """Per search, pages together: what the record builder may have to look at stays bounded."""
+    request_id: str | None = None
+    """Sent as ``X-Request-ID`` so the FHIR server's logs can be matched with ours."""
 
     def __post_init__(self) -> None:
         self.base_url = self.base_url.rstrip("/") + "/"
@@ -198,6 +201,15 @@ class FhirClient:
     def get(self, url: str) -> dict | None:
         """GET one FHIR JSON document; None for 404/410. The URL must be on the FHIR server's origin."""
         try:
+            document = self._fetch(url)
+        except FhirError as error:
+            metrics.FHIR_REQUESTS.labels(outcome=metrics.fhir_outcome(str(error))).inc()
+            raise
+        metrics.FHIR_REQUESTS.labels(outcome="ok" if document is not None else "not_found").inc()
+        return document
+
+    def _fetch(self, url: str) -> dict | None:
+        try:
             off_server = origin(url) != origin(self.base_url)
         except ValueError:  # urlsplit refuses some hostile links ("http://[x")
             raise FhirError("malformed link; not followed") from None
@@ -207,6 +219,8 @@ class FhirClient:
         if remaining <= 0:
             raise FhirError("the deadline passed before the call could start (too many calls to this server)")
         headers = {"Accept": FHIR_JSON}
+        if self.request_id:
+            headers["X-Request-ID"] = self.request_id
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         try:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from cds_service import metrics
 from cds_service.auth import Caller
 from cds_service.cards import apply_finding_settings, build_cards
 from cds_service.config import Service
@@ -72,7 +73,11 @@ def longest_lookback(thresholds: Mapping[str, Any]) -> int:
 
 
 def fhir_client_for(
-    body: Mapping, runtime: Runtime, deadline: float, caller: Caller | None = None
+    body: Mapping,
+    runtime: Runtime,
+    deadline: float,
+    caller: Caller | None = None,
+    request_id: str | None = None,
 ) -> tuple[FhirClient | None, str]:
     """A client for the request's fhirServer, or None with the reason it cannot be used.
 
@@ -105,6 +110,7 @@ def fhir_client_for(
         deadline,
         page_cap=fhir["page_cap"],
         max_bytes=fhir["max_response_bytes"],
+        request_id=request_id,
         max_resources=fhir.get("max_resources_per_key", 50_000),
     )
     return client, ""
@@ -143,17 +149,22 @@ def answer_hook(
     now: datetime | None = None,
     tenant: str | None = None,
     caller: Caller | None = None,
+    request_id: str | None = None,
+    laps: metrics.Laps | None = None,
     smart_app_url: str | None = None,
 ) -> Answer:
     """The answer to one hook call; ``tenant`` (the caller's organisation) picks its overrides.
 
     With ``smart_app_url`` (the course app's launch URL) the monitoring and salvage cards link to the app.
+    ``laps`` times the stages into ``cds_stage_seconds``; ``request_id`` goes on every FHIR call.
     """
+    laps = laps or metrics.Laps()
     validate_request(body, service.hook)
+    laps.lap("parse")
     now = now or datetime.now(UTC)
     context = body["context"]
     deadline = time.monotonic() + runtime.config.section("fhir")["deadline_seconds"]
-    client, client_problem = fhir_client_for(body, runtime, deadline, caller)
+    client, client_problem = fhir_client_for(body, runtime, deadline, caller, request_id)
 
     try:
         triggers = find_trigger_orders(
@@ -178,6 +189,7 @@ def answer_hook(
         "fetched": sorted(gathered.fetched),
         "unavailable": sorted(gathered.unavailable),
     }
+    laps.lap("gather")
     if gathered.missing_required:
         return Answer(412, operation_outcome(gathered.missing_required), notes=notes)
 
@@ -202,6 +214,7 @@ def answer_hook(
         unavailable={KEY_BY_NAME[k].resource_type for k in gathered.unavailable},
         lookback_days=longest_lookback(settings["thresholds"]),
     )
+    laps.lap("record")
     rule_input = RuleInput(
         record=record,
         orders=tuple(m for m in record.medications if m.is_trigger),
@@ -209,6 +222,7 @@ def answer_hook(
         scope=settings["scope"],
     )
     evaluation = evaluate(rule_input)
+    laps.lap("rules")
     not_checked = {DATA_NAMES[k]: why for k, why in {**gathered.unavailable, **gathered.incomplete}.items()}
     cards = build_cards(
         apply_finding_settings(evaluation.findings, settings),
@@ -219,4 +233,5 @@ def answer_hook(
     )
     if smart_app_url:  # the course app, launched from the monitoring and salvage cards
         cards = add_course_links(cards, smart_app_url, course_context(rule_input))
+    laps.lap("cards")
     return Answer(200, {"cards": cards}, evaluation=evaluation, notes=notes)

@@ -13,6 +13,13 @@ from datetime import UTC, datetime
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
+def _request_id() -> str | None:
+    """The current request's id (app.py sets it), in every line logged while serving it."""
+    from flask import g, has_request_context  # imported here: logs.py stays usable without Flask
+
+    return g.get("request_id") if has_request_context() else None
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = {
@@ -21,6 +28,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "event": record.getMessage(),
         }
+        request_id = _request_id()
+        if request_id:
+            line["request_id"] = request_id
         line.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
         if record.exc_info:
             line["error"] = self.formatException(record.exc_info)

@@ -18,7 +18,7 @@ from cds_service.fhir_policy import FhirPolicy
 from cds_service.gather import ServerExecutors
 from cds_service.prefetch import templates
 from cds_service.rules import NEEDS
-from cds_service.storage import Store, make_engine
+from cds_service.storage import Store, engine_url, make_engine
 from cds_service.terminology import Terminology
 
 
@@ -32,11 +32,35 @@ class Runtime:
     """Threads for FHIR calls, a few per FHIR server (``fhir.max_calls_per_server``)."""
 
     @classmethod
-    def from_config(cls, config: Config, dev: bool = False, store: Store | None = None) -> Runtime:
+    def from_config(
+        cls, config: Config, dev: bool = False, store: Store | None = None, previous: Runtime | None = None
+    ) -> Runtime:
+        """A Runtime for ``config``; on a reload, ``previous`` lends what does not depend on the files.
+
+        The HTTP session, the FHIR threads (unless ``fhir.max_calls_per_server`` changed) and the database
+        engine with its connection pool are kept across reloads, so a reload opens no new pool and leaks
+        none; a changed database URL gets a new engine and the old one's idle connections are closed.
+        """
+        url = config.section("feedback")["database_url"]
         threads = config.section("fhir").get("max_calls_per_server", 8)
-        runtime = cls(config=config, dev=dev, store=store, executors=ServerExecutors(threads))
+        if previous is None:
+            runtime = cls(config=config, dev=dev, store=store, executors=ServerExecutors(threads))
+        else:
+            same_db = (
+                store is None and previous.store is not None and previous.store.engine.url == engine_url(url)
+            )
+            same_threads = previous.executors.threads == threads
+            runtime = cls(
+                config=config,
+                dev=dev,
+                store=store or (previous.store if same_db else None),
+                session=previous.session,
+                executors=previous.executors if same_threads else ServerExecutors(threads),
+            )
         if runtime.store is None:
-            runtime.store = Store(make_engine(config.section("feedback")["database_url"]))
+            runtime.store = Store(make_engine(url))
+        if previous is not None and previous.store is not None and previous.store is not runtime.store:
+            previous.store.engine.dispose()  # connections in use by in-flight requests close when returned
         # Build these now, so that a bad configuration fails at start (or on reload), not on a call.
         runtime.terminology  # noqa: B018
         if not dev:

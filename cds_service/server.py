@@ -51,6 +51,8 @@ def before_workers(config: Config, dev: bool) -> None:
     """
     from cds_service.storage import make_engine
 
+    # The database schema, migrated to the newest revision; instances starting on other hosts at the same
+    # moment wait on the migration lock (cds_service/migrations/__init__.py).
     make_engine(config.section("feedback")["database_url"]).dispose()
     preload_code(dev)
 

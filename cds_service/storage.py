@@ -6,10 +6,7 @@ stored: card uuids, finding ids, service, tenant, hookInstance, outcomes and ove
 
 from __future__ import annotations
 
-import atexit
 import logging
-import queue
-import threading
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,20 +27,27 @@ from sqlalchemy import (
     insert,
     select,
 )
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from cds_service import metrics
 
 log = logging.getLogger("cds_service.storage")
 metadata = MetaData()
+STATEMENT_TIMEOUT_MS = 10_000  # PostgreSQL; migrations lift it for their own connection
 
+# Column types: what the service itself writes (uuids, finding ids, service ids) has a bounded String; what a
+# caller sends (card, outcomeTimestamp, hookInstance, tenant, override reason) is Text, so every value the
+# JSON Schemas admit fits on SQLite and PostgreSQL alike, and no caller value is under a btree index (an
+# index entry is limited to about 2.7 kB on PostgreSQL). Changing a table needs a migration (migrations/).
 shown_findings = Table(
     "shown_findings",
     metadata,
     Column("id", Integer, primary_key=True),
     Column("shown_at", DateTime(timezone=True), nullable=False, index=True),
     Column("service_id", String(64), nullable=False),
-    Column("tenant", String(200)),
-    Column("hook_instance", String(200), nullable=False),
+    Column("tenant", Text),
+    Column("hook_instance", Text, nullable=False),
     Column("card_uuid", String(36), nullable=False, index=True),
     Column("topic", String(64), nullable=False),
     Column("finding_id", String(8), nullable=False),
@@ -56,14 +60,14 @@ feedback = Table(
     Column("id", Integer, primary_key=True),
     Column("received_at", DateTime(timezone=True), nullable=False, index=True),
     Column("service_id", String(64), nullable=False),
-    Column("tenant", String(200)),
-    Column("card_uuid", String(200), nullable=False, index=True),
+    Column("tenant", Text),
+    Column("card_uuid", Text, nullable=False),
     Column("outcome", String(16), nullable=False),
-    Column("outcome_timestamp", String(64), nullable=False),
+    Column("outcome_timestamp", Text, nullable=False),
     Column("accepted_suggestions", JSON, nullable=False),
-    Column("override_system", String(500)),
-    Column("override_code", String(200)),
-    Column("override_display", String(500)),
+    Column("override_system", Text),
+    Column("override_code", Text),
+    Column("override_display", Text),
     Column("user_comment", Text),
 )
 
@@ -71,110 +75,126 @@ feedback = Table(
 seen_tokens = Table(
     "seen_tokens",  # callers' JWT ids, for replay protection across workers (auth.ReplayStore)
     metadata,
-    Column("issuer", String(500), primary_key=True),
+    Column("issuer", String(500), primary_key=True),  # a configured caller's issuer, exactly
     Column("jti", String(255), primary_key=True),  # auth.MAX_JTI_CHARS
     Column("expires_at", BigInteger, nullable=False, index=True),
 )
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; a SQLite file is created with its folder, in WAL mode for concurrent workers."""
+def engine_url(url: str) -> URL:
+    """``url`` as SQLAlchemy opens it: plain ``postgresql://`` means psycopg 3 (the ``postgres`` extra)."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def make_engine(url: str, migrate: bool = True) -> Engine:
+    """An engine for ``url`` with the schema brought up to date (``migrate``; see ``migrations.upgrade``).
+
+    SQLite runs in WAL mode with ``synchronous=NORMAL``: a commit is atomic and survives a crash of the
+    process (kill -9), and the disk is flushed at checkpoints rather than on every commit, which is what
+    made the per-call replay check and shown-findings rows cost a millisecond each. (A power cut may lose the
+    last commits; run PostgreSQL where that matters.) Connections are checked before use and time out
+    quickly, so a database that went away gives a 503 within seconds and comes back by itself.
+    """
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and ":memory:" not in url:
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     sqlite = url.startswith("sqlite")
     # For SQLite the busy timeout is set when connecting, before any statement: workers that open a fresh
     # file at the same moment wait for each other instead of failing with "database is locked".
-    engine = create_engine(url, pool_pre_ping=True, connect_args={"timeout": 15} if sqlite else {})
     if sqlite:
+        # No pre-ping: a file does not drop connections, and the ping was a fifth of a short write's cost.
+        engine = create_engine(engine_url(url), connect_args={"timeout": 15})
 
         @event.listens_for(engine, "connect")
         def _wal(connection, _record):
             connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
 
-    try:
-        metadata.create_all(engine)
-    except OperationalError:  # another process created the tables between the check and the create
-        metadata.create_all(engine)
+    else:
+        engine = create_engine(
+            engine_url(url),
+            pool_pre_ping=True,
+            # A worker runs at most `threads` requests at once, each holding one connection at a time: a small
+            # pool per worker keeps replicas × workers × pool under PostgreSQL's default 100 connections.
+            pool_size=4,
+            max_overflow=4,
+            pool_timeout=5,  # a pool exhausted by a stuck database: 503 in seconds, not a hung worker
+            # Bounded waits: connecting, and any statement (a locked table) -> an error -> 503 Retry-After.
+            connect_args={"connect_timeout": 3, "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"},
+        )
+    if migrate:
+        from cds_service.migrations import upgrade  # imported here: alembic loads only when needed
+
+        upgrade(engine)
     return engine
 
 
-class ShownWriter:
-    """Writes shown-findings rows in batches from a background thread.
+def _text(value: str | None) -> str | None:
+    """A caller's string as every database can store it: PostgreSQL text cannot hold NUL (→ U+FFFD)."""
+    return value.replace("\x00", "\ufffd") if isinstance(value, str) and "\x00" in value else value
 
-    Counting what was shown must not cost a database commit on every hook call (it was a third of a call's
-    time). Rows are written within ``interval`` seconds, and on ``flush()`` and at process exit; a hard crash
-    can lose the last interval's counts, never feedback (which is written synchronously).
-    """
 
-    def __init__(self, engine: Engine, interval: float = 0.5):
-        self.engine = engine
-        self.interval = interval
-        self._queue: queue.SimpleQueue[dict] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        atexit.register(self.flush)
-
-    def put(self, rows: list[dict]) -> None:
-        for row in rows:
-            self._queue.put(row)
-        if self._thread is None:  # started lazily: after a fork, each worker process gets its own
-            with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, name="shown-writer", daemon=True)
-                    self._thread.start()
-
-    def flush(self) -> None:
-        rows = []
-        while True:
-            try:
-                rows.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        if not rows:
-            return
-        try:
-            with self.engine.begin() as connection:
-                connection.execute(insert(shown_findings), rows)
-        except SQLAlchemyError:
-            log.exception("could not store shown findings", extra={"rows": len(rows)})
-
-    def _run(self) -> None:
-        stop = threading.Event()
-        while not stop.wait(self.interval):
-            self.flush()
+def shown_rows_for(
+    service_id: str, tenant: str | None, hook_instance: str, cards: Iterable[Mapping], now: datetime
+) -> list[dict[str, Any]]:
+    """One row per finding on the cards returned (no patient data)."""
+    return [
+        {
+            "shown_at": now,
+            "service_id": service_id,
+            "tenant": _text(tenant),
+            "hook_instance": _text(hook_instance),
+            "card_uuid": card["uuid"],
+            "topic": card["source"]["topic"]["code"],
+            "finding_id": item["id"],
+            "indicator": item["indicator"],
+        }
+        for card in cards
+        for key, items in card.get("extension", {}).items()
+        if key.endswith("findings")
+        for item in items
+    ]
 
 
 class Store:
     def __init__(self, engine: Engine):
         self.engine = engine
-        self.shown = ShownWriter(engine)
 
     def record_shown(
         self, service_id: str, tenant: str | None, hook_instance: str, cards: Iterable[Mapping]
-    ) -> None:
-        """Queue one row per finding on the cards returned (no patient data); written in the background."""
-        now = datetime.now(UTC)
-        rows = [
-            {
-                "shown_at": now,
-                "service_id": service_id,
-                "tenant": tenant,
-                "hook_instance": hook_instance,
-                "card_uuid": card["uuid"],
-                "topic": card["source"]["topic"]["code"],
-                "finding_id": item["id"],
-                "indicator": item["indicator"],
-            }
-            for card in cards
-            for key, items in card.get("extension", {}).items()
-            if key.endswith("findings")
-            for item in items
-        ]
-        if rows:
-            self.shown.put(rows)
+    ) -> int:
+        """Store one row per finding shown, before the answer leaves, in one short transaction.
+
+        Written synchronously so that a call answered 200 has its rows stored even if the worker is then
+        killed (issue 12): with SQLite in WAL + synchronous=NORMAL, or PostgreSQL, this costs a fraction of a
+        millisecond. If the database fails, the cards still go out (advice must not wait on statistics);
+        the lost rows are logged and counted in ``cds_shown_rows_lost_total``, never dropped silently.
+        """
+        rows = shown_rows_for(service_id, tenant, hook_instance, cards, datetime.now(UTC))
+        if not rows:
+            return 0
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(insert(shown_findings), rows)
+        except SQLAlchemyError as error:
+            metrics.SHOWN_ROWS_LOST.inc(len(rows))
+            metrics.DB_ERRORS.labels(operation="record_shown").inc()
+            log.error(
+                "shown findings not stored",
+                extra={"rows": len(rows), "service": service_id, "error": type(error).__name__},
+            )
+            return 0
+        metrics.count_shown(rows)
+        return len(rows)
 
     def save_feedback(self, service_id: str, tenant: str | None, items: Iterable[Mapping]) -> int:
-        """Store already-validated feedback items in one transaction; return how many."""
+        """Store already-validated feedback items in one transaction; return how many.
+
+        A database error propagates (the caller answers 503, so the EHR retries); nothing is acknowledged
+        that was not committed.
+        """
         now = datetime.now(UTC)
         rows = []
         for item in items:
@@ -183,21 +203,38 @@ class Store:
                 {
                     "received_at": now,
                     "service_id": service_id,
-                    "tenant": tenant,
-                    "card_uuid": item["card"],
+                    "tenant": _text(tenant),
+                    "card_uuid": _text(item["card"]),
                     "outcome": item["outcome"],
-                    "outcome_timestamp": item["outcomeTimestamp"],
+                    "outcome_timestamp": _text(item["outcomeTimestamp"]),
                     "accepted_suggestions": [s["id"] for s in item.get("acceptedSuggestions") or ()],
-                    "override_system": reason.get("system"),
-                    "override_code": reason.get("code"),
-                    "override_display": reason.get("display"),
-                    "user_comment": (item.get("overrideReason") or {}).get("userComment"),
+                    "override_system": _text(reason.get("system")),
+                    "override_code": _text(reason.get("code")),
+                    "override_display": _text(reason.get("display")),
+                    "user_comment": _text((item.get("overrideReason") or {}).get("userComment")),
                 }
             )
-        if rows:
-            with self.engine.begin() as connection:
-                connection.execute(insert(feedback), rows)
+        if not rows:
+            return 0
+        with self.engine.begin() as connection:
+            connection.execute(insert(feedback), rows)
+            ours = [r["card_uuid"] for r in rows if len(r["card_uuid"]) <= 36]
+            finding_of: dict[str, list[str]] = {}
+            if ours:
+                query = select(shown_findings.c.card_uuid, shown_findings.c.finding_id).where(
+                    shown_findings.c.card_uuid.in_(ours)
+                )
+                for card_uuid, finding_id in connection.execute(query):
+                    finding_of.setdefault(card_uuid, []).append(finding_id)
+        for row in rows:
+            for finding_id in sorted(set(finding_of.get(row["card_uuid"], ["unknown"]))):
+                metrics.FEEDBACK.labels(service=service_id, finding=finding_id, outcome=row["outcome"]).inc()
         return len(rows)
+
+    def ping(self) -> None:
+        """Raise if the database does not answer a trivial query (``/readyz``)."""
+        with self.engine.connect() as connection:
+            connection.execute(select(1))
 
     def feedback_rows(self, since: datetime | None = None) -> list[dict[str, Any]]:
         query = select(feedback).order_by(feedback.c.id)
@@ -207,7 +244,6 @@ class Store:
             return [dict(row._mapping) for row in connection.execute(query)]
 
     def shown_rows(self, since: datetime | None = None) -> list[dict[str, Any]]:
-        self.shown.flush()
         query = select(shown_findings).order_by(shown_findings.c.id)
         if since is not None:
             query = query.where(shown_findings.c.shown_at >= since)

@@ -13,6 +13,9 @@ from test_report import SIGN, show_and_answer
 
 from cds_service.app import create_app
 
+# Storage-facing: every test here runs on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("each_database")
+
 TOKEN = "admin-token-for-the-tests-0123456789"
 TOKEN_SHA256 = hashlib.sha256(TOKEN.encode()).hexdigest()
 BEARER = {"Authorization": f"Bearer {TOKEN}"}

@@ -31,7 +31,7 @@ def _imported_top_level(folder: str) -> set[str]:
                 found |= {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 found.add(node.module.split(".")[0])
-    local = {path.stem for path in (ROOT / folder).glob("*.py")} | {"cds_service", "bench"}
+    local = {path.stem for path in (ROOT / folder).glob("*.py")} | {"cds_service", "bench", folder}
     return found - set(sys.stdlib_module_names) - local
 
 

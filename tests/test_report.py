@@ -16,6 +16,9 @@ from cds_service.cli import main
 from cds_service.report import UNKNOWN_CARD, aggregate, as_csv, as_json, as_table
 from cds_service.sandbox.requests import build_request
 
+# Storage-facing: every test here runs on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("each_database")
+
 SIGN = "tacrolimus-order-sign"
 SELECT = "tacrolimus-order-select"
 NON_ADHERENCE = "http://terminology.hl7.org/CodeSystem/non-adherence-reason-codes"
@@ -79,7 +82,6 @@ def show_and_answer(app) -> None:
         _overridden("0b7e6f1c-0000-4000-8000-000000000000", "policy-contradicts"),
     )  # fmt: skip
     _answer(client, SELECT, _overridden(mtx["pregnancy"]["uuid"], "patient-ineligible"))
-    app.extensions["cds_runtime"]().store.shown.flush()  # shown cards are written in the background
 
 
 EXPECTED = {

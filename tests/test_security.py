@@ -34,7 +34,6 @@ from security_helpers import (
     secret,
     unsigned_token,
 )
-from sqlalchemy import create_engine
 from support import (
     DATA,
     ROOT,
@@ -77,6 +76,9 @@ SANDBOX_JWKS = (
     / "cds-hooks-sandbox@3b7e255"
     / "cds-hooks-sandbox__build~.well-known~jwks.json"
 )
+
+# Storage-facing: every test here runs on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("each_database")
 
 
 @dataclass
@@ -541,11 +543,10 @@ def test_keys_are_refetched_on_an_unknown_kid_at_most_once_per_interval():
         assert len(server.requests) == 2
 
 
-def test_replay_store_is_shared_through_the_database(tmp_path):
-    url = f"sqlite:///{tmp_path / 'shared.sqlite3'}"
+def test_replay_store_is_shared_through_the_database(database_url):
     now = [1000.0]
-    worker_a = ReplayStore(make_engine(url), clock=lambda: now[0], prune_every=0)
-    worker_b = ReplayStore(create_engine(url), clock=lambda: now[0], prune_every=0)
+    worker_a = ReplayStore(make_engine(database_url), clock=lambda: now[0], prune_every=0)
+    worker_b = ReplayStore(make_engine(database_url), clock=lambda: now[0], prune_every=0)
     assert worker_a.first_use(ISSUER, "jti-1", expires_at=1300)
     assert not worker_b.first_use(ISSUER, "jti-1", expires_at=1300)
     assert worker_b.first_use("https://another-issuer.test", "jti-1", expires_at=1300)
