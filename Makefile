@@ -1,5 +1,6 @@
 # Two commands a newcomer needs: `make run` (the service, dev mode, bundled config) and `make test`.
 PYTHON ?= python3
+PORT   ?= 8080
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -13,17 +14,19 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/cds-service serve --dev --port 8080
+	@$(BIN)/cds-service serve --dev --port $(PORT)
 
 test: $(STAMP)
 	./scripts/ensure-chromium
 	./scripts/ensure-postgres-nginx
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
@@ -32,4 +35,4 @@ bench-hostile: $(STAMP)
 	$(BIN)/python -m bench.hostile
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .ruff_cache .mypy_cache

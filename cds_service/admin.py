@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, current_app, jsonify, redirect, render_template, request
 from sqlalchemy.engine import make_url
 from werkzeug.exceptions import NotFound
+from werkzeug.wrappers import Response as BaseResponse  # what flask.redirect returns
 
 from cds_service.admin_sessions import SESSION_SECONDS, AdminSessions
 from cds_service.config import Config, ConfigError, load_config
@@ -208,7 +209,7 @@ def _wants_html() -> bool:
 
 @bp.get("")
 @bp.get("/")
-def page() -> Response:
+def page() -> BaseResponse:
     if _authenticated() is None:
         if request.headers.get("Authorization") or not _wants_html():
             return _unauthorized()
@@ -276,7 +277,7 @@ def login_form() -> Response:
 
 
 @bp.post("/login")
-def login() -> Response:
+def login() -> BaseResponse:
     token = (request.form.get("token") or "").strip()
     if not _check_token(token):
         return _page("admin_login.html", status=401, error="That token does not open the admin page.")
@@ -299,7 +300,7 @@ def login() -> Response:
 
 
 @bp.post("/logout")
-def logout() -> Response:
+def logout() -> BaseResponse:
     """End the session on the server (a copy of the cookie is worthless after this) and in the browser."""
     _sessions().close(request.cookies.get(COOKIE))
     response = redirect("/admin/login", code=303)
@@ -342,6 +343,7 @@ def reload() -> Response | tuple[Response, int]:
         # The master re-reads the files and starts new workers; this one finishes its requests, then stops.
         ask_master_to_reload()
         log.info("admin reload: SIGHUP sent to the master", extra={"services": services})
+        answer: dict[str, Any]
         status, answer = (
             202,
             {

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from cds_service import metrics
+from cds_service import __version__, metrics
 from cds_service.cards import FINDINGS_EXTENSION
 from cds_service.hook_call import answer_hook
 from cds_service.protocol import ProtocolError, feedback_item_errors, validate_feedback
@@ -161,10 +161,18 @@ def feedback(service_id: str) -> tuple[Response, int]:
             problems.append(error)
         else:
             valid.append(item)
+    assert rt.store is not None  # Runtime.from_config always opens the database
     stored = rt.store.save_feedback(service_id, caller_tenant(), valid) if valid else 0
-    log.info(
+    log.log(
+        logging.WARNING if problems else logging.INFO,
         "feedback",
-        extra={"service": service_id, "tenant": caller_tenant(), "stored": stored, "rejected": len(problems)},
+        extra={
+            "service": service_id,
+            "tenant": caller_tenant(),
+            "stored": stored,
+            "rejected": len(problems),
+            **({"problems": problems} if problems else {}),  # "feedback[0].outcome: ...": fields, no values
+        },
     )
     if problems:
         return jsonify(
@@ -186,7 +194,7 @@ def count_hook_call(response: Response) -> Response:
 @bp.get("/healthz")
 def healthz() -> Response:
     """Liveness: the process answers. Says nothing about the database (that is ``/readyz``)."""
-    return jsonify({"status": "ok", "services": sorted(runtime().config.services)})
+    return jsonify({"status": "ok", "version": __version__, "services": sorted(runtime().config.services)})
 
 
 @bp.get("/readyz")

@@ -71,8 +71,8 @@ def create_app(
     holder = RuntimeHolder(config_dir, dev, config)
     app.extensions["cds_runtime"] = holder
     app.config["MAX_CONTENT_LENGTH"] = holder.current.config.section("server")["max_body_bytes"]
-    app.json.sort_keys = False
-    app.json.compact = True
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # Flask's DefaultJSONProvider settings
+    app.json.compact = True  # type: ignore[attr-defined]
 
     from cds_service.api import bp
 
@@ -80,6 +80,9 @@ def create_app(
     from cds_service.admin import bp as admin_bp  # /admin page and POST /admin/reload, behind an admin token
 
     app.register_blueprint(admin_bp)
+    from cds_service.docs import bp as docs_bp  # GET /docs: the README, where cards' source links point
+
+    app.register_blueprint(docs_bp)
     from cds_service.smart import bp as smart_bp  # the course SMART app, launched from card links
 
     app.register_blueprint(smart_bp)
@@ -128,9 +131,15 @@ def _allowed_origin(holder: RuntimeHolder) -> str | None:
 def _install_cors_and_headers(app: Flask, holder: RuntimeHolder) -> None:
     @app.before_request
     def preflight() -> Response | None:
-        if request.method == "OPTIONS":
-            return Response(status=204)
-        return None
+        if request.method != "OPTIONS":
+            return None
+        response = Response(status=204)
+        # Chromium's Private Network Access: a public page (the hosted CDS Hooks Sandbox) calling loopback.
+        if request.headers.get("Access-Control-Request-Private-Network") == "true" and _allowed_origin(
+            holder
+        ):
+            response.headers["Access-Control-Allow-Private-Network"] = "true"
+        return response
 
     @app.after_request
     def headers(response: Response) -> Response:
@@ -163,9 +172,21 @@ def _install_authentication(app: Flask, holder: RuntimeHolder) -> None:
         return None
 
 
+def _log_rejection(status: int, reason: str, field: str | None = None) -> None:
+    """One line per refused call: status, method, path (no query string), the field and the reason.
+
+    The reasons are the service's own sentences about the request's shape (never its values), so the line
+    holds no patient data; an unknown path is routine (scanners, typos) and logged at info level.
+    """
+    level = logging.INFO if status in (404, 405) else logging.WARNING
+    extra = {"status": status, "method": request.method, "path": request.path, "reason": reason}
+    log.log(level, "request rejected", extra={**extra, **({"field": field} if field else {})})
+
+
 def _install_error_handlers(app: Flask) -> None:
     @app.errorhandler(ProtocolError)
     def protocol_error(error: ProtocolError) -> tuple[Response, int]:
+        _log_rejection(error.status, error.message, error.field)
         return jsonify(error.to_json()), error.status
 
     @app.errorhandler(HTTPException)
@@ -175,7 +196,11 @@ def _install_error_handlers(app: Flask) -> None:
             405: "method not allowed",
             413: "request body too large",
         }
-        return jsonify({"error": messages.get(error.code, error.name)}), error.code or 500
+        status = error.code or 500
+        message = messages.get(status, error.name)
+        if status < 500:
+            _log_rejection(status, message)
+        return jsonify({"error": message}), status
 
     @app.errorhandler(SQLAlchemyError)
     def database_unavailable(error: SQLAlchemyError) -> tuple[Response, int]:

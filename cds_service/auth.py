@@ -373,6 +373,7 @@ class Verifier:
             raise AuthError("algorithm not allowed for this issuer", alg=alg, **facts)
         self._check_header(header, facts)
         expires_at = self._check_claims(claims, path, trusted, facts)
+        iss, kid, jti = str(iss), str(kid), str(jti)  # each checked above to be a non-empty string
         jwk = self._jwk(trusted, header, kid, facts)
         key = public_key(jwk, alg, self.allow_test_keys)
         try:
@@ -432,7 +433,8 @@ class Verifier:
         if trusted.jwks is not None:
             jwk = trusted.jwks.get(kid)
         else:
-            jwk = self.keys.key(jku or trusted.jwks_url, kid)
+            url = jku or trusted.jwks_url  # an issuer has inline jwks or a jwks_url (config schema)
+            jwk = self.keys.key(url, kid) if url else None
         if jwk is None:
             raise AuthError("unknown kid", **facts)
         return jwk

@@ -10,6 +10,20 @@ from cds_service.config import ConfigError, load_config
 from cds_service.logs import setup_logging
 
 
+def exit_unless_port_free(host: str, port: int, wait_seconds: float = 0.0) -> None:
+    """One clear line and exit status 2 when ``host:port`` stays taken (``server.wait_for_port``).
+
+    Checked before anything says "serving", so a busy port never prints a misleading start.
+    """
+    from cds_service.server import PortInUse, wait_for_port
+
+    try:
+        wait_for_port(host, port, wait_seconds)
+    except PortInUse as error:
+        click.echo(f"error: {error}; stop what runs there or choose another --port", err=True)
+        sys.exit(2)
+
+
 @click.group()
 def main() -> None:
     """Tacrolimus-in-lupus-nephritis CDS Hooks service."""
@@ -58,6 +72,7 @@ def serve(
         for problem in error.problems:
             click.echo(f"  {problem}", err=True)
         sys.exit(2)
+    exit_unless_port_free(host, port, wait_seconds=10.0)  # workers of a stopped server may still finish
     if dev:
         click.echo(
             "DEV MODE: caller authentication is OFF and plain-http FHIR servers on loopback are allowed. "
@@ -75,7 +90,7 @@ def serve(
         try:
             run(config, host, port, workers, threads, dev)
         except PortInUse as error:
-            click.echo(f"not starting: {error}", err=True)
+            click.echo(f"error: {error}; stop what runs there or choose another --port", err=True)
             sys.exit(2)
     finally:
         metrics_dir.cleanup()
@@ -248,6 +263,7 @@ def fixtures_serve(host: str, port: int) -> None:
 
     from cds_service.sandbox import FhirStore, serve_in_thread
 
+    exit_unless_port_free(host, port)
     store = FhirStore.from_fixtures()
     with serve_in_thread(store, host, port, log_requests=True) as base_url:
         click.echo(f"fixture FHIR server on {base_url} ({base_url}/metadata); Ctrl-C stops it", err=True)
@@ -273,6 +289,31 @@ def sandbox_list() -> None:
     width = max(len(name) for name, _, _ in rows)
     for name, description, expected in rows:
         click.echo(f"{name:<{width}}  {description}  [{', '.join(expected) or 'no cards'}]")
+
+
+@sandbox.command("links")
+@click.option("--sandbox", "sandbox_url", default=None, help="Default: https://sandbox.cds-hooks.org/")
+@click.option("--fhir", "fhir_url", default=None, help="Default: http://localhost:8080/sandbox/fhir")
+@click.option("--discovery", default=None, help="Default: http://localhost:8080/cds-services")
+@click.option("--markdown", is_flag=True, help="As the rows of the README's table.")
+def sandbox_links(
+    sandbox_url: str | None, fhir_url: str | None, discovery: str | None, markdown: bool
+) -> None:
+    """A link per fixture that opens the official CDS Hooks Sandbox on that patient, our services added."""
+    from cds_service.sandbox import official
+
+    rows = official.links(
+        sandbox_url or official.HOSTED_SANDBOX,
+        fhir_url or official.LOCAL_FHIR,
+        discovery or official.LOCAL_DISCOVERY,
+    )
+    if markdown:
+        for name, patient, link in rows:
+            click.echo(f"| `{name}` | `{patient}` | [Rx View]({link}) |")
+        return
+    width = max(len(name) for name, _, _ in rows)
+    for name, _, link in rows:
+        click.echo(f"{name:<{width}}  {link}")
 
 
 @sandbox.command("run")

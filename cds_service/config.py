@@ -112,14 +112,25 @@ def _read_yaml(path: Path) -> Any:
         return document
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        raise ConfigError([f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+        at = f":{mark.line + 1}" if mark else ""
+        raise ConfigError([f"{path}{at}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
 
 
 def config_dir(directory: str | Path | None = None) -> Path:
     return Path(directory or os.environ.get("CDS_CONFIG_DIR") or DEFAULT_CONFIG_DIR)
+
+
+DOCS_PATH = "/docs"
+"""Where the service serves its own README (``cds_service.docs``): the cards' default source link."""
+
+
+def _default_source_url(settings: dict) -> None:
+    """Cards link to this service's own documentation, ``public_base_url`` + /docs, unless told otherwise."""
+    cards, server = settings.get("cards"), settings.get("server")
+    if isinstance(cards, dict) and not cards.get("source_url") and isinstance(server, dict):
+        cards["source_url"] = str(server["public_base_url"]).rstrip("/") + DOCS_PATH
 
 
 def with_environment(settings: dict[str, Any]) -> dict[str, Any]:
@@ -150,6 +161,8 @@ def load_config(directory: str | Path | None = None) -> Config:
 
     settings = with_environment(settings)
     problems = check_settings(settings, settings_path)
+    if not problems:
+        _default_source_url(settings)
     services: dict[str, Service] = {}
     service_files: dict[str, Path] = {}
     known_ids: set[str] = set()  # every service file's id, enabled or not

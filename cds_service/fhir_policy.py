@@ -34,14 +34,14 @@ LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 _HOST = re.compile(r"^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$")
 _BAD_PATH = re.compile(r"%2e|%2f|%5c|\\", re.IGNORECASE)
 
-Resolver = Callable[[str, int], Iterable[str]]
+Resolver = Callable[[str, int | None], Iterable[str]]
 _LOOKUPS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dns")
 """DNS lookups have no timeout of their own: they run here so a hanging resolver cannot hold a request."""
 
 
-def resolve(host: str, port: int) -> list[str]:
+def resolve(host: str, port: int | None) -> list[str]:
     """Every address ``host`` resolves to (as the HTTP client would connect to one of them)."""
-    return [info[4][0] for info in socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)]
+    return [str(info[4][0]) for info in socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)]
 
 
 @dataclass(frozen=True)

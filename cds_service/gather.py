@@ -23,6 +23,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from functools import partial
+from typing import TypeVar, cast
 
 from cds_service.fhir_client import (
     FhirClient,
@@ -161,13 +163,13 @@ def gather(
     result = Gathered()
     jobs: dict[str, Callable[[], list[dict]]] = {}
     for key, template in templates.items():
-        resources, partial, why = _from_prefetch(key, prefetch.get(key, _ABSENT))
+        resources, first_page, why = _from_prefetch(key, prefetch.get(key, _ABSENT))
         if resources is not None and len(resources) > max_resources:
-            resources, partial = resources[:max_resources], None
+            resources, first_page = resources[:max_resources], None
             result.incomplete[key] = f"the prefetch held {too_many(max_resources)}"
         if resources is not None:
             result.resources[key] = resources
-        if resources is not None and partial is None:
+        if resources is not None and first_page is None:
             continue
         if client is None:
             if resources is None:
@@ -175,8 +177,8 @@ def gather(
             else:
                 result.incomplete[key] = f"only the first page was sent; {client_unusable_reason}"
             continue
-        if partial is not None:
-            jobs[key] = lambda c=client, b=partial: c.rest_of(b)  # the first page again, then the rest
+        if first_page is not None:
+            jobs[key] = partial(client.rest_of, first_page)  # the first page again, then the rest
             continue
         try:
             query = substitute_tokens(template, context)
@@ -185,30 +187,37 @@ def gather(
         if query is None:
             result.unavailable[key] = f"{why}; the context lacks a usable value for the query"
         elif KEY_BY_NAME[key].is_read:
-            jobs[key] = lambda c=client, q=query: [r for r in [c.read(q)] if r is not None]
+            jobs[key] = partial(_read_one, client, query)
         else:
-            jobs[key] = lambda c=client, q=query: c.search(q)
+            jobs[key] = partial(client.search, query)
     if not jobs or client is None:
         return result
     results, errors = run_parallel(jobs, client.deadline, executors.for_url(client.base_url))
     for key, resources in results.items():
-        result.resources[key] = resources  # type: ignore[assignment]
+        result.resources[key] = resources
         result.fetched.append(key)
     for key, reason in errors.items():
         (result.incomplete if key in result.resources else result.unavailable)[key] = reason
     return result
 
 
+def _read_one(client: FhirClient, query: str) -> list[dict]:
+    return [r for r in [client.read(query)] if r is not None]
+
+
+T = TypeVar("T")
+
+
 def run_parallel(
-    jobs: Mapping[str, Callable[[], object]], deadline: float, executor: ThreadPoolExecutor
-) -> tuple[dict[str, object], dict[str, str]]:
+    jobs: Mapping[str, Callable[[], T]], deadline: float, executor: ThreadPoolExecutor
+) -> tuple[dict[str, T], dict[str, str]]:
     """Run jobs at once; return (results, errors) by job name once all finish or the deadline passes.
 
     A job that ends ``Incomplete`` gives both: its partial result and the reason it is partial.
     """
-    futures: dict[Future, str] = {executor.submit(job): name for name, job in jobs.items()}
+    futures: dict[Future[T], str] = {executor.submit(job): name for name, job in jobs.items()}
     wait(futures, timeout=max(0.0, deadline - time.monotonic()) + GRACE_SECONDS)
-    results: dict[str, object] = {}
+    results: dict[str, T] = {}
     errors: dict[str, str] = {}
     for future, name in futures.items():
         if not future.done():
@@ -218,7 +227,7 @@ def run_parallel(
         try:
             results[name] = future.result()
         except Incomplete as error:
-            results[name] = error.resources
+            results[name] = cast(T, error.resources)  # only list-returning fetches raise Incomplete
             errors[name] = f"only part of it could be fetched: {error}"
         except FhirError as error:
             errors[name] = f"the FHIR server could not give it: {error}"

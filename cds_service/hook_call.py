@@ -241,7 +241,7 @@ def answer_hook(
     record = build_record(
         terminology=runtime.terminology,
         now=now,
-        patient=(resources.get("patient") or [None])[0],
+        patient=next(iter(resources.get("patient") or ()), None),
         conditions=[r for r in resources.get("conditions", ()) if r.get("resourceType") == "Condition"],
         medications=stored_orders,
         drafts=draft_resources(context),

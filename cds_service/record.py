@@ -268,8 +268,12 @@ class PatientRecord:
 
     def exposures(self, concept: str) -> list[Medication]:
         """Orders in the concept with an exposure period, oldest first; never the triggering order."""
-        found = [m for m in self.medications if concept in m.concepts and m.exposure and not m.is_trigger]
-        return sorted(found, key=lambda m: m.exposure.start)
+        found = [
+            (m.exposure.start, index, m)
+            for index, m in enumerate(self.medications)
+            if concept in m.concepts and m.exposure is not None and not m.is_trigger
+        ]
+        return [m for _, _, m in sorted(found)]
 
     def active_allergies(self, concept: str) -> list[Allergy]:
         return [a for a in self.allergies if a.active and concept in a.concepts]

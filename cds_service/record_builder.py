@@ -209,9 +209,11 @@ def _name(concept: Any, fallback: str) -> str:
 
 
 def _reason(error: ValidationError) -> str:
-    first = error.errors()[0] if error.errors() else {}
-    where = ".".join(str(p) for p in first.get("loc", ()) if p != "__root__")
-    return f"not valid FHIR R4: {where}: {first.get('msg', 'invalid')}" if where else "not valid FHIR R4"
+    errors = error.errors()
+    if not errors:
+        return "not valid FHIR R4"
+    where = ".".join(str(p) for p in errors[0]["loc"] if p != "__root__")
+    return f"not valid FHIR R4: {where}: {errors[0]['msg']}" if where else "not valid FHIR R4"
 
 
 def _uncached_problem(model: Any, raw: Any) -> str | None:
@@ -440,7 +442,7 @@ class RecordBuilder:
                 stored_index += 1
                 if stored_index not in chosen or not _validated(FhirMedicationRequest, raw, self.skipped):
                     continue
-            status = raw.get("status") if isinstance(raw.get("status"), str) else "unknown"
+            status = raw["status"] if isinstance(raw.get("status"), str) else "unknown"
             if is_draft:
                 status = "draft"  # a draft order of this session is active for the rules, whatever it says
             prior = path(raw, "priorPrescription", "reference")

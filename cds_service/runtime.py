@@ -79,6 +79,7 @@ class Runtime:
     @cached_property
     def verifier(self) -> Verifier:
         """Checks callers' JWTs; the jti replay table is on the service's database, shared by all workers."""
+        assert self.store is not None  # set by from_config
         return Verifier.from_config(self.config, ReplayStore(self.store.engine), PROCESS_KEYS, dev=self.dev)
 
     @cached_property

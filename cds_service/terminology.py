@@ -11,7 +11,7 @@ Matching rules (the same for every value set):
   (ICD-10-CM) are the identifiers HL7 Terminology (THO) CodeSystem/NamingSystem resources give these systems,
   and public FHIR and CDS code sends them as ``Coding.system`` (seen through the project's code search);
   ``http://snomed.info/id`` is the SNOMED system of a PDDI CDS Hooks request in
-  ``/work/shared/corpora/cds-hooks/pddi-cds/request-digoxin-cyclosporine-scenario-03.json``.
+  ``tests/data/corpora/cds-hooks/pddi-cds/request-digoxin-cyclosporine-scenario-03.json`` (HL7/PDDI-CDS).
 * Codes are trimmed. ICD-10-CM codes are also upper-cased and compared without their dot, and an ICD-10-CM
   entry matches every descendant by prefix (entry ``O09`` matches ``O09.511``; ``O14.0`` matches ``O14.00``).
   No other system is hierarchical: RxNorm, LOINC and SNOMED CT codes must be listed.

@@ -100,7 +100,8 @@ def drug_name(order: Mapping, resolve: Resolver | None = None) -> DrugName:
     ref = order.get("medicationReference")
     if not isinstance(ref, Mapping):
         return DrugName((), ())
-    target = ref.get("reference") if isinstance(ref.get("reference"), str) else ""
+    reference = ref.get("reference")
+    target = reference if isinstance(reference, str) else ""
     medication = None
     if target.startswith("#"):
         medication = next(
@@ -113,11 +114,8 @@ def drug_name(order: Mapping, resolve: Resolver | None = None) -> DrugName:
         )
     elif target and resolve is not None:
         medication = resolve(target)
-    display = (
-        (ref.get("display").strip(),)
-        if isinstance(ref.get("display"), str) and ref["display"].strip()
-        else ()
-    )
+    shown = ref.get("display")
+    display = (shown.strip(),) if isinstance(shown, str) and shown.strip() else ()
     if not isinstance(medication, Mapping):
         return DrugName((), display, unresolved=bool(target))
     name = codeable_name(medication.get("code")) or DrugName((), ())

@@ -160,7 +160,7 @@ def _reading(
 ) -> float | object | None:
     """The converted value, _FOREIGN, or None when ``text`` is absent or says nothing usable (``opaque``:
     a code that is not a unit, such as a SNOMED unit code, or printed text this module cannot read)."""
-    if not _present(text):
+    if not isinstance(text, str) or not _present(text):
         return None
     key = _normalise(group, text)
     if key in table:

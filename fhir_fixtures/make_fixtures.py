@@ -5,9 +5,9 @@ Why a script: sixty patients share the same building blocks (a monitoring panel,
 writing them once keeps codes, units and id prefixes consistent. Dates are written as if today were
 2026-11-01 (``cds_service.fixtures.ANCHOR``); ``load_bundle`` moves them to the real today.
 
-Every code used here is one that ``/work/shared/knowledge/clinical.md`` marks verified. Each fixture's
-``expected`` set was worked out by hand from ``rules.md`` and the interpretation decisions in the project
-notes; its ``why`` says, per finding, what in the record makes it fire.
+Every code used here is one that the knowledge base ``clinical.md`` (copy: ``tests/data/knowledge/``) marks
+verified. Each fixture's ``expected`` set was worked out by hand from ``rules.md`` and the interpretation
+decisions in the project notes; its ``why`` says, per finding, what in the record makes it fire.
 """
 
 from __future__ import annotations

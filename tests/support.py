@@ -27,7 +27,7 @@ from cds_service.app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 CDS_SERVICE = str(Path(sys.executable).with_name("cds-service"))  # the console script of this environment
-SHARED = ROOT.parent / "shared"
+DATA = ROOT / "tests" / "data"  # copies of public examples and corpora; see tests/data/SOURCES.md
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
@@ -135,6 +135,9 @@ class ServiceProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                self._reader.join(timeout=5)  # every line of the exited process
+                if any("cannot listen on" in line for line in self.lines):  # `serve` checks the port first
+                    raise PortTaken(self.base)
                 raise RuntimeError("service exited:\n" + self._last_lines())
             if any("cannot listen on" in line for line in self.lines):
                 raise PortTaken(self.base)

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-from support import SHARED, hook_request, make_app, small_patient, tacrolimus_draft
+from support import DATA, hook_request, make_app, small_patient, tacrolimus_draft
 
-CORPORA = SHARED / "corpora"
+CORPORA = DATA / "corpora"
 KEY_OF_TYPE = {
     "Patient": "patient",
     "Condition": "conditions",

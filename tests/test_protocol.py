@@ -21,13 +21,13 @@ from cds_service.protocol import (
     validate_request,
 )
 
-SHARED = Path("/work/shared")
-EXAMPLES = SHARED / "cds-hooks" / "examples"
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "tests" / "data"  # see tests/data/SOURCES.md
+EXAMPLES = DATA / "cds-hooks" / "examples"
 LIBRARY = "HL7-cds-hooks-library@5d04c4d"
 SPEC = EXAMPLES / "HL7-cds-hooks@c4667a4_v2.0.1_index.md"
 BALLOT = EXAMPLES / "HL7-cds-hooks@fb10ca7_v3.0.0-ballot_index.md"
-CORPUS = SHARED / "corpora" / "cds-hooks"
-REPO = Path(__file__).resolve().parents[1]
+CORPUS = DATA / "corpora" / "cds-hooks"
 
 HOOK_INSTANCE = "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea"
 SECRET = "s3cr3t-access-token-do-not-echo"

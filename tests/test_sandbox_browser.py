@@ -173,6 +173,46 @@ def test_editing_the_product_changes_the_order_sent(page):
     page.wait_for_selector(".card[data-topic=pregnancy]")
 
 
+def test_stop_mycophenolate_is_applied_when_firing_again(page):
+    page.select_option("#fixture", PREGNANT)
+    page.wait_for_selector("#drafts li[data-ref]")
+    page.click(".fire-button[data-hook=order-select]")
+    pregnancy = page.wait_for_selector(".card[data-topic=pregnancy]")
+    stop = next(
+        b for b in pregnancy.query_selector_all(".suggestion") if "mycophenolate" in b.inner_text().lower()
+    )
+    stop.click()
+    expect(page.locator("#staged li")).to_contain_text("Stop mycophenolate")
+
+    # Fired again, on the path where the service reads the rest of the record from /sandbox/fhir itself.
+    page.check("input[name=via][value=fhir]")
+    with page.expect_response("**/cds-services/tacrolimus-order-select") as answered:
+        page.click(".fire-button[data-hook=order-select]")
+    findings = {
+        f["id"]
+        for c in answered.value.json()["cards"]
+        for f in c["extension"]["org.example.tacrolimus-cds.findings"]
+    }
+    assert "P2" not in findings and "P1" in findings
+    expect(page.locator("#status")).to_contain_text("order-select via fhir: HTTP 200")
+    assert "P2" not in _shown_findings(page)
+    assert page.query_selector(".card.indicator-critical") is None
+    assert page.problems == []
+
+
+def test_a_draft_can_be_marked_as_renewal_of_a_stored_order(page):
+    page.select_option("#fixture", "tacrolimus-active-duplicate")
+    renews = page.wait_for_selector("#drafts select.renews")
+    stored = next(o for o in renews.query_selector_all("option") if "tacrolimus" in o.inner_text().lower())
+    renews.select_option(stored.get_attribute("value"))
+    with page.expect_request("**/cds-services/tacrolimus-order-select") as sent:
+        page.click(".fire-button[data-hook=order-select]")
+    draft = sent.value.post_data_json["context"]["draftOrders"]["entry"][0]["resource"]
+    assert draft["priorPrescription"] == {"reference": stored.get_attribute("value")}
+    expect(page.locator("#status")).to_contain_text("HTTP 200")
+    assert not set(manifest()["tacrolimus-active-duplicate"]["expected"]) & _shown_findings(page)
+
+
 HOSTILE = "<script>window.__pwned = 'script'</script> <img src=x onerror=\"window.__pwned = 'img'\">"
 
 

@@ -35,8 +35,8 @@ from security_helpers import (
     unsigned_token,
 )
 from support import (
+    DATA,
     ROOT,
-    SHARED,
     ServiceProcess,
     bundle,
     config_copy,
@@ -68,9 +68,9 @@ WILDCARD_ISSUER = "https://ehr-b.test"
 TENANT = "tenant-a"
 SIGN = "/cds-services/tacrolimus-order-sign"
 FEEDBACK = f"{SIGN}/feedback"
-SPEC_EXAMPLES = SHARED / "cds-hooks" / "examples" / "HL7-cds-hooks@c4667a4_v2.0.1_index.md"
+SPEC_EXAMPLES = DATA / "cds-hooks" / "examples" / "HL7-cds-hooks@c4667a4_v2.0.1_index.md"
 SANDBOX_JWKS = (
-    SHARED
+    DATA
     / "cds-hooks"
     / "examples"
     / "cds-hooks-sandbox@3b7e255"

@@ -11,8 +11,8 @@ from typing import ClassVar
 
 import pytest
 from support import (
+    DATA,
     RXNORM,
-    SHARED,
     finding_ids,
     hook_request,
     make_app,
@@ -117,7 +117,7 @@ def test_observation_template_asks_for_exactly_the_loinc_codes_the_rules_read(cl
     ],
 )
 def test_official_r4_examples_with_a_tacrolimus_order_get_conformant_cards(client, path, hook):
-    example = json.loads((SHARED / "cds-hooks" / "examples" / path).read_text())
+    example = json.loads((DATA / "cds-hooks" / "examples" / path).read_text())
     context = example["context"]
     for entry in context["draftOrders"]["entry"]:
         if entry["resource"]["resourceType"] == "MedicationRequest":

@@ -1,8 +1,9 @@
 """The sources a finding can cite: key → (label, absolute URL).
 
-Labels, DOIs and identifiers come from ``/work/shared/knowledge/clinical.md`` (§2, §3). Where clinical.md
-names a source without a DOI or URL, the link is a search on the official index (PubMed, DailyMed) built
-from the identifiers clinical.md gives, so a reader lands on the source without us inventing a DOI.
+Labels, DOIs and identifiers come from the project knowledge base ``clinical.md`` (§2, §3; a copy is in
+``tests/data/knowledge/``). Where clinical.md names a source without a DOI or URL, the link is a search on
+the official index (PubMed, DailyMed) built from the identifiers clinical.md gives, so a reader lands on the
+source without us inventing a DOI.
 """
 
 from __future__ import annotations

@@ -153,8 +153,10 @@ def day(when: datetime | date | None) -> str:
 
 
 # --- numbers and evidence -----------------------------------------------------------------------------------
-def num(value: float) -> str:
+def num(value: float | None) -> str:
     """A number as a clinician writes it: 1.6, 38, 148, 0.85 (never 1.6000001 or 1.48e+02)."""
+    if value is None:  # never shown as a number: missing is not normal
+        return "an unknown value"
     if float(value).is_integer():
         return str(int(value))
     if abs(value) >= 100:
@@ -184,7 +186,7 @@ def _was_converted(v: LabValue) -> bool:
     try:
         recorded = float(v.original.split()[0])
     except (ValueError, IndexError):
-        return bool(v.unit) and v.unit.replace(" ", "") not in v.original.replace(" ", "")
+        return v.unit is not None and v.unit.replace(" ", "") not in v.original.replace(" ", "")
     return abs(recorded - v.value) > 1e-9 * max(1.0, abs(v.value))
 
 
@@ -263,6 +265,13 @@ def unusable_in(
     return [entry.reason for _, entry in series.unusable_between(since, until, newer_than=newer)]
 
 
+def number(v: LabValue) -> float:
+    """The number of a result already known to be numeric (from ``newest_number`` or a ``value`` filter)."""
+    if v.value is None:
+        raise ValueError(f"{v.reference} has no number")
+    return v.value
+
+
 def newest_number(
     series: LabSeries, since: datetime | None = None, until: datetime | None = None
 ) -> tuple[LabValue | None, list[str]]:
@@ -305,6 +314,13 @@ class Exposure:
         return self.spans[0][0] if self.spans else None
 
     @property
+    def first_day(self) -> date:
+        """``start`` where ``any`` is already known to be true (every order of an exposure has a period)."""
+        if not self.spans:
+            raise ValueError("an exposure without orders has no first day")
+        return self.spans[0][0]
+
+    @property
     def days(self) -> int:
         return sum((end - start).days for start, end in self.spans)
 
@@ -318,10 +334,14 @@ class Exposure:
 def exposure(record: PatientRecord, *concepts: str) -> Exposure:
     """Union of the exposure periods of every stored order in the concepts (never the triggering order)."""
     orders = {m.id: m for concept in concepts for m in record.exposures(concept)}
-    ordered = sorted(orders.values(), key=lambda m: (m.exposure.start, m.id))
+    dated = sorted(
+        ((m.exposure, m) for m in orders.values() if m.exposure is not None),
+        key=lambda t: (t[0].start, t[1].id),
+    )
+    ordered = [m for _, m in dated]
     spans: list[list[date]] = []
-    for m in ordered:
-        start, end = m.exposure.start.date(), m.exposure.end.date()
+    for period, _ in dated:
+        start, end = period.start.date(), period.end.date()
         if spans and start <= spans[-1][1] + timedelta(days=1):
             spans[-1][1] = max(spans[-1][1], end)
         else:

@@ -30,6 +30,7 @@ from cds_service.rules.common import (
     newest_number,
     newest_recent,
     num,
+    number,
     on,
     percent,
     quiet,
@@ -165,10 +166,10 @@ def creatinine_rise(inp: RuleInput) -> Rise | Quiet:
     days = threshold(inp, "baseline_creatinine_days")
     tacrolimus = exposure(record, "tacrolimus")
     if tacrolimus.any:
-        since = window_start(day_start(tacrolimus.start, inp.now), days)
-        until = day_end(tacrolimus.start, inp.now)
+        since = window_start(day_start(tacrolimus.first_day, inp.now), days)
+        until = day_end(tacrolimus.first_day, inp.now)
         candidates = [v for v in series.values(since=since, until=until) if v.value is not None]
-        where = f"in the {num(days)} days before tacrolimus began on {tacrolimus.start.isoformat()}"
+        where = f"in the {num(days)} days before tacrolimus began on {day(tacrolimus.start)}"
     else:
         since, until = window_start(inp.now, days), None
         candidates = [
@@ -180,8 +181,8 @@ def creatinine_rise(inp: RuleInput) -> Rise | Quiet:
     gaps = [*gaps, *unusable_in(series, since, until=until)]
     if not candidates:
         return quiet("", f"no creatinine {where} to serve as a baseline", gaps)
-    baseline = min(candidates, key=lambda v: v.value)
-    fraction = round((newest.value - baseline.value) / baseline.value, 6)
+    baseline = min(candidates, key=number)
+    fraction = round((number(newest) - number(baseline)) / number(baseline), 6)
     return Rise(
         newest, baseline, fraction, tacrolimus.start if tacrolimus.any else None, tuple(dict.fromkeys(gaps))
     )
@@ -247,7 +248,7 @@ def n3_creatinine_rise_critical(inp: RuleInput) -> Finding | Quiet:
             "of baseline. Chronic calcineurin-inhibitor damage is largely irreversible: the source article "
             "reports that about 17% of patients lose significant kidney function within 3 years."
         )
-        cited = ("lupkynis-label", "mok-2016", "fomin-roberts-2016")
+        cited: tuple[str, ...] = ("lupkynis-label", "mok-2016", "fomin-roberts-2016")
     else:
         detail = (
             f"{capital(rise.text())} ({rise.baseline_rule(days)}), before tacrolimus has started: kidney "
@@ -406,7 +407,7 @@ def n8_hyperglycaemia(inp: RuleInput) -> Finding | Quiet:
     tacrolimus = exposure(record, "tacrolimus")
     if not tacrolimus.any:
         return quiet("N8", "no earlier tacrolimus exposure, so no glucose since it began to judge")
-    since = day_start(tacrolimus.start, inp.now)
+    since = day_start(tacrolimus.first_day, inp.now)
     kinds: dict[str, list[LabValue]] = {"fasting glucose": [], "glucose": [], "HbA1c": []}
     seen: set[tuple[str, object]] = set()
     for group in ("glucose-fasting", "glucose"):
@@ -427,15 +428,15 @@ def n8_hyperglycaemia(inp: RuleInput) -> Finding | Quiet:
     gaps = [r for g in ("glucose-fasting", "glucose", "hba1c") for r in unusable_in(record.lab(g), since)]
     hits = {kind: [v for v in values if v.value >= limits[kind]] for kind, values in kinds.items()}
     hits = {kind: values for kind, values in hits.items() if values}
-    start = tacrolimus.start.isoformat()
+    start = day(tacrolimus.start)
     if not hits:
-        seen = [f"{kind} {on(values[0])}" for kind, values in kinds.items() if values]
-        if not seen:
+        newest = [f"{kind} {on(values[0])}" for kind, values in kinds.items() if values]
+        if not newest:
             return quiet("N8", f"no glucose or HbA1c since tacrolimus began on {start}", gaps)
         return quiet(
             "N8",
             f"no glucose or HbA1c at or above the thresholds since tacrolimus began on {start} (newest: "
-            f"{'; '.join(seen)})",
+            f"{'; '.join(newest)})",
             gaps,
         )
     newest_hits = [values[0] for values in hits.values()]

@@ -13,6 +13,7 @@ from cds_service.rules.common import (
     bp_readings,
     capital,
     condition_evidence,
+    day,
     exposure,
     finding,
     lab_evidence,
@@ -265,7 +266,7 @@ def p6_pregnancy_trough(inp: RuleInput) -> Finding | Quiet:
         "P6",
         "info",
         f"Pregnant on tacrolimus with no trough in {num(days)} days",
-        f"Pregnant ({status.text}) and on tacrolimus since {tacrolimus.start.isoformat()}, with no "
+        f"Pregnant ({status.text}) and on tacrolimus since {day(tacrolimus.start)}, with no "
         f"tacrolimus level in the last {num(days)} days{last_text}. Whole-blood levels fall as pregnancy "
         "advances (transplant series needed dose increases of 20–25% or more) while low albumin raises the "
         "unbound fraction: check a trough now and every 2–4 weeks, and read it together with the albumin.",

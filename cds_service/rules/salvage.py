@@ -18,6 +18,7 @@ from cds_service.rules.common import (
     active_orders,
     condition_evidence,
     continuing_because,
+    day,
     day_start,
     exposure,
     finding,
@@ -30,6 +31,7 @@ from cds_service.rules.common import (
     names,
     newest_number,
     num,
+    number,
     on,
     percent,
     pregnancy_status,
@@ -132,10 +134,10 @@ def s1_mycophenolate_failure(inp: RuleInput) -> Finding | Quiet:
             f"{num(months)} months ({num(needed)} days)",
         )
     series = record.lab("upcr")
-    started = day_start(mmf.start, inp.now)
+    started = day_start(mmf.first_day, inp.now)
     after, gaps = newest_number(series, since=started)
     if after is None:
-        return quiet("S1", f"no UPCR since mycophenolate began on {mmf.start.isoformat()}", gaps)
+        return quiet("S1", f"no UPCR since mycophenolate began on {day(mmf.start)}", gaps)
     limit = threshold(inp, "upcr_response")
     if after.value < limit:
         return quiet("S1", f"UPCR {on(after)} is below {num(limit)} g/g: response on mycophenolate")
@@ -144,7 +146,7 @@ def s1_mycophenolate_failure(inp: RuleInput) -> Finding | Quiet:
     evidence = [*mmf.evidence(), lab_evidence("UPCR on mycophenolate", after)]
     pre_text = "; no earlier UPCR is on record to judge the fall"
     if before is not None:
-        reduction = round((before.value - after.value) / before.value, 6) if before.value else 0.0
+        reduction = round((number(before) - number(after)) / number(before), 6) if before.value else 0.0
         wanted = threshold(inp, "upcr_reduction")
         if reduction >= wanted:
             return quiet(
@@ -160,7 +162,7 @@ def s1_mycophenolate_failure(inp: RuleInput) -> Finding | Quiet:
         "info",
         f"Inadequate response to mycophenolate: UPCR {num(after.value)} g/g after {in_months(mmf.days)}",
         f"UPCR is still {on(after)} after {in_months(mmf.days)} of mycophenolate (since "
-        f"{mmf.start.isoformat()}){pre_text}. This fits an inadequate response: the source article sees "
+        f"{day(mmf.start)}){pre_text}. This fits an inadequate response: the source article sees "
         "tacrolimus's place after mycophenolate has failed, and KDIGO 2024 / ACR 2024 list adding a "
         "calcineurin inhibitor or switching as options. Check adherence first and consider a repeat biopsy.",
         ("fomin-roberts-2016", "kdigo-2024", "acr-2024-ln"),
@@ -185,7 +187,7 @@ def s2_both_anchors_used(inp: RuleInput) -> Finding | Quiet:
         "S2",
         "info",
         "Both anchor drugs used before: cyclophosphamide and mycophenolate",
-        f"Cyclophosphamide (from {cyc.start.isoformat()}) and mycophenolate (from {mmf.start.isoformat()}) "
+        f"Cyclophosphamide (from {day(cyc.start)}) and mycophenolate (from {day(mmf.start)}) "
         "have both been used. The source article sees tacrolimus's place after mycophenolate or "
         "cyclophosphamide has failed, but the multitarget evidence (Liu 2015) and the "
         "tacrolimus-versus-mycophenolate trial (Mok 2016) come from Chinese cohorts; North American data "
@@ -212,7 +214,7 @@ def s3_rituximab_barrier(inp: RuleInput) -> Finding | Quiet:
     if hbv or hbv_positive:
         barriers.append("hepatitis B")
         evidence += [condition_evidence(c) for c in hbv]
-        evidence += [lab_evidence("HBsAg", hbsag)] if hbv_positive else []
+        evidence += [lab_evidence("HBsAg", hbsag)] if hbsag is not None and hbv_positive else []
     else:
         checked.append(f"no hepatitis B condition{f', HBsAg {on(hbsag)}' if hbsag else ''}")
         if hbsag is None:
@@ -222,11 +224,11 @@ def s3_rituximab_barrier(inp: RuleInput) -> Finding | Quiet:
     hypogamma = record.active_conditions("hypogammaglobulinemia")
     igg, igg_gaps = newest_number(record.lab("igg"))
     missing += igg_gaps
-    igg_low = igg is not None and igg.value < low_igg
-    if hypogamma or igg_low:
-        barriers.append(f"hypogammaglobulinaemia{f' (IgG {on(igg)})' if igg_low else ''}")
+    low = igg if igg is not None and number(igg) < low_igg else None
+    if hypogamma or low is not None:
+        barriers.append(f"hypogammaglobulinaemia{f' (IgG {on(low)})' if low is not None else ''}")
         evidence += [condition_evidence(c) for c in hypogamma]
-        evidence += [lab_evidence("IgG", igg)] if igg_low else []
+        evidence += [lab_evidence("IgG", low)] if low is not None else []
     else:
         checked.append(
             f"IgG {on(igg)} is not below {num(low_igg)} mg/dL"
@@ -312,7 +314,7 @@ def s7_long_term(inp: RuleInput) -> Finding | Quiet:
         )
     limit = threshold(inp, "upcr_response")
     series = record.lab("upcr")
-    started = day_start(tacrolimus.start, inp.now)
+    started = day_start(tacrolimus.first_day, inp.now)
     during = [v for v in series.values(since=started) if v.value is not None and tacrolimus.covers(v.when)]
     responses = [v for v in during if v.value < limit]
     if responses:
@@ -323,7 +325,7 @@ def s7_long_term(inp: RuleInput) -> Finding | Quiet:
         "S7",
         "info",
         f"Tacrolimus for {in_months(tacrolimus.days)} without a proteinuria response",
-        f"Tacrolimus since {tacrolimus.start.isoformat()} ({in_months(tacrolimus.days)} in total) with no "
+        f"Tacrolimus since {day(tacrolimus.start)} ({in_months(tacrolimus.days)} in total) with no "
         f'UPCR below {num(limit)} g/g in that time ({upcr_text}). The source article calls tacrolimus "a '
         'bridge, not a destination": about 17% of patients lose significant kidney function within 3 years, '
         "so reassess whether to continue it.",

@@ -30,6 +30,15 @@ from cds_service.sandbox.store import (
 )
 
 FHIR_JSON = "application/fhir+json"
+FORM = "application/x-www-form-urlencoded"
+# Browsers' clients (the official CDS Hooks Sandbox) read this server from another origin. The data are
+# synthetic and read-only and no cookie is used, so every origin may read; a token, if required, still is.
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+    "Access-Control-Allow-Headers": "Accept, Authorization, Content-Type",
+    "Access-Control-Max-Age": "600",
+}
 
 
 @dataclass
@@ -102,6 +111,8 @@ def create_fhir_app(
     def base_url() -> str:
         return request.host_url.rstrip("/") + base_path
 
+    _install_cors(app)
+
     @app.before_request
     def misbehave_or_authorize() -> Response | None:
         path_after_base = request.path[len(base_path) :]
@@ -126,8 +137,22 @@ def create_fhir_app(
 
     @app.get(f"{base_path}/<resource_type>")
     def search(resource_type: str) -> Response:
+        return _search(resource_type, request.args.to_dict(flat=False))
+
+    @app.post(f"{base_path}/<resource_type>/_search")
+    def search_by_post(resource_type: str) -> Response:
+        """FHIR search with the parameters in a form body (and the URL); the Sandbox's first choice."""
+        if request.mimetype != FORM:
+            outcome = operation_outcome("not-supported", f"POST _search needs Content-Type {FORM}")
+            return fhir_response(outcome, 415)
+        params = request.args.to_dict(flat=False)
+        for name, values in request.form.to_dict(flat=False).items():
+            params.setdefault(name, []).extend(values)
+        return _search(resource_type, params)
+
+    def _search(resource_type: str, params: dict[str, list[str]]) -> Response:
         try:
-            bundle = store.search(resource_type, request.args.to_dict(flat=False), base_url())
+            bundle = store.search(resource_type, params, base_url())
         except UnsupportedResourceType:
             outcome = operation_outcome("not-supported", f"resource type {resource_type} is not supported")
             return fhir_response(outcome, 404)
@@ -144,6 +169,28 @@ def create_fhir_app(
         app, base_path, store
     )  # SMART discovery + a login-free authorization server, loopback only
     return app
+
+
+def _install_cors(app: Flask) -> None:
+    """CORS on every answer, and preflights answered before faults and authorization are looked at.
+
+    A page on a public origin calling loopback (the hosted Sandbox calling ``localhost``) is preceded in
+    Chromium by a Private Network Access preflight; it is allowed too.
+    """
+
+    @app.before_request
+    def preflight() -> Response | None:
+        if request.method != "OPTIONS":
+            return None
+        response = Response(status=204)
+        if request.headers.get("Access-Control-Request-Private-Network") == "true":
+            response.headers["Access-Control-Allow-Private-Network"] = "true"
+        return response
+
+    @app.after_request
+    def cors(response: Response) -> Response:
+        response.headers.update(CORS_HEADERS)
+        return response
 
 
 class _QuietHandler(WSGIRequestHandler):

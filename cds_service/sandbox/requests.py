@@ -122,7 +122,7 @@ def _encounter_id(drafts: Sequence[Mapping], resources: Sequence[Mapping]) -> st
     return max(encounters.values(), key=start)["id"]
 
 
-def _draft_orders(drafts: Sequence[dict], resources: Sequence[Mapping]) -> dict:
+def _draft_orders(drafts: Sequence[dict], resources: Sequence[dict]) -> dict:
     """The drafts, plus every Medication they reference that is not contained in them."""
     by_ref = {_ref(r): r for r in resources}
     entries: list[dict] = [copy.deepcopy(d) for d in drafts]

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import textwrap
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from pathlib import Path
@@ -229,6 +229,7 @@ def run_exchange(
     service = discover_service(transport, hook)
     today = datetime.now().astimezone().date()  # the same day for the request and the FHIR server's data
 
+    server: AbstractContextManager[str | None]
     if via == "fhir" and url:
         fhir_base = fhir_base or transport.base_url + MOUNTED_FHIR_PATH  # type: ignore[attr-defined]
         _check_fhir_reachable(fhir_base)

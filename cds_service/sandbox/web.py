@@ -56,6 +56,8 @@ class BadInput(ValueError):
 def install(app: Flask) -> None:
     """Add the sandbox page and mount the fixture FHIR API at ``/sandbox/fhir`` (dev mode only)."""
     app.register_blueprint(bp)
+    # Browsers ask for /favicon.ico on every page of the origin; answer with the sandbox's icon.
+    app.add_url_rule("/favicon.ico", "favicon", lambda: bp.send_static_file("favicon.svg"))
     app.wsgi_app = FixtureFhirMount(app.wsgi_app)  # type: ignore[method-assign]
 
 
@@ -187,6 +189,12 @@ def fixture(name: str) -> Response | tuple[Response, int]:
         for ref in entry.get("drafts", ())
         if ref in resources
     ]
+    # Stored medication orders a draft may renew (``priorPrescription``), as the page offers them.
+    stored_orders = [
+        {"ref": ref, "label": _order_label(resource, resources), "status": resource.get("status")}
+        for ref, resource in resources.items()
+        if resource.get("resourceType") == "MedicationRequest" and ref not in entry.get("drafts", ())
+    ]
     return jsonify(
         {
             "name": name,
@@ -194,8 +202,16 @@ def fixture(name: str) -> Response | tuple[Response, int]:
             "expected": entry.get("expected", []),
             "patient": _patient_banner(patient),
             "drafts": drafts,
+            "stored_orders": stored_orders,
         }
     )
+
+
+def _order_label(order: Mapping, resources: Mapping[str, Mapping]) -> str:
+    concept = order.get("medicationCodeableConcept")
+    text = concept.get("text") if isinstance(concept, Mapping) else None
+    codings = _medication_codings(order, resources)
+    return text or next((c.get("display") for c in codings if c.get("display")), None) or "(not named)"
 
 
 def _checked_drafts(value: Any, hook: str) -> list[dict]:
@@ -221,6 +237,34 @@ def _checked_drafts(value: Any, hook: str) -> list[dict]:
     return value
 
 
+def _checked_staged(value: Any, stored: Mapping[str, Mapping]) -> dict[str, dict | None]:
+    """Accepted changes to stored resources, ``Type/id`` → the new resource (update) or None (delete)."""
+    if value is None:
+        return {}
+    if not isinstance(value, list) or len(value) > MAX_DRAFTS:
+        raise BadInput(f"staged must be a list of at most {MAX_DRAFTS} changes")
+    changes: dict[str, dict | None] = {}
+    for change in value:
+        if not isinstance(change, dict) or change.get("type") not in ("update", "delete"):
+            raise BadInput("every staged change needs type update or delete")
+        ref, resource = change.get("ref"), change.get("resource")
+        if not isinstance(ref, str) or ref not in stored:
+            raise BadInput(f"staged changes apply to stored resources only, not {ref!r}")
+        if change["type"] == "delete":
+            changes[ref] = None
+        elif isinstance(resource, dict) and f"{resource.get('resourceType')}/{resource.get('id')}" == ref:
+            changes[ref] = resource
+        else:
+            raise BadInput(f"a staged update of {ref} needs the resource with that resourceType and id")
+    return changes
+
+
+def _touched_prefetch_keys(templates: Mapping[str, str], changed_refs: Iterable[str]) -> set[str]:
+    """Prefetch keys whose query reads a resource type that a staged change touches."""
+    types = {ref.partition("/")[0] for ref in changed_refs}
+    return {key for key, template in templates.items() if re.split(r"[/?]", template, maxsplit=1)[0] in types}
+
+
 @bp.post("/api/request")
 def build() -> Response:
     """The CDS Hooks request for the fixture's patient with the page's draft orders, and its service.
@@ -244,6 +288,9 @@ def build() -> Response:
     original = set(entry.get("drafts", ()))
     stored = [e["resource"] for e in bundle.get("entry", []) if e.get("resource")]
     stored = [r for r in stored if f"{r['resourceType']}/{r['id']}" not in original]
+    # Accepted suggestions that change the stored record ("Stop mycophenolate") hold for the next calls.
+    staged = _checked_staged(body.get("staged"), _refs(stored))
+    stored = [staged.get(ref, r) for ref, r in _refs(stored).items() if staged.get(ref, r) is not None]
     if clash := set(_refs(stored)) & set(_refs(drafts)):
         raise BadInput(f"drafts may not reuse the id of a stored resource: {', '.join(sorted(clash))}")
     refs = list(_refs(drafts))
@@ -253,7 +300,7 @@ def build() -> Response:
         raise BadInput("order-select needs a draft MedicationRequest to select")
 
     store = FhirStore()
-    store.add_bundle(bundle, exclude=original)
+    store.add_bundle({"entry": [{"resource": r} for r in stored]})
     editing = {
         "resourceType": "Bundle",
         "type": "collection",
@@ -269,13 +316,18 @@ def build() -> Response:
             refs,
             selections=chosen,
             hook=hook,
-            via=via,
+            via="both" if via == "fhir" and staged else via,
             fhir_base=request.host_url.rstrip("/") + FHIR_PATH if via == "fhir" else None,
             prefetch_templates=runtime.templates_for(service),
             store=store,
         )
     except ValueError as error:
         raise BadInput(str(error)) from None
+    if via == "fhir" and staged:
+        # /sandbox/fhir serves the fixture as stored; what the staged changes touch travels as prefetch,
+        # as an EHR sends its uncommitted changes, and the service fetches the rest.
+        touched = _touched_prefetch_keys(runtime.prefetch_templates, staged)
+        built["prefetch"] = {k: v for k, v in built.get("prefetch", {}).items() if k in touched}
     return jsonify({"service": {"id": service.id, "url": f"/cds-services/{service.id}"}, "request": built})
 
 

@@ -8,7 +8,8 @@ const state = {
   fixture: null,        // name of the chosen fixture
   drafts: [],           // draft order resources shown on the page (sent as context.draftOrders)
   editable: new Set(),  // "Type/id" of drafts offered the product/dose editor
-  staged: [],           // accepted updates/deletes of resources that are not drafts
+  staged: [],           // accepted updates/deletes of stored resources, applied to the record on each fire
+  storedOrders: [],     // stored MedicationRequests a draft may renew ({ref, label, status})
   created: 0,           // counter for ids of resources created by suggestions
   busy: false,
   patientId: null,      // the fixture patient's id, for SMART launches from card links
@@ -90,6 +91,7 @@ async function loadFixture(name) {
   state.fixture = null;
   state.drafts = [];
   state.staged = [];
+  state.storedOrders = [];
   clearCards("Fire a hook to see the service's cards.");
   $("#exchange-log").textContent = "";
   document.querySelectorAll(".fire-button").forEach((b) => { b.disabled = true; });
@@ -107,6 +109,7 @@ async function loadFixture(name) {
   state.fixture = fixture.name;
   state.drafts = fixture.drafts.map((d) => d.resource);
   state.editable = new Set(fixture.drafts.filter((d) => d.editable).map((d) => ref(d.resource)));
+  state.storedOrders = fixture.stored_orders || [];
   const patient = fixture.patient || {};
   state.patientId = patient.id || null;
   $("#patient-name").textContent = patient.name || "(no name)";
@@ -153,6 +156,20 @@ function doseInput(draft) {
   return input;
 }
 
+function renewalSelect(draft) {
+  // A renewal or dose change names the order it replaces (priorPrescription), so it is not a duplicate.
+  const current = (draft.priorPrescription || {}).reference || "";
+  const select = el("select", { className: "renews", "aria-label": "Renews" },
+    el("option", { value: "" }, "nothing (a new order)"),
+    ...state.storedOrders.map((order) =>
+      el("option", { value: order.ref, selected: order.ref === current }, `${order.label} · ${order.ref} · ${order.status || "?"}`)));
+  select.addEventListener("change", () => {
+    if (select.value) draft.priorPrescription = { reference: select.value };
+    else delete draft.priorPrescription;
+  });
+  return select;
+}
+
 function renderDrafts() {
   const list = $("#drafts");
   list.replaceChildren();
@@ -167,7 +184,8 @@ function renderDrafts() {
     if (state.editable.has(ref(draft))) {
       item.append(el("div", { className: "editor" },
         el("label", {}, "Product ", productSelect(draft)),
-        el("label", {}, "Dose ", doseInput(draft))));
+        el("label", {}, "Dose ", doseInput(draft)),
+        state.storedOrders.length ? el("label", {}, "Renews ", renewalSelect(draft)) : null));
     } else if (doseText(draft)) {
       item.append(el("div", { className: "muted" }, doseText(draft)));
     }
@@ -193,7 +211,8 @@ async function fire(hook) {
   const via = document.querySelector("input[name=via]:checked").value;
   setStatus(`Calling ${hook}…`);
   try {
-    const built = await callJson("POST", "/sandbox/api/request", { fixture: state.fixture, hook, via, drafts: state.drafts });
+    const staged = state.staged.map((c) => ({ type: c.type, ref: c.ref, resource: c.resource }));
+    const built = await callJson("POST", "/sandbox/api/request", { fixture: state.fixture, hook, via, drafts: state.drafts, staged });
     if (!built.ok) {
       setStatus(`Could not build the request: ${(built.json && built.json.error) || built.status}`, "error");
       return;

@@ -1,0 +1,145 @@
+"""Packaging and operations: declared dependencies, the version, a clean start, refused calls in the log."""
+
+from __future__ import annotations
+
+import ast
+import logging
+import re
+import sys
+import tomllib
+from importlib.metadata import packages_distributions, version
+
+import pytest
+import requests
+from support import ROOT, config_copy, hook_request, make_app, small_patient, start_service
+
+from cds_service.config import load_config
+
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _declared(requirements: list[str]) -> set[str]:
+    names = (re.match(r"[A-Za-z0-9_.\-]+", r)[0] for r in requirements)  # type: ignore[index]
+    return {name.lower().replace("_", "-").replace(".", "-") for name in names}
+
+
+def _imported_top_level(folder: str) -> set[str]:
+    found = set()
+    for path in (ROOT / folder).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+    local = {path.stem for path in (ROOT / folder).glob("*.py")} | {"cds_service", "bench", folder}
+    return found - set(sys.stdlib_module_names) - local
+
+
+def _distributions(modules: set[str]) -> set[str]:
+    by_module = packages_distributions()
+    return {
+        dist.lower().replace("_", "-").replace(".", "-")
+        for module in modules
+        for dist in by_module.get(module, [module])
+    }
+
+
+def test_every_package_the_service_imports_is_a_declared_dependency():
+    declared = _declared(PYPROJECT["project"]["dependencies"])
+    assert _distributions(_imported_top_level("cds_service")) - declared == set()
+
+
+def test_every_package_the_tests_import_is_declared_and_test_tools_are_pinned():
+    test_extra = PYPROJECT["project"]["optional-dependencies"]["test"]
+    declared = _declared(PYPROJECT["project"]["dependencies"]) | _declared(test_extra)
+    assert _distributions(_imported_top_level("tests")) - declared == set()
+    assert all("==" in requirement for requirement in test_extra), test_extra
+
+
+def test_every_runtime_dependency_has_an_upper_bound():
+    unbounded = [r for r in PYPROJECT["project"]["dependencies"] if "<" not in r]
+    assert unbounded == []
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    return make_app(tmp_path_factory.mktemp("packaging"), dev=False).test_client()
+
+
+def test_healthz_names_the_installed_version(client):
+    assert version("tacrolimus-cds") == PYPROJECT["project"]["version"]
+    assert client.get("/healthz").get_json()["version"] == PYPROJECT["project"]["version"]
+
+
+def _rejections(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "cds_service.app" and r.getMessage() == "request rejected"]
+
+
+def test_a_refused_call_is_logged_with_its_reason_and_no_patient_data(tmp_path, caplog):
+    service = make_app(tmp_path, dev=True).test_client()
+    secret_name = "Zelda Quixote-Marmalade"  # a patient name that must never reach the log
+    body = {
+        "hook": "order-sign",
+        "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
+        "context": {"patientId": secret_name, "draftOrders": {"resourceType": "Bundle", "entry": []}},
+    }
+    with caplog.at_level(logging.INFO, logger="cds_service"):
+        answer = service.post("/cds-services/tacrolimus-order-sign", json=body)
+        service.post("/cds-services/tacrolimus-order-sign", data="x", content_type="text/plain")
+        service.get("/nothing-here")
+    assert answer.status_code == 400
+    first, unsupported, unknown = _rejections(caplog)
+    assert (first.status, first.path, first.field) == (
+        400,
+        "/cds-services/tacrolimus-order-sign",
+        "context.patientId",  # not a FHIR id: the reason says so without repeating it
+    )
+    assert first.reason == answer.get_json()["error"]
+    assert (unsupported.status, unsupported.reason) == (415, "Content-Type must be application/json")
+    assert unknown.status == 404 and unknown.levelno == logging.INFO
+    assert secret_name not in caplog.text
+
+
+def test_invalid_feedback_items_are_logged_with_the_fields_at_fault(tmp_path, caplog):
+    service = make_app(tmp_path, dev=True).test_client()
+    with caplog.at_level(logging.INFO, logger="cds_service"):
+        answer = service.post(
+            "/cds-services/tacrolimus-order-sign/feedback",
+            json={
+                "feedback": [{"card": "c", "outcome": "loved-it", "outcomeTimestamp": "2026-11-01T09:00:00Z"}]
+            },
+        )
+    assert answer.status_code == 400
+    (record,) = [r for r in caplog.records if r.getMessage() == "feedback"]
+    assert record.levelno == logging.WARNING and record.rejected == 1
+    assert record.problems[0].startswith("feedback[0].outcome")
+
+
+def test_a_clean_start_logs_no_error_line(tmp_path, monkeypatch):
+    # A runtime dir nobody can write (gunicorn once put its control socket there and logged an error).
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/proc/self")  # nobody, not even root, may create a socket there
+    with start_service(config_copy(tmp_path), workers=1) as server:
+        assert requests.get(f"{server.base}/healthz", timeout=10).status_code == 200
+        lines = list(server.lines)
+    assert [line for line in lines if re.search(r"error", line, re.IGNORECASE)] == []
+
+
+def test_cards_link_to_the_readme_the_service_serves(tmp_path):
+    base = "https://cds.example-hospital.org/tacrolimus"
+    service = make_app(tmp_path, dev=True, server={"public_base_url": base}).test_client()
+    cards = service.post(
+        "/cds-services/tacrolimus-order-sign", json=hook_request("p1", small_patient("p1"))
+    ).get_json()["cards"]
+    assert cards and {card["source"]["url"] for card in cards} == {f"{base}/docs"}
+    docs = service.get("/docs")
+    assert docs.status_code == 200 and docs.mimetype == "text/html"
+    assert "<h1>Tacrolimus for lupus nephritis" in docs.get_data(as_text=True)
+    assert "script-src" not in docs.headers["Content-Security-Policy"]  # default-src 'none': no script
+
+
+def test_an_administrator_may_point_the_source_link_elsewhere(tmp_path):
+    own = "https://intranet.example.org/cds/tacrolimus"
+    config = load_config(config_copy(tmp_path, cards={"source_url": own}))
+    assert config.settings["cards"]["source_url"] == own
+    bundled = load_config(config_copy(tmp_path / "bundled")).settings
+    assert bundled["cards"]["source_url"] == bundled["server"]["public_base_url"] + "/docs"

@@ -1,0 +1,142 @@
+"""The /sandbox page's API (dev mode): staged changes to the record, renewals, the favicon.
+
+The page's own clicks are tested in Chromium (test_sandbox_browser.py); these check what the API builds
+from them, against the real service in-process.
+"""
+
+from __future__ import annotations
+
+import pytest
+from support import finding_ids, make_app
+
+from cds_service.fixtures import manifest
+
+PREGNANT = "pregnant-ln-flare-on-mmf"  # pregnant with mycophenolate active: P2, the teratogen card
+DUPLICATE = "tacrolimus-active-duplicate"  # a new tacrolimus order beside an active one
+(DUPLICATE_FINDING,) = manifest()[DUPLICATE]["expected"]  # the duplicate-therapy finding (N12 in catalog v2)
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    return make_app(tmp_path_factory.mktemp("sandbox-web"), dev=True).test_client()
+
+
+def fixture(client, name: str) -> dict:
+    answer = client.get(f"/sandbox/api/fixtures/{name}")
+    assert answer.status_code == 200
+    return answer.get_json()
+
+
+def fire(client, name: str, drafts: list[dict], staged=None, via="prefetch", hook="order-select"):
+    """What the page does on "Fire": build the request, post it to the real service."""
+    built = client.post(
+        "/sandbox/api/request",
+        json={"fixture": name, "hook": hook, "via": via, "drafts": drafts, "staged": staged or []},
+    )
+    assert built.status_code == 200, built.get_json()
+    request = built.get_json()
+    answer = client.post(request["service"]["url"], json=request["request"])
+    return request["request"], answer
+
+
+def stop_suggestion(cards: dict) -> dict:
+    """The update action of the teratogen card's "Stop mycophenolate ..." suggestion."""
+    (card,) = [c for c in cards["cards"] if "P2" in finding_ids({"cards": [c]})]
+    (suggestion,) = [s for s in card["suggestions"] if "mycophenolate" in s["label"].lower()]
+    (action,) = suggestion["actions"]
+    assert action["type"] == "update" and action["resource"]["status"] == "stopped"
+    return action
+
+
+def test_after_stop_mycophenolate_the_next_answer_has_no_teratogen_card(client):
+    drafts = [d["resource"] for d in fixture(client, PREGNANT)["drafts"]]
+    _, first = fire(client, PREGNANT, drafts)
+    assert "P2" in finding_ids(first.get_json())
+    action = stop_suggestion(first.get_json())
+    staged = [
+        {
+            "type": "update",
+            "ref": f"MedicationRequest/{action['resource']['id']}",
+            "resource": action["resource"],
+        }
+    ]
+
+    sent, again = fire(client, PREGNANT, drafts, staged=staged)
+    assert again.status_code == 200
+    assert "P2" not in finding_ids(again.get_json())
+    assert "P1" in finding_ids(again.get_json())  # still pregnant: the pregnancy card stays, without P2
+    medications = {e["resource"]["id"]: e["resource"] for e in sent["prefetch"]["medications"]["entry"]}
+    assert medications[action["resource"]["id"]]["status"] == "stopped"
+
+
+def test_with_the_fhir_path_only_what_the_staged_changes_touch_is_prefetched(client):
+    drafts = [d["resource"] for d in fixture(client, PREGNANT)["drafts"]]
+    _, first = fire(client, PREGNANT, drafts)
+    action = stop_suggestion(first.get_json())
+    staged = [
+        {
+            "type": "update",
+            "ref": f"MedicationRequest/{action['resource']['id']}",
+            "resource": action["resource"],
+        }
+    ]
+    built = client.post(
+        "/sandbox/api/request",
+        json={"fixture": PREGNANT, "hook": "order-sign", "via": "fhir", "drafts": drafts, "staged": staged},
+    ).get_json()["request"]
+    assert built["fhirServer"].endswith("/sandbox/fhir")
+    assert list(built["prefetch"]) == ["medications"]  # the rest is read from /sandbox/fhir
+
+
+@pytest.mark.parametrize(
+    "staged, message",
+    [
+        ([{"type": "update", "ref": "MedicationRequest/nope", "resource": {}}], "stored resources only"),
+        ([{"type": "create", "ref": "MedicationRequest/pregflare-mr-2"}], "update or delete"),
+        (
+            [
+                {
+                    "type": "update",
+                    "ref": "MedicationRequest/pregflare-mr-2",
+                    "resource": {"resourceType": "X"},
+                }
+            ],
+            "needs the resource",
+        ),
+    ],
+)
+def test_a_wrong_staged_change_is_refused_with_the_reason(client, staged, message):
+    drafts = [d["resource"] for d in fixture(client, PREGNANT)["drafts"]]
+    answer = client.post(
+        "/sandbox/api/request",
+        json={"fixture": PREGNANT, "hook": "order-select", "drafts": drafts, "staged": staged},
+    )
+    assert answer.status_code == 400
+    assert message in answer.get_json()["error"]
+
+
+def test_a_draft_marked_as_renewal_of_the_active_order_is_no_duplicate(client):
+    loaded = fixture(client, DUPLICATE)
+    drafts = [d["resource"] for d in loaded["drafts"]]
+    _, plain = fire(client, DUPLICATE, drafts)
+    assert DUPLICATE_FINDING in finding_ids(plain.get_json())
+
+    active = [
+        o for o in loaded["stored_orders"] if o["status"] == "active" and "tacrolimus" in o["label"].lower()
+    ]
+    assert active, loaded["stored_orders"]  # the page offers the stored tacrolimus order to renew
+    drafts[0]["priorPrescription"] = {"reference": active[0]["ref"]}
+    sent, renewal = fire(client, DUPLICATE, drafts)
+    assert sent["context"]["draftOrders"]["entry"][0]["resource"]["priorPrescription"] == {
+        "reference": active[0]["ref"]
+    }
+    assert DUPLICATE_FINDING not in finding_ids(renewal.get_json())
+
+
+def test_the_page_has_a_favicon(client):
+    page = client.get("/sandbox").get_data(as_text=True)
+    assert 'rel="icon"' in page
+    for path in ("/favicon.ico", "/sandbox/static/favicon.svg"):
+        icon = client.get(path)
+        assert icon.status_code == 200 and icon.mimetype == "image/svg+xml"
+        assert icon.get_data(as_text=True).startswith("<svg")
