@@ -309,7 +309,7 @@ def sandbox_links(
     )
     if markdown:
         for name, patient, link in rows:
-            click.echo(f"| `{name}` | `{patient}` | [Rx View]({link}) |")
+            click.echo(f"| `{name}` | `{patient}` | [{official.screen(name)}]({link}) |")
         return
     width = max(len(name) for name, _, _ in rows)
     for name, _, link in rows:

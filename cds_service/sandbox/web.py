@@ -326,7 +326,7 @@ def build() -> Response:
     if via == "fhir" and staged:
         # /sandbox/fhir serves the fixture as stored; what the staged changes touch travels as prefetch,
         # as an EHR sends its uncommitted changes, and the service fetches the rest.
-        touched = _touched_prefetch_keys(runtime.prefetch_templates, staged)
+        touched = _touched_prefetch_keys(runtime.templates_for(service), staged)
         built["prefetch"] = {k: v for k, v in built.get("prefetch", {}).items() if k in touched}
     return jsonify({"service": {"id": service.id, "url": f"/cds-services/{service.id}"}, "request": built})
 
