@@ -35,6 +35,7 @@ from cds_service.config import Config, ConfigError, load_config
 from cds_service.config_schema import SCHEMA_DIR
 from cds_service.explain import FINDING_IDS, SETTINGS_BY_FINDING
 from cds_service.report import FindingStats, aggregate, rate_text, reasons_text
+from cds_service.rules import PATIENT_VIEW
 from cds_service.rules.titles import finding_title
 from cds_service.server import ask_master_to_reload, master_pid
 
@@ -394,7 +395,7 @@ def effective_view(config: Config) -> dict[str, Any]:
     """Everything the page shows about the configuration, as plain data."""
     shared = config.settings
     tenants = config.section("tenants")
-    sections = ("scope", "thresholds", "findings", "hold_repeats")
+    sections = ("scope", "thresholds", "findings", "hold_repeats", "min_indicator")
     services = [
         {
             "id": s.id,
@@ -435,6 +436,7 @@ def effective_view(config: Config) -> dict[str, Any]:
             per_service[s.id] = {
                 "enabled": options.get("enabled", True),
                 "indicator": options.get("indicator"),
+                "runs": s.hook != "patient-view" or finding_id in PATIENT_VIEW,
             }
         per_tenant = {
             t: o["findings"][finding_id]
@@ -444,6 +446,7 @@ def effective_view(config: Config) -> dict[str, Any]:
         findings.append({"id": finding_id, "services": per_service, "tenants": per_tenant})
     other = {
         "hold_repeats": dict(config.section("hold_repeats")),
+        "min_indicator": shared.get("min_indicator", "info"),
         "cards": dict(config.section("cards")),
         "valuesets": dict(config.section("valuesets")),
         "fhir": dict(config.section("fhir")),

@@ -78,8 +78,18 @@ RULES: dict[str, RepeatRule] = {
         compare="same",
         why="info finding already shown at order-select for this patient and order",
     ),
+    "patient-view": RepeatRule(
+        remember_as="patient-view",
+        recall_from="patient-view",
+        holdable=frozenset(INDICATOR_RANK),
+        compare="not-higher",
+        why="already shown at patient-view for this patient, at this indicator or higher,",
+        per_order=False,
+    ),
 }
-"""Per hook. Warning and critical findings are shown again at order-sign, the last look before signing."""
+"""Per hook. Warning and critical findings are shown again at order-sign, the last look before signing.
+patient-view (service ``tacrolimus-monitoring``) shows the same finding for the same patient at most once per
+window (24 h in its service file) unless its indicator rises."""
 
 
 @dataclass(frozen=True)

@@ -100,7 +100,7 @@ def discovery() -> Response:
             "title": s.title,
             "description": s.description,
             **({"usageRequirements": s.usage_requirements} if s.usage_requirements else {}),
-            "prefetch": rt.prefetch_templates,
+            "prefetch": rt.templates_for(s),
         }
         for s in rt.config.services.values()
     ]

@@ -309,7 +309,7 @@ def sandbox_links(
     )
     if markdown:
         for name, patient, link in rows:
-            click.echo(f"| `{name}` | `{patient}` | [Rx View]({link}) |")
+            click.echo(f"| `{name}` | `{patient}` | [{official.screen(name)}]({link}) |")
         return
     width = max(len(name) for name, _, _ in rows)
     for name, _, link in rows:
@@ -319,7 +319,11 @@ def sandbox_links(
 @sandbox.command("run")
 @click.argument("fixture")
 @click.option(
-    "--hook", type=click.Choice(["order-select", "order-sign"]), default="order-select", show_default=True
+    "--hook",
+    type=click.Choice(["order-select", "order-sign", "patient-view"]),
+    default=None,
+    help="Default: the fixture's own hook (patient-view for the pv-* patients), else order-select. "
+    "patient-view calls tacrolimus-monitoring: the chart is opened, no order is drafted.",
 )
 @click.option(
     "--via",
@@ -339,14 +343,15 @@ def sandbox_links(
 @click.option("--json", "as_json", is_flag=True, help="Print the raw request and response as JSON.")
 def sandbox_run(
     fixture: str,
-    hook: str,
+    hook: str | None,
     via: str,
     url: str | None,
     fhir_base: str | None,
     config_dir: str | None,
     as_json: bool,
 ) -> None:
-    """Send FIXTURE's tacrolimus order to the service and print the cards."""
+    """Send FIXTURE's tacrolimus order (or, with --hook patient-view, the opening of its chart) to the service
+    and print the cards."""
     import json
 
     from cds_service.sandbox.runner import RunError, render_exchange, run_exchange

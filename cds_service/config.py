@@ -1,8 +1,9 @@
 """Administrator configuration: ``hooks/settings.yaml`` plus one file per service in ``hooks/services/``.
 
 A service's effective settings are the shared settings with the service file's ``thresholds``, ``findings``,
-``scope`` and ``hold_repeats`` laid over them; for one caller, its tenant's overrides go on top
-(``Config.settings_for``).
+``scope``, ``hold_repeats`` and ``min_indicator`` laid over them; for one caller, its tenant's overrides go
+on top, then the tenant's overrides for that service alone (``tenants.<t>.services.<id>``;
+``Config.settings_for``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import yaml
 from cds_service.yaml_lines import compose, duplicate_keys
 
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "hooks"
-OVERRIDABLE = ("scope", "thresholds", "findings", "hold_repeats")
+OVERRIDABLE = ("scope", "thresholds", "findings", "hold_repeats", "min_indicator")
 ENVIRONMENT = {
     # Deployment-specific settings that may come from the environment (which wins over settings.yaml), so
     # one configuration folder serves every host and no secret has to live in the YAML. The admin token is
@@ -71,9 +72,17 @@ class Config:
     def section(self, name: str) -> Mapping[str, Any]:
         return self.settings.get(name) or {}
 
-    def tenant_overrides(self, tenant: str | None) -> Mapping[str, Any]:
-        """The ``tenants:`` entry for ``tenant`` (empty for no tenant or one without overrides)."""
-        return (self.section("tenants").get(tenant) or {}) if tenant else {}
+    def tenant_overrides(self, tenant: str | None, service_id: str | None = None) -> Mapping[str, Any]:
+        """The ``tenants:`` entry for ``tenant`` (empty for no tenant or one without overrides).
+
+        With ``service_id``, the entry's own ``services.<service_id>`` overrides are laid over the rest, so a
+        tenant can tune one service (the monitoring service's window) without touching the order services.
+        """
+        entry = (self.section("tenants").get(tenant) or {}) if tenant else {}
+        if service_id is None or "services" not in entry:
+            return entry
+        shared = {k: v for k, v in entry.items() if k != "services"}
+        return deep_merge(shared, (entry.get("services") or {}).get(service_id) or {})
 
     def settings_for(self, service: Service | str, tenant: str | None) -> Mapping[str, Any]:
         """Effective settings for one service and caller: shared < service file < the tenant's overrides.
@@ -81,7 +90,7 @@ class Config:
         Cached for the life of this Config (that is, of one Runtime); a reload starts afresh.
         """
         service = service if isinstance(service, Service) else self.services[service]
-        overrides = self.tenant_overrides(tenant)
+        overrides = self.tenant_overrides(tenant, service.id)
         if not overrides:
             return service.settings
         key = (service.id, tenant)
@@ -147,6 +156,7 @@ def load_config(directory: str | Path | None = None) -> Config:
         check_service,
         check_settings,
         check_thresholds,
+        where,
     )
 
     settings = with_environment(settings)
@@ -155,12 +165,14 @@ def load_config(directory: str | Path | None = None) -> Config:
         _default_source_url(settings)
     services: dict[str, Service] = {}
     service_files: dict[str, Path] = {}
+    known_ids: set[str] = set()  # every service file's id, enabled or not
     for path in sorted((root / "services").glob("*.yaml")):
         raw = _read_yaml(path)
         found = check_service(raw, path)
         problems.extend(found)
         if found:
             continue
+        known_ids.add(raw["id"])
         if raw.get("enabled", True) is False:
             continue
         if raw["id"] in services:
@@ -187,8 +199,21 @@ def load_config(directory: str | Path | None = None) -> Config:
             sound += [] if found else [service]
         for tenant, overrides in (settings.get("tenants") or {}).items():
             for service in sound if overrides.get("thresholds") else ():
-                merged = deep_merge(service.settings, overrides)["thresholds"]
+                shared = {k: v for k, v in overrides.items() if k != "services"}
+                merged = deep_merge(service.settings, shared)["thresholds"]
                 problems += check_thresholds(merged, settings_path, ["tenants", tenant, "thresholds"])
+            for service_id, own in (overrides.get("services") or {}).items():
+                if service_id not in known_ids:
+                    at = where(settings_path, ["tenants", tenant, "services", service_id])
+                    problems.append(
+                        f"{at}: tenants.{tenant}.services.{service_id}: not a service of hooks/services/; "
+                        f"known: {', '.join(sorted(known_ids))}"
+                    )
+                for service in [s for s in sound if s.id == service_id and (own or {}).get("thresholds")]:
+                    shared = {k: v for k, v in overrides.items() if k != "services"}
+                    merged = deep_merge(deep_merge(service.settings, shared), own)["thresholds"]
+                    where_ = ["tenants", tenant, "services", service_id, "thresholds"]
+                    problems += check_thresholds(merged, settings_path, where_)
         problems = list(dict.fromkeys(problems))  # a tenant's problem shows once, not once per service
     if problems:
         raise ConfigError(problems)

@@ -21,7 +21,7 @@ from cds_service.cards import FINDINGS_EXTENSION
 from cds_service.config import Config, Service
 from cds_service.fixtures import FIXTURES_DIR, manifest
 from cds_service.hook_call import Answer, answer_hook
-from cds_service.rules import FINDING_IDS, RETIRED, retired_message
+from cds_service.rules import FINDING_IDS, PATIENT_VIEW, RETIRED, retired_message
 from cds_service.rules.model import Finding
 from cds_service.runtime import Runtime
 from cds_service.storage import Store, make_engine
@@ -128,8 +128,13 @@ def load_source(source: str, hook: str) -> Source:
 
 
 def request_hook(source: str) -> str | None:
-    """The hook named by a CDS Hooks request file, or None for a fixture or Bundle."""
+    """The hook named by a CDS Hooks request file or by a fixture's manifest entry (patient-view fixtures);
+    None for another fixture or a Bundle."""
     path = Path(source)
+    entry = manifest().get(path.name.removesuffix(".json"))
+    in_fixtures = not path.is_file() or path.resolve().parent == FIXTURES_DIR.resolve()
+    if entry and entry.get("hook") and in_fixtures:
+        return str(entry["hook"])
     if not path.is_file():
         return None
     try:
@@ -158,7 +163,9 @@ def pick_service(config: Config, service_id: str | None, hook: str | None) -> Se
 class Verdict:
     id: str
     status: str
-    """``fired``, ``fired-off`` (turned off by configuration), ``held-back`` (already shown) or ``quiet``."""
+    """``fired``, ``fired-off`` (turned off by configuration), ``held-back`` (already shown),
+    ``below-minimum`` (under the service's ``min_indicator``), ``not-run`` (not a rule of this service's hook)
+    or ``quiet``."""
     indicator: str | None
     card: str | None
     why: list[str]
@@ -185,8 +192,10 @@ def pick_findings(wanted: Sequence[str]) -> tuple[str, ...]:
     return tuple(wanted) or FINDING_IDS
 
 
-def verdicts(answer: Answer, settings: Mapping[str, Any], only: Sequence[str] = FINDING_IDS) -> list[Verdict]:
-    """One verdict per catalog finding (or per id in ``only``), in catalog order."""
+def verdicts(
+    answer: Answer, settings: Mapping[str, Any], only: Sequence[str] = FINDING_IDS, hook: str = ""
+) -> list[Verdict]:
+    """One verdict per catalog finding (or per id in ``only``), in catalog order, for a call of ``hook``."""
     evaluation = answer.evaluation
     fired = {f.id: f for f in evaluation.findings} if evaluation else {}
     quiet = {q.id: q.reason for q in evaluation.quiet} if evaluation else {}
@@ -196,6 +205,9 @@ def verdicts(answer: Answer, settings: Mapping[str, Any], only: Sequence[str] = 
         for item in card.get("extension", {}).get(FINDINGS_EXTENSION, ())
     }
     held = {h.id: h for h in answer.held}
+    below = {f.id for f in answer.below}
+    minimum = settings.get("min_indicator", "info")
+    runs = PATIENT_VIEW if hook == "patient-view" else FINDING_IDS
     thresholds = settings.get("thresholds") or {}
     out = []
     for finding_id in (f for f in FINDING_IDS if f in only):
@@ -211,20 +223,31 @@ def verdicts(answer: Answer, settings: Mapping[str, Any], only: Sequence[str] = 
             if finding_id in held:
                 status = "held-back"
                 why.insert(0, f"held back, not on a card: {held[finding_id].why}")
+            elif finding_id in below:
+                status = "below-minimum"
+                why.insert(0, f"{indicator}, below this service's min_indicator ({minimum}): not on a card")
             elif not card and options.get("enabled", True) is False:
                 why.append(
                     f"turned off by configuration (findings.{finding_id}.enabled: false): not on a card"
                 )
             out.append(Verdict(finding_id, status, indicator, card, why, read))
+        elif finding_id not in runs:
+            reason = (
+                "not run by this service: patient-view runs the pregnancy family, S7 and the monitoring "
+                "family except N11 and N15"
+            )
+            out.append(Verdict(finding_id, "not-run", None, None, [reason], read))
         else:
-            reason = quiet.get(finding_id) or quiet.get("scope") or _no_evaluation_reason(answer)
+            reason = quiet.get(finding_id) or quiet.get("scope") or _no_evaluation_reason(answer, hook)
             out.append(Verdict(finding_id, "quiet", None, None, [reason], read))
     return out
 
 
-def _no_evaluation_reason(answer: Answer) -> str:
+def _no_evaluation_reason(answer: Answer, hook: str) -> str:
     if answer.status == 412:
         return "not evaluated: required patient data could not be obtained (412)"
+    if not answer.notes.get("triggers") and hook == "patient-view":
+        return "not evaluated: no active systemic tacrolimus order on record"
     if not answer.notes.get("triggers"):
         return "not evaluated: no systemic tacrolimus order in this request"
     return "not evaluated"
@@ -254,7 +277,7 @@ def explain(
     finally:
         runtime.close()
     settings = config.settings_for(service, tenant)
-    return answer, verdicts(answer, settings, only), settings
+    return answer, verdicts(answer, settings, only, service.hook), settings
 
 
 def as_text(
@@ -268,7 +291,7 @@ def as_text(
     lines = [
         f"request:  {source.label}",
         f"service:  {service.id} (hook {service.hook}), tenant {tenant or '(none)'}",
-        f"scope:    {settings.get('scope')}",
+        f"scope:    {settings.get('scope')}; cards show {settings.get('min_indicator', 'info')} and above",
         f"answer:   HTTP {answer.status}, {len(answer.body.get('cards', ()))} card(s)",
     ]
     for card in answer.body.get("cards", ()):
@@ -278,12 +301,19 @@ def as_text(
         for issue in answer.body.get("issue", ()):
             lines.append(f"  {issue.get('diagnostics')}")
     lines.append("")
-    labels = {"fired": "FIRED", "fired-off": "fired, off", "held-back": "held back", "quiet": "quiet"}
+    labels = {
+        "fired": "FIRED",
+        "fired-off": "fired, off",
+        "held-back": "held back",
+        "below-minimum": "fired, below min_indicator",
+        "not-run": "not run",
+        "quiet": "quiet",
+    }
     for verdict in found:
         head = labels[verdict.status]
         if verdict.status == "fired":
             head += f" ({verdict.indicator}, card {verdict.card})"
-        elif verdict.status == "held-back":
+        elif verdict.status in ("held-back", "below-minimum"):
             head += f" ({verdict.indicator})"
         lines.append(f"{verdict.id:<4} {head}")
         lines += [f"       {line}" for line in verdict.why]

@@ -60,6 +60,15 @@ class Gathered:
     def missing_required(self) -> dict[str, str]:
         return {k: why for k, why in self.unavailable.items() if KEY_BY_NAME[k].required}
 
+    def merged(self, other: Gathered) -> Gathered:
+        """Both gatherings as one (patient-view gathers the medications first, the rest only if needed)."""
+        return Gathered(
+            {**self.resources, **other.resources},
+            {**self.unavailable, **other.unavailable},
+            {**self.incomplete, **other.incomplete},
+            [*self.fetched, *other.fetched],
+        )
+
 
 class ServerExecutors:
     """A few threads per FHIR server (scheme and host), made when first needed, the least used dropped.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,11 +25,17 @@ from cds_service.gather import Gathered, gather, run_parallel
 from cds_service.prefetch import KEY_BY_NAME
 from cds_service.protocol import validate_request
 from cds_service.record_builder import build_record
+from cds_service.rules import PATIENT_VIEW as PATIENT_VIEW_RULES
 from cds_service.rules import evaluate
-from cds_service.rules.model import Evaluation, Finding, RuleInput
+from cds_service.rules.model import INDICATOR_RANK, Evaluation, Finding, RuleInput
 from cds_service.runtime import Runtime
 from cds_service.smart.links import add_course_links, course_context
-from cds_service.trigger import bundle_resolver, draft_resources, find_trigger_orders
+from cds_service.trigger import (
+    bundle_resolver,
+    draft_resources,
+    find_active_tacrolimus,
+    find_trigger_orders,
+)
 
 log = logging.getLogger("cds_service.hook_call")
 
@@ -56,6 +62,8 @@ class Answer:
     """Findings that fired but were not shown again (``alert_memory``): what ``explain`` reports."""
     to_remember: Callable[[], int] | None = None
     """Remembers the findings shown (order-select); called by the HTTP endpoint, never by ``explain``."""
+    below: list[Finding] = field(default_factory=list)
+    """Findings that fired below the service's ``min_indicator`` (patient-view: info), so not shown."""
 
 
 def operation_outcome(issues: Mapping[str, str], code: str = "not-found") -> dict[str, Any]:
@@ -148,6 +156,9 @@ def _medication_resolver(
     return resolve
 
 
+PATIENT_VIEW = "patient-view"
+
+
 def answer_hook(
     body: Any,
     service: Service,
@@ -161,6 +172,10 @@ def answer_hook(
 ) -> Answer:
     """The answer to one hook call; ``tenant`` (the caller's organisation) picks its overrides.
 
+    Order hooks trigger on a tacrolimus draft order; patient-view (rules.md § Patients already on tacrolimus)
+    on an active tacrolimus order on record, so it reads the medications first and the rest only if one is
+    there.
+
     With ``smart_app_url`` (the course app's launch URL) the monitoring and salvage cards link to the app.
     ``laps`` times the stages into ``cds_stage_seconds``; ``request_id`` goes on every FHIR call.
     """
@@ -171,26 +186,47 @@ def answer_hook(
     context = body["context"]
     deadline = time.monotonic() + runtime.config.section("fhir")["deadline_seconds"]
     client, client_problem = fhir_client_for(body, runtime, deadline, caller, request_id)
+    templates = runtime.templates_for(service)
+    patient_view = service.hook == PATIENT_VIEW
 
-    try:
-        triggers = find_trigger_orders(
-            context, service.hook, runtime.terminology, _medication_resolver(body, None, client, runtime)
+    def gather_keys(keys: Iterable[str]) -> Gathered:
+        return gather(
+            body.get("prefetch"),
+            {k: templates[k] for k in keys},
+            context,
+            client,
+            runtime.executors,
+            client_problem or "no fhirServer in the request",
+            runtime.config.section("fhir").get("max_resources_per_key", 50_000),
         )
-    except FhirError:
-        triggers = []
-    if not triggers:
-        return Answer(200, {"cards": []}, notes={"triggers": 0})
 
-    gathered = gather(
-        body.get("prefetch"),
-        runtime.prefetch_templates,
-        context,
-        client,
-        runtime.executors,
-        client_problem or "no fhirServer in the request",
-        runtime.config.section("fhir").get("max_resources_per_key", 50_000),
-    )
-    notes = {
+    if patient_view:
+        gathered = gather_keys(["medications"])
+        if gathered.missing_required:
+            unread = {"triggers": 0, "fetched": gathered.fetched, "unavailable": sorted(gathered.unavailable)}
+            return Answer(412, operation_outcome(gathered.missing_required), notes=unread)
+        try:
+            triggers = find_active_tacrolimus(
+                _stored_orders(gathered),
+                runtime.terminology,
+                _medication_resolver(body, gathered, client, runtime),
+            )
+        except FhirError:
+            triggers = []
+        if not triggers:
+            return Answer(200, {"cards": []}, notes={"triggers": 0, "fetched": gathered.fetched})
+        gathered = gathered.merged(gather_keys(k for k in templates if k != "medications"))
+    else:
+        try:
+            triggers = find_trigger_orders(
+                context, service.hook, runtime.terminology, _medication_resolver(body, None, client, runtime)
+            )
+        except FhirError:
+            triggers = []
+        if not triggers:
+            return Answer(200, {"cards": []}, notes={"triggers": 0})
+        gathered = gather_keys(templates)
+    notes: dict[str, Any] = {
         "triggers": len(triggers),
         "fetched": sorted(gathered.fetched),
         "unavailable": sorted(gathered.unavailable),
@@ -201,9 +237,7 @@ def answer_hook(
 
     resources = gathered.resources
     settings = runtime.config.settings_for(service, tenant)
-    stored_orders = [
-        r for r in resources.get("medications", ()) if r.get("resourceType") == "MedicationRequest"
-    ]
+    stored_orders = _stored_orders(gathered)
     record = build_record(
         terminology=runtime.terminology,
         now=now,
@@ -211,7 +245,7 @@ def answer_hook(
         conditions=[r for r in resources.get("conditions", ()) if r.get("resourceType") == "Condition"],
         medications=stored_orders,
         drafts=draft_resources(context),
-        trigger_ids={str(t.get("id")) for t in triggers},
+        trigger_ids=set() if patient_view else {str(t.get("id")) for t in triggers},
         allergies=[
             r for r in resources.get("allergies", ()) if r.get("resourceType") == "AllergyIntolerance"
         ],
@@ -220,20 +254,30 @@ def answer_hook(
         unavailable={KEY_BY_NAME[k].resource_type for k in gathered.unavailable},
         lookback_days=longest_lookback(settings["thresholds"]),
     )
+    if patient_view:  # the newest active tacrolimus order is "the order", continuing therapy
+        by_id = {m.id: m for m in record.medications if not m.is_draft}
+        orders = tuple(by_id[i] for i in [str(t.get("id")) for t in triggers][:1] if i in by_id)
+    else:
+        orders = tuple(m for m in record.medications if m.is_trigger)
     laps.lap("record")
     rule_input = RuleInput(
         record=record,
-        orders=tuple(m for m in record.medications if m.is_trigger),
+        orders=orders,
         thresholds=settings["thresholds"],
         scope=settings["scope"],
+        continuing=patient_view,
+        only=PATIENT_VIEW_RULES if patient_view else None,
     )
     evaluation = evaluate(rule_input)
     laps.lap("rules")
     not_checked = {DATA_NAMES[k]: why for k, why in {**gathered.unavailable, **gathered.incomplete}.items()}
-    about = (tenant, str(context.get("patientId")), [str(t.get("id")) for t in triggers])
-    findings, held, to_remember = _repeats(
-        apply_finding_settings(evaluation.findings, settings), service, runtime, settings, about, now
+    findings, below = at_or_above(
+        apply_finding_settings(evaluation.findings, settings), settings.get("min_indicator", "info")
     )
+    if below:
+        notes["below_min_indicator"] = [f.id for f in below]
+    about = (tenant, str(context.get("patientId")), [str(t.get("id")) for t in triggers])
+    findings, held, to_remember = _repeats(findings, service, runtime, settings, about, now)
     if held:
         notes["held_back"] = [h.id for h in held]
         notes["held_back_why"] = sorted({h.why for h in held})
@@ -248,8 +292,26 @@ def answer_hook(
         cards = add_course_links(cards, smart_app_url, course_context(rule_input))
     laps.lap("cards")
     return Answer(
-        200, {"cards": cards}, evaluation=evaluation, notes=notes, held=held, to_remember=to_remember
+        200,
+        {"cards": cards},
+        evaluation=evaluation,
+        notes=notes,
+        held=held,
+        to_remember=to_remember,
+        below=below,
     )
+
+
+def _stored_orders(gathered: Gathered) -> list[dict]:
+    medications = gathered.resources.get("medications", ())
+    return [r for r in medications if r.get("resourceType") == "MedicationRequest"]
+
+
+def at_or_above(findings: list[Finding], minimum: str) -> tuple[list[Finding], list[Finding]]:
+    """(findings shown, findings below ``min_indicator``): patient-view shows warning and worse by default."""
+    rank = INDICATOR_RANK[minimum]
+    shown = [f for f in findings if INDICATOR_RANK[f.indicator] >= rank]
+    return shown, [f for f in findings if INDICATOR_RANK[f.indicator] < rank]
 
 
 def _repeats(

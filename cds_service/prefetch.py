@@ -48,15 +48,17 @@ def observation_codes(needs: Mapping[str, tuple[str, ...]], terminology: Termino
 
 
 def templates(needs: Mapping[str, tuple[str, ...]], terminology: Terminology) -> dict[str, str]:
+    """One template per resource type the rules read (a service whose rules read no allergies asks none)."""
     patient = "{{context.patientId}}"
     codes = ",".join(observation_codes(needs, terminology))
-    return {
+    every = {
         "patient": f"Patient/{patient}",
         "conditions": f"Condition?patient={patient}",
         "medications": f"MedicationRequest?patient={patient}",
         "observations": f"Observation?patient={patient}&code={codes}&_sort=-date&_count=500",
         "allergies": f"AllergyIntolerance?patient={patient}",
     }
+    return {key: query for key, query in every.items() if KEY_BY_NAME[key].resource_type in needs}
 
 
 class TemplateError(ValueError):

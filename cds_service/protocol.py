@@ -168,6 +168,7 @@ _REQUEST = _compile(_SCHEMAS["request.json"])
 _CONTEXT_BY_HOOK = {
     "order-select": _compile(_SCHEMAS["order-select-context.json"]),
     "order-sign": _compile(_SCHEMAS["order-sign-context.json"]),
+    "patient-view": _compile(_SCHEMAS["patient-view-context.json"]),
 }
 _RESPONSE = _compile(_SCHEMAS["response.json"])
 _DISCOVERY = _compile(_SCHEMAS["discovery.json"])

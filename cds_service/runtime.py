@@ -18,7 +18,7 @@ from cds_service.fhir_client import shared_session
 from cds_service.fhir_policy import FhirPolicy
 from cds_service.gather import ServerExecutors
 from cds_service.prefetch import templates
-from cds_service.rules import NEEDS
+from cds_service.rules import NEEDS, needs_for
 from cds_service.storage import Store, engine_url, make_engine
 from cds_service.terminology import Terminology
 
@@ -95,7 +95,17 @@ class Runtime:
 
     @cached_property
     def prefetch_templates(self) -> dict[str, str]:
+        """The order services' templates (everything the whole catalog reads)."""
         return templates(NEEDS, self.terminology)
+
+    @cached_property
+    def _patient_view_templates(self) -> dict[str, str]:
+        return templates(needs_for("patient-view"), self.terminology)
+
+    def templates_for(self, service: Service | str) -> dict[str, str]:
+        """The prefetch templates of one service (by its hook): exactly what the rules it runs read."""
+        hook = service.hook if isinstance(service, Service) else service
+        return self._patient_view_templates if hook == "patient-view" else self.prefetch_templates
 
     def service(self, service_id: str) -> Service | None:
         return self.config.services.get(service_id)

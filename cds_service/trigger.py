@@ -160,3 +160,25 @@ def bundle_resolver(resources: Iterable[Mapping]) -> Resolver:
     """Resolve ``Medication/x`` against Medication resources sent in the same request."""
     by_ref = {f"Medication/{r.get('id')}": r for r in resources if r.get("resourceType") == "Medication"}
     return by_ref.get
+
+
+ACTIVE_STORED = ("active", "on-hold")
+"""Statuses of a stored order that mean "the patient is on it" (a stored draft is not signed yet)."""
+
+
+def find_active_tacrolimus(
+    stored: Iterable[Mapping], terminology: Terminology, resolve: Resolver | None = None
+) -> list[Mapping]:
+    """patient-view's trigger: the patient's stored, active (or on-hold) systemic tacrolimus orders.
+
+    The same recognition as a draft order's (by code, ingredient, else name; never a skin form), newest
+    ``authoredOn`` first: the first is "the order" the monitoring rules treat as continuing therapy.
+    """
+    found = [
+        o
+        for o in stored
+        if o.get("resourceType") in ORDER_TYPES
+        and o.get("status") in ACTIVE_STORED
+        and is_systemic_tacrolimus(drug_name(o, resolve), terminology)
+    ]
+    return sorted(found, key=lambda o: str(o.get("authoredOn") or ""), reverse=True)

@@ -561,6 +561,8 @@ class Fixture:
     selections: list[str] | None = None
     quiet: dict[str, str] | None = None
     """Finding id -> why a finding a reader might expect does *not* fire (one line)."""
+    service: str | None = None
+    """A service other than the order services (``tacrolimus-monitoring``): sent by that service's hook."""
 
 
 FIXTURES: list[Callable[[], Fixture]] = []
@@ -2031,6 +2033,153 @@ def s4_class_v_renewal() -> Fixture:
     )
 
 
+# --- Patients already on tacrolimus (patient-view, service tacrolimus-monitoring) ---------------------------
+#
+# No draft orders: the EHR calls patient-view when the chart is opened. Each patient has an active tacrolimus
+# order stored for months; ``expected`` is what the service shows with its bundled settings (warning and
+# critical only), and ``quiet`` names the info findings that fire but are not shown.
+
+MONITORING = "tacrolimus-monitoring"
+PV_TAC_DOSE = "2 mg by mouth every 12 hours"
+OTHER_PRESCRIBER = {"reference": "Practitioner/urgent-care-prescriber", "display": "Urgent care clinic"}
+
+
+def _on_tacrolimus(c: Chart, since: str, *, mmf: bool = True) -> str:
+    """Lupus nephritis, class IV, treated with tacrolimus (and mycophenolate) since ``since``."""
+    c.condition("sle", on("2015-09-09"))
+    c.condition("ln-class-iv", on("2026-01-12"))
+    if mmf:
+        c.order("mmf-500mg", on("2026-01-20"), dosage=MMF_DOSE)
+    return c.order("tacrolimus-1mg", since, key="mr-tac", dosage=PV_TAC_DOSE)
+
+
+def _requested_by(c: Chart, ref: str, requester: dict) -> None:
+    """Record who ordered ``ref`` (a prescriber outside the team that manages tacrolimus)."""
+    resource = next(r for r in c.resources if f"{r['resourceType']}/{r['id']}" == ref)
+    resource["requester"] = requester
+
+
+@fixture
+def pv_creatinine_rise_45pct() -> Fixture:
+    c = Chart("pvcrea").patient("Samuel", "Osei", "male", "1985-02-14")
+    _on_tacrolimus(c, on("2026-05-04"))
+    c.panel(on("2026-01-15"), creatinine=0.86, upcr=2.4)
+    c.panel(on("2026-04-20"), creatinine=0.80, upcr=1.1)
+    c.panel(on("2026-07-01"), creatinine=0.92, upcr=0.6, tacrolimus=6.8)
+    normal_visit(c, 5, creatinine=1.16, egfr=77, upcr=0.4, tacrolimus=7.2)
+    return Fixture(
+        "pv-creatinine-rise-45pct",
+        "Six months on tacrolimus: creatinine 0.80 -> 1.16 mg/dL (+45 %) since it started",
+        c,
+        {"N3": "Creatinine 1.16 mg/dL is 45 % above the 0.80 mg/dL baseline before tacrolimus started."},
+        quiet={
+            "N2": "The rise is 30 % or more: N3 (critical), not N2.",
+            "N4": "Trough 7.2 ng/mL is under 8, the ceiling with mycophenolate.",
+        },
+        service=MONITORING,
+    )
+
+
+@fixture
+def pv_high_trough() -> Fixture:
+    c = Chart("pvtrough").patient("Teresa", "Lopes", "female", "1979-06-30")
+    _on_tacrolimus(c, on("2026-03-02"), mmf=False)
+    c.order("azathioprine-50mg", on("2026-03-02"), dosage="100 mg by mouth once daily")
+    c.panel(on("2026-02-20"), creatinine=0.70, upcr=2.8)
+    c.panel(on("2026-06-15"), creatinine=0.72, upcr=0.8, tacrolimus=8.4)
+    normal_visit(c, 4, creatinine=0.75, egfr=98, upcr=0.4, tacrolimus=14.0)
+    c.lab("hcg", 1.0, "IU/L", ago(4))
+    return Fixture(
+        "pv-high-trough",
+        "Eight months on tacrolimus (with azathioprine): trough 14 ng/mL, creatinine stable",
+        c,
+        {"N4": "Tacrolimus level 14 ng/mL is above 10 ng/mL (no mycophenolate)."},
+        quiet={"N2": "Creatinine 0.75 mg/dL is 7 % above the 0.70 mg/dL baseline."},
+        service=MONITORING,
+    )
+
+
+@fixture
+def pv_new_clarithromycin() -> Fixture:
+    c = Chart("pvclari").patient("Daniel", "Kowalski", "male", "1990-11-03")
+    _on_tacrolimus(c, on("2026-04-06"))
+    c.panel(on("2026-03-25"), creatinine=0.95, upcr=1.9)
+    normal_visit(c, 9, creatinine=0.97, egfr=101, upcr=0.45, tacrolimus=6.6)
+    clarithromycin = c.order(
+        "clarithromycin", ago(1, "17:40"), dosage="500 mg by mouth every 12 hours for 7 days"
+    )
+    _requested_by(c, clarithromycin, OTHER_PRESCRIBER)
+    return Fixture(
+        "pv-new-clarithromycin",
+        "Seven months on tacrolimus; clarithromycin ordered yesterday by an urgent care clinic",
+        c,
+        {"N9": "Clarithromycin, a strong CYP3A4 inhibitor, is an active order (another prescriber's)."},
+        quiet={"N4": "The last trough (6.6 ng/mL, 9 days ago) predates the clarithromycin."},
+        service=MONITORING,
+    )
+
+
+@fixture
+def pv_duplicate_calcineurin_inhibitor() -> Fixture:
+    c = Chart("pvcni").patient("Leila", "Haddad", "female", "1987-04-19")
+    _on_tacrolimus(c, on("2026-02-09"))
+    c.panel(on("2026-01-25"), creatinine=0.74, upcr=2.2)
+    normal_visit(c, 12, creatinine=0.78, egfr=99, upcr=0.5, tacrolimus=6.1)
+    c.lab("hcg", 1.0, "IU/L", ago(12))
+    cyclosporine = c.order("cyclosporine-modified", ago(3), dosage="100 mg by mouth every 12 hours")
+    _requested_by(c, cyclosporine, OTHER_PRESCRIBER)
+    return Fixture(
+        "pv-duplicate-calcineurin-inhibitor",
+        "Nine months on tacrolimus; cyclosporine ordered 3 days ago by another prescriber",
+        c,
+        {"N12": "Cyclosporine is active next to the active tacrolimus order: two calcineurin inhibitors."},
+        service=MONITORING,
+    )
+
+
+@fixture
+def pv_new_pregnancy() -> Fixture:
+    c = Chart("pvpreg").patient("Amara", "Nwosu", "female", "1995-08-08")
+    _on_tacrolimus(c, on("2026-03-16"))
+    c.panel(on("2026-03-01"), creatinine=0.68, upcr=2.6)
+    normal_visit(c, 6, creatinine=0.70, egfr=112, upcr=0.35, tacrolimus=6.4)
+    c.lab("hcg-beta", 1460, "IU/L", ago(6))
+    c.condition("pregnancy", ago(5))
+    return Fixture(
+        "pv-new-pregnancy",
+        "Seven and a half months on tacrolimus and mycophenolate; beta-hCG 1460 IU/L 6 days ago",
+        c,
+        {"P2": "Mycophenolate is an active order during pregnancy (critical)."},
+        quiet={
+            "P1": "Pregnant: P1 fires but is info, below the service's min_indicator (warning).",
+            "P6": "A trough 6 days ago.",
+        },
+        service=MONITORING,
+    )
+
+
+@fixture
+def pv_stable_well_monitored() -> Fixture:
+    c = Chart("pvstable").patient("Rosa", "Jimenez", "female", "1982-12-01")
+    _on_tacrolimus(c, on("2026-02-02"))
+    c.panel(on("2026-01-22"), creatinine=0.76, upcr=2.0)
+    c.panel(on("2026-05-04"), creatinine=0.78, upcr=0.6, tacrolimus=6.9)
+    c.panel(on("2026-08-03"), creatinine=0.79, upcr=0.3, tacrolimus=6.2)
+    normal_visit(c, 8, creatinine=0.80, egfr=94, upcr=0.25, tacrolimus=6.0)
+    c.lab("hcg", 1.0, "IU/L", ago(8))
+    return Fixture(
+        "pv-stable-well-monitored",
+        "Nine months on tacrolimus and mycophenolate, every lab recent and in range: no card",
+        c,
+        {},
+        quiet={
+            "N2": "Creatinine 0.80 mg/dL is 5 % above the 0.76 mg/dL baseline.",
+            "N4": "Trough 6.0 ng/mL is under 8 (with mycophenolate).",
+        },
+        service=MONITORING,
+    )
+
+
 # --- Writing ------------------------------------------------------------------------------------------------
 
 
@@ -2046,6 +2195,9 @@ def manifest_entry(f: Fixture) -> dict:
         entry["quiet"] = f.quiet
     if f.chart.malformed:
         entry["malformed"] = f.chart.malformed
+    if f.service:
+        entry["service"] = f.service
+        entry["hook"] = "patient-view"
     return entry
 
 

@@ -140,16 +140,23 @@ def test_the_page_shows_the_effective_configuration(tmp_path):
     response = app.test_client().get("/admin", headers=BEARER)
     assert response.status_code == 200 and response.mimetype == "text/html"
     tables = Tables(response.get_data(as_text=True)).tables
-    assert [r[0] for r in tables["services"][1:]] == ["tacrolimus-order-select", "tacrolimus-order-sign"]
+    assert [r[0] for r in tables["services"][1:]] == [
+        "tacrolimus-monitoring",
+        "tacrolimus-order-select",
+        "tacrolimus-order-sign",
+    ]
     assert row(tables["thresholds"], "potassium_max")[1] == "5.8"
     rise = row(tables["thresholds"], "creatinine_rise_warning")
     assert rise[1] == "0.2" and "N2" in rise[3] and "tenant hospital-a: 0.15" in rise[4]
     n1 = row(tables["findings"], "N1")
     assert n1[1] == "Baseline labs missing"  # every finding is named in words next to its id
-    assert n1[2].startswith("off") and n1[3].startswith("off")
+    assert n1[2].startswith("off") and n1[3].startswith("off") and n1[4].startswith("off")
+    assert row(tables["findings"], "N11")[2] == "not run by this service"  # patient-view: N11, N15, S0-S4
+    assert row(tables["services"], "tacrolimus-monitoring")[1] == "patient-view"
+    assert "min_indicator: warning" in row(tables["services"], "tacrolimus-monitoring")[4]
     assert all(r[1] for r in tables["findings"][1:])
     assert "indicator warning" in row(tables["findings"], "P2")[2]
-    assert "tenant hospital-a: off" in row(tables["findings"], "N7")[4]
+    assert "tenant hospital-a: off" in row(tables["findings"], "N7")[5]
     assert row(tables["other"], "hold_repeats.window_minutes")[1] == "60"
     assert (
         row(tables["tenants"], "hospital-a")[1]

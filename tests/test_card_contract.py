@@ -20,13 +20,14 @@ FINDING_HEAD = re.compile(r"^\*\*(Critical|Warning|Info) · ([PSN]\d+)\.\*\* ", 
 
 @pytest.fixture(scope="module")
 def cards_by_fixture(tmp_path_factory) -> dict[str, list[dict]]:
-    """Every fixture's order-sign cards (hold_repeats off: each fixture is a fresh order anyway)."""
+    """Every fixture's order-sign cards (hold_repeats off: each fixture is a fresh order anyway); the
+    patient-view fixtures' tacrolimus-monitoring cards."""
     client = make_app(tmp_path_factory.mktemp("contract"), hold_repeats={"enabled": False}).test_client()
     found = {}
     for fixture in FIXTURES:
-        response = client.post(
-            "/cds-services/tacrolimus-order-sign", json=build_request(fixture, hook="order-sign")
-        )
+        hook = manifest()[fixture].get("hook", "order-sign")
+        service = manifest()[fixture].get("service", "tacrolimus-order-sign")
+        response = client.post(f"/cds-services/{service}", json=build_request(fixture, hook=hook))
         assert response.status_code == 200, (fixture, response.get_json())
         found[fixture] = response.get_json()["cards"]
     return found

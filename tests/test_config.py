@@ -271,7 +271,7 @@ TENANT_BLOCK = "tenants:\n  hospital-a:\n    thresholds:\n      potassium_max: 5
         ("settings.yaml", "\ntenants: {}\n", "\n" + TENANT_BLOCK,
          "tenants.hospital-a.thresholds.potassium_max: must be a number between 2 and 10, got 55"),
         ("services/tacrolimus-order-sign.yaml", "hook: order-sign", "hook: order-sgn",
-         "hook: must be one of 'order-select', 'order-sign', got 'order-sgn'"),
+         "hook: must be one of 'order-select', 'order-sign', 'patient-view', got 'order-sgn'"),
     ],
     ids=["text-for-number", "scope", "indicator", "finding-id", "retired-S5", "retired-S6-tenant",
          "retired-S5-service", "hcg-unconfirmed", "bp-pair", "boolean", "integer", "admin-hash",

@@ -167,7 +167,7 @@ def test_this_projects_service_definitions_form_a_valid_discovery_document():
     services = [
         yaml.safe_load(path.read_text()) for path in sorted((REPO / "hooks" / "services").glob("*.yaml"))
     ]
-    assert {service["hook"] for service in services} == {"order-select", "order-sign"}
+    assert {service["hook"] for service in services} == {"order-select", "order-sign", "patient-view"}
     assert check_discovery({"services": services}) == []
 
 
@@ -288,8 +288,8 @@ def test_wrong_hook_for_the_service():
 
 
 def test_unsupported_expected_hook_is_a_programming_error_not_a_client_error():
-    with pytest.raises(ValueError, match="patient-view"):
-        validate_request(order_select_request(), "patient-view")
+    with pytest.raises(ValueError, match="encounter-start"):
+        validate_request(order_select_request(), "encounter-start")
 
 
 def fhir_authorization(**overrides) -> dict:

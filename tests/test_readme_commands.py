@@ -67,9 +67,11 @@ def test_order_select_and_order_sign_examples_get_the_pregnancy_cards(answers):
         assert body["cards"][0]["summary"].startswith("Teratogen active in pregnancy")
 
 
-def test_patient_view_example_is_refused_naming_the_hook(answers):
+def test_patient_view_example_gets_the_monitoring_warning(answers):
     status, body = answers["examples/patient-view.json"]
-    assert status == 400 and body["field"] == "hook"
+    assert status == 200 and check_response(body) == []
+    [card] = body["cards"]
+    assert card["indicator"] == "warning" and "N4" in json.dumps(card["extension"])
 
 
 def test_feedback_example_is_stored(answers):

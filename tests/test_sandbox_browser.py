@@ -297,3 +297,20 @@ def test_suggestion_actions_create_delete_and_update_the_drafts(page):
     assert clarithromycin not in labels
     assert "tacrolimus 0.5 mg (new)" in labels[tacrolimus]
     assert any(ref.startswith("ServiceRequest/") and "Trough level" in text for ref, text in labels.items())
+
+
+def test_the_patient_view_button_opens_a_chart_and_shows_the_monitoring_warning(page, service):
+    """A patient on tacrolimus for months: Fire patient-view calls tacrolimus-monitoring (no draft order);
+    a second view within 24 hours (the service reading the chart from /sandbox/fhir) shows nothing new."""
+    page.select_option("#fixture", "pv-high-trough")
+    expect(page.locator("#banner")).to_contain_text("trough 14")
+    page.click(".fire-button[data-hook=patient-view]")
+    card = page.wait_for_selector(".card[data-topic=nephrotoxicity-monitoring]")
+    assert card.get_attribute("data-indicator") == "warning"
+    assert _shown_findings(page) == {"N4"}
+    page.check("input[name=via][value=fhir]")
+    page.click(".fire-button[data-hook=patient-view]")
+    expect(page.locator("#status")).to_contain_text("patient-view via fhir: HTTP 200, 0 cards")
+    assert page.query_selector(".card") is None
+    assert "POST /cds-services/tacrolimus-monitoring" in page.text_content("body")  # the raw exchange
+    assert page.problems == []

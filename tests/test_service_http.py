@@ -63,29 +63,30 @@ def fhir(patient):
 # --- discovery ----------------------------------------
 
 
-def test_discovery_offers_both_services_with_templates_using_only_2_0_tokens(client, app):
+def test_discovery_offers_the_three_services_with_templates_using_only_2_0_tokens(client, app):
     response = client.get("/cds-services")
     assert response.status_code == 200
     body = response.get_json()
     assert check_discovery(body) == []
     hooks = {s["id"]: s["hook"] for s in body["services"]}
-    assert hooks == {"tacrolimus-order-select": "order-select", "tacrolimus-order-sign": "order-sign"}
+    assert hooks == {
+        "tacrolimus-order-select": "order-select",
+        "tacrolimus-order-sign": "order-sign",
+        "tacrolimus-monitoring": "patient-view",
+    }
     for service in body["services"]:
         assert service["title"] and service["description"] and service["usageRequirements"]
-        assert set(service["prefetch"]) == {
-            "patient",
-            "conditions",
-            "medications",
-            "observations",
-            "allergies",
-        }
+        assert {"patient", "conditions", "medications", "observations"} <= set(service["prefetch"])
+        assert ("allergies" in service["prefetch"]) == (service["hook"] != "patient-view")
         for template in service["prefetch"].values():
             assert set(re.findall(r"\{\{(.*?)\}\}", template)) == {"context.patientId"}
             assert "draftOrders" not in template and "today()" not in template
 
 
 def test_observation_template_asks_for_exactly_the_loinc_codes_the_rules_read(client, app):
-    template = client.get("/cds-services").get_json()["services"][0]["prefetch"]["observations"]
+    services = client.get("/cds-services").get_json()["services"]
+    order_select = next(s for s in services if s["id"] == "tacrolimus-order-select")
+    template = order_select["prefetch"]["observations"]
     asked = set(re.search(r"code=([^&]+)", template).group(1).split(","))
     terminology = app.extensions["cds_runtime"]().terminology
     needed = {

@@ -49,6 +49,23 @@ def retired_message(finding_id: str) -> str:
 NEEDS: dict[str, tuple[str, ...]] = merge_needs(SCOPE_NEEDS, pregnancy.NEEDS, salvage.NEEDS, monitoring.NEEDS)
 """What the rules read: resource type → value-set names. Discovery derives its prefetch templates from it."""
 
+S7_NEEDS: dict[str, tuple[str, ...]] = {
+    "Condition": ("lupus-nephritis", "lupus-nephritis-class-v"),
+    "Observation": ("upcr",),
+    "MedicationRequest": ("tacrolimus",),
+}
+"""What S7 reads (lupus nephritis, tacrolimus exposure, UPCR): the one salvage finding patient-view runs."""
+
+PATIENT_VIEW_NEEDS: dict[str, tuple[str, ...]] = merge_needs(
+    SCOPE_NEEDS, pregnancy.NEEDS, S7_NEEDS, monitoring.NEEDS
+)
+"""What ``PATIENT_VIEW`` reads: no allergies (only S3 reads them) and none of the salvage-only labs."""
+
+
+def needs_for(hook: str) -> dict[str, tuple[str, ...]]:
+    """What the rules a hook runs read: its prefetch templates are derived from it."""
+    return PATIENT_VIEW_NEEDS if hook == "patient-view" else NEEDS
+
 
 def in_scope(inp: RuleInput) -> Quiet | None:
     """None when the rules may speak; otherwise the Quiet that says why not."""
@@ -90,10 +107,12 @@ __all__ = [
     "FINDING_IDS",
     "NEEDS",
     "PATIENT_VIEW",
+    "PATIENT_VIEW_NEEDS",
     "RETIRED",
     "RULES",
     "Rule",
     "evaluate",
     "in_scope",
+    "needs_for",
     "retired_message",
 ]

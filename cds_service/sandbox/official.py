@@ -2,7 +2,8 @@
 
 The Sandbox reads its set-up from its URL: ``fhirServiceUrl`` (an open FHIR server: the fixture server),
 ``patientId``, ``serviceDiscoveryURL`` (this service's discovery), ``hook``/``screen`` (Rx View,
-order-select) and ``prescribedMedication`` (an RxNorm code from its own medication list).
+order-select, or Patient View for the patients already on tacrolimus) and ``prescribedMedication`` (an RxNorm
+code from its own medication list, for Rx View).
 """
 
 from __future__ import annotations
@@ -26,21 +27,28 @@ def patient_id(fixture: str) -> str:
     )
 
 
+def screen(fixture: str) -> str:
+    """The Sandbox tab a fixture opens: Patient View for the patient-view fixtures, else Rx View."""
+    return "Patient View" if manifest()[fixture].get("hook") == "patient-view" else "Rx View"
+
+
 def sandbox_link(
     fixture: str,
     sandbox: str = HOSTED_SANDBOX,
     fhir: str = LOCAL_FHIR,
     discovery: str = LOCAL_DISCOVERY,
 ) -> str:
-    """The Sandbox's Rx View on this fixture's patient, with a tacrolimus draft and our services added."""
+    """The Sandbox's Rx View on this fixture's patient, with a tacrolimus draft and our services added; for
+    a patient-view fixture (on tacrolimus for months) its Patient View, which calls tacrolimus-monitoring."""
     params = {
         "fhirServiceUrl": fhir,
         "patientId": patient_id(fixture),
         "serviceDiscoveryURL": discovery,
-        "hook": "order-select",
-        "screen": "rx-view",
-        "prescribedMedication": SANDBOX_TACROLIMUS,
     }
+    if screen(fixture) == "Patient View":
+        params |= {"hook": "patient-view", "screen": "patient-view"}
+    else:
+        params |= {"hook": "order-select", "screen": "rx-view", "prescribedMedication": SANDBOX_TACROLIMUS}
     query = "&".join(f"{name}={quote(value, safe='')}" for name, value in params.items())
     return f"{sandbox.rstrip('/')}/?{query}"
 

@@ -26,7 +26,8 @@ from cds_service.sandbox.store import (
     operation_outcome,
 )
 
-HOOKS = ("order-select", "order-sign")
+HOOKS = ("order-select", "order-sign", "patient-view")
+"""patient-view sends no draft orders: the chart is opened (service ``tacrolimus-monitoring``)."""
 VIAS = ("prefetch", "fhir", "both")
 """``prefetch``: data in ``prefetch`` only; ``fhir``: ``fhirServer`` + token only; ``both``: both at once."""
 
@@ -174,7 +175,8 @@ def build_request_from_bundle(
         if stray := [s for s in chosen if s not in drafts]:
             raise ValueError(f"selections must be draft orders: {', '.join(stray)}")
         context["selections"] = chosen
-    context["draftOrders"] = _draft_orders(draft_resources, resources)
+    if hook != "patient-view":
+        context["draftOrders"] = _draft_orders(draft_resources, resources)
 
     request: dict = {"hook": hook, "hookInstance": str(uuid.uuid4())}
     if via in ("fhir", "both"):
@@ -211,7 +213,8 @@ def build_request(
     store: FhirStore | None = None,
     directory: Path = FIXTURES_DIR,
 ) -> dict:
-    """The request an EHR sends when the fixture's draft orders are selected (or signed).
+    """The request an EHR sends when the fixture's draft orders are selected (or signed), or, for
+    ``patient-view``, when the fixture patient's chart is opened (its drafts stay out of the record).
 
     Dates are moved to ``today``; a ``store`` passed in must have been loaded with the same ``today``.
     """

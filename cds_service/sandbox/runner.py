@@ -127,6 +127,8 @@ class Exchange:
     status: int
     response: Any
     expected: list[str] = field(default_factory=list)
+    expected_known: bool = True
+    """False when the manifest lists no expectation for this hook (an order fixture sent as patient-view)."""
 
     @property
     def cards(self) -> list[dict]:
@@ -160,9 +162,14 @@ class Exchange:
 
 
 def fixture_rows() -> list[tuple[str, str, list[str]]]:
-    """(name, one-line description, expected finding ids) of every manifest fixture, sorted by name."""
+    """(name, one-line description, expected finding ids) of every manifest fixture, sorted by name; the
+    description of a fixture sent by another hook than the order hooks says which (``patient-view``)."""
     return [
-        (name, entry.get("description", ""), list(entry.get("expected", ())))
+        (
+            name,
+            entry.get("description", "") + (f" ({entry['hook']})" if entry.get("hook") else ""),
+            list(entry.get("expected", ())),
+        )
         for name, entry in sorted(manifest().items())
     ]
 
@@ -198,7 +205,7 @@ def _check_fhir_reachable(fhir_base: str) -> None:
 
 def run_exchange(
     fixture: str,
-    hook: str = "order-select",
+    hook: str | None = None,
     via: str = "prefetch",
     url: str | None = None,
     fhir_base: str | None = None,
@@ -213,6 +220,7 @@ def run_exchange(
     entry = manifest().get(fixture)
     if entry is None:
         raise RunError(f"unknown fixture {fixture!r}; `cds-service sandbox list` shows them")
+    hook = hook or entry.get("hook") or "order-select"  # a patient-view fixture opens the chart
     if hook not in HOOKS:
         raise RunError(f"unsupported hook {hook!r} (supported: {', '.join(HOOKS)})")
     if via not in ("prefetch", "fhir"):
@@ -250,8 +258,15 @@ def run_exchange(
         request=request,
         status=status,
         response=response,
-        expected=list(entry.get("expected", ())),
+        expected=list(entry.get("expected", ())) if hook_matches(entry, hook) else [],
+        expected_known=hook_matches(entry, hook),
     )
+
+
+def hook_matches(entry: Mapping, hook: str) -> bool:
+    """Whether the manifest's expected findings are for ``hook``: patient-view fixtures for patient-view,
+    the others for the order hooks."""
+    return (entry.get("hook") == "patient-view") == (hook == "patient-view")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -401,13 +416,21 @@ def render_exchange(exchange: Exchange, width: int | None = None, color: bool = 
     description = manifest().get(exchange.fixture, {}).get("description")
     if description:
         lines.append(textwrap.fill(clean(description), width))
-    lines.append(f"expected findings (manifest): {', '.join(exchange.expected) or 'none'}")
+    if exchange.expected_known:
+        lines.append(f"expected findings (manifest): {', '.join(exchange.expected) or 'none'}")
+    else:
+        lines.append(f"expected findings (manifest): not listed for {exchange.hook}")
     lines.append(f"findings on the cards:        {', '.join(exchange.finding_ids()) or 'none'}")
     absent = [f for f in exchange.expected if f not in exchange.finding_ids()]
     if exchange.hook == "order-sign" and absent and exchange.status == 200:
         lines.append(
             f"not on the cards:             {', '.join(absent)} (info findings already shown at "
             "order-select for this order are not repeated; `cds-service explain` says why)"
+        )
+    if exchange.hook == "patient-view" and absent and exchange.status == 200:
+        lines.append(
+            f"not on the cards:             {', '.join(absent)} (shown at a patient-view of this patient "
+            "within the last 24 hours and not risen since; `cds-service explain` says why)"
         )
     if exchange.status != 200:
         lines += [

@@ -214,7 +214,9 @@ def _order_label(order: Mapping, resources: Mapping[str, Mapping]) -> str:
     return text or next((c.get("display") for c in codings if c.get("display")), None) or "(not named)"
 
 
-def _checked_drafts(value: Any) -> list[dict]:
+def _checked_drafts(value: Any, hook: str) -> list[dict]:
+    if hook == "patient-view":  # the chart is opened: unsigned drafts are not part of the record
+        return []
     if not isinstance(value, list) or not value:
         raise BadInput("drafts must be a non-empty list of FHIR resources (the page's draft orders)")
     if len(value) > MAX_DRAFTS:
@@ -265,7 +267,10 @@ def _touched_prefetch_keys(templates: Mapping[str, str], changed_refs: Iterable[
 
 @bp.post("/api/request")
 def build() -> Response:
-    """The CDS Hooks request for the fixture's patient with the page's draft orders, and its service."""
+    """The CDS Hooks request for the fixture's patient with the page's draft orders, and its service.
+
+    patient-view (service ``tacrolimus-monitoring``) sends no draft orders: the patient's chart is opened.
+    """
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise BadInput("send a JSON object: {fixture, hook, via, drafts}")
@@ -277,7 +282,7 @@ def build() -> Response:
         raise BadInput(f"hook must be one of {', '.join(HOOKS)}")
     if via not in ("prefetch", "fhir"):
         raise BadInput("via must be prefetch or fhir")
-    drafts = _checked_drafts(body.get("drafts"))
+    drafts = _checked_drafts(body.get("drafts"), hook)
 
     bundle = load_bundle(name, _today())
     original = set(entry.get("drafts", ()))
@@ -313,7 +318,7 @@ def build() -> Response:
             hook=hook,
             via="both" if via == "fhir" and staged else via,
             fhir_base=request.host_url.rstrip("/") + FHIR_PATH if via == "fhir" else None,
-            prefetch_templates=runtime.prefetch_templates,
+            prefetch_templates=runtime.templates_for(service),
             store=store,
         )
     except ValueError as error:
@@ -321,7 +326,7 @@ def build() -> Response:
     if via == "fhir" and staged:
         # /sandbox/fhir serves the fixture as stored; what the staged changes touch travels as prefetch,
         # as an EHR sends its uncommitted changes, and the service fetches the rest.
-        touched = _touched_prefetch_keys(runtime.prefetch_templates, staged)
+        touched = _touched_prefetch_keys(runtime.templates_for(service), staged)
         built["prefetch"] = {k: v for k, v in built.get("prefetch", {}).items() if k in touched}
     return jsonify({"service": {"id": service.id, "url": f"/cds-services/{service.id}"}, "request": built})
 

@@ -286,7 +286,7 @@ async function renderCards(cards, serviceId) {
   box.replaceChildren();
   $("#dismissed").replaceChildren();
   if (!cards.length) {
-    box.append(el("p", { className: "muted no-cards" }, "No cards: the service has no advice for this order."));
+    box.append(el("p", { className: "muted no-cards" }, "No cards: the service has no advice for this order or chart."));
     return;
   }
   cards.forEach((card, index) => box.append(cardElement(card, details ? details[index] : null, serviceId)));
