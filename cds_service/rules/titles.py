@@ -1,6 +1,6 @@
 """Each finding id in words: the one table that the admin page, reports and tools use to name a finding.
 
-Short (≤ 50 characters), in the words of the rule catalog (``../shared/knowledge/rules.md`` § Findings).
+Short (≤ 50 characters), in the words of the rule catalog (version 2, § Findings).
 """
 
 from __future__ import annotations
