@@ -58,8 +58,8 @@ def answers(tmp_path_factory):
 
 
 def test_order_select_and_order_sign_examples_get_the_pregnancy_cards(answers):
-    """As the README says: three cards at order-select; at order-sign, sent next for the same draft order, only
-    the critical one (its info findings were just shown)."""
+    """As the README says: three cards at order-select; at order-sign, sent next for the same draft order,
+    only the critical one (its info findings were just shown)."""
     for name, cards in (("examples/order-select.json", 3), ("examples/order-sign.json", 1)):
         status, body = answers[name]
         assert status == 200
