@@ -119,6 +119,7 @@ class Scenario:
     body: Path
     size: int
     tokens: int = 0  # JWTs needed per request (production mode)
+    path: str = PATH  # the service called
 
 
 class Wrk:
@@ -150,7 +151,7 @@ class Wrk:
         env = {
             **os.environ,
             "BENCH_BODY": str(scenario.body),
-            "BENCH_PATH": PATH,
+            "BENCH_PATH": scenario.path,
             "BENCH_FIRST": str(self.counter),
             "BENCH_TOKENS": "",
         }
@@ -288,7 +289,7 @@ def main() -> None:
 
         with urllib.request.urlopen(f"http://127.0.0.1:{service_port}/cds-services") as response:
             discovery = json.load(response)["services"]
-        templates = discovery[0]["prefetch"]
+        templates = next(s for s in discovery if s["id"] == PATH.rsplit("/", 1)[1])["prefetch"]
         fhir_base = f"http://127.0.0.1:{fhir_port}"
 
         def request(bundle: dict, draft: dict, via: str) -> dict:
@@ -344,10 +345,26 @@ def main() -> None:
                 *body_file("other", request(bundles["typical"], other_draft("bench-typical"), "prefetch")),
             ),
         ]
-        # HOOK (patient-view): when discovery lists a patient-view service, add its scenario here (a typical
-        # patient's patient-view request with full prefetch, posted to that service's id).
-        if any(s["hook"] == "patient-view" for s in discovery):
-            print("note: a patient-view service exists; its scenario is not written yet (bench/__main__.py)")
+        # patient-view: the typical patient, on tacrolimus for months (an active stored order), full prefetch.
+        # Repeated views within 24 hours show nothing new, as in life: the call still runs every rule and then
+        # consults the shared memory of shown findings.
+        [monitoring] = [s for s in discovery if s["hook"] == "patient-view"]
+        on_tacrolimus = {**tacrolimus_draft("bench-typical", "bench-tac-active"), "status": "active"}
+        on_tacrolimus["authoredOn"] = "2026-03-01"
+        view_request = build_request_from_bundle(
+            {**bundles["typical"], "entry": bundles["typical"]["entry"] + [{"resource": on_tacrolimus}]},
+            [],
+            hook="patient-view",
+            prefetch_templates=monitoring["prefetch"],
+        )
+        scenarios.append(
+            Scenario(
+                "patient-view, on tacrolimus, full prefetch",
+                dev,
+                *body_file("patient-view", view_request),
+                path=f"/cds-services/{monitoring['id']}",
+            )
+        )
 
         wrk = Wrk(work, key, prod_port)
         rows = []
