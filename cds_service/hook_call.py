@@ -31,6 +31,7 @@ from cds_service.rules.model import INDICATOR_RANK, Evaluation, Finding, RuleInp
 from cds_service.runtime import Runtime
 from cds_service.smart.links import add_course_links, course_context
 from cds_service.trigger import (
+    Resolver,
     bundle_resolver,
     draft_resources,
     find_active_tacrolimus,
@@ -131,29 +132,40 @@ def fhir_client_for(
 
 
 def _medication_resolver(
-    body: Mapping, gathered: Gathered | None, client: FhirClient | None, runtime: Runtime
-):
-    """Resolve ``Medication/x``: from the request's resources first, then (bounded) from the FHIR server."""
+    body: Mapping,
+    gathered: Gathered | None,
+    client: FhirClient | None,
+    runtime: Runtime,
+    already: Mapping[str, object] | None = None,
+) -> tuple[Resolver, dict[str, object]]:
+    """Resolve ``Medication/x``: from the request's resources first, then (bounded) from the FHIR server.
+
+    Returns the resolver and what it read from the server; passing that back as ``already`` when the record
+    is built keeps a Medication read for the trigger from being read a second time.
+    """
     known = list(draft_resources(body.get("context") or {}))
     if gathered:  # only the medication key can hold orders and the Medications included with them
         known += gathered.resources.get("medications", ())
     local = bundle_resolver(known)
+    fetched: dict[str, object] = dict(already or {})
     wanted = set()
     for resource in known:
         ref = path(resource, "medicationReference", "reference")
         if isinstance(ref, str) and ref.startswith("Medication/") and local(ref) is None:
             wanted.add(ref)
-    fetched: dict[str, object] = {}
+    wanted -= fetched.keys()
     if wanted and client is not None:
         # bounded: a request naming 10,000 Medications must not make the service send 10,000 reads
-        jobs = {ref: (lambda r=ref: client.read(r)) for ref in sorted(wanted)[:MAX_MEDICATION_READS]}
-        fetched, _ = run_parallel(jobs, client.deadline, runtime.executors.for_url(client.base_url))
+        budget = max(0, MAX_MEDICATION_READS - len(fetched))
+        jobs = {ref: (lambda r=ref: client.read(r)) for ref in sorted(wanted)[:budget]}
+        read, _ = run_parallel(jobs, client.deadline, runtime.executors.for_url(client.base_url))
+        fetched.update(read)
 
-    def resolve(ref: str):
+    def resolve(ref: str) -> Mapping | None:
         found = local(ref) or fetched.get(ref)
         return found if isinstance(found, Mapping) else None
 
-    return resolve
+    return resolve, fetched
 
 
 PATIENT_VIEW = "patient-view"
@@ -205,22 +217,18 @@ def answer_hook(
         if gathered.missing_required:
             unread = {"triggers": 0, "fetched": gathered.fetched, "unavailable": sorted(gathered.unavailable)}
             return Answer(412, operation_outcome(gathered.missing_required), notes=unread)
+        resolve, read = _medication_resolver(body, gathered, client, runtime)
         try:
-            triggers = find_active_tacrolimus(
-                _stored_orders(gathered),
-                runtime.terminology,
-                _medication_resolver(body, gathered, client, runtime),
-            )
+            triggers = find_active_tacrolimus(_stored_orders(gathered), runtime.terminology, resolve)
         except FhirError:
             triggers = []
         if not triggers:
             return Answer(200, {"cards": []}, notes={"triggers": 0, "fetched": gathered.fetched})
         gathered = gathered.merged(gather_keys(k for k in templates if k != "medications"))
     else:
+        resolve, read = _medication_resolver(body, None, client, runtime)
         try:
-            triggers = find_trigger_orders(
-                context, service.hook, runtime.terminology, _medication_resolver(body, None, client, runtime)
-            )
+            triggers = find_trigger_orders(context, service.hook, runtime.terminology, resolve)
         except FhirError:
             triggers = []
         if not triggers:
@@ -250,7 +258,7 @@ def answer_hook(
             r for r in resources.get("allergies", ()) if r.get("resourceType") == "AllergyIntolerance"
         ],
         observations=[r for r in resources.get("observations", ()) if r.get("resourceType") == "Observation"],
-        resolve=_medication_resolver(body, gathered, client, runtime),
+        resolve=_medication_resolver(body, gathered, client, runtime, already=read)[0],
         unavailable={KEY_BY_NAME[k].resource_type for k in gathered.unavailable},
         lookback_days=longest_lookback(settings["thresholds"]),
     )
