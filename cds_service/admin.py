@@ -34,7 +34,7 @@ from cds_service.admin_sessions import SESSION_SECONDS, AdminSessions
 from cds_service.config import Config, ConfigError, load_config
 from cds_service.config_schema import SCHEMA_DIR
 from cds_service.explain import FINDING_IDS, SETTINGS_BY_FINDING
-from cds_service.report import FindingStats, aggregate, rate_text, reasons_text
+from cds_service.report import FindingStats, rate_text, reasons_text, store_statistics
 from cds_service.rules import PATIENT_VIEW
 from cds_service.rules.titles import finding_title
 from cds_service.server import ask_master_to_reload, master_pid
@@ -222,14 +222,7 @@ def _admin_page(notice: str | None = None, problems: list[str] | None = None, st
     runtime = holder()
     since = _since_arg()
     tenant = request.args.get("tenant") or None
-    store = runtime.store
-    stats = aggregate(
-        store.shown_rows(),
-        store.feedback_rows(),
-        since=since,
-        tenant=tenant,
-        suggestion_findings=store.suggestion_findings(),
-    )
+    stats = store_statistics(runtime.store, since=since, tenant=tenant)
     try:
         load_config(runtime.config.directory)
         on_disk: list[str] = []

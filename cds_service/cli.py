@@ -192,19 +192,12 @@ def feedback() -> None:
 @click.option("--config", "config_dir", default=None, help="Configuration folder (default: hooks/).")
 def feedback_report(since, fmt: str, tenant: str | None, config_dir: str | None) -> None:
     """Per service and finding id: cards shown, accepted, overridden (with reasons), accept rate."""
-    from cds_service.report import FORMATS, aggregate  # imported here: keeps `serve` start-up lean
+    from cds_service.report import FORMATS, store_statistics  # imported here: keeps `serve` start-up lean
     from cds_service.storage import Store, make_engine
 
     config = _config_or_exit(config_dir)
     store = Store(make_engine(config.section("feedback")["database_url"]))
-    day = since.date() if since else None
-    stats = aggregate(
-        store.shown_rows(),
-        store.feedback_rows(),
-        since=day,
-        tenant=tenant,
-        suggestion_findings=store.suggestion_findings(),
-    )
+    stats = store_statistics(store, since=since.date() if since else None, tenant=tenant)
     click.echo(FORMATS[fmt](stats).rstrip("\n"))
 
 

@@ -26,9 +26,10 @@ from prometheus_client import (
     multiprocess,
 )
 
+from cds_service.metrics_folder import MULTIPROC_ENV
+
 disable_created_metrics()  # the *_created series only add noise to every counter
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 MULTIPROCESS = bool(os.environ.get(MULTIPROC_ENV))
 """Decided once, at import, as prometheus-client decides where values live."""
 STAGES = ("parse", "gather", "record", "rules", "cards")

@@ -17,7 +17,10 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cds_service.storage import Store
 
 UNKNOWN_CARD = "?"
 """Finding id for feedback on a card uuid this service never recorded as shown (e.g. before the database)."""
@@ -88,6 +91,19 @@ def since_moment(day: date | datetime | None) -> datetime | None:
     if day is None or isinstance(day, datetime):
         return _utc(day)
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def store_statistics(
+    store: Store, since: date | datetime | None = None, tenant: str | None = None
+) -> list[FindingStats]:
+    """``aggregate`` over everything ``store`` holds: what ``/admin`` and ``feedback report`` show."""
+    return aggregate(
+        store.shown_rows(),
+        store.feedback_rows(),
+        since=since,
+        tenant=tenant,
+        suggestion_findings=store.suggestion_findings(),
+    )
 
 
 def aggregate(
