@@ -5,20 +5,19 @@ Thin on purpose: parse, hand over to ``hook_call`` or ``storage``, log one PHI-f
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
-import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
-import orjson
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from cds_service import __version__, metrics
 from cds_service.cards import FINDINGS_EXTENSION
 from cds_service.hook_call import answer_hook
 from cds_service.protocol import ProtocolError, feedback_item_errors, validate_feedback
+from cds_service.request_json import parse_hook_call, parse_json
 from cds_service.runtime import Runtime
 
 log = logging.getLogger("cds_service.api")
@@ -32,44 +31,12 @@ def runtime() -> Runtime:
     return g.runtime
 
 
-class _CollectorPause:
-    """Hold the cyclic garbage collector off while JSON is parsed (by any thread of the process).
-
-    Parsing builds only acyclic dicts and lists, yet each 700 of them start a collection, and every tenth
-    of those a full one over all the objects parsed so far: a 4 MB prefetch ran 124 collections. Threads
-    count in and out, so the collector is back on as soon as no parse is running.
-    """
-
-    def __init__(self) -> None:
-        self._parsing = 0
-        self._lock = threading.Lock()
-
-    def __enter__(self) -> None:
-        with self._lock:
-            self._parsing += 1
-            gc.disable()
-
-    def __exit__(self, *exc: object) -> None:
-        with self._lock:
-            self._parsing -= 1
-            if self._parsing == 0:
-                gc.enable()
-
-
-_NO_COLLECTIONS = _CollectorPause()
-
-
-def json_body() -> Any:
+def json_body(parse: Callable[[bytes], Any] = parse_json) -> Any:
     """The request body as strict JSON, or a ProtocolError with the right status (415, 400)."""
     mimetype = request.mimetype or ""
     if not (mimetype == "application/json" or mimetype.endswith("+json")):
         raise ProtocolError(415, None, "Content-Type must be application/json")
-    data = request.get_data(cache=False)
-    try:
-        with _NO_COLLECTIONS:
-            return orjson.loads(data)  # strict: no NaN/Infinity, UTF-8 only
-    except orjson.JSONDecodeError as error:
-        raise ProtocolError(400, None, f"body is not valid JSON: {error}") from None
+    return parse(request.get_data(cache=False))
 
 
 def caller_tenant() -> str | None:
@@ -115,7 +82,7 @@ def call_service(service_id: str) -> Response | tuple[Response, int]:
         raise ProtocolError(404, None, f"no CDS service with id {service_id!r}")
     started = time.perf_counter()
     laps = metrics.Laps()
-    body = json_body()
+    body = json_body(parse_hook_call)  # the prefetch is decoded when the hook call reads it
     answer = answer_hook(
         body,
         service,

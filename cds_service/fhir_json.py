@@ -15,14 +15,20 @@ from typing import Any
 EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
+def is_object(value: Any) -> bool:
+    """Is ``value`` a JSON object? Parsed JSON is a dict, so that is checked first: the ABC check behind
+    ``isinstance(value, Mapping)`` costs ~10x more (it ran ~30,000 times for a 10,000-result record)."""
+    return type(value) is dict or isinstance(value, Mapping)
+
+
 def obj(value: Any) -> Mapping[str, Any]:
     """``value`` if it is a JSON object, else an empty one."""
-    return value if isinstance(value, Mapping) else EMPTY
+    return value if is_object(value) else EMPTY
 
 
 def objs(value: Any) -> list[Mapping[str, Any]]:
     """The JSON objects in ``value`` if it is an array (other items dropped), else none."""
-    return [item for item in value if isinstance(item, Mapping)] if isinstance(value, list) else []
+    return [item for item in value if is_object(item)] if isinstance(value, list) else []
 
 
 def text(value: Any) -> str | None:
@@ -33,7 +39,7 @@ def text(value: Any) -> str | None:
 def path(value: Any, *keys: str) -> Any:
     """``value[k1][k2]...`` through JSON objects only; None once a step is not an object or is absent."""
     for key in keys:
-        if not isinstance(value, Mapping):
+        if not is_object(value):
             return None
         value = value.get(key)
     return value
@@ -57,12 +63,12 @@ def bundle_entries(bundle: Mapping[str, Any]) -> list[Mapping[str, Any]]:
         raise MalformedBundle("Bundle.entry is not an array")
     resources = []
     for index, entry in enumerate(entries):
-        if not isinstance(entry, Mapping):
+        if not is_object(entry):
             raise MalformedBundle(f"Bundle.entry[{index}] is not an object")
         resource = entry.get("resource")
         if resource is None:
             continue
-        if not isinstance(resource, Mapping):
+        if not is_object(resource):
             raise MalformedBundle(f"Bundle.entry[{index}].resource is not an object")
         resources.append(resource)
     return resources

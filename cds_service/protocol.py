@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -165,6 +165,7 @@ def _compile_ref(file_name: str, pointer: str) -> _Checker:
 
 
 _REQUEST = _compile(_SCHEMAS["request.json"])
+_PREFETCH_VALUE = _compile_ref("request.json", "/properties/prefetch/additionalProperties")
 _CONTEXT_BY_HOOK = {
     "order-select": _compile(_SCHEMAS["order-select-context.json"]),
     "order-sign": _compile(_SCHEMAS["order-sign-context.json"]),
@@ -333,6 +334,10 @@ def validate_request(body: object, expected_hook: str) -> None:
                 f"holds {len(entries)} entries; this service reads at most {MAX_DRAFT_ORDERS} draft orders"
             )
             raise ProtocolError(400, f"context.{name}.entry", message)
+    prefetch = body.get("prefetch")
+    if isinstance(prefetch, Mapping) and not isinstance(prefetch, dict):
+        # a prefetch read lazily (request_json.LazyPrefetch): each value is checked when it is first read
+        body = {key: value for key, value in body.items() if key != "prefetch"}
     problem = _best_problem(_REQUEST, body, None)
     if problem:
         _raise_400(problem)
@@ -341,6 +346,14 @@ def validate_request(body: object, expected_hook: str) -> None:
         message = f"hook must be {json.dumps(expected_hook)} (this service's hook), not {received}"
         raise ProtocolError(400, "hook", message)
     problem = _best_problem(context_validator, body["context"], "context")
+    if problem:
+        _raise_400(problem)
+
+
+def validate_prefetch_value(key: str, value: object) -> None:
+    """Accept one prefetch value (a FHIR resource or null), or raise ProtocolError(400) naming it, in the
+    words the whole request's check would have used."""
+    problem = _best_problem(_PREFETCH_VALUE, value, _join_path("prefetch", [key]))
     if problem:
         _raise_400(problem)
 

@@ -31,7 +31,7 @@ from fhir.resources.R4B.observation import Observation as FhirObservation
 from fhir.resources.R4B.patient import Patient as FhirPatient
 from pydantic import ValidationError
 
-from cds_service.fhir_json import obj, objs, path, text
+from cds_service.fhir_json import is_object, obj, objs, path, text
 from cds_service.record import (
     Allergy,
     Condition,
@@ -69,7 +69,19 @@ LAB_GROUPS = (
     "hbsag",
     "anti-hbc",
 )
-LAB_GROUP_SET = frozenset(LAB_GROUPS)
+_GROUPS_OF: dict[frozenset[str], tuple[str, ...]] = {}
+
+
+def _lab_groups(concepts: frozenset[str]) -> tuple[str, ...]:
+    """The lab groups among ``concepts``, in ``LAB_GROUPS`` order; memoised (few distinct sets exist)."""
+    groups = _GROUPS_OF.get(concepts)
+    if groups is None:
+        groups = tuple(g for g in LAB_GROUPS if g in concepts)
+        if len(_GROUPS_OF) < 10_000:
+            _GROUPS_OF[concepts] = groups
+    return groups
+
+
 BP_PANEL = "blood-pressure"
 BP_COMPONENT_GROUPS = ("systolic-bp", "diastolic-bp")
 NOT_RESULTS = frozenset({"entered-in-error", "cancelled"})
@@ -155,12 +167,10 @@ def _malformed_concept(raw: Mapping, field: str) -> bool:
     concept = raw.get(field)
     if concept is None:
         return False
-    if not isinstance(concept, Mapping):
+    if not is_object(concept):
         return True
     coding = concept.get("coding")
-    return coding is not None and not (
-        isinstance(coding, list) and all(isinstance(c, Mapping) for c in coding)
-    )
+    return coding is not None and not (isinstance(coding, list) and all(map(is_object, coding)))
 
 
 def _order_date(raw: Mapping) -> datetime | None:
@@ -515,15 +525,21 @@ class RecordBuilder:
 
     # --- observations --------------------------------------------------------------------------------------
     def lab_series(self, resources: Iterable[Mapping]) -> dict[str, LabSeries]:
-        """Index Observations by lab group on raw JSON; validation waits until a rule reads a value."""
+        """Index Observations by lab group on raw JSON; validation waits until a rule reads a value.
+
+        The one loop that runs per Observation (10,000 for a large record), so it does the least it can:
+        one value-set look-up per coding, the groups of a set of concepts memoised.
+        """
         raw_by_group: dict[str, list[RawLab]] = defaultdict(list)
+        concepts_of = self.terminology.concepts_of_concept
         for raw in resources:
-            if text(raw.get("status")) in NOT_RESULTS:
+            status = raw.get("status")
+            if type(status) is str and status in NOT_RESULTS:
                 continue
-            concepts = self.terminology.concepts_of_concept(raw.get("code"))
-            groups = [g for g in LAB_GROUPS if g in concepts] if concepts & LAB_GROUP_SET else []
+            concepts = concepts_of(raw.get("code"))
+            groups = _lab_groups(concepts)
             if BP_PANEL in concepts or (not groups and raw.get("component")):
-                groups += [g for g in BP_COMPONENT_GROUPS if g not in groups and self._component(raw, g)]
+                groups += self._component_groups(raw, groups)
             if not groups:
                 self._unreadable(raw, "code")
                 continue
@@ -536,12 +552,20 @@ class RecordBuilder:
             if when is None:
                 self.skipped.append(Unusable(f"Observation/{raw.get('id')}", "no effective date"))
                 continue
+            entry = RawLab(when, raw)
             for group in groups:
-                raw_by_group[group].append(RawLab(when, raw))
+                raw_by_group[group].append(entry)
         return {
             group: LabSeries(group, self._newest(group, entries), self._parse_lab)
             for group, entries in raw_by_group.items()
         }
+
+    def _component_groups(self, raw: Mapping, already: tuple[str, ...]) -> tuple[str, ...]:
+        """The blood-pressure groups (systolic, diastolic) a panel's components hold, beyond ``already``."""
+        found: frozenset[str] = frozenset()
+        for component in objs(raw.get("component")):
+            found |= self.terminology.concepts_of_concept(component.get("code"))
+        return tuple(g for g in BP_COMPONENT_GROUPS if g in found and g not in already)
 
     def _newest(self, group: str, entries: list[RawLab]) -> list[RawLab]:
         """The newest ``MAX_RESULTS_PER_LAB`` entries, chosen before any is validated; the cut is named on the
