@@ -6,8 +6,9 @@ patient-view reads the medications before anything else. So a hook call's body i
 1. msgspec checks the whole body as JSON in one pass in C and hands back each top-level value as raw bytes;
    everything but ``prefetch`` is then decoded with orjson (strict: UTF-8 only, no NaN or Infinity).
 2. Each prefetch value stays raw bytes until ``gather`` asks for it: only then is it decoded (orjson) and
-   checked against the request schema's rule for prefetch values. The rest of a 100 KB-4 MB prefetch that no
-   rule needs is never turned into Python objects.
+   checked against the request schema's rule for prefetch values (a FHIR resource or null). The rest of a
+   100 KB-4 MB prefetch that no rule needs is never turned into Python objects. A value that is not even a
+   JSON object or null is refused at once, whether it is read or not.
 
 A body the first step cannot read (not an object, a ``prefetch`` that is not an object) is read the plain way,
 ``orjson.loads`` of the whole body, so every error keeps the words it always had.
@@ -88,7 +89,10 @@ def parse_hook_call(data: bytes) -> Any:
     except (msgspec.DecodeError, msgspec.ValidationError, orjson.JSONDecodeError):
         return parse_json(data)  # the plain way: the same answer, or the same error in the same words
     if envelope.prefetch is not None:
-        body["prefetch"] = LazyPrefetch(envelope.prefetch, data)
+        prefetch = body["prefetch"] = LazyPrefetch(envelope.prefetch, data)
+        for key, raw in envelope.prefetch.items():
+            if memoryview(raw)[:1] not in (b"{", b"n"):  # not an object or null: reading it raises the
+                prefetch[key]  # error the whole request's check gives, at once, even for a key never read
     return body
 
 
