@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -123,6 +123,14 @@ def longest_window(config: Any) -> timedelta:
     return timedelta(minutes=max(minutes))
 
 
+_RECALL = select(shown_alerts.c.key, shown_alerts.c.indicator).where(
+    shown_alerts.c.namespace == bindparam("namespace"),
+    shown_alerts.c.key.in_(bindparam("keys", expanding=True)),
+    shown_alerts.c.shown_at >= bindparam("since"),
+)
+"""Built once: building and caching a new statement on every order-sign cost more than running it."""
+
+
 class AlertMemory:
     """Keyed hashes of shown findings in the service's database, shared by every worker and host."""
 
@@ -165,14 +173,10 @@ class AlertMemory:
         wanted = sorted(set(keys))
         if not wanted:
             return {}
-        query = select(shown_alerts.c.key, shown_alerts.c.indicator).where(
-            shown_alerts.c.namespace == namespace,
-            shown_alerts.c.key.in_(wanted),
-            shown_alerts.c.shown_at >= since,
-        )
         found: dict[str, set[str]] = {}
         with self.engine.connect() as connection:
-            for key, indicator in connection.execute(query):
+            rows = connection.execute(_RECALL, {"namespace": namespace, "keys": wanted, "since": since})
+            for key, indicator in rows:
                 found.setdefault(key, set()).add(indicator)
         return found
 

@@ -9,10 +9,11 @@ card's content, so the same request gives the same uuids.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+import orjson
 
 from cds_service.record import PatientRecord
 from cds_service.rules.citations import CITATIONS
@@ -63,7 +64,9 @@ def apply_finding_settings(findings: Iterable[Finding], settings: Mapping[str, A
 
 
 def _stable_uuid(content: Any) -> str:
-    return str(uuid.uuid5(UUID_NAMESPACE, json.dumps(content, sort_keys=True, default=str)))
+    """A uuid that depends on the content alone (uuid5 of its canonical JSON)."""
+    canonical = orjson.dumps(content, option=orjson.OPT_SORT_KEYS, default=str)
+    return str(uuid.uuid5(UUID_NAMESPACE, canonical.decode("utf-8")))
 
 
 def most_serious_first(findings: Iterable[Finding]) -> list[Finding]:

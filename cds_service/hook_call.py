@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,6 +19,7 @@ from cds_service.alert_memory import HeldBack, hold_back, repeat_settings
 from cds_service.auth import Caller
 from cds_service.cards import apply_finding_settings, build_cards
 from cds_service.config import Service
+from cds_service.evaluations import Evaluated
 from cds_service.fhir_client import FhirClient, FhirError
 from cds_service.fhir_json import path
 from cds_service.gather import Gathered, gather, run_parallel
@@ -224,7 +225,6 @@ def answer_hook(
             triggers = []
         if not triggers:
             return Answer(200, {"cards": []}, notes={"triggers": 0, "fetched": gathered.fetched})
-        gathered = gathered.merged(gather_keys(k for k in templates if k != "medications"))
     else:
         resolve, read = _medication_resolver(body, None, client, runtime)
         try:
@@ -233,21 +233,78 @@ def answer_hook(
             triggers = []
         if not triggers:
             return Answer(200, {"cards": []}, notes={"triggers": 0})
-        gathered = gather_keys(templates)
-    notes: dict[str, Any] = {
-        "triggers": len(triggers),
-        "fetched": sorted(gathered.fetched),
-        "unavailable": sorted(gathered.unavailable),
-    }
-    laps.lap("gather")
-    if gathered.missing_required:
-        return Answer(412, operation_outcome(gathered.missing_required), notes=notes)
 
-    resources = gathered.resources
     settings = runtime.config.settings_for(service, tenant)
+    key = runtime.evaluations.key(service.id, tenant, body, client is not None, now)
+    evaluated = runtime.evaluations.get(key)
+    if evaluated is None:
+        rest = [k for k in templates if not (patient_view and k == "medications")]
+        gathered = gathered.merged(gather_keys(rest)) if patient_view else gather_keys(rest)
+        laps.lap("gather")
+        if gathered.missing_required:
+            notes = {"triggers": len(triggers), **_fetch_notes(gathered)}
+            return Answer(412, operation_outcome(gathered.missing_required), notes=notes)
+        evaluated = _evaluate(
+            body, gathered, triggers, client, runtime, settings, now, patient_view, read, laps
+        )
+        runtime.evaluations.put(key, evaluated)
+        notes = dict(evaluated.notes)
+    else:
+        notes = {**evaluated.notes, "evaluation_reused": True}
+    findings, below = at_or_above(
+        apply_finding_settings(evaluated.evaluation.findings, settings), settings.get("min_indicator", "info")
+    )
+    if below:
+        notes["below_min_indicator"] = [f.id for f in below]
+    about = (tenant, str(context.get("patientId")), [str(t.get("id")) for t in triggers])
+    findings, held, to_remember = _repeats(findings, service, runtime, settings, about, now)
+    if held:
+        notes["held_back"] = [h.id for h in held]
+        notes["held_back_why"] = sorted({h.why for h in held})
+    cards = build_cards(
+        findings,
+        evaluated.record,
+        settings,
+        stored_orders=evaluated.stored_orders,
+        not_checked=evaluated.not_checked,
+    )
+    if smart_app_url:  # the course app, launched from the monitoring and salvage cards
+        cards = add_course_links(cards, smart_app_url, evaluated.course)
+    laps.lap("cards")
+    return Answer(
+        200,
+        {"cards": cards},
+        evaluation=evaluated.evaluation,
+        notes=notes,
+        held=held,
+        to_remember=to_remember,
+        below=below,
+    )
+
+
+def _fetch_notes(gathered: Gathered) -> dict[str, Any]:
+    return {"fetched": sorted(gathered.fetched), "unavailable": sorted(gathered.unavailable)}
+
+
+def _evaluate(
+    body: Mapping,
+    gathered: Gathered,
+    triggers: list[Mapping],
+    client: FhirClient | None,
+    rt: Runtime,
+    settings: Mapping[str, Any],
+    now: datetime,
+    patient_view: bool,
+    already_read: Mapping[str, object],
+    laps: metrics.Laps,
+) -> Evaluated:
+    """The record built from the gathered resources, and what the rules make of it."""
+    context = body["context"]
+    resources = gathered.resources
     stored_orders = _stored_orders(gathered)
+    resolve, medications_read = _medication_resolver(body, gathered, client, rt, already=already_read)
     record = build_record(
-        terminology=runtime.terminology,
+        terminology=rt.terminology,
         now=now,
         patient=next(iter(resources.get("patient") or ()), None),
         conditions=[r for r in resources.get("conditions", ()) if r.get("resourceType") == "Condition"],
@@ -258,7 +315,7 @@ def answer_hook(
             r for r in resources.get("allergies", ()) if r.get("resourceType") == "AllergyIntolerance"
         ],
         observations=[r for r in resources.get("observations", ()) if r.get("resourceType") == "Observation"],
-        resolve=_medication_resolver(body, gathered, client, runtime, already=read)[0],
+        resolve=resolve,
         unavailable={KEY_BY_NAME[k].resource_type for k in gathered.unavailable},
         lookback_days=longest_lookback(settings["thresholds"]),
     )
@@ -278,35 +335,15 @@ def answer_hook(
     )
     evaluation = evaluate(rule_input)
     laps.lap("rules")
-    not_checked = {DATA_NAMES[k]: why for k, why in {**gathered.unavailable, **gathered.incomplete}.items()}
-    findings, below = at_or_above(
-        apply_finding_settings(evaluation.findings, settings), settings.get("min_indicator", "info")
-    )
-    if below:
-        notes["below_min_indicator"] = [f.id for f in below]
-    about = (tenant, str(context.get("patientId")), [str(t.get("id")) for t in triggers])
-    findings, held, to_remember = _repeats(findings, service, runtime, settings, about, now)
-    if held:
-        notes["held_back"] = [h.id for h in held]
-        notes["held_back_why"] = sorted({h.why for h in held})
-    cards = build_cards(
-        findings,
-        record,
-        settings,
-        stored_orders={f"MedicationRequest/{r.get('id')}": r for r in stored_orders},
-        not_checked=not_checked,
-    )
-    if smart_app_url:  # the course app, launched from the monitoring and salvage cards
-        cards = add_course_links(cards, smart_app_url, course_context(rule_input))
-    laps.lap("cards")
-    return Answer(
-        200,
-        {"cards": cards},
+    unread = {**gathered.unavailable, **gathered.incomplete}
+    return Evaluated(
+        record=replace(record, labs={}),  # kept for the cards, which do not read lab results
         evaluation=evaluation,
-        notes=notes,
-        held=held,
-        to_remember=to_remember,
-        below=below,
+        stored_orders={f"MedicationRequest/{r.get('id')}": r for r in stored_orders},
+        not_checked={DATA_NAMES[k]: why for k, why in unread.items()},
+        course=course_context(rule_input),
+        notes={"triggers": len(triggers), **_fetch_notes(gathered)},
+        from_request_alone=not gathered.fetched and not medications_read,
     )
 
 

@@ -125,5 +125,9 @@ class LazyPrefetch(Mapping[str, Any]):
     def __iter__(self) -> Iterator[str]:
         return iter(self._raw)
 
+    def raw_items(self) -> Iterator[tuple[str, memoryview]]:
+        """Each key with its value's JSON bytes as sent, undecoded (what ``evaluations`` keys on)."""
+        return ((key, memoryview(raw)) for key, raw in self._raw.items())
+
     def __len__(self) -> int:
         return len(self._raw)

@@ -14,6 +14,7 @@ import requests
 from cds_service.alert_memory import AlertMemory, longest_window
 from cds_service.auth import PROCESS_KEYS, ReplayStore, Verifier
 from cds_service.config import Config, Service
+from cds_service.evaluations import EvaluationCache
 from cds_service.fhir_client import shared_session
 from cds_service.fhir_policy import FhirPolicy
 from cds_service.gather import ServerExecutors
@@ -33,6 +34,8 @@ class Runtime:
     session: requests.Session = field(default_factory=shared_session)
     executors: ServerExecutors = field(default_factory=ServerExecutors)
     """Threads for FHIR calls, a few per FHIR server (``fhir.max_calls_per_server``)."""
+    evaluations: EvaluationCache = field(default_factory=EvaluationCache)
+    """Evaluations of content sent again within the minute (order-select, then order-sign)."""
 
     @classmethod
     def from_config(

@@ -190,6 +190,10 @@ def shown_rows_for(
     ]
 
 
+_INSERT_SHOWN = insert(shown_findings)  # built once, as every call with cards runs them
+_INSERT_SUGGESTIONS = insert(shown_suggestions)
+
+
 class Store:
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -225,9 +229,9 @@ class Store:
         ]
         try:
             with self.engine.begin() as connection:
-                connection.execute(insert(shown_findings), rows)
+                connection.execute(_INSERT_SHOWN, rows)
                 if suggestions:
-                    connection.execute(insert(shown_suggestions), suggestions)
+                    connection.execute(_INSERT_SUGGESTIONS, suggestions)
         except SQLAlchemyError as error:
             metrics.SHOWN_ROWS_LOST.inc(len(rows))
             metrics.DB_ERRORS.labels(operation="record_shown").inc()
