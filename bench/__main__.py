@@ -201,12 +201,14 @@ def searchset(resources: list[dict]) -> dict:
     return {"resourceType": "Bundle", "type": "searchset", "total": len(resources), "entry": entries}
 
 
-def with_versions(request: dict) -> dict:
+def with_versions(request: dict, per_resource: bool = True) -> dict:
     """The request with ``meta.versionId`` "@@V@@" on every prefetched resource: wrk makes it a new number on
-    every call, so no cache of the service can recognise the content (a first sight of the patient)."""
+    every call, so no cache of the service can recognise the content (a first sight of the patient). With
+    ``per_resource=False`` only the Patient carries it: the request is still new bytes every call (nothing is
+    reused), and wrk's substitution in a 4 MB body stays cheap."""
     copied = json.loads(json.dumps(request))
-    for value in copied["prefetch"].values():
-        if not isinstance(value, dict):
+    for key, value in copied["prefetch"].items():
+        if not isinstance(value, dict) or (not per_resource and key != "patient"):
             continue
         is_bundle = value.get("resourceType") == "Bundle"
         for resource in [e["resource"] for e in value.get("entry", [])] if is_bundle else [value]:
@@ -338,7 +340,12 @@ def main() -> None:
                     "callback", request(bundles["typical"], tacrolimus_draft("bench-typical"), "fhir")
                 ),
             ),
-            Scenario("large patient, all 10,000 obs in prefetch", dev, *body_file("large", large_request)),
+            # New content every call: a large record is judged on its first sight, not on a reused evaluation.
+            Scenario(
+                "large patient, 10,000 obs in prefetch (cold)",
+                dev,
+                *body_file("large", with_versions(large_request, per_resource=False)),
+            ),
             Scenario(
                 "non-tacrolimus order",
                 dev,
@@ -415,7 +422,7 @@ def report(
     targets = {
         "typical, full prefetch (warm)": lambda a, lo: warm_target(a, lo, 5),
         "typical, new content every call (cold)": lambda a, lo: warm_target(a, lo, 7),
-        "large patient, all 10,000 obs in prefetch": lambda a, lo: (
+        "large patient, 10,000 obs in prefetch (cold)": lambda a, lo: (
             f"p50≤100ms {mark(a['p50'] <= 100)}; CPU/req {lo['cpu_ms']:.0f}ms≤100 {mark(lo['cpu_ms'] <= 100)}"
         ),
         "non-tacrolimus order": lambda a, lo: (

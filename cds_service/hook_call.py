@@ -181,7 +181,7 @@ def answer_hook(
     caller: Caller | None = None,
     request_id: str | None = None,
     laps: metrics.Laps | None = None,
-    smart_app_url: str | None = None,
+    smart_app_url: str | Callable[[], str | None] | None = None,
 ) -> Answer:
     """The answer to one hook call; ``tenant`` (the caller's organisation) picks its overrides.
 
@@ -189,7 +189,8 @@ def answer_hook(
     on an active tacrolimus order on record, so it reads the medications first and the rest only if one is
     there.
 
-    With ``smart_app_url`` (the course app's launch URL) the monitoring and salvage cards link to the app.
+    With ``smart_app_url`` (the course app's launch URL, or how to find it once there are cards) the
+    monitoring and salvage cards link to the app.
     ``laps`` times the stages into ``cds_stage_seconds``; ``request_id`` goes on every FHIR call.
     """
     laps = laps or metrics.Laps()
@@ -268,8 +269,9 @@ def answer_hook(
         stored_orders=evaluated.stored_orders,
         not_checked=evaluated.not_checked,
     )
-    if smart_app_url:  # the course app, launched from the monitoring and salvage cards
-        cards = add_course_links(cards, smart_app_url, evaluated.course)
+    launch_url = smart_app_url() if callable(smart_app_url) else smart_app_url
+    if cards and launch_url:  # the course app, launched from the monitoring and salvage cards
+        cards = add_course_links(cards, launch_url, evaluated.course)
     laps.lap("cards")
     return Answer(
         200,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from typing import NamedTuple
 
 ACTIVE_MEDICATION_STATUSES = frozenset({"active", "on-hold", "draft"})
 
@@ -159,9 +160,9 @@ class Unusable:
     reason: str
 
 
-@dataclass(frozen=True)
-class RawLab:
-    """An Observation entry before validation: just what is needed to sort and filter it."""
+class RawLab(NamedTuple):
+    """An Observation entry before validation: just what is needed to sort and filter it. A named tuple,
+    as one is made per result (10,000 for a large record) and a tuple is made ~10x faster than a dataclass."""
 
     when: datetime
     resource: Mapping

@@ -120,6 +120,13 @@ def parse_when(value: Any) -> datetime | None:
         return datetime(value.year, value.month, value.day, tzinfo=UTC)
     if not isinstance(value, str) or len(value) < 4:
         return None
+    if len(value) > 10:  # a dateTime or instant, the usual case: no partial date to complete
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     text = value.strip()
     if len(text) == 4 and text.isdigit():
         text += "-01-01"
