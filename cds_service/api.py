@@ -22,6 +22,7 @@ from cds_service.runtime import Runtime
 
 log = logging.getLogger("cds_service.api")
 bp = Blueprint("cds", __name__)
+FREED_AFTER_ANSWER = "cds_service.hook_body"
 
 
 def runtime() -> Runtime:
@@ -83,6 +84,7 @@ def call_service(service_id: str) -> Response | tuple[Response, int]:
     started = time.perf_counter()
     laps = metrics.Laps()
     body = json_body(parse_hook_call)  # the prefetch is decoded when the hook call reads it
+    request.environ[FREED_AFTER_ANSWER] = body  # the server frees it once the answer is sent (wsgi_bridge)
     answer = answer_hook(
         body,
         service,

@@ -89,8 +89,12 @@ class BodyFirst:
         except Exception:  # the client went away mid-body (granian's protocol error): nobody to answer
             return
         loop = asyncio.get_running_loop()
-        status, headers, payload = await loop.run_in_executor(self.pool, self._call, scope, body)
+        status, headers, payload, env = await loop.run_in_executor(self.pool, self._call, scope, body)
         protocol.response_bytes(status, headers, payload)
+        # What the request leaves in its environ (the hook call's decoded body: ~10 ms to free for a 4 MB
+        # prefetch) is freed by a pool thread once the answer is on its way, not before it is sent.
+        assert self.pool is not None
+        self.pool.submit(env.clear)
 
     async def _reserve(self, size: int) -> bool:
         """Wait (at most the body time limit) until ``size`` bytes fit the budget; False if they never do."""
@@ -123,8 +127,9 @@ class BodyFirst:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _call(self, scope: Any, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
-        """Run the WSGI app on one complete request (in a pool thread)."""
+    def _call(self, scope: Any, body: bytes) -> tuple[int, list[tuple[str, str]], bytes, dict[str, Any]]:
+        """Run the WSGI app on one complete request (in a pool thread); the environ is returned to be freed
+        after the answer is sent."""
         answer: dict[str, Any] = {}
         written: list[bytes] = []
 
@@ -132,14 +137,15 @@ class BodyFirst:
             answer["status"], answer["headers"] = int(status.split(" ", 1)[0]), headers
             return written.append
 
-        result = self.app(environ(scope, body), start_response)
+        env = environ(scope, body)
+        result = self.app(env, start_response)
         try:
             payload = b"".join([*written, *result])
         finally:
             close = getattr(result, "close", None)
             if close is not None:
                 close()
-        return answer["status"], answer["headers"], payload
+        return answer["status"], answer["headers"], payload, env
 
 
 def environ(scope: Any, body: bytes) -> dict[str, Any]:
