@@ -143,8 +143,10 @@ def _install_cors_and_headers(app: Flask, holder: RuntimeHolder) -> None:
 
     @app.after_request
     def headers(response: Response) -> Response:
+        present = {name.lower() for name in response.headers.keys()}  # noqa: SIM118 (Headers, not a dict)
         for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
+            if name.lower() not in present:  # what a view set itself stays
+                response.headers.add(name, value)
         origin = _allowed_origin(holder)
         if origin:
             response.headers["Access-Control-Allow-Origin"] = origin
