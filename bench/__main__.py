@@ -216,6 +216,16 @@ def with_versions(request: dict, per_resource: bool = True) -> dict:
     return copied
 
 
+def new_patient_each_call(request: dict) -> dict:
+    """The request with its patient id (and so every resource id built from it) "@@V@@"-numbered: wrk makes
+    each call about a patient the service has never seen."""
+    patient = request["context"]["patientId"]
+    text = json.dumps(request)
+    for before in ('"', "/", "="):  # ids, references, search links
+        text = text.replace(f"{before}{patient}", f"{before}p@@V@@")
+    return json.loads(text)
+
+
 def config_copy(work: Path, name: str, **changes) -> Path:
     config = work / name
     shutil.copytree(ROOT / "hooks", config)
@@ -326,6 +336,13 @@ def main() -> None:
                 "typical, new content every call (cold)",
                 dev,
                 *body_file("cold", with_versions(typical_request)),
+            ),
+            # Every id new (patient, resources, draft): nothing of it was validated before. No target of its
+            # own; it shows what the validation cache saves the cold row.
+            Scenario(
+                "typical, a new patient every call",
+                dev,
+                *body_file("new-patient", new_patient_each_call(typical_request)),
             ),
             Scenario(
                 "typical, production mode (JWT per call)",

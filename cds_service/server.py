@@ -29,7 +29,6 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 from cds_service.config import Config, ConfigError, load_config
@@ -106,15 +105,15 @@ def freeze_startup_objects() -> None:
     gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, *gc.get_threshold()[1:])
 
 
-class ReturnMemoryAfterLargeBodies:
-    """WSGI wrapper that keeps a worker's heap small (glibc). Its threads share two malloc arenas instead of
-    one each, so memory freed by one thread serves the next request on another (after 10,000 mixed calls:
-    ~135 MB resident instead of ~165 MB); and after a request with a body over ``threshold`` bytes, freed
-    pages go back to the system (``malloc_trim``): a 4 MB prefetch briefly needs ~100 MB of Python objects.
-    Costs a few ms, only after such requests."""
+class SmallHeap:
+    """Keeps a worker's heap small (glibc). Its threads share two malloc arenas instead of one each, so memory
+    freed by one thread serves the next request on another (after 10,000 mixed calls: ~135 MB resident
+    instead of ~165 MB); and once a request with a body over ``threshold`` bytes is answered and its objects
+    are freed (``forget``, which the bridge runs after sending the answer), freed pages go back to the system
+    (``malloc_trim``): a 4 MB prefetch briefly needs ~100 MB of Python objects. Costs a few ms, only after
+    such requests, and not while the answer waits."""
 
-    def __init__(self, app: Callable[..., Any], threshold: int = 1_000_000):
-        self.app = app
+    def __init__(self, threshold: int = 1_000_000):
         self.threshold = threshold
         libc = ctypes.CDLL(None) if sys.platform == "linux" else None
         self._trim = getattr(libc, "malloc_trim", None)
@@ -122,13 +121,12 @@ class ReturnMemoryAfterLargeBodies:
         if mallopt is not None:
             mallopt(_M_ARENA_MAX, 2)  # threads share two heaps instead of one each (less memory left spread)
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        try:
-            return self.app(environ, start_response)
-        finally:
-            length = environ.get("CONTENT_LENGTH") or ""
-            if self._trim is not None and length.isdigit() and int(length) > self.threshold:
-                self._trim(0)
+    def forget(self, environ: dict[str, Any]) -> None:
+        """Free what the request left in its environ; then, after a large body, give freed pages back."""
+        length = environ.get("CONTENT_LENGTH") or ""
+        environ.clear()
+        if self._trim is not None and length.isdigit() and int(length) > self.threshold:
+            self._trim(0)
 
 
 class Server:
@@ -158,7 +156,7 @@ class Server:
         app = create_app(config=self.config_snapshot, dev=self.dev)
         freeze_startup_objects()
         limit = self.config_snapshot.section("server")["max_body_bytes"]
-        return BodyFirst(ReturnMemoryAfterLargeBodies(app), self.threads, limit)
+        return BodyFirst(app, self.threads, limit, forget=SmallHeap().forget)
 
     def run(self) -> None:
         wait_for_port(self.host, self.port)

@@ -33,8 +33,17 @@ class _TooLarge(Exception):
 class BodyFirst:
     """An RSGI application (``__rsgi__``) around a WSGI one."""
 
-    def __init__(self, app: WsgiApp, threads: int, max_body_bytes: int, body_seconds: float = 10.0):
+    def __init__(
+        self,
+        app: WsgiApp,
+        threads: int,
+        max_body_bytes: int,
+        body_seconds: float = 10.0,
+        forget: Callable[[dict[str, Any]], None] = dict.clear,
+    ):
         self.app = app
+        self.forget = forget
+        """Frees a request's environ (and what the app left in it) once its answer is sent."""
         self.threads = threads
         self.max_body_bytes = max_body_bytes
         self.body_seconds = body_seconds
@@ -94,7 +103,7 @@ class BodyFirst:
         # What the request leaves in its environ (the hook call's decoded body: ~10 ms to free for a 4 MB
         # prefetch) is freed by a pool thread once the answer is on its way, not before it is sent.
         assert self.pool is not None
-        self.pool.submit(env.clear)
+        self.pool.submit(self.forget, env)
 
     async def _reserve(self, size: int) -> bool:
         """Wait (at most the body time limit) until ``size`` bytes fit the budget; False if they never do."""
