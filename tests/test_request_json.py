@@ -82,24 +82,21 @@ def _eager_error(body: bytes, hook: str = "order-sign") -> dict:
     return raised.value.to_json()
 
 
-def test_a_prefetch_value_the_service_reads_is_refused_in_the_words_of_the_whole_body_check(client):
-    request = hook_request(PID, small_patient(PID))
-    request["prefetch"]["patient"] = {"id": PID, "gender": "female"}  # no resourceType
+@pytest.mark.parametrize(
+    "draft, key, value, field",
+    [  # a value the service reads (tacrolimus), and one it never reads that is not even an object
+        (None, "patient", {"id": PID, "gender": "female"}, "prefetch.patient.resourceType"),
+        (IBUPROFEN, "com.example.user", "123", 'prefetch["com.example.user"]'),
+    ],
+)
+def test_a_bad_prefetch_value_gets_the_words_of_the_whole_body_check(client, draft, key, value, field):
+    request = hook_request(PID, small_patient(PID), draft=draft)
+    request["prefetch"][key] = value
     data = json.dumps(request).encode()
     status, answer = _error_of(client, data)
     assert status == 400
     assert answer == _eager_error(data)
-    assert answer["field"] == "prefetch.patient.resourceType"
-
-
-def test_a_prefetch_value_that_is_not_an_object_is_refused_even_when_never_read(client):
-    request = hook_request(PID, small_patient(PID), draft=IBUPROFEN)
-    request["prefetch"]["com.example.user"] = "123"
-    data = json.dumps(request).encode()
-    status, answer = _error_of(client, data)
-    assert status == 400
-    assert answer == _eager_error(data)
-    assert answer["field"] == 'prefetch["com.example.user"]'
+    assert answer["field"] == field
 
 
 def test_bad_utf8_inside_the_prefetch_is_the_same_400_as_before(client):
