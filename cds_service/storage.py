@@ -7,6 +7,10 @@ stored: card uuids, finding ids, service, tenant, hookInstance, outcomes and ove
 from __future__ import annotations
 
 import logging
+import os
+import threading
+import time
+import weakref
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -121,6 +125,44 @@ def engine_url(url: str) -> URL:
     return parsed
 
 
+CHECKPOINT_SECONDS = 1.0
+BACKSTOP_CHECKPOINT_PAGES = 10_000
+"""A request's own commit checkpoints the WAL only past 40 MB, should the background thread fall behind."""
+_CHECKPOINTING = threading.Lock()
+"""Held while a background checkpoint runs, and across a fork (the server forks its workers): a child must
+not inherit SQLite's mutexes taken by a thread that does not exist in it."""
+os.register_at_fork(
+    before=_CHECKPOINTING.acquire,
+    after_in_parent=_CHECKPOINTING.release,
+    after_in_child=_CHECKPOINTING.release,
+)
+
+
+def checkpoint_in_background(engine: Engine, every: float = CHECKPOINT_SECONDS) -> None:
+    """Copy SQLite's write-ahead log into the database from a thread, once a second, not from a request.
+
+    By default the commit that fills the WAL to 1,000 pages runs the checkpoint and its fsync: one hook call
+    in a few hundred waited 5-15 ms for it (the warm p99 was ~3.1 x its p50; from a thread, 1.9-2.8 x). A
+    PASSIVE checkpoint never waits for readers or writers. The thread ends when the engine is gone.
+    """
+    ref = weakref.ref(engine)
+
+    def run() -> None:
+        while True:
+            time.sleep(every)
+            current = ref()
+            if current is None:
+                return
+            try:
+                with _CHECKPOINTING, current.connect() as connection:
+                    connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+            except SQLAlchemyError:  # a busy or vanished file: the next round tries again
+                pass
+            del current
+
+    threading.Thread(target=run, name="sqlite-checkpoint", daemon=True).start()
+
+
 def make_engine(url: str, migrate: bool = True) -> Engine:
     """An engine for ``url`` with the schema brought up to date (``migrate``; see ``migrations.upgrade``).
 
@@ -143,6 +185,9 @@ def make_engine(url: str, migrate: bool = True) -> Engine:
         def _wal(connection, _record):
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
+            connection.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_CHECKPOINT_PAGES}")
+
+        checkpoint_in_background(engine)
 
     else:
         engine = create_engine(

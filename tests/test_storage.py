@@ -4,11 +4,14 @@ safe when instances start together, an outage gives 503 and heals, a reload open
 from __future__ import annotations
 
 import json
+import shutil
 import socket
+import sqlite3
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import closing, contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from sqlalchemy import inspect
@@ -334,3 +337,32 @@ def test_the_environment_wins_over_settings_yaml_for_deployment_values(tmp_path,
     item = {"card": "c-env", "outcome": "overridden", "outcomeTimestamp": "2026-01-02T03:04:05Z"}
     assert client.test_client().post(f"{SIGN}/feedback", json={"feedback": [item]}).status_code == 200
     assert [r["card_uuid"] for r in Store(make_engine(database_url)).feedback_rows()] == ["c-env"]
+
+
+def test_sqlite_writes_reach_the_database_file_within_seconds_without_a_request_waiting(tmp_path):
+    """WAL checkpoints run in a background thread: rows committed by calls are in the main database file (not
+    only in its write-ahead log) a moment later, though no request's commit ran the checkpoint."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'cds.sqlite3'}")
+    cards = [
+        {
+            "uuid": "c1",
+            "source": {"topic": {"code": "pregnancy"}},
+            "extension": {"findings": [{"id": "P1", "indicator": "info"}]},
+        }
+    ]
+    store = Store(engine)
+    for i in range(20):
+        assert store.record_shown("tacrolimus-order-sign", None, f"hook-{i}", cards) == 1
+    deadline = time.monotonic() + 10
+    while True:
+        copy = tmp_path / "main-file-only.sqlite3"  # the database file alone, without its -wal file
+        shutil.copyfile(tmp_path / "cds.sqlite3", copy)
+        with closing(sqlite3.connect(copy)) as connection:
+            try:
+                rows = connection.execute("SELECT count(*) FROM shown_findings").fetchone()[0]
+            except sqlite3.DatabaseError:
+                rows = 0
+        if rows == 20 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert rows == 20
