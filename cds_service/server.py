@@ -110,11 +110,14 @@ class SmallHeap:
     freed by one thread serves the next request on another (after 10,000 mixed calls: ~135 MB resident
     instead of ~165 MB); and once a request with a body over ``threshold`` bytes is answered and its objects
     are freed (``forget``, which the bridge runs after sending the answer), freed pages go back to the system
-    (``malloc_trim``): a 4 MB prefetch briefly needs ~100 MB of Python objects. Costs a few ms, only after
-    such requests, and not while the answer waits."""
+    (``malloc_trim``): a 4 MB prefetch briefly needs ~100 MB of Python objects; so they do after any request
+    every ``every`` seconds. Costs a few ms, never while an answer waits."""
 
-    def __init__(self, threshold: int = 1_000_000):
+    def __init__(self, threshold: int = 1_000_000, every: float = 10.0):
         self.threshold = threshold
+        self.every = every
+        """Seconds between trims after ordinary requests: their freed pages, too, go back in time."""
+        self._trimmed = time.monotonic()
         libc = ctypes.CDLL(None) if sys.platform == "linux" else None
         self._trim = getattr(libc, "malloc_trim", None)
         mallopt = getattr(libc, "mallopt", None)
@@ -125,7 +128,9 @@ class SmallHeap:
         """Free what the request left in its environ; then, after a large body, give freed pages back."""
         length = environ.get("CONTENT_LENGTH") or ""
         environ.clear()
-        if self._trim is not None and length.isdigit() and int(length) > self.threshold:
+        large = length.isdigit() and int(length) > self.threshold
+        if self._trim is not None and (large or time.monotonic() - self._trimmed > self.every):
+            self._trimmed = time.monotonic()
             self._trim(0)
 
 
