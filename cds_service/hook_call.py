@@ -239,14 +239,25 @@ def answer_hook(
     key = runtime.evaluations.key(service.id, tenant, body, client is not None, now)
     evaluated = runtime.evaluations.get(key)
     if evaluated is None:
-        rest = [k for k in templates if not (patient_view and k == "medications")]
-        gathered = gathered.merged(gather_keys(rest)) if patient_view else gather_keys(rest)
+        if patient_view:  # the medications are read already
+            gathered = gathered.merged(gather_keys(k for k in templates if k != "medications"))
+        else:
+            gathered = gather_keys(templates)
         laps.lap("gather")
         if gathered.missing_required:
             notes = {"triggers": len(triggers), **_fetch_notes(gathered)}
             return Answer(412, operation_outcome(gathered.missing_required), notes=notes)
         evaluated = _evaluate(
-            body, gathered, triggers, client, runtime, settings, now, patient_view, read, laps
+            body,
+            gathered,
+            triggers,
+            client,
+            runtime,
+            settings,
+            now,
+            patient_view,
+            already_read=read,
+            laps=laps,
         )
         runtime.evaluations.put(key, evaluated)
         notes = dict(evaluated.notes)
@@ -293,7 +304,7 @@ def _evaluate(
     gathered: Gathered,
     triggers: list[Mapping],
     client: FhirClient | None,
-    rt: Runtime,
+    runtime: Runtime,
     settings: Mapping[str, Any],
     now: datetime,
     patient_view: bool,
@@ -304,9 +315,9 @@ def _evaluate(
     context = body["context"]
     resources = gathered.resources
     stored_orders = _stored_orders(gathered)
-    resolve, medications_read = _medication_resolver(body, gathered, client, rt, already=already_read)
+    resolve, medications_read = _medication_resolver(body, gathered, client, runtime, already=already_read)
     record = build_record(
-        terminology=rt.terminology,
+        terminology=runtime.terminology,
         now=now,
         patient=next(iter(resources.get("patient") or ()), None),
         conditions=[r for r in resources.get("conditions", ()) if r.get("resourceType") == "Condition"],
