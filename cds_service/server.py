@@ -40,7 +40,8 @@ MASTER_PID_ENV = "CDS_SERVICE_MASTER_PID"
 """Set by ``serve`` in the master; a worker whose parent has this pid may ask the master to reload."""
 
 _PR_SET_PDEATHSIG = 1
-_M_ARENA_MAX = -8  # glibc mallopt parameter
+_M_ARENA_MAX = -8  # glibc mallopt parameters
+_M_MMAP_THRESHOLD = -3
 
 
 def before_workers(config: Config, dev: bool) -> None:
@@ -113,7 +114,7 @@ class SmallHeap:
     (``malloc_trim``): a 4 MB prefetch briefly needs ~100 MB of Python objects; so they do after any request
     every ``every`` seconds. Costs a few ms, never while an answer waits."""
 
-    def __init__(self, threshold: int = 1_000_000, every: float = 10.0):
+    def __init__(self, threshold: int = 1_000_000, every: float = 2.0):
         self.threshold = threshold
         self.every = every
         """Seconds between trims after ordinary requests: their freed pages, too, go back in time."""
@@ -123,6 +124,10 @@ class SmallHeap:
         mallopt = getattr(libc, "mallopt", None)
         if mallopt is not None:
             mallopt(_M_ARENA_MAX, 2)  # threads share two heaps instead of one each (less memory left spread)
+            # Blocks of 256 KB and more (bodies, a large record's lists) are mapped on their own and unmapped
+            # when freed; left to glibc, this threshold climbs to 32 MB after the first large frees, and
+            # such blocks then stay in the heap, scattered between small live objects.
+            mallopt(_M_MMAP_THRESHOLD, 256 * 1024)
 
     def forget(self, environ: dict[str, Any]) -> None:
         """Free what the request left in its environ; then, after a large body, give freed pages back."""
