@@ -74,13 +74,18 @@ class EvaluationCache:
         if not isinstance(prefetch, LazyPrefetch):
             return None
         digest = hashlib.sha256()  # SHA-NI: twice as fast as BLAKE2b on a 4 MB prefetch
+
+        def part(data: bytes | memoryview) -> None:  # length first: no two sequences of parts hash alike
+            digest.update(len(data).to_bytes(8, "big"))
+            digest.update(data)
+
         minute = now.replace(second=0, microsecond=0).isoformat()
-        for part in (service_id, tenant or "", "client" if client_usable else "", minute):
-            digest.update(part.encode("utf-8") + b"\x1f")
-        digest.update(orjson.dumps(body.get("context"), option=orjson.OPT_SORT_KEYS))
+        for text in (service_id, tenant or "", "client" if client_usable else "", minute):
+            part(text.encode("utf-8"))
+        part(orjson.dumps(body.get("context"), option=orjson.OPT_SORT_KEYS))
         for name, raw in prefetch.raw_items():
-            digest.update(b"\x1e" + name.encode("utf-8") + b"\x1f")
-            digest.update(raw)
+            part(name.encode("utf-8"))
+            part(raw)
         return digest.digest()[:16]
 
     def get(self, key: bytes | None) -> Evaluated | None:

@@ -90,11 +90,12 @@ def die_with_parent(master_pid: int) -> None:
 
 
 YOUNG_COLLECTION_THRESHOLD = 100_000
-"""Container objects allocated (net) before the cyclic collector runs; Python's default is 700. A hook call
-makes 5,000-20,000 dicts and lists that die with it by reference counting (parsed JSON has no cycles), so at
-700 the collector ran several times per call, each time walking every live object of the calls in flight
-(0.3-1 ms per typical call, ~30 ms per 10,000-result record). At 100,000 it runs once every few calls;
-the rare cyclic garbage (an exception's traceback) waits a little longer to be freed."""
+"""Container objects alive (allocated, not yet freed) before the cyclic collector runs; Python's default is
+700. A hook call makes 5,000-20,000 dicts and lists that its end frees by reference counting, so at 700 the
+collector ran during most calls, each time walking every live object of the calls in flight; at 100,000 it
+runs when that many outlive their calls, or during a large record. Cyclic garbage (about 14 objects a call)
+waits longer to be freed; the server clears each request's environ itself (``wsgi_bridge``), so no request's
+data waits in a cycle."""
 
 
 def freeze_startup_objects() -> None:
