@@ -20,7 +20,7 @@ import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import jwt
@@ -29,7 +29,14 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the misbehaving servers and the service runner of the tests
 
-from hostile_helpers import canned_fhir_server, trickling_fhir_server  # noqa: E402
+from hostile_helpers import (  # noqa: E402
+    canned_fhir_server,
+    compact,
+    creatinine,
+    rising_creatinine,
+    search_answers,
+    trickling_fhir_server,
+)
 from security_helpers import Signer, bearer  # noqa: E402
 from support import config_copy, hook_request, searchset, small_patient, start_service, with_fhir_server  # noqa: E402
 
@@ -38,17 +45,6 @@ from cds_service.sandbox.store import FhirStore  # noqa: E402
 
 PID = "bench-p1"
 SIGN = "/cds-services/tacrolimus-order-sign"
-
-
-def creatinine(i: int, value: float, minutes_ago: float, now: datetime) -> dict:
-    return {
-        "resourceType": "Observation",
-        "id": f"cr{i}",
-        "status": "final",
-        "code": {"coding": [{"system": "http://loinc.org", "code": "2160-0"}]},
-        "effectiveDateTime": (now - timedelta(minutes=minutes_ago)).isoformat(timespec="seconds"),
-        "valueQuantity": {"value": value, "unit": "mg/dL"},
-    }
 
 
 def worst_bodies(base: list[dict]) -> list[tuple[str, dict]]:
@@ -81,10 +77,7 @@ def fhir_probes(tmp: Path) -> None:
     resources = small_patient(PID, observations=0)
     with start_service(config, workers=2, dev=True) as service:
         # 9 MB prefetch of 36,000 creatinine results
-        observations = [creatinine(0, 1.3, 30, now)] + [
-            creatinine(i, 0.8, 60 + 3 * i, now) for i in range(1, 36_000)
-        ]
-        raw = json.dumps(hook_request(PID, resources + observations)).encode()
+        raw = json.dumps(hook_request(PID, resources + rising_creatinine(36_000, 3, now))).encode()
         headers = {"Content-Type": "application/json"}
         for attempt in (1, 2):
             took, response = timed(
@@ -103,14 +96,7 @@ def fhir_probes(tmp: Path) -> None:
             )
             print(f"{label} ({len(raw) / 1e6:.1f} MB): {response.status_code} in {took:.2f} s")
         # a 100,000-entry Bundle from the FHIR server
-        entries = [creatinine(0, 1.3, 30, now)] + [creatinine(i, 0.8, 60 + i, now) for i in range(1, 100_000)]
-        answers = {
-            "Patient": resources[0],
-            "Condition": searchset([resources[1]]),
-            "MedicationRequest": searchset([resources[2]]),
-            "AllergyIntolerance": searchset([resources[3]]),
-            "Observation": json.dumps(searchset(entries), separators=(",", ":")).encode(),
-        }
+        answers = search_answers(resources, compact(searchset(rising_creatinine(100_000, 1, now))))
         with canned_fhir_server(answers) as (base, _):
             body = with_fhir_server(hook_request(PID, None), base, "token")
             for attempt in (1, 2):

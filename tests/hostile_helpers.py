@@ -9,8 +9,11 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from support import LOINC, searchset
 
 
 class _CannedHandler(BaseHTTPRequestHandler):
@@ -116,3 +119,38 @@ def trickling_fhir_server(interval: float = 0.5, duration: float = 60.0) -> Iter
         server.stopping.set()
         server.shutdown()
         server.server_close()
+
+
+def creatinine(i: int, value: float, minutes_ago: float, now: datetime) -> dict:
+    return {
+        "resourceType": "Observation",
+        "id": f"cr{i}",
+        "status": "final",
+        "code": {"coding": [{"system": LOINC, "code": "2160-0"}]},
+        "effectiveDateTime": (now - timedelta(minutes=minutes_ago)).isoformat(timespec="seconds"),
+        "valueQuantity": {"value": value, "unit": "mg/dL"},
+    }
+
+
+def rising_creatinine(count: int, minutes_apart: float, now: datetime) -> list[dict]:
+    """``count`` creatinine results: 1.3 mg/dL 30 minutes ago, and before it 0.8 every ``minutes_apart``
+    minutes: a 62 % rise from baseline that only the newest results show."""
+    older = [creatinine(i, 0.8, 60 + minutes_apart * i, now) for i in range(1, count)]
+    return [creatinine(0, 1.3, 30, now), *older]
+
+
+def search_answers(patient: list[dict], observations: Any) -> dict[str, Any]:
+    """What the canned FHIR server answers for ``patient`` (``support.small_patient`` without results): its
+    Patient, Condition, order and allergy, and ``observations`` (a Bundle, or its JSON bytes) for the
+    Observation search."""
+    return {
+        "Patient": patient[0],
+        "Condition": searchset([patient[1]]),
+        "MedicationRequest": searchset([patient[2]]),
+        "AllergyIntolerance": searchset([patient[3]]),
+        "Observation": observations,
+    }
+
+
+def compact(bundle: dict) -> bytes:
+    return json.dumps(bundle, separators=(",", ":")).encode()

@@ -10,13 +10,19 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 import requests
-from hostile_helpers import canned_fhir_server, trickling_fhir_server
+from hostile_helpers import (
+    canned_fhir_server,
+    compact,
+    creatinine,
+    rising_creatinine,
+    search_answers,
+    trickling_fhir_server,
+)
 from support import (
-    LOINC,
     config_copy,
     finding_ids,
     hook_request,
@@ -108,14 +114,8 @@ def test_a_malformed_prefetch_bundle_is_fetched_from_the_fhir_server_instead(ser
 
 @pytest.mark.parametrize("entry", [1.5, [{"resource": 5}]])
 def test_a_malformed_search_bundle_from_the_fhir_server_makes_that_key_unavailable(service, entry):
-    resources = small_patient(PID)
-    answers = {
-        "Patient": resources[0],
-        "Condition": searchset([resources[1]]),
-        "MedicationRequest": searchset([resources[2]]),
-        "AllergyIntolerance": searchset([resources[3]]),
-        "Observation": {"resourceType": "Bundle", "type": "searchset", "entry": entry},
-    }
+    bundle = {"resourceType": "Bundle", "type": "searchset", "entry": entry}
+    answers = search_answers(small_patient(PID), bundle)
     with canned_fhir_server(answers) as (base, _):
         response = call(service, with_fhir_server(hook_request(PID, None), base, "token"))
     assert response.status_code == 412
@@ -193,24 +193,10 @@ def test_a_trickling_fhir_server_is_cut_at_the_deadline_and_starves_no_other_ser
 # --- 4. work bounded before it is done ---------------------------------------------------------------------
 
 
-def creatinine(i: int, value: float, minutes_ago: float, now: datetime) -> dict:
-    return {
-        "resourceType": "Observation",
-        "id": f"cr{i}",
-        "status": "final",
-        "code": {"coding": [{"system": LOINC, "code": "2160-0"}]},
-        "effectiveDateTime": (now - timedelta(minutes=minutes_ago)).isoformat(timespec="seconds"),
-        "valueQuantity": {"value": value, "unit": "mg/dL"},
-    }
-
-
 def test_a_9_mb_prefetch_of_36000_creatinine_results_is_read_newest_first(service):
     now = datetime.now(UTC)
     # a baseline of 0.8 for months, then 1.3 today: a 62 % rise, which the newest results must show
-    observations = [creatinine(0, 1.3, 30, now)] + [
-        creatinine(i, 0.8, 60 + 3 * i, now) for i in range(1, 36000)
-    ]
-    body = hook_request(PID, small_patient(PID, observations=0) + observations)
+    body = hook_request(PID, small_patient(PID, observations=0) + rising_creatinine(36_000, 3, now))
     raw = json.dumps(body).encode()
     assert 8_500_000 < len(raw) < 10_000_000  # under the body limit
     started = time.monotonic()
@@ -225,15 +211,8 @@ def test_a_9_mb_prefetch_of_36000_creatinine_results_is_read_newest_first(servic
 
 def test_a_100000_entry_search_bundle_is_capped_and_named(tmp_path_factory):
     now = datetime.now(UTC)
-    entries = [creatinine(0, 1.3, 30, now)] + [creatinine(i, 0.8, 60 + i, now) for i in range(1, 100_000)]
-    resources = small_patient(PID, observations=0)
-    answers = {
-        "Patient": resources[0],
-        "Condition": searchset([resources[1]]),
-        "MedicationRequest": searchset([resources[2]]),
-        "AllergyIntolerance": searchset([resources[3]]),
-        "Observation": json.dumps(searchset(entries), separators=(",", ":")).encode(),
-    }
+    entries = compact(searchset(rising_creatinine(100_000, 1, now)))
+    answers = search_answers(small_patient(PID, observations=0), entries)
     assert len(answers["Observation"]) < 30_000_000
     # a deadline long enough to read it on a loaded machine: this test is about what happens after
     fhir = {"deadline_seconds": 8, "max_response_bytes": 30_000_000}
@@ -253,16 +232,9 @@ def test_a_100000_entry_search_bundle_is_capped_and_named(tmp_path_factory):
 
 def test_pages_before_the_page_cap_are_kept_and_the_key_named_incomplete(service):
     now = datetime.now(UTC)
-    resources = small_patient(PID, observations=0)
     page = searchset([creatinine(1, 0.8, 60 * 24 * 20, now), creatinine(0, 1.3, 30, now)])
     page["link"] = [{"relation": "next", "url": "Observation?page=again"}]  # never ends
-    answers = {
-        "Patient": resources[0],
-        "Condition": searchset([resources[1]]),
-        "MedicationRequest": searchset([resources[2]]),
-        "AllergyIntolerance": searchset([resources[3]]),
-        "Observation": page,
-    }
+    answers = search_answers(small_patient(PID, observations=0), page)
     with canned_fhir_server(answers) as (base, server):
         response = call(service, with_fhir_server(hook_request(PID, None), base, "token"))
     assert response.status_code == 200  # was 412: the ten pages had were thrown away
