@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.postgres import PostgresServer, start_postgres
+from tests.support import tool_missing
 
 
 @pytest.fixture(scope="session")
@@ -16,10 +16,7 @@ def postgres() -> Iterator[PostgresServer]:
     """A PostgreSQL server on loopback for the whole session (skipped where none can run; never in CI)."""
     server = start_postgres()
     if server is None:
-        message = "PostgreSQL is not installed (scripts/ensure-postgres-nginx installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        tool_missing("PostgreSQL is not installed (scripts/ensure-postgres-nginx installs it)")
     try:
         yield server
     finally:

@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
+import pytest
 import requests
 import yaml
 
@@ -48,6 +49,14 @@ def config_copy(tmp_path: Path, **settings_changes) -> Path:
             settings[section] = changes
     path.write_text(yaml.safe_dump(settings, sort_keys=False))
     return target
+
+
+def tool_missing(message: str) -> NoReturn:
+    """A tool the tests need is not on this machine: a failure in CI, where ``make test`` installs every
+    one (PostgreSQL, nginx, Chromium), a skip elsewhere."""
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def make_app(tmp_path: Path, dev: bool = True, **settings_changes):

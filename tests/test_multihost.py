@@ -19,12 +19,11 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
-import pytest
 import requests
 
 from cds_service.storage import Store, make_engine
 from tests.security_helpers import Signer, bearer, claims
-from tests.support import config_copy, free_port, hook_request, small_patient, start_service
+from tests.support import config_copy, free_port, hook_request, small_patient, start_service, tool_missing
 
 PID = "multi-p1"
 ISSUER = "https://ehr-multi.test"
@@ -75,10 +74,7 @@ def nginx_binary() -> str | None:
 def nginx_in_front_of(ports: tuple[int, int], folder: Path, port: int) -> Iterator[str]:
     binary = nginx_binary()
     if binary is None:
-        message = "nginx is not installed (scripts/ensure-postgres-nginx installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        tool_missing("nginx is not installed (scripts/ensure-postgres-nginx installs it)")
     folder.mkdir()
     conf = folder / "nginx.conf"
     conf.write_text(NGINX_CONF.format(dir=folder, a=ports[0], b=ports[1], port=port))
