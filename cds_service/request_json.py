@@ -30,9 +30,10 @@ from cds_service.protocol import ProtocolError, validate_prefetch_value
 class _CollectorPause:
     """Hold the cyclic garbage collector off while JSON is decoded (by any thread of the process).
 
-    Decoding builds only acyclic dicts and lists, yet each 700 of them start a collection, and every tenth
-    of those a full one over all the objects decoded so far: a 4 MB prefetch ran 124 collections. Threads
-    count in and out, so the collector is back on as soon as no decoding is running.
+    Decoding builds only acyclic dicts and lists, yet every threshold's worth of them (700 by default,
+    100,000 in the server's workers: ``server.YOUNG_COLLECTION_THRESHOLD``) starts a collection over all the
+    objects decoded so far: at 700, a 4 MB prefetch ran 124 collections. Threads count in and out, so the
+    collector is back on as soon as no decoding is running.
     """
 
     def __init__(self) -> None:
