@@ -8,63 +8,42 @@ findings off or re-grades them is applied by the caller. Where the catalog neede
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from cds_service.rules import monitoring, pregnancy, salvage
 from cds_service.rules.common import has_lupus_nephritis, merge_needs, unavailable
 from cds_service.rules.model import Evaluation, Finding, Quiet, RuleInput
-
-Rule = Callable[[RuleInput], Finding | Quiet]
+from cds_service.rules.registry import ORDER, Registry, Rule
 
 SCOPES = ("lupus", "any-indication")
 SCOPE_NEEDS = {"Condition": ("lupus", "lupus-nephritis", "lupus-nephritis-class-v")}
+"""What deciding whether the rules may speak at all reads (``in_scope``)."""
 
-RULES: dict[str, Rule] = {**pregnancy.RULES, **salvage.RULES, **monitoring.RULES}
+REGISTRY = Registry((*pregnancy.DECLARATIONS, *salvage.DECLARATIONS, *monitoring.DECLARATIONS))
+"""Every finding of the catalog, declared in its family module, in catalog order."""
 
-FINDING_IDS: tuple[str, ...] = tuple(RULES)
-"""Every finding id of the catalog (version 2), in catalog order: P1-P7, S0-S4, S7, N1-N15."""
+RULES: dict[str, Rule] = {finding_id: d.rule for finding_id, d in REGISTRY.items()}
 
-RETIRED: dict[str, str] = {"S5": "N12", "S6": "N13"}
+FINDING_IDS: tuple[str, ...] = REGISTRY.ids
+"""Every finding id of the catalog, in catalog order."""
+
+RETIRED: dict[str, str] = REGISTRY.retired
 """Version-1 ids that no longer exist → the id that took their place. Configuration naming them is refused."""
 
-FAMILIES: dict[str, tuple[str, ...]] = {
-    family: tuple(rule_id for rule_id in RULES if rule_id.startswith(letter))
-    for family, letter in (("pregnancy", "P"), ("salvage", "S"), ("monitoring", "N"))
-}
-
-PATIENT_VIEW: frozenset[str] = frozenset(
-    (*FAMILIES["pregnancy"], "S7", *(i for i in FAMILIES["monitoring"] if i not in ("N11", "N15")))
-)
-"""What patient-view runs (rules.md § Patients already on tacrolimus), with ``RuleInput.continuing=True``."""
+FAMILIES: dict[str, tuple[str, ...]] = REGISTRY.families()
 
 
 def retired_message(finding_id: str) -> str:
     """Why an id of version 1 is refused, naming the id that replaced it."""
-    return (
-        f"{finding_id!r} is retired in rule catalog version 2: it is now {RETIRED[finding_id]} "
-        "(monitoring family, any scope)"
-    )
+    now = REGISTRY[RETIRED[finding_id]]
+    return f"{finding_id!r} is retired in rule catalog version 2: it is now {now.id} ({now.family} family, any scope)"
 
 
-NEEDS: dict[str, tuple[str, ...]] = merge_needs(SCOPE_NEEDS, pregnancy.NEEDS, salvage.NEEDS, monitoring.NEEDS)
-"""What the rules read: resource type → value-set names. Discovery derives its prefetch templates from it."""
-
-S7_NEEDS: dict[str, tuple[str, ...]] = {
-    "Condition": ("lupus-nephritis", "lupus-nephritis-class-v"),
-    "Observation": ("upcr",),
-    "MedicationRequest": ("tacrolimus",),
-}
-"""What S7 reads (lupus nephritis, tacrolimus exposure, UPCR): the one salvage finding patient-view runs."""
-
-PATIENT_VIEW_NEEDS: dict[str, tuple[str, ...]] = merge_needs(
-    SCOPE_NEEDS, pregnancy.NEEDS, S7_NEEDS, monitoring.NEEDS
-)
-"""What ``PATIENT_VIEW`` reads: no allergies (only S3 reads them) and none of the salvage-only labs."""
+def needs_of(kind: str) -> dict[str, tuple[str, ...]]:
+    """What a kind of service's findings read, with the scope check: its prefetch templates come from it."""
+    return merge_needs(SCOPE_NEEDS, *(REGISTRY[i].needs for i in REGISTRY.run_by(kind)))
 
 
-def needs_for(hook: str) -> dict[str, tuple[str, ...]]:
-    """What the rules a hook runs read: its prefetch templates are derived from it."""
-    return PATIENT_VIEW_NEEDS if hook == "patient-view" else NEEDS
+NEEDS: dict[str, tuple[str, ...]] = needs_of(ORDER)
+"""What the whole catalog reads (the tacrolimus order services run every finding)."""
 
 
 def in_scope(inp: RuleInput) -> Quiet | None:
@@ -106,13 +85,12 @@ __all__ = [
     "FAMILIES",
     "FINDING_IDS",
     "NEEDS",
-    "PATIENT_VIEW",
-    "PATIENT_VIEW_NEEDS",
+    "REGISTRY",
     "RETIRED",
     "RULES",
     "Rule",
     "evaluate",
     "in_scope",
-    "needs_for",
+    "needs_of",
     "retired_message",
 ]

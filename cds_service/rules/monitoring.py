@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
 from cds_service.record import LabValue, Medication
 from cds_service.rules.common import (
@@ -26,6 +27,7 @@ from cds_service.rules.common import (
     finding,
     lab_evidence,
     medication_evidence,
+    merge_needs,
     names,
     newest_number,
     newest_recent,
@@ -42,19 +44,7 @@ from cds_service.rules.common import (
     words,
 )
 from cds_service.rules.model import Evidence, Finding, OrderLabs, Quiet, RuleInput, StopMedication
-
-NEEDS: dict[str, tuple[str, ...]] = {
-    "Patient": (),
-    "Condition": ("hepatitis-b",),
-    "Observation": (
-        "creatinine", "egfr", "potassium", "magnesium", "glucose", "glucose-fasting", "hba1c",
-        "blood-pressure", "systolic-bp", "diastolic-bp", "upcr", "tacrolimus-level", "hbsag", "anti-hbc",
-    ),
-    "MedicationRequest": (
-        "tacrolimus", "mycophenolate", "cyp3a4-strong-inhibitors", "cyp3a4-moderate-inhibitors",
-        "cyp3a4-strong-inducers", "nephrotoxins", "other-calcineurin-inhibitors",
-    ),
-}  # fmt: skip
+from cds_service.rules.registry import NEW_START_ONLY, Declaration, Rule, pair_setting, setting
 
 HBSAG = ("5196-1", "Hepatitis B virus surface Ag [Presence] in Serum or Plasma by Immunoassay")
 
@@ -690,20 +680,214 @@ def remove_drafts(drugs: list[Medication], reason: str) -> list[StopMedication]:
     ]
 
 
-RULES = {
-    "N1": n1_baseline_missing,
-    "N2": n2_creatinine_rise,
-    "N3": n3_creatinine_rise_critical,
-    "N4": n4_trough_high,
-    "N5": n5_potassium_high,
-    "N6": n6_magnesium_low,
-    "N7": n7_blood_pressure,
-    "N8": n8_hyperglycaemia,
-    "N9": n9_cyp3a4,
-    "N10": n10_nephrotoxins,
-    "N11": n11_new_start,
-    "N12": n12_duplicate_cni,
-    "N13": n13_low_egfr,
-    "N14": n14_hepatitis_b,
-    "N15": n15_hepatitis_b_screen,
-}
+RECENT = setting("recent_lab_days", "integer", 1, 3650, "a lab value is recent within this many days")
+BASELINE_DAYS = setting(
+    "baseline_creatinine_days", "integer", 1, 3650, "window for the baseline (lowest) creatinine"
+)
+RISE_WARNING = setting("creatinine_rise_warning", "number", 0, 1, "N2: fraction above baseline (0.20 = 20 %)")
+RISE_CRITICAL = setting(
+    "creatinine_rise_critical", "number", 0, 1, "N3: fraction above baseline (0.30 = 30 %)"
+)
+TACROLIMUS = {"Patient": (), "MedicationRequest": ("tacrolimus",)}
+CREATININE = merge_needs(TACROLIMUS, {"Observation": ("creatinine",)})
+BLOOD_PRESSURE = ("blood-pressure", "systolic-bp", "diastolic-bp")
+CYP3A4 = ("cyp3a4-strong-inhibitors", "cyp3a4-moderate-inhibitors", "cyp3a4-strong-inducers")
+
+
+def labs(*value_sets: str, drugs: tuple[str, ...] = ()) -> dict[str, tuple[str, ...]]:
+    """What a monitoring finding reads: the tacrolimus orders, these Observations and these drugs."""
+    return merge_needs(TACROLIMUS, {"Observation": value_sets, "MedicationRequest": drugs})
+
+
+def monitoring(
+    finding_id: str, rule: Rule, indicators: tuple[str, ...], title: str, **more: Any
+) -> Declaration:
+    """A finding of this family: topic ``nephrotoxicity-monitoring``."""
+    return Declaration(finding_id, rule, "monitoring", "nephrotoxicity-monitoring", indicators, title, **more)
+
+
+DECLARATIONS = (
+    monitoring(
+        "N1",
+        n1_baseline_missing,
+        ("info",),
+        "Baseline labs missing",
+        settings=(RECENT,),
+        citations=("acr-2024-ln", "lupkynis-label", "prograf-label"),
+        needs=labs(*(g for item in BASELINE for g in item.groups), *BLOOD_PRESSURE),
+        course=("creatinine", "egfr", "potassium", "magnesium", "systolic-bp", "upcr"),
+    ),
+    monitoring(
+        "N2",
+        n2_creatinine_rise,
+        ("warning",),
+        "Creatinine 20–30 % above baseline",
+        settings=(RISE_WARNING, RISE_CRITICAL, BASELINE_DAYS, RECENT),
+        citations=("lupkynis-label", "naesens-2009"),
+        needs=CREATININE,
+        course=("creatinine",),
+    ),
+    monitoring(
+        "N3",
+        n3_creatinine_rise_critical,
+        ("critical",),
+        "Creatinine ≥ 30 % above baseline",
+        settings=(RISE_CRITICAL, BASELINE_DAYS, RECENT),
+        citations=("fomin-roberts-2016", "lupkynis-label", "mok-2016"),
+        needs=CREATININE,
+        course=("creatinine",),
+    ),
+    monitoring(
+        "N4",
+        n4_trough_high,
+        ("warning",),
+        "Tacrolimus level too high",
+        settings=(
+            setting("tacrolimus_level_max", "number", 0, 100, "N4: ng/mL"),
+            setting(
+                "tacrolimus_level_max_with_mycophenolate",
+                "number",
+                0,
+                100,
+                "N4 with active mycophenolate: ng/mL",
+            ),
+            RECENT,
+        ),
+        citations=("liu-2015", "ln-trial-regimens", "prograf-label"),
+        needs=labs("tacrolimus-level", drugs=("mycophenolate",)),
+        course=("tacrolimus-level",),
+    ),
+    monitoring(
+        "N5",
+        n5_potassium_high,
+        ("warning",),
+        "High potassium",
+        settings=(setting("potassium_max", "number", 2, 10, "N5: mmol/L"), RECENT),
+        citations=("cni-electrolytes", "prograf-label"),
+        needs=labs("potassium"),
+        course=("potassium",),
+    ),
+    monitoring(
+        "N6",
+        n6_magnesium_low,
+        ("info",),
+        "Low magnesium",
+        settings=(setting("magnesium_min", "number", 0, 5, "N6: mg/dL"), RECENT),
+        citations=("cni-electrolytes",),
+        needs=labs("magnesium"),
+        course=("magnesium",),
+    ),
+    monitoring(
+        "N7",
+        n7_blood_pressure,
+        ("info", "warning", "critical"),
+        "High blood pressure",
+        settings=(
+            pair_setting("bp_info", "number", 0, 400, "N7 info tier [systolic, diastolic], at or above"),
+            pair_setting(
+                "bp_warning", "number", 0, 400, "N7 warning tier [systolic, diastolic], at or above"
+            ),
+            pair_setting(
+                "bp_critical", "number", 0, 400, "N7 critical tier [systolic, diastolic], strictly above"
+            ),
+            RECENT,
+        ),
+        citations=("kdigo-2024", "lupkynis-label", "prograf-label"),
+        needs=labs(*BLOOD_PRESSURE),
+        course=("systolic-bp", "diastolic-bp"),
+    ),
+    monitoring(
+        "N8",
+        n8_hyperglycaemia,
+        ("info",),
+        "High glucose or HbA1c on tacrolimus",
+        settings=(
+            setting("fasting_glucose", "number", 50, 500, "N8: mg/dL"),
+            setting("random_glucose", "number", 50, 800, "N8: mg/dL"),
+            setting("hba1c", "number", 3, 20, "N8: %"),
+        ),
+        citations=("prograf-label",),
+        needs=labs("glucose", "glucose-fasting", "hba1c"),
+    ),
+    monitoring(
+        "N9",
+        n9_cyp3a4,
+        ("warning",),
+        "Strong CYP3A4 inhibitor or inducer",
+        settings=(
+            setting(
+                "include_moderate_cyp3a4", "boolean", about="N9: also warn for moderate CYP3A4 inhibitors"
+            ),
+        ),
+        citations=("lupkynis-label", "prograf-label"),
+        needs=labs(drugs=CYP3A4),
+        course=CYP3A4,
+    ),
+    monitoring(
+        "N10",
+        n10_nephrotoxins,
+        ("warning",),
+        "Nephrotoxic drug active",
+        citations=("naesens-2009",),
+        needs=labs(drugs=("nephrotoxins",)),
+        course=("nephrotoxins",),
+    ),
+    monitoring(
+        "N11",
+        n11_new_start,
+        ("info",),
+        "Monitoring schedule for a new start",
+        citations=("acr-2024-ln", "fomin-roberts-2016", "lupkynis-label"),
+        runs_in=NEW_START_ONLY,
+        needs=TACROLIMUS,
+    ),
+    monitoring(
+        "N12",
+        n12_duplicate_cni,
+        ("critical",),
+        "Duplicate calcineurin-inhibitor therapy",
+        citations=("lupkynis-label", "prograf-label"),
+        needs=labs(drugs=("other-calcineurin-inhibitors",)),
+        course=CYP3A4,
+        replaces={"S5": "Duplicate calcineurin inhibitor"},
+    ),
+    monitoring(
+        "N13",
+        n13_low_egfr,
+        ("warning", "info"),
+        "eGFR 45 or lower",
+        settings=(
+            setting(
+                "egfr_cni_caution",
+                "number",
+                0,
+                200,
+                "N13: eGFR (reported or calculated) at or below, mL/min/1.73 m2",
+            ),
+            RECENT,
+        ),
+        citations=("ckd-epi-2021", "kdigo-2024", "lupkynis-label"),
+        needs=labs("egfr", "creatinine"),
+        course=("egfr",),
+        replaces={"S6": "eGFR 45 or lower"},
+    ),
+    monitoring(
+        "N14",
+        n14_hepatitis_b,
+        ("warning",),
+        "Hepatitis B",
+        citations=("kdigo-2024", "livertox-rituximab"),
+        needs=merge_needs(labs("hbsag", "anti-hbc"), {"Condition": ("hepatitis-b",)}),
+    ),
+    monitoring(
+        "N15",
+        n15_hepatitis_b_screen,
+        ("info",),
+        "Hepatitis B screening missing",
+        citations=("kdigo-2024", "livertox-rituximab"),
+        runs_in=NEW_START_ONLY,
+        needs=merge_needs(labs("hbsag"), {"Condition": ("hepatitis-b",)}),
+    ),
+)
+RULES = {d.id: d.rule for d in DECLARATIONS}
+NEEDS = merge_needs(*(d.needs for d in DECLARATIONS))

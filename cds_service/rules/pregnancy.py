@@ -32,27 +32,12 @@ from cds_service.rules.common import (
     words,
 )
 from cds_service.rules.model import Finding, OrderLabs, Quiet, RuleInput, StopMedication
+from cds_service.rules.registry import Declaration, pair_setting, setting
 
 TERATOGEN_CONCEPTS = ("teratogens", "mycophenolate", "cyclophosphamide", "methotrexate", "leflunomide")
 HCG_GROUPS = ("hcg-qualitative", "hcg-quantitative")
 URINE_HCG = ("2106-3", "Choriogonadotropin (pregnancy test) [Presence] in Urine")
 TACROLIMUS_LEVEL = ("11253-2", "Tacrolimus [Mass/volume] in Blood")
-
-NEEDS = merge_needs(
-    PREGNANCY_NEEDS,
-    {
-        "Patient": (),
-        "Condition": ("pregnancy-hypertension", "lactation"),
-        "Observation": (
-            "breastfeeding-status",
-            "blood-pressure",
-            "systolic-bp",
-            "diastolic-bp",
-            "tacrolimus-level",
-        ),
-        "MedicationRequest": ("tacrolimus", *TERATOGEN_CONCEPTS),
-    },
-)
 
 
 def p1_pregnant(inp: RuleInput) -> Finding | Quiet:
@@ -326,12 +311,134 @@ def _short(meds) -> str:
     return first if len(meds) == 1 else f"{first} and {len(meds) - 1} more"
 
 
-RULES = {
-    "P1": p1_pregnant,
-    "P2": p2_teratogen_in_pregnancy,
-    "P3": p3_mycophenolate_without_hcg,
-    "P4": p4_breastfeeding,
-    "P5": p5_hypertension_in_pregnancy,
-    "P6": p6_pregnancy_trough,
-    "P7": p7_teratogen_while_breastfeeding,
+PREGNANCY_SETTINGS = (
+    setting("pregnancy_status_days", "integer", 1, 3650, "pregnancy-status look-back"),
+    setting(
+        "hcg_days",
+        "integer",
+        1,
+        3650,
+        "P*: a positive hCG counts as pregnancy for this many days, until a later result ends it",
+    ),
+    setting(
+        "hcg_unconfirmed_days",
+        "integer",
+        1,
+        3650,
+        "P*: a positive hCG older than this, with nothing later confirming it, is flagged as unconfirmed",
+    ),
+    setting("hcg_positive_iu_per_l", "number", 0, 100000, "quantitative hCG above this is positive, IU/L"),
+    setting(
+        "edd_overdue_days",
+        "integer",
+        0,
+        365,
+        "P*: an estimated delivery date more than this many days past ends the pregnancy",
+    ),
+)
+"""What every pregnancy reading uses (``common.pregnancy_status``): S3 reads them too."""
+PREGNANCY_READS = merge_needs(PREGNANCY_NEEDS, {"Patient": (), "MedicationRequest": ("tacrolimus",)})
+BREASTFEEDING = setting(
+    "breastfeeding_status_days", "integer", 1, 3650, "P4/P7: breastfeeding-status (63895-7) look-back"
+)
+BREASTFEEDING_READS = {
+    "Patient": (),
+    "Condition": ("lactation",),
+    "Observation": ("breastfeeding-status",),
+    "MedicationRequest": ("tacrolimus",),
 }
+TERATOGENS = {"MedicationRequest": TERATOGEN_CONCEPTS}
+BLOOD_PRESSURE = ("blood-pressure", "systolic-bp", "diastolic-bp")
+
+DECLARATIONS = (
+    Declaration(
+        "P1",
+        p1_pregnant,
+        "pregnancy",
+        "pregnancy",
+        ("info",),
+        "Pregnant: compatible, monitor more closely",
+        settings=PREGNANCY_SETTINGS,
+        citations=("acr-2020-reproductive", "bsr-2022", "fomin-roberts-2016", "hebert-2013"),
+        needs=PREGNANCY_READS,
+    ),
+    Declaration(
+        "P2",
+        p2_teratogen_in_pregnancy,
+        "pregnancy",
+        "pregnancy",
+        ("critical",),
+        "Teratogen active in pregnancy",
+        settings=PREGNANCY_SETTINGS,
+        citations=("acr-2020-reproductive", "bsr-2022"),
+        needs=merge_needs(PREGNANCY_READS, TERATOGENS),
+    ),
+    Declaration(
+        "P3",
+        p3_mycophenolate_without_hcg,
+        "pregnancy",
+        "pregnancy",
+        ("info",),
+        "Mycophenolate, no negative pregnancy test",
+        settings=(
+            pair_setting("pregnancy_capable_age", "integer", 0, 120, "P3: [from, to] years, inclusive"),
+            setting("mycophenolate_hcg_days", "integer", 1, 3650, "P3: hCG look-back"),
+            *PREGNANCY_SETTINGS,
+        ),
+        citations=("acr-2020-reproductive",),
+        needs=merge_needs(PREGNANCY_READS, {"MedicationRequest": ("mycophenolate",)}),
+    ),
+    Declaration(
+        "P4",
+        p4_breastfeeding,
+        "pregnancy",
+        "pregnancy",
+        ("info",),
+        "Breastfeeding: tacrolimus compatible",
+        settings=(BREASTFEEDING,),
+        citations=("acr-2020-reproductive", "bsr-2022", "hebert-2013", "prograf-label"),
+        needs=BREASTFEEDING_READS,
+    ),
+    Declaration(
+        "P5",
+        p5_hypertension_in_pregnancy,
+        "pregnancy",
+        "pregnancy",
+        ("warning",),
+        "High blood pressure in pregnancy",
+        settings=(setting("pregnancy_bp_days", "integer", 1, 3650, "P5: BP look-back"), *PREGNANCY_SETTINGS),
+        citations=("acr-2020-reproductive", "prograf-label"),
+        needs=merge_needs(
+            PREGNANCY_READS, {"Condition": ("pregnancy-hypertension",), "Observation": BLOOD_PRESSURE}
+        ),
+        course=("systolic-bp", "diastolic-bp"),
+    ),
+    Declaration(
+        "P6",
+        p6_pregnancy_trough,
+        "pregnancy",
+        "pregnancy",
+        ("info",),
+        "Pregnant, no recent tacrolimus level",
+        settings=(
+            setting("pregnancy_trough_days", "integer", 1, 3650, "P6: tacrolimus level look-back"),
+            *PREGNANCY_SETTINGS,
+        ),
+        citations=("hebert-2013", "pregnancy-dose-cohort"),
+        needs=merge_needs(PREGNANCY_READS, {"Observation": ("tacrolimus-level",)}),
+        course=("tacrolimus-level",),
+    ),
+    Declaration(
+        "P7",
+        p7_teratogen_while_breastfeeding,
+        "pregnancy",
+        "pregnancy",
+        ("warning",),
+        "Drug not compatible with breastfeeding",
+        settings=(BREASTFEEDING,),
+        citations=("acr-2020-reproductive", "bsr-2022"),
+        needs=merge_needs(BREASTFEEDING_READS, TERATOGENS),
+    ),
+)
+RULES = {d.id: d.rule for d in DECLARATIONS}
+NEEDS = merge_needs(*(d.needs for d in DECLARATIONS))

@@ -42,16 +42,8 @@ from cds_service.rules.common import (
     words,
 )
 from cds_service.rules.model import Evidence, Finding, Quiet, RuleInput
-
-NEEDS = merge_needs(
-    PREGNANCY_NEEDS,
-    {
-        "Condition": ("lupus-nephritis", "lupus-nephritis-class-v", "hepatitis-b", "hypogammaglobulinemia"),
-        "Observation": ("upcr", "hbsag", "igg"),
-        "MedicationRequest": ("tacrolimus", "mycophenolate", "cyclophosphamide"),
-        "AllergyIntolerance": ("rituximab",),
-    },
-)
+from cds_service.rules.pregnancy import PREGNANCY_SETTINGS
+from cds_service.rules.registry import NEW_START_ONLY, Declaration, setting
 
 NO_LUPUS_NEPHRITIS = (
     "no active lupus nephritis condition: the salvage context applies only to lupus nephritis"
@@ -342,11 +334,101 @@ def allergy_evidence(allergy: Allergy) -> Evidence:
     return Evidence("Allergy", allergy.name, None, allergy.reference)
 
 
-RULES = {
-    "S0": s0_first_agent,
-    "S1": s1_mycophenolate_failure,
-    "S2": s2_both_anchors_used,
-    "S3": s3_rituximab_barrier,
-    "S4": s4_membranous,
-    "S7": s7_long_term,
+LUPUS_NEPHRITIS_READS = {
+    "Condition": ("lupus-nephritis", "lupus-nephritis-class-v"),
+    "MedicationRequest": ("tacrolimus",),
 }
+ANCHOR_DRUGS = {"MedicationRequest": ("mycophenolate", "cyclophosphamide")}
+UPCR_RESPONSE = setting("upcr_response", "number", 0, 20, "S1/S7: g/g")
+NEW_START_CITATIONS = ("acr-2024-ln", "fomin-roberts-2016", "kdigo-2024")
+
+DECLARATIONS = (
+    Declaration(
+        "S0",
+        s0_first_agent,
+        "salvage",
+        "salvage-context",
+        ("info",),
+        "Tacrolimus as first agent",
+        citations=(*NEW_START_CITATIONS, "eular-2023"),
+        runs_in=NEW_START_ONLY,
+        needs=merge_needs(LUPUS_NEPHRITIS_READS, ANCHOR_DRUGS),
+    ),
+    Declaration(
+        "S1",
+        s1_mycophenolate_failure,
+        "salvage",
+        "salvage-context",
+        ("info",),
+        "Inadequate response to mycophenolate",
+        settings=(
+            setting("mycophenolate_failure_months", "integer", 1, 120, "S1: months"),
+            UPCR_RESPONSE,
+            setting("upcr_reduction", "number", 0, 1, "S1: fraction (0.5 = 50 %)"),
+        ),
+        citations=NEW_START_CITATIONS,
+        runs_in=NEW_START_ONLY,
+        needs=merge_needs(
+            LUPUS_NEPHRITIS_READS, {"Observation": ("upcr",), "MedicationRequest": ("mycophenolate",)}
+        ),
+        course=("upcr", "mycophenolate"),
+    ),
+    Declaration(
+        "S2",
+        s2_both_anchors_used,
+        "salvage",
+        "salvage-context",
+        ("info",),
+        "Mycophenolate and cyclophosphamide both used",
+        citations=("eular-2023", "fomin-roberts-2016", "liu-2015", "mok-2016"),
+        runs_in=NEW_START_ONLY,
+        needs=merge_needs(LUPUS_NEPHRITIS_READS, ANCHOR_DRUGS),
+        course=("cyclophosphamide", "mycophenolate"),
+    ),
+    Declaration(
+        "S3",
+        s3_rituximab_barrier,
+        "salvage",
+        "salvage-context",
+        ("info",),
+        "Rituximab cannot be used",
+        settings=(setting("igg_low", "number", 0, 5000, "S3: mg/dL"), *PREGNANCY_SETTINGS),
+        citations=("acr-2020-reproductive", "fomin-roberts-2016", "kdigo-2024", "livertox-rituximab"),
+        runs_in=NEW_START_ONLY,
+        needs=merge_needs(
+            LUPUS_NEPHRITIS_READS,
+            PREGNANCY_NEEDS,
+            {
+                "Condition": ("hepatitis-b", "hypogammaglobulinemia"),
+                "Observation": ("hbsag", "igg"),
+                "AllergyIntolerance": ("rituximab",),
+            },
+        ),
+        course=("rituximab",),
+    ),
+    Declaration(
+        "S4",
+        s4_membranous,
+        "salvage",
+        "salvage-context",
+        ("info",),
+        "Lupus nephritis class V",
+        citations=NEW_START_CITATIONS,
+        runs_in=NEW_START_ONLY,
+        needs=LUPUS_NEPHRITIS_READS,
+    ),
+    Declaration(
+        "S7",
+        s7_long_term,
+        "salvage",
+        "salvage-context",
+        ("info",),
+        "Long-term tacrolimus without remission",
+        settings=(setting("tacrolimus_long_term_months", "integer", 1, 240, "S7"), UPCR_RESPONSE),
+        citations=("fomin-roberts-2016", "kdigo-2024"),
+        needs=merge_needs(LUPUS_NEPHRITIS_READS, {"Observation": ("upcr",)}),
+        course=("upcr", "tacrolimus"),
+    ),
+)
+RULES = {d.id: d.rule for d in DECLARATIONS}
+NEEDS = merge_needs(*(d.needs for d in DECLARATIONS))
