@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import os
 import secrets
@@ -32,12 +31,11 @@ from werkzeug.wrappers import Response as BaseResponse  # what flask.redirect re
 
 from cds_service.admin_sessions import SESSION_SECONDS, AdminSessions
 from cds_service.config import Config, ConfigError, load_config
-from cds_service.config_schema import SCHEMA_DIR
-from cds_service.explain import FINDING_IDS, SETTINGS_BY_FINDING
 from cds_service.report import FindingStats, rate_text, reasons_text, store_statistics
-from cds_service.rules import PATIENT_VIEW
+from cds_service.rules import FINDING_IDS, REGISTRY
 from cds_service.rules.titles import finding_title
 from cds_service.server import ask_master_to_reload, master_pid
+from cds_service.services import spec_for
 
 log = logging.getLogger("cds_service.admin")
 bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates")
@@ -359,8 +357,7 @@ def reload() -> Response | tuple[Response, int]:
 
 @cache
 def _descriptions() -> dict[str, str]:
-    schema = json.loads((SCHEMA_DIR / "settings.json").read_text())
-    return {k: v.get("description", "") for k, v in schema["$defs"]["thresholds"]["properties"].items()}
+    return {name: item.schema.get("description", "") for name, item in REGISTRY.settings.items()}
 
 
 def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -400,7 +397,7 @@ def effective_view(config: Config) -> dict[str, Any]:
         for s in config.services.values()
     ]
     descriptions = _descriptions()
-    affects = {key: [f for f in FINDING_IDS if key in SETTINGS_BY_FINDING[f]] for key in shared["thresholds"]}
+    affects = {key: REGISTRY.readers_of(key) for key in shared["thresholds"]}
     thresholds = []
     for key, value in shared["thresholds"].items():
         per_service = {
@@ -429,7 +426,7 @@ def effective_view(config: Config) -> dict[str, Any]:
             per_service[s.id] = {
                 "enabled": options.get("enabled", True),
                 "indicator": options.get("indicator"),
-                "runs": s.hook != "patient-view" or finding_id in PATIENT_VIEW,
+                "runs": finding_id in spec_for(s.id, s.hook).findings,
             }
         per_tenant = {
             t: o["findings"][finding_id]

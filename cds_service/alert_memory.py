@@ -13,10 +13,10 @@ The small API, for every hook that needs it:
 * ``hold_back(memory, rule, window, subject, findings, now)`` → (findings to show, ``HeldBack`` list).
 * ``memory.remember(rule.remember_as, subject, shown_findings, now)`` after the cards went out.
 
-order-sign holds back an ``info`` finding already shown at order-select for the same patient and draft order
-with the same indicator. A patient-view service adds ``RULES["patient-view"] = RepeatRule("patient-view",
-"patient-view", frozenset(INDICATOR_RANK), "not-higher", why, per_order=False)`` and a 24-hour
-``hold_repeats.window_minutes`` in its service file: the same finding at most once a day unless it rises.
+Each service's rule is part of its spec (``cds_service.services``): order-sign holds back an ``info`` finding
+already shown at order-select for the same patient and draft order with the same indicator; the monitoring
+service (with a 24-hour ``hold_repeats.window_minutes`` in its service file) shows the same finding at most
+once a day unless it rises.
 Any database fault shows the finding: forgetting is safe, hiding an alert wrongly is not.
 """
 
@@ -67,29 +67,6 @@ class RepeatRule:
 
     def subject(self, tenant: str | None, patient: str, orders: Iterable[str] = ()) -> Subject:
         return Subject(tenant, patient, tuple(sorted(orders)) if self.per_order else ())
-
-
-RULES: dict[str, RepeatRule] = {
-    "order-select": RepeatRule(remember_as="order-select", recall_from=None),
-    "order-sign": RepeatRule(
-        remember_as=None,
-        recall_from="order-select",
-        holdable=frozenset({"info"}),
-        compare="same",
-        why="info finding already shown at order-select for this patient and order",
-    ),
-    "patient-view": RepeatRule(
-        remember_as="patient-view",
-        recall_from="patient-view",
-        holdable=frozenset(INDICATOR_RANK),
-        compare="not-higher",
-        why="already shown at patient-view for this patient, at this indicator or higher,",
-        per_order=False,
-    ),
-}
-"""Per hook. Warning and critical findings are shown again at order-sign, the last look before signing.
-patient-view (service ``tacrolimus-monitoring``) shows the same finding for the same patient at most once per
-window (24 h in its service file) unless its indicator rises."""
 
 
 @dataclass(frozen=True)

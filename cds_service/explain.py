@@ -21,54 +21,11 @@ from cds_service.cards import FINDINGS_EXTENSION
 from cds_service.config import Config, Service
 from cds_service.fixtures import FIXTURES_DIR, manifest
 from cds_service.hook_call import Answer, answer_hook
-from cds_service.rules import FINDING_IDS, PATIENT_VIEW, RETIRED, retired_message
+from cds_service.rules import FINDING_IDS, REGISTRY, RETIRED, retired_message
 from cds_service.rules.model import Finding
 from cds_service.runtime import Runtime
+from cds_service.services import ServiceSpec, spec_for
 from cds_service.storage import Store, make_engine
-
-_PREGNANCY = (
-    "pregnancy_status_days",
-    "hcg_days",
-    "hcg_unconfirmed_days",
-    "hcg_positive_iu_per_l",
-    "edd_overdue_days",
-)
-SETTINGS_BY_FINDING: dict[str, tuple[str, ...]] = {
-    "P1": _PREGNANCY,
-    "P2": _PREGNANCY,
-    "P3": ("pregnancy_capable_age", "mycophenolate_hcg_days", *_PREGNANCY),
-    "P4": ("breastfeeding_status_days",),
-    "P5": ("pregnancy_bp_days", *_PREGNANCY),
-    "P6": ("pregnancy_trough_days", *_PREGNANCY),
-    "P7": ("breastfeeding_status_days",),
-    "S0": (),
-    "S1": ("mycophenolate_failure_months", "upcr_response", "upcr_reduction"),
-    "S2": (),
-    "S3": ("igg_low", *_PREGNANCY),
-    "S4": (),
-    "S7": ("tacrolimus_long_term_months", "upcr_response"),
-    "N1": ("recent_lab_days",),
-    "N2": (
-        "creatinine_rise_warning",
-        "creatinine_rise_critical",
-        "baseline_creatinine_days",
-        "recent_lab_days",
-    ),
-    "N3": ("creatinine_rise_critical", "baseline_creatinine_days", "recent_lab_days"),
-    "N4": ("tacrolimus_level_max", "tacrolimus_level_max_with_mycophenolate", "recent_lab_days"),
-    "N5": ("potassium_max", "recent_lab_days"),
-    "N6": ("magnesium_min", "recent_lab_days"),
-    "N7": ("bp_info", "bp_warning", "bp_critical", "recent_lab_days"),
-    "N8": ("fasting_glucose", "random_glucose", "hba1c"),
-    "N9": ("include_moderate_cyp3a4",),
-    "N10": (),
-    "N11": (),
-    "N12": (),
-    "N13": ("egfr_cni_caution", "recent_lab_days"),
-    "N14": (),
-    "N15": (),
-}
-"""The thresholds (``hooks/settings.yaml``) each finding reads: shown next to its verdict."""
 
 
 class ExplainError(ValueError):
@@ -193,9 +150,9 @@ def pick_findings(wanted: Sequence[str]) -> tuple[str, ...]:
 
 
 def verdicts(
-    answer: Answer, settings: Mapping[str, Any], only: Sequence[str] = FINDING_IDS, hook: str = ""
+    answer: Answer, settings: Mapping[str, Any], spec: ServiceSpec, only: Sequence[str] = FINDING_IDS
 ) -> list[Verdict]:
-    """One verdict per catalog finding (or per id in ``only``), in catalog order, for a call of ``hook``."""
+    """One verdict per catalog finding (or per id in ``only``), in catalog order, for a call of ``spec``."""
     evaluation = answer.evaluation
     fired = {f.id: f for f in evaluation.findings} if evaluation else {}
     quiet = {q.id: q.reason for q in evaluation.quiet} if evaluation else {}
@@ -207,11 +164,11 @@ def verdicts(
     held = {h.id: h for h in answer.held}
     below = {f.id for f in answer.below}
     minimum = settings.get("min_indicator", "info")
-    runs = PATIENT_VIEW if hook == "patient-view" else FINDING_IDS
+    runs = spec.findings
     thresholds = settings.get("thresholds") or {}
     out = []
     for finding_id in (f for f in FINDING_IDS if f in only):
-        read = {key: thresholds.get(key) for key in SETTINGS_BY_FINDING[finding_id]}
+        read = {key: thresholds.get(key) for key in REGISTRY.settings_read_by(finding_id)}
         options = (settings.get("findings") or {}).get(finding_id) or {}
         if finding_id in fired:
             finding = fired[finding_id]
@@ -232,21 +189,17 @@ def verdicts(
                 )
             out.append(Verdict(finding_id, status, indicator, card, why, read))
         elif finding_id not in runs:
-            reason = (
-                "not run by this service: patient-view runs the pregnancy family, S7 and the monitoring "
-                "family except N11 and N15"
-            )
-            out.append(Verdict(finding_id, "not-run", None, None, [reason], read))
+            out.append(Verdict(finding_id, "not-run", None, None, [spec.not_run_reason()], read))
         else:
-            reason = quiet.get(finding_id) or quiet.get("scope") or _no_evaluation_reason(answer, hook)
+            reason = quiet.get(finding_id) or quiet.get("scope") or _no_evaluation_reason(answer, spec)
             out.append(Verdict(finding_id, "quiet", None, None, [reason], read))
     return out
 
 
-def _no_evaluation_reason(answer: Answer, hook: str) -> str:
+def _no_evaluation_reason(answer: Answer, spec: ServiceSpec) -> str:
     if answer.status == 412:
         return "not evaluated: required patient data could not be obtained (412)"
-    if not answer.notes.get("triggers") and hook == "patient-view":
+    if not answer.notes.get("triggers") and spec.trigger.on_record:
         return "not evaluated: no active systemic tacrolimus order on record"
     if not answer.notes.get("triggers"):
         return "not evaluated: no systemic tacrolimus order in this request"
@@ -277,7 +230,7 @@ def explain(
     finally:
         runtime.close()
     settings = config.settings_for(service, tenant)
-    return answer, verdicts(answer, settings, only, service.hook), settings
+    return answer, verdicts(answer, settings, spec_for(service.id, service.hook), only), settings
 
 
 def as_text(

@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cds_service import metrics
-from cds_service.alert_memory import RULES as REPEAT_RULES
 from cds_service.alert_memory import HeldBack, hold_back, repeat_settings
 from cds_service.auth import Caller
 from cds_service.cards import apply_finding_settings, build_cards
@@ -26,18 +25,12 @@ from cds_service.gather import Gathered, gather, run_parallel
 from cds_service.prefetch import KEY_BY_NAME
 from cds_service.protocol import validate_request
 from cds_service.record_builder import build_record
-from cds_service.rules import PATIENT_VIEW as PATIENT_VIEW_RULES
 from cds_service.rules import evaluate
 from cds_service.rules.model import INDICATOR_RANK, Evaluation, Finding, RuleInput
 from cds_service.runtime import Runtime
+from cds_service.services import ServiceSpec, spec_for
 from cds_service.smart.links import add_course_links, course_context
-from cds_service.trigger import (
-    Resolver,
-    bundle_resolver,
-    draft_resources,
-    find_active_tacrolimus,
-    find_trigger_orders,
-)
+from cds_service.trigger import Resolver, bundle_resolver, draft_resources
 
 log = logging.getLogger("cds_service.hook_call")
 
@@ -132,44 +125,41 @@ def fhir_client_for(
     return client, ""
 
 
-def _medication_resolver(
-    body: Mapping,
-    gathered: Gathered | None,
-    client: FhirClient | None,
-    runtime: Runtime,
-    already: Mapping[str, object] | None = None,
-) -> tuple[Resolver, dict[str, object]]:
-    """Resolve ``Medication/x``: from the request's resources first, then (bounded) from the FHIR server.
+class MedicationResolver:
+    """Resolves ``Medication/x``: from the request's resources first, then (bounded) from the FHIR server.
 
-    Returns the resolver and what it read from the server; passing that back as ``already`` when the record
-    is built keeps a Medication read for the trigger from being read a second time.
+    Built once per call from the draft orders; ``learn`` adds the gathered stored orders (and the
+    Medications included with them) and reads what they reference and nobody sent, so a Medication read for
+    the trigger is never read a second time. ``fetched`` is what was read from the server.
     """
-    known = list(draft_resources(body.get("context") or {}))
-    if gathered:  # only the medication key can hold orders and the Medications included with them
-        known += gathered.resources.get("medications", ())
-    local = bundle_resolver(known)
-    fetched: dict[str, object] = dict(already or {})
-    wanted = set()
-    for resource in known:
-        ref = path(resource, "medicationReference", "reference")
-        if isinstance(ref, str) and ref.startswith("Medication/") and local(ref) is None:
-            wanted.add(ref)
-    wanted -= fetched.keys()
-    if wanted and client is not None:
-        # bounded: a request naming 10,000 Medications must not make the service send 10,000 reads
-        budget = max(0, MAX_MEDICATION_READS - len(fetched))
-        jobs = {ref: (lambda r=ref: client.read(r)) for ref in sorted(wanted)[:budget]}
-        read, _ = run_parallel(jobs, client.deadline, runtime.executors.for_url(client.base_url))
-        fetched.update(read)
 
-    def resolve(ref: str) -> Mapping | None:
-        found = local(ref) or fetched.get(ref)
+    def __init__(self, body: Mapping, client: FhirClient | None, runtime: Runtime):
+        self.client, self.runtime = client, runtime
+        self.known: list[Mapping] = []
+        self.local: Resolver = bundle_resolver(())
+        self.fetched: dict[str, object] = {}
+        self.learn(draft_resources(body.get("context") or {}))
+
+    def learn(self, resources: Iterable[Mapping]) -> None:
+        self.known += resources
+        self.local = bundle_resolver(self.known)
+        wanted = set()
+        for resource in self.known:
+            ref = path(resource, "medicationReference", "reference")
+            if isinstance(ref, str) and ref.startswith("Medication/") and self.local(ref) is None:
+                wanted.add(ref)
+        wanted -= self.fetched.keys()
+        client = self.client
+        if wanted and client is not None:
+            # bounded: a request naming 10,000 Medications must not make the service send 10,000 reads
+            budget = max(0, MAX_MEDICATION_READS - len(self.fetched))
+            jobs = {ref: (lambda r=ref: client.read(r)) for ref in sorted(wanted)[:budget]}
+            read, _ = run_parallel(jobs, client.deadline, self.runtime.executors.for_url(client.base_url))
+            self.fetched.update(read)
+
+    def __call__(self, ref: str) -> Mapping | None:
+        found = self.local(ref) or self.fetched.get(ref)
         return found if isinstance(found, Mapping) else None
-
-    return resolve, fetched
-
-
-PATIENT_VIEW = "patient-view"
 
 
 def answer_hook(
@@ -200,8 +190,8 @@ def answer_hook(
     context = body["context"]
     deadline = time.monotonic() + runtime.config.section("fhir")["deadline_seconds"]
     client, client_problem = fhir_client_for(body, runtime, deadline, caller, request_id)
+    spec = spec_for(service.id, service.hook)
     templates = runtime.templates_for(service)
-    patient_view = service.hook == PATIENT_VIEW
 
     def gather_keys(keys: Iterable[str]) -> Gathered:
         return gather(
@@ -214,35 +204,32 @@ def answer_hook(
             runtime.config.section("fhir").get("max_resources_per_key", 50_000),
         )
 
-    if patient_view:
-        gathered = gather_keys(["medications"])
-        if gathered.missing_required:
-            unread = {"triggers": 0, "fetched": gathered.fetched, "unavailable": sorted(gathered.unavailable)}
-            return Answer(412, operation_outcome(gathered.missing_required), notes=unread)
-        resolve, read = _medication_resolver(body, gathered, client, runtime)
-        try:
-            triggers = find_active_tacrolimus(_stored_orders(gathered), runtime.terminology, resolve)
-        except FhirError:
-            triggers = []
-        if not triggers:
-            return Answer(200, {"cards": []}, notes={"triggers": 0, "fetched": gathered.fetched})
-    else:
-        resolve, read = _medication_resolver(body, None, client, runtime)
-        try:
-            triggers = find_trigger_orders(context, service.hook, runtime.terminology, resolve)
-        except FhirError:
-            triggers = []
-        if not triggers:
-            return Answer(200, {"cards": []}, notes={"triggers": 0})
+    first = spec.trigger.reads_first
+    gathered = gather_keys(first) if first else None  # what the trigger reads, before anything else
+    if gathered is not None and gathered.missing_required:
+        unread = {"triggers": 0, "fetched": gathered.fetched, "unavailable": sorted(gathered.unavailable)}
+        return Answer(412, operation_outcome(gathered.missing_required), notes=unread)
+    resolve = MedicationResolver(body, client, runtime)
+    if gathered is not None:  # only the medication key can hold orders and the Medications included with them
+        resolve.learn(gathered.resources.get("medications", ()))
+    stored = _stored_orders(gathered) if gathered is not None else []
+    try:
+        triggers = spec.trigger.find(context, service.hook, stored, runtime.terminology, resolve)
+    except FhirError:
+        triggers = []
+    if not triggers:
+        notes: dict[str, Any] = {"triggers": 0}
+        if gathered is not None:
+            notes["fetched"] = gathered.fetched
+        return Answer(200, {"cards": []}, notes=notes)
 
     settings = runtime.config.settings_for(service, tenant)
     key = runtime.evaluations.key(service.id, tenant, body, client is not None, now)
     evaluated = runtime.evaluations.get(key)
     if evaluated is None:
-        if patient_view:  # the medications are read already
-            gathered = gathered.merged(gather_keys(k for k in templates if k != "medications"))
-        else:
-            gathered = gather_keys(templates)
+        rest = gather_keys(k for k in templates if k not in first)
+        resolve.learn(rest.resources.get("medications", ()))
+        gathered = gathered.merged(rest) if gathered is not None else rest
         laps.lap("gather")
         if gathered.missing_required:
             notes = {"triggers": len(triggers), **_fetch_notes(gathered)}
@@ -251,12 +238,11 @@ def answer_hook(
             body,
             gathered,
             triggers,
-            client,
             runtime,
             settings,
             now,
-            patient_view,
-            already_read=read,
+            spec,
+            resolve,
             laps=laps,
         )
         runtime.evaluations.put(key, evaluated)
@@ -303,19 +289,17 @@ def _evaluate(
     body: Mapping,
     gathered: Gathered,
     triggers: list[Mapping],
-    client: FhirClient | None,
     runtime: Runtime,
     settings: Mapping[str, Any],
     now: datetime,
-    patient_view: bool,
-    already_read: Mapping[str, object],
+    spec: ServiceSpec,
+    resolve: MedicationResolver,
     laps: metrics.Laps,
 ) -> Evaluated:
     """The record built from the gathered resources, and what the rules make of it."""
     context = body["context"]
     resources = gathered.resources
     stored_orders = _stored_orders(gathered)
-    resolve, medications_read = _medication_resolver(body, gathered, client, runtime, already=already_read)
     record = build_record(
         terminology=runtime.terminology,
         now=now,
@@ -323,7 +307,7 @@ def _evaluate(
         conditions=[r for r in resources.get("conditions", ()) if r.get("resourceType") == "Condition"],
         medications=stored_orders,
         drafts=draft_resources(context),
-        trigger_ids=set() if patient_view else {str(t.get("id")) for t in triggers},
+        trigger_ids=spec.trigger.draft_ids(triggers),
         allergies=[
             r for r in resources.get("allergies", ()) if r.get("resourceType") == "AllergyIntolerance"
         ],
@@ -332,19 +316,15 @@ def _evaluate(
         unavailable={KEY_BY_NAME[k].resource_type for k in gathered.unavailable},
         lookback_days=longest_lookback(settings["thresholds"]),
     )
-    if patient_view:  # the newest active tacrolimus order is "the order", continuing therapy
-        by_id = {m.id: m for m in record.medications if not m.is_draft}
-        orders = tuple(by_id[i] for i in [str(t.get("id")) for t in triggers][:1] if i in by_id)
-    else:
-        orders = tuple(m for m in record.medications if m.is_trigger)
+    orders = spec.trigger.orders(record.medications, triggers)
     laps.lap("record")
     rule_input = RuleInput(
         record=record,
         orders=orders,
         thresholds=settings["thresholds"],
         scope=settings["scope"],
-        continuing=patient_view,
-        only=PATIENT_VIEW_RULES if patient_view else None,
+        continuing=spec.continuing,
+        only=None if spec.runs_everything else frozenset(spec.findings),
     )
     evaluation = evaluate(rule_input)
     laps.lap("rules")
@@ -356,7 +336,7 @@ def _evaluate(
         not_checked={DATA_NAMES[k]: why for k, why in unread.items()},
         course=course_context(rule_input),
         notes={"triggers": len(triggers), **_fetch_notes(gathered)},
-        from_request_alone=not gathered.fetched and not medications_read,
+        from_request_alone=not gathered.fetched and not resolve.fetched,
     )
 
 
@@ -384,9 +364,9 @@ def _repeats(
 
     Returns the findings to show, those held back, and how to remember the shown ones once the cards are sent.
     """
-    rule, options = REPEAT_RULES.get(service.hook), repeat_settings(settings)
+    rule, options = spec_for(service.id, service.hook).memory, repeat_settings(settings)
     memory = runtime.alert_memory
-    if rule is None or memory is None or not options["enabled"]:
+    if memory is None or not options["enabled"]:
         return findings, [], None
     subject = rule.subject(*about)  # tenant, patient, the triggering orders' ids
     shown, held = hold_back(

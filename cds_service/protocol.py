@@ -166,11 +166,13 @@ def _compile_ref(file_name: str, pointer: str) -> _Checker:
 
 _REQUEST = _compile(_SCHEMAS["request.json"])
 _PREFETCH_VALUE = _compile_ref("request.json", "/properties/prefetch/additionalProperties")
+CONTEXT_SUFFIX = "-context.json"
 _CONTEXT_BY_HOOK = {
-    "order-select": _compile(_SCHEMAS["order-select-context.json"]),
-    "order-sign": _compile(_SCHEMAS["order-sign-context.json"]),
-    "patient-view": _compile(_SCHEMAS["patient-view-context.json"]),
+    name.removesuffix(CONTEXT_SUFFIX): _compile(schema)
+    for name, schema in sorted(_SCHEMAS.items())
+    if name.endswith(CONTEXT_SUFFIX)
 }
+"""One context schema per hook, ``<hook>-context.json`` (a service spec names its hook's file)."""
 _RESPONSE = _compile(_SCHEMAS["response.json"])
 _DISCOVERY = _compile(_SCHEMAS["discovery.json"])
 _FEEDBACK = _compile(_SCHEMAS["feedback.json"])

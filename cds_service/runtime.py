@@ -19,7 +19,8 @@ from cds_service.fhir_client import shared_session
 from cds_service.fhir_policy import FhirPolicy
 from cds_service.gather import ServerExecutors
 from cds_service.prefetch import templates
-from cds_service.rules import NEEDS, needs_for
+from cds_service.rules import NEEDS
+from cds_service.services import SPECS, spec_for
 from cds_service.storage import Store, engine_url, make_engine
 from cds_service.terminology import Terminology
 
@@ -102,13 +103,12 @@ class Runtime:
         return templates(NEEDS, self.terminology)
 
     @cached_property
-    def _patient_view_templates(self) -> dict[str, str]:
-        return templates(needs_for("patient-view"), self.terminology)
+    def _templates_by_kind(self) -> dict[str, dict[str, str]]:
+        return {spec.kind: templates(spec.needs, self.terminology) for spec in SPECS}
 
-    def templates_for(self, service: Service | str) -> dict[str, str]:
-        """The prefetch templates of one service (by its hook): exactly what the rules it runs read."""
-        hook = service.hook if isinstance(service, Service) else service
-        return self._patient_view_templates if hook == "patient-view" else self.prefetch_templates
+    def templates_for(self, service: Service) -> dict[str, str]:
+        """The prefetch templates of one service: exactly what the findings its spec runs read."""
+        return self._templates_by_kind[spec_for(service.id, service.hook).kind]
 
     def service(self, service_id: str) -> Service | None:
         return self.config.services.get(service_id)

@@ -20,7 +20,7 @@ from cds_service.app import create_app
 from cds_service.fixtures import manifest
 from cds_service.hook_call import answer_hook
 from cds_service.protocol import check_response
-from cds_service.rules import PATIENT_VIEW_NEEDS
+from cds_service.services import SPEC_BY_ID
 from cds_service.sandbox.fhir_server import serve_in_thread
 from cds_service.sandbox.requests import build_request
 from cds_service.sandbox.store import FhirStore
@@ -104,7 +104,7 @@ def test_discovery_lists_the_monitoring_service_with_templates_from_what_its_rul
     terminology = fixture_app.extensions["cds_runtime"]().terminology
     needed = {
         f"{s}|{c}"
-        for name in PATIENT_VIEW_NEEDS["Observation"]
+        for name in SPEC_BY_ID[SERVICE].needs["Observation"]
         for s, c, _ in terminology.codes(name)
         if s == "http://loinc.org"
     }

@@ -1149,8 +1149,9 @@ def test_salvage_questions_are_asked_only_for_a_new_start():
 
 
 def test_continuing_flag_and_selection_serve_the_patient_view_service():
-    from cds_service.rules import PATIENT_VIEW
+    from cds_service.services import SPEC_BY_ID
 
+    PATIENT_VIEW = frozenset(SPEC_BY_ID["tacrolimus-monitoring"].findings)
     stored = med("tacrolimus", rid="tac-active", days=400)
     base = make(
         conditions=(cond(*LUPUS_NEPHRITIS), PREGNANT),

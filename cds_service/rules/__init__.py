@@ -34,7 +34,10 @@ FAMILIES: dict[str, tuple[str, ...]] = REGISTRY.families()
 def retired_message(finding_id: str) -> str:
     """Why an id of version 1 is refused, naming the id that replaced it."""
     now = REGISTRY[RETIRED[finding_id]]
-    return f"{finding_id!r} is retired in rule catalog version 2: it is now {now.id} ({now.family} family, any scope)"
+    return (
+        f"{finding_id!r} is retired in rule catalog version 2: it is now {now.id} "
+        f"({now.family} family, any scope)"
+    )
 
 
 def needs_of(kind: str) -> dict[str, tuple[str, ...]]:

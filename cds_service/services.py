@@ -1,0 +1,151 @@
+"""One declaration per CDS service: its hook, how it finds what it speaks about, what it gathers, which
+findings it runs and what it remembers (rules.md § When the service speaks at all: the services).
+
+``hook_call.answer_hook`` walks a ``ServiceSpec``; discovery's prefetch templates come from the needs of the
+findings the spec runs (``cds_service.rules.REGISTRY``). A service file in ``hooks/services/`` names its
+spec by its ``id``; a file with another id gets the spec of the tacrolimus service of its hook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from cds_service.alert_memory import RepeatRule
+from cds_service.protocol import CONTEXT_SUFFIX
+from cds_service.record import Medication
+from cds_service.rules import REGISTRY, needs_of
+from cds_service.rules.model import INDICATOR_RANK
+from cds_service.rules.registry import MONITORING, ORDER
+from cds_service.terminology import Terminology
+from cds_service.trigger import Resolver, find_active_tacrolimus, find_trigger_orders
+
+ORDER_SELECT, ORDER_SIGN, PATIENT_VIEW = "order-select", "order-sign", "patient-view"
+HOOKS = (ORDER_SELECT, ORDER_SIGN, PATIENT_VIEW)
+"""Every hook a service answers, in the order tools offer them."""
+HOOKS_WITH_DRAFTS = frozenset({ORDER_SELECT, ORDER_SIGN})
+"""Hooks whose context carries draft orders; at patient-view the chart is opened and nothing is drafted."""
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """How a service finds what it speaks about (rules.md § Trigger).
+
+    ``find(context, hook, stored orders, terminology, resolve)`` gives the triggering orders, first the one
+    that is "the order". ``on_record``: they are stored orders (the chart's active tacrolimus order, treated
+    as continuing therapy) rather than drafts of this request.
+    """
+
+    find: Callable[[Mapping, str, list[Mapping], Terminology, Resolver], list[Mapping]]
+    on_record: bool
+    reads_first: tuple[str, ...] = ()
+    """Prefetch keys read before the trigger can be looked for (the rest is gathered only if it fires)."""
+
+    def draft_ids(self, triggers: Iterable[Mapping]) -> set[str]:
+        """The ids the record marks ``is_trigger`` (drafts only)."""
+        return set() if self.on_record else {str(t.get("id")) for t in triggers}
+
+    def orders(self, medications: Iterable[Medication], triggers: list[Mapping]) -> tuple[Medication, ...]:
+        """ "The order" the rules read: the triggering drafts, or the newest triggering stored order."""
+        if not self.on_record:
+            return tuple(m for m in medications if m.is_trigger)
+        by_id = {m.id: m for m in medications if not m.is_draft}
+        return tuple(by_id[i] for i in [str(t.get("id")) for t in triggers][:1] if i in by_id)
+
+
+DRAFT_TACROLIMUS = Trigger(
+    find=lambda context, hook, stored, terminology, resolve: find_trigger_orders(
+        context, hook, terminology, resolve
+    ),
+    on_record=False,
+)
+ACTIVE_TACROLIMUS = Trigger(
+    find=lambda context, hook, stored, terminology, resolve: find_active_tacrolimus(
+        stored, terminology, resolve
+    ),
+    on_record=True,
+    reads_first=("medications",),
+)
+
+REMEMBER_SELECTED = RepeatRule(remember_as=ORDER_SELECT, recall_from=None)
+HOLD_BACK_AT_SIGN = RepeatRule(
+    remember_as=None,
+    recall_from=ORDER_SELECT,
+    holdable=frozenset({"info"}),
+    compare="same",
+    why="info finding already shown at order-select for this patient and order",
+)
+"""Warning and critical findings are shown again at order-sign, the last look before signing."""
+ONCE_PER_WINDOW = RepeatRule(
+    remember_as=PATIENT_VIEW,
+    recall_from=PATIENT_VIEW,
+    holdable=frozenset(INDICATOR_RANK),
+    compare="not-higher",
+    why="already shown at patient-view for this patient, at this indicator or higher,",
+    per_order=False,
+)
+"""The same finding for the same patient at most once per window (24 h in its service file) unless its
+indicator rises."""
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    id: str
+    hook: str
+    kind: str
+    """Which findings it runs: those whose declaration lists this kind (``rules.registry``)."""
+    trigger: Trigger
+    memory: RepeatRule
+    continuing: bool = False
+    """Treat "the order" as continuing therapy whatever the record says (the monitoring service)."""
+
+    @property
+    def context_schema(self) -> str:
+        """The file in ``cds_service/schemas/`` that the request's ``context`` must match."""
+        return f"{self.hook}{CONTEXT_SUFFIX}"
+
+    @property
+    def findings(self) -> tuple[str, ...]:
+        return REGISTRY.run_by(self.kind)
+
+    @property
+    def runs_everything(self) -> bool:
+        return len(self.findings) == len(REGISTRY)
+
+    @property
+    def needs(self) -> dict[str, tuple[str, ...]]:
+        """What its findings read: its prefetch templates are derived from it."""
+        return needs_of(self.kind)
+
+    def not_run_reason(self) -> str:
+        """Why a finding the catalog has is not run here, in words (``explain``)."""
+        families = REGISTRY.families()
+        parts = []
+        for family, ids in families.items():
+            run = [i for i in ids if i in self.findings]
+            if len(run) == len(ids):
+                parts.append(f"the {family} family")
+            elif len(run) < len(ids) / 2:
+                parts.extend(run)
+            else:
+                left_out = [i for i in ids if i not in run]
+                parts.append(f"the {family} family except {' and '.join(left_out)}")
+        listed = ", ".join(parts[:-1]) + f" and {parts[-1]}" if len(parts) > 1 else "".join(parts)
+        return f"not run by this service: {self.hook} runs {listed}"
+
+
+SPECS: tuple[ServiceSpec, ...] = (
+    ServiceSpec("tacrolimus-order-select", ORDER_SELECT, ORDER, DRAFT_TACROLIMUS, REMEMBER_SELECTED),
+    ServiceSpec("tacrolimus-order-sign", ORDER_SIGN, ORDER, DRAFT_TACROLIMUS, HOLD_BACK_AT_SIGN),
+    ServiceSpec(
+        "tacrolimus-monitoring", PATIENT_VIEW, MONITORING, ACTIVE_TACROLIMUS, ONCE_PER_WINDOW, continuing=True
+    ),
+)
+SPEC_BY_ID = {spec.id: spec for spec in SPECS}
+_FIRST_FOR_HOOK = {spec.hook: spec for spec in reversed(SPECS)}
+
+
+def spec_for(service_id: str, hook: str) -> ServiceSpec:
+    """The spec of a configured service: by its id, else the first (tacrolimus) service of its hook."""
+    spec = SPEC_BY_ID.get(service_id)
+    return spec if spec is not None and spec.hook == hook else _FIRST_FOR_HOOK[hook]
