@@ -7,6 +7,7 @@ import sys
 import click
 
 from cds_service.config import ConfigError, load_config
+from cds_service.hook_names import HOOKS, PATIENT_VIEW
 from cds_service.logs import setup_logging
 
 
@@ -313,10 +314,10 @@ def sandbox_links(
 @click.argument("fixture")
 @click.option(
     "--hook",
-    type=click.Choice(["order-select", "order-sign", "patient-view"]),
+    type=click.Choice(HOOKS),
     default=None,
-    help="Default: the fixture's own hook (patient-view for the pv-* patients), else order-select. "
-    "patient-view calls tacrolimus-monitoring: the chart is opened, no order is drafted.",
+    help=f"Default: the fixture's own hook ({PATIENT_VIEW} for the pv-* patients), else order-select. "
+    f"{PATIENT_VIEW} calls tacrolimus-monitoring: the chart is opened, no order is drafted.",
 )
 @click.option(
     "--via",

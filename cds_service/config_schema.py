@@ -5,6 +5,7 @@ Each problem reads ``<file>:<line>: <dotted.path>: <what is wrong>, got <value>`
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 from collections.abc import Iterable, Mapping
@@ -16,16 +17,28 @@ from typing import Any
 from jsonschema import Draft202012Validator, ValidationError
 from referencing import Registry, Resource
 
-from cds_service.rules import RETIRED, retired_message
+from cds_service.rules import REGISTRY, RETIRED, retired_message
 from cds_service.yaml_lines import line_of
 
 FORMAT_CHECKER = Draft202012Validator.FORMAT_CHECKER
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas" / "config"
 
 
+def with_registry(settings_schema: dict[str, Any]) -> dict[str, Any]:
+    """The settings schema with what the rule registry declares: each setting's schema (all required) and
+    the finding ids ``findings:`` may name. No finding id or threshold is listed in the JSON file itself."""
+    schema = copy.deepcopy(settings_schema)
+    declared = {name: dict(item.schema) for name, item in REGISTRY.settings.items()}
+    schema["$defs"]["thresholds"]["properties"] = declared
+    schema["properties"]["thresholds"]["required"] = sorted(declared)
+    schema["$defs"]["findings"]["propertyNames"]["enum"] = list(REGISTRY.ids)
+    return schema
+
+
 @cache
 def _validators() -> dict[str, Draft202012Validator]:
     schemas = {p.stem: json.loads(p.read_text()) for p in SCHEMA_DIR.glob("*.json")}
+    schemas["settings"] = with_registry(schemas["settings"])
     registry = Registry().with_resources(
         (schema["$id"], Resource.from_contents(schema)) for schema in schemas.values()
     )
@@ -73,7 +86,7 @@ def _explain_name(error: ValidationError) -> str:
     if error.validator == "enum" and error.instance in RETIRED:
         return retired_message(error.instance)
     if error.validator == "enum":
-        return f"{error.instance!r} is not a finding id of the catalog (P1-P7, S0-S4, S7, N1-N15)"
+        return f"{error.instance!r} is not a finding id of the catalog ({REGISTRY.id_ranges()})"
     return f"{error.instance!r} is not allowed as a name here: {error.message}"
 
 

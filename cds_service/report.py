@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
+from cds_service.rules import REGISTRY
+
 if TYPE_CHECKING:
     from cds_service.storage import Store
 
@@ -72,11 +74,12 @@ class FindingStats:
         }
 
 
-def catalog_order(finding_id: str) -> tuple[int, int, str]:
-    """P1…P7, S0…S7, N1…N15, then anything else (retired S5/S6 of old rows too): the catalog order."""
-    family = "PSN".find(finding_id[:1])
-    number = finding_id[1:]
-    return (family if family >= 0 else 3, int(number) if number.isdigit() else 99, finding_id)
+_POSITION = {finding_id: n for n, finding_id in enumerate(REGISTRY)}
+
+
+def catalog_order(finding_id: str) -> tuple[int, str]:
+    """The registry's (catalog) order, then anything else by id (retired ids of old rows, ``?``)."""
+    return (_POSITION.get(finding_id, len(_POSITION)), finding_id)
 
 
 def _utc(moment: datetime | None) -> datetime | None:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from cds_service.alert_memory import RepeatRule
+from cds_service.hook_names import ORDER_SELECT, ORDER_SIGN, PATIENT_VIEW
 from cds_service.protocol import CONTEXT_SUFFIX
 from cds_service.record import Medication
 from cds_service.rules import REGISTRY, needs_of
@@ -19,12 +20,6 @@ from cds_service.rules.model import INDICATOR_RANK
 from cds_service.rules.registry import MONITORING, ORDER
 from cds_service.terminology import Terminology
 from cds_service.trigger import Resolver, find_active_tacrolimus, find_trigger_orders
-
-ORDER_SELECT, ORDER_SIGN, PATIENT_VIEW = "order-select", "order-sign", "patient-view"
-HOOKS = (ORDER_SELECT, ORDER_SIGN, PATIENT_VIEW)
-"""Every hook a service answers, in the order tools offer them."""
-HOOKS_WITH_DRAFTS = frozenset({ORDER_SELECT, ORDER_SIGN})
-"""Hooks whose context carries draft orders; at patient-view the chart is opened and nothing is drafted."""
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from cds_service.fixtures import load_bundle, manifest
+from cds_service.hook_names import PATIENT_VIEW, opens_chart
 
 HOSTED_SANDBOX = "https://sandbox.cds-hooks.org/"
 LOCAL_FHIR = "http://localhost:8080/sandbox/fhir"  # `make run`: the fixtures under the dev service
@@ -29,7 +30,7 @@ def patient_id(fixture: str) -> str:
 
 def screen(fixture: str) -> str:
     """The Sandbox tab a fixture opens: Patient View for the patient-view fixtures, else Rx View."""
-    return "Patient View" if manifest()[fixture].get("hook") == "patient-view" else "Rx View"
+    return "Patient View" if opens_chart(manifest()[fixture].get("hook")) else "Rx View"
 
 
 def sandbox_link(
@@ -46,7 +47,7 @@ def sandbox_link(
         "serviceDiscoveryURL": discovery,
     }
     if screen(fixture) == "Patient View":
-        params |= {"hook": "patient-view", "screen": "patient-view"}
+        params |= {"hook": PATIENT_VIEW, "screen": PATIENT_VIEW}
     else:
         params |= {"hook": "order-select", "screen": "rx-view", "prescribedMedication": SANDBOX_TACROLIMUS}
     query = "&".join(f"{name}={quote(value, safe='')}" for name, value in params.items())

@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 
 from cds_service.fixtures import FIXTURES_DIR, load_bundle, manifest
+from cds_service.hook_names import HOOKS, HOOKS_WITH_DRAFTS
 from cds_service.prefetch import TemplateError, substitute_tokens
 from cds_service.sandbox.store import (
     FhirStore,
@@ -26,8 +27,6 @@ from cds_service.sandbox.store import (
     operation_outcome,
 )
 
-HOOKS = ("order-select", "order-sign", "patient-view")
-"""patient-view sends no draft orders: the chart is opened (service ``tacrolimus-monitoring``)."""
 VIAS = ("prefetch", "fhir", "both")
 """``prefetch``: data in ``prefetch`` only; ``fhir``: ``fhirServer`` + token only; ``both``: both at once."""
 
@@ -175,7 +174,7 @@ def build_request_from_bundle(
         if stray := [s for s in chosen if s not in drafts]:
             raise ValueError(f"selections must be draft orders: {', '.join(stray)}")
         context["selections"] = chosen
-    if hook != "patient-view":
+    if hook in HOOKS_WITH_DRAFTS:
         context["draftOrders"] = _draft_orders(draft_resources, resources)
 
     request: dict = {"hook": hook, "hookInstance": str(uuid.uuid4())}

@@ -25,6 +25,7 @@ import requests
 from markdown_it import MarkdownIt
 
 from cds_service.fixtures import manifest
+from cds_service.hook_names import opens_chart
 from cds_service.sandbox.fhir_server import serve_in_thread
 from cds_service.sandbox.requests import HOOKS, build_request
 from cds_service.sandbox.store import FhirStore
@@ -266,7 +267,7 @@ def run_exchange(
 def hook_matches(entry: Mapping, hook: str) -> bool:
     """Whether the manifest's expected findings are for ``hook``: patient-view fixtures for patient-view,
     the others for the order hooks."""
-    return (entry.get("hook") == "patient-view") == (hook == "patient-view")
+    return opens_chart(entry.get("hook")) == opens_chart(hook)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -427,9 +428,9 @@ def render_exchange(exchange: Exchange, width: int | None = None, color: bool = 
             f"not on the cards:             {', '.join(absent)} (info findings already shown at "
             "order-select for this order are not repeated; `cds-service explain` says why)"
         )
-    if exchange.hook == "patient-view" and absent and exchange.status == 200:
+    if opens_chart(exchange.hook) and absent and exchange.status == 200:
         lines.append(
-            f"not on the cards:             {', '.join(absent)} (shown at a patient-view of this patient "
+            f"not on the cards:             {', '.join(absent)} (shown at a {exchange.hook} of this patient "
             "within the last 24 hours and not risen since; `cds-service explain` says why)"
         )
     if exchange.status != 200:

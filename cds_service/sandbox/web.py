@@ -18,6 +18,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, render_templ
 from markdown_it import MarkdownIt
 
 from cds_service.fixtures import load_bundle, manifest
+from cds_service.hook_names import opens_chart
 from cds_service.prefetch import FHIR_ID
 from cds_service.sandbox.fhir_server import create_fhir_app
 from cds_service.sandbox.requests import HOOKS, build_request_from_bundle
@@ -215,7 +216,7 @@ def _order_label(order: Mapping, resources: Mapping[str, Mapping]) -> str:
 
 
 def _checked_drafts(value: Any, hook: str) -> list[dict]:
-    if hook == "patient-view":  # the chart is opened: unsigned drafts are not part of the record
+    if opens_chart(hook):  # the chart is opened: unsigned drafts are not part of the record
         return []
     if not isinstance(value, list) or not value:
         raise BadInput("drafts must be a non-empty list of FHIR resources (the page's draft orders)")

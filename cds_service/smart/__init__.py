@@ -25,6 +25,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, send_file
 
 from cds_service import units
 from cds_service.record_builder import DURATION_DAYS
+from cds_service.rules import REGISTRY
 from cds_service.terminology import LOCAL_FORM_WORDS, SYSTEM_ALIASES
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -136,7 +137,8 @@ def app_page() -> Response:
 
 @bp.get("/terminology.json")
 def terminology() -> Response:
-    """Value-set codes and names of the charted classes, unit factors to the rules' units, default thresholds.
+    """Value-set codes and names of the charted classes, unit factors to the rules' units, default thresholds,
+    and each finding's title and the groups the app highlights for it (from the rule registry).
 
     Generated from the running configuration (extension and local codes included), so the app sorts
     observations and orders exactly as the rules do. Terminology and settings only - no patient data.
@@ -157,6 +159,8 @@ def terminology() -> Response:
             "units": {g: {"canonical": units.CANONICAL_UNITS[g], "factors": units.linear_factors(g)}
                       for g in LAB_GROUPS},
             "thresholds": {k: thresholds[k] for k in COURSE_THRESHOLDS if k in thresholds},
+            # each finding's title and what the app highlights for it, from the rule registry
+            "findings": {i: {"title": d.title, "highlights": list(d.course)} for i, d in REGISTRY.items()},
             "clientId": CLIENT_ID,
             "scopes": SCOPES,
         }

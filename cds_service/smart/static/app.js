@@ -24,15 +24,6 @@
     ["cyp3a4-strong-inducers", "Strong CYP3A4 inducer", "#6b6b00", "3A4 inducer"],
     ["nephrotoxins", "Nephrotoxic drug", "#8a2020", "Nephrotoxic"],
   ];
-  const FINDING_TARGETS = {
-    N1: ["creatinine", "egfr", "potassium", "magnesium", "systolic-bp", "upcr"], N2: ["creatinine"], N3: ["creatinine"],
-    N4: ["tacrolimus-level"], N5: ["potassium"], N6: ["magnesium"], N7: ["systolic-bp", "diastolic-bp"],
-    N9: ["cyp3a4-strong-inhibitors", "cyp3a4-moderate-inhibitors", "cyp3a4-strong-inducers"], N10: ["nephrotoxins"],
-    N12: ["cyp3a4-strong-inhibitors", "cyp3a4-moderate-inhibitors", "cyp3a4-strong-inducers"], N13: ["egfr"],
-    P5: ["systolic-bp", "diastolic-bp"], P6: ["tacrolimus-level"], S1: ["upcr", "mycophenolate"],
-    S2: ["cyclophosphamide", "mycophenolate"], S3: ["rituximab"], S6: ["egfr"], S7: ["upcr", "tacrolimus"],
-  };
-
   function fail(message) {
     const status = $("status");
     status.textContent = message;
@@ -103,18 +94,20 @@
     $("conditions").textContent = active.length ? "Active conditions: " + active.join("; ") : "";
   }
 
-  function showFindings(ctx) {
+  // What each finding highlights comes from the service's rule registry (terminology.json "findings").
+  function showFindings(ctx, known) {
     const findings = (ctx && Array.isArray(ctx.findings)) ? ctx.findings.filter((f) => typeof f === "string") : [];
+    const targetsOf = (id) => (Object.prototype.hasOwnProperty.call(known, id) && known[id].highlights) || [];
     const list = $("findings-list");
     for (const id of findings) {
-      const targets = FINDING_TARGETS[id] || [];
-      const names = targets.map((g) => labelOf(g)).filter(Boolean);
+      const names = targetsOf(id).map((g) => labelOf(g)).filter(Boolean);
       const li = text("li", id + (names.length ? ": " + names.join(", ") : ""));
       li.dataset.finding = id;
+      if (Object.prototype.hasOwnProperty.call(known, id)) li.title = known[id].title;
       list.appendChild(li);
     }
     $("findings").hidden = findings.length === 0;
-    return new Set(findings.flatMap((id) => FINDING_TARGETS[id] || []));
+    return new Set(findings.flatMap(targetsOf));
   }
 
   function labelOf(group) {
@@ -316,7 +309,7 @@
       banner(record.patient, record.conditions);
       const { series, unusable } = Course.labs(terms, record.observations);
       const bars = Course.exposures(terms, record.orders, now, record.resolved);
-      const highlighted = showFindings(ctx);
+      const highlighted = showFindings(ctx, terms.findings || {});
       const base = chooseBaseline(ctx, series, bars, terms, now);
       const baseText = $("baseline");
       baseText.hidden = false;
