@@ -20,10 +20,10 @@ from cds_service.app import create_app
 from cds_service.fixtures import manifest
 from cds_service.hook_call import answer_hook
 from cds_service.protocol import check_response
-from cds_service.services import SPEC_BY_ID
 from cds_service.sandbox.fhir_server import serve_in_thread
 from cds_service.sandbox.requests import build_request
 from cds_service.sandbox.store import FhirStore
+from cds_service.services import SPEC_BY_ID
 
 SERVICE = "tacrolimus-monitoring"
 PATH = f"/cds-services/{SERVICE}"

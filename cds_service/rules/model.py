@@ -88,7 +88,7 @@ class RuleInput:
     continuing: bool = False
     """Treat the order as continuing therapy whatever the record says (patient-view: the active order)."""
     only: frozenset[str] | None = None
-    """Run only these finding ids (e.g. ``rules.PATIENT_VIEW``); None runs the whole catalog."""
+    """Run only these finding ids (a service spec's ``findings``); None runs the whole catalog."""
 
     @property
     def now(self) -> datetime:
