@@ -8,7 +8,7 @@ spec by its ``id``; a file with another id gets the spec of the tacrolimus servi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from cds_service.alert_memory import RepeatRule
@@ -31,7 +31,7 @@ class Trigger:
     as continuing therapy) rather than drafts of this request.
     """
 
-    find: Callable[[Mapping, str, list[Mapping], Terminology, Resolver], list[Mapping]]
+    find: Callable[[Mapping, str, Sequence[Mapping], Terminology, Resolver], list[Mapping]]
     on_record: bool
     reads_first: tuple[str, ...] = ()
     """Prefetch keys read before the trigger can be looked for (the rest is gathered only if it fires)."""

@@ -10,7 +10,7 @@ tests and an INTERPRETATIONS line.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -146,7 +146,7 @@ class Registry(Mapping[str, Declaration]):
     def __getitem__(self, finding_id: str) -> Declaration:
         return self._by_id[finding_id]
 
-    def __iter__(self):  # type: ignore[override]
+    def __iter__(self) -> Iterator[str]:
         return iter(self._by_id)
 
     def __len__(self) -> int:
