@@ -255,7 +255,7 @@ def answer_hook(
     if below:
         notes["below_min_indicator"] = [f.id for f in below]
     about = (tenant, str(context.get("patientId")), [str(t.get("id")) for t in triggers])
-    findings, held, to_remember = _repeats(findings, service, runtime, settings, about, now)
+    findings, held, to_remember = _repeats(findings, spec, runtime, settings, about, now)
     if held:
         notes["held_back"] = [h.id for h in held]
         notes["held_back_why"] = sorted({h.why for h in held})
@@ -324,7 +324,8 @@ def _evaluate(
         thresholds=settings["thresholds"],
         scope=settings["scope"],
         continuing=spec.continuing,
-        only=None if spec.runs_everything else frozenset(spec.findings),
+        only=spec.only,
+        service_kind=spec.kind,
     )
     evaluation = evaluate(rule_input)
     laps.lap("rules")
@@ -354,7 +355,7 @@ def at_or_above(findings: list[Finding], minimum: str) -> tuple[list[Finding], l
 
 def _repeats(
     findings: list[Finding],
-    service: Service,
+    spec: ServiceSpec,
     runtime: Runtime,
     settings: Mapping[str, Any],
     about: tuple[str | None, str, list[str]],
@@ -364,7 +365,7 @@ def _repeats(
 
     Returns the findings to show, those held back, and how to remember the shown ones once the cards are sent.
     """
-    rule, options = spec_for(service.id, service.hook).memory, repeat_settings(settings)
+    rule, options = spec.memory, repeat_settings(settings)
     memory = runtime.alert_memory
     if memory is None or not options["enabled"]:
         return findings, [], None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from cds_service.alert_memory import RepeatRule
 from cds_service.hook_names import ORDER_SELECT, ORDER_SIGN, PATIENT_VIEW
@@ -99,15 +100,16 @@ class ServiceSpec:
         """The file in ``cds_service/schemas/`` that the request's ``context`` must match."""
         return f"{self.hook}{CONTEXT_SUFFIX}"
 
-    @property
+    @cached_property
     def findings(self) -> tuple[str, ...]:
         return REGISTRY.run_by(self.kind)
 
-    @property
-    def runs_everything(self) -> bool:
-        return len(self.findings) == len(REGISTRY)
+    @cached_property
+    def only(self) -> frozenset[str] | None:
+        """``RuleInput.only``: None when it runs the whole catalog."""
+        return None if len(self.findings) == len(REGISTRY) else frozenset(self.findings)
 
-    @property
+    @cached_property
     def needs(self) -> dict[str, tuple[str, ...]]:
         """What its findings read: its prefetch templates are derived from it."""
         return needs_of(self.kind)

@@ -89,6 +89,9 @@ class RuleInput:
     """Treat the order as continuing therapy whatever the record says (patient-view: the active order)."""
     only: frozenset[str] | None = None
     """Run only these finding ids (a service spec's ``findings``); None runs the whole catalog."""
+    service_kind: str = "order"
+    """The kind of service asking (``rules.registry.ORDER``, ``MONITORING``, ``CO_PRESCRIBING``): which of a
+    declaration's wording variants speaks to its clinician."""
 
     @property
     def now(self) -> datetime:
