@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
 
 from cds_service.record import LabValue, Medication
 from cds_service.rules.common import (
@@ -44,7 +43,7 @@ from cds_service.rules.common import (
     words,
 )
 from cds_service.rules.model import Evidence, Finding, OrderLabs, Quiet, RuleInput, StopMedication
-from cds_service.rules.registry import NEW_START_ONLY, Declaration, Rule, pair_setting, setting
+from cds_service.rules.registry import NEW_START_ONLY, Family, pair_setting, setting
 
 HBSAG = ("5196-1", "Hepatitis B virus surface Ag [Presence] in Serum or Plasma by Immunoassay")
 
@@ -699,15 +698,10 @@ def labs(*value_sets: str, drugs: tuple[str, ...] = ()) -> dict[str, tuple[str, 
     return merge_needs(TACROLIMUS, {"Observation": value_sets, "MedicationRequest": drugs})
 
 
-def monitoring(
-    finding_id: str, rule: Rule, indicators: tuple[str, ...], title: str, **more: Any
-) -> Declaration:
-    """A finding of this family: topic ``nephrotoxicity-monitoring``."""
-    return Declaration(finding_id, rule, "monitoring", "nephrotoxicity-monitoring", indicators, title, **more)
-
+MONITORING = Family("monitoring", "nephrotoxicity-monitoring")
 
 DECLARATIONS = (
-    monitoring(
+    MONITORING.declare(
         "N1",
         n1_baseline_missing,
         ("info",),
@@ -717,7 +711,7 @@ DECLARATIONS = (
         needs=labs(*(g for item in BASELINE for g in item.groups), *BLOOD_PRESSURE),
         course=("creatinine", "egfr", "potassium", "magnesium", "systolic-bp", "upcr"),
     ),
-    monitoring(
+    MONITORING.declare(
         "N2",
         n2_creatinine_rise,
         ("warning",),
@@ -727,7 +721,7 @@ DECLARATIONS = (
         needs=CREATININE,
         course=("creatinine",),
     ),
-    monitoring(
+    MONITORING.declare(
         "N3",
         n3_creatinine_rise_critical,
         ("critical",),
@@ -737,7 +731,7 @@ DECLARATIONS = (
         needs=CREATININE,
         course=("creatinine",),
     ),
-    monitoring(
+    MONITORING.declare(
         "N4",
         n4_trough_high,
         ("warning",),
@@ -757,7 +751,7 @@ DECLARATIONS = (
         needs=labs("tacrolimus-level", drugs=("mycophenolate",)),
         course=("tacrolimus-level",),
     ),
-    monitoring(
+    MONITORING.declare(
         "N5",
         n5_potassium_high,
         ("warning",),
@@ -767,7 +761,7 @@ DECLARATIONS = (
         needs=labs("potassium"),
         course=("potassium",),
     ),
-    monitoring(
+    MONITORING.declare(
         "N6",
         n6_magnesium_low,
         ("info",),
@@ -777,7 +771,7 @@ DECLARATIONS = (
         needs=labs("magnesium"),
         course=("magnesium",),
     ),
-    monitoring(
+    MONITORING.declare(
         "N7",
         n7_blood_pressure,
         ("info", "warning", "critical"),
@@ -796,7 +790,7 @@ DECLARATIONS = (
         needs=labs(*BLOOD_PRESSURE),
         course=("systolic-bp", "diastolic-bp"),
     ),
-    monitoring(
+    MONITORING.declare(
         "N8",
         n8_hyperglycaemia,
         ("info",),
@@ -809,7 +803,7 @@ DECLARATIONS = (
         citations=("prograf-label",),
         needs=labs("glucose", "glucose-fasting", "hba1c"),
     ),
-    monitoring(
+    MONITORING.declare(
         "N9",
         n9_cyp3a4,
         ("warning",),
@@ -823,7 +817,7 @@ DECLARATIONS = (
         needs=labs(drugs=CYP3A4),
         course=CYP3A4,
     ),
-    monitoring(
+    MONITORING.declare(
         "N10",
         n10_nephrotoxins,
         ("warning",),
@@ -832,7 +826,7 @@ DECLARATIONS = (
         needs=labs(drugs=("nephrotoxins",)),
         course=("nephrotoxins",),
     ),
-    monitoring(
+    MONITORING.declare(
         "N11",
         n11_new_start,
         ("info",),
@@ -841,7 +835,7 @@ DECLARATIONS = (
         runs_in=NEW_START_ONLY,
         needs=TACROLIMUS,
     ),
-    monitoring(
+    MONITORING.declare(
         "N12",
         n12_duplicate_cni,
         ("critical",),
@@ -851,7 +845,7 @@ DECLARATIONS = (
         course=CYP3A4,
         replaces={"S5": "Duplicate calcineurin inhibitor"},
     ),
-    monitoring(
+    MONITORING.declare(
         "N13",
         n13_low_egfr,
         ("warning", "info"),
@@ -871,7 +865,7 @@ DECLARATIONS = (
         course=("egfr",),
         replaces={"S6": "eGFR 45 or lower"},
     ),
-    monitoring(
+    MONITORING.declare(
         "N14",
         n14_hepatitis_b,
         ("warning",),
@@ -879,7 +873,7 @@ DECLARATIONS = (
         citations=("kdigo-2024", "livertox-rituximab"),
         needs=merge_needs(labs("hbsag", "anti-hbc"), {"Condition": ("hepatitis-b",)}),
     ),
-    monitoring(
+    MONITORING.declare(
         "N15",
         n15_hepatitis_b_screen,
         ("info",),

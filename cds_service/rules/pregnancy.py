@@ -32,7 +32,7 @@ from cds_service.rules.common import (
     words,
 )
 from cds_service.rules.model import Finding, OrderLabs, Quiet, RuleInput, StopMedication
-from cds_service.rules.registry import Declaration, pair_setting, setting
+from cds_service.rules.registry import Family, pair_setting, setting
 
 TERATOGEN_CONCEPTS = ("teratogens", "mycophenolate", "cyclophosphamide", "methotrexate", "leflunomide")
 HCG_GROUPS = ("hcg-qualitative", "hcg-quantitative")
@@ -350,34 +350,30 @@ BREASTFEEDING_READS = {
 TERATOGENS = {"MedicationRequest": TERATOGEN_CONCEPTS}
 BLOOD_PRESSURE = ("blood-pressure", "systolic-bp", "diastolic-bp")
 
+PREGNANCY = Family("pregnancy", "pregnancy")
+
 DECLARATIONS = (
-    Declaration(
+    PREGNANCY.declare(
         "P1",
         p1_pregnant,
-        "pregnancy",
-        "pregnancy",
         ("info",),
         "Pregnant: compatible, monitor more closely",
         settings=PREGNANCY_SETTINGS,
         citations=("acr-2020-reproductive", "bsr-2022", "fomin-roberts-2016", "hebert-2013"),
         needs=PREGNANCY_READS,
     ),
-    Declaration(
+    PREGNANCY.declare(
         "P2",
         p2_teratogen_in_pregnancy,
-        "pregnancy",
-        "pregnancy",
         ("critical",),
         "Teratogen active in pregnancy",
         settings=PREGNANCY_SETTINGS,
         citations=("acr-2020-reproductive", "bsr-2022"),
         needs=merge_needs(PREGNANCY_READS, TERATOGENS),
     ),
-    Declaration(
+    PREGNANCY.declare(
         "P3",
         p3_mycophenolate_without_hcg,
-        "pregnancy",
-        "pregnancy",
         ("info",),
         "Mycophenolate, no negative pregnancy test",
         settings=(
@@ -388,22 +384,18 @@ DECLARATIONS = (
         citations=("acr-2020-reproductive",),
         needs=merge_needs(PREGNANCY_READS, {"MedicationRequest": ("mycophenolate",)}),
     ),
-    Declaration(
+    PREGNANCY.declare(
         "P4",
         p4_breastfeeding,
-        "pregnancy",
-        "pregnancy",
         ("info",),
         "Breastfeeding: tacrolimus compatible",
         settings=(BREASTFEEDING,),
         citations=("acr-2020-reproductive", "bsr-2022", "hebert-2013", "prograf-label"),
         needs=BREASTFEEDING_READS,
     ),
-    Declaration(
+    PREGNANCY.declare(
         "P5",
         p5_hypertension_in_pregnancy,
-        "pregnancy",
-        "pregnancy",
         ("warning",),
         "High blood pressure in pregnancy",
         settings=(setting("pregnancy_bp_days", "integer", 1, 3650, "P5: BP look-back"), *PREGNANCY_SETTINGS),
@@ -413,11 +405,9 @@ DECLARATIONS = (
         ),
         course=("systolic-bp", "diastolic-bp"),
     ),
-    Declaration(
+    PREGNANCY.declare(
         "P6",
         p6_pregnancy_trough,
-        "pregnancy",
-        "pregnancy",
         ("info",),
         "Pregnant, no recent tacrolimus level",
         settings=(
@@ -428,11 +418,9 @@ DECLARATIONS = (
         needs=merge_needs(PREGNANCY_READS, {"Observation": ("tacrolimus-level",)}),
         course=("tacrolimus-level",),
     ),
-    Declaration(
+    PREGNANCY.declare(
         "P7",
         p7_teratogen_while_breastfeeding,
-        "pregnancy",
-        "pregnancy",
         ("warning",),
         "Drug not compatible with breastfeeding",
         settings=(BREASTFEEDING,),

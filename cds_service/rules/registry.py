@@ -98,6 +98,19 @@ class Declaration:
         return self.indicators[0]
 
 
+@dataclass(frozen=True)
+class Family:
+    """A family of findings: one module, one card topic."""
+
+    name: str
+    topic: str
+
+    def declare(
+        self, finding_id: str, rule: Rule, indicators: tuple[str, ...], title: str, **more: Any
+    ) -> Declaration:
+        return Declaration(finding_id, rule, self.name, self.topic, indicators, title, **more)
+
+
 def setting(
     name: str, kind: str, low: float | None = None, high: float | None = None, about: str = ""
 ) -> Setting:

@@ -43,7 +43,7 @@ from cds_service.rules.common import (
 )
 from cds_service.rules.model import Evidence, Finding, Quiet, RuleInput
 from cds_service.rules.pregnancy import PREGNANCY_SETTINGS
-from cds_service.rules.registry import NEW_START_ONLY, Declaration, setting
+from cds_service.rules.registry import NEW_START_ONLY, Family, setting
 
 NO_LUPUS_NEPHRITIS = (
     "no active lupus nephritis condition: the salvage context applies only to lupus nephritis"
@@ -342,23 +342,21 @@ ANCHOR_DRUGS = {"MedicationRequest": ("mycophenolate", "cyclophosphamide")}
 UPCR_RESPONSE = setting("upcr_response", "number", 0, 20, "S1/S7: g/g")
 NEW_START_CITATIONS = ("acr-2024-ln", "fomin-roberts-2016", "kdigo-2024")
 
+SALVAGE = Family("salvage", "salvage-context")
+
 DECLARATIONS = (
-    Declaration(
+    SALVAGE.declare(
         "S0",
         s0_first_agent,
-        "salvage",
-        "salvage-context",
         ("info",),
         "Tacrolimus as first agent",
         citations=(*NEW_START_CITATIONS, "eular-2023"),
         runs_in=NEW_START_ONLY,
         needs=merge_needs(LUPUS_NEPHRITIS_READS, ANCHOR_DRUGS),
     ),
-    Declaration(
+    SALVAGE.declare(
         "S1",
         s1_mycophenolate_failure,
-        "salvage",
-        "salvage-context",
         ("info",),
         "Inadequate response to mycophenolate",
         settings=(
@@ -373,11 +371,9 @@ DECLARATIONS = (
         ),
         course=("upcr", "mycophenolate"),
     ),
-    Declaration(
+    SALVAGE.declare(
         "S2",
         s2_both_anchors_used,
-        "salvage",
-        "salvage-context",
         ("info",),
         "Mycophenolate and cyclophosphamide both used",
         citations=("eular-2023", "fomin-roberts-2016", "liu-2015", "mok-2016"),
@@ -385,11 +381,9 @@ DECLARATIONS = (
         needs=merge_needs(LUPUS_NEPHRITIS_READS, ANCHOR_DRUGS),
         course=("cyclophosphamide", "mycophenolate"),
     ),
-    Declaration(
+    SALVAGE.declare(
         "S3",
         s3_rituximab_barrier,
-        "salvage",
-        "salvage-context",
         ("info",),
         "Rituximab cannot be used",
         settings=(setting("igg_low", "number", 0, 5000, "S3: mg/dL"), *PREGNANCY_SETTINGS),
@@ -406,22 +400,18 @@ DECLARATIONS = (
         ),
         course=("rituximab",),
     ),
-    Declaration(
+    SALVAGE.declare(
         "S4",
         s4_membranous,
-        "salvage",
-        "salvage-context",
         ("info",),
         "Lupus nephritis class V",
         citations=NEW_START_CITATIONS,
         runs_in=NEW_START_ONLY,
         needs=LUPUS_NEPHRITIS_READS,
     ),
-    Declaration(
+    SALVAGE.declare(
         "S7",
         s7_long_term,
-        "salvage",
-        "salvage-context",
         ("info",),
         "Long-term tacrolimus without remission",
         settings=(setting("tacrolimus_long_term_months", "integer", 1, 240, "S7"), UPCR_RESPONSE),
