@@ -4,6 +4,9 @@ findings it runs and what it remembers (rules.md § When the service speaks at a
 ``hook_call.answer_hook`` walks a ``ServiceSpec``; discovery's prefetch templates come from the needs of the
 findings the spec runs (``cds_service.rules.REGISTRY``). A service file in ``hooks/services/`` names its
 spec by its ``id``; a file with another id gets the spec of the tacrolimus service of its hook.
+
+Adding a service means: its ``ServiceSpec`` here (and a ``Trigger`` if it finds what it speaks about in a new
+way), its file in ``hooks/services/``, and its kind in the ``runs_in`` of the findings it runs.
 """
 
 from __future__ import annotations
@@ -126,9 +129,13 @@ class ServiceSpec:
                 parts.extend(run)
             else:
                 left_out = [i for i in ids if i not in run]
-                parts.append(f"the {family} family except {' and '.join(left_out)}")
-        listed = ", ".join(parts[:-1]) + f" and {parts[-1]}" if len(parts) > 1 else "".join(parts)
-        return f"not run by this service: {self.hook} runs {listed}"
+                parts.append(f"the {family} family except {_and(left_out)}")
+        return f"not run by this service: {self.hook} runs {_and(parts)}"
+
+
+def _and(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return ", ".join(items[:-1]) + f" and {items[-1]}" if len(items) > 1 else "".join(items)
 
 
 SPECS: tuple[ServiceSpec, ...] = (
