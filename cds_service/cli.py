@@ -221,7 +221,7 @@ def explain(
     dev: bool,
     findings: tuple[str, ...],
 ) -> None:
-    """Why each finding P1..N15 fired or not for one request: a fixture name, a Bundle or a request file."""
+    """Why each catalog finding fired or not for one request: a fixture name, a Bundle or a request file."""
     from cds_service import explain as why
     from cds_service.protocol import ProtocolError
 
