@@ -45,7 +45,7 @@ class Trigger:
         return set() if self.on_record else {str(t.get("id")) for t in triggers}
 
     def orders(self, medications: Iterable[Medication], triggers: list[Mapping]) -> tuple[Medication, ...]:
-        """ "The order" the rules read: the triggering drafts, or the newest triggering stored order."""
+        """What the rules read as "the order": the triggering drafts, or the newest stored trigger."""
         if not self.on_record:
             return tuple(m for m in medications if m.is_trigger)
         by_id = {m.id: m for m in medications if not m.is_draft}
