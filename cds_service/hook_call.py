@@ -148,8 +148,8 @@ def _medication_resolver(
     entry's ``fullUrl`` (``urn:uuid:…`` or absolute; rules.md v3 § Reading the record, References). Only
     a relative ``Medication/id``, or an absolute URL on the request's own ``fhirServer``, is ever read from
     the server; ``urn:uuid:`` and another server's URL never are. Returns the resolver and what it read from
-    the server; passing that back as ``already`` when the record is built keeps a Medication read for the trigger from
-    being read a second time.
+    the server; passing that back as ``already`` when the record is built keeps a Medication read for the
+    trigger from being read a second time.
     """
     context = body.get("context") or {}
     server = body.get("fhirServer")
