@@ -1,8 +1,9 @@
-"""Issue 22's medication cases through the HTTP service, by prefetch and by FHIR callback (a real FHIR server on
-loopback holding the fixture patients), and the v3 one-regimen readings of N12.
+"""Issue 22's medication cases through the HTTP service, by prefetch and by FHIR callback (a real FHIR server
+on loopback holding the fixture patients), and the v3 one-regimen readings of N12.
 
-(a) a tacrolimus draft whose Medication is referenced by ``urn:uuid:`` (its ``fullUrl`` in ``draftOrders``) or
-    by an absolute URL gives the same cards as with a contained Medication; one that cannot be resolved is named;
+(a) a tacrolimus draft whose Medication is referenced by ``urn:uuid:`` (its ``fullUrl`` in ``draftOrders``)
+    or by an absolute URL gives the same cards as with a contained Medication; one that cannot be resolved
+    is named;
 (b) "tacrolimus 0.03 % oint" never triggers;
 (c) a tacrolimus order recognised only by its name: every card says so, once.
 """
@@ -29,6 +30,7 @@ MEDICATION = {
     "code": {"coding": [{"system": RXNORM, "code": "198377", "display": "tacrolimus 1 MG Oral Capsule"}]},
 }
 BY_NAME = "recognised by its name"
+FINDINGS = "org.example.tacrolimus-cds.findings"
 
 
 @pytest.fixture(scope="module")
@@ -147,8 +149,8 @@ def test_a_second_draft_whose_medication_cannot_be_found_is_named_as_left_out(ap
     assert cards["cards"]
     for card in cards["cards"]:
         assert (
-            "MedicationRequest/lost-draft: the draft's medication reference urn:uuid:0000-lost could not be resolved"
-            in card["detail"]
+            "MedicationRequest/lost-draft: the draft's medication reference urn:uuid:0000-lost "
+            "could not be resolved" in card["detail"]
         )
 
 
@@ -174,7 +176,7 @@ def test_a_tacrolimus_order_recognised_by_its_name_is_said_once_on_every_card(ap
     assert all(BY_NAME not in card["detail"] for card in coded["cards"])
 
 
-# --- N12: one regimen in several drafts (rules.md v3 § Data rules) -------------------------------------------
+# --- N12: one regimen in several drafts (rules.md v3 § Data rules) ------------------------------------------
 BASE = "complete-well-monitored"  # a new start with nothing else that fires but N11
 BASE_DRAFT = "cwm-tac-draft"
 
@@ -196,31 +198,31 @@ Q12H = {"repeat": {"frequency": 1, "period": 12, "periodUnit": "h"}}
 
 
 def with_drafts(body: dict, *drafts: dict) -> dict:
+    """``body`` with its one tacrolimus draft replaced by ``drafts`` (drug and dosage each), in this order."""
     body = copy.deepcopy(body)
     first = draft_of(body, BASE_DRAFT)
-    entries = body["context"]["draftOrders"]["entry"]
-    for number, fields in enumerate(drafts):
-        resource = {
-            k: v for k, v in first.items() if k not in ("medicationCodeableConcept", "dosageInstruction")
+    common = {k: v for k, v in first.items() if k not in ("medicationCodeableConcept", "dosageInstruction")}
+    body["context"]["draftOrders"]["entry"] = [
+        {
+            "resource": {
+                **common,
+                **copy.deepcopy(fields),
+                "id": f"{BASE_DRAFT}-{number}" if number else BASE_DRAFT,
+            }
         }
-        resource = {
-            **resource,
-            **copy.deepcopy(fields),
-            "id": BASE_DRAFT if number == 0 else f"{BASE_DRAFT}-{number}",
-        }
-        if number == 0:
-            entries[0] = {"resource": resource}
-        else:
-            entries.append({"resource": resource})
+        for number, fields in enumerate(drafts)
+    ]
     return body
 
 
-def n12(cards: dict) -> dict | None:
-    card = next((c for c in cards["cards"] if any(f["id"] == "N12" for f in c["extension"][FINDINGS])), None)
-    return card
+def n12_card(cards: dict) -> dict | None:
+    return next((c for c in cards["cards"] if any(f["id"] == "N12" for f in c["extension"][FINDINGS])), None)
 
 
-FINDINGS = "org.example.tacrolimus-cds.findings"
+def deletes(card: dict) -> list[str]:
+    return [
+        a["resourceId"] for s in card.get("suggestions", ()) for a in s["actions"] if a["type"] == "delete"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -235,31 +237,21 @@ FINDINGS = "org.example.tacrolimus-cds.findings"
 def test_drafts_of_one_formulation_are_one_regimen_not_a_duplicate(app, drafts):
     cards = send(app, with_drafts(request(app, None, "prefetch", BASE), *drafts))
     assert "N12" not in finding_ids(cards)
-    deleted = [
-        a
-        for c in cards["cards"]
-        for s in c.get("suggestions", ())
-        for a in s["actions"]
-        if a["type"] == "delete"
-    ]
-    assert deleted == []
+    assert [d for card in cards["cards"] for d in deletes(card)] == []
 
 
 def test_two_identical_drafts_are_a_duplicate_and_the_later_one_is_deleted(app):
     same = capsules("198377", 1, **Q12H)
     cards = send(app, with_drafts(request(app, None, "prefetch", BASE), same, same))
-    card = n12(cards)
+    card = n12_card(cards)
     assert card is not None and card["indicator"] == "critical"
-    deletes = [
-        a["resourceId"] for s in card.get("suggestions", ()) for a in s["actions"] if a["type"] == "delete"
-    ]
-    assert deletes == [f"MedicationRequest/{BASE_DRAFT}-1"]
+    assert deletes(card) == [f"MedicationRequest/{BASE_DRAFT}-1"]
 
 
 def test_two_drafts_of_different_oral_formulations_are_n12_not_interchangeable(app):
     xr = {"medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "1664461"}]}}
     cards = send(app, with_drafts(request(app, None, "prefetch", BASE), capsules("198377", 1, **Q12H), xr))
-    card = n12(cards)
+    card = n12_card(cards)
     assert card is not None and card["indicator"] == "critical"
     assert "not interchangeable mg for mg" in card["detail"]
 
@@ -276,12 +268,27 @@ def test_intravenous_and_oral_both_active_are_n12_at_warning_without_a_delete(ap
     }
     body["prefetch"]["medications"].setdefault("entry", []).append({"resource": iv})
     cards = send(app, body)
-    card = n12(cards)
+    card = n12_card(cards)
     assert card is not None
     items = {f["id"]: f["indicator"] for f in card["extension"][FINDINGS]}
     assert items["N12"] == "warning"
     assert "check that one stops when the other starts" in card["detail"]
-    assert not [a for s in card.get("suggestions", ()) for a in s["actions"] if a["type"] == "delete"]
+    assert deletes(card) == []
     # an oral order whose priorPrescription points to the intravenous one replaces it: no N12
     draft["priorPrescription"] = {"reference": "MedicationRequest/cwm-tac-iv"}
     assert "N12" not in finding_ids(send(app, body))
+
+
+def test_patient_view_says_once_per_card_that_the_active_order_was_recognised_by_its_name(tmp_path):
+    from test_patient_view import app_for, post, pv_request
+
+    app = app_for(tmp_path, hold_repeats={"enabled": False})
+    body = pv_request(app, "pv-creatinine-rise-45pct")
+    orders = [e["resource"] for e in body["prefetch"]["medications"]["entry"]]
+    (tacrolimus,) = [o for o in orders if "tacrolimus" in str(o.get("medicationCodeableConcept")).lower()]
+    coded = post(app.test_client(), body)
+    tacrolimus["medicationCodeableConcept"] = {"text": "Prograf 1 mg capsule"}
+    cards = post(app.test_client(), body)
+    assert finding_ids(cards) == finding_ids(coded) == {"N3"}
+    for card in cards["cards"]:
+        assert card["detail"].count(BY_NAME) == 1, card["detail"]

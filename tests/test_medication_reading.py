@@ -273,3 +273,34 @@ def test_the_prefetch_is_read_only_for_a_reference_no_server_can_be_asked_for():
     index = MedicationIndex("https://ehr.example.org/fhir", more=more)
     assert index.find("Medication/unknown") is None and reads == []
     assert index.find("urn:uuid:abc") is MEDICATION and reads == [1]
+
+
+def test_the_record_carries_each_tacrolimus_orders_formulation_and_daily_dose():
+    from datetime import UTC, datetime
+
+    from cds_service.record_builder import build_record
+
+    def draft(order_id: str, concept: dict, *dosage: dict) -> dict:
+        return {
+            "resourceType": "MedicationRequest",
+            "id": order_id,
+            "status": "draft",
+            "intent": "order",
+            "medicationCodeableConcept": concept,
+            "dosageInstruction": list(dosage),
+        }
+
+    drafts = [
+        draft("ir", {"coding": [rx("198378")]}, dose(1, "{capsule}", **every(1, 12, "h"))),
+        draft("xr", {"text": "Envarsus XR 4 mg"}, dose(4, code={"coding": [{"code": "QD"}]})),
+        draft("text", {"text": "tacrolimus 1 mg"}, {"text": "1 mg twice daily"}),
+        draft("mmf", {"text": "mycophenolate mofetil 500 mg tablet"}, dose(500, **every(2, 1, "d"))),
+    ]
+    record = build_record(terminology=TERMS, now=datetime.now(UTC), patient=None, drafts=drafts)
+    found = {m.id: (m.formulation, m.daily_dose_mg, m.administrations_per_day) for m in record.medications}
+    assert found == {
+        "ir": ("immediate-release", 10.0, 2.0),
+        "xr": ("extended-release tablet", 4.0, 1.0),
+        "text": ("unknown", None, None),
+        "mmf": (None, None, None),  # formulation and dose are read for tacrolimus orders only
+    }
