@@ -292,3 +292,20 @@ def test_patient_view_says_once_per_card_that_the_active_order_was_recognised_by
     assert finding_ids(cards) == finding_ids(coded) == {"N3"}
     for card in cards["cards"]:
         assert card["detail"].count(BY_NAME) == 1, card["detail"]
+
+
+@pytest.mark.parametrize("via", ["prefetch", "fhir"])
+def test_a_prior_prescription_not_in_the_record_is_continuing_therapy_said_on_every_card_and_n15_runs(
+    app, fhir_base, via
+):
+    body = request(app, fhir_base, via, "n15-no-hbsag-new-start")
+    assert finding_ids(send(app, body)) == {"N11", "N15"}
+    draft_of(body, "n15scr-tac-draft")["priorPrescription"] = {
+        "reference": "MedicationRequest/other-system-7"
+    }
+    cards = send(app, body)
+    assert finding_ids(cards) == {
+        "N15"
+    }  # continuing therapy: no new-start schedule; not known to be screened
+    for card in cards["cards"]:
+        assert card["detail"].count("(MedicationRequest/other-system-7) was not found in the record") == 1

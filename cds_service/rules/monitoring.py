@@ -45,6 +45,7 @@ from cds_service.rules.common import (
 from cds_service.rules.model import Evidence, Finding, OrderLabs, Quiet, RuleInput, StopMedication
 from cds_service.rules.orders import (
     CRITICAL_KINDS,
+    STORED_KINDS,
     draft_overlaps,
     overlap_sentence,
     stored_overlap,
@@ -574,7 +575,7 @@ def n12_duplicate_cni(inp: RuleInput) -> Finding | Quiet:
     detail_renewal = (
         " If this order replaces the earlier tacrolimus order, link it as a renewal or change "
         "(priorPrescription) or stop the old order."
-        if duplicates
+        if any(o.kind in STORED_KINDS for o in overlaps)
         else ""
     )
     cyclosporine = (
@@ -589,7 +590,7 @@ def n12_duplicate_cni(inp: RuleInput) -> Finding | Quiet:
             "N12",
             "warning",
             f"Intravenous and oral tacrolimus both active: {found[0].name}",
-            f"{how.strip()} Giving both doubles the exposure.",
+            f"{how.strip()} Overlapping them adds to the tacrolimus exposure.",
             ("prograf-label",),
             evidence=[medication_evidence(m) for m in found],
             missing=unavailable(record, "MedicationRequest"),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from cds_service.drug_forms import INTRAVENOUS, UNKNOWN
 from cds_service.record import Medication
-from cds_service.rules.common import unfound_priors
+from cds_service.rules.common import capital, screened_as_new_start, unfound_priors
 from cds_service.rules.model import RuleInput
 
 SAME = "same formulation"
@@ -35,6 +35,8 @@ BOTH_ROUTES = "intravenous and oral both active"
 """An intravenous and an oral order, neither on hold: N12 at warning, no delete suggestion."""
 
 CRITICAL_KINDS = frozenset({DUPLICATE_ENTRY, MIXED_DRAFTS, SECOND_ORDER, FORMULATION_CHANGE})
+STORED_KINDS = frozenset({SECOND_ORDER, FORMULATION_CHANGE})
+"""Overlaps with a stored order: linking the new order as its renewal (priorPrescription) would end them."""
 
 
 @dataclass(frozen=True)
@@ -106,10 +108,10 @@ def overlap_sentence(overlap: Overlap) -> str:
     other = f" and {beside.name}" if beside is not None else ""
     if overlap.kind == DUPLICATE_ENTRY:
         earlier = beside.name if beside else "another draft"
-        return f"{order.name} repeats {earlier} (same product, dose and timing)."
+        return capital(f"{order.name} repeats {earlier} (same product, dose and timing): a duplicate entry.")
     if overlap.kind in (MIXED_DRAFTS, FORMULATION_CHANGE):
         forms = f" ({order.formulation}; {beside.formulation})" if beside is not None else ""
-        return (
+        return capital(
             f"{order.name}{other} are different tacrolimus formulations{forms}, which are not "
             "interchangeable mg for mg."
         )
@@ -140,9 +142,12 @@ def order_notes(inp: RuleInput) -> tuple[str, ...]:
     unfound = unfound_priors(inp)
     if unfound and not inp.continuing:
         listed = ", ".join(f"MedicationRequest/{i}" for i in unfound)
+        screening = (
+            ", and hepatitis B screening is checked as for a new start" if screened_as_new_start(inp) else ""
+        )
         notes.append(
             f"The earlier order this one renews ({listed}) was not found in the record: it is read as "
-            "continuing therapy (the patient may take tacrolimus from another prescriber or system), and "
-            "hepatitis B screening is checked as for a new start."
+            "continuing therapy (the patient may take tacrolimus from another prescriber or system)"
+            f"{screening}."
         )
     return tuple(dict.fromkeys(notes))
