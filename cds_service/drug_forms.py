@@ -92,33 +92,34 @@ class FormTable:
 class FormulationTable:
     """A tacrolimus formulation class from words (``tacrolimus-formulations.json``, order as it says)."""
 
+    BEFORE_RELEASE_WORDS = (
+        ("intravenous", INTRAVENOUS),
+        ("extended_release_tablet_brands", EXTENDED_RELEASE_TABLET),
+        ("extended_release_capsule_brands", EXTENDED_RELEASE_CAPSULE),
+    )
+    """Checked first, in this order: the route, then a brand that is one extended-release class."""
+    EXTENDED_RELEASE_FORMS = (
+        ("tablet_words", EXTENDED_RELEASE_TABLET),
+        ("capsule_words", EXTENDED_RELEASE_CAPSULE),
+        ("extended_release_tablet_alone", EXTENDED_RELEASE_TABLET),
+        ("extended_release_capsule_alone", EXTENDED_RELEASE_CAPSULE),
+    )
+    """Which extended-release class, once an extended-release word is there."""
+
     def __init__(self, data: dict[str, Any]):
-        phrase = {
-            key: Phrases(value) for key, value in data.items() if isinstance(value, list) and key != "sources"
+        self._phrases = {
+            key: Phrases(value) for key, value in data.items() if key != "sources" and isinstance(value, list)
         }
-        self._p = phrase
+
+    def _first(self, found: Words, checks: Sequence[tuple[str, str]]) -> str | None:
+        return next((formulation for key, formulation in checks if self._phrases[key].in_words(found)), None)
 
     def of_words(self, found: Words) -> str:
-        p = self._p
-        if p["intravenous"].in_words(found):
-            return INTRAVENOUS
-        if p["extended_release_tablet_brands"].in_words(found):
-            return EXTENDED_RELEASE_TABLET
-        if p["extended_release_capsule_brands"].in_words(found):
-            return EXTENDED_RELEASE_CAPSULE
-        if p["extended_release_words"].in_words(found):
-            if p["tablet_words"].in_words(found):
-                return EXTENDED_RELEASE_TABLET
-            if p["capsule_words"].in_words(found):
-                return EXTENDED_RELEASE_CAPSULE
-            if p["extended_release_tablet_alone"].in_words(found):
-                return EXTENDED_RELEASE_TABLET
-            if p["extended_release_capsule_alone"].in_words(found):
-                return EXTENDED_RELEASE_CAPSULE
-            return UNKNOWN
-        if p["immediate_release_words"].in_words(found):
-            return IMMEDIATE_RELEASE
-        return UNKNOWN
+        if named := self._first(found, self.BEFORE_RELEASE_WORDS):
+            return named
+        if self._phrases["extended_release_words"].in_words(found):
+            return self._first(found, self.EXTENDED_RELEASE_FORMS) or UNKNOWN
+        return IMMEDIATE_RELEASE if self._phrases["immediate_release_words"].in_words(found) else UNKNOWN
 
     def of_texts(self, texts: Sequence[str]) -> str:
         """The class the texts say, read as one name (a Medication's ``form`` is part of its name); "unknown"

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import NamedTuple
 
+from cds_service.drug_forms import ORAL_FORMULATIONS
+
 ACTIVE_MEDICATION_STATUSES = frozenset({"active", "on-hold", "draft"})
 
 
@@ -125,11 +127,7 @@ class Medication:
     @property
     def oral(self) -> bool:
         """An oral tacrolimus formulation (immediate or extended release)."""
-        return self.formulation in (
-            "immediate-release",
-            "extended-release tablet",
-            "extended-release capsule",
-        )
+        return self.formulation in ORAL_FORMULATIONS
 
     @property
     def reference(self) -> str:

@@ -304,3 +304,29 @@ def test_the_record_carries_each_tacrolimus_orders_formulation_and_daily_dose():
         "text": ("unknown", None, None),
         "mmf": (None, None, None),  # formulation and dose are read for tacrolimus orders only
     }
+
+
+def test_formulations_relate_as_the_catalog_says_and_a_regimen_sums_its_drafts():
+    from cds_service.record import Medication
+    from cds_service.rules.orders import ORAL_CHANGE, ROUTE, SAME, regimen_daily_dose, relation
+
+    def order(formulation: str | None, mg: float | None = None) -> Medication:
+        return Medication(
+            "x",
+            frozenset({"tacrolimus"}),
+            "t",
+            "draft",
+            None,
+            None,
+            formulation=formulation,
+            daily_dose_mg=mg,
+        )
+
+    ir, xr, iv, unknown = (
+        order(f) for f in ("immediate-release", "extended-release tablet", "intravenous", "unknown")
+    )
+    assert relation(ir, ir) == SAME and relation(ir, unknown) == SAME and relation(unknown, iv) == SAME
+    assert relation(ir, xr) == ORAL_CHANGE and relation(xr, iv) == ROUTE
+    assert ir.oral and xr.oral and not iv.oral and not unknown.oral
+    assert regimen_daily_dose([order("immediate-release", 10.0), order("immediate-release", 2.0)]) == 12.0
+    assert regimen_daily_dose([order("immediate-release", 10.0), order("immediate-release")]) is None
