@@ -24,7 +24,7 @@ from cds_service.fhir_client import FhirClient, FhirError
 from cds_service.fhir_json import path
 from cds_service.gather import Gathered, gather, run_parallel
 from cds_service.prefetch import KEY_BY_NAME
-from cds_service.protocol import validate_request
+from cds_service.protocol import ProtocolError, validate_request
 from cds_service.record_builder import build_record
 from cds_service.rules import PATIENT_VIEW as PATIENT_VIEW_RULES
 from cds_service.rules import evaluate
@@ -191,7 +191,10 @@ def _medication_resolver(
 def _prefetch_entries(prefetch: object) -> list[tuple[str | None, Mapping]]:
     """(fullUrl, resource) of the prefetch's medications Bundle, where Medications come with their orders: a
     ``urn:uuid:`` reference may name one of its entries. Only that key is decoded, and only when asked."""
-    return bundle_entries(prefetch.get("medications")) if isinstance(prefetch, Mapping) else []
+    try:
+        return bundle_entries(prefetch.get("medications")) if isinstance(prefetch, Mapping) else []
+    except ProtocolError:  # a malformed value is refused, naming it, when the medications are gathered
+        return []
 
 
 PATIENT_VIEW = "patient-view"
