@@ -309,3 +309,35 @@ def test_a_prior_prescription_not_in_the_record_is_continuing_therapy_said_on_ev
     }  # continuing therapy: no new-start schedule; not known to be screened
     for card in cards["cards"]:
         assert card["detail"].count("(MedicationRequest/other-system-7) was not found in the record") == 1
+
+
+class RecordingStore(FhirStore):
+    """The fixture FHIR store with one Medication more, noting every read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    def read(self, resource_type, resource_id):
+        self.reads.append(f"{resource_type}/{resource_id}")
+        return super().read(resource_type, resource_id)
+
+
+def test_a_medication_only_on_the_ehrs_server_is_read_and_a_urn_uuid_never_is(app):
+    medication = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": MEDICATION}]}
+    store = RecordingStore.from_fixtures([FIXTURE], extra_bundles=[medication])
+    with serve_in_thread(store, require_token=TOKEN) as base:
+        body = request(app, base, "fhir")
+        expected = send(app, contained(body))
+        on_server = referenced(body, f"{base.rstrip('/')}/Medication/tac-1mg", None)
+        on_server["context"]["draftOrders"]["entry"].pop()  # the Medication is on the EHR's server only
+        assert without_uuids(send(app, on_server)) == without_uuids(expected)
+        assert "Medication/tac-1mg" in store.reads
+        store.reads.clear()
+        for reference in (UUID, "https://elsewhere.example/fhir/Medication/tac-1mg"):
+            elsewhere = referenced(body, reference, None)
+            elsewhere["context"]["draftOrders"]["entry"].pop()
+            draft_of(elsewhere)["medicationReference"]["display"] = "Prograf 1 mg capsule"
+            detail = send(app, elsewhere)["cards"][0]["detail"]
+            assert f"The draft's medication reference {reference} could not be resolved" in detail
+            assert [r for r in store.reads if r.startswith("Medication/")] == []
