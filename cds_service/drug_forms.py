@@ -43,16 +43,20 @@ class Phrases:
     """A set of phrases (runs of words); ``in_words`` says whether any occurs in a text's words."""
 
     def __init__(self, phrases: Iterable[str]):
-        self._keys = frozenset(key for p in phrases if (key := words(p)))
-        self.longest = max((len(k) for k in self._keys), default=0)
+        self.keys = frozenset(key for p in phrases if (key := words(p)))
+        self.longest = max((len(k) for k in self.keys), default=0)
 
     def in_words(self, found: Words) -> bool:
-        keys = self._keys
-        for size in range(1, self.longest + 1):
-            for start in range(len(found) - size + 1):
-                if found[start : start + size] in keys:
-                    return True
-        return False
+        return not self.keys.isdisjoint(runs(found, self.longest))
+
+    def in_runs(self, found_runs: frozenset[Words]) -> bool:
+        """Like ``in_words``, on a text's runs made once (``runs``) for several phrase sets."""
+        return not self.keys.isdisjoint(found_runs)
+
+
+def runs(found: Words, longest: int) -> frozenset[Words]:
+    """Every run of 1..``longest`` consecutive words of a text."""
+    return frozenset(found[i : i + n] for n in range(1, longest + 1) for i in range(len(found) - n + 1))
 
 
 def _read(name: str) -> dict[str, Any]:
@@ -73,20 +77,30 @@ class FormTable:
         self.local_words = Phrases(data["local_words"])
         self.drop_words = Phrases(data["drop_words"])
         self.eye_ear_words = Phrases(data["eye_ear_words"])
+        every = [
+            self.systemic_names,
+            self.local_names,
+            self.systemic_words,
+            self.local_words,
+            self.drop_words,
+        ]
+        every += [self.eye_ear_words, *(p for pair in self.systemic_by_ingredient for p in pair)]
+        self.longest = max(p.longest for p in every)
 
     def is_local(self, found: Words) -> bool:
         """Does this one text (its words) name a local form? Read together with no other text."""
-        if self.systemic_names.in_words(found):
+        text = runs(found, self.longest)
+        if self.systemic_names.in_runs(text):
             return False
-        if any(i.in_words(found) and f.in_words(found) for i, f in self.systemic_by_ingredient):
+        if any(i.in_runs(text) and f.in_runs(text) for i, f in self.systemic_by_ingredient):
             return False
-        if self.local_names.in_words(found):
+        if self.local_names.in_runs(text):
             return True
-        if self.systemic_words.in_words(found):
+        if self.systemic_words.in_runs(text):
             return False
-        if self.local_words.in_words(found):
+        if self.local_words.in_runs(text):
             return True
-        return self.drop_words.in_words(found) and self.eye_ear_words.in_words(found)
+        return self.drop_words.in_runs(text) and self.eye_ear_words.in_runs(text)
 
 
 class FormulationTable:
