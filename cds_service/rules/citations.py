@@ -49,7 +49,7 @@ CITATIONS: dict[str, tuple[str, str]] = {
         "https://www.the-rheumatologist.org/article/tacrolimus-use-lupus-nephritis-raises-debate-role-north-american-population",
     ),
     "prograf-label": (
-        "Prograf (tacrolimus) US prescribing information (Astellas): warnings and monitoring. DailyMed",
+        "Prograf (tacrolimus) US prescribing information, DailyMed: warnings and monitoring",
         "https://dailymed.nlm.nih.gov/dailymed/drugInfo.cfm?setid=7f667de1-9dfa-4bd6-8ba0-15ee2d78873b",
     ),
     "lupkynis-label": (
