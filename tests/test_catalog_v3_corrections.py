@@ -15,8 +15,9 @@ import pytest
 from support import make_app
 
 from cds_service.fixtures import load_bundle, manifest
+from cds_service.prefetch import templates
 from cds_service.record import Allergy, Patient
-from cds_service.rules import PATIENT_VIEW, RULES, evaluate
+from cds_service.rules import PATIENT_VIEW, RULES, evaluate, needs_for
 from cds_service.rules.common import bedside_schwartz
 from cds_service.rules.model import Finding, OrderLabs, RuleInput, StopMedication
 from cds_service.sandbox.requests import build_request
@@ -340,3 +341,10 @@ def test_obinutuzumab_is_recognised_by_name_and_its_code_ships_only_behind_confi
     assert "obinutuzumab" in by_name.classes and "obinutuzumab" in by_name.by_name
     included = Terminology.load(include=("unverified",))
     assert "obinutuzumab" in included.concepts([{"system": rxnorm, "code": "974779"}])
+
+
+@pytest.mark.parametrize("hook", ["order-sign", "patient-view"])
+def test_the_observation_prefetch_asks_for_the_body_height(hook):
+    """The prefetch derives from the rules' NEEDS: the height of the Schwartz eGFR comes with it."""
+    query = templates(needs_for(hook), Terminology.load())["observations"]
+    assert "http://loinc.org|8302-2" in query
