@@ -348,3 +348,9 @@ def test_the_observation_prefetch_asks_for_the_body_height(hook):
     """The prefetch derives from the rules' NEEDS: the height of the Schwartz eGFR comes with it."""
     query = templates(needs_for(hook), Terminology.load())["observations"]
     assert "http://loinc.org|8302-2" in query
+
+
+def test_a_height_of_zero_is_not_read_as_an_egfr_of_zero():
+    inp = make(patient=teenager(17), labs=[lab("creatinine", 1.6, days=3), lab("body-height", 0, days=3)])
+    reason = stays_quiet("N13", inp)
+    assert "eGFR not calculated (under 18, no recent height)" in reason and "gives no eGFR" in reason

@@ -709,6 +709,9 @@ def egfr_now(inp: RuleInput) -> tuple[Egfr | None, list[str]]:
     if age < 18:
         days = threshold(inp, "body_height_days")
         height, height_gaps = newest_number(inp.record.lab("body-height"), since=window_start(inp.now, days))
+        if height is not None and (number(height) <= 0 or creatinine.value <= 0):
+            height_gaps.append(f"body height {on(height)} with creatinine {on(creatinine)} gives no eGFR")
+            height = None
         if height is None:
             return None, [
                 *gaps,
