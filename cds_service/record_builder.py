@@ -69,6 +69,7 @@ LAB_GROUPS = (
     "igg",
     "hbsag",
     "anti-hbc",
+    "body-height",
 )
 _GROUPS_OF: dict[frozenset[str], tuple[str, ...]] = {}
 
