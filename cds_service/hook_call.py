@@ -23,14 +23,20 @@ from cds_service.fhir_client import FhirClient, FhirError
 from cds_service.fhir_json import path
 from cds_service.gather import Gathered, gather, run_parallel
 from cds_service.prefetch import KEY_BY_NAME
-from cds_service.protocol import validate_request
+from cds_service.protocol import ProtocolError, validate_request
 from cds_service.record_builder import build_record
 from cds_service.rules import evaluate
 from cds_service.rules.model import INDICATOR_RANK, Evaluation, Finding, RuleInput
+from cds_service.rules.orders import order_notes
 from cds_service.runtime import Runtime
 from cds_service.services import ServiceSpec, spec_for
 from cds_service.smart.links import add_course_links, course_context
-from cds_service.trigger import Resolver, bundle_resolver, draft_resources
+from cds_service.trigger import (
+    MedicationIndex,
+    bundle_entries,
+    draft_resources,
+    readable_reference,
+)
 
 log = logging.getLogger("cds_service.hook_call")
 
@@ -126,31 +132,51 @@ def fhir_client_for(
 
 
 class MedicationResolver:
-    """Resolves ``Medication/x``: from the request's resources first, then (bounded) from the FHIR server.
+    """Resolves a ``medicationReference``: inside the request first, then (bounded) from the FHIR server.
 
-    Built once per call from the draft orders; ``learn`` adds the gathered stored orders (and the
-    Medications included with them) and reads what they reference and nobody sent, so a Medication read for
-    the trigger is never read a second time. ``fetched`` is what was read from the server.
+    Inside the request: a Medication in ``draftOrders`` or the prefetch, by ``Medication/id`` or by its
+    entry's ``fullUrl`` (``urn:uuid:…`` or absolute; rules.md v3 § Reading the record, References). Only
+    a relative ``Medication/id``, or an absolute URL on the request's own ``fhirServer``, is ever read from
+    the server; ``urn:uuid:`` and another server's URL never are. Built once per call from the draft orders;
+    ``learn`` adds the gathered stored orders (and the Medications included with them) and reads what they
+    reference and nobody sent, so a Medication read for the trigger is never read a second time.
+    ``fetched`` is what was read from the server.
     """
 
     def __init__(self, body: Mapping, client: FhirClient | None, runtime: Runtime):
+        context = body.get("context") or {}
+        server = body.get("fhirServer")
         self.client, self.runtime = client, runtime
+        self.index = MedicationIndex(
+            client.base_url if client else (server if isinstance(server, str) and server else None),
+            more=lambda: _prefetch_entries(body.get("prefetch")),
+        )
+        self.index.add_bundle(context.get("draftOrders") or context.get("medications"))
         self.known: list[Mapping] = []
-        self.local: Resolver = bundle_resolver(())
         self.fetched: dict[str, object] = {}
-        self.learn(draft_resources(body.get("context") or {}))
+        self._read_missing(draft_resources(context))
 
     def learn(self, resources: Iterable[Mapping]) -> None:
+        """Stored orders and Medications gathered from the medication key (the only one that holds them)."""
+        resources = list(resources)
+        for included in resources:
+            self.index.add(included)
+        self._read_missing(resources)
+
+    def _read_missing(self, resources: Iterable[Mapping]) -> None:
         self.known += resources
-        self.local = bundle_resolver(self.known)
+        client = self.client
+        if client is None:
+            return
         wanted = set()
         for resource in self.known:
             ref = path(resource, "medicationReference", "reference")
-            if isinstance(ref, str) and ref.startswith("Medication/") and self.local(ref) is None:
-                wanted.add(ref)
+            if not isinstance(ref, str) or ref.startswith("#") or self.index.find(ref):
+                continue
+            if readable := readable_reference(ref, client.base_url):
+                wanted.add(readable)
         wanted -= self.fetched.keys()
-        client = self.client
-        if wanted and client is not None:
+        if wanted:
             # bounded: a request naming 10,000 Medications must not make the service send 10,000 reads
             budget = max(0, MAX_MEDICATION_READS - len(self.fetched))
             jobs = {ref: (lambda r=ref: client.read(r)) for ref in sorted(wanted)[:budget]}
@@ -158,8 +184,20 @@ class MedicationResolver:
             self.fetched.update(read)
 
     def __call__(self, ref: str) -> Mapping | None:
-        found = self.local(ref) or self.fetched.get(ref)
+        found = self.index.find(ref)
+        client = self.client
+        if found is None and client is not None and (readable := readable_reference(ref, client.base_url)):
+            found = self.fetched.get(readable)  # type: ignore[assignment]
         return found if isinstance(found, Mapping) else None
+
+
+def _prefetch_entries(prefetch: object) -> list[tuple[str | None, Mapping]]:
+    """(fullUrl, resource) of the prefetch's medications Bundle, where Medications come with their orders: a
+    ``urn:uuid:`` reference may name one of its entries. Only that key is decoded, and only when asked."""
+    try:
+        return bundle_entries(prefetch.get("medications")) if isinstance(prefetch, Mapping) else []
+    except ProtocolError:  # a malformed value is refused, naming it, when the medications are gathered
+        return []
 
 
 def answer_hook(
@@ -210,7 +248,7 @@ def answer_hook(
         unread = {"triggers": 0, "fetched": gathered.fetched, "unavailable": sorted(gathered.unavailable)}
         return Answer(412, operation_outcome(gathered.missing_required), notes=unread)
     resolve = MedicationResolver(body, client, runtime)
-    if gathered is not None:  # only the medication key can hold orders and the Medications included with them
+    if gathered is not None:
         resolve.learn(gathered.resources.get("medications", ()))
     stored = _stored_orders(gathered) if gathered is not None else []
     try:
@@ -265,6 +303,7 @@ def answer_hook(
         settings,
         stored_orders=evaluated.stored_orders,
         not_checked=evaluated.not_checked,
+        order_notes=evaluated.order_notes,
     )
     launch_url = smart_app_url() if callable(smart_app_url) else smart_app_url
     if cards and launch_url:  # the course app, launched from the monitoring and salvage cards
@@ -315,6 +354,7 @@ def _evaluate(
         resolve=resolve,
         unavailable={KEY_BY_NAME[k].resource_type for k in gathered.unavailable},
         lookback_days=longest_lookback(settings["thresholds"]),
+        answer_order_ids=spec.trigger.stored_ids(triggers),
     )
     orders = spec.trigger.orders(record.medications, triggers)
     laps.lap("record")
@@ -336,6 +376,7 @@ def _evaluate(
         stored_orders={f"MedicationRequest/{r.get('id')}": r for r in stored_orders},
         not_checked={DATA_NAMES[k]: why for k, why in unread.items()},
         course=course_context(rule_input),
+        order_notes=order_notes(rule_input),
         notes={"triggers": len(triggers), **_fetch_notes(gathered)},
         from_request_alone=not gathered.fetched and not resolve.fetched,
     )

@@ -44,6 +44,10 @@ class Trigger:
         """The ids the record marks ``is_trigger`` (drafts only)."""
         return set() if self.on_record else {str(t.get("id")) for t in triggers}
 
+    def stored_ids(self, triggers: list[Mapping]) -> tuple[str, ...]:
+        """The stored order the answer is about (its recognition by name is said once); none for drafts."""
+        return tuple(str(t.get("id")) for t in triggers[:1]) if self.on_record else ()
+
     def orders(self, medications: Iterable[Medication], triggers: list[Mapping]) -> tuple[Medication, ...]:
         """What the rules read as "the order": the triggering drafts, or the newest stored trigger."""
         if not self.on_record:

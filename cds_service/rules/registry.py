@@ -125,6 +125,11 @@ def setting(
     return Setting(name, MappingProxyType(schema))
 
 
+def choice_setting(name: str, options: tuple[str, ...], about: str) -> Setting:
+    """A setting that is one of a few words (e.g. an indicator)."""
+    return Setting(name, MappingProxyType({"enum": list(options), "description": about}))
+
+
 def pair_setting(name: str, kind: str, low: float, high: float, about: str) -> Setting:
     """A setting of exactly two values, e.g. ``[systolic, diastolic]`` or ``[from, to]``."""
     schema = {

@@ -45,6 +45,9 @@ from cds_service.rules.model import Evidence, Finding, Quiet, RuleInput
 from cds_service.rules.pregnancy import PREGNANCY_SETTINGS
 from cds_service.rules.registry import NEW_START_ONLY, Family, setting
 
+ANTI_CD20 = ("rituximab", "obinutuzumab")
+"""The anti-CD20 drug classes whose allergy is an S3 barrier (obinutuzumab: FDA-approved for LN in 2025)."""
+
 NO_LUPUS_NEPHRITIS = (
     "no active lupus nephritis condition: the salvage context applies only to lupus nephritis"
 )
@@ -192,7 +195,7 @@ def s2_both_anchors_used(inp: RuleInput) -> Finding | Quiet:
 @needs_lupus_nephritis
 @new_start_only
 def s3_rituximab_barrier(inp: RuleInput) -> Finding | Quiet:
-    """A reason rituximab cannot be used (interpretation 10)."""
+    """A reason anti-CD20 therapy (rituximab, obinutuzumab) cannot be used (interpretations 10, 52)."""
     record = inp.record
     barriers: list[str] = []
     evidence = []
@@ -230,12 +233,13 @@ def s3_rituximab_barrier(inp: RuleInput) -> Finding | Quiet:
         if igg is None:
             missing.append("no IgG result on record")
 
-    allergies = record.active_allergies("rituximab")
+    allergies = {a.id: a for drug in ANTI_CD20 for a in record.active_allergies(drug)}.values()
     if allergies:
-        barriers.append("rituximab allergy or infusion reaction")
+        drugs = [drug for drug in ANTI_CD20 if any(drug in a.concepts for a in allergies)]
+        barriers.append(f"{words(drugs, 'or')} allergy or infusion reaction")
         evidence += [allergy_evidence(a) for a in allergies]
     else:
-        checked.append("no rituximab allergy")
+        checked.append("no rituximab or obinutuzumab allergy")
 
     pregnancy = pregnancy_status(record, inp.thresholds)
     if pregnancy.present:
@@ -246,21 +250,22 @@ def s3_rituximab_barrier(inp: RuleInput) -> Finding | Quiet:
     missing += pregnancy.missing
 
     if not barriers:
-        return quiet("S3", "no rituximab barrier recorded: " + "; ".join(checked), missing)
+        return quiet("S3", "no anti-CD20 barrier recorded: " + "; ".join(checked), missing)
     hbv_text = (
-        " Hepatitis B is a barrier to rituximab only: what it needs under tacrolimus is on the monitoring "
-        "card (N14)."
+        " Hepatitis B is a barrier to anti-CD20 therapy only: what it needs under tacrolimus is on the "
+        "monitoring card (N14)."
         if "hepatitis B" in barriers
         else ""
     )
     return finding(
         "S3",
         "info",
-        f"Rituximab barrier recorded: {barriers[0].split(' (')[0]}",
-        f"A reason rituximab may not be usable is recorded: {words(barriers)}. The source article sees a "
-        "place for tacrolimus when rituximab cannot be used, so it is a reasonable alternative "
-        f"here.{hbv_text}",
-        ("fomin-roberts-2016", "livertox-rituximab", "kdigo-2024")
+        f"Anti-CD20 barrier recorded: {barriers[0].split(' (')[0]}",
+        f"A reason anti-CD20 therapy may not be usable is recorded: {words(barriers)}. This covers rituximab "
+        "and obinutuzumab (FDA-approved for lupus nephritis in October 2025), which carry the same boxed "
+        "warning (hepatitis B reactivation, PML). The source article sees a place for tacrolimus when "
+        f"rituximab cannot be used, so it is a reasonable alternative here.{hbv_text}",
+        ("fomin-roberts-2016", "livertox-rituximab", "regency-2025", "kdigo-2024")
         + (("acr-2020-reproductive",) if pregnancy.present else ()),
         evidence=evidence,
         missing=missing,
@@ -387,7 +392,13 @@ DECLARATIONS = (
         ("info",),
         "Rituximab cannot be used",
         settings=(setting("igg_low", "number", 0, 5000, "S3: mg/dL"), *PREGNANCY_SETTINGS),
-        citations=("acr-2020-reproductive", "fomin-roberts-2016", "kdigo-2024", "livertox-rituximab"),
+        citations=(
+            "acr-2020-reproductive",
+            "fomin-roberts-2016",
+            "kdigo-2024",
+            "livertox-rituximab",
+            "regency-2025",
+        ),
         runs_in=NEW_START_ONLY,
         needs=merge_needs(
             LUPUS_NEPHRITIS_READS,
@@ -395,7 +406,7 @@ DECLARATIONS = (
             {
                 "Condition": ("hepatitis-b", "hypogammaglobulinemia"),
                 "Observation": ("hbsag", "igg"),
-                "AllergyIntolerance": ("rituximab",),
+                "AllergyIntolerance": ANTI_CD20,
             },
         ),
         course=("rituximab",),
