@@ -25,6 +25,7 @@ import requests
 import yaml
 
 from cds_service.app import create_app
+from cds_service.sandbox.web import create_dev_app
 
 ROOT = Path(__file__).resolve().parent.parent
 CDS_SERVICE = str(Path(sys.executable).with_name("cds-service"))  # the console script of this environment
@@ -60,7 +61,9 @@ def tool_missing(message: str) -> NoReturn:
 
 
 def make_app(tmp_path: Path, dev: bool = True, **settings_changes):
-    return create_app(config_dir=config_copy(tmp_path, **settings_changes), dev=dev)
+    """The app ``serve`` runs, on a copy of hooks/; with ``dev``, as ``serve --dev`` (sandbox composed in)."""
+    factory = create_dev_app if dev else create_app
+    return factory(config_dir=config_copy(tmp_path, **settings_changes))
 
 
 def free_port() -> int:

@@ -28,9 +28,9 @@ from cds_service.admin_sessions import (
     LOCK_SECONDS,
     SESSION_SECONDS,
     AdminSessions,
-    admin_login_failures,
 )
-from cds_service.storage import make_engine, seen_tokens
+from cds_service.storage import make_engine
+from cds_service.tables import admin_login_failures, seen_tokens
 
 ISSUER = "https://ehr-hostile.test"
 SIGN = "/cds-services/tacrolimus-order-sign"

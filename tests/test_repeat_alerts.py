@@ -23,7 +23,8 @@ from cds_service.cli import main
 from cds_service.hook_call import answer_hook
 from cds_service.rules.model import Finding
 from cds_service.sandbox.requests import build_request
-from cds_service.storage import make_engine, service_secrets, shown_alerts
+from cds_service.storage import make_engine
+from cds_service.tables import service_secrets, shown_alerts
 
 SELECT = "/cds-services/tacrolimus-order-select"
 SIGN = "/cds-services/tacrolimus-order-sign"
