@@ -1,0 +1,154 @@
+"""The shape of the code: no import loops in ``cds_service``, and the production app without the sandbox.
+
+The graph is read from the source (AST), not from a run: an import inside a function is an edge too, as it
+runs the moment that function is first called. ``from package import name`` is an edge to the submodule when
+``name`` is one, else to the package; a package's ``__init__`` is not counted as imported by its submodules
+(the usual convention of import-graph tools: each module depends on what it names).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from tests.support import ROOT
+
+PACKAGE = ROOT / "cds_service"
+
+
+def module_files(package: Path = PACKAGE) -> dict[str, Path]:
+    """Every module of the package by its dotted name (a package by its own name, not ``__init__``)."""
+    found = {}
+    for path in sorted(package.rglob("*.py")):
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def _imported_names(tree: ast.AST, package: str) -> Iterator[tuple[str, str | None]]:
+    """(module, name imported from it or None) for every import statement, at any depth."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from ((alias.name, None) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parts, *([node.module] if node.module else [])])
+            yield from ((base, alias.name) for alias in node.names)
+
+
+def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
+    """Module -> the modules of the package it imports (module level and function level)."""
+
+    def nearest(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets = set()
+        for module, imported in _imported_names(ast.parse(path.read_text(encoding="utf-8")), package):
+            submodule = f"{module}.{imported}" if imported else None
+            target = submodule if submodule in modules else nearest(module)
+            if target and target != name:
+                targets.add(target)
+        graph[name] = targets
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph[node]):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_cycle_finder_finds_a_loop_through_a_function_level_import(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from pkg import b\n")
+    (package / "b.py").write_text("def later():\n    from pkg.c import x\n")
+    (package / "c.py").write_text("from . import a\nx = 1\n")
+    (package / "d.py").write_text("import pkg.a\n")
+    graph = import_graph(module_files(package))
+    assert graph["pkg.a"] == {"pkg.b"} and graph["pkg.b"] == {"pkg.c"} and graph["pkg.c"] == {"pkg.a"}
+    assert cycles(graph) == [["pkg.a", "pkg.b", "pkg.c"]]
+
+
+def test_cds_service_has_no_import_cycle():
+    graph = import_graph(module_files())
+    assert len(graph) > 50 and "cds_service.tables" in graph["cds_service.migrations.env"]
+    assert cycles(graph) == []
+
+
+def test_no_module_imports_another_by_a_string():
+    """``importlib.import_module("cds_service...")`` would hide an edge (and a loop) from the graph."""
+    sources = {name: path.read_text(encoding="utf-8") for name, path in module_files().items()}
+    hidden = [name for name, text in sources.items() if "import_module(" in text or "__import__(" in text]
+    assert hidden == []
+
+
+PRODUCTION_APP = """
+import json, sys
+from cds_service.app import create_app
+app = create_app(config_dir=sys.argv[1], dev=False)
+client = app.test_client()
+answers = [client.get(p).status_code for p in ("/healthz", "/readyz", "/docs", "/admin", "/sandbox")]
+answers.append(client.post("/cds-services/tacrolimus-order-sign", json={}).status_code)
+from cds_service.server import preload_code
+preload_code()
+print(json.dumps({"answers": answers, "sandbox": sorted(m for m in sys.modules if "sandbox" in m)}))
+"""
+
+
+def test_the_production_app_does_not_import_the_sandbox(tmp_path):
+    """What ``serve`` (without ``--dev``) runs in each worker, and preloads in the master."""
+    from tests.support import config_copy
+
+    result = subprocess.run(
+        [sys.executable, "-c", PRODUCTION_APP, str(config_copy(tmp_path))],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["answers"] == [200, 200, 200, 404, 404, 401]  # /admin: no token set; /sandbox: not here
+    assert report["sandbox"] == []
