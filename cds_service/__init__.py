@@ -6,4 +6,3 @@ try:
     __version__ = version("tacrolimus-cds")  # pyproject.toml's version, as installed
 except PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "0+unknown"
-

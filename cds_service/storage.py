@@ -28,6 +28,7 @@ from cds_service.tables import feedback, shown_findings, shown_suggestions
 log = logging.getLogger("cds_service.storage")
 STATEMENT_TIMEOUT_MS = 10_000  # PostgreSQL; migrations lift it for their own connection
 
+
 def engine_url(url: str) -> URL:
     """``url`` as SQLAlchemy opens it: plain ``postgresql://`` means psycopg 3 (the ``postgres`` extra)."""
     parsed = make_url(url)

@@ -16,8 +16,6 @@ import pytest
 import requests
 import yaml
 from click.testing import CliRunner
-from security_helpers import Signer, bearer, claims
-from support import FINDINGS_KEY, ROOT, config_copy, start_service
 
 from cds_service.app import RuntimeHolder, create_app
 from cds_service.cli import main
@@ -27,6 +25,8 @@ from cds_service.hook_call import answer_hook
 from cds_service.runtime import Runtime
 from cds_service.sandbox.requests import build_request, build_request_from_bundle
 from cds_service.storage import Store, make_engine
+from tests.security_helpers import Signer, bearer, claims
+from tests.support import FINDINGS_KEY, ROOT, config_copy, start_service
 
 SIGN = "tacrolimus-order-sign"
 LOINC = "http://loinc.org"
@@ -522,6 +522,7 @@ def served(tmp_path):
         yield server, directory
 
 
+@pytest.mark.slow
 def test_sighup_and_admin_reload_change_a_running_server_and_a_bad_file_keeps_the_last_good(served):
     server, directory = served
     settings = directory / "settings.yaml"

@@ -8,7 +8,6 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
-from support import FINDINGS_KEY, config_copy, make_app
 
 from cds_service.cli import main
 from cds_service.config import load_config
@@ -16,6 +15,7 @@ from cds_service.explain import FINDING_IDS, explain, load_source, pick_service
 from cds_service.fixtures import FIXTURES_DIR, manifest
 from cds_service.sandbox.requests import build_request
 from cds_service.storage import Store, make_engine
+from tests.support import FINDINGS_KEY, config_copy, make_app
 
 SIGN = "tacrolimus-order-sign"
 

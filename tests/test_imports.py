@@ -15,6 +15,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from tests.support import ROOT
 
 PACKAGE = ROOT / "cds_service"
@@ -137,6 +139,7 @@ print(json.dumps({"answers": answers, "sandbox": sorted(m for m in sys.modules i
 """
 
 
+@pytest.mark.slow
 def test_the_production_app_does_not_import_the_sandbox(tmp_path):
     """What ``serve`` (without ``--dev``) runs in each worker, and preloads in the master."""
     from tests.support import config_copy
@@ -152,3 +155,28 @@ def test_the_production_app_does_not_import_the_sandbox(tmp_path):
     report = json.loads(result.stdout.splitlines()[-1])
     assert report["answers"] == [200, 200, 200, 404, 404, 401]  # /admin: no token set; /sandbox: not here
     assert report["sandbox"] == []
+
+
+def _top_level_imports(folder: Path) -> dict[str, set[str]]:
+    """File name -> the first part of every module it imports (absolute imports, at any depth)."""
+    found = {}
+    for path in sorted(folder.glob("*.py")):
+        names = set()
+        for module, _ in _imported_names(ast.parse(path.read_text(encoding="utf-8")), ""):
+            names.add(module.split(".")[0])
+        found[path.name] = names
+    return found
+
+
+def test_the_test_helpers_have_one_import_name_and_bench_needs_no_tests():
+    """``support`` and ``tests.support`` would be two modules (each with its own state); ``bench/`` runs
+    without the tests folder (what it shares with the tests lives in bench/)."""
+    helpers = {path.stem for path in (ROOT / "tests").glob("*.py") if not path.stem.startswith("test_")}
+    bare = {
+        name: sorted(imported & helpers)
+        for name, imported in _top_level_imports(ROOT / "tests").items()
+        if imported & helpers
+    }
+    assert bare == {}
+    bench = _top_level_imports(ROOT / "bench")
+    assert {name for name, imported in bench.items() if "tests" in imported} == set()

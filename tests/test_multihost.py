@@ -19,12 +19,14 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
+import pytest
 import requests
 
 from cds_service.storage import Store, make_engine
 from tests.security_helpers import Signer, bearer, claims
 from tests.support import config_copy, free_port, hook_request, small_patient, start_service, tool_missing
 
+pytestmark = [pytest.mark.nginx, pytest.mark.slow]  # and postgres, from its fixture
 PID = "multi-p1"
 ISSUER = "https://ehr-multi.test"
 SIGN = "/cds-services/tacrolimus-order-sign"

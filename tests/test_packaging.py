@@ -11,9 +11,9 @@ from importlib.metadata import packages_distributions, version
 
 import pytest
 import requests
-from support import ROOT, config_copy, hook_request, make_app, small_patient, start_service
 
 from cds_service.config import load_config
+from tests.support import ROOT, config_copy, hook_request, make_app, small_patient, start_service
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
@@ -115,6 +115,7 @@ def test_invalid_feedback_items_are_logged_with_the_fields_at_fault(tmp_path, ca
     assert record.problems[0].startswith("feedback[0].outcome")
 
 
+@pytest.mark.slow
 def test_a_clean_start_logs_no_error_line(tmp_path, monkeypatch):
     # A runtime dir nobody can write (gunicorn once put its control socket there and logged an error).
     monkeypatch.setenv("XDG_RUNTIME_DIR", "/proc/self")  # nobody, not even root, may create a socket there

@@ -18,7 +18,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from support import (
+
+from cds_service.protocol import check_response
+from cds_service.sandbox.fhir_server import serve_in_thread
+from cds_service.sandbox.requests import build_request_from_bundle
+from cds_service.sandbox.store import FhirStore
+from tests.support import (
     FINDINGS_KEY,
     SNOMED,
     finding_ids,
@@ -26,11 +31,6 @@ from support import (
     small_patient,
     tacrolimus_draft,
 )
-
-from cds_service.protocol import check_response
-from cds_service.sandbox.fhir_server import serve_in_thread
-from cds_service.sandbox.requests import build_request_from_bundle
-from cds_service.sandbox.store import FhirStore
 
 REAL = Path(__file__).resolve().parent / "data" / "real"
 TOKEN = "real-data-token-1"

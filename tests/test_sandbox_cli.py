@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import requests
 from click.testing import CliRunner
-from support import CDS_SERVICE, config_copy, finding_ids, free_port, make_app, start_service
 
 from cds_service.cli import main
 from cds_service.fixtures import manifest
 from cds_service.sandbox.runner import REDACTED, markdown_for_terminal
+from tests.support import CDS_SERVICE, config_copy, finding_ids, free_port, make_app, start_service
 
 FIXTURES = ["p1-pregnant-sle", "s1-mmf-inadequate-response", "n1-missing-baseline-labs"]
 
@@ -170,6 +170,7 @@ def _shown_in(database: Path, hook_instance: str) -> bool:
     return False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("via", ["prefetch", "fhir"])
 def test_run_against_a_running_dev_service(service, via):
     base, database = service
@@ -195,6 +196,7 @@ def test_run_against_an_unreachable_url_says_so():
     assert "cannot reach" in result.stderr
 
 
+@pytest.mark.slow
 def test_fixtures_serve_answers_fhir_searches(tmp_path):
     port = free_port()
     log = tmp_path / "fixtures.log"

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
 from sqlalchemy import inspect
 
 from cds_service import metrics
@@ -89,6 +90,7 @@ def test_feedback_is_counted_by_the_finding_on_its_card(tmp_path, database_url):
     assert 'cds_hook_calls_total{service="tacrolimus-order-sign",status="200"}' in page
 
 
+@pytest.mark.slow
 def test_instances_starting_together_on_an_empty_database_all_start(tmp_path, database_url):
     config = config_copy(tmp_path, feedback={"database_url": database_url})
     upgrades = [

@@ -29,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 FIRST_REVISION = "0001"
 PG_LOCK_KEY = 0x0C_D5_1401  # any constant shared by every instance of this service
 
+
 def alembic_config(connection: Connection | None = None) -> AlembicConfig:
     config = AlembicConfig()
     config.set_main_option("script_location", str(HERE))
