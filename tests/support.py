@@ -4,10 +4,13 @@ configuration (in-process, or a real ``cds-service serve`` subprocess whose log 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 
@@ -55,6 +58,7 @@ __all__ = [
     "hook_request",
     "lab",
     "make_app",
+    "probe_production_app",
     "searchset",
     "small_patient",
     "start_service",
@@ -80,8 +84,8 @@ CHROMIUM_ARGS = [
 
 
 def tool_missing(message: str) -> NoReturn:
-    """A tool the tests need is not on this machine: a failure in CI, where ``make test`` installs every
-    one (PostgreSQL, nginx, Chromium), a skip elsewhere."""
+    """A tool the tests need is not on this machine: a failure in CI, where ``.ci/run`` installs every one
+    (PostgreSQL, nginx, Chromium), a skip elsewhere (its reason listed at the end of the run)."""
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
@@ -95,3 +99,39 @@ def make_app(tmp_path: Path, dev: bool = True, **settings_changes):
 
 def finding_ids(response_json: dict) -> set[str]:
     return {item["id"] for card in response_json["cards"] for item in card["extension"][FINDINGS_KEY]}
+
+
+PRODUCTION_APP_PROBE = """
+import json, sys
+import cds_service
+from cds_service.app import create_app
+from cds_service.server import preload_code
+client = create_app(config_dir=sys.argv[1], dev=False).test_client()
+paths = ("/healthz", "/readyz", "/docs", "/admin", "/sandbox")
+answers = {path: client.get(path).status_code for path in paths}
+answers["POST /cds-services/tacrolimus-order-sign"] = client.post(
+    "/cds-services/tacrolimus-order-sign", json={}
+).status_code
+preload_code()  # what the master of `serve` imports before it forks the workers
+print(json.dumps({
+    "package": cds_service.__file__,
+    "answers": answers,
+    "sandbox": sorted(name for name in sys.modules if name.startswith("cds_service.sandbox")),
+}))
+"""
+
+
+def probe_production_app(config_dir: Path, cwd: Path, pythonpath: Path | None = None) -> dict[str, Any]:
+    """What the production app (``serve`` without ``--dev``) answers and imports, in a fresh interpreter:
+    ``{"package": cds_service's file, "answers": {path: status}, "sandbox": [sandbox modules imported]}``."""
+    env = {**os.environ, **({"PYTHONPATH": str(pythonpath)} if pythonpath else {})}
+    result = subprocess.run(
+        [sys.executable, "-c", PRODUCTION_APP_PROBE, str(config_dir)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.splitlines()[-1])

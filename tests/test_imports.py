@@ -9,15 +9,12 @@ runs the moment that function is first called. ``from package import name`` is a
 from __future__ import annotations
 
 import ast
-import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT
+from tests.support import ROOT, config_copy, probe_production_app
 
 PACKAGE = ROOT / "cds_service"
 
@@ -126,35 +123,19 @@ def test_no_module_imports_another_by_a_string():
     assert hidden == []
 
 
-PRODUCTION_APP = """
-import json, sys
-from cds_service.app import create_app
-app = create_app(config_dir=sys.argv[1], dev=False)
-client = app.test_client()
-answers = [client.get(p).status_code for p in ("/healthz", "/readyz", "/docs", "/admin", "/sandbox")]
-answers.append(client.post("/cds-services/tacrolimus-order-sign", json={}).status_code)
-from cds_service.server import preload_code
-preload_code()
-print(json.dumps({"answers": answers, "sandbox": sorted(m for m in sys.modules if "sandbox" in m)}))
-"""
-
-
 @pytest.mark.slow
 def test_the_production_app_does_not_import_the_sandbox(tmp_path):
     """What ``serve`` (without ``--dev``) runs in each worker, and preloads in the master."""
-    from tests.support import config_copy
-
-    result = subprocess.run(
-        [sys.executable, "-c", PRODUCTION_APP, str(config_copy(tmp_path))],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=tmp_path,
-        timeout=120,
-    )
-    report = json.loads(result.stdout.splitlines()[-1])
-    assert report["answers"] == [200, 200, 200, 404, 404, 401]  # /admin: no token set; /sandbox: not here
+    report = probe_production_app(config_copy(tmp_path), cwd=tmp_path)
     assert report["sandbox"] == []
+    assert report["answers"] == {
+        "/healthz": 200,
+        "/readyz": 200,
+        "/docs": 200,
+        "/admin": 404,  # no admin token configured
+        "/sandbox": 404,  # `serve --dev` only
+        "POST /cds-services/tacrolimus-order-sign": 401,  # no caller's token
+    }
 
 
 def _top_level_imports(folder: Path) -> dict[str, set[str]]:

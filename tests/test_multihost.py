@@ -3,7 +3,7 @@
 One instance is killed with SIGKILL in the middle of the load. What an EHR was told must hold: every
 feedback acknowledged is stored, every hook call answered 200 has its shown findings stored, a JWT used on
 one instance is refused on the other, and the balancer serves on with the instance that is left.
-(``scripts/ensure-postgres-nginx`` installs Debian's postgresql and nginx; ``make test`` runs it.)
+(``scripts/install-test-tools`` installs Debian's postgresql and nginx-light; ``.ci/run`` runs it.)
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def nginx_binary() -> str | None:
 def nginx_in_front_of(ports: tuple[int, int], folder: Path, port: int) -> Iterator[str]:
     binary = nginx_binary()
     if binary is None:
-        tool_missing("nginx is not installed (scripts/ensure-postgres-nginx installs it)")
+        tool_missing("nginx is not installed (Debian's nginx-light package); the multi-host tests need it")
     folder.mkdir()
     conf = folder / "nginx.conf"
     conf.write_text(NGINX_CONF.format(dir=folder, a=ports[0], b=ports[1], port=port))
