@@ -182,7 +182,9 @@ def test_two_instances_behind_nginx_survive_losing_one(tmp_path, postgres, monke
             b = stack.enter_context(start_service(lambda port: config_for(port, "b"), workers=2))
             ports = (int(a.base.rsplit(":", 1)[1]), int(b.base.rsplit(":", 1)[1]))
             base = stack.enter_context(nginx_in_front_of(ports, tmp_path / "nginx", balancer_port))
-            assert requests.get(f"{a.base}/readyz", timeout=5).status_code == 200
+            for instance in (a, b):  # both on the PostgreSQL server, not on their own SQLite files
+                ready = requests.get(f"{instance.base}/readyz", timeout=5)
+                assert ready.status_code == 200 and ready.json()["database"] == "postgresql"
 
             # A JWT used on one instance is refused on the other: the replay table is in PostgreSQL.
             token = bearer(signer.token(claims(ISSUER, f"{public}{SIGN}")))
