@@ -124,7 +124,8 @@ print(json.dumps({
 def probe_production_app(config_dir: Path, cwd: Path, pythonpath: Path | None = None) -> dict[str, Any]:
     """What the production app (``serve`` without ``--dev``) answers and imports, in a fresh interpreter:
     ``{"package": cds_service's file, "answers": {path: status}, "sandbox": [sandbox modules imported]}``."""
-    env = {**os.environ, **({"PYTHONPATH": str(pythonpath)} if pythonpath else {})}
+    env = {name: value for name, value in os.environ.items() if not name.startswith("CDS_")}  # config only
+    env.update({"PYTHONPATH": str(pythonpath)} if pythonpath else {})
     result = subprocess.run(
         [sys.executable, "-c", PRODUCTION_APP_PROBE, str(config_dir)],
         capture_output=True,
