@@ -596,3 +596,22 @@ def test_every_published_display_of_a_class_code_is_recognised_by_its_name_too()
             if display and by_code - by_name:
                 unnamed.add(display.split(" ")[0])
     assert unnamed <= NOT_NAMED_ON_PURPOSE
+
+
+def test_an_edited_value_set_file_is_read_again(tmp_path):
+    """The parsed files are kept between loads (each reload builds a new Terminology); an edit is not lost."""
+    directory = tmp_path / "valuesets"
+    directory.mkdir()
+    path = directory / "tacrolimus.json"
+    original = json.loads((DEFAULT_DIR / "tacrolimus.json").read_text())
+    path.write_text(json.dumps(original))
+    code = original["expansion"]["contains"][0]
+    concept = [{"system": code["system"], "code": code["code"]}]
+    assert "tacrolimus" in Terminology.load(directory=directory).concepts(concept)
+    edited = {
+        **original,
+        "expansion": {**original["expansion"], "contains": original["expansion"]["contains"][1:]},
+    }
+    edited["compose"] = {"include": []}
+    path.write_text(json.dumps(edited, indent=1))  # another size: a new version even within one mtime tick
+    assert "tacrolimus" not in Terminology.load(directory=directory).concepts(concept)
