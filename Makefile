@@ -2,7 +2,7 @@
 # `make test` installs nothing outside .venv/ and needs no root: the tests that need Chromium, PostgreSQL or
 # nginx are skipped where those are missing, and named at the end (PostgreSQL also comes from the pgserver
 # wheel of the test extra). CI (.ci/run) installs them first and sets CI=true, where a missing one fails.
-# `make test-fast`: the tests that need none of them and start no process (under a minute).
+# `make test-fast`: the tests that need none of them and start no process, on every core (under a minute).
 PYTHON ?= python3
 PORT   ?= 8080
 VENV   := .venv
@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(BIN)/pytest
 
 test-fast: $(STAMP)
-	$(BIN)/pytest -m "not (browser or postgres or nginx or slow)"
+	$(BIN)/pytest -n auto --dist loadfile -m "not (browser or postgres or nginx or slow)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -188,6 +188,7 @@ def test_hcg_unconfirmed_days_decides_when_the_card_says_nothing_later_confirms_
     assert unconfirmed not in card_details(changed, request)
 
 
+@pytest.mark.slow  # one app per case
 @pytest.mark.parametrize(
     ("setting", "changes", "source", "finding", "before", "after"), CFG_CASES, ids=[c[0] for c in CFG_CASES]
 )

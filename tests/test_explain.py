@@ -142,6 +142,7 @@ def test_explain_refuses_a_retired_finding_id_and_names_its_successor(tmp_path, 
     assert code == 2 and f"'{old}' is retired in rule catalog version 2: it is now {new}" in out
 
 
+@pytest.mark.slow  # one app and one explain run per fixture
 @pytest.mark.parametrize("fixture", sorted(manifest()))
 def test_explain_agrees_with_the_service_over_http(tmp_path, fixture):
     """The findings explain puts on cards are the ones the running service returns for the same request."""

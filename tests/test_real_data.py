@@ -313,6 +313,7 @@ def _pregnancy_days(resources: list[dict]) -> list[tuple[str, bool]]:
     return [(day, any(start <= day < end for start, end in pregnancies)) for day in days]
 
 
+@pytest.mark.slow  # a call for every day of five pregnancies
 def test_p1_follows_every_synthea_pregnancy_from_its_start_to_its_end(client):
     """On every day of Francine's record (five pregnancies: births, a termination, a miscarriage), P1 is on
     the cards exactly when a pregnancy was open that day, and P2 exactly then for an active methotrexate."""

@@ -43,7 +43,8 @@ def service(tmp_path_factory):
 
 
 def run_cli(*args: str):
-    result = CliRunner().invoke(main, list(args))
+    # The output follows the terminal width: a pipe's (100 columns), whatever COLUMNS says (xdist sets it).
+    result = CliRunner(env={"COLUMNS": "100"}).invoke(main, list(args))
     assert result.exception is None or isinstance(result.exception, SystemExit), result.output
     return result
 

@@ -265,6 +265,7 @@ def test_optional_allergies_unavailable_gives_a_degraded_honest_answer(client, p
 # --- FHIR server faults ----------------------------------------
 
 
+@pytest.mark.slow  # waits out each fault (a 4 s delay among them)
 @pytest.mark.parametrize(
     "fault, expected",
     [
