@@ -161,3 +161,52 @@ def test_the_test_helpers_have_one_import_name_and_bench_needs_no_tests():
     assert bare == {}
     bench = _top_level_imports(ROOT / "bench")
     assert {name for name, imported in bench.items() if "tests" in imported} == set()
+
+
+SUBPROCESS_CALLS = {"run", "Popen", "check_output", "check_call"}
+SERVICE_CALLS = {"start_service", "ServiceProcess"}
+
+
+def _marks(decorators: list[ast.expr]) -> set[str]:
+    """The ``pytest.mark.<name>`` names among decorators (or in a ``pytestmark`` value)."""
+    return {
+        node.attr
+        for decorator in decorators
+        for node in ast.walk(decorator)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Attribute)
+        and node.value.attr == "mark"
+    }
+
+
+def _starts_a_process(function: ast.FunctionDef, module: dict[str, ast.FunctionDef], seen: set[str]) -> bool:
+    """Whether the test, or a fixture or helper of its module it asks for or calls, starts a process."""
+    called: set[str] = set()
+    for node in ast.walk(function):
+        if not isinstance(node, ast.Call):
+            continue
+        target = node.func
+        if isinstance(target, ast.Name):
+            if target.id in SERVICE_CALLS:
+                return True
+            called.add(target.id)
+        elif ast.unparse(target) in {f"subprocess.{name}" for name in SUBPROCESS_CALLS}:
+            return True
+    called |= {argument.arg for argument in function.args.args}
+    return any(_starts_a_process(module[name], module, seen | {name}) for name in called & set(module) - seen)
+
+
+def test_every_test_that_starts_a_process_is_out_of_the_fast_tier():
+    """``make test-fast`` promises no process: a test that starts ``cds-service serve`` or any subprocess
+    (itself, or through a fixture or helper of its module) is marked ``slow`` (or ``browser``/``nginx``)."""
+    unmarked = []
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        module = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+        assigned = [node for node in tree.body if isinstance(node, ast.Assign)]
+        module_marks = _marks([n.value for n in assigned if ast.unparse(n.targets[0]) == "pytestmark"])
+        for name, function in module.items():
+            out_of_tier = (module_marks | _marks(function.decorator_list)) & {"slow", "browser", "nginx"}
+            if name.startswith("test_") and not out_of_tier and _starts_a_process(function, module, {name}):
+                unmarked.append(f"{path.name}::{name}")
+    assert unmarked == []
