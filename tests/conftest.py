@@ -32,7 +32,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
-    """A PostgreSQL server on loopback for the whole session (skipped where none can run; never in CI)."""
+    """A PostgreSQL server on loopback for the session (where none can run: skipped, a failure in CI)."""
     server = start_postgres()
     if server is None:
         tool_missing("PostgreSQL is not installed (Debian's postgresql package, or `pip install pgserver`)")
@@ -65,13 +65,10 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     yield from fresh_postgres_database(request)
 
 
-@pytest.fixture(params=["sqlite", POSTGRESQL])
-def each_database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Run the test on SQLite (its configuration's own file) and again on PostgreSQL (CDS_DATABASE_URL).
-
-    The environment variable wins over ``feedback.database_url`` (config.ENVIRONMENT), so every service the
-    test starts, in-process or as a subprocess, uses that database.
-    """
+def _service_database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """CDS_DATABASE_URL for ``request.param``: unset for SQLite (the configuration's own file), else a fresh
+    PostgreSQL database. It wins over ``feedback.database_url`` (config.ENVIRONMENT), so every service started
+    meanwhile, in-process or as a subprocess, uses that database."""
     if request.param == "sqlite":
         monkeypatch.delenv("CDS_DATABASE_URL", raising=False)
         yield "sqlite"
@@ -81,15 +78,15 @@ def each_database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
         yield url
 
 
+@pytest.fixture(params=["sqlite", POSTGRESQL])
+def each_database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Run the test on SQLite and again on PostgreSQL (``_service_database``)."""
+    yield from _service_database(request, monkeypatch)
+
+
 @pytest.fixture(scope="module", params=["sqlite", POSTGRESQL])
 def module_database(request: pytest.FixtureRequest) -> Iterator[str]:
     """``each_database`` for a module whose tests share one service (a module-scoped fixture that starts it
-    must ask for this one): the service then starts once per kind of database, with CDS_DATABASE_URL set."""
+    must ask for this one): the service then starts once per kind of database."""
     with pytest.MonkeyPatch.context() as monkeypatch:
-        if request.param == "sqlite":
-            monkeypatch.delenv("CDS_DATABASE_URL", raising=False)
-            yield "sqlite"
-            return
-        for url in fresh_postgres_database(request):
-            monkeypatch.setenv("CDS_DATABASE_URL", url)
-            yield url
+        yield from _service_database(request, monkeypatch)
