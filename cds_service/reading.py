@@ -6,15 +6,15 @@ only an interpretation flag. This module turns each into the meanings the rules 
 could not read:
 
 * :func:`read_polarity` — positive / negative of a qualitative result (hCG, HBsAg, anti-HBc), of a
-  breastfeeding status (``lactation=True``: any breast milk is yes) and of a pregnancy status (``pregnancy=True``:
-  "pregnant" / "not pregnant" / "unknown" / an outcome). Code, text and interpretation that state opposite
-  polarities make it unreadable; a polarity known only from an A/N flag is marked ``flag_only``.
+  breastfeeding status (kind ``lactation``: any breast milk is yes) and of a pregnancy status (kind
+  ``pregnancy``: "pregnant" / "not pregnant" / "unknown" / an outcome). Code, text and interpretation that
+  state opposite polarities make it unreadable; a polarity known only from an A/N flag is ``flag_only``.
 * :func:`read_quantity` — a ``valueQuantity`` or a ``valueString`` holding a number and a unit, with its
   comparator kept ("<5 IU/L").
-* :func:`hcg_meaning` — a quantitative hCG against the indeterminate band (negative / indeterminate / positive).
+* :func:`hcg_meaning` — a quantitative hCG against the indeterminate band (negative, indeterminate, positive).
 
 Codes come from the value sets (``valuesets/*.json``, each with its published source); the word lists below
-are module constants. Everything here is pure and compiled once at import: it runs per Observation a rule reads.
+are module constants. All is pure and compiled once at import: it runs per Observation a rule reads.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cds_service.fhir_json import is_object, objs
+from cds_service.fhir_json import is_object, obj, objs
 from cds_service.terminology import Terminology, canonical_system
 
 POSITIVE = "positive"
@@ -208,8 +208,8 @@ def read_polarity(holder: Mapping[str, Any], terminology: Terminology, kind: str
     """
     stated: list[tuple[str, str, str]] = []  # (answer, source, how it was recorded)
     unknown_codes: list[str] = []
-    concept = holder.get("valueCodeableConcept")
-    if is_object(concept):
+    if is_object(holder.get("valueCodeableConcept")):
+        concept = obj(holder.get("valueCodeableConcept"))
         for coding in objs(concept.get("coding")):
             answer = _coded(coding, terminology, kind)
             display = coding.get("display") if isinstance(coding.get("display"), str) else None
@@ -230,7 +230,9 @@ def read_polarity(holder: Mapping[str, Any], terminology: Terminology, kind: str
             stated.append((said, "text", holder["valueString"]))
     if isinstance(holder.get("valueBoolean"), bool):
         yes = holder["valueBoolean"]
-        answer = (PREGNANT if yes else NOT_PREGNANT) if kind == "pregnancy" else (POSITIVE if yes else NEGATIVE)
+        answer = (
+            (PREGNANT if yes else NOT_PREGNANT) if kind == "pregnancy" else (POSITIVE if yes else NEGATIVE)
+        )
         stated.append((answer, "code", "yes" if yes else "no"))
     flags: list[tuple[str, str, str]] = []
     for interpretation in objs(holder.get("interpretation")):
@@ -286,8 +288,8 @@ class Quantity:
 
 def read_quantity(holder: Mapping[str, Any]) -> Quantity | None:
     """The value's number and unit from ``valueQuantity``, else from a ``valueString`` that holds one."""
-    quantity = holder.get("valueQuantity")
-    if is_object(quantity) and isinstance(quantity.get("value"), int | float):
+    quantity = obj(holder.get("valueQuantity"))
+    if isinstance(quantity.get("value"), int | float):
         if isinstance(quantity["value"], bool):
             return None
         comparator = quantity.get("comparator")
@@ -308,7 +310,9 @@ def read_quantity(holder: Mapping[str, Any]) -> Quantity | None:
     return Quantity(float(match[2].replace(",", ".")), unit, None, comparator, source="valueString")
 
 
-def hcg_meaning(value: float, comparator: str | None, band: tuple[float, float], positive_above: float) -> str:
+def hcg_meaning(
+    value: float, comparator: str | None, band: tuple[float, float], positive_above: float
+) -> str:
     """A quantitative hCG (IU/L): ``negative`` below the band, ``positive`` above it (and above
     ``positive_above``), ``indeterminate`` in it (rules.md v3: 5–25 IU/L, repeat in 48–72 hours).
 

@@ -78,6 +78,21 @@ class Condition:
 
 
 @dataclass(frozen=True)
+class Procedure:
+    """A performed Procedure the rules read: a delivery, which ends a pregnancy (rules.md v3)."""
+
+    id: str
+    concepts: frozenset[str]
+    name: str
+    performed: datetime
+    """``performedDateTime``, else the end (else the start) of ``performedPeriod``."""
+
+    @property
+    def reference(self) -> str:
+        return f"Procedure/{self.id}"
+
+
+@dataclass(frozen=True)
 class Medication:
     """A MedicationRequest, stored or drafted in this ordering session."""
 
@@ -250,6 +265,7 @@ class PatientRecord:
     medications: tuple[Medication, ...] = ()
     allergies: tuple[Allergy, ...] = ()
     labs: Mapping[str, LabSeries] = field(default_factory=dict)
+    procedures: tuple[Procedure, ...] = ()
     skipped: tuple[Unusable, ...] = ()
     """Resources that were malformed and left out."""
     unavailable: frozenset[str] = frozenset()

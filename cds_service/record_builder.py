@@ -41,6 +41,7 @@ from cds_service.record import (
     Patient,
     PatientRecord,
     Period,
+    Procedure,
     RawLab,
     Unusable,
 )
@@ -86,6 +87,8 @@ def _lab_groups(concepts: frozenset[str]) -> tuple[str, ...]:
 BP_PANEL = "blood-pressure"
 BP_COMPONENT_GROUPS = ("systolic-bp", "diastolic-bp")
 NOT_RESULTS = frozenset({"entered-in-error", "cancelled"})
+NOT_PERFORMED = frozenset({"entered-in-error", "not-done", "preparation", "stopped"})
+"""Procedure statuses that say no delivery took place (a stopped one may not have delivered)."""
 NOT_EXPOSURE = frozenset({"entered-in-error", "cancelled", "draft"})
 INACTIVE_CLINICAL = frozenset({"inactive", "remission", "resolved"})
 NOT_CONFIRMED = frozenset({"refuted", "entered-in-error"})
@@ -524,6 +527,38 @@ class RecordBuilder:
             )
         return found
 
+    # --- procedures ----------------------------------------------------------------------------------------
+    def procedures(self, resources: Iterable[Mapping]) -> list[Procedure]:
+        """Delivery Procedures that were done, dated by ``performed[x]`` (rules.md v3: they end a pregnancy).
+
+        Read on raw JSON: only the code, the status and the date matter. One in the value set whose date
+        cannot be read is named on the card, as it might have ended a pregnancy.
+        """
+        found = []
+        for raw in resources:
+            status = raw.get("status")
+            if raw.get("resourceType") != "Procedure" or (
+                isinstance(status, str) and status in NOT_PERFORMED
+            ):
+                continue
+            concepts = self.terminology.concepts_of_concept(raw.get("code"))
+            if not concepts:
+                self._unreadable(raw, "code")
+                continue
+            period = obj(raw.get("performedPeriod"))
+            when = (
+                parse_when(raw.get("performedDateTime"))
+                or parse_when(period.get("end"))
+                or parse_when(period.get("start"))
+            )
+            if when is None:
+                why = "a delivery procedure with no performedDateTime or performedPeriod, so when it ended a "
+                self.skipped.append(Unusable(f"Procedure/{raw.get('id')}", why + "pregnancy cannot be told"))
+                continue
+            name = _name(raw.get("code"), "delivery procedure")
+            found.append(Procedure(str(raw.get("id", "")), concepts, name, when))
+        return found
+
     # --- observations --------------------------------------------------------------------------------------
     def lab_series(self, resources: Iterable[Mapping]) -> dict[str, LabSeries]:
         """Index Observations by lab group on raw JSON; validation waits until a rule reads a value.
@@ -622,7 +657,9 @@ class RecordBuilder:
                     original=said.said or said.answer, flag_only=said.flag_only,
                 )  # fmt: skip
             if said.fault is not None:
-                return Unusable(reference, f"{words} result on {day} could not be read: {said.fault} ({reference})")
+                return Unusable(
+                    reference, f"{words} result on {day} could not be read: {said.fault} ({reference})"
+                )
         quantity = read_quantity(holder)
         if quantity is not None and (kind is None or group == "hcg-qualitative"):
             unit = quantity.unit or quantity.code
@@ -650,7 +687,9 @@ class RecordBuilder:
                 answer=holder["valueDateTime"][:10],
                 original=holder["valueDateTime"],
             )
-        return Unusable(reference, f"{words} result on {day} could not be read: {_value_element(holder)} ({reference})")
+        return Unusable(
+            reference, f"{words} result on {day} could not be read: {_value_element(holder)} ({reference})"
+        )
 
     def _group_code(self, concept: Any, group: str) -> str:
         for coding in objs(obj(concept).get("coding")):
@@ -666,7 +705,7 @@ POLARITY_KIND = {
     "breastfeeding-status": "lactation",
     "pregnancy-status": "pregnancy",
 }
-"""Lab groups answered positive/negative (or pregnant/not pregnant, breast milk or not), and how to read them."""
+"""Lab groups answered positive/negative (pregnant or not, breast milk or not), and how to read them."""
 
 
 def num_text(value: float) -> str:
@@ -696,6 +735,7 @@ def build_record(
     trigger_ids: Iterable[str] = (),
     allergies: Sequence[Mapping] = (),
     observations: Sequence[Mapping] = (),
+    procedures: Sequence[Mapping] = (),
     resolve: Resolver | None = None,
     unavailable: Iterable[str] = (),
     lookback_days: int = DEFAULT_LOOKBACK_DAYS,
@@ -715,6 +755,7 @@ def build_record(
         ),
         allergies=tuple(builder.allergies(builder.scanned("AllergyIntolerance", allergies))),
         labs=builder.lab_series(observations),
+        procedures=tuple(builder.procedures(builder.scanned("Procedure", procedures))),
         skipped=tuple(builder.skipped),
         unavailable=frozenset(unavailable),
     )

@@ -62,6 +62,7 @@ THRESHOLDS = {
     "hcg_unconfirmed_days": 14,
     "edd_overdue_days": 14,
     "hcg_positive_iu_per_l": 25,
+    "hcg_indeterminate_iu_per_l": [5, 25],
     "pregnancy_capable_age": [12, 55],
     "mycophenolate_hcg_days": 30,
     "pregnancy_bp_days": 7,
@@ -263,7 +264,10 @@ def test_every_threshold_the_tests_assume_is_a_shipped_setting():
 
 
 def test_needs_names_the_value_sets_discovery_must_prefetch():
-    assert set(NEEDS) == {"Patient", "Condition", "MedicationRequest", "Observation", "AllergyIntolerance"}
+    assert set(NEEDS) == {
+        "Patient", "Condition", "MedicationRequest", "Observation", "AllergyIntolerance", "Procedure"
+    }  # fmt: skip
+    assert NEEDS["Procedure"] == ("delivery-procedures",)  # rules.md v3: read for deliveries alone
     observation = set(NEEDS["Observation"])
     # The BP panel code must be fetched for its components to reach systolic-bp / diastolic-bp.
     assert {"blood-pressure", "systolic-bp", "diastolic-bp"} <= observation

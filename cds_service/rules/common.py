@@ -48,6 +48,7 @@ RESOURCE_WORDS = {
     "MedicationRequest": "medication orders",
     "Observation": "lab results and vital signs (Observations)",
     "AllergyIntolerance": "allergies",
+    "Procedure": "procedures (Procedure)",
 }
 
 # Pregnancy-status (82810-3) and breastfeeding-status (63895-7) answers, as ``cds_service.reading`` gives them
@@ -68,6 +69,7 @@ HCG_REPEAT = "repeat in 48–72 hours"
 PREGNANCY_NEEDS: dict[str, tuple[str, ...]] = {
     "Condition": ("pregnancy", "pregnancy-outcome"),
     "Observation": ("pregnancy-status", "edd", "hcg-qualitative", "hcg-quantitative"),
+    "Procedure": ("delivery-procedures",),
 }
 
 
@@ -412,7 +414,7 @@ class _End:
 
 def hcg_result(v: LabValue, thresholds: Mapping[str, Any]) -> str | None:
     """``positive``, ``negative``, ``indeterminate`` or None (a flag only) for one hCG result (rules.md v3:
-    only POS/DET start and only NEG/ND end a pregnancy; 5–25 IU/L is indeterminate; an A/N flag is neither)."""
+    only POS/DET start and only NEG/ND end a pregnancy; 5–25 IU/L is indeterminate; A/N flags are neither)."""
     if v.value is not None:
         band = thresholds.get("hcg_indeterminate_iu_per_l", DEFAULT_HCG_BAND)
         return hcg_meaning(v.value, v.comparator, (band[0], band[1]), thresholds["hcg_positive_iu_per_l"])
@@ -467,6 +469,9 @@ def _pregnancy_signs_and_ends(
     for c in record.confirmed_conditions("pregnancy-outcome"):
         if c.dated is not None:
             ends.append(_End(c.dated, f"{c.name} on {day(c.dated)}"))
+    for p in record.procedures:  # a delivery Procedure ends a pregnancy as the outcome Condition does (v3)
+        if "delivery-procedures" in p.concepts:
+            ends.append(_End(p.performed, f"{p.name} (procedure) on {day(p.performed)}"))
 
     # Pregnancy status (82810-3): "pregnant" within the look-back is a sign; "not pregnant" or an outcome
     # answer at any time ends what came before it; "unknown" neither starts nor ends.
@@ -561,6 +566,8 @@ def pregnancy_status(record: PatientRecord, thresholds: Mapping[str, Any]) -> St
         else:
             checked.append(f"{sign.said} was ended by {end.said}")
     said = [s.said for s in live]
+    if live:  # a delivery recorded as a Procedure would have ended it: say that they could not be read
+        missing += unavailable(record, "Procedure")
     hcg = [s for s in live if s.kind == "hcg" and s.when is not None]
     if hcg and hcg[0].when is not None:
         newest, newest_when = hcg[0], hcg[0].when
