@@ -272,8 +272,11 @@ def _in_kind(answer: str, kind: str) -> str:
 
 # --- quantities -----------------------------------------------------------------------------------------
 COMPARATORS = ("<=", ">=", "<", ">")
-_QUANTITY_TEXT = re.compile(r"^\s*(<=|>=|<|>|≤|≥)?\s*([-+]?\d+(?:[.,]\d+)?)\s*([^\d\s].*?)?\s*$")
-"""A number and a unit in words, as interfaces send a ``valueString``: "5.2 mmol/L", "<5 IU/L", "> 1000"."""
+_QUANTITY_TEXT = re.compile(
+    r"^\s*(<=|>=|<|>|≤|≥)?\s*([-+]?\d+(?:[.,]\d+)?)\s*([^\d\s]\S*(?:\s+[^\d\s]\S*)*)?\s*$"
+)
+"""One number and a unit, as interfaces send a ``valueString``: "5.2 mmol/L", "<5 IU/L", "> 1000". Every word
+of the unit starts with a non-digit ("mL/min/1.73 m2"), so "5 to 10" is not a quantity."""
 _WIDE = {"≤": "<=", "≥": ">="}
 
 
