@@ -1113,6 +1113,12 @@ def test_p3_a_positive_or_unreadable_recent_hcg_is_not_the_negative_test_it_asks
     )
     fires("P3", inp)
     stays_quiet("P3", make(meds=(med(MYCOPHENOLATE),), labs=[lab("hcg-quantitative", 4, days=3)]))
+    # An hCG only flagged N (normal) is not the negative test either (rules.md v3), and the card says so.
+    flagged = LabValue(
+        "hcg-n", "", ago(2), None, None, answer="negative", original="interpretation N", flag_only=True
+    )
+    f = fires("P3", make(meds=(med(MYCOPHENOLATE),), labs=[("hcg-qualitative", flagged)]))
+    assert any("only flagged N" in line and "neither a positive nor a negative" in line for line in f.missing)
     # 5-25 IU/L is indeterminate (rules.md v3): not the negative test, and the card says to repeat it.
     f = fires("P3", make(meds=(med(MYCOPHENOLATE),), labs=[lab("hcg-quantitative", 25, days=3)]))
     assert any("is indeterminate: repeat in 48–72 hours" in line for line in f.missing)
@@ -1237,3 +1243,18 @@ def test_n4_cites_the_lupus_nephritis_trial_regimens_for_its_ceiling():
 def test_undated_active_pregnancy_conditions_count_and_cannot_be_ended_by_a_dated_event():
     undated = [pregnancy_condition(active=True, onset=None) for _ in range(2)]
     assert pregnant_by(conditions=(*undated, outcome(30)), labs=[lab("hcg-quantitative", 900, days=20)])
+
+
+def test_an_hcg_only_flagged_abnormal_neither_starts_nor_ends_a_pregnancy():
+    """rules.md v3: only POS/DET start and only NEG/ND end a pregnancy; an A/N flag alone is named instead."""
+    flagged_a = LabValue(
+        "hcg-a", "", ago(2), None, None, answer="positive", original="interpretation A", flag_only=True
+    )
+    result = run("P1", make(labs=[("hcg-qualitative", flagged_a)]))
+    assert isinstance(result, Quiet) and "only flagged A" in result.reason
+    flagged_n = LabValue(
+        "hcg-n", "", ago(1), None, None, answer="negative", original="interpretation N", flag_only=True
+    )
+    assert isinstance(
+        run("P1", make(labs=[lab("hcg-quantitative", 900, days=10), ("hcg-qualitative", flagged_n)])), Finding
+    )

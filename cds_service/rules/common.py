@@ -426,6 +426,11 @@ def hcg_result(v: LabValue, thresholds: Mapping[str, Any]) -> str | None:
 DEFAULT_HCG_BAND = (5, 25)
 
 
+def flag_only_hcg(v: LabValue) -> str:
+    """An hCG known only from an A/N flag: named, as it neither starts nor ends a pregnancy (E5)."""
+    return f"hCG on {day(v.when)} is {show(v)}: neither a positive nor a negative test"
+
+
 def hcg_indeterminate(v: LabValue) -> str:
     return f"hCG {show(v)} on {day(v.when)} is indeterminate: {HCG_REPEAT}"
 
@@ -537,6 +542,8 @@ def _pregnancy_signs_and_ends(
                 signs.append(_Sign("hcg", v.when, said, lab_evidence("hCG", v)))
             elif result == "negative":
                 ends.append(_End(v.when, f"negative hCG {show(v)} on {day(v.when)}"))
+            elif v.flag_only and v.when >= hcg_since:
+                missing.append(flag_only_hcg(v))
     if newest_read is not None and newest_read[1] == "indeterminate" and newest_read[0] >= hcg_since:
         missing.append(hcg_indeterminate(newest_read[2]))
     if not any(s.kind == "hcg" for s in signs):

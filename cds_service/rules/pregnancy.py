@@ -16,6 +16,7 @@ from cds_service.rules.common import (
     day,
     exposure,
     finding,
+    flag_only_hcg,
     hcg_indeterminate,
     hcg_result,
     lab_evidence,
@@ -154,6 +155,7 @@ def p3_mycophenolate_without_hcg(inp: RuleInput) -> Finding | Quiet:
     missing = [
         f"no negative hCG in the last {num(days)} days",
         *(hcg_indeterminate(v) for v in indeterminate[:1]),
+        *(flag_only_hcg(v) for v in tests if v.flag_only),
         *(reason for group in HCG_GROUPS for reason in unusable_in(record.lab(group), since)),
         *unavailable(record, "Observation"),
         *missing,
