@@ -49,9 +49,10 @@ def observation_codes(needs: Mapping[str, tuple[str, ...]], terminology: Termino
 
 
 def procedure_codes(needs: Mapping[str, tuple[str, ...]], terminology: Terminology) -> list[str]:
-    """``system|code`` of every code in the Procedure value sets the rules read (delivery procedures only:
-    the service reads Procedures for nothing else), sorted, unique."""
-    return sorted({f"{s}|{c}" for name in needs.get("Procedure", ()) for s, c, _ in terminology.codes(name)})
+    """Every code of the Procedure value sets the rules read (delivery procedures only: the service reads
+    Procedures for nothing else), sorted, unique, without its system: 122 ``system|code`` tokens make a
+    4 KB query some proxies refuse, bare codes 1 KB. The record builder checks system and code again."""
+    return sorted({code for name in needs.get("Procedure", ()) for _, code, _ in terminology.codes(name)})
 
 
 def templates(needs: Mapping[str, tuple[str, ...]], terminology: Terminology) -> dict[str, str]:

@@ -671,7 +671,8 @@ class RecordBuilder:
             if converted is None:
                 via = "" if quantity.source == "valueQuantity" else f" (read from valueString {original!r})"
                 return Unusable(
-                    reference, f"{group} on {day} in unit {unit or '(none)'!r}{via} could not be used"
+                    reference,
+                    f"{group} on {day} in unit {unit or '(none)'!r}{via} could not be used ({reference})",
                 )
             return LabValue(
                 raw.get("id", ""), code, entry.when, converted[0], converted[1], original=original,
