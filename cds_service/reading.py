@@ -52,7 +52,7 @@ WHO SMART pregnancy-status value sets; see valuesets/pregnancy-status.json)."""
 
 # --- words ----------------------------------------------------------------------------------------------
 _WORD = re.compile(r"[a-z0-9]+")
-POSITIVE_WORDS = frozenset({"positive", "pos", "detected", "reactive", "present", "yes", "confirmed"})
+POSITIVE_WORDS = frozenset({"positive", "pos", "detected", "reactive", "present", "yes"})
 NEGATIVE_WORDS = frozenset({"negative", "neg", "nonreactive", "undetected", "absent"})
 NEGATORS = frozenset({"not", "non", "no", "never"})
 """Qualitative result words, as laboratories print them (LOINC answer list displays LL2206-2 "Positive /
@@ -65,11 +65,11 @@ BREASTFEEDING_YES = frozenset({
     ("lactating",), ("nursing",), ("mixed", "feeding"), ("partial",), ("partially",), ("pumping",),
     ("expressing",), ("yes",),
 })  # fmt: skip
-BREASTFEEDING_NO = frozenset({("formula", "only"), ("exclusively", "formula"), ("weaned",), ("no",)})
+BREASTFEEDING_NO = frozenset({("formula", "only"), ("exclusively", "formula"), ("weaned",)})
 BREASTFEEDING_NEGATORS = frozenset({"not", "never", "stopped", "no", "non", "ceased"})
 """Breastfeeding status (63895-7) in words (rules.md v3 § Reading: any breast milk is yes, exclusive or not;
 "not breastfeeding", "formula only", "No" are no). A negator counts only directly before the word it negates:
-"breastfeeding, not exclusively" is yes. Word runs of one or two words, as nurses chart them."""
+"breastfeeding, not exclusively" is yes; "no" or "none" alone is no. Runs of one or two words, as charted."""
 
 PREGNANT_WORDS = frozenset({("pregnant",), ("pregnancy", "confirmed")})
 UNKNOWN_WORDS = frozenset({("unknown",), ("unsure",), ("not", "known"), ("possible", "pregnancy")})
@@ -81,8 +81,8 @@ class Polarity:
     """What a qualitative value says, or why it could not be read."""
 
     answer: str | None
-    """``positive``/``negative`` (for pregnancy also ``pregnant``/``not-pregnant``/``unknown``/
-    ``pregnancy-ended``, or a lactation code); None when unreadable or silent."""
+    """``positive``/``negative``; for a pregnancy status ``pregnant``/``not-pregnant``/``unknown``/
+    ``pregnancy-ended``; None when unreadable or silent."""
     flag_only: bool = False
     """Known only from an interpretation A/N: a flag, not the answer a pregnancy decision needs."""
     fault: str | None = None
@@ -135,6 +135,8 @@ def _has(words: list[str], runs: frozenset[tuple[str, ...]], negators: frozenset
 def breastfeeding_polarity(text: str) -> str | None:
     """Does this breastfeeding answer say the infant receives breast milk? ``conflict`` when it says both."""
     words = _runs(text)
+    if words in (["no"], ["none"]):
+        return NEGATIVE
     yes, negated_yes = _has(words, BREASTFEEDING_YES, BREASTFEEDING_NEGATORS)
     no, _ = _has(words, BREASTFEEDING_NO, frozenset())
     found = ({POSITIVE} if yes else set()) | ({NEGATIVE} if no or negated_yes else set())

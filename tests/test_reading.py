@@ -113,6 +113,7 @@ BREASTFEEDING = [
     ("Formula only", "negative"),
     ("Weaned", "negative"),
     ("No", "negative"),
+    ("Breastfeeding, no formula", "positive"),  # "no" negates formula, not the answer
 ]
 
 
