@@ -649,6 +649,9 @@ class RecordBuilder:
         code = self._group_code(holder.get("code"), group)
         words = LAB_WORDS.get(group, group)
         kind = POLARITY_KIND.get(group)
+        quantity = read_quantity(holder)
+        if group == "hcg-quantitative" and quantity is not None:
+            kind = None  # its number, judged against the band by the rules, wins over a flag
         if kind is not None:
             said = read_polarity(holder, self.terminology, kind)
             if said.answer is not None:
@@ -660,12 +663,11 @@ class RecordBuilder:
                 return Unusable(
                     reference, f"{words} result on {day} could not be read: {said.fault} ({reference})"
                 )
-        quantity = read_quantity(holder)
-        if quantity is not None and (kind is None or group == "hcg-qualitative"):
+        if quantity is not None and (kind is None or group in HCG_GROUPS):
             unit = quantity.unit or quantity.code
             original = f"{quantity.comparator or ''}{num_text(quantity.value)} {unit or ''}".strip()
             converted = to_canonical(
-                "hcg-quantitative" if group == "hcg-qualitative" else group,
+                "hcg-quantitative" if group in HCG_GROUPS else group,
                 quantity.value, quantity.unit, quantity.code, loinc=code,
             )  # fmt: skip
             if converted is None:
@@ -699,8 +701,10 @@ class RecordBuilder:
         return ""
 
 
+HCG_GROUPS = ("hcg-qualitative", "hcg-quantitative")
 POLARITY_KIND = {
     "hcg-qualitative": "qualitative",
+    "hcg-quantitative": "qualitative",  # "Negative" or a LOINC answer where a number was expected
     "hbsag": "qualitative",
     "anti-hbc": "qualitative",
     "breastfeeding-status": "lactation",

@@ -251,3 +251,11 @@ def test_a_delivery_procedure_is_read_with_its_performed_date(terms):
     (found,) = record.procedures
     assert found.reference == "Procedure/cs" and found.performed.isoformat() == "2026-10-20T09:10:00+00:00"
     assert "delivery-procedures" in found.concepts
+
+
+def test_a_quantitative_hcg_reported_in_words_or_as_an_answer_code_is_read(terms):
+    negative = built(terms, "19080-1", coded((LOINC, "LA6577-6"))).lab("hcg-quantitative").newest()
+    assert negative is not None and negative.answer == "negative"
+    number = built(terms, "19080-1", {"valueQuantity": {"value": 3, "unit": "IU/L"}, **flagged("POS")})
+    value = number.lab("hcg-quantitative").newest()
+    assert value is not None and value.value == 3.0  # the number wins over a flag
