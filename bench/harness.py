@@ -347,5 +347,6 @@ def hook_request(
             "medications": searchset(by_type.get("MedicationRequest", [])),
             "observations": searchset(by_type.get("Observation", [])),
             "allergies": searchset(by_type.get("AllergyIntolerance", [])),
+            "procedures": searchset(by_type.get("Procedure", [])),
         }
     return body

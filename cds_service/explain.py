@@ -31,6 +31,7 @@ _PREGNANCY = (
     "hcg_days",
     "hcg_unconfirmed_days",
     "hcg_positive_iu_per_l",
+    "hcg_indeterminate_iu_per_l",
     "edd_overdue_days",
 )
 SETTINGS_BY_FINDING: dict[str, tuple[str, ...]] = {

@@ -151,6 +151,8 @@ CFG_CASES = [
      "info", None),
     ("hcg_positive_iu_per_l", T(hcg_positive_iu_per_l=2000), "p2-pregnant-on-methotrexate", "P1", "info",
      None),
+    ("hcg_indeterminate_iu_per_l", T(hcg_indeterminate_iu_per_l=[1, 25]), "p3-negative-hcg-30-days", "P3",
+     None, "info"),
     ("pregnancy_capable_age", T(pregnancy_capable_age=[30, 55]), "p3-mmf-no-pregnancy-test", "P3", "info",
      None),
     ("mycophenolate_hcg_days", T(mycophenolate_hcg_days=7), "complete-well-monitored", "P3", None, "info"),

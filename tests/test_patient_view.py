@@ -98,8 +98,8 @@ def test_discovery_lists_the_monitoring_service_with_templates_from_what_its_rul
     assert service["title"] and "tacrolimus" in service["description"]
     assert "patient-view" in service["usageRequirements"]
     prefetch = service["prefetch"]
-    # No rule of patient-view reads allergies: no allergies key.
-    assert set(prefetch) == {"patient", "conditions", "medications", "observations"}
+    # No rule of patient-view reads allergies: no allergies key. Procedures: deliveries end a pregnancy (v3).
+    assert set(prefetch) == {"patient", "conditions", "medications", "observations", "procedures"}
     asked = set(re.search(r"code=([^&]+)", prefetch["observations"]).group(1).split(","))
     terminology = fixture_app.extensions["cds_runtime"]().terminology
     needed = {
