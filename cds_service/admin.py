@@ -31,10 +31,10 @@ from werkzeug.wrappers import Response as BaseResponse  # what flask.redirect re
 
 from cds_service.admin_sessions import SESSION_SECONDS, AdminSessions
 from cds_service.config import Config, ConfigError, load_config
+from cds_service.process_control import ask_master_to_reload, master_pid
 from cds_service.report import FindingStats, rate_text, reasons_text, store_statistics
 from cds_service.rules import FINDING_IDS, REGISTRY
 from cds_service.rules.titles import finding_title
-from cds_service.server import ask_master_to_reload, master_pid
 from cds_service.services import spec_for
 
 log = logging.getLogger("cds_service.admin")

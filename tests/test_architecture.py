@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import make_app
 
 from cds_service.fixtures import manifest
 from cds_service.hook_call import answer_hook
@@ -29,6 +28,7 @@ from cds_service.sandbox.requests import build_request
 from cds_service.services import SPECS, spec_for
 from cds_service.smart import DRUG_GROUPS, LAB_GROUPS
 from cds_service.terminology import Terminology
+from tests.support import make_app
 
 PACKAGE = Path(__file__).resolve().parent.parent / "cds_service"
 FINDING_ID = re.compile(r"P(?:10|[1-9])|S[0-7]|R[1-4]|N(?:1[0-9]|2[01]|[1-9])")
@@ -140,6 +140,7 @@ def app(tmp_path_factory):
     return make_app(tmp_path_factory.mktemp("architecture"), hold_repeats={"enabled": False})
 
 
+@pytest.mark.slow  # one in-process call per fixture
 @pytest.mark.parametrize("fixture", sorted(manifest()))
 def test_what_fires_matches_its_declaration(app, fixture):
     """Topic, indicator and citations of every finding that fires are among those its declaration names."""

@@ -12,7 +12,6 @@ import re
 from datetime import date
 
 import pytest
-from support import make_app
 
 from cds_service.fixtures import load_bundle, manifest
 from cds_service.prefetch import templates
@@ -24,6 +23,7 @@ from cds_service.sandbox.requests import build_request
 from cds_service.services import SPEC_BY_ID, SPECS
 from cds_service.terminology import Terminology
 from cds_service.units import to_canonical
+from tests.support import make_app
 from tests.test_rules import (
     LUPUS_NEPHRITIS,
     MYCOPHENOLATE,

@@ -425,7 +425,7 @@ DECLARATIONS = (
         s7_long_term,
         ("info",),
         "Long-term tacrolimus without remission",
-        settings=(setting("tacrolimus_long_term_months", "integer", 1, 240, "S7"), UPCR_RESPONSE),
+        settings=(setting("tacrolimus_long_term_months", "integer", 1, 240, "S7: months"), UPCR_RESPONSE),
         citations=("fomin-roberts-2016", "kdigo-2024"),
         needs=merge_needs(LUPUS_NEPHRITIS_READS, {"Observation": ("upcr",)}),
         course=("upcr", "tacrolimus"),
