@@ -124,7 +124,9 @@ def _finding_markdown(finding: Finding, numbers: Mapping[str, int], listed: set[
     """
     cited = sorted({numbers[k] for k in finding.citations if k in numbers})
     marks = f" [{', '.join(map(str, cited))}]" if cited else ""
-    lines = [f"**{finding.indicator.capitalize()} · {finding.id}.** {markdown(finding.detail.strip())}{marks}"]
+    lines = [
+        f"**{finding.indicator.capitalize()} · {finding.id}.** {markdown(finding.detail.strip())}{marks}"
+    ]
     again = []
     for item in finding.evidence:
         if item in listed:

@@ -116,7 +116,11 @@ def _allergy_text(body: dict, text: str) -> None:
         "patient": {"reference": "Patient/pregflare-pat"},
         "code": {"coding": [rituximab], "text": text},
     }
-    body["prefetch"]["allergies"] = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": allergy}]}
+    body["prefetch"]["allergies"] = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [{"resource": allergy}],
+    }
 
 
 FIELDS: dict[str, Callable[[dict, str], None]] = {
@@ -187,10 +191,16 @@ def _problems(card: dict, clean_card: dict) -> list[str]:
         kinds = {t.type for t in _tokens(text)}
         if kinds & FORBIDDEN:
             problems.append(f"{field} renders {sorted(kinds & FORBIDDEN)}: {text[:200]!r}")
-        allowed = _blocks(clean_card["detail"]) if field == "detail" else {"paragraph_open", "paragraph_close", "inline"}
+        allowed = (
+            _blocks(clean_card["detail"])
+            if field == "detail"
+            else {"paragraph_open", "paragraph_close", "inline"}
+        )
         if _blocks(text) - allowed:
             problems.append(f"{field} renders blocks {sorted(_blocks(text) - allowed)}: {text[:200]!r}")
-    if [link["url"] for link in card.get("links", [])] != [link["url"] for link in clean_card.get("links", [])]:
+    if [link["url"] for link in card.get("links", [])] != [
+        link["url"] for link in clean_card.get("links", [])
+    ]:
         problems.append("the card's links differ from the clean card's")
     return problems
 
@@ -210,7 +220,10 @@ def test_fhir_text_never_becomes_markup_and_the_critical_card_stays(client, clea
     by_topic = {card["source"]["topic"]["code"]: card for card in cards}
     assert by_topic.keys() == clean.keys()
     assert by_topic["pregnancy"]["indicator"] == "critical"
-    assert any(item["id"] == "P2" for item in by_topic["pregnancy"]["extension"]["org.example.tacrolimus-cds.findings"])
+    assert any(
+        item["id"] == "P2"
+        for item in by_topic["pregnancy"]["extension"]["org.example.tacrolimus-cds.findings"]
+    )
     problems = [p for topic, card in by_topic.items() for p in _problems(card, clean[topic])]
     assert not problems, problems
     assert any(MARK in _visible_text(card) for card in cards), "the payload never reached a rendered field"
