@@ -1,8 +1,8 @@
 """Text from a patient's record, made safe to put in a card: data, never Markdown or HTML (issue 25).
 
 Rules write plain text and quote FHIR strings (drug names, condition displays, units, resource ids) inside it;
-they never write Markdown. The card builder is the one place that writes Markdown, and it passes every piece of
-rule text through ``markdown`` (for ``detail``) or ``plain`` (for ``summary``, suggestion labels and action
+they never write Markdown. The card builder is the one place that writes Markdown, and it passes every piece
+of rule text through ``markdown`` (for ``detail``) or ``plain`` (for ``summary``, suggestion labels and action
 descriptions, which CDS Hooks defines as plain text but some EHRs render as Markdown anyway). A rule author
 therefore cannot forget to escape: there is nothing to call.
 

