@@ -220,7 +220,7 @@ def _actions(
         ]
     resource = stored.get(medication.reference)
     if resource is None or suggestion.drafts_only or nested_deeper_than(resource, MAX_RESOURCE_DEPTH):
-        return []  # an order too deep to send back whole is named on the card, not updated
+        return []  # an order too deep to send back whole gets no update; the card still says to stop it
     reason = {"statusReason": {"text": suggestion.reason}} if suggestion.reason else {}  # why it was stopped
     return [
         {
