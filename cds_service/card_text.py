@@ -27,7 +27,9 @@ _INVISIBLE = re.compile(
 """C0 and C1 controls (line breaks are turned into spaces first), bidi marks, embeddings, overrides and
 isolates, and zero-width spaces: none belongs in a card, and the bidi ones can make text read backwards."""
 _MARKDOWN_ANYWHERE = re.compile(r"([\\`*_\[\]<~]|&(?=#?\w+;))")
-_MARKDOWN_LINE_START = re.compile(r"^(\s*)([#>+=-]|\d+[.)])")
+_MARKDOWN_LINE_START = re.compile(r"^(\s*)(#{1,6}(?=\s|$)|>|[+-](?=\s|$)|\d{1,9}[.)](?=\s|$))")
+"""What starts a heading, quote or list when it opens a line (an evidence line's label does): ``# x``,
+``> x``, ``- x``, ``1. x``; ``0.9 mg/dL`` or ``-5`` start none."""
 _PLAIN_MARKUP = re.compile(r"([\\<\[\]])")
 
 
@@ -51,7 +53,15 @@ def shorten(text: str, limit: int = FHIR_TEXT_LIMIT) -> str:
 def markdown(text: str) -> str:
     """Plain text as inline CommonMark that renders as the same text: never a link, image, HTML or block."""
     escaped = _MARKDOWN_ANYWHERE.sub(r"\\\1", clean(text))
-    return _MARKDOWN_LINE_START.sub(lambda m: m[1] + (m[2][:-1] + "\\" + m[2][-1]), escaped, count=1)
+    return _MARKDOWN_LINE_START.sub(_escape_line_start, escaped, count=1)
+
+
+def _escape_line_start(match: re.Match[str]) -> str:
+    """``\\# x``, ``\\> x``, ``\\- x``; ``1\\. x`` (a backslash before a digit is no escape)."""
+    lead, marker = match[1], match[2]
+    if marker[0].isdigit():
+        return lead + marker[:-1] + "\\" + marker[-1]
+    return lead + "\\" + marker
 
 
 def plain(text: str) -> str:

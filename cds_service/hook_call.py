@@ -20,7 +20,7 @@ from cds_service.auth import Caller
 from cds_service.cards import apply_finding_settings, build_cards
 from cds_service.config import Service
 from cds_service.evaluations import Evaluated
-from cds_service.fhir_client import FhirClient, FhirError
+from cds_service.fhir_client import FhirClient, FhirError, fetchable_reference
 from cds_service.fhir_json import path
 from cds_service.gather import Gathered, gather, run_parallel
 from cds_service.prefetch import KEY_BY_NAME
@@ -150,10 +150,14 @@ def _medication_resolver(
     local = bundle_resolver(known)
     fetched: dict[str, object] = dict(already or {})
     wanted = set()
+
+    def readable(ref: str) -> str | None:  # only Medication/<id> under the base: the token goes nowhere else
+        return fetchable_reference(ref, "Medication", client.base_url) if client is not None else None
+
     for resource in known:
         ref = path(resource, "medicationReference", "reference")
-        if isinstance(ref, str) and ref.startswith("Medication/") and local(ref) is None:
-            wanted.add(ref)
+        if isinstance(ref, str) and local(ref) is None and (read_as := readable(ref)):
+            wanted.add(read_as)
     wanted -= fetched.keys()
     if wanted and client is not None:
         # bounded: a request naming 10,000 Medications must not make the service send 10,000 reads
@@ -163,7 +167,7 @@ def _medication_resolver(
         fetched.update(read)
 
     def resolve(ref: str) -> Mapping | None:
-        found = local(ref) or fetched.get(ref)
+        found = local(ref) or fetched.get(ref) or fetched.get(readable(ref) or "")
         return found if isinstance(found, Mapping) else None
 
     return resolve, fetched
