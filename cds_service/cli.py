@@ -73,6 +73,12 @@ def serve(
             click.echo(f"  {problem}", err=True)
         sys.exit(2)
     exit_unless_port_free(host, port, wait_seconds=10.0)  # workers of a stopped server may still finish
+    from cds_service.storage import writable_problem
+
+    problem = writable_problem(config.section("feedback")["database_url"])
+    if problem:
+        click.echo(f"error: the database cannot be written, not starting: {problem}", err=True)
+        sys.exit(2)
     if dev:
         click.echo(
             "DEV MODE: caller authentication is OFF and plain-http FHIR servers on loopback are allowed. "

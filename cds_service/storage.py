@@ -6,8 +6,11 @@ stored: card uuids, finding ids, service, tenant, hookInstance, outcomes and ove
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
+import socket
 import threading
 import time
 import weakref
@@ -36,10 +39,26 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service import metrics
 from cds_service.cards import override_reason_display
+from cds_service.fhir_client import Watchdog
 
 log = logging.getLogger("cds_service.storage")
 metadata = MetaData()
-STATEMENT_TIMEOUT_MS = 10_000  # PostgreSQL; migrations lift it for their own connection
+STATEMENT_TIMEOUT_MS = 3_000  # PostgreSQL; migrations lift it for their own connection
+LOCK_TIMEOUT_MS = 2_000
+"""PostgreSQL: a statement waiting this long for a lock gives up (and the call answers 503)."""
+CONNECT_TIMEOUT_SECONDS = 2  # libpq's least
+CLIENT_STATEMENT_SECONDS = 3.5
+"""Client side: a statement (or the pool's check of a connection) still unanswered after this long has its
+socket shut down, so the call fails at once and answers 503. The server's own ``statement_timeout`` cannot
+fire when the server is frozen or cut off, and TCP keepalives are answered by a stopped server's kernel."""
+PING_SECONDS = 1.0
+PAUSE_AFTER_FAILURE_SECONDS = 2.0
+"""After PostgreSQL failed to answer, calls fail at once for this long instead of each waiting its bound:
+16 calls in flight then cost one wait, not sixteen queued ones."""
+SQLITE_BUSY_SECONDS = 3.0
+"""SQLite: how long a write waits for another process's lock before the call answers 503."""
+MIN_FREE_BYTES = 16 * 1024 * 1024
+"""``/readyz`` says not ready when the SQLite database's disk has less free space than this."""
 
 # Column types: what the service itself writes (uuids, finding ids, service ids) has a bounded String; what a
 # caller sends (card, outcomeTimestamp, hookInstance, tenant, override reason) is Text, so every value the
@@ -117,6 +136,10 @@ service_secrets = Table(
 )
 
 
+class DiskFull(SQLAlchemyError):
+    """The database's disk has no room for the rows calls write: not ready, 503 like any database error."""
+
+
 def engine_url(url: str) -> URL:
     """``url`` as SQLAlchemy opens it: plain ``postgresql://`` means psycopg 3 (the ``postgres`` extra)."""
     parsed = make_url(url)
@@ -179,7 +202,7 @@ def make_engine(url: str, migrate: bool = True) -> Engine:
     # file at the same moment wait for each other instead of failing with "database is locked".
     if sqlite:
         # No pre-ping: a file does not drop connections, and the ping was a fifth of a short write's cost.
-        engine = create_engine(engine_url(url), connect_args={"timeout": 15})
+        engine = create_engine(engine_url(url), connect_args={"timeout": SQLITE_BUSY_SECONDS})
 
         @event.listens_for(engine, "connect")
         def _wal(connection, _record):
@@ -192,20 +215,144 @@ def make_engine(url: str, migrate: bool = True) -> Engine:
     else:
         engine = create_engine(
             engine_url(url),
-            pool_pre_ping=True,
+            pool_pre_ping=True,  # bounded by PING_SECONDS (_bound_client_waits)
             # A worker runs at most `threads` requests at once, each holding one connection at a time: a small
             # pool per worker keeps replicas × workers × pool under PostgreSQL's default 100 connections.
             pool_size=4,
             max_overflow=4,
-            pool_timeout=5,  # a pool exhausted by a stuck database: 503 in seconds, not a hung worker
-            # Bounded waits: connecting, and any statement (a locked table) -> an error -> 503 Retry-After.
-            connect_args={"connect_timeout": 3, "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"},
+            pool_timeout=1,  # a pool exhausted by a stuck database: 503 at once, not a hung worker
+            # Bounded waits: connecting, any statement, any lock -> an error -> 503 Retry-After; keepalives
+            # and tcp_user_timeout drop a connection whose network path is gone.
+            connect_args={
+                "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+                "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={LOCK_TIMEOUT_MS}",
+                "keepalives": 1,
+                "keepalives_idle": 10,
+                "keepalives_interval": 2,
+                "keepalives_count": 3,
+                "tcp_user_timeout": int(CLIENT_STATEMENT_SECONDS * 1000),
+            },
         )
+        _bound_client_waits(engine)
     if migrate:
         from cds_service.migrations import upgrade  # imported here: alembic loads only when needed
 
         upgrade(engine)
     return engine
+
+
+DB_WATCHDOG = Watchdog()
+"""Shuts the socket of a PostgreSQL statement still running at its client-side deadline (one per process)."""
+
+
+@contextlib.contextmanager
+def _client_deadline(dbapi_connection: Any, seconds: float):
+    """Within the block, a statement on ``dbapi_connection`` (psycopg) that runs ``seconds`` is cut off."""
+    try:
+        fd = dbapi_connection.pgconn.socket
+        watched = socket.socket(fileno=os.dup(fd))
+    except (AttributeError, OSError, ValueError):  # not psycopg, or already closed: nothing to watch
+        yield
+        return
+    ticket = DB_WATCHDOG.watch(watched, time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        DB_WATCHDOG.unwatch(ticket)
+        watched.close()  # our duplicate only: the connection's own descriptor stays open
+
+
+class DatabasePaused(Exception):
+    """The database failed a moment ago: this call does not wait on it again (PAUSE_AFTER_FAILURE_SECONDS)."""
+
+
+def _bound_client_waits(engine: Engine) -> None:
+    """Every statement, and the pool's check of a connection before use, ends within a client-side bound;
+    right after a failure, new connections and checks fail at once for ``PAUSE_AFTER_FAILURE_SECONDS``."""
+    import psycopg  # the postgres extra: only engines for PostgreSQL get here
+
+    running: dict[int, contextlib.ExitStack] = {}
+    paused_until = [0.0]
+
+    class Paused(psycopg.OperationalError, DatabasePaused):
+        pass
+
+    def refuse_while_paused() -> None:
+        if time.monotonic() < paused_until[0]:
+            raise Paused("the database did not answer a moment ago; not waiting on it again yet")
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect, record, cargs, cparams):
+        refuse_while_paused()
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _start(conn, cursor, statement, parameters, context, executemany):
+        stack = contextlib.ExitStack()
+        stack.enter_context(_client_deadline(cursor.connection, CLIENT_STATEMENT_SECONDS))
+        running[id(cursor)] = stack
+
+    def _end(cursor: Any) -> None:
+        stack = running.pop(id(cursor), None)
+        if stack is not None:
+            stack.close()
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def _finished(conn, cursor, statement, parameters, context, executemany):
+        _end(cursor)
+
+    @event.listens_for(engine, "handle_error")
+    def _failed(context):
+        cursor = getattr(context, "cursor", None)  # absent when the pool's check failed
+        if cursor is not None:
+            _end(cursor)
+        error = context.original_exception
+        lost = context.is_disconnect or context.connection is None  # cut off, or could not connect
+        if lost and isinstance(error, psycopg.OperationalError) and not isinstance(error, Paused):
+            paused_until[0] = time.monotonic() + PAUSE_AFTER_FAILURE_SECONDS
+
+    ping = engine.dialect.do_ping
+
+    def bounded_ping(dbapi_connection: Any) -> bool:
+        refuse_while_paused()
+        with _client_deadline(dbapi_connection, PING_SECONDS):
+            return ping(dbapi_connection)
+
+    engine.dialect.do_ping = bounded_ping  # type: ignore[method-assign]
+
+
+def disk_full(engine: Engine) -> bool:
+    """Is the disk of a SQLite database file (nearly) full? PostgreSQL reports its own disk in its errors."""
+    database = engine.url.database
+    if engine.url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return False
+    try:
+        return shutil.disk_usage(Path(database).resolve().parent).free < MIN_FREE_BYTES
+    except OSError:
+        return False
+
+
+def writable_problem(url: str) -> str | None:
+    """Why the service could not write to the database at ``url`` (a read-only file...), or None.
+
+    Asked once at start: a service that says "serving" and then answers every call 503 helps nobody.
+    """
+    try:
+        engine = make_engine(url)
+    except SQLAlchemyError as error:
+        return _first_line(error)
+    try:
+        with engine.begin() as connection:
+            connection.execute(seen_tokens.delete().where(seen_tokens.c.expires_at < 0))  # writes, keeps all
+    except SQLAlchemyError as error:
+        return _first_line(error)
+    finally:
+        engine.dispose()
+    return None
+
+
+def _first_line(error: SQLAlchemyError) -> str:
+    original = getattr(error, "orig", None) or error
+    return str(original).strip().splitlines()[0] if str(original).strip() else type(original).__name__
 
 
 def _text(value: str | None) -> str | None:
@@ -335,7 +482,9 @@ class Store:
         return len(rows)
 
     def ping(self) -> None:
-        """Raise if the database does not answer a trivial query (``/readyz``)."""
+        """Raise if the database does not answer a trivial query, or its disk is full (``/readyz``)."""
+        if disk_full(self.engine):
+            raise DiskFull("the database's disk is full")
         with self.engine.connect() as connection:
             connection.execute(select(1))
 
