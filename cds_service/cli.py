@@ -75,9 +75,9 @@ def serve(
     exit_unless_port_free(host, port, wait_seconds=10.0)  # workers of a stopped server may still finish
     from cds_service.storage import writable_problem
 
-    problem = writable_problem(config.section("feedback")["database_url"])
-    if problem:
-        click.echo(f"error: the database cannot be written, not starting: {problem}", err=True)
+    unwritable = writable_problem(config.section("feedback")["database_url"])
+    if unwritable:
+        click.echo(f"error: the database cannot be written, not starting: {unwritable}", err=True)
         sys.exit(2)
     if dev:
         click.echo(
