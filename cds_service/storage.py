@@ -52,9 +52,12 @@ CLIENT_STATEMENT_SECONDS = 3.5
 socket shut down, so the call fails at once and answers 503. The server's own ``statement_timeout`` cannot
 fire when the server is frozen or cut off, and TCP keepalives are answered by a stopped server's kernel."""
 PING_SECONDS = 1.0
-PAUSE_AFTER_FAILURE_SECONDS = 2.0
-"""After PostgreSQL failed to answer, calls fail at once for this long instead of each waiting its bound:
-16 calls in flight then cost one wait, not sixteen queued ones."""
+PAUSE_AFTER_TIMEOUT_SECONDS = 2.0
+"""After PostgreSQL let a call wait out its bound, other calls fail at once for this long (``/readyz`` still
+asks, and its answer ends the pause): 16 calls in flight cost one wait, not a queue of them."""
+_THIS_REQUEST = threading.local()
+"""``failed``: this request already met an unanswering database (its next statements do not wait again);
+``asking``: ``Store.ping`` runs (readiness always asks)."""
 SQLITE_BUSY_SECONDS = 3.0
 """SQLite: how long a write waits for another process's lock before the call answers 503."""
 MIN_FREE_BYTES = 16 * 1024 * 1024
@@ -262,13 +265,21 @@ def _client_deadline(dbapi_connection: Any, seconds: float):
         watched.close()  # our duplicate only: the connection's own descriptor stays open
 
 
+def new_request() -> None:
+    """A request starts: it may wait on the database (within the bounds) even if the last one could not."""
+    _THIS_REQUEST.failed = False
+
+
 class DatabasePaused(Exception):
-    """The database failed a moment ago: this call does not wait on it again (PAUSE_AFTER_FAILURE_SECONDS)."""
+    """The database did not answer a moment ago and another request is finding out whether it does now."""
 
 
 def _bound_client_waits(engine: Engine) -> None:
-    """Every statement, and the pool's check of a connection before use, ends within a client-side bound;
-    right after a failure, new connections and checks fail at once for ``PAUSE_AFTER_FAILURE_SECONDS``."""
+    """Every statement, and the pool's check of a connection before use, ends within a client-side bound.
+
+    Once PostgreSQL has not answered, the rest of that request does not wait on it again; once it let a
+    call wait out a bound, no call waits on it for ``PAUSE_AFTER_TIMEOUT_SECONDS``. ``/readyz`` always asks.
+    """
     import psycopg  # the postgres extra: only engines for PostgreSQL get here
 
     running: dict[int, contextlib.ExitStack] = {}
@@ -278,8 +289,13 @@ def _bound_client_waits(engine: Engine) -> None:
         pass
 
     def refuse_while_paused() -> None:
+        if getattr(_THIS_REQUEST, "asking", False):
+            return
+        if getattr(_THIS_REQUEST, "failed", False):
+            raise Paused("the database did not answer this request; not waiting on it again")
         if time.monotonic() < paused_until[0]:
-            raise Paused("the database did not answer a moment ago; not waiting on it again yet")
+            raise Paused("the database did not answer in time a moment ago; not waiting on it yet")
+        _THIS_REQUEST.since = time.monotonic()
 
     @event.listens_for(engine, "do_connect")
     def _connect(dialect, record, cargs, cparams):
@@ -287,6 +303,7 @@ def _bound_client_waits(engine: Engine) -> None:
 
     @event.listens_for(engine, "before_cursor_execute")
     def _start(conn, cursor, statement, parameters, context, executemany):
+        _THIS_REQUEST.since = time.monotonic()
         stack = contextlib.ExitStack()
         stack.enter_context(_client_deadline(cursor.connection, CLIENT_STATEMENT_SECONDS))
         running[id(cursor)] = stack
@@ -299,6 +316,7 @@ def _bound_client_waits(engine: Engine) -> None:
     @event.listens_for(engine, "after_cursor_execute")
     def _finished(conn, cursor, statement, parameters, context, executemany):
         _end(cursor)
+        paused_until[0] = 0.0  # it answers again
 
     @event.listens_for(engine, "handle_error")
     def _failed(context):
@@ -308,7 +326,10 @@ def _bound_client_waits(engine: Engine) -> None:
         error = context.original_exception
         lost = context.is_disconnect or context.connection is None  # cut off, or could not connect
         if lost and isinstance(error, psycopg.OperationalError) and not isinstance(error, Paused):
-            paused_until[0] = time.monotonic() + PAUSE_AFTER_FAILURE_SECONDS
+            _THIS_REQUEST.failed = True
+            waited = time.monotonic() - getattr(_THIS_REQUEST, "since", time.monotonic())
+            if waited >= PING_SECONDS * 0.9:  # a timeout, not a refusal: others should not wait on it too
+                paused_until[0] = time.monotonic() + PAUSE_AFTER_TIMEOUT_SECONDS
 
     ping = engine.dialect.do_ping
 
@@ -485,8 +506,12 @@ class Store:
         """Raise if the database does not answer a trivial query, or its disk is full (``/readyz``)."""
         if disk_full(self.engine):
             raise DiskFull("the database's disk is full")
-        with self.engine.connect() as connection:
-            connection.execute(select(1))
+        _THIS_REQUEST.asking = True
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(select(1))
+        finally:
+            _THIS_REQUEST.asking = False
 
     def feedback_rows(self, since: datetime | None = None) -> list[dict[str, Any]]:
         query = select(feedback).order_by(feedback.c.id)

@@ -45,7 +45,7 @@ def _feedback() -> dict:
 
 def _timed(method: str, url: str, **kwargs) -> tuple[requests.Response, float]:
     started = time.monotonic()
-    response = requests.request(method, url, timeout=30, **kwargs)
+    response = requests.request(method, url, timeout=kwargs.pop("timeout", 30), **kwargs)
     return response, time.monotonic() - started
 
 
@@ -91,17 +91,17 @@ def frozen(server: PostgresServer, url: str) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def pg_service(private_postgres, tmp_path_factory):
+    """``serve`` on the private cluster (its environment names the database; the tests' environment keeps
+    its own)."""
     url = private_postgres.new_database()
-    previous = os.environ.get("CDS_DATABASE_URL")
-    os.environ["CDS_DATABASE_URL"] = url
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CDS_DATABASE_URL", url)
+        service = start_service(config_copy(tmp_path_factory.mktemp("pg-faults")), workers=1, dev=True)
+        running = service.__enter__()
     try:
-        with start_service(config_copy(tmp_path_factory.mktemp("pg-faults")), workers=1, dev=True) as running:
-            yield running, url
+        yield running, url
     finally:
-        if previous is None:
-            os.environ.pop("CDS_DATABASE_URL", None)
-        else:
-            os.environ["CDS_DATABASE_URL"] = previous
+        service.__exit__(None, None, None)
 
 
 def test_a_frozen_postgresql_gives_503_within_5_s_and_the_service_recovers(private_postgres, pg_service):
@@ -129,10 +129,13 @@ def test_hook_calls_in_flight_on_a_frozen_postgresql_leave_healthz_answering(pri
     base = service.base
     body = hook_request("pg-p1", small_patient("pg-p1"))
     with frozen(private_postgres, url), ThreadPoolExecutor(max_workers=16) as pool:
-        calls = [pool.submit(_timed, "POST", base + SIGN, json=body) for _ in range(16)]
+        calls = [pool.submit(_timed, "POST", base + SIGN, json=body, timeout=20) for _ in range(16)]
         time.sleep(0.2)  # the calls are in: now the probes
         health, health_took = _timed("GET", base + "/healthz")
-        answers = [call.result() for call in calls]
+        try:
+            answers = [call.result() for call in calls]
+        except requests.Timeout:
+            pytest.fail("a hook call hung; the service's last log lines:\n" + service.log_text()[-3000:])
     assert health.status_code == 200 and health_took < 1.0, f"healthz took {health_took:.1f} s"
     for response, took in answers:
         assert response.status_code in (200, 503), response.text[:200]
