@@ -176,24 +176,7 @@ def origin(url: str) -> tuple[str, str]:
     return parts.scheme.lower(), parts.netloc.lower()
 
 
-FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
-"""FHIR's id pattern: what a ``Type/id`` reference the service reads may name."""
 _DOT_OR_ENCODED = re.compile(r"(^|/)\.{1,2}(/|$)|%2e|%2f|%5c|\\", re.IGNORECASE)
-
-
-def fetchable_reference(reference: str, resource_type: str, base_url: str) -> str | None:
-    """``Type/id`` for a reference the service may read from the FHIR server, else None.
-
-    Only ``Type/id`` with FHIR's id pattern, or an absolute URL of that form directly under ``base_url``: a
-    reference is the caller's text, and the EHR's token must go nowhere but that server's FHIR base
-    (``Medication/../../internal/secret`` must not). ``urn:uuid:`` and contained ``#id`` references are
-    resolved inside the request and never read.
-    """
-    base = base_url.rstrip("/") + "/"
-    relative = reference[len(base) :] if reference.startswith(base) else reference
-    kind, _, rid = relative.partition("/")
-    readable = kind == resource_type and FHIR_ID.fullmatch(rid) and rid not in (".", "..")
-    return relative if readable else None
 
 
 def under_base(url: str, base_url: str) -> bool:
