@@ -7,20 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.postgres import PostgresServer, start_postgres
-from tests.support import tool_missing
+from tests.postgres import PostgresServer, running_postgres
 
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     """A PostgreSQL server on loopback for the whole session (skipped where none can run; never in CI)."""
-    server = start_postgres()
-    if server is None:
-        tool_missing("PostgreSQL is not installed (scripts/ensure-postgres-nginx installs it)")
-    try:
+    with running_postgres() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -27,10 +27,9 @@ from support import (
     hook_request,
     small_patient,
     start_service,
-    tool_missing,
 )
 
-from tests.postgres import PostgresServer, start_postgres
+from tests.postgres import PostgresServer, running_postgres
 
 BOUND = 5.0
 FEEDBACK = "/cds-services/tacrolimus-order-sign/feedback"
@@ -55,13 +54,8 @@ def _timed(method: str, url: str, **kwargs) -> tuple[requests.Response, float]:
 @pytest.fixture(scope="module")
 def private_postgres() -> Iterator[PostgresServer]:
     """A cluster of its own: freezing the session's shared one would stall other tests."""
-    server = start_postgres()
-    if server is None:
-        tool_missing("PostgreSQL is not installed (scripts/ensure-postgres-nginx installs it)")
-    try:
+    with running_postgres() as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _cluster_pids(server: PostgresServer, url: str) -> list[int]:
