@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterator
 import pytest
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
-from support import make_app
 
 from cds_service.sandbox.requests import build_request
+from tests.support import make_app
 
 SIGN = "/cds-services/tacrolimus-order-sign"
 MARK = "zqmark"

@@ -13,15 +13,12 @@ import tempfile
 import pytest
 import requests
 from markdown_it import MarkdownIt
-from support import config_copy, start_service
-from test_card_injection import FIELDS, _rendered_fields
-from test_sandbox_browser import CHROMIUM, CHROMIUM_ARGS
 
 from cds_service.sandbox.requests import build_request
+from tests.support import CHROMIUM, CHROMIUM_ARGS, config_copy, start_service
+from tests.test_card_injection import FIELDS, _rendered_fields
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="needs Debian chromium (scripts/ensure-chromium)"
-)
+pytestmark = pytest.mark.browser
 
 TRACKER = "https://tracker.example"
 HOSTILE = (

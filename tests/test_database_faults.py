@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from support import (
+
+from tests.postgres import PostgresServer, running_postgres
+from tests.support import (
     CDS_SERVICE,
     config_copy,
     free_port,
@@ -28,8 +30,6 @@ from support import (
     small_patient,
     start_service,
 )
-
-from tests.postgres import PostgresServer, running_postgres
 
 BOUND = 5.0
 FEEDBACK = "/cds-services/tacrolimus-order-sign/feedback"
@@ -98,6 +98,7 @@ def pg_service(private_postgres, tmp_path_factory):
         service.__exit__(None, None, None)
 
 
+@pytest.mark.postgres
 def test_a_frozen_postgresql_gives_503_within_5_s_and_the_service_recovers(private_postgres, pg_service):
     service, url = pg_service
     base = service.base
@@ -116,6 +117,7 @@ def test_a_frozen_postgresql_gives_503_within_5_s_and_the_service_recovers(priva
     assert requests.post(base + FEEDBACK, json=_feedback(), timeout=10).status_code == 200
 
 
+@pytest.mark.postgres
 def test_hook_calls_in_flight_on_a_frozen_postgresql_leave_healthz_answering(private_postgres, pg_service):
     """16 hook calls at once while the database is frozen: each answers within the bound, and /healthz
     answers meanwhile."""

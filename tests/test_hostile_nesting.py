@@ -13,11 +13,11 @@ import time
 
 import pytest
 import requests
-from support import config_copy, finding_ids, start_service
 
 from cds_service.fhir_json import MAX_RESOURCE_DEPTH
 from cds_service.request_json import MAX_MEMBER_DEPTH, MAX_REQUEST_DEPTH
 from cds_service.sandbox.requests import build_request
+from tests.support import config_copy, finding_ids, start_service
 
 SIGN = "/cds-services/tacrolimus-order-sign"
 BASE = build_request("pregnant-ln-flare-on-mmf", hook="order-sign")

@@ -10,7 +10,6 @@ from collections import Counter
 
 import pytest
 import requests
-from support import make_app
 
 from cds_service.admin_sessions import FREE_ATTEMPTS, AdminSessions
 from cds_service.report import aggregate, as_csv, as_table
@@ -18,6 +17,7 @@ from cds_service.sandbox.fhir_server import serve_in_thread
 from cds_service.sandbox.requests import build_request
 from cds_service.sandbox.store import FhirStore
 from cds_service.storage import make_engine
+from tests.support import make_app
 
 SIGN = "/cds-services/tacrolimus-order-sign"
 

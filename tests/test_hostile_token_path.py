@@ -13,10 +13,10 @@ import json
 
 import pytest
 import requests
-from hostile_helpers import canned_fhir_server, search_answers
-from support import config_copy, hook_request, searchset, small_patient, start_service, with_fhir_server
 
+from bench.hostile_servers import canned_fhir_server, search_answers
 from cds_service.fhir_policy import FhirPolicy
+from tests.support import config_copy, hook_request, searchset, small_patient, start_service, with_fhir_server
 
 PID = "token-p1"
 SIGN = "/cds-services/tacrolimus-order-sign"
