@@ -34,9 +34,9 @@ LOINC = "http://loinc.org"
 UUID_NAMESPACE = uuid.UUID("6f1c2a1e-9d4b-5c1e-8f5e-7a3b2c1d0e9f")
 SUMMARY_LIMIT = 139
 MAX_NAMED_SKIPPED = 20
+"""Resources left out are named on a card up to this many (a hostile request could send thousands)."""
 NOTE_LIMIT = 400
 """A note on a card (what was missing, why a resource was left out) is cut to this many characters."""
-"""Resources left out are named on a card up to this many (a hostile request could send thousands)."""
 TOPIC_DISPLAY = {
     "pregnancy": "Pregnancy and breastfeeding suitability",
     "salvage-context": "Why tacrolimus now (salvage context)",
@@ -153,7 +153,7 @@ def _detail(
     listed: set[Evidence] = set()
     parts = [_finding_markdown(f, numbers, listed) for f in ranked]
     if order_notes:  # said once on every card (rules.md v3 Card contract)
-        parts.append("**About this order:** " + " ".join(order_notes))
+        parts.append("**About this order:** " + " ".join(map(_note, order_notes)))
     missing = list(dict.fromkeys(m for f in ranked for m in f.missing))
     if missing:
         parts.append("**Not found in the record:** " + "; ".join(map(_note, missing)) + ".")

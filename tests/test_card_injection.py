@@ -1,4 +1,4 @@
-"""FHIR text is data, never Markdown or HTML (issue 25): an injection corpus through seven FHIR fields.
+"""FHIR text is data, never Markdown or HTML (issue 25): an injection corpus through eight FHIR fields.
 
 Each payload goes into one field of a pregnant patient's record on mycophenolate (a critical P2 card), and the
 answer's rendered fields (summary, detail, suggestion labels, action descriptions, link labels) are parsed
@@ -123,6 +123,13 @@ def _allergy_text(body: dict, text: str) -> None:
     }
 
 
+def _draft_text(body: dict, text: str) -> None:
+    """The triggering order known only by its text: every card names it once ("About this order")."""
+    concept = body["context"]["draftOrders"]["entry"][0]["resource"]["medicationCodeableConcept"]
+    concept.pop("coding")
+    concept["text"] = f"tacrolimus 1 mg {text}"
+
+
 FIELDS: dict[str, Callable[[dict, str], None]] = {
     "medication-text": _medication_text,
     "medication-display": _medication_display,
@@ -131,6 +138,7 @@ FIELDS: dict[str, Callable[[dict, str], None]] = {
     "observation-unit": _observation_unit,
     "left-out-id": _left_out_id,
     "allergy-text": _allergy_text,
+    "draft-order-text": _draft_text,
 }
 
 
