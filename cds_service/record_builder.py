@@ -3,7 +3,7 @@
 Two passes keep it fast and safe:
 
 1. Raw JSON is filtered by code: only resources whose codes belong to a value set the rules use go on
-   (a patient's record is mostly irrelevant to tacrolimus; parsing all of it is 15-30x slower).
+   (a patient's record is mostly irrelevant to tacrolimus; parsing all of it is many times slower).
 2. What is left is validated one resource at a time with ``fhir.resources`` (R4B models read R4 data), on the
    elements the record reads (``READ_FIELDS``): an older shape elsewhere must not hide an order. A resource
    that fails is skipped and reported; it never sinks the request. Observations are validated lazily,
@@ -247,8 +247,8 @@ def _uncached_problem(model: Any, raw: Any) -> str | None:
 class _ProblemCache:
     """Validation results keyed by a 128-bit BLAKE2b digest of the resource's canonical JSON: EHRs send the
     same resources again and again (order-select fires on every edit of an order, then order-sign), and
-    validating one costs ~250 µs. A digest instead of the content keeps 20,000 entries to ~5 MB per worker
-    (the content itself was ~20 MB); a collision between two different resources is out of reach (2^-64).
+    validating one costs far more than a hash. A digest instead of the content keeps 20,000 entries small per
+    worker (bench/README.md); a collision between two different resources is out of reach (2^-64).
     Oldest entries go first when it is full."""
 
     def __init__(self, size: int = 20_000):
