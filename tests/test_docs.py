@@ -158,3 +158,24 @@ def test_an_installed_service_serves_every_page_without_the_source_tree(tmp_path
     served = json.loads(run.stdout)
     assert Path(served["module"]).is_relative_to(site)
     assert served["status"] == {url: 200 for url in URLS} and served["readme"]
+
+
+def _settings(schema: dict, defs: dict, depth: int = 0) -> set[str]:
+    """Every setting a configuration schema names, two levels deep (e.g. ``thresholds.hba1c``)."""
+    found = set()
+    for key, node in schema.get("properties", {}).items():
+        found.add(key)
+        node = defs.get(node.get("$ref", "").rpartition("/")[2], node)
+        node = node.get("items", node)
+        if depth == 0:
+            found |= _settings(node, defs, depth + 1)
+    return found
+
+
+def test_the_configuration_reference_names_every_setting():
+    schemas = ROOT / "cds_service" / "schemas" / "config"
+    reference = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"`(?:\w+\.)?(\w+)`", reference))
+    for file in ("settings.json", "service.json"):
+        schema = json.loads((schemas / file).read_text())
+        assert _settings(schema, schema.get("$defs", {})) - named == set(), file
