@@ -111,7 +111,7 @@ def _dockerfile_copies_before_install() -> list[tuple[list[str], str]]:
         if line.startswith("RUN pip install"):
             return copies
         if line.startswith("COPY "):
-            *sources, destination = line.split()[1:]
+            *sources, destination = [word for word in line.split()[1:] if not word.startswith("--")]
             copies.append((sources, destination))
     raise AssertionError("the Dockerfile installs nothing")
 
