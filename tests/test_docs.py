@@ -14,9 +14,9 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import pytest
-from support import ROOT, make_app
 
 from cds_service.docs import anchors, local_links, render_page
+from tests.support import ROOT, make_app
 
 README = ROOT / "README.md"
 GUIDES = sorted((ROOT / "docs").glob("*.md"))
@@ -116,6 +116,7 @@ def _dockerfile_copies_before_install() -> list[tuple[list[str], str]]:
     raise AssertionError("the Dockerfile installs nothing")
 
 
+@pytest.mark.slow
 def test_an_installed_service_serves_every_page_without_the_source_tree(tmp_path):
     """Built from what the Dockerfile copies before its `pip install`, installed elsewhere, run from there."""
     source = tmp_path / "src"
