@@ -265,9 +265,8 @@ def _write_answer(observation: dict, polarity: str, style: AnswerStyle) -> None:
         ]
 
 
-def _answers(styles: list[tuple[str, AnswerStyle]]) -> RecordStep:
+def _answers(style: AnswerStyle) -> RecordStep:
     def step(resources: Resources, ctx: Context) -> Resources:
-        label, style = ctx.choose("vocabulary", styles)
         before = orjson.dumps(resources)
         for observation in of_type(resources, "Observation"):
             if any(is_lab(observation, name) for name in QUALITATIVE_SETS):
@@ -281,7 +280,6 @@ def _answers(styles: list[tuple[str, AnswerStyle]]) -> RecordStep:
                     continue  # 5-25 IU/L is indeterminate: no qualitative answer says that; left as it is
                 observation["code"] = {"coding": [{"system": LOINC, "code": HCG_SERUM_QUALITATIVE}]}
                 _write_answer(observation, polarity, style)
-        ctx.notes.append(label)
         return changed(before, resources, "no qualitative result (HBsAg, anti-HBc, hCG) to re-encode")
 
     return step
@@ -291,83 +289,68 @@ def _codes(positive: tuple[str, str, str], negative: tuple[str, str, str]) -> An
     return AnswerStyle(value_codes={"positive": positive, "negative": negative})
 
 
-ANSWER_STYLES: list[tuple[str, str, list[tuple[str, AnswerStyle]]]] = [
+ANSWER_STYLES: list[tuple[str, str, AnswerStyle]] = [
     (
-        "answer-loinc",
-        "A qualitative result coded only by a LOINC answer (LL2206-2 LA6576-8 Positive / LA6577-6 Negative,"
-        " or LL1055-4 LA11882-0 Detected / LA11883-8 Not detected) says what 'positive'/'negative' text"
-        " does.",
-        [
-            (
-                "LOINC LA6576-8/LA6577-6",
-                _codes((LOINC, "LA6576-8", "Positive"), (LOINC, "LA6577-6", "Negative")),
-            ),
-            (
-                "LOINC LA11882-0/LA11883-8",
-                _codes((LOINC, "LA11882-0", "Detected"), (LOINC, "LA11883-8", "Not detected")),
-            ),
-        ],
+        "answer-loinc-positive",
+        "A qualitative result coded only by the LOINC answer LA6576-8 Positive / LA6577-6 Negative (LL2206-2)"
+        " says what 'positive'/'negative' text does.",
+        _codes((LOINC, "LA6576-8", "Positive"), (LOINC, "LA6577-6", "Negative")),
     ),
     (
-        "answer-snomed",
-        "A qualitative result coded only by a SNOMED CT qualifier value (10828004 Positive / 260385009"
-        " Negative, 11214006 Reactive / 131194007 Non-Reactive, 260373001 Detected / 260415000 Not detected)"
+        "answer-loinc-detected",
+        "A qualitative result coded only by the LOINC answer LA11882-0 Detected / LA11883-8 Not detected"
+        " (LL1055-4) is the same positive/negative result.",
+        _codes((LOINC, "LA11882-0", "Detected"), (LOINC, "LA11883-8", "Not detected")),
+    ),
+    (
+        "answer-snomed-positive",
+        "A qualitative result coded only by the SNOMED CT qualifier 10828004 Positive / 260385009 Negative"
         " is the same result.",
-        [
-            (
-                "SNOMED 10828004/260385009",
-                _codes((SNOMED, "10828004", "Positive"), (SNOMED, "260385009", "Negative")),
-            ),
-            (
-                "SNOMED 11214006/131194007",
-                _codes((SNOMED, "11214006", "Reactive"), (SNOMED, "131194007", "Non-Reactive")),
-            ),
-            (
-                "SNOMED 260373001/260415000",
-                _codes((SNOMED, "260373001", "Detected"), (SNOMED, "260415000", "Not detected")),
-            ),
-        ],
+        _codes((SNOMED, "10828004", "Positive"), (SNOMED, "260385009", "Negative")),
+    ),
+    (
+        "answer-snomed-reactive",
+        "A qualitative result coded only by the SNOMED CT qualifier 11214006 Reactive / 131194007"
+        " Non-Reactive is the same result.",
+        _codes((SNOMED, "11214006", "Reactive"), (SNOMED, "131194007", "Non-Reactive")),
+    ),
+    (
+        "answer-snomed-detected",
+        "A qualitative result coded only by the SNOMED CT qualifier 260373001 Detected / 260415000 Not"
+        " detected is the same result.",
+        _codes((SNOMED, "260373001", "Detected"), (SNOMED, "260415000", "Not detected")),
     ),
     (
         "answer-value-string",
         "A qualitative result given as valueString text ('Positive', 'not detected') is the same result.",
-        [("valueString", AnswerStyle(value_string={"positive": "Positive", "negative": "not detected"}))],
+        AnswerStyle(value_string={"positive": "Positive", "negative": "not detected"}),
     ),
     (
         "answer-text-reactive",
         "A qualitative result given as valueCodeableConcept.text alone ('Reactive', 'Non-reactive') is the"
         " same result.",
-        [("text", AnswerStyle(value_text={"positive": "Reactive", "negative": "Non-reactive"}))],
+        AnswerStyle(value_text={"positive": "Reactive", "negative": "Non-reactive"}),
     ),
     (
-        "answer-interpretation",
-        "A qualitative result given only as the HL7 interpretation (POS / NEG, or DET / ND), with no value,"
-        " is the same result.",
-        [
-            (
-                "POS/NEG",
-                AnswerStyle(
-                    interpretation={"positive": ("POS", "Positive"), "negative": ("NEG", "Negative")}
-                ),
-            ),
-            (
-                "DET/ND",
-                AnswerStyle(
-                    interpretation={"positive": ("DET", "Detected"), "negative": ("ND", "Not detected")}
-                ),
-            ),
-        ],
+        "answer-interpretation-pos-neg",
+        "A qualitative result given only as the HL7 interpretation POS / NEG, with no value, is the same"
+        " result.",
+        AnswerStyle(interpretation={"positive": ("POS", "Positive"), "negative": ("NEG", "Negative")}),
+    ),
+    (
+        "answer-interpretation-det-nd",
+        "A qualitative result given only as the HL7 interpretation DET / ND, with no value, is the same"
+        " result.",
+        AnswerStyle(interpretation={"positive": ("DET", "Detected"), "negative": ("ND", "Not detected")}),
     ),
 ]
-"""Where a transformation has several vocabularies, each record gets one, chosen by its name (so every
-vocabulary meets about as many records, and a rerun meets the same); the choice is noted on the outcome."""
 
-for _name, _doc, _styles in ANSWER_STYLES:
+for _name, _doc, _style in ANSWER_STYLES:
     TRANSFORMATIONS.append(
         Transformation(
             _name,
             _doc + " (A quantitative hCG > 25 IU/L or < 5 IU/L becomes a serum qualitative hCG 2118-8.)",
-            record=_answers(_styles),
+            record=_answers(_style),
             looks_for="qualitative results (HBsAg, anti-HBc, hCG)",
         )
     )
