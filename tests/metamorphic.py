@@ -384,12 +384,12 @@ class UnitChange:
     decimals: int | None
     limits: tuple[float, ...] = ()
     ratios: tuple[float, ...] = ()  # later / earlier compared to these
-    differences: tuple[float, ...] = ()  # later - earlier compared to these
+    differences: tuple[float, ...] = ()  # later - earlier (in mg/dL, see to_mg_dl) compared to these
     egfr: bool = (
         False  # the values are creatinine: the calculated eGFR must stay on the same side of its limit
     )
     ordered: bool = False  # the rules compare these values with each other (lowest as baseline, rise, fall)
-    to_mg_dl: float = 1.0  # for the eGFR check: a source value times this is creatinine in mg/dL
+    to_mg_dl: float = 1.0  # for the creatinine checks: a source value times this is creatinine in mg/dL
 
 
 def _norm_unit(quantity: dict) -> str:
@@ -431,8 +431,10 @@ def _guard(change: UnitChange, pairs: list[tuple[float, float]], resources: Reso
         for ratio in change.ratios:
             if _side(b / a, ratio) != _side(b2 / a2, ratio):
                 raise CannotPreserve(f"{what} {a} -> {b}: rounding moves their ratio across {ratio}")
-        for difference in change.differences:
-            if _side(round(b - a, 2), difference) != _side(round(b2 - a2, 2), difference):
+        k = change.to_mg_dl
+        for difference in change.differences:  # on values rounded to 2 decimals, as N3 compares them
+            rise, rise2 = round(b * k, 2) - round(a * k, 2), round(b2 * k, 2) - round(a2 * k, 2)
+            if _side(round(rise, 2), difference) != _side(round(rise2, 2), difference):
                 raise CannotPreserve(
                     f"{what} {a} -> {b}: rounding moves their difference across {difference}"
                 )

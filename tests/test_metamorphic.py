@@ -17,9 +17,18 @@ from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
+import orjson
 import pytest
 import yaml
-from metamorphic import TRANSFORMATIONS, CannotPreserve, Context, NothingToChange, Transformation, by_name
+from metamorphic import (
+    INTERPRETATION,
+    TRANSFORMATIONS,
+    CannotPreserve,
+    Context,
+    NothingToChange,
+    Transformation,
+    by_name,
+)
 from support import FINDINGS_KEY, config_copy, small_patient, tacrolimus_draft
 
 from cds_service.app import create_app
@@ -263,3 +272,50 @@ def test_there_are_at_least_fifteen_transformations_each_saying_what_it_relies_o
     assert len(TRANSFORMATIONS) >= 15
     for transformation in TRANSFORMATIONS:
         assert transformation.doc and (transformation.record or transformation.request), transformation.name
+
+
+def test_every_transformation_is_pure_and_every_skip_says_why(fhir):
+    """A transformation never changes its input (the untransformed answer is computed from the same objects)
+    and, when it does not apply, says why."""
+    _, base = fhir
+    for name in RECORD_NAMES:
+        record = records()[name]
+        before = orjson.dumps(record.resources)
+        for transformation in TRANSFORMATIONS:
+            try:
+                transformation.apply_record(list(record.resources), Context(base, "prefetch", name))
+            except (CannotPreserve, NothingToChange) as e:
+                assert str(e), transformation.name
+        assert orjson.dumps(record.resources) == before, name
+
+
+def test_a_transformation_that_changes_the_meaning_is_caught(app, fhir):
+    """The comparison can fail: a reactive HBsAg rewritten as non-reactive loses N14."""
+
+    def negate_hbsag(resources, ctx):
+        for resource in resources:
+            if (
+                resource["resourceType"] == "Observation"
+                and resource["code"]["coding"][0]["code"] == "5196-1"
+            ):
+                resource["valueCodeableConcept"] = {"text": "Non-reactive"}
+                resource["interpretation"] = [{"coding": [{"system": INTERPRETATION, "code": "NEG"}]}]
+        return resources
+
+    not_the_same = Transformation("negate-hbsag", "not an equivalence", record=negate_hbsag)
+    record = records()["n14-hbsag-positive-renewal"]
+    for path in PATHS:
+        original = findings(app, fhir, record, path, None)
+        assert ("N14", "warning") in original
+        assert findings(app, fhir, record, path, not_the_same) != original
+
+
+def test_rounding_across_a_threshold_skips_with_the_reason(fhir):
+    """A creatinine rise of exactly 0.30 mg/dL (0.86 -> 1.16) is 76 -> 103 µmol/L, 0.31 mg/dL once rounded:
+    the unit transformation says it cannot keep that record's meaning instead of testing something else."""
+    _, base = fhir
+    record = records()["pv-creatinine-rise-45pct"]  # creatinine 0.86 mg/dL, later 1.16
+    with pytest.raises(CannotPreserve, match=r"difference across 0\.3"):
+        by_name()["units-creatinine"].apply_record(
+            list(record.resources), Context(base, "prefetch", record.name)
+        )
