@@ -7,10 +7,11 @@ A transformation that cannot keep a record's meaning raises ``CannotPreserve`` w
 creatinine that rounding to whole µmol/L would move across a threshold); one that finds nothing to re-encode
 raises ``NothingToChange``. Both become skips with that reason, so a skip always says why.
 
-Codes used here come from the project's value sets (``cds_service/valuesets``) or from the catalog
-(rules.md v3, clinical.md); the LOINC answer codes from published answer lists (LL2206-2: LA6576-8 Positive,
-LA6577-6 Negative; LL1055-4: LA11882-0 Detected, LA11883-8 Not detected; LL361-7 as used by the catalog:
-LA33-6 Yes).
+Codes used here come from the project's value sets (``cds_service/valuesets``: yes/no answers, pregnancy
+answers, lab codes) or from the catalog (rules.md v3: SNOMED qualifier values, HL7 interpretation codes;
+clinical.md §1.1: RxNorm ingredients). The LOINC answers LA6576-8 Positive / LA6577-6 Negative (answer list
+LL2206-2) and LA11882-0 Detected / LA11883-8 Not detected (LL1055-4) are as the SMART Health Cards
+vaccination IG lists them in its COVID-19 lab result value set (smart-on-fhir/health-cards, FSH source).
 """
 
 from __future__ import annotations
@@ -608,6 +609,26 @@ def quantity_as_string(resources: Resources, ctx: Context) -> Resources:
     return changed(before, resources, "no valueQuantity")
 
 
+UNIT_FIELDS = [("UCUM code only", "unit"), ("printed unit only", "code")]
+
+
+@transformation("quantity-unit-one-field", looks_for="a valueQuantity with both a unit and a UCUM code")
+def quantity_unit_one_field(resources: Resources, ctx: Context) -> Resources:
+    """A Quantity's unit given only as its UCUM code (system + code) or only as printed text (unit) is the
+    same unit; which one is chosen per record."""
+    label, dropped = ctx.choose("unit-field", UNIT_FIELDS)
+    ctx.notes.append(label)
+    before = orjson.dumps(resources)
+    for observation in of_type(resources, "Observation"):
+        for holder in [observation, *observation.get("component", [])]:
+            quantity = holder.get("valueQuantity")
+            if isinstance(quantity, dict) and quantity.get("unit") and quantity.get("code"):
+                del quantity[dropped]
+                if dropped == "code":
+                    quantity.pop("system", None)
+    return changed(before, resources, "no valueQuantity with both a unit and a UCUM code")
+
+
 @transformation("hcg-comparator", looks_for="a quantitative hCG below 5 or above 1000 IU/L")
 def hcg_comparator(resources: Resources, ctx: Context) -> Resources:
     """An hCG below 5 IU/L reported as "<5", above 1000 as ">1000", keeps its meaning (negative /
@@ -735,7 +756,8 @@ def medication_urn_uuid(request: dict, ctx: Context) -> dict:
         bundles.append((request.get("prefetch") or {}).get("medications"))
     touched = False
     for bundle in (b for b in bundles if isinstance(b, dict)):
-        added = []
+        added: list[dict] = []
+        searched = {"search": {"mode": "include"}} if bundle.get("type") == "searchset" else {}
         for entry in bundle.get("entry", []):
             order = entry.get("resource", {})
             if order.get("resourceType") != "MedicationRequest" or "medicationCodeableConcept" not in order:
@@ -743,7 +765,7 @@ def medication_urn_uuid(request: dict, ctx: Context) -> dict:
             full_url = f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, ctx.seed + order['id'])}"
             medication = {"resourceType": "Medication", "code": order.pop("medicationCodeableConcept")}
             order["medicationReference"] = {"reference": full_url}
-            added.append({"fullUrl": full_url, "resource": medication})
+            added.append({"fullUrl": full_url, "resource": medication, **searched})
             touched = True
         bundle.setdefault("entry", []).extend(added)
     if not touched:
@@ -957,7 +979,8 @@ EXTENSION = {
 def extra_extensions_meta(resources: Resources, ctx: Context) -> Resources:
     """Extensions (on resources, concepts, quantities and, FHIR JSON's way, on the primitive ``status`` as
     ``_status``), a profile, tags, a security label and a version id on every resource (meta.lastUpdated left
-    as it is), and a ``display`` beside every reference, change no clinical fact."""
+    as it is), a ``display`` beside every reference, and no Observation or Condition ``category`` (it only
+    files a resource) change no clinical fact."""
     for resource in resources:
         meta = resource.setdefault("meta", {})
         meta["versionId"] = "7"
@@ -978,6 +1001,8 @@ def extra_extensions_meta(resources: Resources, ctx: Context) -> Resources:
         for key in ("subject", "patient", "requester", "encounter", "priorPrescription"):
             if isinstance(resource.get(key), dict) and "reference" in resource[key]:
                 resource[key].setdefault("display", "see the reference")
+        if resource["resourceType"] in ("Observation", "Condition"):
+            resource.pop("category", None)
     return resources
 
 
@@ -1019,26 +1044,18 @@ def timezone_offsets(resources: Resources, ctx: Context) -> Resources:
     return changed(resources, [_offsets(r, zone) for r in resources], "no dateTime with a time")
 
 
-@transformation("issued-added", looks_for="an Observation with effectiveDateTime")
-def issued_added(resources: Resources, ctx: Context) -> Resources:
-    """``issued`` (when the result was released) added on the day it was taken: the effective time still dates
-    the result."""
+@transformation("observation-issued-amended", looks_for="a final Observation or one with effectiveDateTime")
+def observation_issued_amended(resources: Resources, ctx: Context) -> Resources:
+    """A result released later the same day (``issued`` added) and with status ``amended`` or ``corrected``
+    is as valid a result, dated by its effective time, as a ``final`` one without ``issued``."""
     before = orjson.dumps(resources)
-    for observation in of_type(resources, "Observation"):
+    for i, observation in enumerate(of_type(resources, "Observation")):
         when = observation.get("effectiveDateTime")
         if isinstance(when, str) and "issued" not in observation:
             observation["issued"] = when if "T" in when else f"{when}T12:00:00Z"
-    return changed(before, resources, "no Observation with effectiveDateTime")
-
-
-@transformation("observation-status-amended", looks_for="a final Observation")
-def observation_amended(resources: Resources, ctx: Context) -> Resources:
-    """A result with status ``amended`` or ``corrected`` is as valid a result as a ``final`` one."""
-    before = orjson.dumps(resources)
-    for i, observation in enumerate(of_type(resources, "Observation")):
         if observation.get("status") == "final":
             observation["status"] = "amended" if i % 2 else "corrected"
-    return changed(before, resources, "no final Observation")
+    return changed(before, resources, "no final Observation or one with effectiveDateTime")
 
 
 # --- 10. STU3 shapes ----------------------------------------------------------------------------------------
