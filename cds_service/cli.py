@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+from urllib.parse import urlsplit
 
 import click
 
-from cds_service.config import ConfigError, load_config
+from cds_service.config import Config, ConfigError, load_config
 from cds_service.logs import setup_logging
+
+log = logging.getLogger(__name__)
 
 
 def exit_unless_port_free(host: str, port: int, wait_seconds: float = 0.0) -> None:
@@ -73,6 +77,8 @@ def serve(
             click.echo(f"  {problem}", err=True)
         sys.exit(2)
     exit_unless_port_free(host, port, wait_seconds=10.0)  # workers of a stopped server may still finish
+    if not dev and (warning := loopback_base_url_warning(config)):
+        log.warning(warning)
     if dev:
         click.echo(
             "DEV MODE: caller authentication is OFF and plain-http FHIR servers on loopback are allowed. "
@@ -94,6 +100,22 @@ def serve(
             sys.exit(2)
     finally:
         metrics_dir.cleanup()
+
+
+def loopback_base_url_warning(config: Config) -> str | None:
+    """The start-up warning of a production service whose ``server.public_base_url`` is on loopback.
+
+    The cards' ``source.url`` (its default is that URL + /docs) and the links built from it would point at
+    the EHR user's own machine (rules.md § Card contract); None when the URL names another host.
+    """
+    url = str(config.section("server").get("public_base_url") or "")
+    host = urlsplit(url).hostname or ""
+    if not host or not is_loopback(host):
+        return None
+    return (
+        f"server.public_base_url is {url} (loopback): card source.url and links will point at loopback, "
+        "not at this service; set server.public_base_url (or CDS_PUBLIC_BASE_URL) to the URL EHRs call"
+    )
 
 
 def is_loopback(host: str) -> bool:

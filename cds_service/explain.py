@@ -51,10 +51,16 @@ SETTINGS_BY_FINDING: dict[str, tuple[str, ...]] = {
     "N2": (
         "creatinine_rise_warning",
         "creatinine_rise_critical",
+        "creatinine_rise_critical_mg_dl",
         "baseline_creatinine_days",
         "recent_lab_days",
     ),
-    "N3": ("creatinine_rise_critical", "baseline_creatinine_days", "recent_lab_days"),
+    "N3": (
+        "creatinine_rise_critical",
+        "creatinine_rise_critical_mg_dl",
+        "baseline_creatinine_days",
+        "recent_lab_days",
+    ),
     "N4": ("tacrolimus_level_max", "tacrolimus_level_max_with_mycophenolate", "recent_lab_days"),
     "N5": ("potassium_max", "recent_lab_days"),
     "N6": ("magnesium_min", "recent_lab_days"),
@@ -64,7 +70,7 @@ SETTINGS_BY_FINDING: dict[str, tuple[str, ...]] = {
     "N10": (),
     "N11": (),
     "N12": (),
-    "N13": ("egfr_cni_caution", "recent_lab_days"),
+    "N13": ("egfr_cni_caution", "egfr_cni_caution_continuing", "body_height_days", "recent_lab_days"),
     "N14": (),
     "N15": (),
 }

@@ -68,6 +68,7 @@ LAB_GROUPS = (
     "igg",
     "hbsag",
     "anti-hbc",
+    "body-height",
 )
 _GROUPS_OF: dict[frozenset[str], tuple[str, ...]] = {}
 

@@ -42,6 +42,7 @@ CANONICAL_UNITS = {
     "diastolic-bp": "mm[Hg]",
     "hcg-quantitative": "IU/L",
     "igg": "mg/dL",
+    "body-height": "cm",
 }
 """Lab group (observation value-set name) -> the unit its LabValues carry."""
 
@@ -101,6 +102,8 @@ _CONVERSIONS: dict[str, dict[str, Callable[[float], float]]] = {
     "diastolic-bp": _MM_HG,
     "hcg-quantitative": {"[iu]/l": _SAME, "iu/l": _SAME, "m[iu]/ml": _SAME, "miu/ml": _SAME},
     "igg": {**_MG_DL, "g/l": _factor(100)},
+    # the bedside Schwartz eGFR under 18 (rules.md v3): UCUM cm, m and the international inch [in_i]
+    "body-height": {"cm": _SAME, "m": _factor(100), "[in_i]": _factor(2.54), "in": _factor(2.54)},
 }
 _CONVERSIONS["glucose-fasting"] = _CONVERSIONS["glucose"]
 

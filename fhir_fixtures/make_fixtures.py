@@ -222,6 +222,7 @@ TESTS: dict[str, tuple[str, str, str]] = {
     "breastfeeding-status": ("63895-7", "Breastfeeding status", "social-history"),
     "edd": ("11778-8", "Delivery date Estimated", "exam"),
     "bp": ("85354-9", "Blood pressure panel with all children optional", "vital-signs"),
+    "height": ("8302-2", "Body height", "vital-signs"),
 }
 
 # How a unit is written (``unit``) and its UCUM code (``code``).
@@ -237,6 +238,8 @@ UNITS = {
     "ng/mL": "ng/mL",
     "IU/L": "[IU]/L",
     "mmHg": "mm[Hg]",
+    "cm": "cm",
+    "in": "[in_i]",
 }
 
 PREGNANT = coding(SNOMED, "77386006", "Pregnant")
@@ -2177,6 +2180,107 @@ def pv_stable_well_monitored() -> Fixture:
             "N4": "Trough 6.0 ng/mL is under 8 (with mycophenolate).",
         },
         service=MONITORING,
+    )
+
+
+# --- Rule catalog version 3: the N3 absolute floor, eGFR under 18, N13 on continuing therapy ----------------
+
+
+def _ln_flare_before_tacrolimus(short: str, given: str, family: str, newest_umol: float) -> Chart:
+    """A man with lupus nephritis after cyclophosphamide, creatinine 80 µmol/L (0.90 mg/dL) 40 days ago and
+    ``newest_umol`` 5 days ago, starting tacrolimus: the N3 absolute floor on values rounded to 2 decimals."""
+    c = _ln_man_after_cyclophosphamide(short, given, family, "1981-07-07")
+    c.lab("creatinine-si", 80, "µmol/L", ago(40))
+    normal_visit(c, 5, creatinine=None, creatinine_umol=newest_umol, egfr=72, upcr=1.5)
+    _tacrolimus_start(c)
+    return c
+
+
+@fixture
+def n3_absolute_rise_at_floor() -> Fixture:
+    return Fixture(
+        "n3-absolute-rise-at-floor",
+        "Creatinine 80 -> 106 umol/L (0.90 -> 1.20 mg/dL rounded): +33 %, exactly +0.30 mg/dL, new start",
+        _ln_flare_before_tacrolimus("n3floor", "Tomas", "Novak", 106),
+        {
+            "N3": "Rounded to 2 decimals, 0.90 -> 1.20 mg/dL: +33 % and +0.30 mg/dL, at the absolute floor.",
+            "N11": NEW_START,
+        },
+        quiet={"N2": "The rise is >= 30 % and >= 0.3 mg/dL: N3 (critical), not N2."},
+    )
+
+
+@fixture
+def n2_absolute_rise_below_floor() -> Fixture:
+    return Fixture(
+        "n2-absolute-rise-below-floor",
+        "Creatinine 80 -> 105 umol/L (0.90 -> 1.19 mg/dL rounded): +32 % but only +0.29 mg/dL before a start",
+        _ln_flare_before_tacrolimus("n2floor", "Lukas", "Horak", 105),
+        {
+            "N2": "0.90 -> 1.19 mg/dL: +32 %, but +0.29 mg/dL is below the 0.3 mg/dL floor of N3, so N2.",
+            "N11": NEW_START,
+        },
+        quiet={"N3": "+32 % but only +0.29 mg/dL: below the absolute floor (0.3 mg/dL)."},
+    )
+
+
+def _teenager_with_nephritis(short: str, given: str, family: str) -> Chart:
+    """A girl aged 17 with lupus nephritis after cyclophosphamide, creatinine 1.6 mg/dL, no reported eGFR."""
+    c = _ln_man_after_cyclophosphamide(short, given, family, "2009-04-01", sex="female")
+    normal_visit(c, 5, creatinine=1.6, egfr=None, upcr=1.8)
+    _tacrolimus_start(c)
+    return c
+
+
+@fixture
+def n13_under_18_schwartz() -> Fixture:
+    c = _teenager_with_nephritis("teenh", "Sofia", "Lindqvist")
+    c.lab("height", 160, "cm", ago(60))
+    return Fixture(
+        "n13-under-18-schwartz",
+        "Girl aged 17, creatinine 1.6 mg/dL, height 160 cm: bedside Schwartz eGFR 41 (CKD-EPI is for adults)",
+        c,
+        {"N11": NEW_START, "N13": "Bedside Schwartz 0.413 x 160 / 1.6 = 41 (<= 45); height 60 days old."},
+    )
+
+
+@fixture
+def n13_under_18_no_height() -> Fixture:
+    c = _teenager_with_nephritis("teenx", "Emma", "Karlsson")
+    c.lab("height", 63, "in", ago(200))  # older than 180 days: not recent
+    return Fixture(
+        "n13-under-18-no-height",
+        "Girl aged 17, creatinine 1.6 mg/dL, last height 200 days ago: no eGFR can be calculated",
+        c,
+        {"N11": NEW_START},
+        quiet={"N13": "eGFR not calculated (under 18, no recent height): the height is 200 days old."},
+    )
+
+
+@fixture
+def n13_egfr_low_renewal() -> Fixture:
+    c = _ln_man_after_cyclophosphamide("n13cont", "Henrik", "Dahl", "1966-09-09")
+    c.panel(on("2026-05-20"), creatinine=1.85, egfr=40)
+    tac = c.order("tacrolimus-1mg", on("2026-06-01"), key="mr-tac", dosage="2 mg by mouth every 12 hours")
+    c.panel(ago(45), creatinine=1.9, egfr=39, tacrolimus=6.1)
+    normal_visit(c, 5, creatinine=1.92, egfr=38, upcr=0.9, tacrolimus=6.4)
+    c.order(
+        "tacrolimus-1mg",
+        ANCHOR.isoformat(),
+        status="draft",
+        key="tac-draft",
+        prior=tac,
+        dosage="2 mg by mouth every 12 hours (renewal)",
+    )
+    return Fixture(
+        "n13-egfr-low-renewal",
+        "Renewal of tacrolimus (since June) with a stable eGFR 38: N13 is info on continuing therapy",
+        c,
+        {"N13": "Newest eGFR 38 (<= 45) on continuing therapy: info (egfr_cni_caution_continuing)."},
+        quiet={
+            "N2": "Creatinine 1.92 mg/dL is 4 % above the 1.85 mg/dL before tacrolimus began.",
+            "N11": "A renewal: continuing therapy, no new-start schedule.",
+        },
     )
 
 

@@ -47,7 +47,8 @@ def test_a_fixture_explained_finding_by_finding_with_data_and_thresholds(tmp_pat
     assert any("Creatinine (baseline): 0.8 mg/dL" in line for line in n2)
     assert "settings: creatinine_rise_warning=0.2, creatinine_rise_critical=0.3" in n2[-1]
     n3 = block(out, "N3")
-    assert n3[0].strip() == "N3   quiet" and "25% above the baseline" in n3[1] and "less than 30%" in n3[1]
+    assert n3[0].strip() == "N3   quiet" and "25% (0.20 mg/dL) above the baseline" in n3[1]
+    assert "less than 30%" in n3[1]
     assert "newest potassium" in block(out, "N5")[1] and "potassium_max=5.5" in block(out, "N5")[-1]
 
 
@@ -112,7 +113,12 @@ def test_json_output_and_errors(tmp_path):
     document = json.loads(out)
     assert [f["id"] for f in document["findings"]] == list(FINDING_IDS)
     n13 = next(f for f in document["findings"] if f["id"] == "N13")
-    assert n13["status"] == "fired" and n13["settings"] == {"egfr_cni_caution": 45, "recent_lab_days": 30}
+    assert n13["status"] == "fired" and n13["settings"] == {
+        "egfr_cni_caution": 45,
+        "egfr_cni_caution_continuing": "info",
+        "body_height_days": 180,
+        "recent_lab_days": 30,
+    }
     code, out = run("no-such-fixture", "--config", directory)
     assert code == 2 and "neither a file nor a fixture name" in out
     code, out = run("n13-egfr-low", "--config", directory, "--service", "nope")
@@ -127,7 +133,10 @@ def test_explain_shows_the_data_and_setting_behind_the_new_findings(tmp_path):
     assert n13[0].startswith("N13  FIRED (warning")
     assert any("eGFR, calculated (CKD-EPI 2021): 30 mL/min/1.73 m² (female, 50 years)" in x for x in n13)
     assert any(x.strip().startswith("Creatinine: 2 mg/dL") for x in n13)
-    assert n13[-1].strip() == "settings: egfr_cni_caution=45, recent_lab_days=30"
+    assert n13[-1].strip() == (
+        "settings: egfr_cni_caution=45, egfr_cni_caution_continuing=info, body_height_days=180, "
+        "recent_lab_days=30"
+    )
     assert "P1 " not in out  # only the finding asked for
     _, out = run("hcg-20-days-on-mmf", "--config", directory, "--finding", "P2")
     p2 = block(out, "P2")

@@ -39,6 +39,7 @@ THRESHOLDS = {
     "baseline_creatinine_days": 90,
     "creatinine_rise_warning": 0.20,
     "creatinine_rise_critical": 0.30,
+    "creatinine_rise_critical_mg_dl": 0.3,
     "tacrolimus_level_max": 10,
     "tacrolimus_level_max_with_mycophenolate": 8,
     "potassium_max": 5.5,
@@ -51,6 +52,8 @@ THRESHOLDS = {
     "hba1c": 6.5,
     "include_moderate_cyp3a4": False,
     "egfr_cni_caution": 45,
+    "egfr_cni_caution_continuing": "info",
+    "body_height_days": 180,
     "mycophenolate_failure_months": 6,
     "upcr_response": 0.5,
     "upcr_reduction": 0.5,
@@ -82,6 +85,7 @@ UNITS = {
     "diastolic-bp": "mm[Hg]",
     "hcg-quantitative": "[IU]/L",
     "igg": "mg/dL",
+    "body-height": "cm",
 }
 
 _ids = itertools.count(1)
@@ -719,7 +723,7 @@ def test_n13_calculates_egfr_from_creatinine_when_none_is_reported():
     [
         (Patient("p", None, date(1976, 1, 1)), "sex is not recorded as female or male"),
         (Patient("p", "female", None), "the birth date is not recorded"),
-        (Patient("p", "male", date(2010, 1, 1)), "CKD-EPI 2021 is an adult equation"),
+        (Patient("p", "male", date(2010, 1, 1)), "eGFR not calculated (under 18, no recent height)"),
     ],
 )
 def test_n13_does_not_guess_what_the_equation_needs(patient, gap):
@@ -819,13 +823,16 @@ def test_creatinine_rise_tiers_for_a_new_start(newest, expected):
     if expected:
         f = fires(expected, inp)
         assert f.indicator == {"N2": "warning", "N3": "critical"}[expected]
-        assert "before tacrolimus has started" in f.detail
+        assert {"N2": "before tacrolimus has started", "N3": "risen before tacrolimus"}[expected] in f.detail
 
 
 def test_creatinine_quiet_reason_names_the_numbers():
     inp = make(labs=[lab("creatinine", 1.0, days=60), lab("creatinine", 1.19, days=2)])
     reason = stays_quiet("N2", inp)
-    assert "creatinine 1.19 mg/dL on 2026-10-30 is 19% above the baseline 1 mg/dL on 2026-09-02" in reason
+    assert (
+        "creatinine 1.19 mg/dL on 2026-10-30 is 19% (0.19 mg/dL) above the baseline 1 mg/dL on 2026-09-02"
+        in (reason)
+    )
     assert "less than 20%" in reason
 
 
@@ -837,14 +844,14 @@ def test_creatinine_baseline_on_tacrolimus_is_the_lowest_before_first_exposure()
             lab("creatinine", 0.8, days=230),
             lab("creatinine", 0.9, days=210),
             lab("creatinine", 0.7, days=150),  # after exposure began: not a baseline
-            lab("creatinine", 1.04, days=3),
+            lab("creatinine", 1.12, days=3),
         ],
     )
     f = fires("N3", inp)
-    assert "30% above the baseline 0.8 mg/dL" in f.detail
+    assert "40% (0.32 mg/dL) above the baseline 0.8 mg/dL" in f.detail
     assert "before tacrolimus began on 2026-04-15" in f.detail
     assert "17%" in f.detail and "fomin-roberts-2016" in f.citations
-    assert [e.value for e in f.evidence] == ["1.04 mg/dL", "0.8 mg/dL"]
+    assert [e.value for e in f.evidence] == ["1.12 mg/dL", "0.8 mg/dL"]
 
 
 def test_creatinine_without_baseline_or_recent_value_is_quiet_and_says_why():
@@ -1213,7 +1220,9 @@ def test_n9_and_n10_offer_to_delete_only_drafts():
 def test_n3_for_a_new_start_says_what_to_look_for_and_never_only_wait():
     labs = [lab("creatinine", 0.8, days=60), lab("creatinine", 1.1, days=3)]
     f = fires("N3", make(labs=labs))
-    assert "Look for the cause" in f.detail and "wait" not in f.detail.lower()
+    assert (
+        "Find the cause before adding a calcineurin inhibitor" in f.detail and "wait" not in f.detail.lower()
+    )
     on_therapy = make(labs=[lab("creatinine", 0.8, days=200), lab("creatinine", 1.1, days=3)],
                       meds=(med("tacrolimus", days=150),))  # fmt: skip
     f = fires("N3", on_therapy)

@@ -25,8 +25,10 @@ from cds_service.terminology import (
 DRUG_CLASSES = {
     "tacrolimus", "mycophenolate", "cyclophosphamide", "methotrexate", "leflunomide", "teratogens",
     "rituximab", "other-calcineurin-inhibitors", "cyp3a4-strong-inhibitors", "cyp3a4-moderate-inhibitors",
-    "cyp3a4-strong-inducers", "nephrotoxins",
+    "cyp3a4-strong-inducers", "nephrotoxins", "obinutuzumab",
 }  # fmt: skip
+NAME_ONLY_CLASSES = {"obinutuzumab"}
+"""Classes recognised by name until their codes are verified; the codes wait in ``unverified/``."""
 V3_INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 REPO = Path(__file__).resolve().parent.parent
 CLINICAL_MD = REPO / "tests" / "data" / "knowledge" / "clinical.md"  # see tests/data/SOURCES.md
@@ -35,14 +37,14 @@ COMMON_MD_NAMES = {
     # medications
     "tacrolimus", "mycophenolate", "cyclophosphamide", "methotrexate", "leflunomide", "teratogens",
     "rituximab", "other-calcineurin-inhibitors", "cyp3a4-strong-inhibitors", "cyp3a4-moderate-inhibitors",
-    "cyp3a4-strong-inducers", "nephrotoxins",
+    "cyp3a4-strong-inducers", "nephrotoxins", "obinutuzumab",
     # conditions
     "lupus", "lupus-nephritis", "lupus-nephritis-class-v", "pregnancy", "pregnancy-hypertension", "lactation",
     "hepatitis-b", "hypogammaglobulinemia",
     # observations
     "creatinine", "egfr", "upcr", "tacrolimus-level", "potassium", "magnesium", "glucose", "glucose-fasting",
     "hba1c", "blood-pressure", "systolic-bp", "diastolic-bp", "hcg-qualitative", "hcg-quantitative",
-    "pregnancy-status", "edd", "breastfeeding-status", "igg", "hbsag",
+    "pregnancy-status", "edd", "breastfeeding-status", "igg", "hbsag", "body-height",
     # answers
     "pregnant-answer", "not-pregnant-answer", "qualitative-positive", "qualitative-negative",
     # rule catalog version 2 (clinical.md §5)
@@ -158,6 +160,9 @@ SOURCED_AFTER_CLINICAL_MD = {
     # without it the Observation query leaves those readings out. Source named in the value set description;
     # clinical.md §1.4 to follow.
     ("blood-pressure", "55284-4"),
+    # Body height, for the bedside Schwartz eGFR under 18 (rules.md v3): the FHIR R4 Body Height profile
+    # fixes this code; source named in the value set description.
+    ("body-height", "8302-2"),
 }
 
 
@@ -235,6 +240,11 @@ def declared_sources(resource: dict) -> dict[str, dict[str, str]]:
 def test_every_drug_class_code_has_a_published_source(name):
     """Each shipped drug code names a source the ValueSet declares with its URL/OID, version and origin."""
     resource = json.loads((DEFAULT_DIR / f"{name}.json").read_text())
+    if name in NAME_ONLY_CLASSES:  # no code by default: its single-source codes ship behind configuration
+        assert (
+            not resource["expansion"]["contains"] and (DEFAULT_DIR / "unverified" / f"{name}.json").is_file()
+        )
+        return
     sources = declared_sources(resource)
     assert sources
     for key, fields in sources.items():

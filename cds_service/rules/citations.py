@@ -1,12 +1,20 @@
 """The sources a finding can cite: key → (label, absolute URL).
 
-Labels, DOIs and identifiers come from the project knowledge base ``clinical.md`` (§2, §3; a copy is in
-``tests/data/knowledge/``). Where clinical.md names a source without a DOI or URL, the link is a search on
-the official index (PubMed, DailyMed) built from the identifiers clinical.md gives, so a reader lands on the
-source without us inventing a DOI.
+Labels, DOIs and identifiers come from the project knowledge base ``clinical.md`` (§2, §3, §6.5, §6.7; a copy
+is in ``tests/data/knowledge/``), each checked against a published record before it was written here. A link
+goes to the source itself (rules.md § Card contract): a DOI, a PubMed record, the label on DailyMed (its
+``setid`` page) or Drugs@FDA, or the guideline's own page; never a search page. A secondary page is used only
+where no primary source can be linked, and its label then says "(secondary)". Every host is on the list in
+``citation_hosts.json`` beside this file (``tests/test_citations.py`` checks it).
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from urllib.parse import urlsplit
+
+CITATION_HOSTS_FILE = Path(__file__).with_name("citation_hosts.json")
 
 CITATIONS: dict[str, tuple[str, str]] = {
     "kdigo-2024": (
@@ -41,17 +49,18 @@ CITATIONS: dict[str, tuple[str, str]] = {
         "https://www.the-rheumatologist.org/article/tacrolimus-use-lupus-nephritis-raises-debate-role-north-american-population",
     ),
     "prograf-label": (
-        "Prograf (tacrolimus) US prescribing information: warnings and monitoring",
-        "https://dailymed.nlm.nih.gov/dailymed/search.cfm?labeltype=all&query=prograf",
+        "Prograf (tacrolimus) US prescribing information, DailyMed: warnings and monitoring",
+        "https://dailymed.nlm.nih.gov/dailymed/drugInfo.cfm?setid=7f667de1-9dfa-4bd6-8ba0-15ee2d78873b",
     ),
     "lupkynis-label": (
-        "LUPKYNIS (voclosporin) prescribing information: eGFR, blood pressure and CYP3A4 rules",
-        "https://www.renalandurologynews.com/drug/lupkynis/",
+        "LUPKYNIS (voclosporin) prescribing information, revised 10/2025 (NDA 213716 S-008): eGFR, blood "
+        "pressure and CYP3A4 rules. Drugs@FDA",
+        "https://www.accessdata.fda.gov/drugsatfda_docs/label/2025/213716s008lbl.pdf",
     ),
     "liu-2015": (
         "Liu Z, et al. Multitarget therapy for induction treatment of lupus nephritis: a randomized trial. "
         "Ann Intern Med 2015;162(1):18–26 (NCT00876616)",
-        "https://clinicaltrials.gov/study/NCT00876616",
+        "https://doi.org/10.7326/M14-1030",
     ),
     "mok-2016": (
         "Mok CC, et al. Tacrolimus versus mycophenolate mofetil for induction therapy of lupus nephritis: a "
@@ -59,9 +68,9 @@ CITATIONS: dict[str, tuple[str, str]] = {
         "https://doi.org/10.1136/annrheumdis-2014-206456",
     ),
     "hebert-2013": (
-        "Hebert et al. Transplantation 2013;95:908 (tacrolimus in pregnancy: unbound exposure; breast-milk "
-        "transfer)",
-        "https://pubmed.ncbi.nlm.nih.gov/?term=Hebert+tacrolimus+Transplantation+2013%3B95%3A908",
+        "Hebert MF, et al. Interpreting tacrolimus concentrations during pregnancy and postpartum. "
+        "Transplantation 2013;95(7):908–915 (unbound exposure; breast-milk transfer)",
+        "https://doi.org/10.1097/TP.0b013e318278d367",
     ),
     "pregnancy-dose-cohort": (
         "Tacrolimus dose needs in pregnancy: Japanese kidney-transplant cohort (PMID 25560652)",
@@ -76,17 +85,60 @@ CITATIONS: dict[str, tuple[str, str]] = {
         "https://www.ncbi.nlm.nih.gov/pmc/articles/PMC7080294/",
     ),
     "naesens-2009": (
-        "Naesens et al. CJASN 2009 (review of calcineurin-inhibitor nephrotoxicity and its amplifiers)",
-        "https://pubmed.ncbi.nlm.nih.gov/?term=Naesens+calcineurin+inhibitor+nephrotoxicity+2009",
+        "Naesens M, Kuypers DR, Sarwal M. Calcineurin inhibitor nephrotoxicity. Clin J Am Soc Nephrol "
+        "2009;4(2):481–508",
+        "https://doi.org/10.2215/CJN.04800908",
     ),
     "ln-trial-regimens": (
-        "Tacrolimus regimens used in lupus nephritis trials (systematic review table, Lupus Sci Med): "
-        "trough 5–10 ng/mL (Chen), 6–8 ng/mL (Li), 5–7 ng/mL with mycophenolate 1 g (Bao)",
-        "https://pubmed.ncbi.nlm.nih.gov/?term=tacrolimus+lupus+nephritis+systematic+review+Lupus+Sci+Med",
+        "Tacrolimus regimens used in lupus nephritis trials (systematic review, Lupus Sci Med, Table 3 on "
+        "the journal's site): trough 5–10 ng/mL (Chen), 6–8 ng/mL (Li), 5–7 ng/mL with mycophenolate 1 g "
+        "(Bao)",
+        "https://lupus.bmj.com/highwire/markup/136217/expansion",
     ),
     "ckd-epi-2021": (
         "Inker LA, et al. New Creatinine- and Cystatin C-Based Equations to Estimate GFR without Race. "
         "N Engl J Med 2021;385:1737–49",
         "https://doi.org/10.1056/NEJMoa2102953",
     ),
+    "kdigo-aki-2012": (
+        "KDIGO Clinical Practice Guideline for Acute Kidney Injury. Kidney Int Suppl 2012;2(1):1–138 "
+        "(creatinine rise of 0.3 mg/dL, 26.5 µmol/L)",
+        "https://kdigo.org/guidelines/acute-kidney-injury/",
+    ),
+    "schwartz-2009": (
+        "Schwartz GJ, et al. New equations to estimate GFR in children with CKD. J Am Soc Nephrol "
+        "2009;20(3):629–637 (bedside Schwartz equation)",
+        "https://doi.org/10.1681/ASN.2008030287",
+    ),
+    "regency-2025": (
+        "Furie RA, et al. Efficacy and Safety of Obinutuzumab in Active Lupus Nephritis (REGENCY). N Engl J "
+        "Med 2025;392:1471–1483",
+        "https://doi.org/10.1056/NEJMoa2410965",
+    ),
+    "cellcept-label": (
+        "CellCept (mycophenolate mofetil) US prescribing information: embryofetal toxicity, pregnancy "
+        "testing and contraception (mycophenolate REMS). DailyMed",
+        "https://dailymed.nlm.nih.gov/dailymed/drugInfo.cfm?setid=37241e87-4af4-4dc3-a1aa-ea6f20d8dc40",
+    ),
 }
+
+
+def citation_hosts() -> frozenset[str]:
+    """The hosts a card's citation links may go to (``citation_hosts.json``, kept as data)."""
+    return frozenset(json.loads(CITATION_HOSTS_FILE.read_text(encoding="utf-8"))["hosts"])
+
+
+def link_problem(url: str, hosts: frozenset[str]) -> str | None:
+    """Why ``url`` may not be a card's citation link (None when it may): https, an allowed host, no search."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme != "https":
+        return "not https"
+    if host.replace(".", "").isdigit() or ":" in host:
+        return "an IP address, not a named host"
+    if host not in hosts:
+        return f"host {host!r} is not in {CITATION_HOSTS_FILE.name}"
+    lowered = url.lower()
+    if any(mark in lowered for mark in ("?term=", "/search", "query=", "search.cfm", "?q=")):
+        return "a search page, not the source itself"
+    return None

@@ -39,6 +39,7 @@ LAB_WORDS = {
     "igg": "IgG",
     "hbsag": "HBsAg",
     "anti-hbc": "anti-HBc",
+    "body-height": "body height",
 }
 
 RESOURCE_WORDS = {
@@ -608,12 +609,22 @@ def continuing_because(inp: RuleInput) -> str | None:
 
 
 # --- eGFR, reported or calculated ---------------------------------------------------------------------------
+CKD_EPI = "CKD-EPI 2021"
+SCHWARTZ = "bedside Schwartz"
+NO_HEIGHT = "eGFR not calculated (under 18, no recent height)"
+
+
 def ckd_epi_2021(creatinine_mg_dl: float, age: float, female: bool) -> float:
     """eGFR (mL/min/1.73 m²) by the race-free CKD-EPI 2021 creatinine equation (Inker, NEJM 2021)."""
     kappa, alpha = (0.7, -0.241) if female else (0.9, -0.302)
     ratio = creatinine_mg_dl / kappa
     egfr = 142 * min(ratio, 1.0) ** alpha * max(ratio, 1.0) ** -1.200 * 0.9938**age
     return egfr * 1.012 if female else egfr
+
+
+def bedside_schwartz(creatinine_mg_dl: float, height_cm: float) -> float:
+    """eGFR (mL/min/1.73 m²) under 18: 0.413 × height (cm) / creatinine (mg/dL) (Schwartz, JASN 2009)."""
+    return 0.413 * height_cm / creatinine_mg_dl
 
 
 @dataclass(frozen=True)
@@ -626,17 +637,33 @@ class Egfr:
     creatinine: LabValue | None = None
     age: int | None = None
     sex: str | None = None
+    height: LabValue | None = None
+    """The body height a bedside Schwartz eGFR used (under 18 years); None for CKD-EPI 2021."""
 
     @property
     def calculated(self) -> bool:
         return self.reported is None
 
+    @property
+    def method(self) -> str:
+        return SCHWARTZ if self.height is not None else CKD_EPI
+
+    @property
+    def citation(self) -> str:
+        """The citation key of the equation (``schwartz-2009`` or ``ckd-epi-2021``)."""
+        return "schwartz-2009" if self.height is not None else "ckd-epi-2021"
+
+    def _inputs(self) -> str:
+        if self.height is not None:
+            return f"height {on(self.height)}, {self.age} years"
+        return f"{self.sex}, {self.age} years"
+
     def on(self) -> str:
         if self.reported is not None or self.creatinine is None:
             return on(self.reported) if self.reported else f"{num(round(self.value))} mL/min/1.73 m²"
         return (
-            f"{num(round(self.value))} mL/min/1.73 m² calculated (CKD-EPI 2021) from creatinine "
-            f"{on(self.creatinine)} ({self.sex}, {self.age} years)"
+            f"{num(round(self.value))} mL/min/1.73 m² calculated ({self.method}) from creatinine "
+            f"{on(self.creatinine)} ({self._inputs()})"
         )
 
     def evidence(self) -> list[Evidence]:
@@ -646,20 +673,22 @@ class Egfr:
             return []
         return [
             Evidence(
-                "eGFR, calculated (CKD-EPI 2021)",
-                f"{num(round(self.value))} mL/min/1.73 m² ({self.sex}, {self.age} years)",
+                f"eGFR, calculated ({self.method})",
+                f"{num(round(self.value))} mL/min/1.73 m² ({self._inputs()})",
                 self.when,
                 None,
             ),
             lab_evidence("Creatinine", self.creatinine),
+            *([lab_evidence("Body height", self.height)] if self.height is not None else []),
         ]
 
 
 def egfr_now(inp: RuleInput) -> tuple[Egfr | None, list[str]]:
-    """The newest recent reported eGFR; if none, CKD-EPI 2021 from the newest recent creatinine.
+    """The newest recent reported eGFR; if none, one calculated from the newest recent creatinine.
 
-    Calculation needs a recorded sex of female or male and a birth date giving an adult age on the day of
-    the creatinine (the equation was developed in adults; interpretation 34).
+    From 18 years (age on the creatinine's date): CKD-EPI 2021, which needs a recorded sex of female or male
+    (interpretation 34). Under 18, CKD-EPI does not apply: the bedside Schwartz equation with the newest body
+    height within ``body_height_days``; without one, no eGFR, and the gap says so (interpretation 48).
     """
     reported, gaps = newest_recent(inp, "egfr")
     if reported is not None and reported.value is not None:
@@ -670,18 +699,32 @@ def egfr_now(inp: RuleInput) -> tuple[Egfr | None, list[str]]:
     patient = inp.record.patient
     sex = patient.gender if patient else None
     age = patient.age_on(creatinine.when.date()) if patient else None
-    why_not = None
-    if sex not in ("female", "male"):
-        why_not = "sex is not recorded as female or male"
-    elif age is None:
-        why_not = "the birth date is not recorded"
-    elif age < 18:
-        why_not = f"the patient was {age}: CKD-EPI 2021 is an adult equation"
-    if why_not or age is None:
-        return None, [*gaps, f"eGFR not calculated from creatinine {on(creatinine)}: {why_not}"]
-    value = ckd_epi_2021(creatinine.value, age, sex == "female")
     none_reported = no_recent("egfr", threshold(inp, "recent_lab_days"))
     kept = [gap for gap in gaps if gap != none_reported]
+    if age is None:
+        return None, [
+            *gaps,
+            f"eGFR not calculated from creatinine {on(creatinine)}: the birth date is not recorded",
+        ]
+    if age < 18:
+        days = threshold(inp, "body_height_days")
+        height, height_gaps = newest_number(inp.record.lab("body-height"), since=window_start(inp.now, days))
+        if height is not None and (number(height) <= 0 or creatinine.value <= 0):
+            height_gaps.append(f"body height {on(height)} with creatinine {on(creatinine)} gives no eGFR")
+            height = None
+        if height is None:
+            return None, [
+                *gaps,
+                f"{NO_HEIGHT}: the patient was {age}, and no body height in the last {num(days)} days",
+                *height_gaps,
+            ]
+        value = bedside_schwartz(creatinine.value, number(height))
+        egfr = Egfr(value, creatinine.when, creatinine=creatinine, age=age, height=height)
+        return egfr, [*kept, *creatinine_gaps, *height_gaps]
+    if sex not in ("female", "male"):
+        why_not = "sex is not recorded as female or male"
+        return None, [*gaps, f"eGFR not calculated from creatinine {on(creatinine)}: {why_not}"]
+    value = ckd_epi_2021(creatinine.value, age, sex == "female")
     return Egfr(value, creatinine.when, creatinine=creatinine, age=age, sex=sex), [*kept, *creatinine_gaps]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
+from decimal import ROUND_HALF_UP, Decimal
 
 from cds_service.record import LabValue, Medication
 from cds_service.rules.common import (
@@ -49,6 +50,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "Observation": (
         "creatinine", "egfr", "potassium", "magnesium", "glucose", "glucose-fasting", "hba1c",
         "blood-pressure", "systolic-bp", "diastolic-bp", "upcr", "tacrolimus-level", "hbsag", "anti-hbc",
+        "body-height",
     ),
     "MedicationRequest": (
         "tacrolimus", "mycophenolate", "cyp3a4-strong-inhibitors", "cyp3a4-moderate-inhibitors",
@@ -118,7 +120,8 @@ def n1_baseline_missing(inp: RuleInput) -> Finding | Quiet:
     if not absent:
         return quiet("N1", f"every baseline value is within the last {num(days)} days: " + "; ".join(shown))
     labs = tuple(item.lab for item in absent if item.lab)
-    bp_text = " Record a blood pressure before the first dose." if any(i.lab is None for i in absent) else ""
+    when = "" if continuing_because(inp) else " before the first dose"
+    bp_text = f" Record a blood pressure{when}." if any(i.lab is None for i in absent) else ""
     return finding(
         "N1",
         "info",
@@ -136,17 +139,49 @@ def n1_baseline_missing(inp: RuleInput) -> Finding | Quiet:
 
 
 # --- creatinine rise (N2, N3) -------------------------------------------------------------------------------
+HUNDREDTH = Decimal("0.01")
+
+
+def mg_dl_2dp(v: LabValue) -> Decimal:
+    """A creatinine in mg/dL rounded to 2 decimals (half up), as a Decimal: 1.20 − 0.90 is exactly 0.30."""
+    return Decimal(repr(number(v))).quantize(HUNDREDTH, rounding=ROUND_HALF_UP)
+
+
+def as_decimal(setting: float) -> Decimal:
+    """A threshold from the settings, read as the decimal it was written as (0.3, never 0.2999…)."""
+    return Decimal(str(setting))
+
+
 @dataclass(frozen=True)
 class Rise:
+    """The newest creatinine against its baseline, both in mg/dL rounded to 2 decimals (rules.md § N3)."""
+
     newest: LabValue
     baseline: LabValue
-    fraction: float
+    newest_mg_dl: Decimal
+    baseline_mg_dl: Decimal
     tacrolimus_start: date | None
     """First tacrolimus exposure; None for a new start, when the baseline is the lowest other recent value."""
     gaps: tuple[str, ...]
 
+    @property
+    def absolute(self) -> Decimal:
+        """The rise in mg/dL, exact on the rounded values (negative for a fall)."""
+        return self.newest_mg_dl - self.baseline_mg_dl
+
+    @property
+    def fraction(self) -> Decimal:
+        """The rise as a fraction of the baseline, exact on the rounded values."""
+        return self.absolute / self.baseline_mg_dl
+
+    def percent(self) -> str:
+        return percent(float(abs(self.fraction)))
+
     def text(self) -> str:
-        size = f"{percent(self.fraction)} above" if self.fraction >= 0 else f"{percent(-self.fraction)} below"
+        if self.absolute >= 0:
+            size = f"{self.percent()} ({self.absolute:.2f} mg/dL) above"
+        else:
+            size = f"{self.percent()} below"
         return f"creatinine {on(self.newest)} is {size} the baseline {on(self.baseline)}"
 
     def baseline_rule(self, days: float) -> str:
@@ -155,9 +190,15 @@ class Rise:
             return f"lowest in the {num(days)} days before tacrolimus began on {began}"
         return f"lowest other value in the last {num(days)} days"
 
+    def is_critical(self, inp: RuleInput) -> bool:
+        """N3: at least ``creatinine_rise_critical`` **and** at least ``creatinine_rise_critical_mg_dl``."""
+        return self.fraction >= as_decimal(threshold(inp, "creatinine_rise_critical")) and (
+            self.absolute >= as_decimal(threshold(inp, "creatinine_rise_critical_mg_dl"))
+        )
+
 
 def creatinine_rise(inp: RuleInput) -> Rise | Quiet:
-    """Newest recent creatinine against its baseline (interpretation 8); a Quiet (id "") when impossible."""
+    """Newest recent creatinine against its baseline (interpretations 8, 47); Quiet (id "") if impossible."""
     record = inp.record
     newest, gaps = newest_recent(inp, "creatinine")
     if newest is None:
@@ -182,9 +223,15 @@ def creatinine_rise(inp: RuleInput) -> Rise | Quiet:
     if not candidates:
         return quiet("", f"no creatinine {where} to serve as a baseline", gaps)
     baseline = min(candidates, key=number)
-    fraction = round((number(newest) - number(baseline)) / number(baseline), 6)
+    if mg_dl_2dp(baseline) <= 0:
+        return quiet("", f"the baseline creatinine {on(baseline)} is not above 0 mg/dL", gaps)
     return Rise(
-        newest, baseline, fraction, tacrolimus.start if tacrolimus.any else None, tuple(dict.fromkeys(gaps))
+        newest,
+        baseline,
+        mg_dl_2dp(newest),
+        mg_dl_2dp(baseline),
+        tacrolimus.start if tacrolimus.any else None,
+        tuple(dict.fromkeys(gaps)),
     )
 
 
@@ -195,75 +242,100 @@ def _rise_evidence(rise: Rise) -> list:
     ]
 
 
+def _on_or_before(continuing: str | None) -> str:
+    """Where the rise falls: "on tacrolimus" for continuing therapy, "before tacrolimus" for a new start."""
+    return "on tacrolimus" if continuing else "before tacrolimus"
+
+
 def n2_creatinine_rise(inp: RuleInput) -> Finding | Quiet:
     rise = creatinine_rise(inp)
     if isinstance(rise, Quiet):
         return Quiet("N2", rise.reason)
-    low, high = threshold(inp, "creatinine_rise_warning"), threshold(inp, "creatinine_rise_critical")
-    if rise.fraction < low:
+    low = threshold(inp, "creatinine_rise_warning")
+    if rise.fraction < as_decimal(low):
         return quiet("N2", f"{rise.text()}: less than {percent(low)}", rise.gaps)
-    if rise.fraction >= high:
-        return quiet("N2", f"{rise.text()}: {percent(high)} or more, so N3 applies", rise.gaps)
+    if rise.is_critical(inp):
+        floor = num(threshold(inp, "creatinine_rise_critical_mg_dl"))
+        high = percent(threshold(inp, "creatinine_rise_critical"))
+        return quiet(
+            "N2", f"{rise.text()}: {high} or more and {floor} mg/dL or more, so N3 applies", rise.gaps
+        )
     days = threshold(inp, "baseline_creatinine_days")
-    if rise.tacrolimus_start:
+    continuing = continuing_because(inp)
+    below_floor = ""
+    if rise.fraction >= as_decimal(threshold(inp, "creatinine_rise_critical")):
+        floor = num(threshold(inp, "creatinine_rise_critical_mg_dl"))
+        below_floor = (
+            f" The rise is less than {floor} mg/dL (the KDIGO acute kidney injury absolute criterion), so it "
+            "is a warning rather than critical."
+        )
+    if continuing:
         detail = (
-            f"{capital(rise.text())} ({rise.baseline_rule(days)}). This may be an early haemodynamic "
-            "calcineurin-inhibitor effect: check the tacrolimus trough, volume status and NSAIDs or "
-            "interacting drugs, and recheck creatinine within 2 weeks. The thresholds are taken by analogy "
-            "from the voclosporin label, which reduces the dose when eGFR is below 60 and has fallen by more "
-            "than 20% but less than 30%, and rechecks within 2 weeks."
+            f"{capital(rise.text())} ({rise.baseline_rule(days)}).{below_floor} This may be an early "
+            "haemodynamic calcineurin-inhibitor effect, or nephritis activity, volume depletion or an "
+            "interacting drug: check the tacrolimus trough, volume status and NSAIDs or interacting drugs, "
+            "and recheck creatinine within 2 weeks. The thresholds are taken by analogy from the "
+            "voclosporin label, which reduces the dose when eGFR is below 60 and has fallen by more than 20% "
+            "but less than 30%, and rechecks within 2 weeks."
         )
     else:
         detail = (
-            f"{capital(rise.text())} ({rise.baseline_rule(days)}), before tacrolimus has started. Look for "
-            "lupus nephritis activity, volume depletion or nephrotoxic drugs and recheck within 2 weeks; a "
-            "rising creatinine makes later calcineurin-inhibitor effects harder to judge."
+            f"{capital(rise.text())} ({rise.baseline_rule(days)}), before tacrolimus has started."
+            f"{below_floor} Look for lupus nephritis activity, volume depletion or nephrotoxic drugs and "
+            "recheck within 2 weeks; a rising creatinine makes later calcineurin-inhibitor effects harder to "
+            "judge."
         )
     return finding(
         "N2",
         "warning",
-        f"Creatinine {percent(rise.fraction)} above baseline "
-        + ("on tacrolimus" if rise.tacrolimus_start else "before tacrolimus"),
+        f"Creatinine {rise.percent()} above baseline {_on_or_before(continuing)}",
         detail,
-        ("lupkynis-label", "naesens-2009"),
+        ("lupkynis-label", "naesens-2009", *(("kdigo-aki-2012",) if below_floor else ())),
         evidence=_rise_evidence(rise),
         missing=rise.gaps,
     )
 
 
 def n3_creatinine_rise_critical(inp: RuleInput) -> Finding | Quiet:
+    """At least 30 % and at least 0.3 mg/dL above baseline (interpretations 39, 47)."""
     rise = creatinine_rise(inp)
     if isinstance(rise, Quiet):
         return Quiet("N3", rise.reason)
     high = threshold(inp, "creatinine_rise_critical")
-    if rise.fraction < high:
+    floor = threshold(inp, "creatinine_rise_critical_mg_dl")
+    if rise.fraction < as_decimal(high):
         return quiet("N3", f"{rise.text()}: less than {percent(high)}", rise.gaps)
+    if not rise.is_critical(inp):
+        return quiet("N3", f"{rise.text()}: less than {num(floor)} mg/dL, so N2 applies", rise.gaps)
     days = threshold(inp, "baseline_creatinine_days")
-    if rise.tacrolimus_start:
+    continuing = continuing_because(inp)
+    if continuing:
         detail = (
-            f"{capital(rise.text())} ({rise.baseline_rule(days)}). Consider reducing or holding tacrolimus "
-            "and review promptly (trough, volume, interacting drugs). By analogy: the voclosporin label "
-            "interrupts treatment when eGFR is below 60 and has fallen by 30% or more from baseline, "
-            "rechecks within 2 weeks, and restarts at a lower dose only once eGFR is back to at least 80% "
-            "of baseline. Chronic calcineurin-inhibitor damage is largely irreversible: the source article "
-            "reports that about 17% of patients lose significant kidney function within 3 years."
+            f"{capital(rise.text())} ({rise.baseline_rule(days)}), on continuing tacrolimus therapy. "
+            "Consider a dose reduction or holding tacrolimus, and review promptly: the trough, volume "
+            "status, interacting or nephrotoxic drugs and lupus nephritis activity can each raise "
+            "creatinine. By analogy: the voclosporin label interrupts treatment when eGFR is below 60 and "
+            "has fallen by 30% or more from baseline, rechecks within 2 weeks, and restarts at a lower dose "
+            "only once eGFR is back to at least 80% of baseline. Chronic calcineurin-inhibitor damage is "
+            "largely irreversible: the source article reports that about 17% of patients lose significant "
+            "kidney function within 3 years."
         )
-        cited: tuple[str, ...] = ("lupkynis-label", "mok-2016", "fomin-roberts-2016")
+        cited: tuple[str, ...] = ("lupkynis-label", "kdigo-aki-2012", "mok-2016", "fomin-roberts-2016")
     else:
         detail = (
-            f"{capital(rise.text())} ({rise.baseline_rule(days)}), before tacrolimus has started: kidney "
-            "function is falling for another reason. Look for the cause now: lupus nephritis activity "
-            "(UPCR, urine sediment, complement and anti-dsDNA), volume depletion, and nephrotoxic or "
-            "interacting drugs (NSAIDs, contrast, RAS blockers started recently). Repeat creatinine within "
-            "days. If tacrolimus goes ahead, use it with caution: a low starting dose, a trough and "
-            "creatinine at 1 week, and the thresholds on this card against the new baseline."
+            f"{capital(rise.text())} ({rise.baseline_rule(days)}): creatinine has risen before tacrolimus. "
+            "Find the cause before adding a calcineurin inhibitor: lupus nephritis activity (UPCR, urine "
+            "sediment, complement and anti-dsDNA), volume depletion, and nephrotoxic or interacting drugs "
+            "(NSAIDs, contrast, RAS blockers started recently); repeat creatinine within days. If tacrolimus "
+            "goes ahead, use it with caution: a low starting dose, a trough and creatinine at 1 week, and "
+            "the thresholds on this card against the new baseline."
         )
-        cited = ("lupkynis-label", "mok-2016")
+        cited = ("lupkynis-label", "kdigo-aki-2012", "mok-2016")
     return finding(
         "N3",
         "critical",
-        f"Creatinine {percent(rise.fraction)} above baseline "
-        + ("on tacrolimus" if rise.tacrolimus_start else "before tacrolimus"),
+        f"Creatinine {rise.percent()} and {rise.absolute:.2f} mg/dL above baseline "
+        f"{_on_or_before(continuing)}",
         detail,
         cited,
         evidence=_rise_evidence(rise),
@@ -312,7 +384,11 @@ def n5_potassium_high(inp: RuleInput) -> Finding | Quiet:
         f"Potassium {num(potassium.value)} mmol/L above {num(limit)}",
         f"Potassium {on(potassium)}. Tacrolimus raises potassium, more so with RAS blockers or "
         "potassium-sparing diuretics: repeat it, review those drugs and dietary potassium, and treat the "
-        "hyperkalaemia before starting or continuing.",
+        + (
+            "hyperkalaemia; check the tacrolimus trough."
+            if continuing_because(inp)
+            else "hyperkalaemia before the first dose."
+        ),
         ("prograf-label", "cni-electrolytes"),
         evidence=[lab_evidence("Potassium", potassium)],
         missing=gaps,
@@ -369,7 +445,15 @@ def n7_blood_pressure(inp: RuleInput) -> Finding | Quiet:
             return f"{parts[0]} {relation} {num(limit[0] if parts[0] == 'systolic' else limit[1])}"
         return f"{relation} {text(limit)}"
 
-    if over(tiers["critical"], strictly=True):
+    continuing = continuing_because(inp)
+    if over(tiers["critical"], strictly=True) and continuing:
+        indicator, relation, limit = "critical", "above", tiers["critical"]
+        advice = (
+            "On continuing tacrolimus therapy: control blood pressure promptly, exclude a hypertensive "
+            "emergency, and check the tacrolimus trough (the voclosporin label sets this level as a bar to "
+            "initiating a calcineurin inhibitor)."
+        )
+    elif over(tiers["critical"], strictly=True):
         indicator, relation, limit = "critical", "above", tiers["critical"]
         advice = (
             "The voclosporin label advises against starting a calcineurin inhibitor at this level: control "
@@ -378,8 +462,10 @@ def n7_blood_pressure(inp: RuleInput) -> Finding | Quiet:
     elif over(tiers["warning"], strictly=False):
         indicator, relation, limit = "warning", "at or above", tiers["warning"]
         advice = (
-            "Tacrolimus can raise it further: bring it under control before or as tacrolimus starts, and "
-            "recheck within days."
+            "Tacrolimus can raise it further: bring it under control and recheck within days."
+            if continuing
+            else "Tacrolimus can raise it further: bring it under control before or as tacrolimus starts, "
+            "and recheck within days."
         )
     elif over(tiers["info"], strictly=False):
         indicator, relation, limit = "info", "at or above", tiers["info"]
@@ -484,7 +570,8 @@ def n9_cyp3a4(inp: RuleInput) -> Finding | Quiet:
         f"Interacting drug: {listed[0]}" + (f" and {len(listed) - 1} more" if len(listed) > 1 else ""),
         f"{capital(words(listed))} {'is' if len(drugs) == 1 else 'are'} active and can sharply {effect}. "
         "Avoid the combination where an alternative exists; otherwise adjust the tacrolimus dose and check "
-        f"a trough within about 1 week of starting or stopping {'it' if len(drugs) == 1 else 'them'}.",
+        "a trough within about 1 week whenever "
+        f"{'it is' if len(drugs) == 1 else 'they are'} added or stopped.",
         ("prograf-label", "lupkynis-label"),
         evidence=[medication_evidence(m) for m in drugs],
         suggestions=remove_drafts(drugs, "Interacts with tacrolimus (CYP3A4)"),
@@ -524,11 +611,13 @@ def n11_new_start(inp: RuleInput) -> Finding | Quiet:
         "N11",
         "info",
         "New tacrolimus start: monitoring schedule",
-        "No earlier tacrolimus is on record, so this is a new start. Check the trough and creatinine every "
-        "2 weeks in month 1, every 4 weeks to month 3, then every 3 months, and UPCR every 3 months until "
-        "complete response. Plan it as a bridge, not a destination: the source article reports that about "
-        "17% of patients lose significant kidney function within 3 years.",
-        ("lupkynis-label", "acr-2024-ln", "fomin-roberts-2016"),
+        "No earlier tacrolimus is on record, so this is a new start. Check the first trough at 5–7 days "
+        "(the labels ask for troughs at least twice in the first week; steady state takes about a week), "
+        "then the trough and creatinine every 2 weeks in month 1, every 4 weeks to month 3, then every 3 "
+        "months, and UPCR every 3 months until complete response. Plan it as a bridge, not a destination: "
+        "the source article reports that about 17% of patients lose significant kidney function within 3 "
+        "years.",
+        ("prograf-label", "lupkynis-label", "acr-2024-ln", "fomin-roberts-2016"),
         missing=unavailable(record, "MedicationRequest"),
     )
 
@@ -565,12 +654,18 @@ def n12_duplicate_cni(inp: RuleInput) -> Finding | Quiet:
         if stored or duplicates
         else ""
     )
-    cyclosporine = (
-        " When switching from cyclosporine, start tacrolimus no sooner than 24 hours after the last "
-        "cyclosporine dose, later if cyclosporine levels are high (Prograf label)."
-        if others
-        else ""
-    )
+    if not others:
+        cyclosporine = ""
+    elif continuing_because(inp):
+        cyclosporine = (
+            " When one replaces the other, the Prograf label leaves at least 24 hours between the last "
+            "cyclosporine dose and tacrolimus, longer if cyclosporine levels are high."
+        )
+    else:
+        cyclosporine = (
+            " When switching from cyclosporine, start tacrolimus no sooner than 24 hours after the last "
+            "cyclosporine dose, later if cyclosporine levels are high (Prograf label)."
+        )
     return finding(
         "N12",
         "critical",
@@ -586,23 +681,41 @@ def n12_duplicate_cni(inp: RuleInput) -> Finding | Quiet:
 
 
 def n13_low_egfr(inp: RuleInput) -> Finding | Quiet:
-    """eGFR at or below the calcineurin-inhibitor caution threshold, reported or calculated."""
+    """eGFR at or below the calcineurin-inhibitor caution threshold, reported or calculated.
+
+    A warning for a new start; ``egfr_cni_caution_continuing`` (info) on continuing therapy (interpretation
+    49).
+    """
     egfr, gaps = egfr_now(inp)
     limit = threshold(inp, "egfr_cni_caution")
     if egfr is None:
         return quiet("N13", "no eGFR, reported or calculated, to compare with the threshold", gaps)
     if round(egfr.value, 6) > limit:
         return quiet("N13", f"newest eGFR {egfr.on()} is above {num(limit)}", gaps)
-    how = " calculated (CKD-EPI 2021)" if egfr.calculated else ""
+    how = f" calculated ({egfr.method})" if egfr.calculated else ""
+    if continuing_because(inp):
+        indicator = threshold(inp, "egfr_cni_caution_continuing")
+        detail = (
+            f"eGFR {egfr.on()}, on continuing tacrolimus therapy. The eGFR above {num(limit)} that KDIGO "
+            "2024 and the voclosporin label ask for is a condition for initiating a calcineurin-inhibitor "
+            "regimen; "
+            "on continuing therapy, follow kidney function closely and act on a creatinine rise (N2 and N3 "
+            "carry that action)."
+        )
+    else:
+        indicator = "warning"
+        detail = (
+            f"eGFR {egfr.on()}. KDIGO 2024 offers calcineurin-inhibitor regimens only when eGFR is above "
+            f"{num(limit)}, and the voclosporin label does not recommend starting at {num(limit)} or below "
+            "unless the benefit outweighs the risk. Weigh the benefit against nephrotoxicity and follow "
+            "kidney function closely if tacrolimus goes ahead."
+        )
     return finding(
         "N13",
-        "warning",
+        indicator,
         f"eGFR {num(round(egfr.value))}{how} is at or below {num(limit)}: calcineurin-inhibitor caution",
-        f"eGFR {egfr.on()}. KDIGO 2024 offers calcineurin-inhibitor regimens only when eGFR is above "
-        f"{num(limit)}, and the voclosporin label does not recommend starting at {num(limit)} or below "
-        "unless the benefit outweighs the risk. Weigh the benefit against nephrotoxicity and follow kidney "
-        "function closely if tacrolimus goes ahead.",
-        ("kdigo-2024", "lupkynis-label", *(("ckd-epi-2021",) if egfr.calculated else ())),
+        detail,
+        ("kdigo-2024", "lupkynis-label", *((egfr.citation,) if egfr.calculated else ())),
         evidence=egfr.evidence(),
         missing=gaps,
     )

@@ -37,6 +37,12 @@ TERATOGEN_CONCEPTS = ("teratogens", "mycophenolate", "cyclophosphamide", "methot
 HCG_GROUPS = ("hcg-qualitative", "hcg-quantitative")
 URINE_HCG = ("2106-3", "Choriogonadotropin (pregnancy test) [Presence] in Urine")
 TACROLIMUS_LEVEL = ("11253-2", "Tacrolimus [Mass/volume] in Blood")
+REMS_CADENCE = (
+    "The mycophenolate REMS asks for a pregnancy test immediately before starting mycophenolate and another "
+    "8–10 days later, repeated at follow-up visits, and acceptable contraception during mycophenolate "
+    "therapy and for 6 weeks after stopping it."
+)
+"""P3's testing cadence (rules.md v3 P3; clinical.md §6.2 "P3 (text change)": CellCept label and REMS)."""
 
 NEEDS = merge_needs(
     PREGNANCY_NEEDS,
@@ -167,9 +173,9 @@ def p3_mycophenolate_without_hcg(inp: RuleInput) -> Finding | Quiet:
         f"{'being ordered' if all(m.is_draft for m in mycophenolate) else 'active'} for {who}, with no "
         f"negative hCG in the last {num(days)} days. Mycophenolate must be stopped at least 6 weeks before "
         "conception (ACR 2020): confirm a negative pregnancy test and review contraception and pregnancy "
-        "plans. A urine test is suggested: it is quick and uses the urine sample the UPCR needs."
-        + ended_text,
-        ("acr-2020-reproductive",),
+        f"plans. {REMS_CADENCE} A urine test is suggested: it is quick and uses the urine sample the UPCR "
+        "needs." + ended_text,
+        ("acr-2020-reproductive", "cellcept-label"),
         evidence=[medication_evidence(m) for m in mycophenolate],
         missing=missing,
         suggestions=[OrderLabs((URINE_HCG,), "Order a urine pregnancy test (hCG)")],

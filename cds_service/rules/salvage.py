@@ -43,13 +43,16 @@ from cds_service.rules.common import (
 )
 from cds_service.rules.model import Evidence, Finding, Quiet, RuleInput
 
+ANTI_CD20 = ("rituximab", "obinutuzumab")
+"""The anti-CD20 drug classes whose allergy is an S3 barrier (obinutuzumab: FDA-approved for LN in 2025)."""
+
 NEEDS = merge_needs(
     PREGNANCY_NEEDS,
     {
         "Condition": ("lupus-nephritis", "lupus-nephritis-class-v", "hepatitis-b", "hypogammaglobulinemia"),
         "Observation": ("upcr", "hbsag", "igg"),
         "MedicationRequest": ("tacrolimus", "mycophenolate", "cyclophosphamide"),
-        "AllergyIntolerance": ("rituximab",),
+        "AllergyIntolerance": ANTI_CD20,
     },
 )
 
@@ -200,7 +203,7 @@ def s2_both_anchors_used(inp: RuleInput) -> Finding | Quiet:
 @needs_lupus_nephritis
 @new_start_only
 def s3_rituximab_barrier(inp: RuleInput) -> Finding | Quiet:
-    """A reason rituximab cannot be used (interpretation 10)."""
+    """A reason anti-CD20 therapy (rituximab, obinutuzumab) cannot be used (interpretations 10, 52)."""
     record = inp.record
     barriers: list[str] = []
     evidence = []
@@ -238,12 +241,13 @@ def s3_rituximab_barrier(inp: RuleInput) -> Finding | Quiet:
         if igg is None:
             missing.append("no IgG result on record")
 
-    allergies = record.active_allergies("rituximab")
+    allergies = {a.id: a for drug in ANTI_CD20 for a in record.active_allergies(drug)}.values()
     if allergies:
-        barriers.append("rituximab allergy or infusion reaction")
+        drugs = [drug for drug in ANTI_CD20 if any(drug in a.concepts for a in allergies)]
+        barriers.append(f"{words(drugs, 'or')} allergy or infusion reaction")
         evidence += [allergy_evidence(a) for a in allergies]
     else:
-        checked.append("no rituximab allergy")
+        checked.append("no rituximab or obinutuzumab allergy")
 
     pregnancy = pregnancy_status(record, inp.thresholds)
     if pregnancy.present:
@@ -254,21 +258,22 @@ def s3_rituximab_barrier(inp: RuleInput) -> Finding | Quiet:
     missing += pregnancy.missing
 
     if not barriers:
-        return quiet("S3", "no rituximab barrier recorded: " + "; ".join(checked), missing)
+        return quiet("S3", "no anti-CD20 barrier recorded: " + "; ".join(checked), missing)
     hbv_text = (
-        " Hepatitis B is a barrier to rituximab only: what it needs under tacrolimus is on the monitoring "
-        "card (N14)."
+        " Hepatitis B is a barrier to anti-CD20 therapy only: what it needs under tacrolimus is on the "
+        "monitoring card (N14)."
         if "hepatitis B" in barriers
         else ""
     )
     return finding(
         "S3",
         "info",
-        f"Rituximab barrier recorded: {barriers[0].split(' (')[0]}",
-        f"A reason rituximab may not be usable is recorded: {words(barriers)}. The source article sees a "
-        "place for tacrolimus when rituximab cannot be used, so it is a reasonable alternative "
-        f"here.{hbv_text}",
-        ("fomin-roberts-2016", "livertox-rituximab", "kdigo-2024")
+        f"Anti-CD20 barrier recorded: {barriers[0].split(' (')[0]}",
+        f"A reason anti-CD20 therapy may not be usable is recorded: {words(barriers)}. This covers rituximab "
+        "and obinutuzumab (FDA-approved for lupus nephritis in October 2025), which carry the same boxed "
+        "warning (hepatitis B reactivation, PML). The source article sees a place for tacrolimus when "
+        f"rituximab cannot be used, so it is a reasonable alternative here.{hbv_text}",
+        ("fomin-roberts-2016", "livertox-rituximab", "regency-2025", "kdigo-2024")
         + (("acr-2020-reproductive",) if pregnancy.present else ()),
         evidence=evidence,
         missing=missing,
