@@ -7,10 +7,10 @@ A transformation that cannot keep a record's meaning raises ``CannotPreserve`` w
 creatinine that rounding to whole µmol/L would move across a threshold); one that finds nothing to re-encode
 raises ``NothingToChange``. Both become skips with that reason, so a skip always says why.
 
-Codes used here come from the project's value sets (``cds_service/valuesets``: yes/no answers, pregnancy
-answers, lab codes) or from the catalog (rules.md v3: SNOMED qualifier values, HL7 interpretation codes;
-clinical.md §1.1: RxNorm ingredients). The LOINC answers LA6576-8 Positive / LA6577-6 Negative (answer list
-LL2206-2) and LA11882-0 Detected / LA11883-8 Not detected (LL1055-4) are as the SMART Health Cards
+Codes used here come from the project's value sets (``cds_service/valuesets``: lab codes, yes/no and
+pregnancy answers, RxNorm ingredients and product displays) or from the catalog (rules.md v3: SNOMED
+qualifier values, HL7 interpretation codes). The LOINC answers LA6576-8 Positive / LA6577-6 Negative (answer
+list LL2206-2) and LA11882-0 Detected / LA11883-8 Not detected (LL1055-4) are as the SMART Health Cards
 vaccination IG lists them in its COVID-19 lab result value set (smart-on-fhir/health-cards, FSH source).
 """
 
@@ -775,13 +775,31 @@ def medication_urn_uuid(request: dict, ctx: Context) -> dict:
 
 # --- 5. drug identity: product code, ingredient, name ------------------------------------------------------
 
-INGREDIENTS = {  # clinical.md §1.1 (RxNorm IN, verified there); matched as words of the product's name
+INGREDIENT_DISPLAY = re.compile(r"^[a-z][a-z ,-]*$", re.I)
+"""A value-set concept named by words alone (no strength, form or brand) is an ingredient (RxNorm IN/MIN)."""
+
+
+@cache
+def ingredients() -> dict[str, str]:
+    """Ingredient name (lower case) -> RxNorm code, from the shipped drug value sets, where one name has one
+    code; the product's name must contain it as words."""
+    found: dict[str, set[str]] = {}
+    for path in sorted((ROOT / "cds_service" / "valuesets").glob("*.json")):
+        for concept in json.loads(path.read_text()).get("expansion", {}).get("contains", []):
+            display = concept.get("display", "")
+            if concept.get("system") == RXNORM and INGREDIENT_DISPLAY.match(display):
+                found.setdefault(display.lower(), set()).add(concept["code"])
+    return {name: codes.pop() for name, codes in found.items() if len(codes) == 1} | KNOWN_INGREDIENTS
+
+
+KNOWN_INGREDIENTS = {  # clinical.md §1.1 (RxNorm IN, verified there)
     "tacrolimus": "42316", "mycophenolate mofetil": "68149", "mycophenolic acid": "7145",
     "cyclophosphamide": "3002", "rituximab": "121191", "azathioprine": "1256", "hydroxychloroquine": "5521",
-    "methotrexate": "6851", "cyclosporine": "3008", "belimumab": "1092437",
-    # ingredient codes the fixtures themselves order by (their concept is the ingredient)
-    "clarithromycin": "21212", "naproxen": "7258", "rifampin": "9384",
+    "methotrexate": "6851", "cyclosporine": "3008", "cyclosporine, modified": "236077",
+    "belimumab": "1092437",
 }  # fmt: skip
+
+
 FORM_WORDS = re.compile(
     r"(extended release oral (tablet|capsule)|oral (tablet|capsule|suspension)|granules for oral suspension|"
     r"injection|ointment|cream|tablet|capsule)",
@@ -789,10 +807,29 @@ FORM_WORDS = re.compile(
 )
 
 
+@cache
+def rxnorm_displays() -> dict[str, str]:
+    """RxNorm code -> its published display, from the shipped drug value sets."""
+    displays: dict[str, str] = {}
+    for path in sorted((ROOT / "cds_service" / "valuesets").glob("*.json")):
+        for concept in json.loads(path.read_text()).get("expansion", {}).get("contains", []):
+            if concept.get("system") == RXNORM and concept.get("display"):
+                displays.setdefault(concept["code"], concept["display"])
+    return displays
+
+
+def _names(concept: dict) -> list[str]:
+    """What a drug concept is called: its text, its codings' displays, their published RxNorm displays."""
+    codings = concept.get("coding", [])
+    names = [concept.get("text"), *(c.get("display") for c in codings)]
+    names += [rxnorm_displays().get(c.get("code", "")) for c in codings if c.get("system") == RXNORM]
+    return [n for n in names if isinstance(n, str) and n.strip()]
+
+
 def _name_of(concept: dict) -> str | None:
-    if isinstance(concept.get("text"), str) and concept["text"].strip():
-        return concept["text"]
-    return next((c["display"] for c in concept.get("coding", []) if c.get("display")), None)
+    """The name an EHR would send alone: the first that says the dose form (so the formulation is kept)."""
+    names = _names(concept)
+    return next((n for n in names if FORM_WORDS.search(n)), names[0] if names else None)
 
 
 def _drug_concepts(resources: Resources) -> list[dict]:
@@ -848,16 +885,17 @@ def drug_ingredient_only(resources: Resources, ctx: Context) -> Resources:
         raise NothingToChange("no order with a coded product")
     for order in orders:
         concept = order.pop("medicationCodeableConcept")
-        names = " ".join(filter(None, [concept.get("text"), *(c.get("display") for c in concept["coding"])]))
-        coded = {c.get("code") for c in concept["coding"]} & set(INGREDIENTS.values())
-        named = {code for word, code in INGREDIENTS.items() if re.search(rf"\b{word}\b", names, re.I)}
-        ingredients = sorted(coded or named)
-        if len(ingredients) != 1:
-            raise CannotPreserve(f"no single known ingredient in {names!r}")
+        names = " ".join(_names(concept))
+        coded = {c.get("code") for c in concept["coding"]} & set(ingredients().values())
+        words = [w for w in ingredients() if re.search(rf"\b{re.escape(w)}\b", names, re.I)]
+        named = {ingredients()[w] for w in words if not any(w != longer and w in longer for longer in words)}
+        found = sorted(coded or named)
+        if len(found) != 1:
+            raise CannotPreserve(f"no single ingredient of a shipped value set in {names!r}")
         medication: dict = {
             "resourceType": "Medication",
             "id": "med",
-            "ingredient": [{"itemCodeableConcept": {"coding": [{"system": RXNORM, "code": ingredients[0]}]}}],
+            "ingredient": [{"itemCodeableConcept": {"coding": [{"system": RXNORM, "code": found[0]}]}}],
         }
         forms = [m.group(0) for m in FORM_WORDS.finditer(names)]
         if forms:
