@@ -10,7 +10,7 @@ card's content, so the same request gives the same uuids.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -129,6 +129,7 @@ def _detail(
     numbers: Mapping[str, int],
     record: PatientRecord,
     not_checked: Mapping[str, str],
+    order_notes: Sequence[str] = (),
 ) -> str:
     """The findings from the most serious down, then what was missing, unreadable or not checked.
 
@@ -136,6 +137,8 @@ def _detail(
     """
     listed: set[Evidence] = set()
     parts = [_finding_markdown(f, numbers, listed) for f in ranked]
+    if order_notes:  # said once on every card (rules.md v3 Card contract)
+        parts.append("**About this order:** " + " ".join(order_notes))
     missing = list(dict.fromkeys(m for f in ranked for m in f.missing))
     if missing:
         parts.append("**Not found in the record:** " + "; ".join(missing) + ".")
@@ -221,8 +224,12 @@ def build_cards(
     settings: Mapping[str, Any],
     stored_orders: Mapping[str, Mapping] | None = None,
     not_checked: Mapping[str, str] | None = None,
+    order_notes: Sequence[str] = (),
 ) -> list[dict]:
-    """One card per topic with findings, in catalog topic order; each card's findings most serious first."""
+    """One card per topic with findings, in catalog topic order; each card's findings most serious first.
+
+    ``order_notes``: what every card says once about the order the answer is about (recognised by its name,
+    an unresolved medication reference, an earlier order not found)."""
     cards_settings = settings.get("cards") or {}
     patient_ref = f"Patient/{record.patient.id}" if record.patient and record.patient.id else None
     cards = []
@@ -234,7 +241,7 @@ def build_cards(
         card: dict[str, Any] = {
             "summary": card_summary(ranked[0], len(ranked) - 1),
             "indicator": ranked[0].indicator,
-            "detail": _detail(ranked, numbers, record, not_checked or {}),
+            "detail": _detail(ranked, numbers, record, not_checked or {}, order_notes),
             "source": {
                 "label": cards_settings.get("source_label", "Tacrolimus CDS"),
                 **({"url": cards_settings["source_url"]} if cards_settings.get("source_url") else {}),

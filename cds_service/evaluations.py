@@ -53,6 +53,8 @@ class Evaluated:
     notes: Mapping[str, Any] = field(default_factory=dict)
     from_request_alone: bool = True
     """Nothing was read from the FHIR server: only then may it be reused."""
+    order_notes: tuple[str, ...] = ()
+    """What every card says once about the order itself (``rules.orders.order_notes``)."""
 
 
 class EvaluationCache:

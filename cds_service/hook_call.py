@@ -24,19 +24,22 @@ from cds_service.fhir_client import FhirClient, FhirError
 from cds_service.fhir_json import path
 from cds_service.gather import Gathered, gather, run_parallel
 from cds_service.prefetch import KEY_BY_NAME
-from cds_service.protocol import validate_request
+from cds_service.protocol import ProtocolError, validate_request
 from cds_service.record_builder import build_record
 from cds_service.rules import PATIENT_VIEW as PATIENT_VIEW_RULES
 from cds_service.rules import evaluate
 from cds_service.rules.model import INDICATOR_RANK, Evaluation, Finding, RuleInput
+from cds_service.rules.orders import order_notes
 from cds_service.runtime import Runtime
 from cds_service.smart.links import add_course_links, course_context
 from cds_service.trigger import (
+    MedicationIndex,
     Resolver,
-    bundle_resolver,
+    bundle_entries,
     draft_resources,
     find_active_tacrolimus,
     find_trigger_orders,
+    readable_reference,
 )
 
 log = logging.getLogger("cds_service.hook_call")
@@ -139,21 +142,35 @@ def _medication_resolver(
     runtime: Runtime,
     already: Mapping[str, object] | None = None,
 ) -> tuple[Resolver, dict[str, object]]:
-    """Resolve ``Medication/x``: from the request's resources first, then (bounded) from the FHIR server.
+    """Resolve a ``medicationReference``: inside the request first, then (bounded) from the FHIR server.
 
-    Returns the resolver and what it read from the server; passing that back as ``already`` when the record
-    is built keeps a Medication read for the trigger from being read a second time.
+    Inside the request: a Medication in ``draftOrders`` or the prefetch, by ``Medication/id`` or by its
+    entry's ``fullUrl`` (``urn:uuid:…`` or absolute; rules.md v3 § Reading the record, References). Only
+    a relative ``Medication/id``, or an absolute URL on the request's own ``fhirServer``, is ever read from
+    the server; ``urn:uuid:`` and another server's URL never are. Returns the resolver and what it read from
+    the server; passing that back as ``already`` when the record is built keeps a Medication read for the
+    trigger from being read a second time.
     """
-    known = list(draft_resources(body.get("context") or {}))
+    context = body.get("context") or {}
+    server = body.get("fhirServer")
+    index = MedicationIndex(
+        client.base_url if client else (server if isinstance(server, str) and server else None),
+        more=lambda: _prefetch_entries(body.get("prefetch")),
+    )
+    index.add_bundle(context.get("draftOrders") or context.get("medications"))
+    known: list[Mapping] = list(draft_resources(context))
     if gathered:  # only the medication key can hold orders and the Medications included with them
+        for included in gathered.resources.get("medications", ()):
+            index.add(included)
         known += gathered.resources.get("medications", ())
-    local = bundle_resolver(known)
     fetched: dict[str, object] = dict(already or {})
     wanted = set()
     for resource in known:
         ref = path(resource, "medicationReference", "reference")
-        if isinstance(ref, str) and ref.startswith("Medication/") and local(ref) is None:
-            wanted.add(ref)
+        if client is None or not isinstance(ref, str) or ref.startswith("#") or index.find(ref):
+            continue
+        if readable := readable_reference(ref, client.base_url):
+            wanted.add(readable)
     wanted -= fetched.keys()
     if wanted and client is not None:
         # bounded: a request naming 10,000 Medications must not make the service send 10,000 reads
@@ -163,10 +180,21 @@ def _medication_resolver(
         fetched.update(read)
 
     def resolve(ref: str) -> Mapping | None:
-        found = local(ref) or fetched.get(ref)
+        found = index.find(ref)
+        if found is None and client is not None and (readable := readable_reference(ref, client.base_url)):
+            found = fetched.get(readable)  # type: ignore[assignment]
         return found if isinstance(found, Mapping) else None
 
     return resolve, fetched
+
+
+def _prefetch_entries(prefetch: object) -> list[tuple[str | None, Mapping]]:
+    """(fullUrl, resource) of the prefetch's medications Bundle, where Medications come with their orders: a
+    ``urn:uuid:`` reference may name one of its entries. Only that key is decoded, and only when asked."""
+    try:
+        return bundle_entries(prefetch.get("medications")) if isinstance(prefetch, Mapping) else []
+    except ProtocolError:  # a malformed value is refused, naming it, when the medications are gathered
+        return []
 
 
 PATIENT_VIEW = "patient-view"
@@ -279,6 +307,7 @@ def answer_hook(
         settings,
         stored_orders=evaluated.stored_orders,
         not_checked=evaluated.not_checked,
+        order_notes=evaluated.order_notes,
     )
     launch_url = smart_app_url() if callable(smart_app_url) else smart_app_url
     if cards and launch_url:  # the course app, launched from the monitoring and salvage cards
@@ -331,6 +360,7 @@ def _evaluate(
         resolve=resolve,
         unavailable={KEY_BY_NAME[k].resource_type for k in gathered.unavailable},
         lookback_days=longest_lookback(settings["thresholds"]),
+        answer_order_ids=[str(t.get("id")) for t in triggers][:1] if patient_view else (),
     )
     if patient_view:  # the newest active tacrolimus order is "the order", continuing therapy
         by_id = {m.id: m for m in record.medications if not m.is_draft}
@@ -355,6 +385,7 @@ def _evaluate(
         stored_orders={f"MedicationRequest/{r.get('id')}": r for r in stored_orders},
         not_checked={DATA_NAMES[k]: why for k, why in unread.items()},
         course=course_context(rule_input),
+        order_notes=order_notes(rule_input),
         notes={"triggers": len(triggers), **_fetch_notes(gathered)},
         from_request_alone=not gathered.fetched and not medications_read,
     )

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import NamedTuple
 
+from cds_service.drug_forms import ORAL_FORMULATIONS
+
 ACTIVE_MEDICATION_STATUSES = frozenset({"active", "on-hold", "draft"})
 
 
@@ -96,11 +98,36 @@ class Medication:
     """Id (without type) of the order this one renews or changes, from ``priorPrescription``."""
     recognised_by_name: frozenset[str] = frozenset()
     """Drug classes this order belongs to only because its text names them (rules.md § Drug recognition);
-    ``name`` then says so, so every card citing the drug shows it."""
+    ``name`` then says so, so every card citing the drug shows it, except for the order the answer is about,
+    which every card names once instead (``rules.orders.order_notes``)."""
+    formulation: str | None = None
+    """A tacrolimus order's formulation class (``drug_forms.FORMULATIONS``: immediate-release,
+    extended-release tablet, extended-release capsule, intravenous, unknown), from its product code, else
+    its name, text and form (rules.md v3 § Tacrolimus formulation); None for other drugs. The classes are
+    not interchangeable mg for mg (N12, N17, N18)."""
+    daily_dose_mg: float | None = None
+    """A tacrolimus order's total daily dose in mg from ``dosageInstruction`` (``dosage.daily_dose_mg``); None
+    when it cannot be worked out (the card then says so and compares no dose)."""
+    administrations_per_day: float | None = None
+    """How many times a day a tacrolimus order gives a dose (``dosage.administrations_per_day``); None when
+    unknown."""
+    product: str = ""
+    """What the order names as its product, canonically (its codes, else its name): with ``dosing``, tells two
+    identical drafts (a duplicate entry) from one regimen ordered in several drafts."""
+    dosing: str = ""
+    """Its dose and timing, canonically (``dosage.dosing_key``)."""
+    unresolved_reference: str = ""
+    """A ``medicationReference`` that could not be resolved (the order was recognised by its text): the card
+    names it."""
 
     @property
     def active(self) -> bool:
         return self.status in ACTIVE_MEDICATION_STATUSES
+
+    @property
+    def oral(self) -> bool:
+        """An oral tacrolimus formulation (immediate or extended release)."""
+        return self.formulation in ORAL_FORMULATIONS
 
     @property
     def reference(self) -> str:

@@ -31,6 +31,7 @@ from fhir.resources.R4B.observation import Observation as FhirObservation
 from fhir.resources.R4B.patient import Patient as FhirPatient
 from pydantic import ValidationError
 
+from cds_service.dosage import administrations_per_day, daily_dose_mg, dosing_key
 from cds_service.fhir_json import is_object, obj, objs, path, text
 from cds_service.record import (
     Allergy,
@@ -44,7 +45,7 @@ from cds_service.record import (
     RawLab,
     Unusable,
 )
-from cds_service.terminology import Terminology
+from cds_service.terminology import Terminology, canonical_system
 from cds_service.trigger import DrugName, Resolver, codeable_name, drug_name, recognise
 from cds_service.units import to_canonical
 
@@ -438,8 +439,15 @@ class RecordBuilder:
         return Period(start, max(start, min(end, self.now)))
 
     def medications(
-        self, stored: Iterable[Mapping], drafts: Iterable[Mapping], trigger_ids: set[str], resolve: Resolver
+        self,
+        stored: Iterable[Mapping],
+        drafts: Iterable[Mapping],
+        trigger_ids: set[str],
+        resolve: Resolver,
+        answer_order_ids: set[str] = frozenset(),  # type: ignore[assignment]
     ) -> list[Medication]:
+        """``answer_order_ids``: the stored order(s) a patient-view answer is about (the triggering drafts are
+        the order hooks'): a card names their recognition by name once, not in every mention of them."""
         candidates = []
         for raw, is_draft in [(r, False) for r in stored] + [(r, True) for r in drafts]:
             if raw.get("resourceType") not in ("MedicationRequest", "MedicationOrder"):
@@ -448,8 +456,8 @@ class RecordBuilder:
             recognised = recognise(name, self.terminology)  # rules.md § Drug recognition
             if recognised.classes:
                 candidates.append((raw, is_draft, name, recognised))
-            elif not is_draft and not self._unreadable(raw, "medicationCodeableConcept"):
-                self._report_unresolved(raw, name.unresolved)
+            elif not self._unreadable(raw, "medicationCodeableConcept"):
+                self._report_unresolved(raw, name.unresolved, is_draft)
         stored_candidates = [(c[3].classes, c[0]) for c in candidates if not c[1]]
         chosen = self._newest_per_class("MedicationRequest", stored_candidates, _order_date)
         stored_index = -1
@@ -464,38 +472,67 @@ class RecordBuilder:
             if is_draft:
                 status = "draft"  # a draft order of this session is active for the rules, whatever it says
             prior = path(raw, "priorPrescription", "reference")
+            order_id = str(raw.get("id", ""))
+            is_trigger = is_draft and order_id in trigger_ids
+            named_once = is_trigger or (not is_draft and order_id in answer_order_ids)
+            label = name.label or self._ingredients_label(name)
             found.append(
                 Medication(
-                    id=str(raw.get("id", "")),
+                    id=order_id,
                     concepts=concepts,
-                    name=_label(name.label or self._ingredients_label(name), recognised.by_name),
+                    name=label if named_once else _label(label, recognised.by_name),
                     status=status,
                     authored=parse_when(raw.get("authoredOn")),
                     exposure=None if is_draft else self._exposure(status, raw),
                     is_draft=is_draft,
-                    is_trigger=is_draft and str(raw.get("id")) in trigger_ids,
+                    is_trigger=is_trigger,
                     prior_prescription=prior.rsplit("/", 1)[-1] if isinstance(prior, str) else None,
                     recognised_by_name=recognised.by_name,
+                    unresolved_reference=name.reference if name.unresolved else "",
+                    **(self._tacrolimus(raw, name) if "tacrolimus" in concepts else {}),
                 )
             )
         return found
+
+    def _tacrolimus(self, raw: Mapping, name: DrugName) -> dict[str, Any]:
+        """A tacrolimus order's formulation class, daily dose, and what tells identical drafts apart."""
+        strength = self.terminology.strength_mg(name.codings)
+        codes = sorted(
+            f"{canonical_system(c.get('system'))}|{c['code'].strip()}"
+            for c in name.codings
+            if isinstance(c.get("code"), str) and canonical_system(c.get("system"))
+        )
+        return {
+            "formulation": self.terminology.formulation(name.codings, name.names + name.other_words),
+            "daily_dose_mg": daily_dose_mg(raw, strength),
+            "administrations_per_day": administrations_per_day(raw),
+            "product": " ".join(codes) or name.text.lower(),
+            "dosing": dosing_key(raw),
+        }
 
     def _ingredients_label(self, name: DrugName) -> str:
         """A Medication known only by its ingredients: their names (published displays), else "medication"."""
         words = list(name.other_words) or [d for c in name.ingredients if (d := self.terminology.display(c))]
         return " / ".join(words) or "medication"
 
-    def _report_unresolved(self, raw: Mapping, unresolved: bool) -> None:
-        """An order whose drug we could not see cannot be checked: say so rather than skip it silently."""
+    def _report_unresolved(self, raw: Mapping, unresolved: bool, is_draft: bool = False) -> None:
+        """An order whose drug we could not see cannot be checked: say so rather than skip it silently
+        (a draft too: rules.md v3 § Reading the record, References)."""
         reference = raw.get("medicationReference")
         target = path(reference, "reference")
+        where = f"MedicationRequest/{raw.get('id')}"
         if reference is not None and not isinstance(target, str):
             why = "its medicationReference is malformed, so its drug cannot be told"
-            self.skipped.append(Unusable(f"MedicationRequest/{raw.get('id')}", why))
+            self.skipped.append(Unusable(where, why))
+        elif unresolved and isinstance(target, str) and is_draft:
+            why = (
+                f"the draft's medication reference {target} could not be resolved, so its drug cannot be told"
+            )
+            self.skipped.append(Unusable(where, why))
         elif unresolved and isinstance(target, str) and not target.startswith("#"):
             self.skipped.append(
                 Unusable(
-                    f"MedicationRequest/{raw.get('id')}",
+                    where,
                     f"its drug is only a reference to {target}, "
                     "which was not in the request and could not be read",
                 )
@@ -715,6 +752,7 @@ def build_record(
     resolve: Resolver | None = None,
     unavailable: Iterable[str] = (),
     lookback_days: int = DEFAULT_LOOKBACK_DAYS,
+    answer_order_ids: Iterable[str] = (),
 ) -> PatientRecord:
     builder = RecordBuilder(terminology, now, lookback_days)
     return PatientRecord(
@@ -727,6 +765,7 @@ def build_record(
                 builder.scanned("draft order", drafts),
                 set(trigger_ids),
                 resolve or (lambda r: None),
+                set(answer_order_ids),
             )
         ),
         allergies=tuple(builder.allergies(builder.scanned("AllergyIntolerance", allergies))),

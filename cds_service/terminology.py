@@ -29,11 +29,12 @@ sub-folder (``unverified``); ``local_codes`` adds an organisation's own codes. C
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from cds_service.drug_forms import UNKNOWN, strength_mg, tables, words
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "valuesets"
 
@@ -58,15 +59,9 @@ SOURCE_EXTENSION = PROFILE + "code-source"
 SOURCE_KEY_EXTENSION = PROFILE + "code-source-key"
 """expansion.contains extension (valueString): the key of a source that lists this code; one per source."""
 
-LOCAL_FORM_WORDS = (
-    "topical", "cutaneous", "dermal", "cream", "ointment", "gel", "jelly", "lotion", "shampoo", "foam",
-    "ophthalmic", "eye", "otic", "ear", "vaginal", "mouthwash", "oral rinse", "dental", "medicated patch",
-    "medicated pad", "irrigation", "swab",
-)  # fmt: skip
-"""Dose-form words of products for the skin, eye, ear or mucosa: such a product is never in a drug class."""
-LOCAL_FORM = re.compile(r"\b(" + "|".join(w.replace(" ", r"\s+") for w in LOCAL_FORM_WORDS) + r")\b", re.I)
-_WORD = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*")
-"""A word of a drug name: letters and digits, an apostrophe inside (john's); anything else separates words."""
+_FORMS = tables()
+"""Dose forms for skin, eye, ear or mucosa (``cds_service/data/drug-forms.json``): never in a drug class."""
+TACROLIMUS = "tacrolimus"
 
 COMPOSITES = {"teratogens": ("mycophenolate", "cyclophosphamide", "methotrexate", "leflunomide")}
 """Value sets defined as the union of others; extension and local codes of a member flow into them."""
@@ -119,21 +114,20 @@ class Terminology:
         for name, rows in expansions.items():
             kept[name] = []
             for row in rows:
-                if name in self.drug_classes and LOCAL_FORM.search(row[2]):
+                if name in self.drug_classes and _FORMS.forms.is_local(words(row[2])):
                     self.local_forms.setdefault((row[0], row[1].strip()), (name, row[2]))
                 else:
                     kept[name].append(row)
         expansions = kept
         self._codes = {name: tuple(rows) for name, rows in expansions.items()}
-        self.names_of: dict[str, tuple[str, ...]] = {name: tuple(words) for name, words in names.items()}
+        self.names_of: dict[str, tuple[str, ...]] = {name: tuple(found) for name, found in names.items()}
         by_words: dict[tuple[str, ...], set[str]] = {}
-        for name, words in self.names_of.items():
-            for word in words:
-                if key := _words(word):
+        for name, class_words in self.names_of.items():
+            for word in class_words:
+                if key := words(word):
                     by_words.setdefault(key, set()).add(name)
-        self._classes_of_words = {words: frozenset(found) for words, found in by_words.items()}
-        self._local_form_words = {_words(w) for w in LOCAL_FORM_WORDS}
-        self._longest = max((len(k) for k in (*by_words, *self._local_form_words)), default=0)
+        self._classes_of_words = {key: frozenset(found) for key, found in by_words.items()}
+        self._longest = max((len(k) for k in by_words), default=0)
         self.names: frozenset[str] = frozenset(self._codes)
         exact: dict[tuple[str, str], set[str]] = {}
         icd: dict[str, set[str]] = {}
@@ -147,6 +141,11 @@ class Terminology:
                     if display and name in self.drug_classes:
                         self._displays.setdefault((system, code.strip()), display)
         self._exact = {key: frozenset(names) for key, names in exact.items()}
+        self.formulations: dict[tuple[str, str], str] = {
+            (system, code.strip()): _FORMS.formulations.of_texts([display])
+            for system, code, display in self._codes.get(TACROLIMUS, ())
+        }
+        """(system, code) -> tacrolimus formulation class, from each code's published display."""
         self._icd = {key: frozenset(names) for key, names in icd.items()}
         self._memo: dict[tuple[object, object], frozenset[str]] = {}
         self._text_memo: dict[str, frozenset[str] | None] = {}
@@ -253,15 +252,35 @@ class Terminology:
         return named
 
     def _scan(self, text: str) -> frozenset[str] | None:
-        words = _words(text)
+        found = words(text)
+        if _FORMS.forms.is_local(found):
+            return None
         named: set[str] = set()
         for size in range(1, self._longest + 1):  # every run of 1..3 words: one dict hit each
-            for start in range(len(words) - size + 1):
-                run = words[start : start + size]
-                if run in self._local_form_words:
-                    return None
-                named |= self._classes_of_words.get(run, frozenset())
+            for start in range(len(found) - size + 1):
+                named |= self._classes_of_words.get(found[start : start + size], frozenset())
         return frozenset(named)
+
+    def formulation(self, codings: Iterable[Mapping], texts: Iterable[str]) -> str:
+        """A tacrolimus order's formulation class: from its product code, else from its name, text and form
+        (rules.md v3 § Tacrolimus formulation); "unknown" when neither tells."""
+        for coding in codings:
+            system, code = canonical_system(coding.get("system")), coding.get("code")
+            found = (
+                self.formulations.get((system, code.strip())) if system and isinstance(code, str) else None
+            )
+            if found and found != UNKNOWN:
+                return found
+        return _FORMS.formulations.of_texts([t for t in texts if isinstance(t, str)])
+
+    def strength_mg(self, codings: Iterable[Mapping]) -> float | None:
+        """A drug-class product's strength in mg, from its published display ("N MG"), not the sender's."""
+        for coding in codings:
+            display = self.display(coding)
+            found = strength_mg(display) if display else None
+            if found is not None:
+                return found
+        return None
 
     def display(self, coding: Mapping) -> str | None:
         """The published display of a drug-class code (to name a Medication known only by its ingredients)."""
@@ -332,11 +351,6 @@ def _expansion(path: Path, resource: dict) -> list[tuple[str, str, str]]:
             raise ValueError(f"{path}: expansion entry without system and code: {entry!r}")
         rows.append((system, code.strip(), entry.get("display") or ""))
     return rows
-
-
-def _words(text: str) -> tuple[str, ...]:
-    """The words of a text, lower case, for whole-word name matching ("St. John’s Wort" -> st john's wort)."""
-    return tuple(_WORD.findall(text.lower().replace("’", "'")))
 
 
 def _class_names(resource: dict) -> list[str]:

@@ -10,15 +10,22 @@ or else by a tacrolimus name in its text or displays; a form for skin, eye, ear 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from cds_service.fhir_json import is_object, obj
 from cds_service.terminology import Recognition, Terminology
 
 ORDER_TYPES = ("MedicationRequest", "MedicationOrder")  # MedicationOrder: DSTU2 clients
 
 Resolver = Callable[[str], Mapping | None]
-"""Looks up a Medication by reference (``Medication/x``); None when it cannot be found."""
+"""Looks up a Medication by reference (``Medication/x``, ``urn:uuid:…``, an absolute URL); None when it cannot
+be found. Contained ``#id`` references are resolved in the order itself (``drug_name``)."""
+
+READABLE = re.compile(r"Medication/[A-Za-z0-9\-.]{1,64}")
+"""A reference a FHIR server can be asked for: a relative ``Medication/id`` (FHIR's id syntax)."""
+_HISTORY = re.compile(r"/_history/[^/]*$")
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,8 @@ class DrugName:
     """Texts and displays of the Medication's ingredients and form: read for names and local forms."""
     unresolved: bool = False
     """True when the order references a Medication that was neither sent nor could be read."""
+    reference: str = ""
+    """The ``medicationReference.reference`` when it could not be resolved: the card names it."""
 
     @property
     def text(self) -> str:
@@ -117,7 +126,7 @@ def drug_name(order: Mapping, resolve: Resolver | None = None) -> DrugName:
     shown = ref.get("display")
     display = (shown.strip(),) if isinstance(shown, str) and shown.strip() else ()
     if not isinstance(medication, Mapping):
-        return DrugName((), display, unresolved=bool(target))
+        return DrugName((), display, unresolved=bool(target), reference=target)
     name = codeable_name(medication.get("code")) or DrugName((), ())
     ingredients, other_words = _medication_parts(medication)
     return DrugName(name.codings, name.names + display, ingredients, other_words)
@@ -156,10 +165,86 @@ def find_trigger_orders(
     ]
 
 
+def readable_reference(reference: str, base_url: str | None = None) -> str | None:
+    """``Medication/id`` for a reference the EHR's FHIR server can be asked for: a relative one, or an
+    absolute URL on that server (``base_url``; any server when it is not known, for matching only); None for
+    ``urn:uuid:``, ``#id`` and another server's URL, which are only ever resolved inside the request."""
+    reference = _HISTORY.sub("", reference.strip())
+    if "://" in reference:
+        base = (base_url or "").rstrip("/") + "/"
+        if base_url and reference.startswith(base):
+            reference = reference[len(base) :]
+        elif base_url is None and "/Medication/" in reference:
+            reference = "Medication/" + reference.rsplit("/Medication/", 1)[1]
+        else:
+            return None
+    return reference if READABLE.fullmatch(reference) else None
+
+
+class MedicationIndex:
+    """The Medications a request carries, by ``Medication/id`` and by their entry's ``fullUrl`` (``urn:uuid:``
+    or absolute): what a ``medicationReference`` is resolved against before the FHIR server is asked.
+
+    ``more`` gives further (fullUrl, resource) pairs, read only on the first miss of a reference no server can
+    be asked for (``urn:uuid:``): the prefetch, so an order whose drug is coded, or a ``Medication/id``, is
+    still answered without decoding the prefetch.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        more: Callable[[], Iterable[tuple[str | None, Mapping]]] | None = None,
+    ):
+        self.base_url = base_url
+        self._by_ref: dict[str, Mapping] = {}
+        self._by_url: dict[str, Mapping] = {}
+        self._more = more
+
+    def add(self, resource: Mapping, full_url: object = None) -> None:
+        if not is_object(resource) or resource.get("resourceType") != "Medication":
+            return
+        if isinstance(resource.get("id"), str):
+            self._by_ref.setdefault(f"Medication/{resource['id']}", resource)
+        if isinstance(full_url, str) and full_url.strip():
+            self._by_url.setdefault(full_url.strip(), resource)
+
+    def add_bundle(self, bundle: object) -> None:
+        for full_url, resource in bundle_entries(bundle):
+            self.add(resource, full_url)
+
+    def find(self, reference: str) -> Mapping | None:
+        found = self._find(reference)
+        if found is None and self._more is not None and not readable_reference(reference, self.base_url):
+            more, self._more = self._more, None
+            for full_url, resource in more():
+                self.add(resource, full_url)
+            found = self._find(reference)
+        return found
+
+    def _find(self, reference: str) -> Mapping | None:
+        reference = reference.strip()
+        found = self._by_url.get(reference)
+        if found is None and (readable := readable_reference(reference, self.base_url)):
+            found = self._by_ref.get(readable)
+        return found
+
+
+def bundle_entries(bundle: object) -> list[tuple[str | None, Mapping]]:
+    """(fullUrl, resource) of each entry of a Bundle dict; nothing for anything else (never raises)."""
+    entries = obj(bundle).get("entry")
+    return [
+        (e.get("fullUrl") if isinstance(e.get("fullUrl"), str) else None, e["resource"])
+        for e in (entries if isinstance(entries, list) else ())
+        if is_object(e) and is_object(e.get("resource"))
+    ]
+
+
 def bundle_resolver(resources: Iterable[Mapping]) -> Resolver:
     """Resolve ``Medication/x`` against Medication resources sent in the same request."""
-    by_ref = {f"Medication/{r.get('id')}": r for r in resources if r.get("resourceType") == "Medication"}
-    return by_ref.get
+    index = MedicationIndex()
+    for resource in resources:
+        index.add(resource)
+    return index.find
 
 
 ACTIVE_STORED = ("active", "on-hold")

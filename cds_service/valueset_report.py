@@ -15,10 +15,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cds_service.drug_forms import tables, words
 from cds_service.terminology import (
     COMPOSITES,
     DEFAULT_DIR,
-    LOCAL_FORM,
     NAME_EXTENSION,
     SOURCE_EXTENSION,
     SOURCE_KEY_EXTENSION,
@@ -94,7 +94,7 @@ def build_report(directory: Path = DEFAULT_DIR) -> list[ClassReport]:
         codes: set[str] = set()
         for entry in resource.get("expansion", {}).get("contains", []):
             display = entry.get("display", "")
-            if LOCAL_FORM.search(display):
+            if tables().forms.is_local(words(display)):
                 report.local_forms += 1
                 continue
             codes.add(entry["code"])

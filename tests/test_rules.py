@@ -675,8 +675,15 @@ def test_n12_duplicate_calcineurin_inhibitors():
     assert "renews tac-old" in stays_quiet(
         "N12", make(meds=(stored,), trigger=tacrolimus_draft(prior="tac-old"))
     )
-    second = med("tacrolimus", draft=True, rid="tac-draft-2", name="tacrolimus XR 4 MG")
-    f = fires("N12", make(meds=(second,)))
+    # rules.md v3: of two identical drafts, the later one in draftOrders is the duplicate
+    second = med("tacrolimus", draft=True, rid="tac-draft-2", name="tacrolimus 1 MG Oral Capsule")
+    inp = make()
+    inp = RuleInput(
+        PatientRecord(NOW, inp.record.patient, inp.record.conditions, (inp.orders[0], second)),
+        inp.orders,
+        inp.thresholds,
+    )
+    f = fires("N12", inp)
     assert [(s.medication.id, s.drafts_only) for s in f.suggestions] == [("tac-draft-2", True)]
     assert "24 hours" not in f.detail
     stays_quiet("N12", make(meds=(med("tacrolimus", status="stopped", days=400, ended_days=300),)))
@@ -1145,7 +1152,8 @@ CLASS_V = (cond("lupus", "lupus-nephritis", "lupus-nephritis-class-v", name="SLE
 
 def test_salvage_questions_are_asked_only_for_a_new_start():
     fires("S4", make(conditions=CLASS_V))
-    renewal = make(conditions=CLASS_V, trigger=tacrolimus_draft(prior="tac-old"))
+    stored = med("tacrolimus", rid="tac-old", status="cancelled")  # in the record, with no exposure
+    renewal = make(conditions=CLASS_V, meds=(stored,), trigger=tacrolimus_draft(prior="tac-old"))
     assert "renews or changes MedicationRequest/tac-old" in stays_quiet("S4", renewal)
     earlier = make(
         conditions=CLASS_V, meds=(med("tacrolimus", status="completed", days=800, ended_days=700),)
@@ -1153,6 +1161,22 @@ def test_salvage_questions_are_asked_only_for_a_new_start():
     assert "earlier tacrolimus exposure" in stays_quiet("S4", earlier)
     for rule_id in ("S0", "S1", "S2", "S3", "N11", "N15"):
         assert "continuing" in stays_quiet(rule_id, renewal)
+
+
+def test_a_prior_prescription_not_in_the_record_is_continuing_therapy_but_n15_still_screens():
+    # rules.md v3 § Data rules, New start: the patient may take tacrolimus from another prescriber or system
+    renewal = make(conditions=CLASS_V, trigger=tacrolimus_draft(prior="elsewhere-1"))
+    for rule_id in ("S0", "S4", "N11"):
+        reason = stays_quiet(rule_id, renewal)
+        assert "renews MedicationRequest/elsewhere-1, which was not found in the record" in reason
+    assert fires("N15", renewal).suggestions  # not known to have been screened here: order HBsAg
+    assert "earlier tacrolimus exposure" in stays_quiet(
+        "N15",
+        make(
+            meds=(med("tacrolimus", status="completed", days=800, ended_days=700),),
+            trigger=tacrolimus_draft(prior="elsewhere-1"),
+        ),
+    )
 
 
 def test_continuing_flag_and_selection_serve_the_patient_view_service():

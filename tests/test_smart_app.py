@@ -246,6 +246,8 @@ HAND_MADE_ORDERS = [
     _order("by-code", medicationCodeableConcept={"coding": [{"system": RXNORM, "code": "198377"}]}),
     _order("by-brand-name", medicationCodeableConcept={"text": "Prograf 1 mg capsule"}),
     _order("ointment", medicationCodeableConcept={"text": "Protopic (tacrolimus) 0.1 % ointment"}),
+    _order("oint-abbreviated", medicationCodeableConcept={"text": "tacrolimus 0.03 % oint"}),
+    _order("systemic-word-wins", medicationCodeableConcept={"text": "tacrolimus ER 1 mg cap top"}),
     _order(
         "by-oid",
         medicationCodeableConcept={"coding": [{"system": "urn:oid:2.16.840.1.113883.6.88", "code": "21212"}]},
@@ -274,7 +276,8 @@ def test_the_app_recognises_drug_orders_as_the_rules_do(service, fhir, browser):
         terminology=Terminology.load(), now=datetime.now(UTC), patient=None, medications=HAND_MADE_ORDERS
     )
     expected = sorted((m.id, g) for m in record.medications for g in DRUG_GROUPS if g in m.concepts)
-    assert ("by-brand-name", "tacrolimus") in expected and not any(i == "ointment" for i, _ in expected)
+    assert ("by-brand-name", "tacrolimus") in expected and ("systemic-word-wins", "tacrolimus") in expected
+    assert not any(i in ("ointment", "oint-abbreviated") for i, _ in expected)
     page = browser.new_page()
     launch = ehr_launch(fhir, expected_course(LAUNCHED[0])["patient"])
     page.goto(f"{service}/smart/launch?iss={fhir}&launch={launch}")

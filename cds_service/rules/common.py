@@ -603,9 +603,29 @@ def continuing_because(inp: RuleInput) -> str | None:
     if tacrolimus.start is not None:
         return f"continuing therapy: earlier tacrolimus exposure from {tacrolimus.start.isoformat()}"
     renewed = sorted({o.prior_prescription for o in inp.orders if o.prior_prescription})
+    if renewed and unfound_priors(inp) == renewed:  # rules.md v3 § Data rules, New start
+        return (
+            f"continuing therapy: this order renews MedicationRequest/{', '.join(renewed)}, which was not "
+            "found in the record (the patient may take tacrolimus from another prescriber or system)"
+        )
     if renewed:
         return f"continuing therapy: this order renews or changes MedicationRequest/{', '.join(renewed)}"
     return None
+
+
+def unfound_priors(inp: RuleInput) -> list[str]:
+    """Ids of the orders this request's order(s) renew (``priorPrescription``) that the record lacks."""
+    known = {m.id for m in inp.record.medications if not m.is_draft}
+    return sorted({o.prior_prescription for o in inp.orders if o.prior_prescription} - known)
+
+
+def screened_as_new_start(inp: RuleInput) -> bool:
+    """N15 runs for a new start, and for a renewal of an order the record does not hold (rules.md v3: the
+    patient is not known to have been screened here); never for earlier exposure on record or patient-view."""
+    if inp.continuing or exposure(inp.record, "tacrolimus").start is not None:
+        return False
+    renewed = sorted({o.prior_prescription for o in inp.orders if o.prior_prescription})
+    return unfound_priors(inp) == renewed
 
 
 # --- eGFR, reported or calculated ---------------------------------------------------------------------------

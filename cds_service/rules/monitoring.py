@@ -36,6 +36,7 @@ from cds_service.rules.common import (
     percent,
     quiet,
     recent_since,
+    screened_as_new_start,
     threshold,
     unavailable,
     unusable_in,
@@ -43,6 +44,13 @@ from cds_service.rules.common import (
     words,
 )
 from cds_service.rules.model import Evidence, Finding, OrderLabs, Quiet, RuleInput, StopMedication
+from cds_service.rules.orders import (
+    CRITICAL_KINDS,
+    STORED_KINDS,
+    draft_overlaps,
+    overlap_sentence,
+    stored_overlap,
+)
 
 NEEDS: dict[str, tuple[str, ...]] = {
     "Patient": (),
@@ -624,34 +632,39 @@ def n11_new_start(inp: RuleInput) -> Finding | Quiet:
 
 # --- duplicate calcineurin inhibitor, eGFR (N12, N13; S5 and S6 in version 1) ------------------------------
 def n12_duplicate_cni(inp: RuleInput) -> Finding | Quiet:
-    """Another calcineurin inhibitor, or a second tacrolimus order (interpretation 17)."""
+    """Another calcineurin inhibitor, or a tacrolimus order that is neither this one, a renewal, nor part of
+    one regimen in several drafts (rules.md v3 § Data rules; interpretations 17, E44-E47)."""
     record = inp.record
     others = active_orders(record, "other-calcineurin-inhibitors")
     renewed = {o.prior_prescription for o in inp.orders if o.prior_prescription}
-    tacrolimus_drafts = [m for m in record.active_medications("tacrolimus") if m.is_draft]
     this_order = inp.orders[0].id if inp.orders else None
-    duplicates = [m for m in tacrolimus_drafts if m.id != this_order] if len(tacrolimus_drafts) > 1 else []
+    tacrolimus = record.active_medications("tacrolimus")
+    overlaps = draft_overlaps([m for m in tacrolimus if m.is_draft])
     stored = [
         m
-        for m in record.active_medications("tacrolimus")
+        for m in tacrolimus
         if not m.is_draft
         and not m.is_trigger
         and m.status in ("active", "on-hold")
         and m.id not in renewed
         and m.id != this_order
     ]
-    found = [*others, *duplicates, *stored]
-    if not found:
+    overlaps += [overlap for m in stored if (overlap := stored_overlap(m, inp.orders))]
+    if not others and not overlaps:
         return quiet(
             "N12",
-            "no other calcineurin inhibitor and no second tacrolimus order is active"
+            "no other calcineurin inhibitor and no second tacrolimus order is active (tacrolimus drafts "
+            "of one formulation are one regimen)"
             + (f" (this order renews {', '.join(sorted(renewed))})" if renewed else ""),
             unavailable(record, "MedicationRequest"),
         )
+    critical = bool(others) or any(o.kind in CRITICAL_KINDS for o in overlaps)
+    duplicates = [o.order for o in overlaps if o.kind in CRITICAL_KINDS]
+    found = [*others, *dict.fromkeys(o.order for o in overlaps)]
     detail_renewal = (
         " If this order replaces the earlier tacrolimus order, link it as a renewal or change "
         "(priorPrescription) or stop the old order."
-        if stored or duplicates
+        if any(o.kind in STORED_KINDS for o in overlaps)
         else ""
     )
     if not others:
@@ -666,17 +679,28 @@ def n12_duplicate_cni(inp: RuleInput) -> Finding | Quiet:
             " When switching from cyclosporine, start tacrolimus no sooner than 24 hours after the last "
             "cyclosporine dose, later if cyclosporine levels are high (Prograf label)."
         )
+    how = "".join(f" {sentence}" for o in overlaps if (sentence := overlap_sentence(o)))
+    if not critical:
+        return finding(
+            "N12",
+            "warning",
+            f"Intravenous and oral tacrolimus both active: {found[0].name}",
+            f"{how.strip()} Overlapping them adds to the tacrolimus exposure.",
+            ("prograf-label",),
+            evidence=[medication_evidence(m) for m in found],
+            missing=unavailable(record, "MedicationRequest"),
+        )
     return finding(
         "N12",
         "critical",
         f"Duplicate calcineurin-inhibitor therapy: {found[0].name}",
         f"{capital(names(found))} {'is' if len(found) == 1 else 'are'} active alongside this tacrolimus "
         "order: duplicate calcineurin-inhibitor therapy, with additive nephrotoxicity. Keep one "
-        f"calcineurin inhibitor.{detail_renewal}{cyclosporine}",
+        f"calcineurin inhibitor.{how}{detail_renewal}{cyclosporine}",
         ("prograf-label", "lupkynis-label"),
         evidence=[medication_evidence(m) for m in found],
         missing=unavailable(record, "MedicationRequest"),
-        suggestions=remove_drafts(found, "Duplicate calcineurin-inhibitor therapy"),
+        suggestions=remove_drafts([*others, *duplicates], "Duplicate calcineurin-inhibitor therapy"),
     )
 
 
@@ -767,9 +791,8 @@ def n14_hepatitis_b(inp: RuleInput) -> Finding | Quiet:
 def n15_hepatitis_b_screen(inp: RuleInput) -> Finding | Quiet:
     """A new start with no hepatitis B status on record at all: screen first."""
     record = inp.record
-    continuing = continuing_because(inp)
-    if continuing:
-        return quiet("N15", f"{continuing}: the screening reminder is for a new start")
+    if not screened_as_new_start(inp):
+        return quiet("N15", f"{continuing_because(inp)}: the screening reminder is for a new start")
     conditions = record.confirmed_conditions("hepatitis-b")
     if conditions:
         return quiet("N15", f"a hepatitis B condition is on record ({conditions[0].name}); N14 applies")

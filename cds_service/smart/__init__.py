@@ -24,8 +24,9 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, current_app, jsonify, request, send_file
 
 from cds_service import units
+from cds_service.drug_forms import form_table_data
 from cds_service.record_builder import DURATION_DAYS
-from cds_service.terminology import LOCAL_FORM_WORDS, SYSTEM_ALIASES
+from cds_service.terminology import SYSTEM_ALIASES
 
 STATIC = Path(__file__).resolve().parent / "static"
 CLIENT_ID = "tacrolimus-course"
@@ -152,7 +153,7 @@ def terminology() -> Response:
             # recognition by name and the forms for skin, eye, ear or mucosa (rules.md § Drug recognition)
             "drugNames": {g: list(terms.names_of.get(g, ())) for g in DRUG_GROUPS},
             "localForms": sorted(f"{s}|{c}" for s, c in terms.local_forms),
-            "localFormWords": list(LOCAL_FORM_WORDS),
+            "formTable": form_table_data(),  # drug-forms.json: what course.js reads local forms with
             "durationDays": DURATION_DAYS,  # a stopped order's supply: expectedSupplyDuration units in days
             "units": {g: {"canonical": units.CANONICAL_UNITS[g], "factors": units.linear_factors(g)}
                       for g in LAB_GROUPS},

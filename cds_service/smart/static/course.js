@@ -170,12 +170,44 @@
     return text.toLowerCase().replace(/\u2019/g, "'").match(/[a-z0-9]+(?:'[a-z0-9]+)*/g) || [];
   }
 
+  /* drug_forms.FormTable.is_local: does one text (its words) name a form for skin, eye, ear or mucosa? */
+  function formReader(table) {
+    const phrases = (list) => {
+      const keys = new Set((list || []).map((p) => words(p).join(" ")).filter(Boolean));
+      const longest = Math.max(0, ...[...keys].map((k) => k.split(" ").length));
+      return (w) => {
+        for (let size = 1; size <= longest; size++) {
+          for (let start = 0; start + size <= w.length; start++) {
+            if (keys.has(w.slice(start, start + size).join(" "))) return true;
+          }
+        }
+        return false;
+      };
+    };
+    const systemicNames = phrases(table.systemic_form_names);
+    const byIngredient = Object.entries(table.systemic_by_ingredient || {})
+      .map(([ingredient, forms]) => [phrases([ingredient]), phrases(forms)]);
+    const localNames = phrases(table.local_form_names);
+    const systemicWords = phrases(table.systemic_words);
+    const localWords = phrases(table.local_words);
+    const dropWords = phrases(table.drop_words);
+    const eyeEarWords = phrases(table.eye_ear_words);
+    return function isLocal(w) {
+      if (systemicNames(w)) return false;
+      if (byIngredient.some(([ingredient, forms]) => ingredient(w) && forms(w))) return false;
+      if (localNames(w)) return true;
+      if (systemicWords(w)) return false;
+      if (localWords(w)) return true;
+      return dropWords(w) && eyeEarWords(w);
+    };
+  }
+
   /* Terminology.recognise: {classes, byName} of a drug name (empty classes for a local form) */
   function recogniser(terms) {
     const groupsOf = index(terms);
     const aliases = terms.systemAliases || {};
     const localForms = new Set(terms.localForms || []);
-    const localWords = new Set((terms.localFormWords || []).map((w) => words(w).join(" ")));
+    const isLocalText = formReader(terms.formTable || {});
     const classesOfWords = new Map();
     for (const [group, names] of Object.entries(terms.drugNames || {})) {
       for (const name of names) {
@@ -185,7 +217,7 @@
         classesOfWords.get(key).add(group);
       }
     }
-    const longest = Math.max(0, ...[...classesOfWords.keys(), ...localWords].map((k) => k.split(" ").length));
+    const longest = Math.max(0, ...[...classesOfWords.keys()].map((k) => k.split(" ").length));
     const NONE = { classes: new Set(), byName: new Set() };
     return function recognise(name) {
       const isLocal = (c) => typeof c.code === "string" && typeof c.system === "string" &&
@@ -194,10 +226,10 @@
       const named = new Set();
       for (const text of name.names.concat(name.otherWords)) {
         const w = words(text);
+        if (isLocalText(w)) return NONE;
         for (let size = 1; size <= longest; size++) {
           for (let start = 0; start + size <= w.length; start++) {
             const run = w.slice(start, start + size).join(" ");
-            if (localWords.has(run)) return NONE;
             for (const g of classesOfWords.get(run) || []) named.add(g);
           }
         }
