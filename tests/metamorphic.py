@@ -121,9 +121,17 @@ def clone(node: Any) -> Any:
 
 
 @cache
+def valueset(name: str) -> dict:
+    """A value set the service ships verified (``cds_service/valuesets/<name>.json``); {} when it ships none
+    (or only behind configuration, under ``unverified/``)."""
+    path = ROOT / "cds_service" / "valuesets" / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+@cache
 def valueset_codes(name: str) -> frozenset[tuple[str, str]]:
-    """(system, code) of a shipped value set: its expansion, else its compose."""
-    data = json.loads((ROOT / "cds_service" / "valuesets" / f"{name}.json").read_text())
+    """(system, code) of a shipped value set: its expansion and its compose."""
+    data = valueset(name)
     codes = {(c["system"], c["code"]) for c in data.get("expansion", {}).get("contains", [])}
     for include in data.get("compose", {}).get("include", []):
         codes |= {(include.get("system", ""), c["code"]) for c in include.get("concept", [])}
@@ -1158,12 +1166,13 @@ DELIVERY_ICD10 = re.compile(r"^(O8[0-2]|Z37)")
 
 
 def _delivery_procedure_code() -> tuple[str, str] | None:
-    """A SNOMED delivery procedure from the project's published Delivery Procedures value set, if shipped."""
-    try:
-        codes = valueset_codes("delivery-procedures")
-    except FileNotFoundError:
-        return None
-    return next(iter(sorted(c for c in codes if c[0] == SNOMED)), None)
+    """A SNOMED delivery procedure from the shipped Delivery Procedures value set (VSAC), if there is one:
+    "Normal delivery procedure" where the set has it."""
+    contains = valueset("delivery-procedures").get("expansion", {}).get("contains", [])
+    snomed = sorted((c for c in contains if c.get("system") == SNOMED), key=lambda c: c["code"])
+    plain = [c for c in snomed if re.match(r"normal delivery", c.get("display", ""), re.I)]
+    chosen = (plain or snomed or [None])[0]
+    return (SNOMED, chosen["code"]) if chosen else None
 
 
 @transformation("delivery-procedure", looks_for="a delivery Condition (O80-O82, Z37)")
