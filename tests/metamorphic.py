@@ -101,12 +101,14 @@ TRANSFORMATIONS: list[Transformation] = []
 
 
 def transformation(name: str, *, looks_for: str, step: str = "record"):
-    """Register a function as a transformation; its docstring's first line is the equivalence it relies on."""
+    """Register a function as the ``step`` ("record" or "request") of a transformation; its docstring says
+    the equivalence it relies on."""
+    if step not in ("record", "request"):
+        raise ValueError(step)
 
     def register(function: Callable) -> Callable:
         doc = " ".join((function.__doc__ or "").split())
-        kind = {"record": "record", "request": "request"}[step]
-        TRANSFORMATIONS.append(Transformation(name, doc, looks_for=looks_for, **{kind: function}))
+        TRANSFORMATIONS.append(Transformation(name, doc, looks_for=looks_for, **{step: function}))
         return function
 
     return register
@@ -260,7 +262,7 @@ class AnswerStyle:
 def _write_answer(observation: dict, polarity: str, style: AnswerStyle) -> None:
     for key in [k for k in observation if k.startswith("value")] + ["interpretation"]:
         observation.pop(key, None)
-    if style.value_codes:
+    if style.value_codes:  # the code alone: a display would let the text be read instead of the code
         system, code, _display = style.value_codes[polarity]
         observation["valueCodeableConcept"] = {"coding": [{"system": system, "code": code}]}
     if style.value_string:
