@@ -1,12 +1,12 @@
 # Production image: granian (cds-service serve), non-root, health check, the PostgreSQL driver.
 # Build: docker build -t tacrolimus-cds .
+# Without the sandbox and the fixture patients (.dockerignore): they serve `serve --dev` in a source checkout.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     CDS_CONFIG_DIR=/app/hooks \
-    CDS_FIXTURES_DIR=/app/fhir_fixtures \
     CDS_HOST=0.0.0.0 \
     CDS_PORT=8080 \
     CDS_WORKERS=4
@@ -17,7 +17,6 @@ COPY cds_service ./cds_service
 RUN pip install --no-compile '.[postgres]' && rm -rf /root/.cache
 
 COPY hooks ./hooks
-COPY fhir_fixtures ./fhir_fixtures
 
 RUN useradd --system --uid 10001 --home /app cds \
     && mkdir -p /app/var && chown cds /app/var

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jwt
-import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from bench.harness import config_copy, free_port
 from bench.patients import lupus_patient, other_draft, tacrolimus_draft
 from cds_service.sandbox.requests import build_request_from_bundle
 
@@ -40,12 +39,6 @@ PATH = "/cds-services/tacrolimus-order-sign"
 ISSUER = "https://ehr.bench.example"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 MIXED_CALLS = 10_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until_up(url: str, process: subprocess.Popen, seconds: float = 60) -> float:
@@ -226,20 +219,6 @@ def new_patient_each_call(request: dict) -> dict:
     return json.loads(text)
 
 
-def config_copy(work: Path, name: str, **changes) -> Path:
-    config = work / name
-    shutil.copytree(ROOT / "hooks", config)
-    settings = yaml.safe_load((config / "settings.yaml").read_text())
-    settings["feedback"]["database_url"] = f"sqlite:///{work / (name + '.sqlite3')}"
-    for section, value in changes.items():
-        if isinstance(value, dict):
-            settings.setdefault(section, {}).update(value)
-        else:
-            settings[section] = value
-    (config / "settings.yaml").write_text(yaml.safe_dump(settings))
-    return config
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -263,10 +242,9 @@ def main() -> None:
         key = ec.generate_private_key(ec.SECP384R1())
         jwk = {**json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key())), "kid": "bench"}
         fhir_port, service_port, noop_port, prod_port = (free_port() for _ in range(4))
-        dev_config = config_copy(work, "hooks-dev")
+        dev_config = config_copy(work / "dev")
         prod_config = config_copy(
-            work,
-            "hooks-prod",
+            work / "prod",
             server={"public_base_url": f"http://127.0.0.1:{prod_port}"},
             callers=[{"issuer": ISSUER, "jwks": {"keys": [jwk]}, "algorithms": ["ES384"]}],
         )

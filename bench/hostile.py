@@ -14,7 +14,6 @@ import gzip
 import hashlib
 import json
 import socket
-import sys
 import tempfile
 import time
 import uuid
@@ -26,10 +25,9 @@ from pathlib import Path
 import jwt
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # the misbehaving servers and the service runner of the tests
-
-from hostile_helpers import (  # noqa: E402
+from bench.ehr_keys import Signer, bearer
+from bench.harness import config_copy, hook_request, searchset, small_patient, start_service, with_fhir_server
+from bench.hostile_servers import (
     canned_fhir_server,
     compact,
     creatinine,
@@ -37,11 +35,8 @@ from hostile_helpers import (  # noqa: E402
     search_answers,
     trickling_fhir_server,
 )
-from security_helpers import Signer, bearer  # noqa: E402
-from support import config_copy, hook_request, searchset, small_patient, start_service, with_fhir_server  # noqa: E402
-
-from cds_service.sandbox.fhir_server import serve_in_thread  # noqa: E402
-from cds_service.sandbox.store import FhirStore  # noqa: E402
+from cds_service.sandbox.fhir_server import serve_in_thread
+from cds_service.sandbox.store import FhirStore
 
 PID = "bench-p1"
 SIGN = "/cds-services/tacrolimus-order-sign"

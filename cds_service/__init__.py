@@ -6,10 +6,3 @@ try:
     __version__ = version("tacrolimus-cds")  # pyproject.toml's version, as installed
 except PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "0+unknown"
-
-
-def create_app(*args, **kwargs):
-    """The WSGI app; see ``cds_service.app.create_app``."""
-    from cds_service.app import create_app as factory
-
-    return factory(*args, **kwargs)

@@ -34,10 +34,10 @@ from cds_service.admin_sessions import SESSION_SECONDS, AdminSessions
 from cds_service.config import Config, ConfigError, load_config
 from cds_service.config_schema import SCHEMA_DIR
 from cds_service.explain import FINDING_IDS, SETTINGS_BY_FINDING
+from cds_service.process_control import ask_master_to_reload, master_pid
 from cds_service.report import FindingStats, rate_text, reasons_text, store_statistics
 from cds_service.rules import PATIENT_VIEW
 from cds_service.rules.titles import finding_title
-from cds_service.server import ask_master_to_reload, master_pid
 
 log = logging.getLogger("cds_service.admin")
 bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates")

@@ -21,11 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from sqlalchemy import Column, Float, Integer, String, Table, delete, insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from cds_service.storage import metadata  # one schema, one migration history (cds_service/migrations)
+from cds_service.tables import admin_login_failures, admin_secret, admin_sessions
 
 SESSION_SECONDS = 8 * 3600
 FREE_ATTEMPTS = 3
@@ -34,27 +34,6 @@ LOCK_SECONDS = 15 * 60
 MAX_WAIT_SECONDS = 60
 FORGET_AFTER_SECONDS = LOCK_SECONDS
 """A client's failures are forgotten this long after its last one."""
-
-admin_secret = Table(
-    "admin_secret",
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("secret", String(64), nullable=False),
-)
-admin_sessions = Table(
-    "admin_sessions",
-    metadata,
-    Column("id", String(64), primary_key=True),
-    Column("token_sha256", String(64), nullable=False),
-    Column("expires_at", Float, nullable=False),
-)
-admin_login_failures = Table(
-    "admin_login_failures",
-    metadata,
-    Column("client", String(64), primary_key=True),
-    Column("failures", Integer, nullable=False),
-    Column("last_failure_at", Float, nullable=False),
-)
 
 
 @dataclass(frozen=True)

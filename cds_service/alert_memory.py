@@ -39,7 +39,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from cds_service.rules.model import INDICATOR_RANK, Finding
-from cds_service.storage import service_secrets, shown_alerts
+from cds_service.tables import service_secrets, shown_alerts
 
 log = logging.getLogger("cds_service.alert_memory")
 

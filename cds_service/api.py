@@ -173,7 +173,7 @@ def readyz() -> tuple[Response, int]:
     """Readiness: 200 when the configuration is loaded and the database answers, else 503.
 
     A load balancer or Kubernetes stops sending calls to an instance that is not ready, and sends them
-    again when it is.
+    again when it is. ``database`` names the kind answering (``sqlite``, ``postgresql``), never its address.
     """
     holder = current_app.extensions.get("cds_runtime")
     rt = holder() if holder is not None else None
@@ -187,7 +187,8 @@ def readyz() -> tuple[Response, int]:
         response = jsonify({"status": "not ready", "reason": "database does not answer"})
         response.headers["Retry-After"] = "5"
         return response, 503
-    return jsonify({"status": "ready", "services": sorted(rt.config.services)}), 200
+    database = rt.store.engine.dialect.name
+    return jsonify({"status": "ready", "database": database, "services": sorted(rt.config.services)}), 200
 
 
 @bp.get("/metrics")

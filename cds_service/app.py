@@ -6,6 +6,7 @@ import logging
 import re
 import threading
 import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from flask import Flask, Response, g, jsonify, request
@@ -61,13 +62,18 @@ class RuntimeHolder:
 
 
 def create_app(
-    config_dir: str | Path | None = None, dev: bool = False, config: Config | None = None
+    config_dir: str | Path | None = None,
+    dev: bool = False,
+    config: Config | None = None,
+    add_ons: Sequence[Callable[[Flask], None]] = (),
 ) -> Flask:
     """The service as a WSGI app, on ``config`` or the one read from ``config_dir``.
 
-    Raises ConfigError if the configuration is invalid.
+    ``add_ons`` install more pages on the app before its middleware wraps it: ``serve --dev`` composes the
+    sandbox in this way (``sandbox.web.create_dev_app``), so this module never imports the sandbox and the
+    production image need not ship it. Raises ConfigError if the configuration is invalid.
     """
-    app = Flask(__name__, static_folder=None)  # static files exist only for the dev sandbox page
+    app = Flask(__name__, static_folder=None)  # static files exist only for the dev sandbox page (its own)
     holder = RuntimeHolder(config_dir, dev, config)
     app.extensions["cds_runtime"] = holder
     app.config["MAX_CONTENT_LENGTH"] = holder.current.config.section("server")["max_body_bytes"]
@@ -86,10 +92,8 @@ def create_app(
     from cds_service.smart import bp as smart_bp  # the course SMART app, launched from card links
 
     app.register_blueprint(smart_bp)
-    if dev:
-        from cds_service.sandbox.web import install as install_sandbox  # dev-only: imported on demand
-
-        install_sandbox(app)  # /sandbox page and the fixture FHIR API at /sandbox/fhir
+    for add_on in add_ons:
+        add_on(app)
     _install_request_id(app)
     _install_cors_and_headers(app, holder)
     _install_authentication(app, holder)

@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 
 from cds_service.config import Config
 from cds_service.fhir_client import exchange_deadline, read_capped, shared_session
-from cds_service.storage import seen_tokens
+from cds_service.tables import seen_tokens
 
 log = logging.getLogger("cds_service.auth")
 

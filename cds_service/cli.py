@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import click
@@ -94,12 +96,24 @@ def serve(
         from cds_service.server import serve as run
 
         try:
-            run(config, host, port, workers, threads, dev)
+            run(config, app_factory(dev), host, port, workers, threads)
         except PortInUse as error:
             click.echo(f"error: {error}; stop what runs there or choose another --port", err=True)
             sys.exit(2)
     finally:
         metrics_dir.cleanup()
+
+
+def app_factory(dev: bool) -> Callable[[Config], Any]:
+    """What each worker of ``serve`` builds: the production app, or with ``--dev`` the app with the sandbox
+    composed in (the only place that does so; the production image leaves the sandbox out)."""
+    if dev:
+        from cds_service.sandbox.web import create_dev_app
+
+        return lambda config: create_dev_app(config=config)
+    from cds_service.app import create_app
+
+    return lambda config: create_app(config=config)
 
 
 def loopback_base_url_warning(config: Config) -> str | None:

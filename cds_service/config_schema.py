@@ -165,6 +165,12 @@ def check_thresholds(t: Mapping[str, Any], path: Path, at: list[str | int]) -> l
             f"{where(path, [*at, 'hcg_unconfirmed_days'])}: {_dotted([*at, 'hcg_unconfirmed_days'])}: "
             f"must not exceed hcg_days ({t['hcg_days']}), got {t['hcg_unconfirmed_days']}"
         )
+    band_low, band_high = t["hcg_indeterminate_iu_per_l"]
+    if band_low > band_high:
+        band = [*at, "hcg_indeterminate_iu_per_l"]
+        problems.append(
+            f"{where(path, band)}: {_dotted(band)}: [from, to] with from <= to, got {[band_low, band_high]}"
+        )
     low, high = t["pregnancy_capable_age"]
     if low > high:
         problems.append(

@@ -31,6 +31,7 @@ _PREGNANCY = (
     "hcg_days",
     "hcg_unconfirmed_days",
     "hcg_positive_iu_per_l",
+    "hcg_indeterminate_iu_per_l",
     "edd_overdue_days",
 )
 SETTINGS_BY_FINDING: dict[str, tuple[str, ...]] = {
@@ -101,16 +102,16 @@ def load_source(source: str, hook: str) -> Source:
 
     A fixture (by name or as its file in ``fhir_fixtures/``) is sent as its manifest says, dates moved to
     today. Another Bundle's draft MedicationRequests become ``context.draftOrders``, the rest its prefetch.
+    Both are built by the sandbox's request builder, which a source checkout has and the production image
+    does not: there, give a request file.
     """
-    from cds_service.sandbox.requests import build_request, build_request_from_bundle  # only needed here
-
     path = Path(source)
     name = path.name.removesuffix(".json")
-    is_fixture = name in manifest() and (
+    is_fixture = name in _fixtures() and (
         not path.is_file() or path.resolve().parent == FIXTURES_DIR.resolve()
     )
     if is_fixture:
-        return Source(build_request(name, hook=hook), f"fixture {name} ({hook})")
+        return Source(_request_builder().build_request(name, hook=hook), f"fixture {name} ({hook})")
     if not path.is_file():
         raise ExplainError(f"{source}: neither a file nor a fixture name of fhir_fixtures/manifest.json")
     try:
@@ -124,7 +125,7 @@ def load_source(source: str, hook: str) -> Source:
         if not drafts:
             raise ExplainError(f"{source}: a Bundle without a draft MedicationRequest to order")
         try:
-            body = build_request_from_bundle(document, drafts, hook=hook)
+            body = _request_builder().build_request_from_bundle(document, drafts, hook=hook)
         except ValueError as error:
             raise ExplainError(f"{source}: {error}") from None
         return Source(body, f"bundle {path} ({hook}, drafts {', '.join(drafts)})")
@@ -133,11 +134,29 @@ def load_source(source: str, hook: str) -> Source:
     return Source(document, f"request {path} ({document.get('hook')})")
 
 
+def _fixtures() -> dict[str, dict]:
+    """The fixtures' manifest; empty where there are none (the production image ships no fixtures)."""
+    return manifest() if (FIXTURES_DIR / "manifest.json").is_file() else {}
+
+
+def _request_builder() -> Any:
+    """``cds_service.sandbox.requests``, imported only for a fixture or a Bundle (the production image has no
+    sandbox)."""
+    try:
+        from cds_service.sandbox import requests
+    except ImportError:
+        raise ExplainError(
+            "building a request from a fixture or a Bundle needs a source checkout (the sandbox); "
+            "give a CDS Hooks request file"
+        ) from None
+    return requests
+
+
 def request_hook(source: str) -> str | None:
     """The hook named by a CDS Hooks request file or by a fixture's manifest entry (patient-view fixtures);
     None for another fixture or a Bundle."""
     path = Path(source)
-    entry = manifest().get(path.name.removesuffix(".json"))
+    entry = _fixtures().get(path.name.removesuffix(".json"))
     in_fixtures = not path.is_file() or path.resolve().parent == FIXTURES_DIR.resolve()
     if entry and entry.get("hook") and in_fixtures:
         return str(entry["hook"])

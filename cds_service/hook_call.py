@@ -53,6 +53,7 @@ DATA_NAMES = {
     "medications": "medication orders (MedicationRequest)",
     "observations": "lab results and vital signs (Observation)",
     "allergies": "allergy list (AllergyIntolerance)",
+    "procedures": "procedures (Procedure)",
 }
 
 
@@ -357,6 +358,7 @@ def _evaluate(
             r for r in resources.get("allergies", ()) if r.get("resourceType") == "AllergyIntolerance"
         ],
         observations=[r for r in resources.get("observations", ()) if r.get("resourceType") == "Observation"],
+        procedures=[r for r in resources.get("procedures", ()) if r.get("resourceType") == "Procedure"],
         resolve=resolve,
         unavailable={KEY_BY_NAME[k].resource_type for k in gathered.unavailable},
         lookback_days=longest_lookback(settings["thresholds"]),

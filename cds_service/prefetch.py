@@ -32,6 +32,7 @@ KEYS = (
     PrefetchKey("medications", "MedicationRequest", required=True),
     PrefetchKey("observations", "Observation", required=True),
     PrefetchKey("allergies", "AllergyIntolerance", required=False),
+    PrefetchKey("procedures", "Procedure", required=False),
 )
 KEY_BY_NAME = {k.key: k for k in KEYS}
 
@@ -47,6 +48,13 @@ def observation_codes(needs: Mapping[str, tuple[str, ...]], terminology: Termino
     return sorted(codes)
 
 
+def procedure_codes(needs: Mapping[str, tuple[str, ...]], terminology: Terminology) -> list[str]:
+    """Every code of the Procedure value sets the rules read (delivery procedures only: the service reads
+    Procedures for nothing else), sorted, unique, without its system: 122 ``system|code`` tokens make a
+    4 KB query some proxies refuse, bare codes 1 KB. The record builder checks system and code again."""
+    return sorted({code for name in needs.get("Procedure", ()) for _, code, _ in terminology.codes(name)})
+
+
 def templates(needs: Mapping[str, tuple[str, ...]], terminology: Terminology) -> dict[str, str]:
     """One template per resource type the rules read (a service whose rules read no allergies asks none)."""
     patient = "{{context.patientId}}"
@@ -57,6 +65,7 @@ def templates(needs: Mapping[str, tuple[str, ...]], terminology: Terminology) ->
         "medications": f"MedicationRequest?patient={patient}",
         "observations": f"Observation?patient={patient}&code={codes}&_sort=-date&_count=500",
         "allergies": f"AllergyIntolerance?patient={patient}",
+        "procedures": f"Procedure?patient={patient}&code={','.join(procedure_codes(needs, terminology))}",
     }
     return {key: query for key, query in every.items() if KEY_BY_NAME[key].resource_type in needs}
 

@@ -80,6 +80,21 @@ class Condition:
 
 
 @dataclass(frozen=True)
+class Procedure:
+    """A performed Procedure the rules read: a delivery, which ends a pregnancy (rules.md v3)."""
+
+    id: str
+    concepts: frozenset[str]
+    name: str
+    performed: datetime
+    """``performedDateTime``, else the end (else the start) of ``performedPeriod``."""
+
+    @property
+    def reference(self) -> str:
+        return f"Procedure/{self.id}"
+
+
+@dataclass(frozen=True)
 class Medication:
     """A MedicationRequest, stored or drafted in this ordering session."""
 
@@ -160,10 +175,14 @@ class LabValue:
     """Numeric value in ``unit``; None for a coded/qualitative result."""
     unit: str | None
     answer: str | None = None
-    """For qualitative results: ``"positive"``, ``"negative"``, or the SNOMED code of the answer
-    (pregnancy status 77386006 / 60001007...)."""
+    """For qualitative results (``cds_service.reading``): ``"positive"``/``"negative"``; for a pregnancy
+    status ``"pregnant"``/``"not-pregnant"``/``"unknown"``/``"pregnancy-ended"``; an ISO date for a date."""
     original: str = ""
-    """The value as recorded, e.g. ``"97 umol/L"``, for the card when it was converted."""
+    """The value as recorded, e.g. ``"97 umol/L"``, ``"<5 IU/L"``, ``"Reactive"``, for the card."""
+    flag_only: bool = False
+    """The answer is known only from an interpretation flag A/N: it never starts or ends a pregnancy."""
+    comparator: str | None = None
+    """``<``, ``<=``, ``>=`` or ``>`` when the lab reported a bound ("<5 IU/L"), not a value."""
 
     @property
     def reference(self) -> str:
@@ -174,6 +193,7 @@ class LabValue:
         if self.value is None:
             return self.answer or self.original
         text = f"{self.value:.3g} {self.unit}" if self.unit else f"{self.value:.3g}"
+        text = (self.comparator or "") + text
         if self.original and self.original.replace(" ", "") != text.replace(" ", ""):
             text += f" (recorded {self.original})"
         return text
@@ -272,6 +292,7 @@ class PatientRecord:
     medications: tuple[Medication, ...] = ()
     allergies: tuple[Allergy, ...] = ()
     labs: Mapping[str, LabSeries] = field(default_factory=dict)
+    procedures: tuple[Procedure, ...] = ()
     skipped: tuple[Unusable, ...] = ()
     """Resources that were malformed and left out."""
     unavailable: frozenset[str] = frozenset()

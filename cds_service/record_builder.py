@@ -16,7 +16,6 @@ shapes, and only their identity, drug and status matter.
 from __future__ import annotations
 
 import hashlib
-import re
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -33,6 +32,7 @@ from pydantic import ValidationError
 
 from cds_service.dosage import administrations_per_day, daily_dose_mg, dosing_key
 from cds_service.fhir_json import is_object, obj, objs, path, text
+from cds_service.reading import read_polarity, read_quantity
 from cds_service.record import (
     Allergy,
     Condition,
@@ -42,9 +42,11 @@ from cds_service.record import (
     Patient,
     PatientRecord,
     Period,
+    Procedure,
     RawLab,
     Unusable,
 )
+from cds_service.rules.common import LAB_WORDS
 from cds_service.terminology import Terminology, canonical_system
 from cds_service.trigger import DrugName, Resolver, codeable_name, drug_name, recognise
 from cds_service.units import to_canonical
@@ -87,16 +89,11 @@ def _lab_groups(concepts: frozenset[str]) -> tuple[str, ...]:
 BP_PANEL = "blood-pressure"
 BP_COMPONENT_GROUPS = ("systolic-bp", "diastolic-bp")
 NOT_RESULTS = frozenset({"entered-in-error", "cancelled"})
+NOT_PERFORMED = frozenset({"entered-in-error", "not-done", "preparation", "stopped"})
+"""Procedure statuses that say no delivery took place (a stopped one may not have delivered)."""
 NOT_EXPOSURE = frozenset({"entered-in-error", "cancelled", "draft"})
 INACTIVE_CLINICAL = frozenset({"inactive", "remission", "resolved"})
 NOT_CONFIRMED = frozenset({"refuted", "entered-in-error"})
-POSITIVE_TEXT = re.compile(r"^\s*(positive|detected|reactive|pos|yes)\b", re.I)
-NEGATIVE_TEXT = re.compile(r"^\s*(negative|not detected|non-?reactive|neg|no)\b", re.I)
-# Breastfeeding status (63895-7) answered in words: "Yes", "Breastfeeding", "Exclusively breastfed"...
-BREASTFEEDING_NO_TEXT = re.compile(r"\b(no|not|never|none|stopped|weaned|formula only)\b", re.I)
-BREASTFEEDING_YES_TEXT = re.compile(r"\b(yes|breast-?\s?feeding|breast-?\s?fed|lactating|nursing)\b", re.I)
-POSITIVE_INTERPRETATION = frozenset({"POS", "DET"})
-NEGATIVE_INTERPRETATION = frozenset({"NEG", "ND"})
 MAX_RESULTS_PER_LAB = 100
 """The newest results of one lab group the rules may read. A record with thousands of results of one lab
 (or a hostile request) costs no more than this: the rest are never validated."""
@@ -568,6 +565,38 @@ class RecordBuilder:
             )
         return found
 
+    # --- procedures ----------------------------------------------------------------------------------------
+    def procedures(self, resources: Iterable[Mapping]) -> list[Procedure]:
+        """Delivery Procedures that were done, dated by ``performed[x]`` (rules.md v3: they end a pregnancy).
+
+        Read on raw JSON: only the code, the status and the date matter. One in the value set whose date
+        cannot be read is named on the card, as it might have ended a pregnancy.
+        """
+        found = []
+        for raw in resources:
+            status = raw.get("status")
+            if raw.get("resourceType") != "Procedure" or (
+                isinstance(status, str) and status in NOT_PERFORMED
+            ):
+                continue
+            concepts = self.terminology.concepts_of_concept(raw.get("code"))
+            if not concepts:
+                self._unreadable(raw, "code")
+                continue
+            period = obj(raw.get("performedPeriod"))
+            when = (
+                parse_when(raw.get("performedDateTime"))
+                or parse_when(period.get("end"))
+                or parse_when(period.get("start"))
+            )
+            if when is None:
+                why = "a delivery procedure with no performedDateTime or performedPeriod, so when it ended a "
+                self.skipped.append(Unusable(f"Procedure/{raw.get('id')}", why + "pregnancy cannot be told"))
+                continue
+            name = _name(raw.get("code"), "delivery procedure")
+            found.append(Procedure(str(raw.get("id", "")), concepts, name, when))
+        return found
+
     # --- observations --------------------------------------------------------------------------------------
     def lab_series(self, resources: Iterable[Mapping]) -> dict[str, LabSeries]:
         """Index Observations by lab group on raw JSON; validation waits until a rule reads a value.
@@ -643,6 +672,8 @@ class RecordBuilder:
         return None
 
     def _parse_lab(self, group: str, entry: RawLab) -> LabValue | Unusable:
+        """One result as the rules read it (``cds_service.reading``); what cannot be read names the element
+        at fault and the resource, so the card can say it (rules.md v3 § Reading, unreadable data)."""
         raw = entry.resource
         reference = f"Observation/{raw.get('id')}"
         day = entry.when.date().isoformat()
@@ -654,16 +685,39 @@ class RecordBuilder:
         if group in BP_COMPONENT_GROUPS and group not in concepts:
             holder = self._component(raw, group) or {}
         code = self._group_code(holder.get("code"), group)
-        quantity = holder.get("valueQuantity")
-        if isinstance(quantity, Mapping) and quantity.get("value") is not None:
-            value, unit = float(quantity["value"]), quantity.get("unit") or quantity.get("code")
-            original = f"{quantity['value']} {unit or ''}".strip()
-            converted = to_canonical(group, value, quantity.get("unit"), quantity.get("code"), loinc=code)
+        words = LAB_WORDS.get(group, group)
+        kind = POLARITY_KIND.get(group)
+        quantity = read_quantity(holder)
+        if group == "hcg-quantitative" and quantity is not None:
+            kind = None  # its number, judged against the band by the rules, wins over a flag
+        if kind is not None:
+            said = read_polarity(holder, self.terminology, kind)
+            if said.answer is not None:
+                return LabValue(
+                    raw.get("id", ""), code, entry.when, None, None, answer=said.answer,
+                    original=said.said or said.answer, flag_only=said.flag_only,
+                )  # fmt: skip
+            if said.fault is not None:
+                return Unusable(
+                    reference, f"{words} result on {day} could not be read: {said.fault} ({reference})"
+                )
+        if quantity is not None and (kind is None or group in HCG_GROUPS):
+            unit = quantity.unit or quantity.code
+            original = f"{quantity.comparator or ''}{num_text(quantity.value)} {unit or ''}".strip()
+            converted = to_canonical(
+                "hcg-quantitative" if group in HCG_GROUPS else group,
+                quantity.value, quantity.unit, quantity.code, loinc=code,
+            )  # fmt: skip
             if converted is None:
-                return Unusable(reference, f"{group} on {day} in unit {unit or '(none)'!r} could not be used")
+                via = "" if quantity.source == "valueQuantity" else f" (read from valueString {original!r})"
+                return Unusable(
+                    reference,
+                    f"{group} on {day} in unit {unit or '(none)'!r}{via} could not be used ({reference})",
+                )
             return LabValue(
-                raw.get("id", ""), code, entry.when, converted[0], converted[1], original=original
-            )
+                raw.get("id", ""), code, entry.when, converted[0], converted[1], original=original,
+                comparator=quantity.comparator,
+            )  # fmt: skip
         if isinstance(holder.get("valueDateTime"), str):
             return LabValue(
                 raw.get("id", ""),
@@ -674,21 +728,9 @@ class RecordBuilder:
                 answer=holder["valueDateTime"][:10],
                 original=holder["valueDateTime"],
             )
-        answer = self._answer(holder, group)
-        if answer is None:
-            return Unusable(reference, f"{group} on {day} has no usable value")
-        return LabValue(raw.get("id", ""), code, entry.when, None, None, answer=answer, original=answer)
-
-    @staticmethod
-    def _breastfeeding_words(concept: Mapping) -> str | None:
-        """A breastfeeding answer in words (its text or a coding's display): "Yes", "Breastfeeding"..."""
-        texts = [concept.get("text")] + [c.get("display") for c in objs(concept.get("coding"))]
-        for said in (t for t in texts if isinstance(t, str) and t.strip()):
-            if BREASTFEEDING_NO_TEXT.search(said):
-                return "negative"
-            if BREASTFEEDING_YES_TEXT.search(said):
-                return "positive"
-        return None
+        return Unusable(
+            reference, f"{words} result on {day} could not be read: {_value_element(holder)} ({reference})"
+        )
 
     def _group_code(self, concept: Any, group: str) -> str:
         for coding in objs(obj(concept).get("coding")):
@@ -696,46 +738,33 @@ class RecordBuilder:
                 return str(coding["code"])
         return ""
 
-    def _answer(self, holder: Mapping, group: str = "") -> str | None:
-        """A qualitative result: "positive", "negative", "pregnancy-ended", or the code of a coded answer.
 
-        Yes/no answer codes (LOINC LA33-6 / LA32-8, SNOMED 373066001 / 373067005) read as positive/negative;
-        a pregnancy outcome given as an answer (a delivery code) reads as "pregnancy-ended".
-        """
-        concept = holder.get("valueCodeableConcept")
-        breastfeeding = group == "breastfeeding-status"
-        if isinstance(concept, Mapping):
-            concepts = self.terminology.concepts_of_concept(concept)
-            if concepts & {"qualitative-positive", "yes-answer"}:
-                return "positive"
-            if concepts & {"qualitative-negative", "no-answer"}:
-                return "negative"
-            if breastfeeding and "lactation" in concepts:  # answered with a lactation finding
-                return "positive"
-            if group == "pregnancy-status" and "pregnancy-outcome" in concepts:
-                return "pregnancy-ended"
-            said = self._breastfeeding_words(concept) if breastfeeding else None
-            code = _code(concept)
-            if said or code:
-                return said or code
-        if breastfeeding and isinstance(holder.get("valueString"), str):
-            said = self._breastfeeding_words({"text": holder["valueString"]})
-            if said:
-                return said
-        words = text(holder.get("valueString")) or text(path(holder, "valueCodeableConcept", "text"))
-        if words:
-            if NEGATIVE_TEXT.match(words):
-                return "negative"
-            if POSITIVE_TEXT.match(words):
-                return "positive"
-        if isinstance(holder.get("valueBoolean"), bool):
-            return "positive" if holder["valueBoolean"] else "negative"
-        interpretations = {_code(i) for i in objs(holder.get("interpretation"))}
-        if interpretations & POSITIVE_INTERPRETATION:
-            return "positive"
-        if interpretations & NEGATIVE_INTERPRETATION:
-            return "negative"
-        return None
+HCG_GROUPS = ("hcg-qualitative", "hcg-quantitative")
+POLARITY_KIND = {
+    "hcg-qualitative": "qualitative",
+    "hcg-quantitative": "qualitative",  # "Negative" or a LOINC answer where a number was expected
+    "hbsag": "qualitative",
+    "anti-hbc": "qualitative",
+    "breastfeeding-status": "lactation",
+    "pregnancy-status": "pregnancy",
+}
+"""Lab groups answered positive/negative (pregnant or not, breast milk or not), and how to read them."""
+
+
+def num_text(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _value_element(holder: Mapping) -> str:
+    """The value element that said nothing the rules can use, in words (``valueString 'see comment'``)."""
+    for key, shown in holder.items():
+        if key.startswith("value") and key != "valueQuantity":
+            if isinstance(shown, str):
+                return f"{key} {shown[:60]!r} states no result"
+            return f"{key} states no result"
+    if "valueQuantity" in holder:
+        return "valueQuantity where a positive or negative result was expected"
+    return "no value[x] and no interpretation"
 
 
 def build_record(
@@ -749,6 +778,7 @@ def build_record(
     trigger_ids: Iterable[str] = (),
     allergies: Sequence[Mapping] = (),
     observations: Sequence[Mapping] = (),
+    procedures: Sequence[Mapping] = (),
     resolve: Resolver | None = None,
     unavailable: Iterable[str] = (),
     lookback_days: int = DEFAULT_LOOKBACK_DAYS,
@@ -770,6 +800,7 @@ def build_record(
         ),
         allergies=tuple(builder.allergies(builder.scanned("AllergyIntolerance", allergies))),
         labs=builder.lab_series(observations),
+        procedures=tuple(builder.procedures(builder.scanned("Procedure", procedures))),
         skipped=tuple(builder.skipped),
         unavailable=frozenset(unavailable),
     )

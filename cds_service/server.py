@@ -29,22 +29,21 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from cds_service.config import Config, ConfigError, load_config
+from cds_service.process_control import MASTER_PID_ENV, mark_master
 from cds_service.wsgi_bridge import BodyFirst
 
 log = logging.getLogger("cds_service.server")
-
-MASTER_PID_ENV = "CDS_SERVICE_MASTER_PID"
-"""Set by ``serve`` in the master; a worker whose parent has this pid may ask the master to reload."""
 
 _PR_SET_PDEATHSIG = 1
 _M_ARENA_MAX = -8  # glibc mallopt parameters
 _M_MMAP_THRESHOLD = -3
 
 
-def before_workers(config: Config, dev: bool) -> None:
+def before_workers(config: Config) -> None:
     """One-time start-up work in the master, before any worker exists to race for it.
 
     Add steps here (in order); none runs again on reload, which only re-checks the configuration.
@@ -54,21 +53,20 @@ def before_workers(config: Config, dev: bool) -> None:
     # The database schema, migrated to the newest revision; instances starting on other hosts at the same
     # moment wait on the migration lock (cds_service/migrations/__init__.py).
     make_engine(config.section("feedback")["database_url"]).dispose()
-    preload_code(dev)
+    preload_code()
 
 
-def preload_code(dev: bool) -> None:
+def preload_code() -> None:
     """Import the app's code once in the master: every worker (and every worker a reload starts) is forked
     with it, so a worker is ready in the time it takes to build its app (~0.2 s instead of ~1.5 s), and the
     pages of that code are shared between workers. A reload therefore changes configuration, not code:
-    restart the service to run new code. Nothing here opens a file, a socket or a thread."""
+    restart the service to run new code. Nothing here opens a file, a socket or a thread. (The app factory's
+    own module, the sandbox's with ``--dev``, is already imported: ``cli.serve`` handed it over.)"""
     import cds_service.admin
     import cds_service.api
     import cds_service.app
-    import cds_service.hook_call
+    import cds_service.hook_call  # noqa: F401
 
-    if dev:
-        import cds_service.sandbox.web  # noqa: F401
     freeze_startup_objects()
 
 
@@ -140,12 +138,18 @@ class SmallHeap:
             self._trim(0)
 
 
+AppFactory = Callable[[Config], Any]
+"""Builds a worker's WSGI app on a configuration: the production app, or with ``--dev`` the sandbox's."""
+
+
 class Server:
     """The master: holds the last good configuration and hands it to each worker it forks."""
 
-    def __init__(self, config: Config, dev: bool, host: str, port: int, workers: int, threads: int):
+    def __init__(
+        self, config: Config, app_factory: AppFactory, host: str, port: int, workers: int, threads: int
+    ):
         self.config_snapshot = config
-        self.dev = dev
+        self.app_factory = app_factory
         self.host, self.port = host, port
         self.workers, self.threads = workers, threads
 
@@ -161,18 +165,16 @@ class Server:
 
     def load_app(self) -> BodyFirst:
         """Runs in each new worker (forked from the master, so it sees the master's current snapshot)."""
-        from cds_service.app import create_app
-
         die_with_parent(int(os.environ[MASTER_PID_ENV]))
-        app = create_app(config=self.config_snapshot, dev=self.dev)
+        app = self.app_factory(self.config_snapshot)
         freeze_startup_objects()
         limit = self.config_snapshot.section("server")["max_body_bytes"]
         return BodyFirst(app, self.threads, limit, forget=SmallHeap().forget)
 
     def run(self) -> None:
         wait_for_port(self.host, self.port)
-        os.environ[MASTER_PID_ENV] = str(os.getpid())
-        before_workers(self.config_snapshot, self.dev)
+        mark_master()
+        before_workers(self.config_snapshot)
         server = granian_server("cds_service", self.host, self.port, self.workers)
         server.on_reload(self.reload_config)
         server.serve(target_loader=self.load_app, wrap_loader=False)
@@ -234,18 +236,5 @@ def wait_for_port(host: str, port: int, seconds: float = 10.0) -> None:
         time.sleep(0.2)
 
 
-def serve(config: Config, host: str, port: int, workers: int, threads: int, dev: bool) -> None:
-    Server(config, dev, host, port, workers, threads).run()
-
-
-def master_pid() -> int | None:
-    """The master's pid if this process is a worker of ``cds-service serve``, else None."""
-    master = os.environ.get(MASTER_PID_ENV, "")
-    return int(master) if master.isdigit() and int(master) == os.getppid() else None
-
-
-def ask_master_to_reload() -> None:
-    """From a worker: SIGHUP the master, so every worker moves to the configuration on disk."""
-    master = master_pid()
-    if master is not None:
-        os.kill(master, signal.SIGHUP)
+def serve(config: Config, app_factory: AppFactory, host: str, port: int, workers: int, threads: int) -> None:
+    Server(config, app_factory, host, port, workers, threads).run()

@@ -1,6 +1,7 @@
 """Durable storage: feedback from clinicians and the cards the service showed (for accept rates).
 
-SQLAlchemy Core over any database URL (SQLite by default, PostgreSQL in production). No patient data is
+SQLAlchemy Core over any database URL (SQLite by default, PostgreSQL in production), on
+the tables of ``tables.py``. No patient data is
 stored: card uuids, finding ids, service, tenant, hookInstance, outcomes and override reasons.
 """
 
@@ -16,105 +17,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Column,
-    DateTime,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    create_engine,
-    event,
-    insert,
-    select,
-)
+from sqlalchemy import create_engine, event, insert, select
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service import metrics
 from cds_service.cards import override_reason_display
+from cds_service.tables import feedback, shown_findings, shown_suggestions
 
 log = logging.getLogger("cds_service.storage")
-metadata = MetaData()
 STATEMENT_TIMEOUT_MS = 10_000  # PostgreSQL; migrations lift it for their own connection
-
-# Column types: what the service itself writes (uuids, finding ids, service ids) has a bounded String; what a
-# caller sends (card, outcomeTimestamp, hookInstance, tenant, override reason) is Text, so every value the
-# JSON Schemas admit fits on SQLite and PostgreSQL alike, and no caller value is under a btree index (an
-# index entry is limited to about 2.7 kB on PostgreSQL). Changing a table needs a migration (migrations/).
-shown_findings = Table(
-    "shown_findings",
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("shown_at", DateTime(timezone=True), nullable=False, index=True),
-    Column("service_id", String(64), nullable=False),
-    Column("tenant", Text),
-    Column("hook_instance", Text, nullable=False),
-    Column("card_uuid", String(36), nullable=False, index=True),
-    Column("topic", String(64), nullable=False),
-    Column("finding_id", String(8), nullable=False),
-    Column("indicator", String(16), nullable=False),
-)
-
-feedback = Table(
-    "feedback",
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("received_at", DateTime(timezone=True), nullable=False, index=True),
-    Column("service_id", String(64), nullable=False),
-    Column("tenant", Text),
-    Column("card_uuid", Text, nullable=False),
-    Column("outcome", String(16), nullable=False),
-    Column("outcome_timestamp", Text, nullable=False),
-    Column("accepted_suggestions", JSON, nullable=False),
-    Column("override_system", Text),
-    Column("override_code", Text),
-    Column("override_display", Text),
-    Column("user_comment", Text),
-)
-
-
-seen_tokens = Table(
-    "seen_tokens",  # callers' JWT ids, for replay protection across workers (auth.ReplayStore)
-    metadata,
-    Column("issuer", String(500), primary_key=True),  # a configured caller's issuer, exactly
-    Column("jti", String(255), primary_key=True),  # auth.MAX_JTI_CHARS
-    Column("expires_at", BigInteger, nullable=False, index=True),
-)
-
-
-shown_suggestions = Table(
-    "shown_suggestions",  # which finding each shown suggestion answers: its feedback counts for that finding
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("shown_at", DateTime(timezone=True), nullable=False, index=True),
-    Column("service_id", String(64), nullable=False),
-    Column("card_uuid", String(36), nullable=False),
-    Column("suggestion_uuid", String(200), nullable=False, index=True),
-    Column("finding_id", String(8), nullable=False),
-)
-
-shown_alerts = Table(
-    "shown_alerts",  # alert_memory: keyed hashes of (tenant, patient, order, finding) shown, never the ids
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("namespace", String(32), nullable=False),
-    Column("key", String(64), nullable=False, index=True),
-    Column("indicator", String(16), nullable=False),
-    Column("shown_at", DateTime(timezone=True), nullable=False),
-    Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
-)
-
-service_secrets = Table(
-    "service_secrets",  # per-deployment secrets every worker and host shares (alert_memory's HMAC key)
-    metadata,
-    Column("name", String(64), primary_key=True),
-    Column("value", String(200), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-)
 
 
 def engine_url(url: str) -> URL:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -332,14 +332,26 @@ class Terminology:
 
 
 def _read(path: Path) -> tuple[Path, dict]:
-    """A ValueSet file, parsed once."""
+    """A ValueSet file, parsed once per version of the file: every runtime the process builds (each reload,
+    each app a test makes) reads the same megabyte of value sets, half the time it takes to build one. The
+    parsed resource is shared, so nothing may change it."""
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read value set: {exc}") from None
+    return path, _parsed(path, stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=1024)
+def _parsed(path: Path, mtime_ns: int, size: int) -> dict:
+    """``path``'s ValueSet as of ``mtime_ns`` and ``size`` (the cache key: an edited file is read again)."""
     try:
         resource = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: cannot read value set: {exc}") from None
     if not isinstance(resource, dict) or resource.get("resourceType") != "ValueSet":
         raise ValueError(f"{path}: not a FHIR ValueSet")
-    return path, resource
+    return resource
 
 
 def _expansion(path: Path, resource: dict) -> list[tuple[str, str, str]]:

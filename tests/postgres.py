@@ -1,13 +1,15 @@
-"""A real PostgreSQL server for the tests: Debian's package, a throw-away cluster on loopback.
+"""A real PostgreSQL server for the tests: a throw-away cluster on loopback.
 
-``scripts/ensure-postgres-nginx`` installs the package (``make test`` runs it). The cluster lives in a
-temporary folder, owned by the ``postgres`` user when the tests run as root (PostgreSQL refuses to run as
-root), and is stopped and deleted at the end of the session. ``CDS_TEST_POSTGRES_URL`` (a superuser URL)
-uses an existing server instead.
+Its programs come from Debian's package (``.ci/run`` installs it in CI) or, failing that, from the
+``pgserver`` wheel of the ``test`` extra, which carries a PostgreSQL build: a contributor without root gets
+the PostgreSQL tests too. The cluster lives in a temporary folder, owned by the ``postgres`` user when the
+tests run as root (PostgreSQL refuses to run as root), and is stopped and deleted at the end of the session.
+``CDS_TEST_POSTGRES_URL`` (a superuser URL) uses an existing server instead.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pwd
 import shutil
@@ -24,9 +26,13 @@ from tests.support import free_port
 
 
 def pg_bin() -> Path | None:
-    """The newest installed server's bin folder (``/usr/lib/postgresql/<version>/bin``)."""
+    """The bin folder of the newest Debian server (``/usr/lib/postgresql/<version>/bin``), else pgserver's."""
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name))
-    return found[-1].parent if found else None
+    if found:
+        return found[-1].parent
+    wheel = importlib.util.find_spec("pgserver")  # located, not imported: only its programs are used
+    programs = Path(wheel.origin).parent / "pginstall" / "bin" if wheel and wheel.origin else None
+    return programs if programs and (programs / "initdb").exists() else None
 
 
 def _as_postgres_user() -> Callable[[], None] | None:
@@ -71,6 +77,10 @@ class PostgresServer:
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
             )
             connection.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+    def was_migrated(self, url: str) -> bool:
+        """Whether the service brought the database at ``url`` under its migrations (so it ran on it)."""
+        return bool(self.run_sql(url, "SELECT to_regclass('alembic_version') IS NOT NULL")[0][0])
 
     def run_sql(self, url: str, sql: str) -> list[tuple]:
         import psycopg

@@ -1,9 +1,9 @@
 """Tools for the security tests: an EHR's signing keys and JWTs, a JWKS server and a connection recorder (the
-service itself runs as ``support.ServiceProcess``)."""
+service itself runs as ``support.ServiceProcess``). The keys come from ``bench/ehr_keys.py``, which the
+benchmarks share."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
@@ -16,16 +16,20 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
 
-import jwt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from bench.ehr_keys import MINTED, Signer, b64url, bearer
 
-MINTED: list[str] = []
-"""Every bearer token and FHIR access token the tests made: none may ever appear in the service's log."""
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+__all__ = [
+    "MINTED",
+    "Signer",
+    "b64url",
+    "bearer",
+    "claims",
+    "connection_recorder",
+    "hmac_token",
+    "jwks_server",
+    "secret",
+    "unsigned_token",
+]
 
 
 def secret(label: str) -> str:
@@ -33,36 +37,6 @@ def secret(label: str) -> str:
     token = f"{label}-{uuid.uuid4().hex}"
     MINTED.append(token)
     return token
-
-
-class Signer:
-    """One signing key of an EHR (EC P-384 for ES384, RSA 2048 for RS*/PS*)."""
-
-    def __init__(self, alg: str = "ES384", kid: str | None = None):
-        self.alg = alg
-        self.kid = kid or f"kid-{uuid.uuid4().hex[:12]}"
-        if alg.startswith("ES"):
-            curve = {"ES256": ec.SECP256R1(), "ES384": ec.SECP384R1()}[alg]
-            self.private_key = ec.generate_private_key(curve)
-            self.algorithm = jwt.algorithms.ECAlgorithm
-        else:
-            self.private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-            self.algorithm = jwt.algorithms.RSAAlgorithm
-
-    def jwk(self) -> dict[str, Any]:
-        jwk = self.algorithm.to_jwk(self.private_key.public_key(), as_dict=True)
-        return {**jwk, "kid": self.kid, "use": "sig", "alg": self.alg}
-
-    def public_pem(self) -> bytes:
-        return self.private_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-
-    def token(self, claims: dict[str, Any], **header: Any) -> str:
-        headers = {"kid": self.kid, "typ": "JWT", **header}
-        token = jwt.encode(claims, self.private_key, algorithm=self.alg, headers=headers)
-        MINTED.append(token)
-        return token
 
 
 def claims(issuer: str, aud: Any, /, **changes: Any) -> dict[str, Any]:
@@ -88,10 +62,6 @@ def hmac_token(header: dict[str, Any], payload: dict[str, Any], key: bytes) -> s
     token = f"{signing_input}.{b64url(signature)}"
     MINTED.append(token)
     return token
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 class _JwksHandler(BaseHTTPRequestHandler):

@@ -8,10 +8,10 @@ import re
 from html.parser import HTMLParser
 
 import pytest
-from support import config_copy
 from test_report import SIGN, show_and_answer
 
 from cds_service.app import create_app
+from tests.support import config_copy
 
 # Storage-facing: every test here runs on SQLite and on PostgreSQL (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("each_database")

@@ -7,12 +7,12 @@ from __future__ import annotations
 import re
 
 import pytest
-from support import FINDINGS_KEY, make_app
 
 from cds_service.fixtures import manifest
 from cds_service.rules.citations import CITATIONS
 from cds_service.rules.model import INDICATOR_RANK
 from cds_service.sandbox.requests import build_request
+from tests.support import FINDINGS_KEY, make_app
 
 FIXTURES = sorted(manifest())
 FINDING_HEAD = re.compile(r"^\*\*(Critical|Warning|Info) · ([PSN]\d+)\.\*\* ", re.MULTILINE)

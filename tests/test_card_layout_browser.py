@@ -7,8 +7,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from support import config_copy, start_service
-from test_sandbox_browser import CHROMIUM, CHROMIUM_ARGS
+
+from tests.support import CHROMIUM, CHROMIUM_ARGS, config_copy, start_service
 
 SCREENSHOT = Path(tempfile.gettempdir()) / "sandbox-420px.png"
 FIXTURES = (
@@ -17,9 +17,7 @@ FIXTURES = (
     "mmf-failure-hbv-rising-upcr",
 )
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="needs Debian chromium (scripts/ensure-chromium)"
-)
+pytestmark = pytest.mark.browser
 
 OVERFLOWING = """() => {
   const out = [];

@@ -8,9 +8,9 @@ draft, stop a stored order with a reason, order HBsAg.
 from __future__ import annotations
 
 import pytest
-from support import FINDINGS_KEY, finding_ids, make_app
 
 from cds_service.sandbox.requests import build_request
+from tests.support import FINDINGS_KEY, finding_ids, make_app
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import re
 from datetime import date
 
 import pytest
-from support import make_app
 
 from cds_service.fixtures import load_bundle, manifest
 from cds_service.prefetch import templates
@@ -23,6 +22,7 @@ from cds_service.rules.model import Finding, OrderLabs, RuleInput, StopMedicatio
 from cds_service.sandbox.requests import build_request
 from cds_service.terminology import Terminology
 from cds_service.units import to_canonical
+from tests.support import make_app
 from tests.test_rules import (
     LUPUS_NEPHRITIS,
     MYCOPHENOLATE,

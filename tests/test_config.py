@@ -16,8 +16,6 @@ import pytest
 import requests
 import yaml
 from click.testing import CliRunner
-from security_helpers import Signer, bearer, claims
-from support import FINDINGS_KEY, ROOT, config_copy, start_service
 
 from cds_service.app import RuntimeHolder, create_app
 from cds_service.cli import main
@@ -27,6 +25,8 @@ from cds_service.hook_call import answer_hook
 from cds_service.runtime import Runtime
 from cds_service.sandbox.requests import build_request, build_request_from_bundle
 from cds_service.storage import Store, make_engine
+from tests.security_helpers import Signer, bearer, claims
+from tests.support import FINDINGS_KEY, ROOT, config_copy, start_service
 
 SIGN = "tacrolimus-order-sign"
 LOINC = "http://loinc.org"
@@ -151,6 +151,8 @@ CFG_CASES = [
      "info", None),
     ("hcg_positive_iu_per_l", T(hcg_positive_iu_per_l=2000), "p2-pregnant-on-methotrexate", "P1", "info",
      None),
+    ("hcg_indeterminate_iu_per_l", T(hcg_indeterminate_iu_per_l=[1, 25]), "p3-negative-hcg-30-days", "P3",
+     None, "info"),
     ("pregnancy_capable_age", T(pregnancy_capable_age=[30, 55]), "p3-mmf-no-pregnancy-test", "P3", "info",
      None),
     ("mycophenolate_hcg_days", T(mycophenolate_hcg_days=7), "complete-well-monitored", "P3", None, "info"),
@@ -193,6 +195,7 @@ def test_hcg_unconfirmed_days_decides_when_the_card_says_nothing_later_confirms_
     assert unconfirmed not in card_details(changed, request)
 
 
+@pytest.mark.slow  # one app per case
 @pytest.mark.parametrize(
     ("setting", "changes", "source", "finding", "before", "after"), CFG_CASES, ids=[c[0] for c in CFG_CASES]
 )
@@ -527,6 +530,7 @@ def served(tmp_path):
         yield server, directory
 
 
+@pytest.mark.slow
 def test_sighup_and_admin_reload_change_a_running_server_and_a_bad_file_keeps_the_last_good(served):
     server, directory = served
     settings = directory / "settings.yaml"

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from support import DATA, hook_request, make_app, small_patient, tacrolimus_draft
+
+from tests.support import DATA, hook_request, make_app, small_patient, tacrolimus_draft
 
 CORPORA = DATA / "corpora"
 KEY_OF_TYPE = {

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from support import RXNORM, SNOMED, finding_ids, make_app
 
 from cds_service.protocol import check_response
 from cds_service.rules import RULES
 from cds_service.sandbox.fhir_server import serve_in_thread
 from cds_service.sandbox.requests import build_request_from_bundle
 from cds_service.sandbox.store import FhirStore
+from tests.support import RXNORM, SNOMED, finding_ids, make_app
 
 TOKEN = "recognition-token-1"
 NO_CODE = "0"  # an RxNorm code no value set holds: recognition then falls back to the name

@@ -14,7 +14,6 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from support import finding_ids, make_app
 
 from cds_service.evaluations import SECONDS, Evaluated, EvaluationCache
 from cds_service.record import PatientRecord
@@ -22,6 +21,7 @@ from cds_service.rules.model import Evaluation
 from cds_service.sandbox.fhir_server import serve_in_thread
 from cds_service.sandbox.requests import build_request
 from cds_service.sandbox.store import FhirStore
+from tests.support import finding_ids, make_app
 
 SELECT = "/cds-services/tacrolimus-order-select"
 SIGN = "/cds-services/tacrolimus-order-sign"

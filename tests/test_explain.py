@@ -8,7 +8,6 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
-from support import FINDINGS_KEY, config_copy, make_app
 
 from cds_service.cli import main
 from cds_service.config import load_config
@@ -16,6 +15,7 @@ from cds_service.explain import FINDING_IDS, explain, load_source, pick_service
 from cds_service.fixtures import FIXTURES_DIR, manifest
 from cds_service.sandbox.requests import build_request
 from cds_service.storage import Store, make_engine
+from tests.support import FINDINGS_KEY, config_copy, make_app
 
 SIGN = "tacrolimus-order-sign"
 
@@ -151,6 +151,7 @@ def test_explain_refuses_a_retired_finding_id_and_names_its_successor(tmp_path, 
     assert code == 2 and f"'{old}' is retired in rule catalog version 2: it is now {new}" in out
 
 
+@pytest.mark.slow  # one app and one explain run per fixture
 @pytest.mark.parametrize("fixture", sorted(manifest()))
 def test_explain_agrees_with_the_service_over_http(tmp_path, fixture):
     """The findings explain puts on cards are the ones the running service returns for the same request."""

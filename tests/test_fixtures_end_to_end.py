@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from support import finding_ids, make_app
 
 from cds_service.fixtures import manifest
 from cds_service.protocol import check_response
@@ -11,6 +10,7 @@ from cds_service.rules import FINDING_IDS
 from cds_service.sandbox.fhir_server import serve_in_thread
 from cds_service.sandbox.requests import build_request
 from cds_service.sandbox.store import FhirStore
+from tests.support import finding_ids, make_app
 
 FIXTURES = sorted(name for name, entry in manifest().items() if "service" not in entry)
 """The order-hook fixtures; those of another service (patient-view) are tested in test_patient_view.py."""

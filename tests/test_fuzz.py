@@ -22,14 +22,15 @@ from typing import Any
 
 import pytest
 import requests
-from hostile_helpers import canned_fhir_server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import ROOT, config_copy, make_app, start_service, tacrolimus_draft, with_fhir_server
 
+from bench.hostile_servers import canned_fhir_server
 from cds_service.fixtures import manifest
 from cds_service.sandbox.requests import build_request
+from tests.support import ROOT, config_copy, make_app, start_service, tacrolimus_draft, with_fhir_server
 
+pytestmark = pytest.mark.slow  # hundreds of generated cases
 DATA = ROOT / "tests" / "data" / "fuzz"
 SERVICES = {"order-select": "tacrolimus-order-select", "order-sign": "tacrolimus-order-sign"}
 NO_HANG_SECONDS = 10.0  # the answer must come before a client's 10 s timeout; speed is measured in bench

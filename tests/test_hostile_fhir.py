@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 
 import pytest
 import requests
-from hostile_helpers import (
+
+from bench.hostile_servers import (
     canned_fhir_server,
     compact,
     creatinine,
@@ -22,7 +23,9 @@ from hostile_helpers import (
     search_answers,
     trickling_fhir_server,
 )
-from support import (
+from cds_service.sandbox.fhir_server import serve_in_thread
+from cds_service.sandbox.store import FhirStore
+from tests.support import (
     config_copy,
     finding_ids,
     hook_request,
@@ -32,9 +35,7 @@ from support import (
     with_fhir_server,
 )
 
-from cds_service.sandbox.fhir_server import serve_in_thread
-from cds_service.sandbox.store import FhirStore
-
+pytestmark = pytest.mark.slow  # a real service against misbehaving FHIR servers
 PID = "hostile-p1"
 SIGN = "/cds-services/tacrolimus-order-sign"
 DEADLINE = 1.0

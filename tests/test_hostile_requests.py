@@ -19,19 +19,20 @@ from pathlib import Path
 import jwt
 import pytest
 import requests
-from security_helpers import MINTED, Signer, bearer, claims
 from sqlalchemy import create_engine, delete, func, select
-from support import config_copy, hook_request, small_patient, start_service
 
 from cds_service.admin_sessions import (
     LOCK_AFTER,
     LOCK_SECONDS,
     SESSION_SECONDS,
     AdminSessions,
-    admin_login_failures,
 )
-from cds_service.storage import make_engine, seen_tokens
+from cds_service.storage import make_engine
+from cds_service.tables import admin_login_failures, seen_tokens
+from tests.security_helpers import MINTED, Signer, bearer, claims
+from tests.support import config_copy, hook_request, small_patient, start_service
 
+pytestmark = pytest.mark.slow  # a real service
 ISSUER = "https://ehr-hostile.test"
 SIGN = "/cds-services/tacrolimus-order-sign"
 ADMIN_TOKEN = "admin-" + uuid.uuid4().hex

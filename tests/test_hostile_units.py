@@ -7,7 +7,6 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from support import LOINC, small_patient
 
 from cds_service.auth import LATEST_TIME, _time
 from cds_service.fhir_client import WATCHDOG, FhirClient, Incomplete, exchange_deadline, shared_session
@@ -15,6 +14,7 @@ from cds_service.fhir_json import MalformedBundle, bundle_entries, bundle_links,
 from cds_service.gather import ServerExecutors, gather
 from cds_service.record_builder import MAX_PER_CLASS, MAX_RESULTS_PER_LAB, build_record
 from cds_service.terminology import default_terminology
+from tests.support import LOINC, small_patient
 
 NOW = datetime(2026, 11, 30, 12, tzinfo=UTC)
 

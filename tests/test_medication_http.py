@@ -13,12 +13,12 @@ from __future__ import annotations
 import copy
 
 import pytest
-from support import RXNORM, finding_ids, make_app
 
 from cds_service.protocol import check_response
 from cds_service.sandbox.fhir_server import serve_in_thread
 from cds_service.sandbox.requests import build_request
 from cds_service.sandbox.store import FhirStore
+from tests.support import RXNORM, finding_ids, make_app
 
 TOKEN = "medication-token-1"
 FIXTURE = "pregnant-ln-flare-on-mmf"  # three cards: pregnancy, salvage context, monitoring

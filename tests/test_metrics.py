@@ -6,10 +6,12 @@ from __future__ import annotations
 import re
 import uuid
 
+import pytest
 import requests
 
 from tests.support import config_copy, hook_request, small_patient, start_service
 
+pytestmark = pytest.mark.slow  # a real service
 PID = "metrics-p1"
 SIGN = "/cds-services/tacrolimus-order-sign"
 

@@ -3,7 +3,7 @@
 One instance is killed with SIGKILL in the middle of the load. What an EHR was told must hold: every
 feedback acknowledged is stored, every hook call answered 200 has its shown findings stored, a JWT used on
 one instance is refused on the other, and the balancer serves on with the instance that is left.
-(``scripts/ensure-postgres-nginx`` installs Debian's postgresql and nginx; ``make test`` runs it.)
+(``scripts/install-test-tools`` installs Debian's postgresql and nginx-light; ``.ci/run`` runs it.)
 """
 
 from __future__ import annotations
@@ -19,12 +19,14 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
+import pytest
 import requests
 
 from cds_service.storage import Store, make_engine
 from tests.security_helpers import Signer, bearer, claims
 from tests.support import config_copy, free_port, hook_request, small_patient, start_service, tool_missing
 
+pytestmark = [pytest.mark.nginx, pytest.mark.slow]  # and postgres, from its fixture
 PID = "multi-p1"
 ISSUER = "https://ehr-multi.test"
 SIGN = "/cds-services/tacrolimus-order-sign"
@@ -74,7 +76,7 @@ def nginx_binary() -> str | None:
 def nginx_in_front_of(ports: tuple[int, int], folder: Path, port: int) -> Iterator[str]:
     binary = nginx_binary()
     if binary is None:
-        tool_missing("nginx is not installed (scripts/ensure-postgres-nginx installs it)")
+        tool_missing("nginx is not installed (Debian's nginx-light package); the multi-host tests need it")
     folder.mkdir()
     conf = folder / "nginx.conf"
     conf.write_text(NGINX_CONF.format(dir=folder, a=ports[0], b=ports[1], port=port))
@@ -180,7 +182,9 @@ def test_two_instances_behind_nginx_survive_losing_one(tmp_path, postgres, monke
             b = stack.enter_context(start_service(lambda port: config_for(port, "b"), workers=2))
             ports = (int(a.base.rsplit(":", 1)[1]), int(b.base.rsplit(":", 1)[1]))
             base = stack.enter_context(nginx_in_front_of(ports, tmp_path / "nginx", balancer_port))
-            assert requests.get(f"{a.base}/readyz", timeout=5).status_code == 200
+            for instance in (a, b):  # both on the PostgreSQL server, not on their own SQLite files
+                ready = requests.get(f"{instance.base}/readyz", timeout=5)
+                assert ready.status_code == 200 and ready.json()["database"] == "postgresql"
 
             # A JWT used on one instance is refused on the other: the replay table is in PostgreSQL.
             token = bearer(signer.token(claims(ISSUER, f"{public}{SIGN}")))

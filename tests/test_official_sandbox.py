@@ -18,12 +18,12 @@ from urllib.parse import parse_qsl, quote, urlencode
 
 import pytest
 import requests
-from support import make_app
 
 from cds_service.fixtures import load_bundle
 from cds_service.protocol import check_response
 from cds_service.sandbox.fhir_server import serve_in_thread
 from cds_service.sandbox.store import FhirStore
+from tests.support import make_app
 
 ORIGIN = "https://sandbox.cds-hooks.org"
 FIXTURE = "pregnant-ln-flare-on-mmf"  # pregnant, mycophenolate active: the teratogen card is critical

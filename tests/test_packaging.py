@@ -1,19 +1,31 @@
-"""Packaging and operations: declared dependencies, the version, a clean start, refused calls in the log."""
+"""Packaging and operations: declared dependencies, the version, the production image's files, a clean start,
+refused calls in the log."""
 
 from __future__ import annotations
 
 import ast
+import fnmatch
 import logging
 import re
+import shutil
 import sys
 import tomllib
 from importlib.metadata import packages_distributions, version
+from pathlib import Path
 
 import pytest
 import requests
-from support import ROOT, config_copy, hook_request, make_app, small_patient, start_service
 
 from cds_service.config import load_config
+from tests.support import (
+    ROOT,
+    config_copy,
+    hook_request,
+    make_app,
+    probe_production_app,
+    small_patient,
+    start_service,
+)
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
@@ -115,6 +127,7 @@ def test_invalid_feedback_items_are_logged_with_the_fields_at_fault(tmp_path, ca
     assert record.problems[0].startswith("feedback[0].outcome")
 
 
+@pytest.mark.slow
 def test_a_clean_start_logs_no_error_line(tmp_path, monkeypatch):
     # A runtime dir nobody can write (gunicorn once put its control socket there and logged an error).
     monkeypatch.setenv("XDG_RUNTIME_DIR", "/proc/self")  # nobody, not even root, may create a socket there
@@ -143,3 +156,69 @@ def test_an_administrator_may_point_the_source_link_elsewhere(tmp_path):
     assert config.settings["cards"]["source_url"] == own
     bundled = load_config(config_copy(tmp_path / "bundled")).settings
     assert bundled["cards"]["source_url"] == bundled["server"]["public_base_url"] + "/docs"
+
+
+# --- the production image (Dockerfile + .dockerignore; no Docker needed to list its files) -----------------
+
+
+def _ignored(path: str, patterns: list[str]) -> bool:
+    """Whether .dockerignore leaves ``path`` (relative to the build context) out: a pattern matches the path
+    or one of its folders; ``**/name`` matches a folder or file of that name anywhere."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    for pattern in patterns:
+        if pattern.startswith("**/"):
+            if any(fnmatch.fnmatchcase(part, pattern[3:]) for part in parts):
+                return True
+        elif any(fnmatch.fnmatchcase(prefix, pattern) for prefix in prefixes):
+            return True
+    return False
+
+
+def image_files() -> dict[str, Path]:
+    """What the Dockerfile's COPY lines put in its WORKDIR: path in the image -> file of this checkout."""
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    patterns = [line.strip().rstrip("/") for line in lines if line.strip() and not line.startswith("#")]
+    # Only what _ignored understands: no re-inclusion, `**` only as a leading `**/name`.
+    assert not [p for p in patterns if p.startswith("!") or "**" in p.removeprefix("**/")], patterns
+    files: dict[str, Path] = {}
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if not line.startswith("COPY "):
+            continue
+        *sources, target = line.split()[1:]
+        assert not any(s.startswith("--") for s in sources), line  # COPY --from/--chown: not modelled here
+        for source in sources:
+            where = (ROOT / source).resolve()
+            found = [where] if where.is_file() else [p for p in where.rglob("*") if p.is_file()]
+            for path in found:
+                relative = path.relative_to(ROOT).as_posix()
+                if _ignored(relative, patterns):
+                    continue
+                inside = path.name if where.is_file() else path.relative_to(where).as_posix()
+                files[str(Path(target) / inside)] = path
+    return files
+
+
+def test_the_production_image_holds_no_fixture_and_no_sandbox():
+    files = image_files()
+    assert {"pyproject.toml", "README.md", "cds_service/app.py", "hooks/settings.yaml"} <= set(files)
+    assert "cds_service/tables.py" in files and "cds_service/migrations/env.py" in files
+    assert [f for f in files if f.startswith(("fhir_fixtures/", "cds_service/sandbox/"))] == []
+    assert [f for f in files if f.startswith(("tests/", "bench/")) or "__pycache__" in f] == []
+    assert "fhir_fixtures" not in (ROOT / "Dockerfile").read_text()
+
+
+@pytest.mark.slow
+def test_the_production_image_files_serve_without_the_sandbox(tmp_path):
+    """The image's files alone (copied as the Dockerfile would) run the production app; the sandbox is not
+    there to import, and nothing asks for it."""
+    app = tmp_path / "app"
+    for inside, source in image_files().items():
+        (app / inside).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, app / inside)
+    (app / "var").mkdir()
+    report = probe_production_app(app / "hooks", cwd=app, pythonpath=app)
+    assert report["package"] == str(app / "cds_service" / "__init__.py")  # the copy, not this checkout
+    assert report["sandbox"] == [] and not (app / "cds_service" / "sandbox").exists()
+    assert report["answers"]["/healthz"] == 200 and report["answers"]["/readyz"] == 200
+    assert report["answers"]["/docs"] == 200 and report["answers"]["/sandbox"] == 404

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from support import config_copy, finding_ids, start_service
 
 from cds_service.app import create_app
 from cds_service.fixtures import manifest
@@ -24,6 +23,7 @@ from cds_service.rules import PATIENT_VIEW_NEEDS
 from cds_service.sandbox.fhir_server import serve_in_thread
 from cds_service.sandbox.requests import build_request
 from cds_service.sandbox.store import FhirStore
+from tests.support import config_copy, finding_ids, start_service
 
 SERVICE = "tacrolimus-monitoring"
 PATH = f"/cds-services/{SERVICE}"
@@ -98,8 +98,8 @@ def test_discovery_lists_the_monitoring_service_with_templates_from_what_its_rul
     assert service["title"] and "tacrolimus" in service["description"]
     assert "patient-view" in service["usageRequirements"]
     prefetch = service["prefetch"]
-    # No rule of patient-view reads allergies: no allergies key.
-    assert set(prefetch) == {"patient", "conditions", "medications", "observations"}
+    # No rule of patient-view reads allergies: no allergies key. Procedures: deliveries end a pregnancy (v3).
+    assert set(prefetch) == {"patient", "conditions", "medications", "observations", "procedures"}
     asked = set(re.search(r"code=([^&]+)", prefetch["observations"]).group(1).split(","))
     terminology = fixture_app.extensions["cds_runtime"]().terminology
     needed = {
@@ -314,6 +314,7 @@ def test_the_window_and_the_minimum_are_set_per_tenant_for_this_service_alone(tm
     assert config.settings_for(SERVICE, None)["hold_repeats"]["window_minutes"] == 1440
 
 
+@pytest.mark.slow
 def test_across_two_workers_a_second_view_shows_nothing_new_and_a_rise_shows_again(tmp_path):
     """A real ``cds-service serve --workers 2``: views of the same chart land on both workers (fresh
     connections, several at once); the memory is in the database, so no worker repeats what another showed."""
@@ -431,7 +432,7 @@ def test_cards_shown_and_feedback_are_reported_for_the_service(tmp_path):
 
 
 def test_outside_dev_mode_only_a_registered_ehr_signed_for_this_url_is_answered(tmp_path):
-    from security_helpers import Signer, bearer, claims
+    from tests.security_helpers import Signer, bearer, claims
 
     issuer, key, base = "https://ehr.example.org/cds-client", Signer("ES384"), "https://cds.example.org"
     callers = [{"issuer": issuer, "jwks": {"keys": [key.jwk()]}, "algorithms": ["ES384"]}]

@@ -9,12 +9,12 @@ import subprocess
 import sys
 
 import pytest
-from support import CDS_SERVICE, ROOT, make_app
 
 from cds_service.protocol import check_response
 from cds_service.sandbox import official
 from cds_service.sandbox.fhir_server import serve_in_thread
 from cds_service.sandbox.store import FhirStore
+from tests.support import CDS_SERVICE, ROOT, make_app
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 EXAMPLES = ROOT / "examples"
@@ -80,6 +80,7 @@ def test_feedback_example_is_stored(answers):
     assert answers["examples/feedback.json"] == (200, {"stored": 1})
 
 
+@pytest.mark.slow
 def test_python_dash_m_runs_the_same_command_line():
     listed = subprocess.run(
         [sys.executable, "-m", "cds_service", "sandbox", "list"], capture_output=True, text=True, timeout=60
@@ -88,6 +89,7 @@ def test_python_dash_m_runs_the_same_command_line():
     assert "pregnant-ln-flare-on-mmf" in listed.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [["serve", "--dev"], ["fixtures", "serve"]], ids=" ".join)
 def test_a_busy_port_gives_one_clear_error_and_no_serving_line(command):
     with socket.create_server(("127.0.0.1", 0)) as busy:
@@ -102,6 +104,7 @@ def test_a_busy_port_gives_one_clear_error_and_no_serving_line(command):
     assert "serving" not in run.stderr and "fixture FHIR server on" not in run.stderr
 
 
+@pytest.mark.slow
 def test_the_readme_gives_a_ready_official_sandbox_link_per_fixture():
     rows = subprocess.run(
         [CDS_SERVICE, "sandbox", "links", "--markdown"], capture_output=True, text=True, timeout=60

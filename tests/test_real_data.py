@@ -18,7 +18,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from support import (
+
+from cds_service.protocol import check_response
+from cds_service.sandbox.fhir_server import serve_in_thread
+from cds_service.sandbox.requests import build_request_from_bundle
+from cds_service.sandbox.store import FhirStore
+from tests.support import (
     FINDINGS_KEY,
     SNOMED,
     finding_ids,
@@ -26,11 +31,6 @@ from support import (
     small_patient,
     tacrolimus_draft,
 )
-
-from cds_service.protocol import check_response
-from cds_service.sandbox.fhir_server import serve_in_thread
-from cds_service.sandbox.requests import build_request_from_bundle
-from cds_service.sandbox.store import FhirStore
 
 REAL = Path(__file__).resolve().parent / "data" / "real"
 TOKEN = "real-data-token-1"
@@ -313,6 +313,7 @@ def _pregnancy_days(resources: list[dict]) -> list[tuple[str, bool]]:
     return [(day, any(start <= day < end for start, end in pregnancies)) for day in days]
 
 
+@pytest.mark.slow  # a call for every day of five pregnancies
 def test_p1_follows_every_synthea_pregnancy_from_its_start_to_its_end(client):
     """On every day of Francine's record (five pregnancies: births, a termination, a miscarriage), P1 is on
     the cards exactly when a pregnancy was open that day, and P2 exactly then for an active methotrexate."""

@@ -15,7 +15,6 @@ import requests
 import yaml
 from click.testing import CliRunner
 from sqlalchemy import select, update
-from support import config_copy, finding_ids, make_app, start_service
 
 from cds_service.alert_memory import SECRET_ENV, AlertMemory, RepeatRule, Subject, hold_back
 from cds_service.app import create_app
@@ -23,7 +22,9 @@ from cds_service.cli import main
 from cds_service.hook_call import answer_hook
 from cds_service.rules.model import Finding
 from cds_service.sandbox.requests import build_request
-from cds_service.storage import make_engine, service_secrets, shown_alerts
+from cds_service.storage import make_engine
+from cds_service.tables import service_secrets, shown_alerts
+from tests.support import config_copy, finding_ids, make_app, start_service
 
 SELECT = "/cds-services/tacrolimus-order-select"
 SIGN = "/cds-services/tacrolimus-order-sign"
@@ -211,6 +212,7 @@ def test_explain_and_the_log_say_what_was_held_back_and_why(tmp_path):
     assert "N11  held back (info)" in lines
 
 
+@pytest.mark.slow
 def test_the_hold_survives_a_restart_and_works_across_two_workers(tmp_path):
     """A real ``cds-service serve --workers 2``: order-select and order-sign are answered by different workers
     (fresh connections, several at once); the memory is in the database, so a restarted service still knows

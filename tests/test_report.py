@@ -10,14 +10,14 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from click.testing import CliRunner
-from support import FINDINGS_KEY, make_app
 
 from cds_service.cli import main
 from cds_service.report import UNKNOWN_CARD, aggregate, as_csv, as_json, as_table
 from cds_service.sandbox.requests import build_request
+from tests.support import FINDINGS_KEY, make_app
 
-# Storage-facing: every test here runs on SQLite and on PostgreSQL (tests/conftest.py).
-pytestmark = pytest.mark.usefixtures("each_database")
+# Storage-facing: the tests that store cards and feedback run on SQLite and on PostgreSQL (``each_database``,
+# tests/conftest.py); the aggregation on hand-made rows runs once.
 
 SIGN = "tacrolimus-order-sign"
 SELECT = "tacrolimus-order-select"
@@ -100,7 +100,7 @@ EXPECTED = {
 
 
 @pytest.fixture
-def answered(tmp_path):
+def answered(tmp_path, each_database):
     app = make_app(tmp_path)
     show_and_answer(app)
     return app, tmp_path / "hooks"
@@ -155,6 +155,7 @@ def test_report_since_and_tenant_filter(answered):
     assert json.loads(run_report(config_dir, "--format", "json", "--tenant", "hospital-a")) == []
 
 
+@pytest.mark.usefixtures("each_database")
 def test_report_rejects_a_bad_date_and_a_bad_configuration(tmp_path):
     make_app(tmp_path)  # a configuration copy and its database
     config_dir = tmp_path / "hooks"
@@ -213,6 +214,7 @@ def test_formats_on_an_empty_period():
     assert json.loads(as_json([])) == []
 
 
+@pytest.mark.usefixtures("each_database")
 def test_a_reason_by_code_alone_gets_the_cards_display_and_a_suggestion_counts_for_its_finding(tmp_path):
     """The CDS Hooks Sandbox sends override reasons as system + code; accepting the "order baseline labs"
     suggestion on a card with N1, N11 and N15 counts for N1 (whose suggestion it is), not for the others."""

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import orjson
 import pytest
-from support import DATA, hook_request, make_app, small_patient
 
 from cds_service.protocol import ProtocolError, validate_request
 from cds_service.request_json import LazyPrefetch, parse_hook_call, parse_json
+from tests.support import DATA, hook_request, make_app, small_patient
 
 SIGN = "/cds-services/tacrolimus-order-sign"
 VIEW = "/cds-services/tacrolimus-monitoring"

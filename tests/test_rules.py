@@ -65,6 +65,7 @@ THRESHOLDS = {
     "hcg_unconfirmed_days": 14,
     "edd_overdue_days": 14,
     "hcg_positive_iu_per_l": 25,
+    "hcg_indeterminate_iu_per_l": [5, 25],
     "pregnancy_capable_age": [12, 55],
     "mycophenolate_hcg_days": 30,
     "pregnancy_bp_days": 7,
@@ -267,7 +268,10 @@ def test_every_threshold_the_tests_assume_is_a_shipped_setting():
 
 
 def test_needs_names_the_value_sets_discovery_must_prefetch():
-    assert set(NEEDS) == {"Patient", "Condition", "MedicationRequest", "Observation", "AllergyIntolerance"}
+    assert set(NEEDS) == {
+        "Patient", "Condition", "MedicationRequest", "Observation", "AllergyIntolerance", "Procedure"
+    }  # fmt: skip
+    assert NEEDS["Procedure"] == ("delivery-procedures",)  # rules.md v3: read for deliveries alone
     observation = set(NEEDS["Observation"])
     # The BP panel code must be fetched for its components to reach systolic-bp / diastolic-bp.
     assert {"blood-pressure", "systolic-bp", "diastolic-bp"} <= observation
@@ -426,26 +430,26 @@ def test_no_pregnancy_data_is_unknown_not_negative():
 @pytest.mark.parametrize(
     ("labs", "pregnant"),
     [
-        ([lab("pregnancy-status", answer="77386006", days=100)], True),
-        ([lab("pregnancy-status", answer="77386006", days=281)], False),
+        ([lab("pregnancy-status", answer="pregnant", days=100)], True),
+        ([lab("pregnancy-status", answer="pregnant", days=281)], False),
         (
             [
-                lab("pregnancy-status", answer="77386006", days=100),
-                lab("pregnancy-status", answer="60001007", days=20),
+                lab("pregnancy-status", answer="pregnant", days=100),
+                lab("pregnancy-status", answer="not-pregnant", days=20),
             ],
             False,
         ),
         (
             [
-                lab("pregnancy-status", answer="60001007", days=100),
-                lab("pregnancy-status", answer="77386006", days=20),
+                lab("pregnancy-status", answer="not-pregnant", days=100),
+                lab("pregnancy-status", answer="pregnant", days=20),
             ],
             True,
         ),
         (
             [
-                lab("pregnancy-status", answer="77386006", days=100),
-                lab("pregnancy-status", answer="261665006", days=20),
+                lab("pregnancy-status", answer="pregnant", days=100),
+                lab("pregnancy-status", answer="unknown", days=20),
             ],
             True,
         ),
@@ -461,8 +465,9 @@ def test_no_pregnancy_data_is_unknown_not_negative():
             False,
         ),
         ([lab("hcg-quantitative", 26, days=3)], True),
-        ([lab("hcg-quantitative", 25, days=3)], False),
-        ([lab("hcg-quantitative", 900, days=10), lab("hcg-quantitative", 12, days=1)], False),
+        ([lab("hcg-quantitative", 25, days=3)], False),  # 5-25 IU/L: indeterminate, never pregnant (v3)
+        ([lab("hcg-quantitative", 900, days=10), lab("hcg-quantitative", 4, days=1)], False),
+        ([lab("hcg-quantitative", 900, days=10), lab("hcg-quantitative", 12, days=1)], True),  # ends nothing
     ],
 )
 def test_pregnancy_is_recognised_from_each_source(labs, pregnant):
@@ -1030,7 +1035,7 @@ def pregnant_by(*, conditions=(), labs=()) -> bool:
 
 
 def test_a_delivery_ends_an_earlier_pregnant_answer_and_problem_but_not_a_later_one():
-    answer = lab("pregnancy-status", answer="77386006", days=200)
+    answer = lab("pregnancy-status", answer="pregnant", days=200)
     stale = pregnancy_condition(active=True)
     assert not pregnant_by(conditions=(stale, outcome(30)), labs=[answer])
     reason = stays_quiet("P1", make(conditions=(cond(*LUPUS_NEPHRITIS), outcome(30)), labs=[answer]))
@@ -1050,22 +1055,22 @@ def test_a_resolved_pregnancy_condition_ends_at_its_abatement_else_its_last_upda
 
 def test_not_pregnant_and_negative_hcg_end_only_what_came_before_and_unknown_does_nothing():
     assert not pregnant_by(
-        labs=[lab("hcg-quantitative", 900, days=100), lab("pregnancy-status", answer="60001007", days=10)]
+        labs=[lab("hcg-quantitative", 900, days=100), lab("pregnancy-status", answer="not-pregnant", days=10)]
     )
     assert pregnant_by(
-        labs=[lab("pregnancy-status", answer="60001007", days=100), lab("hcg-quantitative", 900, days=10)]
+        labs=[lab("pregnancy-status", answer="not-pregnant", days=100), lab("hcg-quantitative", 900, days=10)]
     )
     assert pregnant_by(
-        labs=[lab("hcg-quantitative", 900, days=100), lab("pregnancy-status", answer="261665006", days=10)]
+        labs=[lab("hcg-quantitative", 900, days=100), lab("pregnancy-status", answer="unknown", days=10)]
     )
-    assert not pregnant_by(labs=[lab("pregnancy-status", answer="261665006", days=10)])
+    assert not pregnant_by(labs=[lab("pregnancy-status", answer="unknown", days=10)])
     assert not pregnant_by(labs=[lab("hcg-quantitative", 900, days=100), lab("hcg-quantitative", 3, days=90)])
 
 
 @pytest.mark.parametrize(("past", "pregnant"), [(14, True), (15, False)])
 def test_an_estimated_delivery_date_more_than_14_days_past_ends_the_pregnancy(past, pregnant):
     labs = [
-        lab("pregnancy-status", answer="77386006", days=250),
+        lab("pregnancy-status", answer="pregnant", days=250),
         lab("edd", answer=(NOW - timedelta(days=past)).date().isoformat(), days=240),
     ]
     assert pregnant_by(labs=labs) is pregnant
@@ -1080,7 +1085,7 @@ def test_a_positive_hcg_after_the_overdue_point_is_a_new_pregnancy():
 
 def test_edd_overdue_days_is_a_setting():
     labs = [
-        lab("pregnancy-status", answer="77386006", days=250),
+        lab("pregnancy-status", answer="pregnant", days=250),
         lab("edd", answer=(NOW - timedelta(days=20)).date().isoformat(), days=240),
     ]
     inp = make(labs=labs, edd_overdue_days=21)
@@ -1097,7 +1102,7 @@ def test_an_old_positive_hcg_still_counts_and_the_card_says_nothing_later_confir
 
 def test_a_later_pregnant_answer_or_an_active_condition_confirms_an_old_hcg():
     hcg = lab("hcg-quantitative", 850, days=40)
-    later = lab("pregnancy-status", answer="77386006", days=10)
+    later = lab("pregnancy-status", answer="pregnant", days=10)
     assert "confirms" not in fires("P1", make(labs=[hcg, later])).detail
     inp = make(conditions=(cond(*LUPUS_NEPHRITIS), PREGNANT), labs=[hcg])
     assert "confirms" not in fires("P1", inp).detail
@@ -1107,7 +1112,7 @@ def test_p2_after_delivery_is_quiet_and_p3_asks_for_a_negative_test():
     inp = make(
         conditions=(cond(*LUPUS_NEPHRITIS), outcome(30)),
         meds=(med(MYCOPHENOLATE, "teratogens", name="mycophenolate mofetil"),),
-        labs=[lab("pregnancy-status", answer="77386006", days=200)],
+        labs=[lab("pregnancy-status", answer="pregnant", days=200)],
     )
     stays_quiet("P2", inp)
     assert "no negative hCG in the last 30 days" in fires("P3", inp).missing
@@ -1121,7 +1126,16 @@ def test_p3_a_positive_or_unreadable_recent_hcg_is_not_the_negative_test_it_asks
         labs=[lab("hcg-quantitative", 900, days=20)],
     )
     fires("P3", inp)
-    stays_quiet("P3", make(meds=(med(MYCOPHENOLATE),), labs=[lab("hcg-quantitative", 25, days=3)]))
+    stays_quiet("P3", make(meds=(med(MYCOPHENOLATE),), labs=[lab("hcg-quantitative", 4, days=3)]))
+    # An hCG only flagged N (normal) is not the negative test either (rules.md v3), and the card says so.
+    flagged = LabValue(
+        "hcg-n", "", ago(2), None, None, answer="negative", original="interpretation N", flag_only=True
+    )
+    f = fires("P3", make(meds=(med(MYCOPHENOLATE),), labs=[("hcg-qualitative", flagged)]))
+    assert any("only flagged N" in line and "neither a positive nor a negative" in line for line in f.missing)
+    # 5-25 IU/L is indeterminate (rules.md v3): not the negative test, and the card says to repeat it.
+    f = fires("P3", make(meds=(med(MYCOPHENOLATE),), labs=[lab("hcg-quantitative", 25, days=3)]))
+    assert any("is indeterminate: repeat in 48–72 hours" in line for line in f.missing)
 
 
 # --- P7: breastfeeding and drugs not compatible with it -----------------------------------------------------
@@ -1262,3 +1276,18 @@ def test_n4_cites_the_lupus_nephritis_trial_regimens_for_its_ceiling():
 def test_undated_active_pregnancy_conditions_count_and_cannot_be_ended_by_a_dated_event():
     undated = [pregnancy_condition(active=True, onset=None) for _ in range(2)]
     assert pregnant_by(conditions=(*undated, outcome(30)), labs=[lab("hcg-quantitative", 900, days=20)])
+
+
+def test_an_hcg_only_flagged_abnormal_neither_starts_nor_ends_a_pregnancy():
+    """rules.md v3: only POS/DET start and only NEG/ND end a pregnancy; an A/N flag alone is named instead."""
+    flagged_a = LabValue(
+        "hcg-a", "", ago(2), None, None, answer="positive", original="interpretation A", flag_only=True
+    )
+    result = run("P1", make(labs=[("hcg-qualitative", flagged_a)]))
+    assert isinstance(result, Quiet) and "only flagged A" in result.reason
+    flagged_n = LabValue(
+        "hcg-n", "", ago(1), None, None, answer="negative", original="interpretation N", flag_only=True
+    )
+    assert isinstance(
+        run("P1", make(labs=[lab("hcg-quantitative", 900, days=10), ("hcg-qualitative", flagged_n)])), Finding
+    )

@@ -18,28 +18,15 @@ from pathlib import Path
 import pytest
 import requests
 from playwright.sync_api import expect
-from support import config_copy, start_service
 
 from cds_service.fixtures import manifest
+from tests.support import CHROMIUM, CHROMIUM_ARGS, config_copy, start_service
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PREGNANT = "pregnant-ln-flare-on-mmf"
 RISK_BENEFIT = ("risk-benefit-ratio", "Recipient assessment of risk/benefit ratio")
 SCREENSHOT = Path(tempfile.gettempdir()) / "sandbox-round.png"
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="needs Debian chromium (scripts/ensure-chromium)"
-)
+pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import requests
 from click.testing import CliRunner
-from support import CDS_SERVICE, config_copy, finding_ids, free_port, make_app, start_service
 
 from cds_service.cli import main
 from cds_service.fixtures import manifest
 from cds_service.sandbox.runner import REDACTED, markdown_for_terminal
+from tests.support import CDS_SERVICE, config_copy, finding_ids, free_port, make_app, start_service
 
 FIXTURES = ["p1-pregnant-sle", "s1-mmf-inadequate-response", "n1-missing-baseline-labs"]
 
@@ -43,7 +43,8 @@ def service(tmp_path_factory):
 
 
 def run_cli(*args: str):
-    result = CliRunner().invoke(main, list(args))
+    # The output follows the terminal width: a pipe's (100 columns), whatever COLUMNS says (xdist sets it).
+    result = CliRunner(env={"COLUMNS": "100"}).invoke(main, list(args))
     assert result.exception is None or isinstance(result.exception, SystemExit), result.output
     return result
 
@@ -107,7 +108,9 @@ def test_json_holds_the_request_built_from_discovery_and_the_response():
     ]
     assert set(manifest()["p1-pregnant-sle"]["drafts"]) <= set(draft_refs)
     assert request["context"]["selections"] == manifest()["p1-pregnant-sle"]["selections"]
-    assert set(request["prefetch"]) == {"patient", "conditions", "medications", "observations", "allergies"}
+    assert set(request["prefetch"]) == {
+        "patient", "conditions", "medications", "observations", "allergies", "procedures"
+    }  # fmt: skip
     assert request["prefetch"]["patient"]["resourceType"] == "Patient"
     assert "fhirServer" not in request
     assert response["status"] == 200
@@ -170,6 +173,7 @@ def _shown_in(database: Path, hook_instance: str) -> bool:
     return False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("via", ["prefetch", "fhir"])
 def test_run_against_a_running_dev_service(service, via):
     base, database = service
@@ -195,6 +199,7 @@ def test_run_against_an_unreachable_url_says_so():
     assert "cannot reach" in result.stderr
 
 
+@pytest.mark.slow
 def test_fixtures_serve_answers_fhir_searches(tmp_path):
     port = free_port()
     log = tmp_path / "fixtures.log"

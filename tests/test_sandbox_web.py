@@ -7,9 +7,9 @@ from them, against the real service in-process.
 from __future__ import annotations
 
 import pytest
-from support import finding_ids, make_app
 
 from cds_service.fixtures import manifest
+from tests.support import finding_ids, make_app
 
 PREGNANT = "pregnant-ln-flare-on-mmf"  # pregnant with mycophenolate active: P2, the teratogen card
 DUPLICATE = "tacrolimus-active-duplicate"  # a new tacrolimus order beside an active one

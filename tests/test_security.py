@@ -23,28 +23,6 @@ from pathlib import Path
 
 import pytest
 import requests
-from security_helpers import (
-    MINTED,
-    Signer,
-    bearer,
-    claims,
-    connection_recorder,
-    hmac_token,
-    jwks_server,
-    secret,
-    unsigned_token,
-)
-from support import (
-    DATA,
-    ROOT,
-    ServiceProcess,
-    bundle,
-    config_copy,
-    hook_request,
-    small_patient,
-    start_service,
-    with_fhir_server,
-)
 
 from cds_service.auth import (
     AuthError,
@@ -61,7 +39,30 @@ from cds_service.fhir_policy import REFUSED, FhirPolicy
 from cds_service.sandbox.fhir_server import Faults, serve_in_thread
 from cds_service.sandbox.store import FhirStore
 from cds_service.storage import make_engine
+from tests.security_helpers import (
+    MINTED,
+    Signer,
+    bearer,
+    claims,
+    connection_recorder,
+    hmac_token,
+    jwks_server,
+    secret,
+    unsigned_token,
+)
+from tests.support import (
+    DATA,
+    ROOT,
+    ServiceProcess,
+    bundle,
+    config_copy,
+    hook_request,
+    small_patient,
+    start_service,
+    with_fhir_server,
+)
 
+pytestmark = pytest.mark.slow  # most tests call a real service, started once per database
 PID = "sec-p1"
 ISSUER = "https://ehr-a.test"
 WILDCARD_ISSUER = "https://ehr-b.test"
@@ -76,9 +77,6 @@ SANDBOX_JWKS = (
     / "cds-hooks-sandbox@3b7e255"
     / "cds-hooks-sandbox__build~.well-known~jwks.json"
 )
-
-# Storage-facing: every test here runs on SQLite and on PostgreSQL (tests/conftest.py).
-pytestmark = pytest.mark.usefixtures("each_database")
 
 
 @dataclass
@@ -105,7 +103,9 @@ class Env:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tmp_path_factory, module_database):
+    """One service for the module's HTTP tests, started once on SQLite and once on PostgreSQL (each test runs
+    on both: the replay store and the feedback it writes are storage-facing)."""
     tmp = tmp_path_factory.mktemp("security")
     key, rsa_key, rotated_key = Signer("ES384"), Signer("RS384"), Signer("ES384")
     wildcard_key, attacker = Signer("ES384"), Signer("ES384")
@@ -145,6 +145,8 @@ def env(tmp_path_factory):
             return config_copy(tmp / f"port-{port}", server=server, callers=callers)
 
         service = stack.enter_context(start_service(config_for, workers=2))
+        expected = "sqlite" if module_database == "sqlite" else "postgresql"
+        assert requests.get(f"{service.base}/readyz", timeout=10).json()["database"] == expected
         yield Env(
             service,
             key,

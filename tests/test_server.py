@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from support import (
+
+from tests.support import (
     CDS_SERVICE,
     ServiceProcess,
     config_copy,
@@ -27,6 +28,7 @@ from support import (
     start_service,
 )
 
+pytestmark = pytest.mark.slow  # a real service
 SIGN = "tacrolimus-order-sign"
 
 

@@ -10,7 +10,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
 import pytest
-from support import (
+
+from cds_service.protocol import check_discovery, check_response
+from cds_service.rules import NEEDS
+from cds_service.sandbox.fhir_server import Faults, serve_in_thread
+from cds_service.sandbox.requests import run_query
+from cds_service.sandbox.store import FhirStore
+from cds_service.storage import Store, make_engine
+from tests.support import (
     DATA,
     RXNORM,
     finding_ids,
@@ -20,13 +27,6 @@ from support import (
     tacrolimus_draft,
     with_fhir_server,
 )
-
-from cds_service.protocol import check_discovery, check_response
-from cds_service.rules import NEEDS
-from cds_service.sandbox.fhir_server import Faults, serve_in_thread
-from cds_service.sandbox.requests import run_query
-from cds_service.sandbox.store import FhirStore
-from cds_service.storage import Store, make_engine
 
 PID = "http-p1"
 SIGN = "/cds-services/tacrolimus-order-sign"
@@ -265,6 +265,7 @@ def test_optional_allergies_unavailable_gives_a_degraded_honest_answer(client, p
 # --- FHIR server faults ----------------------------------------
 
 
+@pytest.mark.slow  # waits out each fault (a 4 s delay among them)
 @pytest.mark.parametrize(
     "fault, expected",
     [

@@ -25,7 +25,6 @@ from pathlib import Path
 import pytest
 import requests
 from click.testing import CliRunner
-from support import config_copy, make_app, start_service
 
 from cds_service.cli import main
 from cds_service.fixtures import load_bundle, manifest
@@ -33,9 +32,8 @@ from cds_service.record_builder import build_record
 from cds_service.sandbox import FhirStore, serve_in_thread
 from cds_service.smart import DRUG_GROUPS
 from cds_service.terminology import Terminology
+from tests.support import CHROMIUM, CHROMIUM_ARGS, config_copy, make_app, start_service
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync"]
 SHOTS = Path(tempfile.gettempdir()) / "smart-course"
 LAUNCHED = [
     "n2-creatinine-rise-25pct",  # baseline before tacrolimus began, N2
@@ -50,7 +48,6 @@ LAUNCHED = [
 CHARTED = (
     "creatinine", "egfr", "tacrolimus-level", "upcr", "systolic-bp", "diastolic-bp", "potassium", "magnesium",
 )  # fmt: skip
-needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian chromium")
 
 
 # --- what the chart must hold, from the service's own reading of the fixture --------------------------------
@@ -197,7 +194,7 @@ def ehr_launch(fhir_base: str, patient: str, app_context: str | None = None) -> 
     return response.json()["launch"]
 
 
-@needs_chromium
+@pytest.mark.browser
 @pytest.mark.parametrize("name", LAUNCHED)
 def test_ehr_launch_against_the_fixture_server_charts_the_fixture(service, fhir, browser, name):
     page = browser.new_page()
@@ -269,7 +266,7 @@ HAND_MADE_ORDERS = [
 ]
 
 
-@needs_chromium
+@pytest.mark.browser
 def test_the_app_recognises_drug_orders_as_the_rules_do(service, fhir, browser):
     """Codes, system aliases, ingredients, names and local forms: the app and the record builder agree."""
     record = build_record(
@@ -293,7 +290,7 @@ def test_the_app_recognises_drug_orders_as_the_rules_do(service, fhir, browser):
     page.close()
 
 
-@needs_chromium
+@pytest.mark.browser
 @pytest.mark.parametrize("name", ["n2-creatinine-rise-25pct", "tacrolimus-kidney-decline-clarithromycin"])
 def test_the_monitoring_cards_smart_link_launches_the_app_from_the_web_sandbox(service, browser, name):
     page = browser.new_page()

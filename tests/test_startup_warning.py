@@ -6,14 +6,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from support import config_copy, start_service
 
 from cds_service.cli import loopback_base_url_warning
 from cds_service.config import load_config
+from tests.support import config_copy, start_service
 
 WARNING = "card source.url and links will point at loopback"
 
 
+@pytest.mark.slow
 def test_a_production_start_on_a_loopback_public_base_url_logs_one_warning_line(tmp_path):
     config = config_copy(tmp_path, server={"public_base_url": "http://127.0.0.1:8080"})
     with start_service(config, workers=1) as service:
@@ -23,6 +24,7 @@ def test_a_production_start_on_a_loopback_public_base_url_logs_one_warning_line(
     assert logged["level"] == "warning" and "http://127.0.0.1:8080" in logged["event"]
 
 
+@pytest.mark.slow
 def test_dev_mode_does_not_warn(tmp_path):
     with start_service(config_copy(tmp_path), workers=1, dev=True) as service:
         assert not [line for line in service.lines if WARNING in line]

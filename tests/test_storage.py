@@ -14,12 +14,14 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
 from sqlalchemy import inspect
 
 from cds_service import metrics
 from cds_service.app import create_app
-from cds_service.migrations import current, full_metadata, head
+from cds_service.migrations import current, head
 from cds_service.storage import Store, make_engine
+from cds_service.tables import metadata
 from tests.support import CDS_SERVICE, config_copy, hook_request, make_app, small_patient, with_fhir_server
 
 PID = "store-p1"
@@ -88,6 +90,7 @@ def test_feedback_is_counted_by_the_finding_on_its_card(tmp_path, database_url):
     assert 'cds_hook_calls_total{service="tacrolimus-order-sign",status="200"}' in page
 
 
+@pytest.mark.slow
 def test_instances_starting_together_on_an_empty_database_all_start(tmp_path, database_url):
     config = config_copy(tmp_path, feedback={"database_url": database_url})
     upgrades = [
@@ -104,7 +107,7 @@ def test_instances_starting_together_on_an_empty_database_all_start(tmp_path, da
     engine = make_engine(database_url, migrate=False)
     with engine.connect() as connection:
         assert current(connection) == head()
-    assert set(inspect(engine).get_table_names()) == {*full_metadata().tables, "alembic_version"}
+    assert set(inspect(engine).get_table_names()) == {*metadata.tables, "alembic_version"}
 
 
 def test_the_migrated_schema_is_the_one_the_code_uses(database_url):
@@ -116,7 +119,7 @@ def test_the_migrated_schema_is_the_one_the_code_uses(database_url):
     with engine.connect() as connection:
         postgres = engine.dialect.name == "postgresql"
         context = MigrationContext.configure(connection, opts={"compare_type": postgres})
-        assert compare_metadata(context, full_metadata()) == []
+        assert compare_metadata(context, metadata) == []
 
 
 def test_a_database_from_before_migrations_is_taken_over(database_url):

@@ -49,6 +49,8 @@ COMMON_MD_NAMES = {
     "pregnant-answer", "not-pregnant-answer", "qualitative-positive", "qualitative-negative",
     # rule catalog version 2 (clinical.md §5)
     "pregnancy-outcome", "anti-hbc", "yes-answer", "no-answer",
+    # rule catalog version 3 (clinical.md §6.6)
+    "delivery-procedures",
 }  # fmt: skip
 
 # clinical.md marks these UNVERIFIED (or, for 284520, topical): never in a default set.
@@ -144,6 +146,7 @@ def test_every_default_code_is_written_in_clinical_md():
     text = CLINICAL_MD.read_text()
     own_sources = {"qualitative-positive", "qualitative-negative"}  # verified elsewhere (descriptions)
     own_sources |= {"pregnancy-outcome"}  # clinical.md §5 writes ICD-10-CM ranges: see the next test
+    own_sources |= {"delivery-procedures"}  # clinical.md §6.6 names the VSAC set; see its own test
     for path in value_set_files():
         if path.stem in own_sources or path.stem in DRUG_CLASSES:  # drug classes: a source per code
             continue
@@ -173,6 +176,25 @@ def test_pregnancy_outcome_codes_are_the_icd_10_cm_blocks_of_the_catalog():
     assert {system for system, _ in codes} == {ICD10CM}
     assert {code for _, code in codes} <= allowed
     assert {"O80", "O82", "Z37", "Z39", "O03"} <= {code for _, code in codes}
+
+
+def test_delivery_procedures_are_the_published_vsac_expansion(terms):
+    """clinical.md §6.1 item 5: VSAC 2.16.840.1.113762.1.4.1045.59, 112 SNOMED CT + 10 ICD-10-PCS codes."""
+    codes = file_codes("delivery-procedures")
+    assert sum(system == SNOMED for system, _ in codes) == 112 and len(codes) == 122
+    description = json.loads((DEFAULT_DIR / "delivery-procedures.json").read_text())["description"]
+    assert "2.16.840.1.113762.1.4.1045.59" in description
+    for code in ("11466000", "177184002", "236973005", "274130007"):  # caesarean, normal, any, emergency CS
+        assert "delivery-procedures" in terms.concepts([coding(SNOMED, code)])
+
+
+def test_reactive_and_loinc_answers_read_as_positive_and_negative(terms):
+    positive = ((LOINC, "LA6576-8"), (LOINC, "LA11882-0"), (SNOMED, "11214006"), (SNOMED, "10828004"))
+    negative = ((LOINC, "LA6577-6"), (LOINC, "LA11883-8"), (SNOMED, "131194007"), (SNOMED, "260385009"))
+    for system, code in positive:
+        assert "qualitative-positive" in terms.concepts([coding(system, code)]), code
+    for system, code in negative:
+        assert "qualitative-negative" in terms.concepts([coding(system, code)]), code
 
 
 def test_yes_no_answers_read_as_positive_and_negative_sets(terms):
@@ -606,3 +628,22 @@ def test_every_published_display_of_a_class_code_is_recognised_by_its_name_too()
             if display and by_code - by_name:
                 unnamed.add(display.split(" ")[0])
     assert unnamed <= NOT_NAMED_ON_PURPOSE
+
+
+def test_an_edited_value_set_file_is_read_again(tmp_path):
+    """The parsed files are kept between loads (each reload builds a new Terminology); an edit is not lost."""
+    directory = tmp_path / "valuesets"
+    directory.mkdir()
+    path = directory / "tacrolimus.json"
+    original = json.loads((DEFAULT_DIR / "tacrolimus.json").read_text())
+    path.write_text(json.dumps(original))
+    code = original["expansion"]["contains"][0]
+    concept = [{"system": code["system"], "code": code["code"]}]
+    assert "tacrolimus" in Terminology.load(directory=directory).concepts(concept)
+    edited = {
+        **original,
+        "expansion": {**original["expansion"], "contains": original["expansion"]["contains"][1:]},
+    }
+    edited["compose"] = {"include": []}
+    path.write_text(json.dumps(edited, indent=1))  # another size: a new version even within one mtime tick
+    assert "tacrolimus" not in Terminology.load(directory=directory).concepts(concept)

@@ -5,15 +5,13 @@ database: on PostgreSQL they queue on an advisory lock, on SQLite on a lock file
 the ones after the first find the schema current and do nothing. A database created before migrations
 existed (its tables, no ``alembic_version``) is stamped at the first revision, then upgraded.
 
-Every change to a table needs a new file in ``versions/``; a module that defines tables does so on
-``storage.metadata`` and is listed in ``TABLE_MODULES`` (``tests/test_storage.py`` checks that the migrated
-schema is exactly the tables the code uses).
+Every change to a table needs a new file in ``versions/``; every table is defined in ``cds_service/tables.py``
+(``tests/test_storage.py`` checks that the migrated schema is exactly those tables).
 """
 
 from __future__ import annotations
 
 import fcntl
-import importlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,23 +21,13 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import MetaData, inspect, text
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 
 log = logging.getLogger("cds_service.migrations")
 HERE = Path(__file__).resolve().parent
 FIRST_REVISION = "0001"
 PG_LOCK_KEY = 0x0C_D5_1401  # any constant shared by every instance of this service
-TABLE_MODULES = ("cds_service.storage", "cds_service.admin_sessions")
-
-
-def full_metadata() -> MetaData:
-    """``storage.metadata`` with the tables of every module in ``TABLE_MODULES`` on it."""
-    for name in TABLE_MODULES:
-        importlib.import_module(name)
-    from cds_service.storage import metadata
-
-    return metadata
 
 
 def alembic_config(connection: Connection | None = None) -> AlembicConfig:

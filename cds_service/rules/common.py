@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
+from cds_service.reading import hcg_meaning
 from cds_service.record import Condition, LabSeries, LabValue, Medication, PatientRecord
 from cds_service.rules.model import Evidence, Finding, Quiet, RuleInput, Suggestion
 
@@ -48,26 +49,28 @@ RESOURCE_WORDS = {
     "MedicationRequest": "medication orders",
     "Observation": "lab results and vital signs (Observations)",
     "AllergyIntolerance": "allergies",
+    "Procedure": "procedures (Procedure)",
 }
 
-# Pregnancy-status (82810-3) and breastfeeding-status (63895-7) answers. The record builder gives a coded
-# answer as its SNOMED code, or "positive"/"negative" when the code is in a qualitative answer set.
-PREGNANT_ANSWERS = frozenset({"77386006", "72892002", "255409004", "positive"})
-NOT_PREGNANT_ANSWERS = frozenset({"60001007", "negative"})
-LACTATING_ANSWERS = frozenset({"866041003", "169750002", "1260078007", "225604004", "positive"})
+# Pregnancy-status (82810-3) and breastfeeding-status (63895-7) answers, as ``cds_service.reading`` gives them
+# whatever the coding (a SNOMED or LOINC answer, a yes/no, words).
+PREGNANT_ANSWERS = frozenset({"pregnant"})
+NOT_PREGNANT_ANSWERS = frozenset({"not-pregnant", "pregnancy-ended"})
+LACTATING_ANSWERS = frozenset({"positive"})
 ANSWER_WORDS = {
-    "77386006": "pregnant",
-    "72892002": "normal pregnancy",
-    "255409004": "pregnant woman",
-    "60001007": "not pregnant",
-    "261665006": "unknown",
+    "pregnant": "pregnant",
+    "not-pregnant": "not pregnant",
+    "pregnancy-ended": "pregnancy ended",
+    "unknown": "unknown",
     "positive": "positive",
     "negative": "negative",
 }
+HCG_REPEAT = "repeat in 48–72 hours"
 
 PREGNANCY_NEEDS: dict[str, tuple[str, ...]] = {
     "Condition": ("pregnancy", "pregnancy-outcome"),
     "Observation": ("pregnancy-status", "edd", "hcg-qualitative", "hcg-quantitative"),
+    "Procedure": ("delivery-procedures",),
 }
 
 
@@ -170,11 +173,19 @@ def unit_text(unit: str | None) -> str:
 
 
 def show(v: LabValue) -> str:
-    """Value and unit, and the recorded original when converted: ``1.6 mg/dL (recorded 141 umol/L)``."""
+    """Value and unit, and the recorded original when converted: ``1.6 mg/dL (recorded 141 umol/L)``; a
+    coded answer in words, with how it was recorded when that differs (``positive (recorded Reactive)``)."""
     if v.value is None:
-        return ANSWER_WORDS.get(v.answer or "", v.answer or v.original)
+        said = ANSWER_WORDS.get(v.answer or "", v.answer or v.original)
+        if v.flag_only:
+            return f"{said} (only flagged {v.original.removeprefix('interpretation ')})"
+        recorded = v.original.strip()
+        if recorded and recorded.lower() not in (said.lower(), (v.answer or "").lower()):
+            return f"{said} (recorded {recorded!r})"
+        return said
     unit = unit_text(v.unit)
     text = f"{num(v.value)}%" if unit == "%" else f"{num(v.value)} {unit}".strip()
+    text = (v.comparator or "") + text
     if _was_converted(v):
         text += f" (recorded {v.original})"
     return text
@@ -402,12 +413,27 @@ class _End:
     said: str
 
 
-def _hcg_result(v: LabValue, positive_above: float) -> str | None:
+def hcg_result(v: LabValue, thresholds: Mapping[str, Any]) -> str | None:
+    """``positive``, ``negative``, ``indeterminate`` or None (a flag only) for one hCG result (rules.md v3:
+    only POS/DET start and only NEG/ND end a pregnancy; 5–25 IU/L is indeterminate; A/N flags are neither)."""
     if v.value is not None:
-        return "positive" if v.value > positive_above else "negative"
-    if v.answer in ("positive", "negative"):
+        band = thresholds.get("hcg_indeterminate_iu_per_l", DEFAULT_HCG_BAND)
+        return hcg_meaning(v.value, v.comparator, (band[0], band[1]), thresholds["hcg_positive_iu_per_l"])
+    if v.answer in ("positive", "negative") and not v.flag_only:
         return v.answer
     return None
+
+
+DEFAULT_HCG_BAND = (5, 25)
+
+
+def flag_only_hcg(v: LabValue) -> str:
+    """An hCG known only from an A/N flag: named, as it neither starts nor ends a pregnancy (E5)."""
+    return f"hCG on {day(v.when)} is {show(v)}: neither a positive nor a negative test"
+
+
+def hcg_indeterminate(v: LabValue) -> str:
+    return f"hCG {show(v)} on {day(v.when)} is indeterminate: {HCG_REPEAT}"
 
 
 def _edd(v: LabValue) -> date | None:
@@ -449,6 +475,9 @@ def _pregnancy_signs_and_ends(
     for c in record.confirmed_conditions("pregnancy-outcome"):
         if c.dated is not None:
             ends.append(_End(c.dated, f"{c.name} on {day(c.dated)}"))
+    for p in record.procedures:  # a delivery Procedure ends a pregnancy as the outcome Condition does (v3)
+        if "delivery-procedures" in p.concepts:
+            ends.append(_End(p.performed, f"{p.name} (procedure) on {day(p.performed)}"))
 
     # Pregnancy status (82810-3): "pregnant" within the look-back is a sign; "not pregnant" or an outcome
     # answer at any time ends what came before it; "unknown" neither starts nor ends.
@@ -458,10 +487,12 @@ def _pregnancy_signs_and_ends(
     answers = series.values()
     missing += unusable_in(series, None)
     for v in answers:
+        if v.flag_only:  # an A/N flag alone neither starts nor ends a pregnancy (rules.md v3)
+            continue
         if v.answer in PREGNANT_ANSWERS and v.when >= status_since:
             said = f"pregnancy status '{show(v)}' on {day(v.when)}"
             signs.append(_Sign("status", v.when, said, lab_evidence("Pregnancy status", v)))
-        elif v.answer in NOT_PREGNANT_ANSWERS or v.answer == "pregnancy-ended":
+        elif v.answer in NOT_PREGNANT_ANSWERS:
             ends.append(_End(v.when, f"pregnancy status '{show(v)}' on {day(v.when)}"))
     if not any(s.kind == "status" for s in signs):
         checked.append(f"no 'pregnant' pregnancy status in the last {num(status_days)} days")
@@ -499,17 +530,23 @@ def _pregnancy_signs_and_ends(
     # hCG: positive within ``hcg_days`` is a sign; a negative result at any time ends what came before it.
     hcg_days = thresholds["hcg_days"]
     hcg_since = window_start(now, hcg_days)
-    cutoff = thresholds["hcg_positive_iu_per_l"]
+    newest_read: tuple[datetime, str, LabValue] | None = None
     for group in ("hcg-qualitative", "hcg-quantitative"):
         hcg_series = record.lab(group)
         missing += unusable_in(hcg_series, None)
         for v in hcg_series.values():
-            result = _hcg_result(v, cutoff)
+            result = hcg_result(v, thresholds)
+            if result is not None and (newest_read is None or v.when > newest_read[0]):
+                newest_read = (v.when, result, v)
             if result == "positive" and v.when >= hcg_since:
                 said = f"positive hCG {show(v)} on {day(v.when)}"
                 signs.append(_Sign("hcg", v.when, said, lab_evidence("hCG", v)))
             elif result == "negative":
                 ends.append(_End(v.when, f"negative hCG {show(v)} on {day(v.when)}"))
+            elif v.flag_only and v.when >= hcg_since:
+                missing.append(flag_only_hcg(v))
+    if newest_read is not None and newest_read[1] == "indeterminate" and newest_read[0] >= hcg_since:
+        missing.append(hcg_indeterminate(newest_read[2]))
     if not any(s.kind == "hcg" for s in signs):
         checked.append(f"no positive hCG in the last {num(hcg_days)} days")
     return signs, ends, checked, missing
@@ -537,6 +574,8 @@ def pregnancy_status(record: PatientRecord, thresholds: Mapping[str, Any]) -> St
         else:
             checked.append(f"{sign.said} was ended by {end.said}")
     said = [s.said for s in live]
+    if live:  # a delivery recorded as a Procedure would have ended it: say that they could not be read
+        missing += unavailable(record, "Procedure")
     hcg = [s for s in live if s.kind == "hcg" and s.when is not None]
     if hcg and hcg[0].when is not None:
         newest, newest_when = hcg[0], hcg[0].when
@@ -579,7 +618,7 @@ def lactation_status(record: PatientRecord, thresholds: Mapping[str, Any]) -> St
     series = record.lab("breastfeeding-status")
     newest = series.newest(since=since)
     missing += unusable_in(series, since, newest)
-    if newest is not None and newest.answer in LACTATING_ANSWERS:
+    if newest is not None and newest.answer in LACTATING_ANSWERS and not newest.flag_only:
         evidence.append(lab_evidence("Breastfeeding status", newest))
         said.append(f"breastfeeding status '{show(newest)}' on {day(newest.when)}")
     elif newest is not None:

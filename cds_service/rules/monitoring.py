@@ -800,17 +800,19 @@ def n15_hepatitis_b_screen(inp: RuleInput) -> Finding | Quiet:
     results = series.values()
     if results:
         return quiet("N15", f"HBsAg {on(results[0])} is on record")
+    unreadable = unusable_in(series, None)  # never a screen: named on the card (rules.md v3 § Reading)
+    none_read = "no readable HBsAg result" if unreadable else "no HBsAg result"
     return finding(
         "N15",
         "info",
         "No hepatitis B screening on record before a new immunosuppressant",
-        "No HBsAg result and no hepatitis B condition is on record. KDIGO 2024 asks for hepatitis B "
+        f"{capital(none_read)} and no hepatitis B condition is on record. KDIGO 2024 asks for hepatitis B "
         "screening (HBsAg and anti-HBc) before immunosuppression, because tacrolimus, like any "
         "immunosuppressant, can reactivate the virus.",
         ("kdigo-2024", "livertox-rituximab"),
         missing=[
-            "no HBsAg result on record",
-            *unusable_in(series, None),
+            f"{none_read} on record",
+            *unreadable,
             *unavailable(record, "Condition", "Observation"),
         ],
         suggestions=[OrderLabs((HBSAG,), "Order hepatitis B surface antigen (HBsAg)")],

@@ -16,6 +16,9 @@ from cds_service.rules.common import (
     day,
     exposure,
     finding,
+    flag_only_hcg,
+    hcg_indeterminate,
+    hcg_result,
     lab_evidence,
     lactation_status,
     medication_evidence,
@@ -146,17 +149,19 @@ def p3_mycophenolate_without_hcg(inp: RuleInput) -> Finding | Quiet:
         )
     days = threshold(inp, "mycophenolate_hcg_days")
     since = window_start(inp.now, days)
-    cutoff = threshold(inp, "hcg_positive_iu_per_l")
     tests = sorted(
         (v for group in HCG_GROUPS for v in record.lab(group).values(since=since)),
         key=lambda v: v.when,
         reverse=True,
     )
-    negative = [v for v in tests if _is_negative_hcg(v, cutoff)]
+    negative = [v for v in tests if hcg_result(v, inp.thresholds) == "negative"]
     if negative:
         return quiet("P3", f"negative hCG {on(negative[0])} is within the last {num(days)} days")
+    indeterminate = [v for v in tests if hcg_result(v, inp.thresholds) == "indeterminate"]
     missing = [
         f"no negative hCG in the last {num(days)} days",
+        *(hcg_indeterminate(v) for v in indeterminate[:1]),
+        *(flag_only_hcg(v) for v in tests if v.flag_only),
         *(reason for group in HCG_GROUPS for reason in unusable_in(record.lab(group), since)),
         *unavailable(record, "Observation"),
         *missing,
@@ -180,12 +185,6 @@ def p3_mycophenolate_without_hcg(inp: RuleInput) -> Finding | Quiet:
         missing=missing,
         suggestions=[OrderLabs((URINE_HCG,), "Order a urine pregnancy test (hCG)")],
     )
-
-
-def _is_negative_hcg(v, cutoff: float) -> bool:
-    if v.value is not None:
-        return v.value <= cutoff
-    return v.answer == "negative"
 
 
 def p4_breastfeeding(inp: RuleInput) -> Finding | Quiet:

@@ -106,6 +106,7 @@ _DATE_ELEMENTS: dict[str, tuple[str, ...]] = {
     "MedicationRequest": ("authoredOn",),
     "AllergyIntolerance": ("recordedDate", "onsetDateTime", "onsetPeriod"),
     "Encounter": ("period",),
+    "Procedure": ("performedDateTime", "performedPeriod"),
 }
 
 
@@ -222,6 +223,7 @@ SEARCH_PARAMS: dict[str, tuple[SearchParam, ...]] = {
         _PATIENT, _CODE, _CLINICAL, _VERIFICATION, _date_param("recordedDate, else onset[x]"),
     ),
     "Encounter": (_PATIENT, _SUBJECT, _STATUS, _date_param("period")),
+    "Procedure": (_PATIENT, _SUBJECT, _CODE, _STATUS, _date_param("performed[x]")),
 }  # fmt: skip
 
 COMMON_PARAMS: tuple[SearchParam, ...] = (

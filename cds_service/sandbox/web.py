@@ -12,11 +12,14 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request
 from markdown_it import MarkdownIt
 
+from cds_service.app import create_app
+from cds_service.config import Config
 from cds_service.fixtures import load_bundle, manifest
 from cds_service.prefetch import FHIR_ID
 from cds_service.sandbox.fhir_server import create_fhir_app
@@ -35,8 +38,8 @@ bp = Blueprint(
     "sandbox",
     __name__,
     url_prefix="/sandbox",
-    template_folder="../templates",
-    static_folder="../static",
+    template_folder="templates",
+    static_folder="static",
     static_url_path="/static",
 )
 
@@ -51,6 +54,11 @@ _MARKDOWN = _markdown()
 
 class BadInput(ValueError):
     """A sandbox API call the page should not have made; answered 400 with the message."""
+
+
+def create_dev_app(config_dir: str | Path | None = None, config: Config | None = None) -> Flask:
+    """``serve --dev``: the service in dev mode with the sandbox page and the fixture FHIR API added."""
+    return create_app(config_dir=config_dir, dev=True, config=config, add_ons=(install,))
 
 
 def install(app: Flask) -> None:

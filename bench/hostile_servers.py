@@ -1,5 +1,6 @@
 """FHIR servers that misbehave in ways ``sandbox.fhir_server.Faults`` cannot: canned (malformed or huge)
-answers and a server that trickles its answer one byte at a time (issue 12)."""
+answers and a server that trickles its answer one byte at a time (issue 12). For ``bench.hostile`` and the
+hostile tests alike."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from support import LOINC, searchset
+from bench.harness import LOINC, searchset
 
 
 class _CannedHandler(BaseHTTPRequestHandler):
