@@ -20,7 +20,14 @@ from pathlib import Path
 import orjson
 import pytest
 import yaml
-from metamorphic import (
+
+from cds_service.app import create_app
+from cds_service.fixtures import load_bundle, manifest
+from cds_service.protocol import check_response
+from cds_service.sandbox.fhir_server import serve_in_thread
+from cds_service.sandbox.requests import build_request_from_bundle
+from cds_service.sandbox.store import FhirStore
+from tests.metamorphic import (
     INTERPRETATION,
     TRANSFORMATIONS,
     CannotPreserve,
@@ -29,15 +36,9 @@ from metamorphic import (
     Transformation,
     by_name,
 )
-from support import FINDINGS_KEY, config_copy, small_patient, tacrolimus_draft
+from tests.support import FINDINGS_KEY, config_copy, small_patient, tacrolimus_draft
 
-from cds_service.app import create_app
-from cds_service.fixtures import load_bundle, manifest
-from cds_service.protocol import check_response
-from cds_service.sandbox.fhir_server import serve_in_thread
-from cds_service.sandbox.requests import build_request_from_bundle
-from cds_service.sandbox.store import FhirStore
-
+pytestmark = pytest.mark.slow  # thousands of generated cases
 TOKEN = "metamorphic-token-1"
 PATHS = ("prefetch", "fhir")
 MONITORING = "tacrolimus-monitoring"
@@ -74,7 +75,7 @@ def _real_records() -> dict[str, Record]:
     """The Synthea patients of tests/data/real as each stood on their newest day (with lupus nephritis and a
     tacrolimus draft, as test_real_data.py orders it), and every real order of medication-orders.json for a
     small lupus nephritis patient; their expected answer is the untransformed one."""
-    from test_real_data import (  # the same builders the real-data tests use
+    from tests.test_real_data import (  # the same builders the real-data tests use
         FRANCINE_PREGNANT,
         REAL_ORDERS,
         as_of,
