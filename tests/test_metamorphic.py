@@ -4,9 +4,9 @@ and the real records of ``tests/data/real`` are re-encoded by every transformati
 sent by prefetch and by FHIR callback (a real FHIR server on loopback), and must give the same finding ids
 and indicators as the untransformed record sent the same way in this run.
 
-Set ``METAMORPHIC_REPORT=<file>`` to write every outcome (same, skipped with its reason, mismatch with expected
-and got) as a JSON table at the end of the module (run it in one process: under pytest-xdist each worker
-writes the outcomes it saw).
+Set ``METAMORPHIC_REPORT=<file>`` to write every outcome (same, skipped with its reason, mismatch with
+expected and got) as a JSON table at the end of the module (run it in one process: under pytest-xdist each
+worker writes the outcomes it saw).
 """
 
 from __future__ import annotations
