@@ -147,13 +147,12 @@ class Throttled(Exception):
 def _check_token(token: str) -> bool:
     """Does ``token`` open the page? Counted per client; Throttled while the client must wait."""
     sessions = _sessions()
-    waiting = sessions.wait(_client())
+    waiting = sessions.attempt(_client())  # counted before the check: concurrent guesses get no extra tries
     if waiting is not None:
         raise Throttled(waiting.seconds, waiting.locked)
     if token_opens(token, _hashes()):
         sessions.succeeded(_client())
         return True
-    sessions.failed(_client())
     log.warning("admin token refused", extra={"remote": _client()})
     return False
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import and_, case, delete, insert, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -128,6 +128,42 @@ class AdminSessions:
             if since < pause:
                 return Wait(max(1, int(pause - since + 0.999)), locked=False)
         return None
+
+    def attempt(self, client: str) -> Wait | None:
+        """Count an attempt of ``client`` before its token is checked, if it may try now; else how long it
+        must wait. One conditional UPDATE decides and counts at once, so 60 guesses sent together get no more
+        tries than 60 sent one by one (check-then-count let two slip). A right token resets it."""
+        client, now = client[:64], self.clock()
+        failures, last = admin_login_failures.c.failures, admin_login_failures.c.last_failure_at
+        pause = case(
+            {n: min(2 ** (n - FREE_ATTEMPTS), MAX_WAIT_SECONDS) for n in range(FREE_ATTEMPTS, LOCK_AFTER)},
+            value=failures,
+            else_=0,
+        )
+        may_try = or_(
+            last < now - FORGET_AFTER_SECONDS,
+            failures < FREE_ATTEMPTS,
+            and_(failures < LOCK_AFTER, last <= now - pause),
+        )
+        counted = (
+            update(admin_login_failures)
+            .where(admin_login_failures.c.client == client, may_try)
+            .values(
+                failures=case((last < now - FORGET_AFTER_SECONDS, 1), else_=failures + 1), last_failure_at=now
+            )
+        )
+        for _ in range(2):  # the client's first attempt inserts its row; a racing first attempt updates it
+            with self.engine.begin() as connection:
+                if connection.execute(counted).rowcount:
+                    return None
+            try:
+                with self.engine.begin() as connection:
+                    row = {"client": client, "failures": 1, "last_failure_at": now}
+                    connection.execute(insert(admin_login_failures).values(row))
+                return None
+            except IntegrityError:
+                continue
+        return self.wait(client) or Wait(1, locked=False)
 
     def failed(self, client: str) -> None:
         """Count a failed attempt of ``client`` (atomic increments, so workers racing lose no count)."""

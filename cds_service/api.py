@@ -18,7 +18,7 @@ from cds_service import __version__, metrics
 from cds_service.cards import FINDINGS_EXTENSION
 from cds_service.hook_call import answer_hook
 from cds_service.protocol import ProtocolError, feedback_item_errors, validate_feedback
-from cds_service.request_json import parse_hook_call, parse_json
+from cds_service.request_json import parse_hook_call, parse_request_json
 from cds_service.runtime import Runtime
 
 log = logging.getLogger("cds_service.api")
@@ -33,7 +33,7 @@ def runtime() -> Runtime:
     return g.runtime
 
 
-def json_body(parse: Callable[[bytes], Any] = parse_json) -> Any:
+def json_body(parse: Callable[[bytes], Any] = parse_request_json) -> Any:
     """The request body as strict JSON, or a ProtocolError with the right status (415, 400)."""
     mimetype = request.mimetype or ""
     if not (mimetype == "application/json" or mimetype.endswith("+json")):

@@ -13,7 +13,7 @@ from flask import Flask, Response, g, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
-from cds_service import metrics
+from cds_service import metrics, storage
 from cds_service.auth import AuthError
 from cds_service.bodies import BodyGuard
 from cds_service.config import Config, ConfigError, load_config
@@ -115,6 +115,7 @@ def _install_request_id(app: Flask) -> None:
     def request_id() -> None:
         given = request.headers.get("X-Request-ID", "")
         g.request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        storage.new_request()  # may wait on the database again (within its bounds)
 
     @app.after_request
     def echo(response: Response) -> Response:

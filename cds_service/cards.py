@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from cds_service.card_text import clean, markdown, plain, shorten
+from cds_service.fhir_json import MAX_RESOURCE_DEPTH, nested_deeper_than
 from cds_service.record import PatientRecord
 from cds_service.rules.citations import CITATIONS
 from cds_service.rules.model import (
@@ -33,6 +35,8 @@ UUID_NAMESPACE = uuid.UUID("6f1c2a1e-9d4b-5c1e-8f5e-7a3b2c1d0e9f")
 SUMMARY_LIMIT = 139
 MAX_NAMED_SKIPPED = 20
 """Resources left out are named on a card up to this many (a hostile request could send thousands)."""
+NOTE_LIMIT = 400
+"""A note on a card (what was missing, why a resource was left out) is cut to this many characters."""
 TOPIC_DISPLAY = {
     "pregnancy": "Pregnancy and breastfeeding suitability",
     "salvage-context": "Why tacrolimus now (salvage context)",
@@ -82,14 +86,18 @@ def others_text(count: int) -> str:
 def card_summary(most_serious: Finding, others: int) -> str:
     """The most serious finding's summary (< 140 characters), then "; and 2 other findings" if any.
 
-    When it is too long, the finding's own text is shortened, never the count of the others.
+    When it is too long, the finding's own text is shortened, never the count of the others. The text is
+    plain (``card_text.plain``): a drug name cannot make it a link or HTML.
     """
-    text = most_serious.summary.strip().rstrip(".")
+    text = clean(most_serious.summary).strip().rstrip(".")
     tail = f"; {others_text(others)}" if others else ""
     room = SUMMARY_LIMIT - len(tail)
-    if len(text) > room:
-        text = text[: room - 1].rstrip(" ,;:") + "…"
-    return text + tail
+    if len(plain(text)) > room:
+        text = text[:room]
+        while len(plain(text)) > room - 1:
+            text = text[:-1]
+        text = text.rstrip(" ,;:") + "…"
+    return plain(text) + tail
 
 
 def citation_numbers(findings: Iterable[Finding]) -> dict[str, int]:
@@ -98,10 +106,15 @@ def citation_numbers(findings: Iterable[Finding]) -> dict[str, int]:
     return {key: number for number, key in enumerate(keys, start=1)}
 
 
+def _note(text: str, limit: int = NOTE_LIMIT) -> str:
+    """Rule or record text as card Markdown: escaped, one line, cut when overlong (``card_text``)."""
+    return markdown(shorten(text, limit))
+
+
 def _evidence_line(item: Evidence) -> str:
     when = f" on {item.when.date().isoformat()}" if item.when else ""
-    ref = f" ({item.reference})" if item.reference else ""
-    return f"- {item.label}: {item.value}{when}{ref}"
+    ref = f" ({_note(item.reference)})" if item.reference else ""
+    return f"- {_note(item.label)}: {_note(item.value)}{when}{ref}"
 
 
 def _finding_markdown(finding: Finding, numbers: Mapping[str, int], listed: set[Evidence]) -> str:
@@ -111,11 +124,13 @@ def _finding_markdown(finding: Finding, numbers: Mapping[str, int], listed: set[
     """
     cited = sorted({numbers[k] for k in finding.citations if k in numbers})
     marks = f" [{', '.join(map(str, cited))}]" if cited else ""
-    lines = [f"**{finding.indicator.capitalize()} · {finding.id}.** {finding.detail.strip()}{marks}"]
+    lines = [
+        f"**{finding.indicator.capitalize()} · {finding.id}.** {markdown(finding.detail.strip())}{marks}"
+    ]
     again = []
     for item in finding.evidence:
         if item in listed:
-            again.append(item.label)
+            again.append(_note(item.label))
             continue
         listed.add(item)
         lines.append(_evidence_line(item))
@@ -138,18 +153,20 @@ def _detail(
     listed: set[Evidence] = set()
     parts = [_finding_markdown(f, numbers, listed) for f in ranked]
     if order_notes:  # said once on every card (rules.md v3 Card contract)
-        parts.append("**About this order:** " + " ".join(order_notes))
+        parts.append("**About this order:** " + " ".join(map(_note, order_notes)))
     missing = list(dict.fromkeys(m for f in ranked for m in f.missing))
     if missing:
-        parts.append("**Not found in the record:** " + "; ".join(missing) + ".")
+        parts.append("**Not found in the record:** " + "; ".join(map(_note, missing)) + ".")
     if record.skipped:  # resources that could not be read; lab units are named by the rules that read them
-        named = [f"{u.reference}: {u.reason}" for u in record.skipped[:MAX_NAMED_SKIPPED]]
+        named = [f"{_note(u.reference)}: {_note(u.reason)}" for u in record.skipped[:MAX_NAMED_SKIPPED]]
         if len(record.skipped) > MAX_NAMED_SKIPPED:
             named.append(f"and {len(record.skipped) - MAX_NAMED_SKIPPED} more")
         parts.append("**Left out:** " + "; ".join(named) + ".")
     if not_checked:
         parts.append(
-            "**Not checked:** " + "; ".join(f"{what}: {why}" for what, why in not_checked.items()) + "."
+            "**Not checked:** "
+            + "; ".join(f"{_note(what)}: {_note(why)}" for what, why in not_checked.items())
+            + "."
         )
     if numbers:
         parts.append("**Sources:** the numbered links below.")
@@ -170,7 +187,7 @@ def _actions(
         return [
             {
                 "type": "create",
-                "description": f"Order {display} (LOINC {code})",
+                "description": plain(f"Order {display} (LOINC {code})"),
                 "resource": {
                     "resourceType": "ServiceRequest",
                     "status": "draft",
@@ -200,19 +217,20 @@ def _actions(
         return [
             {
                 "type": "delete",
-                "description": f"Remove the draft order for {medication.name}",
+                "description": plain(f"Remove the draft order for {shorten(medication.name)}"),
                 "resourceId": medication.reference,
             }
         ]
     resource = stored.get(medication.reference)
-    if resource is None or suggestion.drafts_only:
-        return []
+    if resource is None or suggestion.drafts_only or nested_deeper_than(resource, MAX_RESOURCE_DEPTH):
+        return []  # an order too deep to send back whole gets no update; the card still says to stop it
     reason = {"statusReason": {"text": suggestion.reason}} if suggestion.reason else {}  # why it was stopped
     return [
         {
             "type": "update",
-            "description": f"Stop {medication.name}"
-            + (f" ({suggestion.reason})" if suggestion.reason else ""),
+            "description": plain(
+                f"Stop {shorten(medication.name)}" + (f" ({suggestion.reason})" if suggestion.reason else "")
+            ),
             "resource": {**resource, "status": "stopped", **reason},
         }
     ]
@@ -257,7 +275,7 @@ def build_cards(
             for suggestion in finding.suggestions:
                 actions = _actions(suggestion, patient_ref, stored_orders or {})
                 if actions:
-                    item = {"label": suggestion.label, "actions": actions}
+                    item = {"label": plain(shorten(suggestion.label, NOTE_LIMIT)), "actions": actions}
                     suggestions.append(
                         {
                             "uuid": _stable_uuid([topic, finding.id, item]),

@@ -79,19 +79,27 @@ def serve(
             click.echo(f"  {problem}", err=True)
         sys.exit(2)
     exit_unless_port_free(host, port, wait_seconds=10.0)  # workers of a stopped server may still finish
-    if not dev and (warning := loopback_base_url_warning(config)):
-        log.warning(warning)
-    if dev:
-        click.echo(
-            "DEV MODE: caller authentication is OFF and plain-http FHIR servers on loopback are allowed. "
-            "Never use --dev with real patient data.",
-            err=True,
-        )
-    click.echo(f"serving {', '.join(sorted(config.services))} on http://{host}:{port}/cds-services", err=True)
     from cds_service.metrics_folder import metrics_folder
 
     metrics_dir = metrics_folder()  # before prometheus-client is imported: workers count into this folder
     try:
+        from cds_service.storage import writable_problem
+
+        unwritable = writable_problem(config.section("feedback")["database_url"])
+        if unwritable:
+            click.echo(f"error: the database cannot be written, not starting: {unwritable}", err=True)
+            sys.exit(2)
+        if not dev and (warning := loopback_base_url_warning(config)):
+            log.warning(warning)
+        if dev:
+            click.echo(
+                "DEV MODE: caller authentication is OFF and plain-http FHIR servers on loopback are allowed. "
+                "Never use --dev with real patient data.",
+                err=True,
+            )
+        click.echo(
+            f"serving {', '.join(sorted(config.services))} on http://{host}:{port}/cds-services", err=True
+        )
         from cds_service.server import PortInUse
         from cds_service.server import serve as run
 

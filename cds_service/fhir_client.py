@@ -15,6 +15,7 @@ import heapq
 import http.client
 import itertools
 import json
+import re
 import socket
 import threading
 import time
@@ -175,6 +176,18 @@ def origin(url: str) -> tuple[str, str]:
     return parts.scheme.lower(), parts.netloc.lower()
 
 
+_DOT_OR_ENCODED = re.compile(r"(^|/)\.{1,2}(/|$)|%2e|%2f|%5c|\\", re.IGNORECASE)
+
+
+def under_base(url: str, base_url: str) -> bool:
+    """Is ``url`` on the FHIR server's origin and under its base path, with no dot segment or encoded
+    separator a server could resolve to somewhere else?"""
+    parts, base = urlsplit(url), urlsplit(base_url)
+    if (parts.scheme.lower(), parts.netloc.lower()) != (base.scheme.lower(), base.netloc.lower()):
+        return False
+    return parts.path.startswith(base.path) and not _DOT_OR_ENCODED.search(parts.path)
+
+
 @dataclass
 class FhirClient:
     base_url: str
@@ -211,10 +224,13 @@ class FhirClient:
     def _fetch(self, url: str) -> dict | None:
         try:
             off_server = origin(url) != origin(self.base_url)
+            off_base = not under_base(url, self.base_url)
         except ValueError:  # urlsplit refuses some hostile links ("http://[x")
             raise FhirError("malformed link; not followed") from None
         if off_server:
             raise FhirError("link leads off the FHIR server; not followed")
+        if off_base:  # the token goes only under the FHIR base the caller named
+            raise FhirError("link leads outside the FHIR server's base path; not followed")
         remaining = self.remaining()
         if remaining <= 0:
             raise FhirError("the deadline passed before the call could start (too many calls to this server)")

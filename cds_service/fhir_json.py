@@ -79,3 +79,29 @@ def bundle_links(bundle: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     if links is not None and not isinstance(links, list):
         raise MalformedBundle("Bundle.link is not an array")
     return objs(links)
+
+
+MAX_RESOURCE_DEPTH = 64
+"""A resource nested deeper than this is left out and named: no real FHIR resource comes near it, and
+validating one 250 levels deep exhausts Python's recursion (issue 25)."""
+
+
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """Does ``value`` hold objects or arrays more than ``limit`` levels deep? Without recursion: it is asked
+    exactly because ``value`` may be too deep to recurse into."""
+    level, depth = [value], 0
+    while True:
+        inner: list[Any] = []
+        for item in level:
+            if type(item) is dict or isinstance(item, Mapping):
+                inner.extend(item.values())
+            elif isinstance(item, list):
+                inner.extend(item)
+            else:
+                continue
+            if depth == limit:
+                return True
+        if not inner:
+            return False
+        depth += 1
+        level = inner

@@ -110,9 +110,30 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return address
 
 
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def embedded_ipv4(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries and may be routed to: NAT64 (64:ff9b::/96), 6to4 (2002::/16),
+    IPv4-compatible (::a.b.c.d). ``::`` and ``::1`` carry none."""
+    if ip.version != 6:
+        return None
+    assert isinstance(ip, ipaddress.IPv6Address)
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in NAT64 or (ip in IPV4_COMPATIBLE and int(ip) > 1):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 def is_public(address: str) -> bool:
+    """A global unicast address, and so is any IPv4 address it embeds (``64:ff9b::7f00:1`` is 127.0.0.1)."""
     ip = _ip(address)
-    return ip is not None and ip.is_global and not ip.is_multicast
+    if ip is None or not ip.is_global or ip.is_multicast:
+        return False
+    inner = embedded_ipv4(ip)
+    return inner is None or (inner.is_global and not inner.is_multicast)
 
 
 def is_loopback(address: str) -> bool:

@@ -30,8 +30,9 @@ from fhir.resources.R4B.observation import Observation as FhirObservation
 from fhir.resources.R4B.patient import Patient as FhirPatient
 from pydantic import ValidationError
 
+from cds_service.card_text import shorten
 from cds_service.dosage import administrations_per_day, daily_dose_mg, dosing_key
-from cds_service.fhir_json import is_object, obj, objs, path, text
+from cds_service.fhir_json import MAX_RESOURCE_DEPTH, is_object, nested_deeper_than, obj, objs, path, text
 from cds_service.reading import read_polarity, read_quantity
 from cds_service.record import (
     Allergy,
@@ -217,10 +218,10 @@ def _r4_statuses(raw: Mapping) -> Mapping:
 def _name(concept: Any, fallback: str) -> str:
     concept = obj(concept)
     if isinstance(concept.get("text"), str):
-        return concept["text"]
+        return shorten(concept["text"])
     for coding in objs(concept.get("coding")):
         if isinstance(coding.get("display"), str):
-            return coding["display"]
+            return shorten(coding["display"])
     return fallback
 
 
@@ -234,6 +235,8 @@ def _reason(error: ValidationError) -> str:
 
 def _uncached_problem(model: Any, raw: Any) -> str | None:
     """Why this resource is not valid FHIR R4, or None."""
+    if nested_deeper_than(raw, MAX_RESOURCE_DEPTH):  # validating it would exhaust Python's recursion
+        return f"nested more than {MAX_RESOURCE_DEPTH} levels deep, too deep to read"
     try:
         model.model_validate(raw)
     except ValidationError as error:
@@ -308,8 +311,12 @@ def _validated(model: Any, raw: Mapping, skipped: list[Unusable]) -> bool:
     raw_read = _read_part(model, raw)
     try:
         content = orjson.dumps(raw_read, option=orjson.OPT_SORT_KEYS)
-    except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits from a stdlib-parsed file: no cache key
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits from a stdlib-parsed file, or too deep: no key
         content = None
+    too_large = content is not None and len(content) > MAX_RESOURCE_BYTES
+    if too_large and not nested_deeper_than(raw_read, MAX_RESOURCE_DEPTH):  # its codes count, not its novel
+        raw_read = _long_strings_cut(raw_read)
+        content = orjson.dumps(raw_read, option=orjson.OPT_SORT_KEYS)
     if content is not None and len(content) > MAX_RESOURCE_BYTES:
         problem: str | None = f"{len(content)} bytes, too large to read (at most {MAX_RESOURCE_BYTES})"
     elif content is not None:
@@ -321,11 +328,27 @@ def _validated(model: Any, raw: Mapping, skipped: list[Unusable]) -> bool:
     return problem is None
 
 
+LONG_STRING = 1_000
+"""A string in a resource too large to read is cut to this many characters before it is checked again."""
+
+
+def _long_strings_cut(value: Any) -> Any:
+    """``value`` with every string longer than ``LONG_STRING`` cut (only the name is shown, and shortened)."""
+    if isinstance(value, str):
+        return value[:LONG_STRING]
+    if is_object(value):
+        return {key: _long_strings_cut(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_long_strings_cut(item) for item in value]
+    return value
+
+
 BY_NAME_NOTE = " (recognised by its name; check the order)"
 
 
 def _label(label: str, by_name: frozenset[str]) -> str:
     """The drug's name as cards show it: a drug recognised only by its name says so (rules.md)."""
+    label = shorten(label)  # a name from the record: one line, no control characters, not overlong
     return label + BY_NAME_NOTE if by_name else label
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
+from cds_service.card_text import clean
+
 if TYPE_CHECKING:
     from cds_service.storage import Store
 
@@ -158,10 +160,11 @@ def aggregate(
                 item.accepted += 1
             elif row["outcome"] == "overridden":
                 item.overridden += 1
-                code = row.get("override_code") or "(none given)"
+                # the caller's text: no control or bidi character reaches a terminal or a spreadsheet
+                code = clean(row.get("override_code") or "") or "(none given)"
                 item.reasons[code] += 1
                 if row.get("override_display"):
-                    item.displays.setdefault(code, row["override_display"])
+                    item.displays.setdefault(code, clean(row["override_display"]))
     return sorted(stats.values(), key=lambda s: (s.service, catalog_order(s.finding)))
 
 

@@ -10,6 +10,10 @@ patient-view reads the medications before anything else. So a hook call's body i
    100 KB-4 MB prefetch that no rule needs is never turned into Python objects. A value that is not even a
    JSON object or null is refused at once, whether it is read or not.
 
+Nesting is bounded before either step (issue 25): a body nested more than ``MAX_REQUEST_DEPTH`` levels, or
+a member other than ``prefetch`` more than ``MAX_MEMBER_DEPTH``, is refused with a 400 that names the limit.
+A prefetch resource nested deeper than ``fhir_json.MAX_RESOURCE_DEPTH`` is left out of the record and named.
+
 A body the first step cannot read (not an object, a ``prefetch`` that is not an object) is read the plain way,
 ``orjson.loads`` of the whole body, so every error keeps the words it always had.
 """
@@ -17,6 +21,8 @@ A body the first step cannot read (not an object, a ``prefetch`` that is not an 
 from __future__ import annotations
 
 import gc
+import itertools
+import re
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -24,7 +30,54 @@ from typing import Any
 import msgspec
 import orjson
 
+from cds_service.fhir_json import nested_deeper_than
 from cds_service.protocol import ProtocolError, validate_prefetch_value
+
+MAX_REQUEST_DEPTH = 512
+"""Levels of JSON objects and arrays a request body may nest: room for a prefetch resource deep enough to be
+left out and named, well within what the decoders and Python's recursion bear (a body ~990 deep gave 500)."""
+MAX_MEMBER_DEPTH = 100
+"""Levels a member other than ``prefetch`` (``context``, ``extension``...) may nest: it is validated and
+serialised whole, and ``orjson`` refuses more than 254 levels."""
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
+_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+
+
+def nested_deeper_than_bytes(data: bytes | memoryview, limit: int) -> bool:
+    """Does the JSON in ``data`` nest objects and arrays more than ``limit`` levels deep? Brackets inside
+    strings count too: a fast first line, not the only one (a body built to fool it meets the decoders' own
+    depth limits, which give the same 400, and the member and resource checks on the decoded values).
+
+    Asked before any decoder recurses: innermost ``[]``/``{}`` pairs are removed a level at a time (C-speed
+    passes; a real body needs about ten), with a running count as a fallback for bodies built to need many.
+    """
+    rest = bytes(data).translate(None, _NOT_BRACKETS)
+    for level in range(16):
+        if len(rest) <= 2 * (limit - level):
+            return False  # too few brackets left to go deeper than the limit
+        if re.search(rb"[\[{]{%d}" % (limit - level + 1), rest):
+            return True
+        shorter = rest.replace(b"[]", b"0").replace(b"{}", b"0").replace(b"0", b"")
+        if len(shorter) == len(rest):
+            return False  # only unmatched brackets (from strings) are left
+        rest = shorter
+    return max(itertools.accumulate(rest, lambda depth, byte: depth + _STEP[byte], initial=0)) > limit - 16
+
+
+def too_deep() -> ProtocolError:
+    return ProtocolError(400, None, f"body is nested more than {MAX_REQUEST_DEPTH} levels deep (the limit)")
+
+
+def check_depth(data: bytes) -> None:
+    """ProtocolError(400) naming the limit when the body nests more than ``MAX_REQUEST_DEPTH`` levels."""
+    if nested_deeper_than_bytes(data, MAX_REQUEST_DEPTH):
+        raise too_deep()
+
+
+def _check_member_depth(body: Mapping[str, Any]) -> None:
+    for name, value in body.items():
+        if name != "prefetch" and nested_deeper_than(value, MAX_MEMBER_DEPTH):
+            raise ProtocolError(400, name, f"is nested more than {MAX_MEMBER_DEPTH} levels deep (the limit)")
 
 
 class _CollectorPause:
@@ -61,7 +114,18 @@ def parse_json(data: bytes) -> Any:
         with NO_COLLECTIONS:
             return orjson.loads(data)
     except orjson.JSONDecodeError as error:
+        if "depth limit" in str(error):
+            raise too_deep() from None
         raise ProtocolError(400, None, f"body is not valid JSON: {error}") from None
+
+
+def parse_request_json(data: bytes) -> Any:
+    """A request body (not a hook call) as strict JSON, nested at most ``MAX_MEMBER_DEPTH`` levels."""
+    check_depth(data)
+    body = parse_json(data)
+    if nested_deeper_than(body, MAX_MEMBER_DEPTH):
+        raise ProtocolError(400, None, f"body is nested more than {MAX_MEMBER_DEPTH} levels deep (the limit)")
+    return body
 
 
 class _Envelope(msgspec.Struct):
@@ -83,12 +147,19 @@ _MEMBERS = tuple(name for name in _Envelope.__struct_fields__ if name != "prefet
 
 def parse_hook_call(data: bytes) -> Any:
     """A hook call's body: a dict whose ``prefetch`` (when it is an object) is a :class:`LazyPrefetch`."""
+    check_depth(data)
     try:
         envelope = _ENVELOPE.decode(data)
         members = {name: getattr(envelope, name) for name in _MEMBERS}
         body = {name: orjson.loads(memoryview(raw)) for name, raw in members.items() if len(raw)}
+    except RecursionError:  # nested deeper than the decoder bears, past the first check
+        raise too_deep() from None
     except (msgspec.DecodeError, msgspec.ValidationError, orjson.JSONDecodeError):
-        return parse_json(data)  # the plain way: the same answer, or the same error in the same words
+        body = parse_json(data)  # the plain way: the same answer, or the same error in the same words
+        if isinstance(body, dict):
+            _check_member_depth(body)
+        return body
+    _check_member_depth(body)
     if envelope.prefetch is not None:
         prefetch = body["prefetch"] = LazyPrefetch(envelope.prefetch, data)
         for key, raw in envelope.prefetch.items():

@@ -7,8 +7,11 @@ stored: card uuids, finding ids, service, tenant, hookInstance, outcomes and ove
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
+import socket
 import threading
 import time
 import weakref
@@ -23,10 +26,33 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service import metrics
 from cds_service.cards import override_reason_display
-from cds_service.tables import feedback, shown_findings, shown_suggestions
+from cds_service.fhir_client import Watchdog
+from cds_service.tables import feedback, seen_tokens, shown_findings, shown_suggestions
 
 log = logging.getLogger("cds_service.storage")
-STATEMENT_TIMEOUT_MS = 10_000  # PostgreSQL; migrations lift it for their own connection
+STATEMENT_TIMEOUT_MS = 3_000  # PostgreSQL; migrations lift it for their own connection
+LOCK_TIMEOUT_MS = 2_000
+"""PostgreSQL: a statement waiting this long for a lock gives up (and the call answers 503)."""
+CONNECT_TIMEOUT_SECONDS = 2  # libpq's least
+CLIENT_STATEMENT_SECONDS = 3.5
+"""Client side: a statement (or the pool's check of a connection) still unanswered after this long has its
+socket shut down, so the call fails at once and answers 503. The server's own ``statement_timeout`` cannot
+fire when the server is frozen or cut off, and TCP keepalives are answered by a stopped server's kernel."""
+PING_SECONDS = 1.0
+PAUSE_AFTER_TIMEOUT_SECONDS = 2.0
+"""After PostgreSQL let a call wait out its bound, other calls fail at once for this long (``/readyz`` still
+asks, and its answer ends the pause): 16 calls in flight cost one wait, not a queue of them."""
+_THIS_REQUEST = threading.local()
+"""``failed``: this request already met an unanswering database (its next statements do not wait again);
+``asking``: ``Store.ping`` runs (readiness always asks)."""
+SQLITE_BUSY_SECONDS = 3.0
+"""SQLite: how long a write waits for another process's lock before the call answers 503."""
+MIN_FREE_BYTES = 16 * 1024 * 1024
+"""``/readyz`` says not ready when the SQLite database's disk has less free space than this."""
+
+
+class DiskFull(SQLAlchemyError):
+    """The database's disk has no room for the rows calls write: not ready, 503 like any database error."""
 
 
 def engine_url(url: str) -> URL:
@@ -91,7 +117,7 @@ def make_engine(url: str, migrate: bool = True) -> Engine:
     # file at the same moment wait for each other instead of failing with "database is locked".
     if sqlite:
         # No pre-ping: a file does not drop connections, and the ping was a fifth of a short write's cost.
-        engine = create_engine(engine_url(url), connect_args={"timeout": 15})
+        engine = create_engine(engine_url(url), connect_args={"timeout": SQLITE_BUSY_SECONDS})
 
         @event.listens_for(engine, "connect")
         def _wal(connection, _record):
@@ -104,20 +130,162 @@ def make_engine(url: str, migrate: bool = True) -> Engine:
     else:
         engine = create_engine(
             engine_url(url),
-            pool_pre_ping=True,
+            pool_pre_ping=True,  # bounded by PING_SECONDS (_bound_client_waits)
             # A worker runs at most `threads` requests at once, each holding one connection at a time: a small
             # pool per worker keeps replicas × workers × pool under PostgreSQL's default 100 connections.
             pool_size=4,
             max_overflow=4,
-            pool_timeout=5,  # a pool exhausted by a stuck database: 503 in seconds, not a hung worker
-            # Bounded waits: connecting, and any statement (a locked table) -> an error -> 503 Retry-After.
-            connect_args={"connect_timeout": 3, "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"},
+            pool_timeout=1,  # a pool exhausted by a stuck database: 503 at once, not a hung worker
+            # Bounded waits: connecting, any statement, any lock -> an error -> 503 Retry-After; keepalives
+            # and tcp_user_timeout drop a connection whose network path is gone.
+            connect_args={
+                "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+                "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={LOCK_TIMEOUT_MS}",
+                "keepalives": 1,
+                "keepalives_idle": 10,
+                "keepalives_interval": 2,
+                "keepalives_count": 3,
+                "tcp_user_timeout": int(CLIENT_STATEMENT_SECONDS * 1000),
+            },
         )
+        _bound_client_waits(engine)
     if migrate:
         from cds_service.migrations import upgrade  # imported here: alembic loads only when needed
 
         upgrade(engine)
     return engine
+
+
+DB_WATCHDOG = Watchdog()
+"""Shuts the socket of a PostgreSQL statement still running at its client-side deadline (one per process)."""
+
+
+@contextlib.contextmanager
+def _client_deadline(dbapi_connection: Any, seconds: float):
+    """Within the block, a statement on ``dbapi_connection`` (psycopg) that runs ``seconds`` is cut off."""
+    try:
+        fd = dbapi_connection.pgconn.socket
+        watched = socket.socket(fileno=os.dup(fd))
+    except (AttributeError, OSError, ValueError):  # not psycopg, or already closed: nothing to watch
+        yield
+        return
+    ticket = DB_WATCHDOG.watch(watched, time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        DB_WATCHDOG.unwatch(ticket)
+        watched.close()  # our duplicate only: the connection's own descriptor stays open
+
+
+def new_request() -> None:
+    """A request starts: it may wait on the database (within the bounds) even if the last one could not."""
+    _THIS_REQUEST.failed = False
+
+
+class DatabasePaused(Exception):
+    """The database did not answer a moment ago and another request is finding out whether it does now."""
+
+
+def _bound_client_waits(engine: Engine) -> None:
+    """Every statement, and the pool's check of a connection before use, ends within a client-side bound.
+
+    Once PostgreSQL has not answered, the rest of that request does not wait on it again; once it let a
+    call wait out a bound, no call waits on it for ``PAUSE_AFTER_TIMEOUT_SECONDS``. ``/readyz`` always asks.
+    """
+    import psycopg  # the postgres extra: only engines for PostgreSQL get here
+
+    running: dict[int, contextlib.ExitStack] = {}
+    paused_until = [0.0]
+
+    class Paused(psycopg.OperationalError, DatabasePaused):
+        pass
+
+    def refuse_while_paused() -> None:
+        if getattr(_THIS_REQUEST, "asking", False):
+            return
+        if getattr(_THIS_REQUEST, "failed", False):
+            raise Paused("the database did not answer this request; not waiting on it again")
+        if time.monotonic() < paused_until[0]:
+            raise Paused("the database did not answer in time a moment ago; not waiting on it yet")
+        _THIS_REQUEST.since = time.monotonic()
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect, record, cargs, cparams):
+        refuse_while_paused()
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _start(conn, cursor, statement, parameters, context, executemany):
+        _THIS_REQUEST.since = time.monotonic()
+        stack = contextlib.ExitStack()
+        stack.enter_context(_client_deadline(cursor.connection, CLIENT_STATEMENT_SECONDS))
+        running[id(cursor)] = stack
+
+    def _end(cursor: Any) -> None:
+        stack = running.pop(id(cursor), None)
+        if stack is not None:
+            stack.close()
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def _finished(conn, cursor, statement, parameters, context, executemany):
+        _end(cursor)
+        paused_until[0] = 0.0  # it answers again
+
+    @event.listens_for(engine, "handle_error")
+    def _failed(context):
+        cursor = getattr(context, "cursor", None)  # absent when the pool's check failed
+        if cursor is not None:
+            _end(cursor)
+        error = context.original_exception
+        lost = context.is_disconnect or context.connection is None  # cut off, or could not connect
+        if lost and isinstance(error, psycopg.OperationalError) and not isinstance(error, Paused):
+            _THIS_REQUEST.failed = True
+            waited = time.monotonic() - getattr(_THIS_REQUEST, "since", time.monotonic())
+            if waited >= PING_SECONDS * 0.9:  # a timeout, not a refusal: others should not wait on it too
+                paused_until[0] = time.monotonic() + PAUSE_AFTER_TIMEOUT_SECONDS
+
+    ping = engine.dialect.do_ping
+
+    def bounded_ping(dbapi_connection: Any) -> bool:
+        refuse_while_paused()
+        with _client_deadline(dbapi_connection, PING_SECONDS):
+            return ping(dbapi_connection)
+
+    engine.dialect.do_ping = bounded_ping  # type: ignore[method-assign]
+
+
+def disk_full(engine: Engine) -> bool:
+    """Is the disk of a SQLite database file (nearly) full? PostgreSQL reports its own disk in its errors."""
+    database = engine.url.database
+    if engine.url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return False
+    try:
+        return shutil.disk_usage(Path(database).resolve().parent).free < MIN_FREE_BYTES
+    except OSError:
+        return False
+
+
+def writable_problem(url: str) -> str | None:
+    """Why the service could not write to the database at ``url`` (a read-only file...), or None.
+
+    Asked once at start: a service that says "serving" and then answers every call 503 helps nobody.
+    """
+    try:
+        engine = make_engine(url)
+    except SQLAlchemyError as error:
+        return _first_line(error)
+    try:
+        with engine.begin() as connection:
+            connection.execute(seen_tokens.delete().where(seen_tokens.c.expires_at < 0))  # writes, keeps all
+    except SQLAlchemyError as error:
+        return _first_line(error)
+    finally:
+        engine.dispose()
+    return None
+
+
+def _first_line(error: SQLAlchemyError) -> str:
+    original = getattr(error, "orig", None) or error
+    return str(original).strip().splitlines()[0] if str(original).strip() else type(original).__name__
 
 
 def _text(value: str | None) -> str | None:
@@ -247,9 +415,15 @@ class Store:
         return len(rows)
 
     def ping(self) -> None:
-        """Raise if the database does not answer a trivial query (``/readyz``)."""
-        with self.engine.connect() as connection:
-            connection.execute(select(1))
+        """Raise if the database does not answer a trivial query, or its disk is full (``/readyz``)."""
+        if disk_full(self.engine):
+            raise DiskFull("the database's disk is full")
+        _THIS_REQUEST.asking = True
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(select(1))
+        finally:
+            _THIS_REQUEST.asking = False
 
     def feedback_rows(self, since: datetime | None = None) -> list[dict[str, Any]]:
         query = select(feedback).order_by(feedback.c.id)

@@ -40,8 +40,12 @@ class BodyFirst:
         max_body_bytes: int,
         body_seconds: float = 10.0,
         forget: Callable[[dict[str, Any]], None] = dict.clear,
+        instant_paths: frozenset[str] = frozenset({"/healthz"}),
     ):
         self.app = app
+        self.instant_paths = instant_paths
+        """GETs answered on the event loop, never queued behind busy threads: liveness must not depend on
+        hook calls waiting for a database or a FHIR server (their handlers touch neither)."""
         self.forget = forget
         """Frees a request's environ (and what the app left in it) once its answer is sent."""
         self.threads = threads
@@ -97,8 +101,11 @@ class BodyFirst:
             return
         except Exception:  # the client went away mid-body (granian's protocol error): nobody to answer
             return
-        loop = asyncio.get_running_loop()
-        status, headers, payload, env = await loop.run_in_executor(self.pool, self._call, scope, body)
+        if scope.method == "GET" and scope.path in self.instant_paths:
+            status, headers, payload, env = self._call(scope, body)
+        else:
+            loop = asyncio.get_running_loop()
+            status, headers, payload, env = await loop.run_in_executor(self.pool, self._call, scope, body)
         protocol.response_bytes(status, headers, payload)
         # What the request leaves in its environ (the hook call's decoded body: ~10 ms to free for a 4 MB
         # prefetch) is freed by a pool thread once the answer is on its way, not before it is sent.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.postgres import PostgresServer, start_postgres
+from tests.postgres import PostgresServer, running_postgres
 from tests.support import CHROMIUM, tool_missing
 
 POSTGRESQL = pytest.param("postgresql", marks=pytest.mark.postgres)
@@ -33,13 +33,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     """A PostgreSQL server on loopback for the session (where none can run: skipped, a failure in CI)."""
-    server = start_postgres()
-    if server is None:
-        tool_missing("PostgreSQL is not installed (Debian's postgresql package, or `pip install pgserver`)")
-    try:
+    with running_postgres() as server:
         yield server
-    finally:
-        server.stop()
 
 
 def fresh_postgres_database(request: pytest.FixtureRequest) -> Iterator[str]:

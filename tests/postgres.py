@@ -16,13 +16,14 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from tests.support import free_port
+from tests.support import free_port, tool_missing
 
 
 def pg_bin() -> Path | None:
@@ -127,3 +128,16 @@ def start_postgres() -> PostgresServer | None:
         shutil.rmtree(folder, ignore_errors=True)
 
     return PostgresServer(f"postgresql://cds@127.0.0.1:{port}/postgres", stop=stop)
+
+
+@contextmanager
+def running_postgres() -> Iterator[PostgresServer]:
+    """A server from ``start_postgres``, stopped at the end; the test is skipped where none can run (never in
+    CI: ``tool_missing``)."""
+    server = start_postgres()
+    if server is None:
+        tool_missing("PostgreSQL is not installed (Debian's postgresql package, or `pip install pgserver`)")
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -359,12 +359,37 @@ def test_a_launch_without_a_usable_iss_and_launch_is_refused(client, query):
 
 def test_an_administrator_can_let_an_ehr_frame_the_app_and_reach_its_token_endpoint(tmp_path):
     smart = {"frame_ancestors": ["https://ehr.example.org"], "connect_origins": ["https://auth.example.org"]}
-    client = make_app(tmp_path, smart=smart).test_client()
+    ehr = {"issuer": "https://ehr.example.org", "jwks_url": "https://ehr.example.org/jwks"}
+    callers = [{**ehr, "fhir_servers": ["https://fhir.example.org/r4"]}]
+    client = make_app(tmp_path, smart=smart, callers=callers).test_client()
     csp = client.get("/smart/launch?iss=https://fhir.example.org/r4&launch=x").headers[
         "Content-Security-Policy"
     ]
     assert "connect-src 'self' https://fhir.example.org https://auth.example.org;" in csp
     assert csp.endswith("frame-ancestors 'self' https://ehr.example.org")
+
+
+@pytest.mark.parametrize(
+    "iss",
+    ["https://tracker.example/fhir", "https://fhir.example.org/other", "http://[::ffff:10.0.0.1]/fhir"],
+)
+def test_a_launch_naming_a_server_no_caller_registered_is_refused_before_the_policy_widens(tmp_path, iss):
+    """Outside the registered callers' fhir_servers (and, with --dev, loopback), connect-src stays 'self'."""
+    callers = [
+        {
+            "issuer": "https://ehr.example.org",
+            "jwks_url": "https://ehr.example.org/jwks",
+            "fhir_servers": ["https://fhir.example.org/r4"],
+        }
+    ]
+    client = make_app(tmp_path, callers=callers).test_client()
+    answer = client.get(f"/smart/launch?iss={iss}&launch=x")
+    assert answer.status_code == 400
+    assert "registered caller" in answer.get_json()["error"] or "iss" in answer.get_json()["error"]
+    assert (
+        "Content-Security-Policy" not in answer.headers
+        or iss not in answer.headers["Content-Security-Policy"]
+    )
 
 
 def test_origins_that_could_widen_the_policy_are_refused_by_config_check(tmp_path):

@@ -60,7 +60,8 @@ class Finding:
     summary: str
     """One clause naming the problem (< 120 chars); the card's summary is the most serious finding's."""
     detail: str
-    """Markdown sentence(s): what was found, why it matters, what to do."""
+    """Plain sentence(s): what was found, why it matters, what to do. Rules never write Markdown: the card
+    escapes all of a finding's text (``card_text``), so a drug name quoted here stays text."""
     citations: tuple[str, ...]
     """Keys of ``cds_service.rules.citations.CITATIONS``."""
     evidence: tuple[Evidence, ...] = ()

@@ -190,6 +190,8 @@ def install_dev_smart(app: Flask, base_path: str, store: FhirStore) -> None:
             if form.get("grant_type") != "authorization_code":
                 raise _Refused("unsupported_grant_type", "grant_type: must be authorization_code")
             granted = _decode(form.get("code"), "code")
+            if not isinstance(granted.get("patient"), str):  # a code this server never issued
+                raise _Refused("invalid_grant", "unknown code")
             if form.get("redirect_uri") != granted.get("redirect_uri"):
                 raise _Refused("invalid_grant", "redirect_uri: differs from the authorization request")
             if form.get("client_id", granted.get("client_id")) != granted.get("client_id"):
@@ -197,7 +199,8 @@ def install_dev_smart(app: Flask, base_path: str, store: FhirStore) -> None:
             verifier = form.get("code_verifier", "")
             digest = hashlib.sha256(verifier.encode()).digest()
             challenge = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
-            if not verifier or not hmac.compare_digest(challenge, str(granted.get("challenge", ""))):
+            expected = str(granted.get("challenge", "")).encode()  # bytes: any text compares, never raises
+            if not verifier or not hmac.compare_digest(challenge.encode(), expected):
                 raise _Refused("invalid_grant", "code_verifier: does not match the code_challenge")
         except _Refused as refused:
             return _json({"error": refused.error, "error_description": str(refused)}, 400)

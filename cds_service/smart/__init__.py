@@ -25,6 +25,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, send_file
 
 from cds_service import units
 from cds_service.drug_forms import form_table_data
+from cds_service.fhir_policy import ServerUrl
 from cds_service.record_builder import DURATION_DAYS
 from cds_service.terminology import SYSTEM_ALIASES
 
@@ -77,6 +78,25 @@ def fhir_origin(iss: str | None) -> str | None:
     return f"{parts.scheme}://{shown}" + (f":{port}" if port else "")
 
 
+def launch_refusal(iss: str, runtime: Any) -> str | None:
+    """Why a launch naming ``iss`` may not widen the page's ``connect-src``, or None.
+
+    ``iss`` must be a FHIR server a registered caller may name (``callers[].fhir_servers``, as for hook
+    calls); with ``--dev`` a loopback server too (the sandbox's). Any other would let a link turn the app's
+    pages into a client of a host nobody configured.
+    """
+    target = ServerUrl.parse(iss)
+    if target is None:
+        return "iss: not a plain http(s) FHIR base URL"
+    if runtime.dev and _loopback(target.host.strip("[]")):
+        return None
+    for caller in runtime.config.settings.get("callers") or ():
+        entries = (ServerUrl.parse(url, pattern=True) for url in caller.get("fhir_servers") or ())
+        if any(entry is not None and entry.covers(target) for entry in entries):
+            return None
+    return "iss: not a FHIR server of a registered caller (callers[].fhir_servers)"
+
+
 def _loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -117,6 +137,9 @@ def launch() -> Response | tuple[Response, int]:
             "launch needs iss (an https FHIR base URL, or http on loopback) and launch (the EHR's launch id)"
         )
         return jsonify({"error": message}), 400
+    refused = launch_refusal(iss or "", _runtime())
+    if refused:
+        return jsonify({"error": refused}), 400
     response = _page("launch.html", origin)
     response.set_cookie(
         ORIGIN_COOKIE,
