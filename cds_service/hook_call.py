@@ -157,6 +157,7 @@ def _medication_resolver(
     index = MedicationIndex(
         client.base_url if client else (server if isinstance(server, str) and server else None),
         more=lambda: _prefetch_entries(body.get("prefetch")),
+        can_fetch=client is not None,
     )
     index.add_bundle(context.get("draftOrders") or context.get("medications"))
     known: list[Mapping] = list(draft_resources(context))

@@ -298,11 +298,20 @@ FHIR shape (an STU3 ``category`` object, ``context`` instead of ``encounter``) i
 not hide an active cyclosporine order or a pregnancy from the rules (seen in the HL7 PDDI CDS requests)."""
 
 
+READ_DEFAULTS: dict[str, dict[str, str]] = {"MedicationRequest": {"intent": "order"}}
+"""Required R4 elements an older shape leaves out, read as their meaning: a MedicationRequest without
+``intent`` (STU3 and some EHRs' exports) is an order (rules.md v3, § Reading the record). Without this the
+R4 model refuses it and the patient's earlier tacrolimus, teratogen or duplicate order is left out."""
+
+
 def _read_part(model: Any, raw: Mapping) -> Mapping:
     fields = READ_FIELDS.get(model.__name__)
     if not fields:
         return raw
-    return {"resourceType": raw.get("resourceType"), **{k: raw[k] for k in fields if k in raw}}
+    part = {"resourceType": raw.get("resourceType"), **{k: raw[k] for k in fields if k in raw}}
+    for key, value in READ_DEFAULTS.get(model.__name__, {}).items():
+        part.setdefault(key, value)
+    return part
 
 
 def _validated(model: Any, raw: Mapping, skipped: list[Unusable]) -> bool:
