@@ -13,6 +13,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY docs ./docs
+COPY bench/README.md ./bench/README.md
 COPY cds_service ./cds_service
 RUN pip install --no-compile '.[postgres]' && rm -rf /root/.cache
 

@@ -114,7 +114,7 @@ def call_service(service_id: str) -> Response | tuple[Response, int]:
             **answer.notes,
         },
     )
-    # orjson: the cards of a typical answer serialise in ~20 µs instead of ~250 µs (same JSON, UTF-8)
+    # orjson: the cards of a typical answer serialise many times faster than with json (same JSON, UTF-8)
     return Response(orjson.dumps(answer.body), answer.status, mimetype="application/json")
 
 

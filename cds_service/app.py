@@ -86,7 +86,7 @@ def create_app(
     from cds_service.admin import bp as admin_bp  # /admin page and POST /admin/reload, behind an admin token
 
     app.register_blueprint(admin_bp)
-    from cds_service.docs import bp as docs_bp  # GET /docs: the README, where cards' source links point
+    from cds_service.docs import bp as docs_bp  # GET /docs: the manual, where cards' source links point
 
     app.register_blueprint(docs_bp)
     from cds_service.smart import bp as smart_bp  # the course SMART app, launched from card links

@@ -333,7 +333,7 @@ def sandbox_list() -> None:
 @click.option("--sandbox", "sandbox_url", default=None, help="Default: https://sandbox.cds-hooks.org/")
 @click.option("--fhir", "fhir_url", default=None, help="Default: http://localhost:8080/sandbox/fhir")
 @click.option("--discovery", default=None, help="Default: http://localhost:8080/cds-services")
-@click.option("--markdown", is_flag=True, help="As the rows of the README's table.")
+@click.option("--markdown", is_flag=True, help="As the rows of the table in docs/integration.md.")
 def sandbox_links(
     sandbox_url: str | None, fhir_url: str | None, discovery: str | None, markdown: bool
 ) -> None:

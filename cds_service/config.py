@@ -123,7 +123,7 @@ def config_dir(directory: str | Path | None = None) -> Path:
 
 
 DOCS_PATH = "/docs"
-"""Where the service serves its own README (``cds_service.docs``): the cards' default source link."""
+"""Where the service serves its own documentation (``cds_service.docs``): the cards' default source link."""
 
 
 def _default_source_url(settings: dict) -> None:

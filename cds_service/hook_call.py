@@ -151,6 +151,7 @@ class MedicationResolver:
         self.index = MedicationIndex(
             client.base_url if client else (server if isinstance(server, str) and server else None),
             more=lambda: _prefetch_entries(body.get("prefetch")),
+            can_fetch=client is not None,
         )
         self.index.add_bundle(context.get("draftOrders") or context.get("medications"))
         self.known: list[Mapping] = []

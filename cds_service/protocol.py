@@ -2,8 +2,8 @@
 
 The JSON Schemas in ``cds_service/schemas/`` are the single statement of what is accepted; this module
 compiles them once, runs them, and turns the most useful error into a message that names the field the way
-a person reading the JSON would find it. Each check runs twice compiled: by jsonschema-rs (Rust, 3-50 µs)
-to accept a valid body, and only for a body it rejects by jsonschema (Python, ~600 µs), whose errors word
+a person reading the JSON would find it. Each check runs twice compiled: by jsonschema-rs (Rust, fast) to
+accept a valid body, and only for a body it rejects by jsonschema (Python, far slower), whose errors word
 the message; a body is refused only if jsonschema finds a problem, so the answer and its words are those of
 jsonschema alone (``context.selections[0]``, ``feedback[2].outcome``). Messages never
 quote the offending value, so secrets such as ``fhirAuthorization.access_token`` (and patient data) cannot

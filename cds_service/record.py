@@ -209,7 +209,7 @@ class Unusable:
 
 class RawLab(NamedTuple):
     """An Observation entry before validation: just what is needed to sort and filter it. A named tuple,
-    as one is made per result (10,000 for a large record) and a tuple is made ~10x faster than a dataclass."""
+    as one is made per result (10,000 for a large record) and a tuple is made much faster than a dataclass."""
 
     when: datetime
     resource: Mapping

@@ -3,7 +3,7 @@
 Two passes keep it fast and safe:
 
 1. Raw JSON is filtered by code: only resources whose codes belong to a value set the rules use go on
-   (a patient's record is mostly irrelevant to tacrolimus; parsing all of it is 15-30x slower).
+   (a patient's record is mostly irrelevant to tacrolimus; parsing all of it is many times slower).
 2. What is left is validated one resource at a time with ``fhir.resources`` (R4B models read R4 data), on the
    elements the record reads (``READ_FIELDS``): an older shape elsewhere must not hide an order. A resource
    that fails is skipped and reported; it never sinks the request. Observations are validated lazily,
@@ -109,7 +109,7 @@ MAX_RESOURCE_BYTES = 200_000
 takes seconds, and no resource the rules read is near this size."""
 MAX_SCANNED = 10_000
 """Conditions, orders (stored or draft) or allergies looked at, even on raw JSON: recognising a drug by its
-name costs tens of µs, and no patient's record holds ten thousand of them."""
+name is a pattern search per text, and no patient's record holds ten thousand of them."""
 
 
 def parse_when(value: Any) -> datetime | None:
@@ -249,8 +249,8 @@ def _uncached_problem(model: Any, raw: Any) -> str | None:
 class _ProblemCache:
     """Validation results keyed by a 128-bit BLAKE2b digest of the resource's canonical JSON: EHRs send the
     same resources again and again (order-select fires on every edit of an order, then order-sign), and
-    validating one costs ~250 µs. A digest instead of the content keeps 20,000 entries to ~5 MB per worker
-    (the content itself was ~20 MB); a collision between two different resources is out of reach (2^-64).
+    validating one costs far more than a hash. A digest instead of the content keeps 20,000 entries small per
+    worker (bench/README.md); a collision between two different resources is out of reach (2^-64).
     Oldest entries go first when it is full."""
 
     def __init__(self, size: int = 20_000):
@@ -298,11 +298,20 @@ FHIR shape (an STU3 ``category`` object, ``context`` instead of ``encounter``) i
 not hide an active cyclosporine order or a pregnancy from the rules (seen in the HL7 PDDI CDS requests)."""
 
 
+READ_DEFAULTS: dict[str, dict[str, str]] = {"MedicationRequest": {"intent": "order"}}
+"""Required R4 elements an older shape leaves out, read as their meaning: a MedicationRequest without
+``intent`` (STU3 and some EHRs' exports) is an order (rules.md v3, § Reading the record). Without this the
+R4 model refuses it and the patient's earlier tacrolimus, teratogen or duplicate order is left out."""
+
+
 def _read_part(model: Any, raw: Mapping) -> Mapping:
     fields = READ_FIELDS.get(model.__name__)
     if not fields:
         return raw
-    return {"resourceType": raw.get("resourceType"), **{k: raw[k] for k in fields if k in raw}}
+    part = {"resourceType": raw.get("resourceType"), **{k: raw[k] for k in fields if k in raw}}
+    for key, value in READ_DEFAULTS.get(model.__name__, {}).items():
+        part.setdefault(key, value)
+    return part
 
 
 def _validated(model: Any, raw: Mapping, skipped: list[Unusable]) -> bool:

@@ -85,8 +85,8 @@ class _CollectorPause:
 
     Decoding builds only acyclic dicts and lists, yet every threshold's worth of them (700 by default,
     100,000 in the server's workers: ``server.YOUNG_COLLECTION_THRESHOLD``) starts a collection over all the
-    objects decoded so far: at 700, a 4 MB prefetch ran 124 collections. Threads count in and out, so the
-    collector is back on as soon as no decoding is running.
+    objects decoded so far: at 700, a large prefetch ran over a hundred collections. Threads count in and
+    out, so the collector is back on as soon as no decoding is running.
     """
 
     def __init__(self) -> None:

@@ -1,10 +1,10 @@
 """Run the app under granian (a Rust HTTP server with Python WSGI workers), with reload on SIGHUP.
 
-Why granian (README, "Server model"): its HTTP side is asynchronous Rust, so a client that trickles its
-headers holds a few bytes of a Tokio task, never a Python thread; the body is then read on the worker's event
-loop (``wsgi_bridge``), and only complete requests reach the WSGI threads. Under gunicorn's gthread
-workers, ten clients trickling headers blocked every thread for 25 s. It also
-costs less CPU per request (no-op endpoint: about 0.4 ms against 0.9 ms).
+Why granian (docs/deployment.md, "Server model"): its HTTP side is asynchronous Rust, so a client that
+trickles its headers holds a few bytes of a Tokio task, never a Python thread; the body is then read on the
+worker's event loop (``wsgi_bridge``), and only complete requests reach the WSGI threads. Under gunicorn's
+gthread workers, a few clients trickling headers blocked every thread. It also costs less CPU per request
+(no-op endpoint; the numbers are in bench/README.md).
 
 Start-up, in order, all in the master process:
 
@@ -58,7 +58,7 @@ def before_workers(config: Config) -> None:
 
 def preload_code() -> None:
     """Import the app's code once in the master: every worker (and every worker a reload starts) is forked
-    with it, so a worker is ready in the time it takes to build its app (~0.2 s instead of ~1.5 s), and the
+    with it, so a worker is ready in the time it takes to build its app, not to import it, and the
     pages of that code are shared between workers. A reload therefore changes configuration, not code:
     restart the service to run new code. Nothing here opens a file, a socket or a thread. (The app factory's
     own module, the sandbox's with ``--dev``, is already imported: ``cli.serve`` handed it over.)"""
@@ -97,8 +97,8 @@ data waits in a cycle."""
 
 
 def freeze_startup_objects() -> None:
-    """Move every object alive now (modules, schemas, value sets, models: ~100,000) out of the collector's
-    reach: a full collection then scans only what requests create, not 55-110 ms of start-up state. And
+    """Move every object alive now (modules, schemas, value sets, models) out of the collector's reach:
+    a full collection then scans only what requests create, not the whole start-up state. And
     collect young objects less often (``YOUNG_COLLECTION_THRESHOLD``)."""
     gc.collect()
     gc.freeze()
@@ -107,11 +107,11 @@ def freeze_startup_objects() -> None:
 
 class SmallHeap:
     """Keeps a worker's heap small (glibc). Its threads share two malloc arenas instead of one each, so memory
-    freed by one thread serves the next request on another (after 10,000 mixed calls: ~135 MB resident
-    instead of ~165 MB); and once a request with a body over ``threshold`` bytes is answered and its objects
+    freed by one thread serves the next request on another (a smaller resident size after many mixed calls:
+    bench/README.md); and once a request with a body over ``threshold`` bytes is answered and its objects
     are freed (``forget``, which the bridge runs after sending the answer), freed pages go back to the system
-    (``malloc_trim``): a 4 MB prefetch briefly needs ~100 MB of Python objects; so they do after any request
-    every ``every`` seconds. Costs a few ms, never while an answer waits."""
+    (``malloc_trim``): a large prefetch briefly needs many times its size in Python objects; so they do after
+    any request every ``every`` seconds. Costs milliseconds, never while an answer waits."""
 
     def __init__(self, threshold: int = 1_000_000, every: float = 2.0):
         self.threshold = threshold

@@ -80,7 +80,7 @@ def checkpoint_in_background(engine: Engine, every: float = CHECKPOINT_SECONDS) 
     """Copy SQLite's write-ahead log into the database from a thread, once a second, not from a request.
 
     By default the commit that fills the WAL to 1,000 pages runs the checkpoint and its fsync: one hook call
-    in a few hundred waited 5-15 ms for it (the warm p99 was ~3.1 x its p50; from a thread, 1.9-2.8 x). A
+    in a few hundred waited for it, which showed in the p99 (bench/README.md has the numbers). A
     PASSIVE checkpoint never waits for readers or writers. The thread ends when the engine is gone.
     """
     ref = weakref.ref(engine)

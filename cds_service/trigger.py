@@ -186,16 +186,19 @@ class MedicationIndex:
     or absolute): what a ``medicationReference`` is resolved against before the FHIR server is asked.
 
     ``more`` gives further (fullUrl, resource) pairs, read only on the first miss of a reference no server can
-    be asked for (``urn:uuid:``): the prefetch, so an order whose drug is coded, or a ``Medication/id``, is
-    still answered without decoding the prefetch.
+    be asked for (``urn:uuid:``, or any reference when the call has no FHIR server to ask): the prefetch, so
+    an order whose drug is coded, or a ``Medication/id`` a server can be asked for, is still answered without
+    decoding the prefetch.
     """
 
     def __init__(
         self,
         base_url: str | None = None,
         more: Callable[[], Iterable[tuple[str | None, Mapping]]] | None = None,
+        can_fetch: bool = True,
     ):
         self.base_url = base_url
+        self.can_fetch = can_fetch
         self._by_ref: dict[str, Mapping] = {}
         self._by_url: dict[str, Mapping] = {}
         self._more = more
@@ -214,7 +217,8 @@ class MedicationIndex:
 
     def find(self, reference: str) -> Mapping | None:
         found = self._find(reference)
-        if found is None and self._more is not None and not readable_reference(reference, self.base_url):
+        fetchable = self.can_fetch and readable_reference(reference, self.base_url)
+        if found is None and self._more is not None and not fetchable:
             more, self._more = self._more, None
             for full_url, resource in more():
                 self.add(resource, full_url)

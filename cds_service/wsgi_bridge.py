@@ -107,8 +107,8 @@ class BodyFirst:
             loop = asyncio.get_running_loop()
             status, headers, payload, env = await loop.run_in_executor(self.pool, self._call, scope, body)
         protocol.response_bytes(status, headers, payload)
-        # What the request leaves in its environ (the hook call's decoded body: ~10 ms to free for a 4 MB
-        # prefetch) is freed by a pool thread once the answer is on its way, not before it is sent.
+        # What the request leaves in its environ (the hook call's decoded body: a large prefetch takes
+        # milliseconds to free) is freed by a pool thread once the answer is on its way, not before.
         assert self.pool is not None
         self.pool.submit(self.forget, env)
 

@@ -31,6 +31,8 @@ from tests.support import (
     start_service,
 )
 
+pytestmark = pytest.mark.slow  # a real service against a frozen, locked or read-only database
+
 BOUND = 5.0
 FEEDBACK = "/cds-services/tacrolimus-order-sign/feedback"
 SIGN = "/cds-services/tacrolimus-order-sign"

@@ -19,6 +19,8 @@ from cds_service.request_json import MAX_MEMBER_DEPTH, MAX_REQUEST_DEPTH
 from cds_service.sandbox.requests import build_request
 from tests.support import config_copy, finding_ids, start_service
 
+pytestmark = pytest.mark.slow  # a real service (serve) for the end-to-end cases
+
 SIGN = "/cds-services/tacrolimus-order-sign"
 BASE = build_request("pregnant-ln-flare-on-mmf", hook="order-sign")
 BOUND_SECONDS = 5

@@ -18,6 +18,8 @@ from bench.hostile_servers import canned_fhir_server, search_answers
 from cds_service.fhir_policy import FhirPolicy
 from tests.support import config_copy, hook_request, searchset, small_patient, start_service, with_fhir_server
 
+pytestmark = pytest.mark.slow  # a real service (serve) for the end-to-end cases
+
 PID = "token-p1"
 SIGN = "/cds-services/tacrolimus-order-sign"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"

@@ -1,4 +1,5 @@
-"""What the README tells a newcomer to run: the example requests, the entry points, a busy port."""
+"""What the README and the guides tell a newcomer to run: the example requests, the entry points, a busy
+port."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from cds_service.sandbox.store import FhirStore
 from tests.support import CDS_SERVICE, ROOT, make_app
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+INTEGRATION = (ROOT / "docs" / "integration.md").read_text(encoding="utf-8")  # the official Sandbox
 EXAMPLES = ROOT / "examples"
 # `curl ... http://127.0.0.1:8080/cds-services/<path> ... -d @examples/<file>.json`
 CURL_POST = re.compile(
@@ -105,10 +107,12 @@ def test_a_busy_port_gives_one_clear_error_and_no_serving_line(command):
 
 
 @pytest.mark.slow
-def test_the_readme_gives_a_ready_official_sandbox_link_per_fixture():
+def test_the_integration_guide_gives_a_ready_official_sandbox_link_per_fixture():
     rows = subprocess.run(
         [CDS_SERVICE, "sandbox", "links", "--markdown"], capture_output=True, text=True, timeout=60
     ).stdout.splitlines()
     assert len(rows) == len(official.links())
-    missing = [row for row in rows if row not in README.splitlines()]
-    assert missing == [], "README table out of date: paste `cds-service sandbox links --markdown`"
+    missing = [row for row in rows if row not in INTEGRATION.splitlines()]
+    assert missing == [], (
+        "docs/integration.md table out of date: paste `cds-service sandbox links --markdown`"
+    )

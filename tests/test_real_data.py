@@ -163,12 +163,13 @@ def cards_for(
 
 
 def finding_text(response: dict, rule_id: str) -> str:
-    """The detail paragraph of one finding: it opens with the finding id in bold ("**N7 (warning)**")."""
+    """The detail paragraph of one finding (it opens with the finding id in bold, "**N7 (warning)**") as a
+    reader sees it: the backslash escapes that keep record text from becoming Markdown are removed."""
     opens = re.compile(rf"^\*\*[^*]*\b{re.escape(rule_id)}\b[^*]*\*\*")
     for card in response["cards"]:
         for block in card["detail"].split("\n\n"):
             if opens.match(block):
-                return block
+                return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", block)
     raise AssertionError(f"{rule_id} not on the cards: {finding_ids(response)}")
 
 
