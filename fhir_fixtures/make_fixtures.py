@@ -348,10 +348,12 @@ class Chart:
         contained: bool = False,
         text_only: str | None = None,
         note: str | None = None,
+        times_a_day: int | None = None,
     ) -> str:
         """A MedicationRequest. ``until`` closes it with a validity period; ``status='draft'`` makes it one of
-        this session's draft orders. The drug is inline, a contained Medication (``contained``), a Medication
-        resource in the bundle (``medication`` = its reference) or free text only (``text_only``)."""
+        this session's draft orders; ``times_a_day`` adds a structured timing to the dosage text. The drug is
+        inline, a contained Medication (``contained``), a Medication resource in the bundle (``medication`` =
+        its reference) or free text only (``text_only``)."""
         resource: dict[str, Any] = {
             "resourceType": "MedicationRequest",
             "id": self.rid(key or self.next_key("mr")),
@@ -380,6 +382,9 @@ class Chart:
         if note:
             resource["note"] = [{"text": note}]
         resource["dosageInstruction"] = [{"text": dosage}]
+        if times_a_day:
+            repeat = {"frequency": times_a_day, "period": 1, "periodUnit": "d"}
+            resource["dosageInstruction"][0]["timing"] = {"repeat": repeat}
         if until:
             resource["dispenseRequest"] = {"validityPeriod": {"start": authored[:10], "end": until}}
         ref = self.add(resource)
@@ -2281,6 +2286,131 @@ def n13_egfr_low_renewal() -> Fixture:
             "N2": "Creatinine 1.92 mg/dL is 4 % above the 1.85 mg/dL before tacrolimus began.",
             "N11": "A renewal: continuing therapy, no new-start schedule.",
         },
+    )
+
+
+# --- Extended release more than once a day (N18) and nirmatrelvir/ritonavir (N21), catalog version 3 ------
+
+
+def _envarsus_start(short: str, given: str, times_a_day: int) -> Chart:
+    """A new Envarsus XR start, 4 mg a day, ordered with a structured timing of ``times_a_day``."""
+    c = Chart(short).patient(given, "Lindqvist", "female", "1991-10-21")
+    c.condition("sle", on("2019-02-11"))
+    c.condition("ln-class-iv", on("2026-07-02"))
+    c.order("mmf-500mg", on("2026-07-12"), dosage=MMF_DOSE)
+    normal_visit(c, 5, upcr=1.7)
+    c.lab("hcg", 1.0, "IU/L", ago(5))
+    dose = "2 mg by mouth every 12 hours" if times_a_day == 2 else "4 mg by mouth every morning"
+    c.order(
+        "envarsus-1mg",
+        ANCHOR.isoformat(),
+        status="draft",
+        key="tac-draft",
+        dosage=dose,
+        times_a_day=times_a_day,
+    )
+    return c
+
+
+@fixture
+def n18_envarsus_twice_daily() -> Fixture:
+    return Fixture(
+        "n18-envarsus-twice-daily",
+        "New Envarsus XR start ordered 2 mg every 12 hours (an immediate-release regimen on it)",
+        _envarsus_start("n18bid", "Karin", 2),
+        {
+            "N11": NEW_START,
+            "N18": "Envarsus XR (extended-release tablet) ordered twice a day (timing frequency 2 per day).",
+        },
+    )
+
+
+@fixture
+def n18_envarsus_once_daily() -> Fixture:
+    return Fixture(
+        "n18-envarsus-once-daily",
+        "New Envarsus XR start ordered 4 mg every morning, once daily as labelled",
+        _envarsus_start("n18qd", "Maja", 1),
+        {"N11": NEW_START},
+        quiet={"N18": "Envarsus XR ordered once a day (timing frequency 1 per day), as the label asks."},
+    )
+
+
+PAXLOVID_TEXT = "Paxlovid (nirmatrelvir 150 mg / ritonavir 100 mg) dose pack"
+PAXLOVID_DOSE = "nirmatrelvir 300 mg with ritonavir 100 mg by mouth twice daily for 5 days"
+
+
+def _paxlovid_chart(short: str, given: str, authored_days_ago: int, status: str, ended_days_ago: int | None):
+    """Seven months on tacrolimus; an urgent care clinic ordered Paxlovid ``authored_days_ago`` days ago."""
+    c = Chart(short).patient(given, "Brennan", "male", "1984-06-30")
+    _on_tacrolimus(c, on("2026-05-11"))
+    c.panel(on("2026-04-28"), creatinine=0.90, upcr=2.0)
+    normal_visit(c, 25, creatinine=0.92, egfr=99, upcr=0.5, tacrolimus=6.4)
+    paxlovid = c.order(
+        None,
+        ago(authored_days_ago, "16:10"),
+        status=status,
+        text_only=PAXLOVID_TEXT,
+        dosage=PAXLOVID_DOSE,
+        until=ago(ended_days_ago)[:10] if ended_days_ago else None,
+    )
+    _requested_by(c, paxlovid, OTHER_PRESCRIBER)
+    return c
+
+
+@fixture
+def pv_paxlovid_ended_10_days_ago() -> Fixture:
+    return Fixture(
+        "pv-paxlovid-ended-10-days-ago",
+        "On tacrolimus; a Paxlovid course (completed) ended 10 days ago: CYP3A inhibition may persist",
+        _paxlovid_chart("pvpax10", "Owen", 15, "completed", 10),
+        {"N21": "A completed Paxlovid order whose validity period ended 10 days ago (window 10 days)."},
+        quiet={"N9": "Paxlovid's ritonavir is shown by N21 instead of N9."},
+        service=MONITORING,
+    )
+
+
+@fixture
+def pv_paxlovid_ended_11_days_ago() -> Fixture:
+    return Fixture(
+        "pv-paxlovid-ended-11-days-ago",
+        "On tacrolimus; a Paxlovid course (completed) ended 11 days ago: outside the 10-day window",
+        _paxlovid_chart("pvpax11", "Rhys", 16, "completed", 11),
+        {},
+        quiet={"N21": "The Paxlovid course ended 11 days ago, outside the 10-day window."},
+        service=MONITORING,
+    )
+
+
+@fixture
+def n21_paxlovid_ended_10_days_renewal() -> Fixture:
+    c = _paxlovid_chart("n21pax", "Liam", 15, "stopped", 10)
+    c.order(
+        "tacrolimus-1mg",
+        ANCHOR.isoformat(),
+        status="draft",
+        key="tac-draft",
+        dosage=PV_TAC_DOSE,
+        prior=f"MedicationRequest/{c.rid('mr-tac')}",
+    )
+    return Fixture(
+        "n21-paxlovid-ended-10-days-renewal",
+        "Tacrolimus renewal; a Paxlovid order (stopped) whose course ended 10 days ago",
+        c,
+        {"N21": "A stopped Paxlovid order whose validity period ended 10 days ago (window 10 days)."},
+        quiet={"N9": "Paxlovid's ritonavir is shown by N21 instead of N9."},
+    )
+
+
+@fixture
+def pv_paxlovid_active_20_days() -> Fixture:
+    return Fixture(
+        "pv-paxlovid-active-20-days",
+        "On tacrolimus; a Paxlovid order authored 20 days ago is still active (never closed)",
+        _paxlovid_chart("pvpax20", "Evan", 20, "active", None),
+        {"N21": "An active Paxlovid order counts whatever its date (authored 20 days ago)."},
+        quiet={"N9": "Paxlovid's ritonavir is shown by N21 instead of N9."},
+        service=MONITORING,
     )
 
 

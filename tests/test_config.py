@@ -131,6 +131,8 @@ CFG_CASES = [
     ("hba1c", T(hba1c=7.0), "n8-hyperglycaemia-on-tacrolimus", "N8", "info", None),
     ("include_moderate_cyp3a4", T(include_moderate_cyp3a4=True), well_monitored_with_erythromycin, "N9", None,
      "warning"),
+    ("paxlovid_window_days", T(paxlovid_window_days=9), "n21-paxlovid-ended-10-days-renewal", "N21",
+     "critical", None),
     ("egfr_cni_caution", T(egfr_cni_caution=35), "n13-egfr-low", "N13", "warning", None),
     ("egfr_cni_caution_continuing", T(egfr_cni_caution_continuing="warning"), "n13-egfr-low-renewal", "N13",
      "info", "warning"),

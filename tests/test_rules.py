@@ -51,6 +51,7 @@ THRESHOLDS = {
     "random_glucose": 200,
     "hba1c": 6.5,
     "include_moderate_cyp3a4": False,
+    "paxlovid_window_days": 10,
     "egfr_cni_caution": 45,
     "egfr_cni_caution_continuing": "info",
     "body_height_days": 180,

@@ -8,7 +8,7 @@ findings off or re-grades them is applied by the caller. Where the catalog neede
 
 from __future__ import annotations
 
-from cds_service.rules import monitoring, pregnancy, salvage
+from cds_service.rules import monitoring, pregnancy, release_and_paxlovid, salvage
 from cds_service.rules.common import has_lupus_nephritis, merge_needs, unavailable
 from cds_service.rules.model import Evaluation, Finding, Quiet, RuleInput
 from cds_service.rules.registry import ORDER, Registry, Rule
@@ -17,7 +17,14 @@ SCOPES = ("lupus", "any-indication")
 SCOPE_NEEDS = {"Condition": ("lupus", "lupus-nephritis", "lupus-nephritis-class-v")}
 """What deciding whether the rules may speak at all reads (``in_scope``)."""
 
-REGISTRY = Registry((*pregnancy.DECLARATIONS, *salvage.DECLARATIONS, *monitoring.DECLARATIONS))
+REGISTRY = Registry(
+    (
+        *pregnancy.DECLARATIONS,
+        *salvage.DECLARATIONS,
+        *monitoring.DECLARATIONS,
+        *release_and_paxlovid.DECLARATIONS,
+    )
+)
 """Every finding of the catalog, declared in its family module, in catalog order."""
 
 RULES: dict[str, Rule] = {finding_id: d.rule for finding_id, d in REGISTRY.items()}

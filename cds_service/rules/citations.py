@@ -115,6 +115,16 @@ CITATIONS: dict[str, tuple[str, str]] = {
         "Med 2025;392:1471–1483",
         "https://doi.org/10.1056/NEJMoa2410965",
     ),
+    "envarsus-label": (
+        "ENVARSUS XR (tacrolimus extended-release tablets) US prescribing information §2: once daily, in the "
+        "morning; conversion from immediate release. DailyMed",
+        "https://dailymed.nlm.nih.gov/dailymed/drugInfo.cfm?setid=de2315b0-6344-43ac-9aea-3e3b68d828e7",
+    ),
+    "wang-2022-paxlovid": (
+        "Wang AX, et al. Nirmatrelvir/ritonavir with tacrolimus in transplant recipients: hold tacrolimus "
+        "for the course, levels on days 3 and 6–7. Am J Transplant 2022",
+        "https://doi.org/10.1111/ajt.16997",
+    ),
     "cellcept-label": (
         "CellCept (mycophenolate mofetil) US prescribing information: embryofetal toxicity, pregnancy "
         "testing and contraception (mycophenolate REMS). DailyMed",

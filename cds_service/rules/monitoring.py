@@ -537,6 +537,10 @@ def n8_hyperglycaemia(inp: RuleInput) -> Finding | Quiet:
 
 
 # --- interacting drugs (N9, N10) ----------------------------------------------------------------------------
+NIRMATRELVIR_RITONAVIR = "nirmatrelvir-ritonavir"
+"""Paxlovid's ritonavir is a strong CYP3A4 inhibitor, but a finding of its own (rules.md v3) speaks for it."""
+
+
 def n9_cyp3a4(inp: RuleInput) -> Finding | Quiet:
     record = inp.record
     moderate_on = bool(threshold(inp, "include_moderate_cyp3a4"))
@@ -547,7 +551,8 @@ def n9_cyp3a4(inp: RuleInput) -> Finding | Quiet:
     found: dict[str, tuple[Medication, str, str]] = {}
     for concept, kind, direction in classes:
         for m in active_orders(record, concept):
-            found.setdefault(m.id, (m, kind, direction))
+            if NIRMATRELVIR_RITONAVIR not in m.concepts:  # its own finding says more (interpretation 61)
+                found.setdefault(m.id, (m, kind, direction))
     if not found:
         reason = "no active strong CYP3A4 inhibitor or inducer"
         moderate = active_orders(record, "cyp3a4-moderate-inhibitors")
