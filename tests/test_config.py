@@ -261,7 +261,7 @@ TENANT_BLOCK = "tenants:\n  hospital-a:\n    thresholds:\n      potassium_max: 5
         ("settings.yaml", "P2: {enabled: true, indicator: critical}", "P2: {indicator: severe}",
          "findings.P2.indicator: must be one of 'info', 'warning', 'critical', got 'severe'"),
         ("settings.yaml", "N3: {enabled: true, indicator: critical}", "N33: {enabled: false}",
-         "findings.N33: 'N33' is not a finding id of the catalog (P1-P7, S0-S4, S7, N1-N15)"),
+         "findings.N33: 'N33' is not a finding id of the catalog (P1-P7, S0-S4, S7, N1-N15, N18, N21)"),
         ("settings.yaml", "N3: {enabled: true, indicator: critical}", "S5: {enabled: false}",
          f"findings.S5: 'S5' {RETIRED_S5}"),
         ("settings.yaml", "\ntenants: {}\n", "\ntenants:\n  hospital-a:\n    findings: {S6: {}}\n",

@@ -149,6 +149,9 @@ def test_the_six_situations_are_covered():
         "pv-duplicate-calcineurin-inhibitor": {"N12"},
         "pv-new-pregnancy": {"P2"},
         "pv-stable-well-monitored": set(),
+        "pv-paxlovid-active-20-days": {"N21"},
+        "pv-paxlovid-ended-10-days-ago": {"N21"},
+        "pv-paxlovid-ended-11-days-ago": set(),
     }
     clarithromycin = [
         e["resource"]

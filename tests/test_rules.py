@@ -260,6 +260,8 @@ def test_rules_run_in_catalog_order():
         *(f"P{i}" for i in range(1, 8)),
         *(f"S{i}" for i in (0, 1, 2, 3, 4, 7)),
         *(f"N{i}" for i in range(1, 16)),
+        "N18",
+        "N21",
     ]
 
 

@@ -121,8 +121,8 @@ CITATIONS: dict[str, tuple[str, str]] = {
         "https://dailymed.nlm.nih.gov/dailymed/drugInfo.cfm?setid=de2315b0-6344-43ac-9aea-3e3b68d828e7",
     ),
     "wang-2022-paxlovid": (
-        "Wang AX, et al. Nirmatrelvir/ritonavir with tacrolimus in transplant recipients: hold tacrolimus "
-        "for the course, levels on days 3 and 6–7. Am J Transplant 2022",
+        "Wang AX, et al. Am J Transplant 2022, on nirmatrelvir/ritonavir with tacrolimus: hold tacrolimus "
+        "for the course, levels on days 3 and 6–7",
         "https://doi.org/10.1111/ajt.16997",
     ),
     "cellcept-label": (
