@@ -42,6 +42,13 @@ def test_n18_an_extended_release_draft_twice_a_day_is_a_warning_whose_suggestion
     )  # fmt: skip
 
 
+def test_n18_a_renewal_draft_twice_a_day_also_asks_for_a_trough_if_the_patient_takes_it_so():
+    draft = replace(tacrolimus(ENVARSUS, 2), prior_prescription="tac-1")
+    f = fires("N18", make(trigger=draft))
+    assert "before signing" in f.detail and "already takes it this way, check a trough" in f.detail
+    assert "already takes it" not in fires("N18", make(trigger=tacrolimus(ENVARSUS, 2))).detail
+
+
 def test_n18_once_a_day_or_immediate_release_or_unknown_formulation_or_timing_stays_quiet():
     assert "once a day" in stays_quiet("N18", make(trigger=tacrolimus(ENVARSUS, 1)))
     assert "immediate-release" in stays_quiet("N18", make(trigger=tacrolimus("immediate-release", 2)))

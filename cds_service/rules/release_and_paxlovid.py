@@ -15,6 +15,7 @@ from cds_service.record import Medication
 from cds_service.rules.common import (
     active_orders,
     capital,
+    continuing_because,
     day,
     finding,
     medication_evidence,
@@ -60,14 +61,18 @@ def n18_extended_release_more_than_daily(inp: RuleInput) -> Finding | Quiet:
             reason = f"how often {names(untimed)} is given could not be read from dosageInstruction.timing"
         return quiet("N18", reason)
     first = often[0]
-    continuing = inp.continuing or not first.is_draft
-    action = (
-        "Check the product and the total daily dose with the patient and the pharmacy: if the patient has "
-        "been taking it twice a day, check a trough now."
-        if continuing
-        else "Check the product and the total daily dose before signing: re-enter it as one morning dose, "
-        "or order the immediate-release product if a twice-daily regimen was meant."
-    )
+    if inp.continuing or not first.is_draft:
+        action = (
+            "Check the product and the total daily dose with the patient and the pharmacy: if the patient "
+            "has been taking it more than once a day, check a trough now."
+        )
+    else:
+        action = (
+            "Check the product and the total daily dose before signing: re-enter it as one morning dose, "
+            "or order the immediate-release product if a twice-daily regimen was meant."
+        )
+        if continuing_because(inp):
+            action += " If the patient already takes it this way, check a trough."
     return finding(
         "N18",
         "warning",
