@@ -9,6 +9,7 @@ the last tests send the fixtures through the service.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import date
 
 import pytest
@@ -234,7 +235,13 @@ def continuing_inputs() -> dict[str, RuleInput]:
         labs=[lab("egfr", 30, days=3)],
         trigger=tacrolimus_draft(prior="tac-1"),
     )
+    twice_daily_renewal = replace(
+        tacrolimus_draft(prior="tac-1"), formulation="extended-release tablet", administrations_per_day=2
+    )
+    paxlovid = med("nirmatrelvir-ritonavir", "cyp3a4-strong-inhibitors", name="Paxlovid", days=3)
+    envarsus_and_paxlovid = make(meds=(paxlovid,), trigger=twice_daily_renewal)
     cases = {"kitchen sink (earlier exposure)": sink, "renewal of an order not on record": busy}
+    cases["Envarsus twice a day, Paxlovid active"] = envarsus_and_paxlovid
     cases |= {
         "pregnant on tacrolimus": pregnant,
         "critical blood pressure": critical_bp,
