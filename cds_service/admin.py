@@ -6,7 +6,8 @@ token ``dev-admin-token`` works and the start-up log says so. A request proves t
 ``Authorization: Bearer <token>`` or shows the session cookie the login form sets (HttpOnly, SameSite=Strict,
 only sent to ``/admin``; signed and expiring, never the token itself, ended on the server at sign-out; see
 ``admin_sessions``). A POST made with the cookie must come from the admin page: ``Sec-Fetch-Site:
-same-origin`` or the session's form token (``_from_the_admin_page``). Wrong tokens, by form or header, slow down and then lock out the client.
+same-origin`` or the session's form token (``_from_the_admin_page``). Wrong tokens, by form or header, slow
+down and then lock out the client.
 The page is server-rendered HTML with inline SVG: no script, no external CSS, and a
 Content-Security-Policy that allows only its own nonce-tagged style block.
 """

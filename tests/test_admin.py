@@ -318,4 +318,3 @@ def test_another_site_cannot_sign_a_browser_in(tmp_path):
     assert refused.status_code == 403 and "Set-Cookie" not in refused.headers
     from_the_form = {"Sec-Fetch-Site": "same-origin", "Origin": "null"}
     assert client.post("/admin/login", data={"token": TOKEN}, headers=from_the_form).status_code == 303
-
