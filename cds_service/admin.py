@@ -5,7 +5,9 @@ The token is configured as its SHA-256 (``admin.token_sha256`` in settings.yaml)
 token ``dev-admin-token`` works and the start-up log says so. A request proves the token with
 ``Authorization: Bearer <token>`` or shows the session cookie the login form sets (HttpOnly, SameSite=Strict,
 only sent to ``/admin``; signed and expiring, never the token itself, ended on the server at sign-out; see
-``admin_sessions``). Wrong tokens, by form or header, slow down and then lock out the client.
+``admin_sessions``). A POST made with the cookie must come from the admin page: ``Sec-Fetch-Site:
+same-origin`` or the session's form token (``_from_the_admin_page``). Wrong tokens, by form or header, slow
+down and then lock out the client.
 The page is server-rendered HTML with inline SVG: no script, no external CSS, and a
 Content-Security-Policy that allows only its own nonce-tagged style block.
 """
@@ -22,7 +24,6 @@ from collections.abc import Iterable, Mapping
 from datetime import date
 from functools import cache
 from typing import Any
-from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, current_app, jsonify, redirect, render_template, request
 from sqlalchemy.engine import make_url
@@ -104,18 +105,29 @@ def _bearer() -> str | None:
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
-def _same_origin() -> bool:
-    """A cookie-authenticated POST must come from this site's pages (SameSite=Strict asks that too)."""
-    origin = request.headers.get("Origin") or request.headers.get("Referer")
-    if not origin:
+FORM_TOKEN = "csrf_token"
+CROSS_SITE = ("cross-site", "same-site")
+
+
+def _from_the_admin_page() -> bool:
+    """May this cookie-authenticated POST change anything, i.e. did the admin page itself send it?
+
+    The pages send no Referer (``Referrer-Policy: no-referrer``), so a browser's form POST carries
+    ``Origin: null`` and cannot be compared with this site. Browsers say instead where a request comes from in
+    ``Sec-Fetch-Site``, which no page can set: ``same-origin`` passes, ``cross-site`` and ``same-site`` never.
+    A client without Fetch Metadata proves it with the session's form token, which only the page shows.
+    """
+    site = request.headers.get("Sec-Fetch-Site")
+    if site == "same-origin":
         return True
+    if site in CROSS_SITE:
+        return False
+    return _sessions().form_token_matches(request.cookies.get(COOKIE), request.form.get(FORM_TOKEN))
 
-    def origin_of(url: str) -> str:
-        parts = urlsplit(url)
-        return f"{parts.scheme}://{parts.netloc}"
 
-    public = _holder().current.config.section("server")["public_base_url"]
-    return origin_of(origin) in (origin_of(request.host_url), origin_of(public))
+def _refused_cross_site() -> tuple[Response, int]:
+    log.warning("admin POST refused: not sent by the admin page", extra={"remote": _client()})
+    return jsonify({"error": "cross-site request refused"}), 403
 
 
 @bp.record_once
@@ -234,6 +246,7 @@ def _admin_page(notice: str | None = None, problems: list[str] | None = None, st
         since=since.isoformat() if since else "",
         tenant=tenant or "",
         on_disk=on_disk,
+        form_token=_sessions().form_token(request.cookies.get(COOKIE)),
         notice=notice,
         problems=problems or [],
         rate_text=rate_text,
@@ -268,6 +281,8 @@ def login_form() -> Response:
 
 @bp.post("/login")
 def login() -> BaseResponse:
+    if request.headers.get("Sec-Fetch-Site") in CROSS_SITE:  # another site must not sign this browser in
+        return _page("admin_login.html", status=403, error="Sign in from this page, not from another site.")
     token = (request.form.get("token") or "").strip()
     if not _check_token(token):
         return _page("admin_login.html", status=401, error="That token does not open the admin page.")
@@ -290,8 +305,10 @@ def login() -> BaseResponse:
 
 
 @bp.post("/logout")
-def logout() -> BaseResponse:
+def logout() -> BaseResponse | tuple[Response, int]:
     """End the session on the server (a copy of the cookie is worthless after this) and in the browser."""
+    if not _from_the_admin_page():
+        return _refused_cross_site()
     _sessions().close(request.cookies.get(COOKIE))
     response = redirect("/admin/login", code=303)
     response.delete_cookie(COOKIE, path="/admin", httponly=True, samesite="Strict")
@@ -309,8 +326,8 @@ def reload() -> Response | tuple[Response, int]:
     how = _authenticated()
     if how is None:
         return _unauthorized()
-    if how == "cookie" and not _same_origin():
-        return jsonify({"error": "cross-site request refused"}), 403
+    if how == "cookie" and not _from_the_admin_page():
+        return _refused_cross_site()
     holder = _holder()
     under_master = master_pid() is not None
     if under_master:

@@ -6,7 +6,8 @@ count of failures:
 - a session is a random id in ``admin_sessions``; the browser holds it signed (itsdangerous, with a secret
   kept in ``admin_secret``) and timestamped, never the admin token. It ends after ``SESSION_SECONDS``, on
   sign-out (the row is deleted, so a copied cookie is dead too) or when the token that opened it stops
-  opening the page;
+  opening the page. Its forms carry a per-session token (an HMAC of the session id, see ``form_token``)
+  that a client without Fetch Metadata shows to prove a POST came from the admin page itself;
 - failed logins are counted per client address in ``admin_login_failures``: after ``FREE_ATTEMPTS`` each
   further attempt must wait twice as long as the one before (1 s, 2 s, 4 s... up to a minute), and after
   ``LOCK_AFTER`` failures the client is locked out for ``LOCK_SECONDS``. A refused attempt costs no token
@@ -15,6 +16,8 @@ count of failures:
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 import time
 from collections.abc import Callable
@@ -50,7 +53,9 @@ class AdminSessions:
     def __init__(self, engine: Engine, clock: Callable[[], float] = time.time):
         self.engine = engine
         self.clock = clock
-        self._serializer = URLSafeTimedSerializer(self._secret(), salt="cds-admin-session")
+        secret = self._secret()
+        self._serializer = URLSafeTimedSerializer(secret, salt="cds-admin-session")
+        self._form_key = hashlib.sha256(f"cds-admin-form:{secret}".encode()).digest()
 
     def _secret(self) -> str:
         """One random signing secret per database, made by whichever worker comes first."""
@@ -100,6 +105,20 @@ class AdminSessions:
                 )
             ).first()
         return row is not None and row.expires_at > self.clock() and row.token_sha256 in accepted_hashes
+
+    def form_token(self, cookie: str | None) -> str | None:
+        """The token the admin page's forms carry for this cookie's session (None without a session).
+
+        Derived, not stored: the same for every page of one session, different for every session, and not
+        computable from the cookie without the database's secret."""
+        session_id = self._session_id(cookie)
+        if session_id is None:
+            return None
+        return hmac.new(self._form_key, session_id.encode(), hashlib.sha256).hexdigest()
+
+    def form_token_matches(self, cookie: str | None, presented: str | None) -> bool:
+        expected = self.form_token(cookie)
+        return expected is not None and hmac.compare_digest(expected, presented or "")
 
     def close(self, cookie: str | None) -> None:
         """End the session on the server: the cookie is worthless from now on, wherever it was copied."""

@@ -101,7 +101,7 @@ def test_the_login_form_sets_a_strict_httponly_cookie_that_opens_the_page(tmp_pa
     cookie = response.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/admin" in cookie
     assert client.get("/admin", headers=HTML).status_code == 200
-    client.post("/admin/logout")
+    client.post("/admin/logout", headers={"Sec-Fetch-Site": "same-origin"})
     assert client.get("/admin", headers=HTML).status_code == 303
 
 
@@ -250,10 +250,71 @@ def _line_of(path, key: str) -> int:
     )
 
 
-def test_reload_from_the_page_with_the_cookie(tmp_path):
+def _form_token(html: str) -> str:
+    """The token the page's reload form carries (every POST form carries the same one)."""
+    tokens = re.findall(r'<input type="hidden" name="csrf_token" value="([^"]+)">', html)
+    assert len(tokens) == 2 and len(set(tokens)) == 1  # reload and sign out
+    return tokens[0]
+
+
+def _signed_in(tmp_path):
     client = admin_app(tmp_path).test_client()
+    assert client.post("/admin/login", data={"token": TOKEN}).status_code == 303
+    return client
+
+
+RELOADED = "Configuration checked and reloaded."
+
+
+def test_reload_from_the_page_in_a_browser_that_sends_fetch_metadata(tmp_path):
+    """Chromium's form POST from the page: Sec-Fetch-Site same-origin, Origin null (the pages send no
+    Referer), no form token needed."""
+    client = _signed_in(tmp_path)
+    browser = {**HTML, "Sec-Fetch-Site": "same-origin", "Origin": "null"}
+    done = client.post("/admin/reload", headers=browser)
+    assert done.status_code == 200 and RELOADED in done.get_data(as_text=True)
+    for other_site in ("cross-site", "same-site"):
+        refused = client.post("/admin/reload", headers={**browser, "Sec-Fetch-Site": other_site})
+        assert refused.status_code == 403
+        assert refused.get_json() == {"error": "cross-site request refused"}
+
+
+def test_reload_from_the_page_with_the_form_token_and_refused_without_it(tmp_path):
+    """A client without Fetch Metadata must show the session's form token; Origin: null proves nothing."""
+    client = _signed_in(tmp_path)
+    token = _form_token(client.get("/admin", headers=HTML).get_data(as_text=True))
+    done = client.post("/admin/reload", headers={**HTML, "Origin": "null"}, data={"csrf_token": token})
+    assert done.status_code == 200 and RELOADED in done.get_data(as_text=True)
+    assert _form_token(done.get_data(as_text=True)) == token  # the answer page can reload again
+    for headers, data in [
+        ({"Origin": "null"}, {}),
+        ({}, {}),
+        ({"Origin": "https://evil.example"}, {}),
+        ({"Origin": "null"}, {"csrf_token": token[:-1] + ("0" if token[-1] != "0" else "1")}),
+        ({"Sec-Fetch-Site": "cross-site"}, {"csrf_token": token}),  # a token never outweighs the browser
+    ]:
+        refused = client.post("/admin/reload", headers={**HTML, **headers}, data=data)
+        assert refused.status_code == 403, (headers, data)
+    other = _signed_in(tmp_path / "other-session")
+    assert other.post("/admin/reload", headers=HTML, data={"csrf_token": token}).status_code == 403
+
+
+def test_the_form_token_belongs_to_one_session_and_signing_out_needs_it_too(tmp_path):
+    client = _signed_in(tmp_path)
+    token = _form_token(client.get("/admin", headers=HTML).get_data(as_text=True))
+    assert client.post("/admin/logout", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 403
+    assert client.get("/admin", headers=HTML).status_code == 200  # still signed in
+    assert client.post("/admin/logout", data={"csrf_token": token}).status_code == 303
+    assert client.get("/admin", headers=HTML).status_code == 303
     client.post("/admin/login", data={"token": TOKEN})
-    done = client.post("/admin/reload", headers={**HTML, "Origin": "http://localhost"})
-    assert done.status_code == 200 and "Configuration checked and reloaded." in done.get_data(as_text=True)
-    cross_site = client.post("/admin/reload", headers={"Origin": "https://evil.example"})
-    assert cross_site.status_code == 403
+    again = _form_token(client.get("/admin", headers=HTML).get_data(as_text=True))
+    assert again != token
+    assert client.post("/admin/reload", headers=HTML, data={"csrf_token": token}).status_code == 403
+
+
+def test_another_site_cannot_sign_a_browser_in(tmp_path):
+    client = admin_app(tmp_path).test_client()
+    refused = client.post("/admin/login", data={"token": TOKEN}, headers={"Sec-Fetch-Site": "cross-site"})
+    assert refused.status_code == 403 and "Set-Cookie" not in refused.headers
+    from_the_form = {"Sec-Fetch-Site": "same-origin", "Origin": "null"}
+    assert client.post("/admin/login", data={"token": TOKEN}, headers=from_the_form).status_code == 303

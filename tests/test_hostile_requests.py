@@ -10,6 +10,7 @@ import contextlib
 import gzip
 import hashlib
 import json
+import re
 import socket
 import time
 import uuid
@@ -188,7 +189,12 @@ def test_the_session_cookie_is_signed_expiring_not_the_token_and_ends_on_the_ser
         requests.get(env.url("/admin"), cookies=tampered, allow_redirects=False, timeout=10).status_code
         != 200
     )
-    browser.post(env.url("/admin/logout"), allow_redirects=False, timeout=10)
+    page = browser.get(env.url("/admin"), timeout=10).text
+    form_token = re.search(r'name="csrf_token" value="([^"]+)"', page)[1]
+    signed_out = browser.post(
+        env.url("/admin/logout"), data={"csrf_token": form_token}, allow_redirects=False, timeout=10
+    )
+    assert signed_out.status_code == 303
     for _ in range(4):  # the copy is dead too, on every worker: the session ended on the server
         replay = requests.get(env.url("/admin"), cookies=copied, allow_redirects=False, timeout=10)
         assert replay.status_code in (303, 401)
