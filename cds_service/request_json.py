@@ -20,6 +20,7 @@ A body the first step cannot read (not an object, a ``prefetch`` that is not an 
 
 from __future__ import annotations
 
+import functools
 import gc
 import itertools
 import re
@@ -43,6 +44,12 @@ _NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
 _STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 
 
+@functools.cache
+def _openers_run(length: int) -> re.Pattern[bytes]:
+    """``length`` opening brackets in a row: compiled once per limit, not once per call."""
+    return re.compile(rb"[\[{]{%d}" % length)
+
+
 def nested_deeper_than_bytes(data: bytes | memoryview, limit: int) -> bool:
     """Does the JSON in ``data`` nest objects and arrays more than ``limit`` levels deep? Brackets inside
     strings count too: a fast first line, not the only one (a body built to fool it meets the decoders' own
@@ -52,11 +59,13 @@ def nested_deeper_than_bytes(data: bytes | memoryview, limit: int) -> bool:
     passes; a real body needs about ten), with a running count as a fallback for bodies built to need many.
     """
     rest = bytes(data).translate(None, _NOT_BRACKETS)
+    if len(rest) <= 2 * limit:
+        return False  # too few brackets to go deeper than the limit
+    if _openers_run(limit + 1).search(rest):
+        return True
     for level in range(16):
         if len(rest) <= 2 * (limit - level):
             return False  # too few brackets left to go deeper than the limit
-        if re.search(rb"[\[{]{%d}" % (limit - level + 1), rest):
-            return True
         shorter = rest.replace(b"[]", b"0").replace(b"{}", b"0").replace(b"0", b"")
         if len(shorter) == len(rest):
             return False  # only unmatched brackets (from strings) are left
