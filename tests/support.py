@@ -9,6 +9,8 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -36,6 +38,8 @@ from bench.harness import (
     with_fhir_server,
 )
 from cds_service.app import create_app
+from cds_service.sandbox.fhir_server import serve_in_thread
+from cds_service.sandbox.store import FhirStore
 from cds_service.sandbox.web import create_dev_app
 
 __all__ = [
@@ -95,6 +99,17 @@ def make_app(tmp_path: Path, dev: bool = True, **settings_changes):
     """The app ``serve`` runs, on a copy of hooks/; with ``dev``, as ``serve --dev`` (sandbox composed in)."""
     factory = create_dev_app if dev else create_app
     return factory(config_dir=config_copy(tmp_path, **settings_changes))
+
+
+@contextmanager
+def serving_records(bundles: Mapping[str, dict], token: str) -> Iterator[str]:
+    """A FHIR server on loopback (its base URL yielded) holding each case's record as the EHR stores it: the
+    case's draft, ``MedicationRequest/<case>-draft``, is not signed yet and so is not on the server."""
+    store = FhirStore()
+    for case, records in bundles.items():
+        store.add_bundle(records, exclude=[f"MedicationRequest/{case}-draft"])
+    with serve_in_thread(store, require_token=token) as base:
+        yield base
 
 
 def finding_ids(response_json: dict) -> set[str]:

@@ -21,10 +21,8 @@ import pytest
 
 from cds_service.protocol import check_response
 from cds_service.rules import RULES
-from cds_service.sandbox.fhir_server import serve_in_thread
 from cds_service.sandbox.requests import build_request_from_bundle
-from cds_service.sandbox.store import FhirStore
-from tests.support import RXNORM, SNOMED, finding_ids, make_app
+from tests.support import RXNORM, SNOMED, finding_ids, make_app, serving_records
 
 TOKEN = "recognition-token-1"
 NO_CODE = "0"  # an RxNorm code no value set holds: recognition then falls back to the name
@@ -244,10 +242,7 @@ def apps(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fhir_base():
-    store = FhirStore()
-    for case, bundle in BUNDLES.items():
-        store.add_bundle(bundle, exclude=[f"MedicationRequest/{case}-draft"])
-    with serve_in_thread(store, require_token=TOKEN) as base:
+    with serving_records(BUNDLES, TOKEN) as base:
         yield base
 
 

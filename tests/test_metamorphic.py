@@ -80,6 +80,7 @@ def _real_records() -> dict[str, Record]:
         FRANCINE_PREGNANT,
         REAL_ORDERS,
         as_of,
+        as_order,
         for_patient,
         newest_day,
         order_of,
@@ -106,20 +107,9 @@ def _real_records() -> dict[str, Record]:
     )
     for entry in REAL_ORDERS:
         pid = "real-orders-p"
-        resource = copy.deepcopy(entry["resource"])
-        if "subject" in resource:
-            resource = for_patient(resource, pid)
-        code = (resource.get("medicationCodeableConcept") or resource.get("code"))["coding"][0]["code"]
-        if resource["resourceType"] == "Medication":
-            resource = {
-                "resourceType": "MedicationRequest",
-                "id": "orders-the-medication",
-                "status": "active",
-                "intent": "order",
-                "subject": {"reference": f"Patient/{pid}"},
-                "contained": [{**resource, "id": "med"}],
-                "medicationReference": {"reference": "#med"},
-            }
+        original = entry["resource"]
+        code = (original.get("medicationCodeableConcept") or original.get("code"))["coding"][0]["code"]
+        resource = as_order(copy.deepcopy(original), pid)
         drafts = [tacrolimus_draft(pid, "real-tac")]
         stored = small_patient(pid)
         if resource.get("status") == "draft":

@@ -15,10 +15,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from cds_service.protocol import check_response
-from cds_service.sandbox.fhir_server import serve_in_thread
 from cds_service.sandbox.requests import build_request_from_bundle
-from cds_service.sandbox.store import FhirStore
-from tests.support import FINDINGS_KEY, LOINC, RXNORM, SNOMED, finding_ids, make_app
+from tests.support import FINDINGS_KEY, LOINC, RXNORM, SNOMED, finding_ids, make_app, serving_records
 
 TOKEN = "reading-token-1"
 NOW = datetime.now(UTC)
@@ -164,11 +162,8 @@ def app(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fhir_base():
-    store = FhirStore()
-    for case, bundle in BUNDLES.items():
-        store.add_bundle(bundle, exclude=[f"MedicationRequest/{case}-draft"])
-    with serve_in_thread(store, require_token=TOKEN) as base_url:
-        yield base_url
+    with serving_records(BUNDLES, TOKEN) as base:
+        yield base
 
 
 def cards_for(app, fhir_base, case: str, via: str) -> dict:

@@ -116,6 +116,24 @@ def for_patient(order: dict, pid: str) -> dict:
     return order
 
 
+def as_order(resource: dict, pid: str) -> dict:
+    """A real resource as this patient's order: an order moved to the patient, a bare Medication ordered by
+    an active MedicationRequest that contains it."""
+    if "subject" in resource:
+        resource = for_patient(resource, pid)
+    if resource["resourceType"] != "Medication":
+        return resource
+    return {
+        "resourceType": "MedicationRequest",
+        "id": "orders-the-medication",
+        "status": "active",
+        "intent": "order",
+        "subject": {"reference": f"Patient/{pid}"},
+        "contained": [{**resource, "id": "med"}],
+        "medicationReference": {"reference": "#med"},
+    }
+
+
 def order_of(resources: list[dict], rxnorm: str) -> dict:
     return next(
         r
@@ -282,18 +300,8 @@ def _code(entry: dict) -> str:
 def test_a_real_order_gives_its_finding(client, entry, hook, via):
     pid = "real-orders-p"
     record = small_patient(pid)
-    resource = for_patient(entry["resource"], pid) if "subject" in entry["resource"] else entry["resource"]
+    resource = as_order(entry["resource"], pid)
     drafts = []
-    if resource["resourceType"] == "Medication":  # an order that references it, Medication contained
-        resource = {
-            "resourceType": "MedicationRequest",
-            "id": "orders-the-medication",
-            "status": "active",
-            "intent": "order",
-            "subject": {"reference": f"Patient/{pid}"},
-            "contained": [{**resource, "id": "med"}],
-            "medicationReference": {"reference": "#med"},
-        }
     if resource.get("status") == "draft":
         drafts.append(resource)
     else:
