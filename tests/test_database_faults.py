@@ -60,23 +60,32 @@ def private_postgres() -> Iterator[PostgresServer]:
         yield server
 
 
-def _cluster_pids(server: PostgresServer, url: str) -> list[int]:
-    """The postmaster and all its children (backends, background workers)."""
+def _postmaster(server: PostgresServer, url: str) -> int:
     (data_directory,) = server.run_sql(url, "SHOW data_directory")[0]
-    postmaster = int(Path(data_directory, "postmaster.pid").read_text().split()[0])
+    return int(Path(data_directory, "postmaster.pid").read_text().split()[0])
+
+
+def _children(parent: int) -> list[int]:
+    """The processes ``parent`` forked (for the postmaster: backends, background workers)."""
     children = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, IndexError, ValueError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent:
                 children.append(int(stat.parent.name))
-    return [postmaster, *children]
+    return children
 
 
 @contextlib.contextmanager
 def frozen(server: PostgresServer, url: str) -> Iterator[None]:
-    pids = _cluster_pids(server, url)
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
+    """Every process of the cluster stopped, as in a network partition. The postmaster first, so it forks
+    no new backend; a child that exited after it was listed (the backend that answered ``SHOW``) is gone."""
+    postmaster = _postmaster(server, url)
+    os.kill(postmaster, signal.SIGSTOP)
+    pids = [postmaster]
+    for pid in _children(postmaster):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+            pids.append(pid)
     try:
         yield
     finally:
