@@ -16,7 +16,9 @@ The small API, for every hook that needs it:
 Each service's rule is part of its spec (``cds_service.services``): order-sign holds back an ``info`` finding
 already shown at order-select for the same patient and draft order with the same indicator; the monitoring
 service (with a 24-hour ``hold_repeats.window_minutes`` in its service file) shows the same finding at most
-once a day unless it rises.
+once a day unless it rises, and holds back for a user a finding a co-prescribing service showed that user for
+the patient within its window (never a critical one; ``RepeatRule.also``, keyed by patient, finding and user,
+never by order: order ids change at signing).
 Any database fault shows the finding: forgetting is safe, hiding an alert wrongly is not.
 """
 
@@ -64,9 +66,18 @@ class RepeatRule:
     """The reason in words, for ``explain`` and the log."""
     per_order: bool = True
     """The draft orders are part of what is remembered (False for patient-view: the patient alone)."""
+    per_user: bool = False
+    """The user (``context.userId``) is part of what is remembered: across services, where order ids change
+    at signing, the clinician who manages the tacrolimus still sees what another prescriber was shown."""
+    also: tuple[RepeatRule, ...] = ()
+    """Further memories this service writes or reads (the co-prescribing services tell patient-view)."""
 
-    def subject(self, tenant: str | None, patient: str, orders: Iterable[str] = ()) -> Subject:
-        return Subject(tenant, patient, tuple(sorted(orders)) if self.per_order else ())
+    def subject(
+        self, tenant: str | None, patient: str, orders: Iterable[str] = (), user: str | None = None
+    ) -> Subject:
+        return Subject(
+            tenant, patient, tuple(sorted(orders)) if self.per_order else (), user if self.per_user else None
+        )
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,8 @@ class Subject:
     patient: str
     orders: tuple[str, ...] = ()
     """The draft orders' ids; empty for a hook that is not about an order (patient-view)."""
+    user: str | None = None
+    """``context.userId`` for a memory kept per user (``RepeatRule.per_user``); None otherwise."""
 
 
 @dataclass(frozen=True)
@@ -136,7 +149,8 @@ class AlertMemory:
         secret = self.secret()
         if secret is None:
             return None
-        message = "\x1f".join([namespace, subject.tenant or "", subject.patient, order or "", finding_id])
+        parts = [namespace, subject.tenant or "", subject.patient, order or "", finding_id]
+        message = "\x1f".join(parts + ([subject.user] if subject.user is not None else []))
         return hmac.new(secret, message.encode("utf-8"), hashlib.sha256).hexdigest()
 
     def _keys(self, namespace: str, subject: Subject, finding_id: str) -> list[str]:

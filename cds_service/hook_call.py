@@ -231,7 +231,7 @@ def answer_hook(
     deadline = time.monotonic() + runtime.config.section("fhir")["deadline_seconds"]
     client, client_problem = fhir_client_for(body, runtime, deadline, caller, request_id)
     spec = spec_for(service.id, service.hook)
-    templates = runtime.templates_for(service)
+    templates = runtime.gather_templates_for(service)
 
     def gather_keys(keys: Iterable[str]) -> Gathered:
         return gather(
@@ -244,12 +244,15 @@ def answer_hook(
             runtime.config.section("fhir").get("max_resources_per_key", 50_000),
         )
 
+    resolve = MedicationResolver(body, client, runtime)
+    from_context = spec.trigger.from_context
+    if from_context is not None and not from_context(context, service.hook, runtime.terminology, resolve):
+        return Answer(200, {"cards": []}, notes={"triggers": 0})  # from the context alone: prefetch unread
     first = spec.trigger.reads_first
     gathered = gather_keys(first) if first else None  # what the trigger reads, before anything else
     if gathered is not None and gathered.missing_required:
         unread = {"triggers": 0, "fetched": gathered.fetched, "unavailable": sorted(gathered.unavailable)}
         return Answer(412, operation_outcome(gathered.missing_required), notes=unread)
-    resolve = MedicationResolver(body, client, runtime)
     if gathered is not None:
         resolve.learn(gathered.resources.get("medications", ()))
     stored = _stored_orders(gathered) if gathered is not None else []
@@ -294,7 +297,8 @@ def answer_hook(
     )
     if below:
         notes["below_min_indicator"] = [f.id for f in below]
-    about = (tenant, str(context.get("patientId")), [str(t.get("id")) for t in triggers])
+    user = context.get("userId") if isinstance(context.get("userId"), str) else None
+    about = (tenant, str(context.get("patientId")), [str(t.get("id")) for t in triggers], user)
     findings, held, to_remember = _repeats(findings, spec, runtime, settings, about, now)
     if held:
         notes["held_back"] = [h.id for h in held]
@@ -402,21 +406,33 @@ def _repeats(
     spec: ServiceSpec,
     runtime: Runtime,
     settings: Mapping[str, Any],
-    about: tuple[str | None, str, list[str]],
+    about: tuple[str | None, str, list[str], str | None],
     now: datetime,
 ) -> tuple[list[Finding], list[HeldBack], Callable[[], int] | None]:
     """Hold back what this patient's clinician has just seen (rules.md "Across hooks and visits").
 
     Returns the findings to show, those held back, and how to remember the shown ones once the cards are sent.
+    A memory kept per user (``RepeatRule.per_user``) is skipped for a call that names no user.
     """
-    rule, options = spec.memory, repeat_settings(settings)
+    options = repeat_settings(settings)
     memory = runtime.alert_memory
     if memory is None or not options["enabled"]:
         return findings, [], None
-    subject = rule.subject(*about)  # tenant, patient, the triggering orders' ids
-    shown, held = hold_back(
-        memory, rule, timedelta(minutes=options["window_minutes"]), subject, findings, now
-    )
-    namespace = rule.remember_as
-    to_remember = (lambda: memory.remember(namespace, subject, shown, now)) if namespace and shown else None
+    window = timedelta(minutes=options["window_minutes"])
+    tenant, patient, orders, user = about
+    shown, held, writes = list(findings), [], []
+    for rule in (spec.memory, *spec.memory.also):
+        if rule.per_user and user is None:
+            continue
+        subject = rule.subject(tenant, patient, orders, user)
+        shown, more = hold_back(memory, rule, window, subject, shown, now)
+        held += more
+        if rule.remember_as:
+            writes.append((rule.remember_as, subject))
+    if not writes or not shown:
+        return shown, held, None
+
+    def to_remember() -> int:
+        return sum(memory.remember(namespace, subject, shown, now) for namespace, subject in writes)
+
     return shown, held, to_remember

@@ -55,14 +55,21 @@ def procedure_codes(needs: Mapping[str, tuple[str, ...]], terminology: Terminolo
     return sorted({code for name in needs.get("Procedure", ()) for _, code, _ in terminology.codes(name)})
 
 
-def templates(needs: Mapping[str, tuple[str, ...]], terminology: Terminology) -> dict[str, str]:
-    """One template per resource type the rules read (a service whose rules read no allergies asks none)."""
+def templates(
+    needs: Mapping[str, tuple[str, ...]], terminology: Terminology, stored_statuses: tuple[str, ...] = ()
+) -> dict[str, str]:
+    """One template per resource type the rules read (a service whose rules read no allergies asks none).
+
+    ``stored_statuses``: only MedicationRequests of these statuses (the co-prescribing services read only the
+    active or on-hold tacrolimus order; the others read ended orders too, for exposure and history).
+    """
     patient = "{{context.patientId}}"
     codes = ",".join(observation_codes(needs, terminology))
+    statuses = f"&status={','.join(stored_statuses)}" if stored_statuses else ""
     every = {
         "patient": f"Patient/{patient}",
         "conditions": f"Condition?patient={patient}",
-        "medications": f"MedicationRequest?patient={patient}",
+        "medications": f"MedicationRequest?patient={patient}{statuses}",
         "observations": f"Observation?patient={patient}&code={codes}&_sort=-date&_count=500",
         "allergies": f"AllergyIntolerance?patient={patient}",
         "procedures": f"Procedure?patient={patient}&code={','.join(procedure_codes(needs, terminology))}",

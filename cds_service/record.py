@@ -131,6 +131,12 @@ class Medication:
     identical drafts (a duplicate entry) from one regimen ordered in several drafts."""
     dosing: str = ""
     """Its dose and timing, canonically (``dosage.dosing_key``)."""
+    dose_text: str = ""
+    """A tacrolimus order's dose as written (``dosageInstruction.text``, else its computed daily dose): what
+    a co-prescribing card says the patient takes."""
+    requester: str = ""
+    """A tacrolimus order's prescriber (``requester`` display and reference): whom a co-prescribing card
+    says to contact."""
     unresolved_reference: str = ""
     """A ``medicationReference`` that could not be resolved (the order was recognised by its text): the card
     names it."""

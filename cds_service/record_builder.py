@@ -537,6 +537,8 @@ class RecordBuilder:
             "administrations_per_day": administrations_per_day(raw),
             "product": " ".join(codes) or name.text.lower(),
             "dosing": dosing_key(raw),
+            "dose_text": _dose_text(raw, daily_dose_mg(raw, strength)),
+            "requester": _requester(raw),
         }
 
     def _ingredients_label(self, name: DrugName) -> str:
@@ -836,3 +838,22 @@ def build_record(
         skipped=tuple(builder.skipped),
         unavailable=frozenset(unavailable),
     )
+
+
+def _dose_text(raw: Mapping, daily_mg: float | None) -> str:
+    """The first ``dosageInstruction.text`` as written (shortened), else the daily dose worked out from it."""
+    for dosage in objs(raw.get("dosageInstruction")):
+        if isinstance(dosage.get("text"), str) and dosage["text"].strip():
+            return shorten(dosage["text"].strip(), 80)
+    return f"{daily_mg:g} mg a day" if daily_mg is not None else ""
+
+
+def _requester(raw: Mapping) -> str:
+    """``Dr A Jones, Practitioner/p1`` from ``requester``: its display and reference, whichever it has."""
+    requester = obj(raw.get("requester"))
+    display = requester.get("display") if isinstance(requester.get("display"), str) else ""
+    reference = requester.get("reference") if isinstance(requester.get("reference"), str) else ""
+    display, reference = shorten(display.strip(), 80), shorten(reference.strip(), 80)
+    if display and reference:
+        return f"{display}, {reference}"
+    return display or reference

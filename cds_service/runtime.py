@@ -103,12 +103,21 @@ class Runtime:
         return templates(NEEDS, self.terminology)
 
     @cached_property
-    def _templates_by_kind(self) -> dict[str, dict[str, str]]:
-        return {spec.kind: templates(spec.needs, self.terminology) for spec in SPECS}
+    def _templates_by_spec(self) -> dict[str, dict[str, str]]:
+        return {
+            spec.id: templates(spec.needs, self.terminology, stored_statuses=spec.stored_statuses)
+            for spec in SPECS
+        }
+
+    def gather_templates_for(self, service: Service) -> dict[str, str]:
+        """Every query one service may run: exactly what the findings its spec runs read."""
+        return self._templates_by_spec[spec_for(service.id, service.hook).id]
 
     def templates_for(self, service: Service) -> dict[str, str]:
-        """The prefetch templates of one service: exactly what the findings its spec runs read."""
-        return self._templates_by_kind[spec_for(service.id, service.hook).kind]
+        """The prefetch templates discovery offers for one service: what it gathers, except the keys its spec
+        reads by FHIR callback only once its trigger fires (``ServiceSpec.by_callback``)."""
+        spec = spec_for(service.id, service.hook)
+        return {k: v for k, v in self._templates_by_spec[spec.id].items() if k not in spec.by_callback}
 
     def service(self, service_id: str) -> Service | None:
         return self.config.services.get(service_id)

@@ -12,7 +12,7 @@ way), its file in ``hooks/services/``, and its kind in the ``runs_in`` of the fi
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 from cds_service.alert_memory import RepeatRule
@@ -21,9 +21,15 @@ from cds_service.protocol import CONTEXT_SUFFIX
 from cds_service.record import Medication
 from cds_service.rules import REGISTRY, needs_of
 from cds_service.rules.model import INDICATOR_RANK
-from cds_service.rules.registry import MONITORING, ORDER
+from cds_service.rules.registry import CO_PRESCRIBING, MONITORING, ORDER
 from cds_service.terminology import Terminology
-from cds_service.trigger import Resolver, find_active_tacrolimus, find_trigger_orders
+from cds_service.trigger import (
+    ACTIVE_STORED,
+    Resolver,
+    find_active_tacrolimus,
+    find_trigger_orders,
+    find_watched_drafts,
+)
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,10 @@ class Trigger:
     on_record: bool
     reads_first: tuple[str, ...] = ()
     """Prefetch keys read before the trigger can be looked for (the rest is gathered only if it fires)."""
+    from_context: Callable[[Mapping, str, Terminology, Resolver], list[Mapping]] | None = None
+    """What the request's ``context`` alone must show before anything is read (the co-prescribing services'
+    watched drafts): when it shows nothing the call is answered ``{"cards": []}`` without decoding the
+    prefetch, however large."""
 
     def draft_ids(self, triggers: Iterable[Mapping]) -> set[str]:
         """The ids the record marks ``is_trigger`` (drafts only)."""
@@ -70,6 +80,30 @@ ACTIVE_TACROLIMUS = Trigger(
     reads_first=("medications",),
 )
 
+WATCHED: frozenset[str] = frozenset(needs_of(CO_PRESCRIBING).get("MedicationRequest", ())) - {"tacrolimus"}
+"""The drug classes the co-prescribing services watch: every class the findings they run read (so a finding
+added to them with its value set is watched without a second list), tacrolimus aside."""
+
+
+def _watched_drafts(
+    context: Mapping, hook: str, terminology: Terminology, resolve: Resolver
+) -> list[Mapping]:
+    return find_watched_drafts(context, hook, terminology, resolve, WATCHED)
+
+
+WATCHED_DRAFT = Trigger(
+    find=lambda context, hook, stored, terminology, resolve: (
+        _watched_drafts(context, hook, terminology, resolve)
+        if find_active_tacrolimus(stored, terminology, resolve)
+        else []
+    ),
+    on_record=False,
+    reads_first=("medications",),
+    from_context=_watched_drafts,
+)
+"""rules.md v3 § The other prescriber: a watched draft, for a patient with an active or on-hold systemic
+tacrolimus order on record, when no candidate draft is tacrolimus."""
+
 REMEMBER_SELECTED = RepeatRule(remember_as=ORDER_SELECT, recall_from=None)
 HOLD_BACK_AT_SIGN = RepeatRule(
     remember_as=None,
@@ -79,6 +113,11 @@ HOLD_BACK_AT_SIGN = RepeatRule(
     why="info finding already shown at order-select for this patient and order",
 )
 """Warning and critical findings are shown again at order-sign, the last look before signing."""
+SHOWN_TO_OTHER_PRESCRIBER = "co-prescribing"
+"""The memory the co-prescribing services write and patient-view reads: patient, finding and user."""
+TELL_PATIENT_VIEW = RepeatRule(
+    remember_as=SHOWN_TO_OTHER_PRESCRIBER, recall_from=None, per_order=False, per_user=True
+)
 ONCE_PER_WINDOW = RepeatRule(
     remember_as=PATIENT_VIEW,
     recall_from=PATIENT_VIEW,
@@ -86,9 +125,27 @@ ONCE_PER_WINDOW = RepeatRule(
     compare="not-higher",
     why="already shown at patient-view for this patient, at this indicator or higher,",
     per_order=False,
+    also=(
+        RepeatRule(
+            remember_as=None,
+            recall_from=SHOWN_TO_OTHER_PRESCRIBER,
+            holdable=frozenset({"info", "warning"}),
+            compare="not-higher",
+            why="already shown to this user by a co-prescribing service for this patient, at this indicator "
+            "or higher,",
+            per_order=False,
+            per_user=True,
+        ),
+    ),
 )
 """The same finding for the same patient at most once per window (24 h in its service file) unless its
-indicator rises."""
+indicator rises; and not again for a user a co-prescribing service showed it to within that window, unless
+it is critical (rules.md v3 § The other prescriber, Alert memory)."""
+CO_SELECTED = "co-prescribing-select"
+REMEMBER_CO_SELECTED = replace(REMEMBER_SELECTED, remember_as=CO_SELECTED, also=(TELL_PATIENT_VIEW,))
+HOLD_BACK_CO_AT_SIGN = replace(HOLD_BACK_AT_SIGN, recall_from=CO_SELECTED, also=(TELL_PATIENT_VIEW,))
+"""The co-prescribing services hold back at order-sign as the tacrolimus services do (the watched draft keeps
+its id), in a memory of their own, and both tell patient-view what they showed."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +158,11 @@ class ServiceSpec:
     memory: RepeatRule
     continuing: bool = False
     """Treat "the order" as continuing therapy whatever the record says (the monitoring service)."""
+    stored_statuses: tuple[str, ...] = ()
+    """Its MedicationRequest template asks only for these statuses (none: every status)."""
+    by_callback: tuple[str, ...] = ()
+    """Keys its findings read that discovery does not ask the EHR to prefetch: read from the FHIR server
+    only once the trigger fires (the co-prescribing services are called for every medication order)."""
 
     @property
     def context_schema(self) -> str:
@@ -148,9 +210,28 @@ SPECS: tuple[ServiceSpec, ...] = (
     ServiceSpec(
         "tacrolimus-monitoring", PATIENT_VIEW, MONITORING, ACTIVE_TACROLIMUS, ONCE_PER_WINDOW, continuing=True
     ),
+    ServiceSpec(
+        "tacrolimus-co-prescribing-select",
+        ORDER_SELECT,
+        CO_PRESCRIBING,
+        WATCHED_DRAFT,
+        REMEMBER_CO_SELECTED,
+        stored_statuses=ACTIVE_STORED,
+        by_callback=("procedures",),
+    ),
+    ServiceSpec(
+        "tacrolimus-co-prescribing-sign",
+        ORDER_SIGN,
+        CO_PRESCRIBING,
+        WATCHED_DRAFT,
+        HOLD_BACK_CO_AT_SIGN,
+        stored_statuses=ACTIVE_STORED,
+        by_callback=("procedures",),
+    ),
 )
 SPEC_BY_ID = {spec.id: spec for spec in SPECS}
 _FIRST_FOR_HOOK = {spec.hook: spec for spec in reversed(SPECS)}
+"""A service file with an id of its own gets the tacrolimus service of its hook (listed first)."""
 
 
 def spec_for(service_id: str, hook: str) -> ServiceSpec:

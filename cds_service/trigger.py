@@ -165,6 +165,26 @@ def find_trigger_orders(
     ]
 
 
+def find_watched_drafts(
+    context: Mapping,
+    hook: str,
+    terminology: Terminology,
+    resolve: Resolver | None,
+    watched: frozenset[str],
+) -> list[Mapping]:
+    """The co-prescribing services' drafts: candidate orders of a watched drug class, in request order; none
+    when a candidate is systemic tacrolimus (the tacrolimus services answer that call). Read from the
+    request's ``context`` alone."""
+    found = []
+    for order in candidate_orders(context, hook):
+        classes = recognise(drug_name(order, resolve), terminology).classes
+        if "tacrolimus" in classes:
+            return []
+        if classes & watched:
+            found.append(order)
+    return found
+
+
 def readable_reference(reference: str, base_url: str | None = None) -> str | None:
     """``Medication/id`` for a reference the EHR's FHIR server can be asked for: a relative one, or an
     absolute URL on that server (``base_url``; any server when it is not known, for matching only); None for

@@ -571,6 +571,8 @@ class Fixture:
     """Finding id -> why a finding a reader might expect does *not* fire (one line)."""
     service: str | None = None
     """A service other than the order services (``tacrolimus-monitoring``): sent by that service's hook."""
+    services: dict[str, str] | None = None
+    """Hook -> service for a fixture answered by a pair of services (the co-prescribing services)."""
 
 
 FIXTURES: list[Callable[[], Fixture]] = []
@@ -2414,6 +2416,258 @@ def pv_paxlovid_active_20_days() -> Fixture:
     )
 
 
+# --- The other prescriber (services tacrolimus-co-prescribing-select and -sign, rules.md v3) ----------------
+#
+# A patient on tacrolimus for months (requested by the nephrologist who manages it); another clinician drafts
+# one drug. ``expected`` is what both co-prescribing services show for that draft, at order-select and at
+# order-sign. The tests also swap each watched draft for acetaminophen (a drug nobody watches: no card) and
+# draft every watched drug for the patients not on tacrolimus (no card).
+
+CO_PRESCRIBING = {
+    "order-select": "tacrolimus-co-prescribing-select",
+    "order-sign": "tacrolimus-co-prescribing-sign",
+}
+TACROLIMUS_PRESCRIBER = {"reference": "Practitioner/nephro-okafor", "display": "Dr Ngozi Okafor (nephrology)"}
+DRUGS.update(
+    {
+        "ibuprofen": ([coding(RXNORM, "5640", "Ibuprofen")], "ibuprofen 400 mg tablet"),
+        "voriconazole": ([coding(RXNORM, "121243", "voriconazole")], "voriconazole 200 mg tablet"),
+        "acetaminophen": ([coding(RXNORM, "161", "acetaminophen")], "acetaminophen 500 mg tablet"),
+    }
+)
+CP_DRAFT_DOSES = {
+    "clarithromycin": "500 mg by mouth every 12 hours for 7 days",
+    "rifampin": "600 mg by mouth once daily for 4 months (latent TB)",
+    "voriconazole": "200 mg by mouth every 12 hours",
+    "ibuprofen": "400 mg by mouth every 8 hours as needed for 5 days",
+    "naproxen": "500 mg by mouth twice daily for 5 days",
+    "cyclosporine-modified": "100 mg by mouth twice daily",
+    "mmf-500mg": MMF_DOSE,
+    "methotrexate": "15 mg by mouth once weekly",
+    "acetaminophen": "1000 mg by mouth every 8 hours as needed",
+}
+
+
+def _patient_on_tacrolimus(short: str, given: str, family: str, gender: str, birth: str, **kw: Any) -> Chart:
+    """Lupus nephritis class IV on Prograf-managed tacrolimus since March (trough 6.1 ng/mL 6 days ago)."""
+    c = Chart(short).patient(given, family, gender, birth)
+    tacrolimus = _on_tacrolimus(c, on("2026-03-02"), mmf=kw.pop("mmf", True))
+    _requested_by(c, tacrolimus, TACROLIMUS_PRESCRIBER)
+    status = kw.pop("tacrolimus_status", None)
+    if status:
+        next(r for r in c.resources if r["id"] == c.rid("mr-tac"))["status"] = status
+    c.panel(on("2026-02-20"), creatinine=0.78, upcr=2.6)
+    normal_visit(c, 6, creatinine=0.80, egfr=99, upcr=0.5, tacrolimus=6.1)
+    return c
+
+
+def _draft(c: Chart, drug: str | None, **kw: Any) -> str:
+    """The other prescriber's draft order (this session's only draft unless a fixture adds more)."""
+    dosage = kw.pop("dosage", None) or CP_DRAFT_DOSES[drug or ""]
+    ref = c.order(drug, ANCHOR.isoformat(), status="draft", key=kw.pop("key", "draft"), dosage=dosage, **kw)
+    _requested_by(c, ref, OTHER_PRESCRIBER)
+    return ref
+
+
+def _co(name: str, description: str, c: Chart, expected: dict[str, str], **kw: Any) -> Fixture:
+    return Fixture(name, description, c, expected, services=CO_PRESCRIBING, **kw)
+
+
+@fixture
+def cp_clarithromycin_draft() -> Fixture:
+    c = _patient_on_tacrolimus("cpclari", "Marcus", "Abara", "male", "1988-04-17")
+    _draft(c, "clarithromycin")
+    return _co(
+        "cp-clarithromycin-draft",
+        "On tacrolimus since March; urgent care drafts clarithromycin (strong CYP3A4 inhibitor)",
+        c,
+        {"N9": "Clarithromycin drafted: a strong CYP3A4 inhibitor (azithromycin named as an alternative)."},
+    )
+
+
+@fixture
+def cp_paxlovid_draft() -> Fixture:
+    c = _patient_on_tacrolimus("cppax", "Nadia", "Reyes", "female", "1979-01-28")
+    _draft(c, None, text_only=PAXLOVID_TEXT, dosage=PAXLOVID_DOSE)
+    return _co(
+        "cp-paxlovid-draft",
+        "On tacrolimus since March; a COVID-19 course of Paxlovid is drafted (recognised by name)",
+        c,
+        {"N21": "The draft is nirmatrelvir/ritonavir (recognised by its name)."},
+        quiet={"N9": "Paxlovid's ritonavir is shown by N21 instead of N9."},
+    )
+
+
+@fixture
+def cp_ibuprofen_draft() -> Fixture:
+    c = _patient_on_tacrolimus("cpibu", "Tomas", "Lindqvist", "male", "1992-07-09")
+    _draft(c, "ibuprofen")
+    return _co(
+        "cp-ibuprofen-draft",
+        "On tacrolimus since March; ibuprofen drafted for a sprained ankle",
+        c,
+        {"N10": "The draft is ibuprofen, an NSAID (paracetamol named as an alternative)."},
+    )
+
+
+@fixture
+def cp_rifampin_draft() -> Fixture:
+    c = _patient_on_tacrolimus("cprif", "Ana", "Ferreira", "female", "1984-12-02", mmf=False)
+    _draft(c, "rifampin")
+    return _co(
+        "cp-rifampin-draft",
+        "On tacrolimus since March; rifampin (strong CYP3A4 inducer) drafted for latent TB",
+        c,
+        {"N9": "The draft is rifampin, a strong CYP3A4 inducer (levels fall)."},
+    )
+
+
+@fixture
+def cp_voriconazole_draft() -> Fixture:
+    c = _patient_on_tacrolimus("cpvori", "Helen", "Park", "female", "1975-03-22", tacrolimus_status="on-hold")
+    _draft(c, "voriconazole")
+    return _co(
+        "cp-voriconazole-draft",
+        "Tacrolimus on hold (still the patient's regimen); voriconazole drafted for aspergillosis",
+        c,
+        {"N9": "The draft is voriconazole, a strong CYP3A4 inhibitor; an on-hold tacrolimus order counts."},
+    )
+
+
+@fixture
+def cp_cyclosporine_draft() -> Fixture:
+    c = _patient_on_tacrolimus("cpcsa", "Peter", "Novak", "male", "1981-08-30")
+    _draft(c, "cyclosporine-modified")
+    return _co(
+        "cp-cyclosporine-draft",
+        "On tacrolimus since March; another clinician drafts cyclosporine",
+        c,
+        {"N12": "Cyclosporine drafted: a second calcineurin inhibitor (a suggestion deletes the draft)."},
+    )
+
+
+@fixture
+def cp_pregnant_mycophenolate_draft() -> Fixture:
+    c = _patient_on_tacrolimus("cppreg", "Sofia", "Marin", "female", "1994-05-19", mmf=False)
+    c.lab("hcg", 2400, "IU/L", ago(3))
+    _draft(c, "mmf-500mg")
+    return _co(
+        "cp-pregnant-mycophenolate-draft",
+        "Pregnant (hCG 2400 IU/L 3 days ago), on tacrolimus; mycophenolate drafted",
+        c,
+        {"P2": "Quantitative hCG 2400 IU/L 3 days ago; the draft is mycophenolate, a teratogen."},
+    )
+
+
+@fixture
+def cp_breastfeeding_methotrexate_draft() -> Fixture:
+    c = _patient_on_tacrolimus("cpbf", "Leah", "Cohen", "female", "1991-10-06", mmf=False)
+    c.answer("breastfeeding-status", ago(12), boolean=True)
+    c.lab("hcg", 1.0, "IU/L", ago(12))
+    _draft(c, "methotrexate")
+    return _co(
+        "cp-breastfeeding-methotrexate-draft",
+        "Breastfeeding (status answered 12 days ago), on tacrolimus; methotrexate drafted for arthritis",
+        c,
+        {"P7": "Breastfeeding status true 12 days ago; the draft is methotrexate."},
+    )
+
+
+@fixture
+def cp_established_clarithromycin_naproxen_draft() -> Fixture:
+    c = _patient_on_tacrolimus("cpest", "Omar", "Haddad", "male", "1986-02-11")
+    c.order("clarithromycin", ago(2), dosage=CP_DRAFT_DOSES["clarithromycin"])
+    _draft(c, "naproxen")
+    return _co(
+        "cp-established-clarithromycin-naproxen-draft",
+        "On tacrolimus and (since 2 days) clarithromycin; naproxen drafted",
+        c,
+        {"N10": "The draft is naproxen, an NSAID."},
+        quiet={"N9": "Clarithromycin is already on record, not drafted: the tacrolimus services' business."},
+    )
+
+
+@fixture
+def cp_acetaminophen_draft() -> Fixture:
+    c = _patient_on_tacrolimus("cpapap", "Ruth", "Adeyemi", "female", "1983-09-14")
+    _draft(c, "acetaminophen")
+    return _co(
+        "cp-acetaminophen-draft",
+        "On tacrolimus since March; acetaminophen drafted (not a watched drug)",
+        c,
+        {},
+        quiet={"N10": "Acetaminophen is not an NSAID: answered from the context alone."},
+    )
+
+
+@fixture
+def cp_not_on_tacrolimus_clarithromycin_draft() -> Fixture:
+    c = Chart("cpnotac").patient("Irene", "Volkova", "female", "1989-06-25")
+    c.condition("sle", on("2016-02-02"))
+    c.condition("ln-class-iii", on("2026-05-10"))
+    c.order("mmf-500mg", on("2026-05-20"), dosage=MMF_DOSE)
+    normal_visit(c, 6)
+    _draft(c, "clarithromycin")
+    return _co(
+        "cp-not-on-tacrolimus-clarithromycin-draft",
+        "Lupus nephritis on mycophenolate, no tacrolimus; clarithromycin drafted",
+        c,
+        {},
+        quiet={"N9": "No active or on-hold tacrolimus order: the co-prescribing services stay quiet."},
+    )
+
+
+@fixture
+def cp_stopped_tacrolimus_clarithromycin_draft() -> Fixture:
+    c = _patient_on_tacrolimus("cpstop", "Karl", "Meyer", "male", "1977-11-30", tacrolimus_status="stopped")
+    _draft(c, "clarithromycin")
+    return _co(
+        "cp-stopped-tacrolimus-clarithromycin-draft",
+        "Tacrolimus stopped last month; clarithromycin drafted",
+        c,
+        {},
+        quiet={"N9": "The tacrolimus order is stopped, not active or on hold."},
+    )
+
+
+@fixture
+def cp_tacrolimus_also_drafted() -> Fixture:
+    c = _patient_on_tacrolimus("cptacd", "Yusuf", "Demir", "male", "1990-01-08")
+    _draft(c, "clarithromycin")
+    c.order(
+        "tacrolimus-1mg",
+        ANCHOR.isoformat(),
+        status="draft",
+        key="tac-draft",
+        dosage=PV_TAC_DOSE,
+        prior=f"MedicationRequest/{c.rid('mr-tac')}",
+    )
+    return _co(
+        "cp-tacrolimus-also-drafted",
+        "On tacrolimus; the same session drafts clarithromycin and a tacrolimus renewal",
+        c,
+        {},
+        quiet={"N9": "A candidate draft is tacrolimus: the tacrolimus services answer, not these."},
+    )
+
+
+@fixture
+def cp_transplant_no_lupus_clarithromycin_draft() -> Fixture:
+    c = Chart("cptx").patient("George", "Hughes", "male", "1968-04-04")
+    c.condition("kidney-transplant", on("2019-03-01"))
+    tacrolimus = c.order("tacrolimus-1mg", on("2019-03-02"), key="mr-tac", dosage=PV_TAC_DOSE)
+    _requested_by(c, tacrolimus, TACROLIMUS_PRESCRIBER)
+    normal_visit(c, 6, tacrolimus=6.4)
+    _draft(c, "clarithromycin")
+    return _co(
+        "cp-transplant-no-lupus-clarithromycin-draft",
+        "Kidney transplant on tacrolimus, no lupus; clarithromycin drafted (outside the lupus scope)",
+        c,
+        {},
+        quiet={"N9": "No lupus or lupus nephritis condition: out of scope."},
+    )
+
+
 # --- Writing ------------------------------------------------------------------------------------------------
 
 
@@ -2432,6 +2686,11 @@ def manifest_entry(f: Fixture) -> dict:
     if f.service:
         entry["service"] = f.service
         entry["hook"] = "patient-view"
+    if (
+        f.services
+    ):  # both order hooks; ``service`` (order-sign's) keeps it out of the tacrolimus services' tests
+        entry["service"] = f.services["order-sign"]
+        entry["services"] = f.services
     return entry
 
 

@@ -8,10 +8,10 @@ findings off or re-grades them is applied by the caller. Where the catalog neede
 
 from __future__ import annotations
 
-from cds_service.rules import monitoring, pregnancy, release_and_paxlovid, salvage
+from cds_service.rules import monitoring, other_prescriber, pregnancy, release_and_paxlovid, salvage
 from cds_service.rules.common import has_lupus_nephritis, merge_needs, unavailable
 from cds_service.rules.model import Evaluation, Finding, Quiet, RuleInput
-from cds_service.rules.registry import ORDER, Registry, Rule
+from cds_service.rules.registry import CO_PRESCRIBING, ORDER, Registry, Rule
 
 SCOPES = ("lupus", "any-indication")
 SCOPE_NEEDS = {"Condition": ("lupus", "lupus-nephritis", "lupus-nephritis-class-v")}
@@ -49,7 +49,8 @@ def retired_message(finding_id: str) -> str:
 
 def needs_of(kind: str) -> dict[str, tuple[str, ...]]:
     """What a kind of service's findings read, with the scope check: its prefetch templates come from it."""
-    return merge_needs(SCOPE_NEEDS, *(REGISTRY[i].needs for i in REGISTRY.run_by(kind)))
+    extra = [other_prescriber.NEEDS] if kind == CO_PRESCRIBING else []
+    return merge_needs(SCOPE_NEEDS, *extra, *(REGISTRY[i].needs for i in REGISTRY.run_by(kind)))
 
 
 NEEDS: dict[str, tuple[str, ...]] = needs_of(ORDER)

@@ -52,7 +52,21 @@ from cds_service.rules.orders import (
     overlap_sentence,
     stored_overlap,
 )
-from cds_service.rules.registry import NEW_START_ONLY, Family, choice_setting, pair_setting, setting
+from cds_service.rules.other_prescriber import (
+    ORDER_A_LEVEL,
+    considered,
+    speaks_to_other_prescriber,
+    to_other_prescriber,
+)
+from cds_service.rules.registry import (
+    NEW_START_ONLY,
+    WITH_OTHER_PRESCRIBER,
+    Family,
+    Wording,
+    choice_setting,
+    pair_setting,
+    setting,
+)
 
 HBSAG = ("5196-1", "Hepatitis B virus surface Ag [Presence] in Serum or Plasma by Immunoassay")
 
@@ -550,7 +564,7 @@ def n9_cyp3a4(inp: RuleInput) -> Finding | Quiet:
     classes.append(("cyp3a4-strong-inducers", "strong CYP3A4 inducer", "lower"))
     found: dict[str, tuple[Medication, str, str]] = {}
     for concept, kind, direction in classes:
-        for m in active_orders(record, concept):
+        for m in considered(inp, concept):
             if NIRMATRELVIR_RITONAVIR not in m.concepts:  # its own finding says more (interpretation 61)
                 found.setdefault(m.id, (m, kind, direction))
     if not found:
@@ -565,6 +579,22 @@ def n9_cyp3a4(inp: RuleInput) -> Finding | Quiet:
     directions = sorted({direction for _, _, direction in found.values()}, reverse=True)
     effect = " or ".join(f"{d} tacrolimus levels" for d in directions)
     drugs = [m for m, _, _ in found.values()]
+    if speaks_to_other_prescriber(inp):
+        return to_other_prescriber(
+            inp,
+            "N9",
+            "warning",
+            f"{drugs[0].name} with tacrolimus: can sharply {effect}",
+            N9_WORDING,
+            drugs,
+            ("prograf-label", "lupkynis-label"),
+            suggestions=[ORDER_A_LEVEL, *remove_drafts(drugs, "Interacts with tacrolimus (CYP3A4)")],
+            kind=words(sorted({kind for _, kind, _ in found.values()})),
+            effect=effect,
+            harm=" (kidney injury, high potassium, tremor)"
+            if "raise" in directions
+            else " (too little immunosuppression, a lupus nephritis flare)",
+        )
     return finding(
         "N9",
         "warning",
@@ -581,12 +611,23 @@ def n9_cyp3a4(inp: RuleInput) -> Finding | Quiet:
 
 def n10_nephrotoxins(inp: RuleInput) -> Finding | Quiet:
     record = inp.record
-    drugs = active_orders(record, "nephrotoxins")
+    drugs = considered(inp, "nephrotoxins")
     if not drugs:
         return quiet(
             "N10",
             "no active NSAID, aminoglycoside, amphotericin B or vancomycin order",
             unavailable(record, "MedicationRequest"),
+        )
+    if speaks_to_other_prescriber(inp):
+        return to_other_prescriber(
+            inp,
+            "N10",
+            "warning",
+            f"{drugs[0].name} with tacrolimus: additive kidney toxicity",
+            N10_WORDING,
+            drugs,
+            ("naesens-2009",),
+            suggestions=remove_drafts(drugs, "Additive nephrotoxicity with tacrolimus"),
         )
     return finding(
         "N10",
@@ -628,7 +669,20 @@ def n12_duplicate_cni(inp: RuleInput) -> Finding | Quiet:
     """Another calcineurin inhibitor, or a tacrolimus order that is neither this one, a renewal, nor part of
     one regimen in several drafts (rules.md v3 § Data rules; interpretations 17, E44-E47)."""
     record = inp.record
-    others = active_orders(record, "other-calcineurin-inhibitors")
+    others = considered(inp, "other-calcineurin-inhibitors")
+    if speaks_to_other_prescriber(inp):
+        if not others:
+            return quiet("N12", "no cyclosporine or voclosporin is drafted")
+        return to_other_prescriber(
+            inp,
+            "N12",
+            "critical",
+            f"{others[0].name} with tacrolimus: duplicate calcineurin inhibitor",
+            N12_WORDING,
+            others,
+            ("prograf-label", "lupkynis-label"),
+            suggestions=remove_drafts(others, "Duplicate calcineurin-inhibitor therapy"),
+        )
     renewed = {o.prior_prescription for o in inp.orders if o.prior_prescription}
     this_order = inp.orders[0].id if inp.orders else None
     tacrolimus = record.active_medications("tacrolimus")
@@ -847,6 +901,28 @@ def labs(*value_sets: str, drugs: tuple[str, ...] = ()) -> dict[str, tuple[str, 
     return merge_needs(TACROLIMUS, {"Observation": value_sets, "MedicationRequest": drugs})
 
 
+N9_WORDING = Wording(
+    co_prescribing=(
+        "{Drug} {is_} a {kind} and can sharply {effect}{harm}. {alternative}If it goes ahead, order a "
+        "tacrolimus level within 3 days of starting it (and again once it stops), and tell the "
+        "tacrolimus prescriber, who decides any change to the tacrolimus dose."
+    )
+)
+N10_WORDING = Wording(
+    co_prescribing=(
+        "NSAIDs, aminoglycosides, amphotericin B and vancomycin add to the kidney toxicity of "
+        "tacrolimus. {alternative}If {drug} goes ahead, keep the course short, check creatinine and a "
+        "tacrolimus level within 3 days, and tell the tacrolimus prescriber."
+    )
+)
+N12_WORDING = Wording(
+    co_prescribing=(
+        "{Drug} {is_} a calcineurin inhibitor, like tacrolimus: together they are duplicate "
+        "calcineurin-inhibitor therapy, with additive nephrotoxicity, and the labels advise against it. "
+        "Do not add {drug} to tacrolimus. If it is meant to replace tacrolimus, that switch is for the "
+        "tacrolimus prescriber to plan (the Prograf label leaves at least 24 hours between the two)."
+    )
+)
 MONITORING = Family("monitoring", "nephrotoxicity-monitoring")
 
 DECLARATIONS = (
@@ -965,6 +1041,8 @@ DECLARATIONS = (
         citations=("lupkynis-label", "prograf-label"),
         needs=labs(drugs=CYP3A4),
         course=CYP3A4,
+        runs_in=WITH_OTHER_PRESCRIBER,
+        wording=N9_WORDING,
     ),
     MONITORING.declare(
         "N10",
@@ -974,6 +1052,8 @@ DECLARATIONS = (
         citations=("naesens-2009",),
         needs=labs(drugs=("nephrotoxins",)),
         course=("nephrotoxins",),
+        runs_in=WITH_OTHER_PRESCRIBER,
+        wording=N10_WORDING,
     ),
     MONITORING.declare(
         "N11",
@@ -993,6 +1073,8 @@ DECLARATIONS = (
         needs=labs(drugs=("other-calcineurin-inhibitors",)),
         course=CYP3A4,
         replaces={"S5": "Duplicate calcineurin inhibitor"},
+        runs_in=WITH_OTHER_PRESCRIBER,
+        wording=N12_WORDING,
     ),
     MONITORING.declare(
         "N13",

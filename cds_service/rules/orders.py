@@ -18,6 +18,7 @@ from cds_service.drug_forms import INTRAVENOUS, UNKNOWN
 from cds_service.record import Medication
 from cds_service.rules.common import capital, screened_as_new_start, unfound_priors
 from cds_service.rules.model import RuleInput
+from cds_service.rules.registry import CO_PRESCRIBING
 
 SAME = "same formulation"
 ORAL_CHANGE = "different oral formulations"
@@ -129,6 +130,11 @@ def order_notes(inp: RuleInput) -> tuple[str, ...]:
     that is not in the record."""
     notes = []
     for order in inp.orders:
+        if order.recognised_by_name and inp.service_kind == CO_PRESCRIBING:
+            notes.append(
+                f"The drafted order {order.name} ({order.reference}) was recognised by its name, not by a "
+                "code: check the order."
+            )
         if "tacrolimus" in order.recognised_by_name:
             notes.append(
                 f"The tacrolimus order {order.name} ({order.reference}) was recognised by its name, not by a "

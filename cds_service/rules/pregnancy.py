@@ -35,7 +35,8 @@ from cds_service.rules.common import (
     words,
 )
 from cds_service.rules.model import Finding, OrderLabs, Quiet, RuleInput, StopMedication
-from cds_service.rules.registry import Family, pair_setting, setting
+from cds_service.rules.other_prescriber import considered, speaks_to_other_prescriber, to_other_prescriber
+from cds_service.rules.registry import WITH_OTHER_PRESCRIBER, Family, Wording, pair_setting, setting
 
 TERATOGEN_CONCEPTS = ("teratogens", "mycophenolate", "cyclophosphamide", "methotrexate", "leflunomide")
 HCG_GROUPS = ("hcg-qualitative", "hcg-quantitative")
@@ -73,7 +74,7 @@ def p2_teratogen_in_pregnancy(inp: RuleInput) -> Finding | Quiet:
     status = pregnancy_status(record, inp.thresholds)
     if not status.present:
         return quiet("P2", status.why_not("pregnancy"), status.missing)
-    teratogens = active_orders(record, *TERATOGEN_CONCEPTS)
+    teratogens = considered(inp, *TERATOGEN_CONCEPTS)
     if not teratogens:
         return quiet(
             "P2",
@@ -86,6 +87,23 @@ def p2_teratogen_in_pregnancy(inp: RuleInput) -> Finding | Quiet:
         if any("leflunomide" in m.concepts or "leflunomide" in m.name.lower() for m in teratogens)
         else ""
     )
+    if speaks_to_other_prescriber(inp):
+        return to_other_prescriber(
+            inp,
+            "P2",
+            "critical",
+            f"{_short(teratogens)}: not compatible with pregnancy",
+            P2_WORDING,
+            teratogens,
+            ("acr-2020-reproductive", "bsr-2022"),
+            evidence=status.evidence,
+            missing=status.missing,
+            suggestions=_remove(
+                teratogens, "Not compatible with pregnancy (ACR 2020 reproductive health guideline)"
+            ),
+            status=status.text,
+            washout=washout,
+        )
     return finding(
         "P2",
         "critical",
@@ -281,12 +299,28 @@ def p7_teratogen_while_breastfeeding(inp: RuleInput) -> Finding | Quiet:
     status = lactation_status(record, inp.thresholds)
     if not status.present:
         return quiet("P7", status.why_not("breastfeeding"), status.missing)
-    drugs = active_orders(record, *TERATOGEN_CONCEPTS)
+    drugs = considered(inp, *TERATOGEN_CONCEPTS)
     if not drugs:
         return quiet(
             "P7",
             "breastfeeding, but no active mycophenolate, cyclophosphamide, methotrexate or leflunomide order",
             unavailable(record, "MedicationRequest"),
+        )
+    if speaks_to_other_prescriber(inp):
+        return to_other_prescriber(
+            inp,
+            "P7",
+            "warning",
+            f"{_short(drugs)}: not compatible with breastfeeding",
+            P7_WORDING,
+            drugs,
+            ("acr-2020-reproductive", "bsr-2022"),
+            evidence=status.evidence,
+            missing=status.missing,
+            suggestions=_remove(
+                drugs, "Not compatible with breastfeeding (ACR 2020 reproductive health guideline)"
+            ),
+            status=status.text,
         )
     return finding(
         "P7",
@@ -309,6 +343,13 @@ def p7_teratogen_while_breastfeeding(inp: RuleInput) -> Finding | Quiet:
             for m in drugs
         ],
     )
+
+
+def _remove(drafts, reason: str) -> list[StopMedication]:
+    """The other prescriber's suggestions: delete the drafted drug (their own order), nothing else."""
+    return [
+        StopMedication(m, f"Remove the draft {m.name} order", reason=reason) for m in drafts if m.is_draft
+    ]
 
 
 def _short(meds) -> str:
@@ -363,6 +404,22 @@ BREASTFEEDING_READS = {
 TERATOGENS = {"MedicationRequest": TERATOGEN_CONCEPTS}
 BLOOD_PRESSURE = ("blood-pressure", "systolic-bp", "diastolic-bp")
 
+P2_WORDING = Wording(
+    co_prescribing=(
+        "Pregnancy is documented ({status}). {Drug} {is_} not compatible with pregnancy (ACR 2020): do "
+        "not start it, and agree the plan with the clinicians who manage the lupus and with "
+        "maternal-fetal medicine; azathioprine is a pregnancy-compatible alternative, as is the "
+        "tacrolimus already taken.{washout}"
+    )
+)
+P7_WORDING = Wording(
+    co_prescribing=(
+        "Breastfeeding is documented ({status}). {Drug} {is_} not compatible with breastfeeding (ACR "
+        "2020; BSR 2022): choose another drug, or agree with the patient to stop breastfeeding first. "
+        "Tacrolimus, cyclosporine, azathioprine and hydroxychloroquine are compatible with "
+        "breastfeeding."
+    )
+)
 PREGNANCY = Family("pregnancy", "pregnancy")
 
 DECLARATIONS = (
@@ -383,6 +440,8 @@ DECLARATIONS = (
         settings=PREGNANCY_SETTINGS,
         citations=("acr-2020-reproductive", "bsr-2022"),
         needs=merge_needs(PREGNANCY_READS, TERATOGENS),
+        runs_in=WITH_OTHER_PRESCRIBER,
+        wording=P2_WORDING,
     ),
     PREGNANCY.declare(
         "P3",
@@ -439,6 +498,8 @@ DECLARATIONS = (
         settings=(BREASTFEEDING,),
         citations=("acr-2020-reproductive", "bsr-2022"),
         needs=merge_needs(BREASTFEEDING_READS, TERATOGENS),
+        runs_in=WITH_OTHER_PRESCRIBER,
+        wording=P7_WORDING,
     ),
 )
 RULES = {d.id: d.rule for d in DECLARATIONS}

@@ -29,6 +29,9 @@ SERVICE_KINDS = (ORDER, MONITORING, CO_PRESCRIBING)
 
 EVERY_TACROLIMUS_SERVICE = frozenset({ORDER, MONITORING})
 NEW_START_ONLY = frozenset({ORDER})
+WITH_OTHER_PRESCRIBER = frozenset({ORDER, MONITORING, CO_PRESCRIBING})
+"""Findings the co-prescribing services run too (rules.md v3 § The other prescriber): each needs a
+``Wording.co_prescribing`` (``rules.other_prescriber``)."""
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,13 @@ from cds_service.rules.common import (
 )
 from cds_service.rules.model import Finding, OrderLabs, Quiet, RuleInput, StopMedication
 from cds_service.rules.monitoring import MONITORING, NIRMATRELVIR_RITONAVIR, TACROLIMUS, labs
-from cds_service.rules.registry import setting
+from cds_service.rules.other_prescriber import (
+    ORDER_A_LEVEL,
+    considered,
+    speaks_to_other_prescriber,
+    to_other_prescriber,
+)
+from cds_service.rules.registry import WITH_OTHER_PRESCRIBER, Wording, setting
 
 EXTENDED_RELEASE = (EXTENDED_RELEASE_TABLET, EXTENDED_RELEASE_CAPSULE)
 PAXLOVID = NIRMATRELVIR_RITONAVIR
@@ -131,6 +137,31 @@ def _state(order: Medication) -> str:
 def n21_paxlovid(inp: RuleInput) -> Finding | Quiet:
     """Nirmatrelvir/ritonavir drafted, active or on hold (whatever its date), or whose exposure ended within
     ``paxlovid_window_days``; shown instead of N9 for it (interpretation 61)."""
+    if speaks_to_other_prescriber(inp):  # only the drafted course is discussed, never a past one
+        drafted = considered(inp, PAXLOVID)
+        if not drafted:
+            return quiet("N21", "no nirmatrelvir/ritonavir (Paxlovid) is drafted")
+        return to_other_prescriber(
+            inp,
+            "N21",
+            "critical",
+            f"{drafted[0].name} with tacrolimus: levels can rise to toxic",
+            N21_WORDING,
+            drafted,
+            ("wang-2022-paxlovid", "prograf-label", "lupkynis-label"),
+            suggestions=[
+                ORDER_A_LEVEL,
+                *(
+                    StopMedication(
+                        o,
+                        "Choose another COVID-19 treatment (remove the draft)",
+                        reason="Nirmatrelvir/ritonavir with tacrolimus",
+                        drafts_only=True,
+                    )
+                    for o in drafted
+                ),
+            ],
+        )
     current, ended = recent_paxlovid(inp)
     orders = [*current, *ended]
     if not orders:
@@ -178,6 +209,17 @@ def n21_paxlovid(inp: RuleInput) -> Finding | Quiet:
     )
 
 
+N21_WORDING = Wording(
+    co_prescribing=(
+        "Ritonavir blocks tacrolimus metabolism: levels can rise to toxic within days (acute kidney "
+        "injury, hyperkalaemia), and the interaction lasts for days after the last dose. The label "
+        "advises against the combination unless levels can be watched closely; it is contraindicated "
+        "with voclosporin. Choose another COVID-19 treatment if one fits. If {drug} goes ahead, tell "
+        "the tacrolimus prescriber before the first dose (they plan the tacrolimus dosing during the "
+        "course) and order a tacrolimus level within 3 days."
+    )
+)
+
 DECLARATIONS = (
     MONITORING.declare(
         "N18",
@@ -204,5 +246,7 @@ DECLARATIONS = (
         citations=("wang-2022-paxlovid", "prograf-label", "lupkynis-label"),
         needs=labs("tacrolimus-level", drugs=(PAXLOVID,)),
         course=("tacrolimus-level",),
+        runs_in=WITH_OTHER_PRESCRIBER,
+        wording=N21_WORDING,
     ),
 )
