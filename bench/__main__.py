@@ -30,12 +30,13 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from bench.harness import config_copy, free_port
-from bench.patients import lupus_patient, other_draft, tacrolimus_draft
+from bench.patients import clarithromycin_draft, lupus_patient, other_draft, tacrolimus_draft
 from cds_service.sandbox.requests import build_request_from_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS, THREADS = 2, 4
 PATH = "/cds-services/tacrolimus-order-sign"
+CO_PRESCRIBING_SIGN = "tacrolimus-co-prescribing-sign"
 ISSUER = "https://ehr.bench.example"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 MIXED_CALLS = 10_000
@@ -368,6 +369,36 @@ def main() -> None:
             )
         )
 
+        # The co-prescribing services (issue 24): every medication order of every patient reaches them. A drug
+        # they do not watch is answered from context alone; a watched one for a patient on tacrolimus is read.
+        co_sign = next(s for s in discovery if s["id"] == CO_PRESCRIBING_SIGN)
+        typical_entries = bundles["typical"]["entry"]
+        co_typical = {**bundles["typical"], "entry": [*typical_entries, {"resource": on_tacrolimus}]}
+
+        def co_request(draft: dict) -> dict:
+            return build_request_from_bundle(
+                {**co_typical, "entry": co_typical["entry"] + [{"resource": draft}]},
+                [f"MedicationRequest/{draft['id']}"],
+                hook="order-sign",
+                prefetch_templates=co_sign["prefetch"],
+            )
+
+        co_path = f"/cds-services/{CO_PRESCRIBING_SIGN}"
+        scenarios += [
+            Scenario(
+                "co-prescribing, drug not watched",
+                dev,
+                *body_file("co-other", co_request(other_draft("bench-typical"))),
+                path=co_path,
+            ),
+            Scenario(
+                "co-prescribing, clarithromycin drafted",
+                dev,
+                *body_file("co-clari", co_request(clarithromycin_draft("bench-typical"))),
+                path=co_path,
+            ),
+        ]
+
         wrk = Wrk(work, key, prod_port)
         rows = []
         for scenario in scenarios:
@@ -422,6 +453,10 @@ def report(
         ),
         "non-tacrolimus order": lambda a, lo: (
             f"p50 {a['p50'] / noop_alone['p50']:.1f}×no-op≤1.5× {mark(a['p50'] <= 1.5 * noop_alone['p50'])}"
+        ),
+        "co-prescribing, drug not watched": lambda a, lo: (
+            f"p50 {a['p50'] / noop_alone['p50']:.1f}×no-op≤1.5× {mark(a['p50'] <= 1.5 * noop_alone['p50'])}; "
+            f"CPU {lo['cpu_ms'] / noop_loaded['cpu_ms']:.1f}×no-op"
         ),
     }
     print(

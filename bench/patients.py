@@ -209,3 +209,14 @@ def other_draft(pid: str, order_id: str = "bench-other-draft") -> dict:
         },
         "subject": {"reference": f"Patient/{pid}"},
     }
+
+
+def clarithromycin_draft(pid: str, order_id: str = "bench-clari-draft") -> dict:
+    """A drug the co-prescribing services watch (strong CYP3A4 inhibitor)."""
+    return {
+        **other_draft(pid, order_id),
+        "medicationCodeableConcept": {
+            "coding": [{"system": RXNORM, "code": "197517", "display": "clarithromycin 500 MG Oral Tablet"}]
+        },
+        "dosageInstruction": [{"text": "500 mg by mouth every 12 hours for 7 days"}],
+    }

@@ -10,8 +10,10 @@ patient-view reads the medications before anything else. So a hook call's body i
    100 KB-4 MB prefetch that no rule needs is never turned into Python objects. A value that is not even a
    JSON object or null is refused at once, whether it is read or not.
 
-Nesting is bounded before either step (issue 25): a body nested more than ``MAX_REQUEST_DEPTH`` levels, or
-a member other than ``prefetch`` more than ``MAX_MEMBER_DEPTH``, is refused with a 400 that names the limit.
+Nesting is bounded (issue 25): a body nested more than ``MAX_REQUEST_DEPTH`` levels, or a member other than
+``prefetch`` more than ``MAX_MEMBER_DEPTH``, is refused with a 400 that names the limit. The bytes of a
+prefetch value are depth-checked only when it is read (issue 24: a call answered from its context alone no
+longer scans the prefetch it never decodes); every other part before it is decoded.
 A prefetch resource nested deeper than ``fhir_json.MAX_RESOURCE_DEPTH`` is left out of the record and named.
 
 A body the first step cannot read (not an object, a ``prefetch`` that is not an object) is read the plain way,
@@ -154,16 +156,38 @@ _ENVELOPE = msgspec.json.Decoder(_Envelope)
 _MEMBERS = tuple(name for name in _Envelope.__struct_fields__ if name != "prefetch")
 
 
+UNACCOUNTED_BYTES = 1024
+"""Bytes of a hook call outside its known members and prefetch values (names, punctuation, white space: ~200
+in a real call) above which the whole body is depth-checked: an unknown member is skipped by the decoder,
+never read, but one nested more than ``MAX_REQUEST_DEPTH`` deep is refused as it always was."""
+
+
+def _check_parts_depth(data: bytes, members: dict[str, msgspec.Raw], prefetch: dict | None) -> None:
+    """The depth bound without scanning the prefetch (issue 24): each member decoded now is checked, each
+    prefetch value when it is read (``LazyPrefetch``), and the whole body only when it holds more than
+    ``UNACCOUNTED_BYTES`` outside them. A call answered from its context alone (most calls) never pays for
+    the 100 KB-4 MB prefetch it does not read; the decoders' own limits (msgspec's recursion bound, orjson's
+    1024 levels) stand behind every check."""
+    known = sum(len(raw) for raw in members.values()) + sum(len(raw) for raw in (prefetch or {}).values())
+    if len(data) - known > UNACCOUNTED_BYTES:
+        check_depth(data)
+        return
+    for raw in members.values():
+        if len(raw) and nested_deeper_than_bytes(memoryview(raw), MAX_REQUEST_DEPTH):
+            raise too_deep()
+
+
 def parse_hook_call(data: bytes) -> Any:
     """A hook call's body: a dict whose ``prefetch`` (when it is an object) is a :class:`LazyPrefetch`."""
-    check_depth(data)
     try:
         envelope = _ENVELOPE.decode(data)
         members = {name: getattr(envelope, name) for name in _MEMBERS}
+        _check_parts_depth(data, members, envelope.prefetch)
         body = {name: orjson.loads(memoryview(raw)) for name, raw in members.items() if len(raw)}
-    except RecursionError:  # nested deeper than the decoder bears, past the first check
+    except RecursionError:  # nested deeper than the decoder bears
         raise too_deep() from None
     except (msgspec.DecodeError, msgspec.ValidationError, orjson.JSONDecodeError):
+        check_depth(data)
         body = parse_json(data)  # the plain way: the same answer, or the same error in the same words
         if isinstance(body, dict):
             _check_member_depth(body)
@@ -193,6 +217,8 @@ class LazyPrefetch(Mapping[str, Any]):
         if key in self._values:
             return self._values[key]
         raw = self._raw[key]
+        if nested_deeper_than_bytes(memoryview(raw), MAX_REQUEST_DEPTH):  # checked when read (issue 24)
+            raise too_deep()
         try:
             with NO_COLLECTIONS:
                 value = orjson.loads(memoryview(raw))
