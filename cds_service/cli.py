@@ -272,7 +272,8 @@ def explain(
     config = _config_or_exit(config_dir)
     try:
         only = why.pick_findings(findings)
-        service = why.pick_service(config, service_id, why.request_hook(source))
+        wanted = service_id or why.request_service(source)
+        service = why.pick_service(config, wanted, why.request_hook(source))
         source_request = why.load_source(source, service.hook)
         answer, verdicts, settings = why.explain(
             source_request, config, service, tenant=tenant, dev=dev, only=only

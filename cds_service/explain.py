@@ -120,6 +120,15 @@ def request_hook(source: str) -> str | None:
     return hook if isinstance(hook, str) else None
 
 
+def request_service(source: str) -> str | None:
+    """The service a fixture's manifest entry names (patient-view's, the co-prescribing order-sign service);
+    None for any other source."""
+    path = Path(source)
+    entry = _fixtures().get(path.name.removesuffix(".json"))
+    in_fixtures = not path.is_file() or path.resolve().parent == FIXTURES_DIR.resolve()
+    return str(entry["service"]) if entry and entry.get("service") and in_fixtures else None
+
+
 def pick_service(config: Config, service_id: str | None, hook: str | None) -> Service:
     if service_id:
         if service_id not in config.services:

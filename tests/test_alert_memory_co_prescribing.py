@@ -33,7 +33,7 @@ def _templates(client, service_id: str) -> dict:
 
 
 def signed_and_viewed(client, fixture: str, user: str) -> dict:
-    """patient-view of the fixture's patient once the other prescriber's draft was signed, opened by ``user``."""
+    """patient-view of the patient, opened by ``user`` once the other prescriber's draft is signed."""
     bundle = copy.deepcopy(load_bundle(fixture))
     draft = next(r for e in bundle["entry"] if (r := e["resource"])["id"].endswith("-draft"))
     draft["status"] = "active"

@@ -140,3 +140,75 @@ def test_the_page_has_a_favicon(client):
         icon = client.get(path)
         assert icon.status_code == 200 and icon.mimetype == "image/svg+xml"
         assert icon.get_data(as_text=True).startswith("<svg")
+
+
+# --- the co-prescribing picker (issue 24) ------------------------------------------------------------------
+
+
+def co_draft(client, key: str) -> dict:
+    """The draft the page's co-prescribing picker makes for ``key`` (the same fields as sandbox.js)."""
+    from cds_service.sandbox.web import CO_DRUGS, ON_TACROLIMUS
+
+    _, system, code, display = next(d for d in CO_DRUGS if d[0] == key)
+    patient = fixture(client, ON_TACROLIMUS)["patient"]["id"]
+    concept = {"coding": [{"system": system, "code": code, "display": display}], "text": display}
+    return {
+        "resourceType": "MedicationRequest",
+        "id": f"sandbox-co-{key}",
+        "status": "draft",
+        "intent": "order",
+        "medicationCodeableConcept": concept if code else {"text": display},
+        "subject": {"reference": f"Patient/{patient}"},
+        "requester": {"reference": "Practitioner/sandbox-other-prescriber"},
+    }
+
+
+@pytest.mark.parametrize(
+    "key, expected",
+    [
+        ("clarithromycin", {"N9"}),
+        ("paxlovid", {"N21"}),
+        ("ibuprofen", {"N10"}),
+        ("cyclosporine", {"N12"}),
+        ("acetaminophen", set()),
+    ],
+)
+@pytest.mark.parametrize("hook", ["order-select", "order-sign"])
+def test_the_co_prescribing_picker_fires_the_co_prescribing_services(client, key, expected, hook):
+    from cds_service.sandbox.web import ON_TACROLIMUS
+
+    service = f"tacrolimus-co-prescribing-{hook.removeprefix('order-')}"
+    built = client.post(
+        "/sandbox/api/request",
+        json={"fixture": ON_TACROLIMUS, "hook": hook, "drafts": [co_draft(client, key)], "service": service},
+    )
+    assert built.status_code == 200, built.get_json()
+    request = built.get_json()
+    assert request["service"] == {"id": service, "url": f"/cds-services/{service}"}
+    answer = client.post(request["service"]["url"], json=request["request"])
+    assert answer.status_code == 200
+    assert finding_ids(answer.get_json()) == expected
+
+
+def test_the_page_offers_the_picker_and_both_co_prescribing_services(client):
+    page = client.get("/sandbox").get_data(as_text=True)
+    for words in ("clarithromycin", "Paxlovid", "Ibuprofen", "MMR", "spironolactone", "cyclosporine"):
+        assert words in page
+    assert 'data-service="tacrolimus-co-prescribing-select"' in page
+    assert 'data-service="tacrolimus-co-prescribing-sign"' in page
+
+
+def test_an_unknown_service_for_the_hook_is_a_400_naming_it(client):
+    from cds_service.sandbox.web import ON_TACROLIMUS
+
+    built = client.post(
+        "/sandbox/api/request",
+        json={
+            "fixture": ON_TACROLIMUS,
+            "hook": "order-sign",
+            "drafts": [co_draft(client, "clarithromycin")],
+            "service": "tacrolimus-co-prescribing-select",
+        },
+    )
+    assert built.status_code == 400
+    assert "tacrolimus-co-prescribing-select" in built.get_json()["error"]

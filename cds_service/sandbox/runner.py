@@ -175,15 +175,17 @@ def fixture_rows() -> list[tuple[str, str, list[str]]]:
     ]
 
 
-def discover_service(transport: Transport, hook: str) -> dict:
-    """The service entry from ``GET /cds-services`` that answers ``hook``."""
+def discover_service(transport: Transport, hook: str, service_id: str | None = None) -> dict:
+    """The service entry from ``GET /cds-services`` that answers ``hook``: ``service_id`` if given (a
+    co-prescribing fixture names its services), else the first listed (the tacrolimus service)."""
     status, body = transport.get("/cds-services")
     if status != 200 or not isinstance(body, Mapping):
         raise RunError(f"discovery at {transport.where}/cds-services answered {status}")
     for service in body.get("services", []):
-        if service.get("hook") == hook:
+        if service.get("hook") == hook and service_id in (None, service.get("id")):
             return service
-    raise RunError(f"no service for hook {hook!r} at {transport.where}/cds-services")
+    wanted = f"service {service_id!r} for hook {hook!r}" if service_id else f"service for hook {hook!r}"
+    raise RunError(f"no {wanted} at {transport.where}/cds-services")
 
 
 @contextmanager
@@ -227,7 +229,7 @@ def run_exchange(
     if via not in ("prefetch", "fhir"):
         raise RunError(f"unsupported via {via!r} (supported: prefetch, fhir)")
     transport: Transport = OverHttp(url) if url else InProcess(config_dir)
-    service = discover_service(transport, hook)
+    service = discover_service(transport, hook, (entry.get("services") or {}).get(hook))
     today = datetime.now().astimezone().date()  # the same day for the request and the FHIR server's data
 
     server: AbstractContextManager[str | None]

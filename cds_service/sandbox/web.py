@@ -35,6 +35,22 @@ PAGE_CSP = (
 MAX_DRAFTS = 50
 _RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 
+CO_PRESCRIBING_PREFIX = "tacrolimus-co-prescribing-"
+ON_TACROLIMUS = "cp-acetaminophen-draft"
+"""The fixture patient the co-prescribing picker starts from: on tacrolimus for months (issue 24)."""
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+CO_DRUGS = (
+    ("clarithromycin", RXNORM, "197517", "clarithromycin 500 MG Oral Tablet"),
+    ("paxlovid", "", "", "Paxlovid (nirmatrelvir 150 mg / ritonavir 100 mg) dose pack"),
+    ("ibuprofen", RXNORM, "5640", "Ibuprofen"),
+    ("mmr", "http://hl7.org/fhir/sid/cvx", "03", "MMR (measles, mumps and rubella virus vaccine, live)"),
+    ("spironolactone", RXNORM, "9997", "spironolactone"),
+    ("cyclosporine", RXNORM, "241834", "cyclosporine, modified 100 MG Oral Capsule"),
+    ("acetaminophen", RXNORM, "161", "acetaminophen (not watched: no card)"),
+)
+"""The drugs the co-prescribing picker drafts (key, system, code, display): Paxlovid by its name only, as
+many EHRs send it; a code without a system is sent as text alone."""
+
 bp = Blueprint(
     "sandbox",
     __name__,
@@ -179,7 +195,20 @@ def page() -> Response:
     products = [
         {"system": s, "code": c, "display": d} for s, c, d in _runtime().terminology.codes("tacrolimus")
     ]
-    html = render_template("sandbox.html", fixtures=fixtures, products=products, hooks=HOOKS)
+    co_services = [
+        {"id": s.id, "hook": s.hook}
+        for s in _runtime().config.services.values()
+        if s.id.startswith(CO_PRESCRIBING_PREFIX)
+    ]
+    html = render_template(
+        "sandbox.html",
+        fixtures=fixtures,
+        products=products,
+        hooks=HOOKS,
+        co_drugs=CO_DRUGS,
+        co_services=co_services,
+        on_tacrolimus=ON_TACROLIMUS,
+    )
     return Response(html, mimetype="text/html", headers={"Content-Security-Policy": PAGE_CSP})
 
 
@@ -316,9 +345,14 @@ def build() -> Response:
         "entry": [{"resource": r} for r in stored + drafts],
     }
     runtime = _runtime()
-    service = next((s for s in runtime.config.services.values() if s.hook == hook), None)
+    wanted = body.get("service")  # a co-prescribing service; else the hook's first (tacrolimus) service
+    service = next(
+        (s for s in runtime.config.services.values() if s.hook == hook and wanted in (None, s.id)), None
+    )
     if service is None:
-        raise BadInput(f"no service is configured for {hook}")
+        raise BadInput(
+            f"no service {wanted!r} is configured for {hook}" if wanted else f"no service for {hook}"
+        )
     try:
         built = build_request_from_bundle(
             editing,

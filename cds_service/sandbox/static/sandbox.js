@@ -120,6 +120,7 @@ async function loadFixture(name) {
   $("#banner").hidden = false;
   renderDrafts();
   document.querySelectorAll(".fire-button").forEach((b) => { b.disabled = false; });
+  document.querySelectorAll("#co-draft, .co-fire").forEach((b) => { b.disabled = false; });
   setStatus(`Loaded ${fixture.name}. Edit the order if you like, then fire a hook.`);
 }
 
@@ -204,7 +205,30 @@ function clearCards(message) {
   $("#dismissed").replaceChildren();
 }
 
-async function fire(hook) {
+// A drug another clinician drafts for the patient (the co-prescribing picker): one draft MedicationRequest.
+function draftOtherDrug() {
+  const option = $("#co-drug").selectedOptions[0];
+  if (!option || !state.patientId) return;
+  const concept = option.dataset.code
+    ? { coding: [{ system: option.dataset.system, code: option.dataset.code, display: option.dataset.display }], text: option.dataset.display }
+    : { text: option.dataset.display };
+  state.drafts = [{
+    resourceType: "MedicationRequest",
+    id: `sandbox-co-${option.value}`,
+    status: "draft",
+    intent: "order",
+    medicationCodeableConcept: concept,
+    subject: { reference: `Patient/${state.patientId}` },
+    authoredOn: rfc3339Now(),
+    requester: { reference: "Practitioner/sandbox-other-prescriber", display: "Another clinician (sandbox)" },
+    dosageInstruction: [{ text: "as the other clinician orders it" }],
+  }];
+  state.editable = new Set();
+  renderDrafts();
+  setStatus(`Drafted ${option.dataset.display}. Fire a co-prescribing service.`);
+}
+
+async function fire(hook, serviceId) {
   if (!state.fixture || state.busy) return;
   state.busy = true;
   document.querySelectorAll(".fire-button").forEach((b) => { b.disabled = true; });
@@ -212,7 +236,7 @@ async function fire(hook) {
   setStatus(`Calling ${hook}…`);
   try {
     const staged = state.staged.map((c) => ({ type: c.type, ref: c.ref, resource: c.resource }));
-    const built = await callJson("POST", "/sandbox/api/request", { fixture: state.fixture, hook, via, drafts: state.drafts, staged });
+    const built = await callJson("POST", "/sandbox/api/request", { fixture: state.fixture, hook, via, drafts: state.drafts, staged, service: serviceId || undefined });
     if (!built.ok) {
       setStatus(`Could not build the request: ${(built.json && built.json.error) || built.status}`, "error");
       return;
@@ -408,6 +432,12 @@ async function dismissCard(card, reason, serviceId, node) {
 document.addEventListener("DOMContentLoaded", () => {
   $("#fixture").addEventListener("change", (event) => loadFixture(event.target.value));
   document.querySelectorAll(".fire-button").forEach((button) => button.addEventListener("click", () => fire(button.dataset.hook)));
+  document.querySelectorAll(".co-fire").forEach((button) => button.addEventListener("click", () => fire(button.dataset.hook, button.dataset.service)));
+  $("#co-draft").addEventListener("click", draftOtherDrug);
+  $("#co-patient").addEventListener("click", async () => {
+    $("#fixture").value = $("#co-patient").dataset.fixture;
+    await loadFixture($("#fixture").value);
+  });
   if ($("#fixture").value) loadFixture($("#fixture").value);
   document.body.dataset.ready = "true";
 });
