@@ -160,10 +160,32 @@ def test_a_sandbox_round_prefetches_by_post_search_and_gets_cards(tmp_path, fhir
     service = make_app(tmp_path, dev=True).test_client()
     discovery = service.get("/cds-services", headers={"Origin": ORIGIN})
     assert discovery.headers["Access-Control-Allow-Origin"] == ORIGIN
-    (select,) = [s for s in discovery.get_json()["services"] if s["hook"] == "order-select"]
+    (select,) = [s for s in discovery.get_json()["services"] if s["id"] == "tacrolimus-order-select"]
+    prefetch = sandbox_prefetch(select, patient_id, fhir_base)
+    assert prefetch["observations"]["total"] > 0  # the code list and _sort/_count came through the form
+    expected = requests.get(f"{fhir_base}/{template_query(select, 'observations', patient_id)}", timeout=10)
+    assert [e["resource"]["id"] for e in prefetch["observations"]["entry"]] == [
+        e["resource"]["id"] for e in expected.json()["entry"]
+    ]
 
+    call = f"/cds-services/{select['id']}"
+    asked = "authorization,content-type"
+    assert_preflight_passes(service.options(call, headers=preflight_headers("POST", asked)), "POST", asked)
+    request = sandbox_call(patient_id, fhir_base, prefetch, sandbox_draft(patient_id))
+    response = service.post(call, json=request, headers={"Origin": ORIGIN, "Accept": "application/json"})
+    assert response.status_code == 200, response.get_json()
+    assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
+    cards = response.get_json()
+    assert check_response(cards) == []
+    critical = [c for c in cards["cards"] if c["indicator"] == "critical"]
+    assert critical and "mycophenolate" in critical[0]["summary"].lower()
+    assert "request-123" not in str(cards)  # the Sandbox's draft shape is not reported as unreadable
+
+
+def sandbox_prefetch(service: dict, patient_id: str, fhir_base: str) -> dict:
+    """Each prefetch query as the Sandbox runs it: an instance read by GET, a search by POST ``_search``."""
     prefetch = {}
-    for key, template in select["prefetch"].items():
+    for key, template in service["prefetch"].items():
         path, _, query = template.replace("{{context.patientId}}", patient_id).partition("?")
         if not query:  # an instance read
             answer = requests.get(f"{fhir_base}/{path}", headers=FROM_SANDBOX, timeout=10)
@@ -181,16 +203,12 @@ def test_a_sandbox_round_prefetches_by_post_search_and_gets_cards(tmp_path, fhir
         assert answer.status_code == 200, (key, answer.text)
         assert_origin_allowed(answer)
         prefetch[key] = answer.json()
-    assert prefetch["observations"]["total"] > 0  # the code list and _sort/_count came through the form
-    expected = requests.get(f"{fhir_base}/{template_query(select, 'observations', patient_id)}", timeout=10)
-    assert [e["resource"]["id"] for e in prefetch["observations"]["entry"]] == [
-        e["resource"]["id"] for e in expected.json()["entry"]
-    ]
+    return prefetch
 
-    call = f"/cds-services/{select['id']}"
-    asked = "authorization,content-type"
-    assert_preflight_passes(service.options(call, headers=preflight_headers("POST", asked)), "POST", asked)
-    request = {
+
+def sandbox_call(patient_id: str, fhir_base: str, prefetch: dict, draft: dict) -> dict:
+    """The Sandbox's order-select call for its one draft (``service-exchange.js``)."""
+    return {
         "hookInstance": str(uuid.uuid4()),
         "hook": "order-select",
         "fhirServer": fhir_base,
@@ -198,18 +216,41 @@ def test_a_sandbox_round_prefetches_by_post_search_and_gets_cards(tmp_path, fhir
             "patientId": patient_id,
             "userId": "Practitioner/COREPRACTITIONER1",
             "selections": ["MedicationRequest/request-123"],
-            "draftOrders": {"resourceType": "Bundle", "entry": [{"resource": sandbox_draft(patient_id)}]},
+            "draftOrders": {"resourceType": "Bundle", "entry": [{"resource": draft}]},
         },
         "prefetch": prefetch,
     }
-    response = service.post(call, json=request, headers={"Origin": ORIGIN, "Accept": "application/json"})
-    assert response.status_code == 200, response.get_json()
-    assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
-    cards = response.get_json()
-    assert check_response(cards) == []
-    critical = [c for c in cards["cards"] if c["indicator"] == "critical"]
-    assert critical and "mycophenolate" in critical[0]["summary"].lower()
-    assert "request-123" not in str(cards)  # the Sandbox's draft shape is not reported as unreadable
+
+
+CO_PRESCRIBING_FIXTURE = "cp-acetaminophen-draft"  # on tacrolimus since March; its own draft is not served
+SANDBOX_CLARITHROMYCIN = ("205866", "Clarithromycin 500 MG Oral Tablet [Biaxin]")  # in its medication list
+
+
+def test_a_sandbox_rx_view_round_drafting_clarithromycin_gets_the_co_prescribing_card(tmp_path, fhir_base):
+    """Rx View calls every order-select service it discovered: the tacrolimus one stays quiet (no tacrolimus
+    is drafted), the co-prescribing one warns the clinician drafting clarithromycin."""
+    service = make_app(tmp_path, dev=True).test_client()
+    bundle = load_bundle(CO_PRESCRIBING_FIXTURE)
+    patient = next(e["resource"]["id"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
+    code, name = SANDBOX_CLARITHROMYCIN
+    draft = sandbox_draft(patient)
+    draft["medicationCodeableConcept"] = {
+        "text": name,
+        "coding": [{"display": name, "system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": code}],
+    }
+    discovered = service.get("/cds-services", headers={"Origin": ORIGIN}).get_json()["services"]
+    answers = {}
+    for called in [s for s in discovered if s["hook"] == "order-select"]:
+        request = sandbox_call(patient, fhir_base, sandbox_prefetch(called, patient, fhir_base), draft)
+        response = service.post(f"/cds-services/{called['id']}", json=request, headers={"Origin": ORIGIN})
+        assert response.status_code == 200, response.get_json()
+        assert check_response(response.get_json()) == []
+        answers[called["id"]] = response.get_json()["cards"]
+    assert answers["tacrolimus-order-select"] == []
+    (card,) = answers["tacrolimus-co-prescribing-select"]
+    assert card["indicator"] == "warning"
+    assert "Azithromycin" in card["detail"] and "This patient takes tacrolimus" in card["detail"]
+    assert "request-123" in str(card["suggestions"])  # "Remove the draft": the Sandbox's own draft id
 
 
 def template_query(service: dict, key: str, patient_id: str) -> str:

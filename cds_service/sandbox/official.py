@@ -18,6 +18,9 @@ LOCAL_FHIR = "http://localhost:8080/sandbox/fhir"  # `make run`: the fixtures un
 LOCAL_DISCOVERY = "http://localhost:8080/cds-services"
 # "Tacrolimus 0.5 MG Oral Capsule" in the Sandbox's medication list and in our tacrolimus value set.
 SANDBOX_TACROLIMUS = "313190"
+# "Clarithromycin 500 MG Oral Tablet [Biaxin]" in the Sandbox's list: what a co-prescribing fixture's patient
+# (already on tacrolimus) is given by another clinician, recognised by its name (issue 24).
+SANDBOX_CLARITHROMYCIN = "205866"
 
 
 def patient_id(fixture: str) -> str:
@@ -39,8 +42,9 @@ def sandbox_link(
     fhir: str = LOCAL_FHIR,
     discovery: str = LOCAL_DISCOVERY,
 ) -> str:
-    """The Sandbox's Rx View on this fixture's patient, with a tacrolimus draft and our services added; for
-    a patient-view fixture (on tacrolimus for months) its Patient View, which calls tacrolimus-monitoring."""
+    """The Sandbox's Rx View on this fixture's patient, with a tacrolimus draft (a clarithromycin draft for a
+    co-prescribing fixture) and our services added; for a patient-view fixture (on tacrolimus for months) its
+    Patient View, which calls tacrolimus-monitoring."""
     params = {
         "fhirServiceUrl": fhir,
         "patientId": patient_id(fixture),
@@ -49,7 +53,8 @@ def sandbox_link(
     if screen(fixture) == "Patient View":
         params |= {"hook": PATIENT_VIEW, "screen": PATIENT_VIEW}
     else:
-        params |= {"hook": "order-select", "screen": "rx-view", "prescribedMedication": SANDBOX_TACROLIMUS}
+        drug = SANDBOX_CLARITHROMYCIN if manifest()[fixture].get("services") else SANDBOX_TACROLIMUS
+        params |= {"hook": "order-select", "screen": "rx-view", "prescribedMedication": drug}
     query = "&".join(f"{name}={quote(value, safe='')}" for name, value in params.items())
     return f"{sandbox.rstrip('/')}/?{query}"
 
