@@ -93,11 +93,14 @@ def test_the_same_patient_drafting_acetaminophen_gets_no_card_and_the_prefetch_i
     app, fixture, hook
 ):
     body = _request(app, fixture, hook)
+    body["prefetch"] = {key: {"entry": "not even a Bundle"} for key in body["prefetch"]}
+    service = manifest()[fixture]["services"][hook]
+    refused = app.test_client().post(f"/cds-services/{service}", json=body)
+    assert refused.status_code == 400  # the watched draft reads the prefetch, and refuses it
     draft = _draft_entry(body)
     draft.pop("medicationReference", None)
     draft["medicationCodeableConcept"] = ACETAMINOPHEN
-    body["prefetch"] = {key: {"resourceType": "Bundle", "entry": "not read"} for key in body["prefetch"]}
-    assert _call(app, fixture, hook, body) == {"cards": []}  # a malformed prefetch would be a 400 if read
+    assert _call(app, fixture, hook, body) == {"cards": []}  # acetaminophen: the prefetch is never read
 
 
 NOT_ON_TACROLIMUS = [n for n in CO_FIXTURES if "not-on-tacrolimus" in n or "stopped-tacrolimus" in n]
@@ -182,3 +185,18 @@ def test_discovery_lists_both_services_with_small_prefetch_and_usage_requirement
         tacrolimus_service = services[f"tacrolimus-{hook}"]
         codes = prefetch["observations"].count("loinc.org|")
         assert codes < tacrolimus_service["prefetch"]["observations"].count("loinc.org|") / 2
+
+
+def test_the_watched_classes_are_the_drug_value_sets_of_the_findings_these_services_run():
+    from cds_service.rules import REGISTRY
+    from cds_service.rules.registry import CO_PRESCRIBING
+    from cds_service.services import WATCHED
+
+    read = {
+        name
+        for i in REGISTRY.run_by(CO_PRESCRIBING)
+        for name in REGISTRY[i].needs.get("MedicationRequest", ())
+    }
+    assert WATCHED == read - {"tacrolimus"}
+    assert {"cyp3a4-strong-inhibitors", "nephrotoxins", "nirmatrelvir-ritonavir", "mycophenolate"} <= WATCHED
+    assert {"P2", "P7", "N9", "N10", "N12", "N21"} <= set(REGISTRY.run_by(CO_PRESCRIBING))
