@@ -851,9 +851,7 @@ def _dose_text(raw: Mapping, daily_mg: float | None) -> str:
 def _requester(raw: Mapping) -> str:
     """``Dr A Jones, Practitioner/p1`` from ``requester``: its display and reference, whichever it has."""
     requester = obj(raw.get("requester"))
-    display = requester.get("display") if isinstance(requester.get("display"), str) else ""
-    reference = requester.get("reference") if isinstance(requester.get("reference"), str) else ""
-    display, reference = shorten(display.strip(), 80), shorten(reference.strip(), 80)
+    display, reference = (shorten((text(requester.get(k)) or "").strip(), 80) for k in ("display", "reference"))
     if display and reference:
         return f"{display}, {reference}"
     return display or reference
