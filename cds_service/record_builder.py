@@ -851,7 +851,9 @@ def _dose_text(raw: Mapping, daily_mg: float | None) -> str:
 def _requester(raw: Mapping) -> str:
     """``Dr A Jones, Practitioner/p1`` from ``requester``: its display and reference, whichever it has."""
     requester = obj(raw.get("requester"))
-    display, reference = (shorten((text(requester.get(k)) or "").strip(), 80) for k in ("display", "reference"))
+    display, reference = (
+        shorten((text(requester.get(key)) or "").strip(), 80) for key in ("display", "reference")
+    )
     if display and reference:
         return f"{display}, {reference}"
     return display or reference
