@@ -55,9 +55,13 @@ class Record:
     drafts: tuple[str, ...]
     hook: str
     selections: tuple[str, ...] | None = None
+    named_service: str | None = None
+    """The service a fixture's manifest names for this hook (the co-prescribing services)."""
 
     @property
     def service(self) -> str:
+        if self.named_service:
+            return self.named_service
         return MONITORING if self.hook == "patient-view" else f"tacrolimus-{self.hook}"
 
 
@@ -69,7 +73,9 @@ def _fixture(name: str) -> Record:
     bundle = load_bundle(name)
     hook = "patient-view" if entry.get("service") == MONITORING else "order-sign"
     resources = tuple(e["resource"] for e in bundle["entry"])
-    return Record(name, resources, tuple(entry.get("drafts", ())), hook, tuple(entry.get("selections") or ()))
+    selections = tuple(entry.get("selections") or ())
+    named = (entry.get("services") or {}).get(hook)
+    return Record(name, resources, tuple(entry.get("drafts", ())), hook, selections, named)
 
 
 def _real_records() -> dict[str, Record]:
