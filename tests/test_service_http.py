@@ -63,7 +63,7 @@ def fhir(patient):
 # --- discovery ----------------------------------------
 
 
-def test_discovery_offers_the_three_services_with_templates_using_only_2_0_tokens(client, app):
+def test_discovery_offers_the_five_services_with_templates_using_only_2_0_tokens(client, app):
     response = client.get("/cds-services")
     assert response.status_code == 200
     body = response.get_json()
@@ -73,11 +73,14 @@ def test_discovery_offers_the_three_services_with_templates_using_only_2_0_token
         "tacrolimus-order-select": "order-select",
         "tacrolimus-order-sign": "order-sign",
         "tacrolimus-monitoring": "patient-view",
+        "tacrolimus-co-prescribing-select": "order-select",
+        "tacrolimus-co-prescribing-sign": "order-sign",
     }
     for service in body["services"]:
         assert service["title"] and service["description"] and service["usageRequirements"]
         assert {"patient", "conditions", "medications", "observations"} <= set(service["prefetch"])
-        assert ("allergies" in service["prefetch"]) == (service["hook"] != "patient-view")
+        # allergies: only the tacrolimus order services read them (rituximab allergy, S3)
+        assert ("allergies" in service["prefetch"]) == service["id"].startswith("tacrolimus-order-")
         for template in service["prefetch"].values():
             assert set(re.findall(r"\{\{(.*?)\}\}", template)) == {"context.patientId"}
             assert "draftOrders" not in template and "today()" not in template
