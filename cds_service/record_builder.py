@@ -50,7 +50,14 @@ from cds_service.record import (
 )
 from cds_service.rules.common import LAB_WORDS
 from cds_service.terminology import Recognition, Terminology, canonical_system
-from cds_service.trigger import DrugName, Resolver, codeable_name, drug_name, recognise
+from cds_service.trigger import (
+    DRAFT_SERVICE_CLASSES,
+    DrugName,
+    Resolver,
+    codeable_name,
+    drug_name,
+    recognise,
+)
 from cds_service.units import to_canonical
 
 LAB_GROUPS = (
@@ -94,8 +101,6 @@ NOT_RESULTS = frozenset({"entered-in-error", "cancelled"})
 NOT_PERFORMED = frozenset({"entered-in-error", "not-done", "preparation", "stopped"})
 """Procedure statuses that say no delivery took place (a stopped one may not have delivered)."""
 NOT_EXPOSURE = frozenset({"entered-in-error", "cancelled", "draft"})
-DRAFT_SERVICE_CLASSES = frozenset({"live-vaccines"})
-"""What a ServiceRequest in ``draftOrders`` can be an order of: a vaccine ordered as a service (N19)."""
 INACTIVE_CLINICAL = frozenset({"inactive", "remission", "resolved"})
 NOT_CONFIRMED = frozenset({"refuted", "entered-in-error"})
 MAX_RESULTS_PER_LAB = 100

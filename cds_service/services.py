@@ -217,7 +217,7 @@ SPECS: tuple[ServiceSpec, ...] = (
         WATCHED_DRAFT,
         REMEMBER_CO_SELECTED,
         stored_statuses=ACTIVE_STORED,
-        by_callback=("procedures",),
+        by_callback=("procedures", "immunizations"),
     ),
     ServiceSpec(
         "tacrolimus-co-prescribing-sign",
@@ -226,7 +226,7 @@ SPECS: tuple[ServiceSpec, ...] = (
         WATCHED_DRAFT,
         HOLD_BACK_CO_AT_SIGN,
         stored_statuses=ACTIVE_STORED,
-        by_callback=("procedures",),
+        by_callback=("procedures", "immunizations"),
     ),
 )
 SPEC_BY_ID = {spec.id: spec for spec in SPECS}

@@ -18,6 +18,8 @@ from cds_service.fhir_json import is_object, obj
 from cds_service.terminology import Recognition, Terminology
 
 ORDER_TYPES = ("MedicationRequest", "MedicationOrder")  # MedicationOrder: DSTU2 clients
+DRAFT_SERVICE_CLASSES = frozenset({"live-vaccines"})
+"""What a ServiceRequest in ``draftOrders`` can be an order of: a vaccine ordered as a service (N19)."""
 
 Resolver = Callable[[str], Mapping | None]
 """Looks up a Medication by reference (``Medication/x``, ``urn:uuid:…``, an absolute URL); None when it cannot
@@ -145,9 +147,9 @@ def order_reference(resource: Mapping) -> str:
     return f"{resource.get('resourceType')}/{resource.get('id')}"
 
 
-def candidate_orders(context: Mapping, hook: str) -> list[Mapping]:
+def candidate_orders(context: Mapping, hook: str, types: tuple[str, ...] = ORDER_TYPES) -> list[Mapping]:
     """The orders this hook asks about: the selections on order-select, every draft order otherwise."""
-    orders = [r for r in draft_resources(context) if r.get("resourceType") in ORDER_TYPES]
+    orders = [r for r in draft_resources(context) if r.get("resourceType") in types]
     if hook == "order-select":
         selected = {s for s in _list(context.get("selections")) if isinstance(s, str)}
         orders = [r for r in orders if order_reference(r) in selected]
@@ -176,8 +178,12 @@ def find_watched_drafts(
     when a candidate is systemic tacrolimus (the tacrolimus services answer that call). Read from the
     request's ``context`` alone."""
     found = []
-    for order in candidate_orders(context, hook):
-        classes = recognise(drug_name(order, resolve), terminology).classes
+    for order in candidate_orders(context, hook, (*ORDER_TYPES, "ServiceRequest")):
+        if order.get("resourceType") == "ServiceRequest":  # a vaccine ordered as a service, by its code
+            name = codeable_name(order.get("code")) or DrugName((), ())
+            classes = recognise(name, terminology).classes & DRAFT_SERVICE_CLASSES
+        else:
+            classes = recognise(drug_name(order, resolve), terminology).classes
         if "tacrolimus" in classes:
             return []
         if classes & watched:

@@ -2650,6 +2650,7 @@ DRUGS.update(
         "ibuprofen": ([coding(RXNORM, "5640", "Ibuprofen")], "ibuprofen 400 mg tablet"),
         "voriconazole": ([coding(RXNORM, "121243", "voriconazole")], "voriconazole 200 mg tablet"),
         "acetaminophen": ([coding(RXNORM, "161", "acetaminophen")], "acetaminophen 500 mg tablet"),
+        "mmr": ([MMR_CVX], "MMR vaccine (measles, mumps and rubella, live) 0.5 mL"),
     }
 )
 CP_DRAFT_DOSES = {
@@ -2662,6 +2663,7 @@ CP_DRAFT_DOSES = {
     "mmf-500mg": MMF_DOSE,
     "methotrexate": "15 mg by mouth once weekly",
     "acetaminophen": "1000 mg by mouth every 8 hours as needed",
+    "mmr": "0.5 mL subcutaneously once",
 }
 
 
@@ -2805,6 +2807,42 @@ def cp_established_clarithromycin_naproxen_draft() -> Fixture:
 
 
 @fixture
+def cp_mmr_draft() -> Fixture:
+    c = _patient_on_tacrolimus("cpmmr", "Lena", "Fischer", "female", "1995-08-21")
+    _draft(c, "mmr")
+    return _co(
+        "cp-mmr-draft",
+        "On tacrolimus since March; MMR (live vaccine, CVX 03) drafted as a MedicationRequest",
+        c,
+        {"N19": "MMR drafted: a live vaccine (a recombinant or inactivated one is suggested instead)."},
+    )
+
+
+@fixture
+def cp_varicella_service_request_draft() -> Fixture:
+    c = _patient_on_tacrolimus("cpvzv", "Jonas", "Berg", "male", "1987-02-03")
+    ref = c.add(
+        {
+            "resourceType": "ServiceRequest",
+            "id": c.rid("draft"),
+            "status": "draft",
+            "intent": "order",
+            "code": {"coding": [coding(CVX, "21", "varicella virus vaccine")], "text": "Varivax 0.5 mL SC"},
+            "subject": c.patient_ref,
+            "authoredOn": ANCHOR.isoformat(),
+            "requester": OTHER_PRESCRIBER,
+        }
+    )
+    c.drafts.append(ref)
+    return _co(
+        "cp-varicella-service-request-draft",
+        "On tacrolimus since March; varicella vaccine (live, CVX 21) ordered as a ServiceRequest",
+        c,
+        {"N19": "A live vaccine ordered as a service (ServiceRequest coded CVX 21)."},
+    )
+
+
+@fixture
 def cp_acetaminophen_draft() -> Fixture:
     c = _patient_on_tacrolimus("cpapap", "Ruth", "Adeyemi", "female", "1983-09-14")
     _draft(c, "acetaminophen")
@@ -2903,7 +2941,7 @@ def manifest_entry(f: Fixture) -> dict:
     if f.service:
         entry["service"] = f.service
         entry["hook"] = "patient-view"
-    if f.services:  # both order hooks; ``service`` (order-sign's) keeps it out of the tacrolimus services' tests
+    if f.services:  # both order hooks; ``service`` (order-sign's) keeps it out of the order services' tests
         entry["service"] = f.services["order-sign"]
         entry["services"] = f.services
     return entry

@@ -67,7 +67,7 @@ def _call(app, fixture: str, hook: str, body: dict) -> dict:
 def test_there_are_at_least_eight_patients_on_tacrolimus_with_a_watched_draft():
     assert len(WATCHED) >= 8
     drafted = {json.dumps(manifest()[n]["expected"]) for n in WATCHED}
-    assert {'["N9"]', '["N10"]', '["N12"]', '["N21"]', '["P2"]', '["P7"]'} <= drafted
+    assert {'["N9"]', '["N10"]', '["N12"]', '["N21"]', '["P2"]', '["P7"]', '["N19"]'} <= drafted
 
 
 @pytest.mark.parametrize("hook", ["order-select", "order-sign"])
@@ -98,8 +98,11 @@ def test_the_same_patient_drafting_acetaminophen_gets_no_card_and_the_prefetch_i
     refused = app.test_client().post(f"/cds-services/{service}", json=body)
     assert refused.status_code == 400  # the watched draft reads the prefetch, and refuses it
     draft = _draft_entry(body)
-    draft.pop("medicationReference", None)
-    draft["medicationCodeableConcept"] = ACETAMINOPHEN
+    if draft["resourceType"] == "ServiceRequest":
+        draft["code"] = ACETAMINOPHEN  # a service that is not a vaccine is not watched
+    else:
+        draft.pop("medicationReference", None)
+        draft["medicationCodeableConcept"] = ACETAMINOPHEN
     assert _call(app, fixture, hook, body) == {"cards": []}  # acetaminophen: the prefetch is never read
 
 
@@ -110,12 +113,12 @@ NOT_ON_TACROLIMUS = [n for n in CO_FIXTURES if "not-on-tacrolimus" in n or "stop
 @pytest.mark.parametrize("fixture", NOT_ON_TACROLIMUS)
 def test_every_watched_draft_for_a_patient_not_on_tacrolimus_gives_no_card(app, fixture, watched):
     body = _request(app, fixture, "order-sign")
-    theirs = _draft_entry(_request(app, watched, "order-sign"))
     mine = _draft_entry(body)
-    for key in ("medicationCodeableConcept", "medicationReference"):
-        mine.pop(key, None)
-        if key in theirs:
-            mine[key] = copy.deepcopy(theirs[key])
+    theirs = copy.deepcopy(_draft_entry(_request(app, watched, "order-sign")))
+    theirs.update(id=mine["id"], subject=mine["subject"])  # their drug, drafted for this patient
+    mine.clear()
+    mine.update(theirs)
+    body["context"]["selections"] = [f"{theirs['resourceType']}/{theirs['id']}"]
     assert _call(app, fixture, "order-sign", body) == {"cards": []}
 
 

@@ -170,6 +170,7 @@ def co_draft(client, key: str) -> dict:
         ("paxlovid", {"N21"}),
         ("ibuprofen", {"N10"}),
         ("cyclosporine", {"N12"}),
+        ("mmr", {"N19"}),
         ("acetaminophen", set()),
     ],
 )

@@ -32,7 +32,8 @@ from cds_service.rules.common import (
 )
 from cds_service.rules.model import Evidence, Finding, Quiet, RuleInput
 from cds_service.rules.monitoring import MONITORING, TACROLIMUS, remove_drafts
-from cds_service.rules.registry import CO_PRESCRIBING, SERVICE_KINDS, Wording, setting
+from cds_service.rules.other_prescriber import considered, speaks_to_other_prescriber, to_other_prescriber
+from cds_service.rules.registry import SERVICE_KINDS, Wording, setting
 
 LIVE_VACCINES = "live-vaccines"
 CITED = ("prograf-label", "lupkynis-label", "idsa-2013-vaccination", "acr-2022-vaccination")
@@ -53,10 +54,14 @@ CONTINUING = (
     "clinicians managing the immunosuppression (ACR 2022)."
 )
 CO_PRESCRIBING_WORDS = (
-    "This patient takes tacrolimus, an immunosuppressant: remove this live vaccine order and choose a "
-    "recombinant or inactivated vaccine where one exists (recombinant zoster, Shingrix; inactivated "
-    "influenza); where only a live vaccine will do, plan it with the tacrolimus prescriber."
+    "Tacrolimus is an immunosuppressant: remove this live vaccine order and choose a recombinant or "
+    "inactivated vaccine where one exists (recombinant zoster, Shingrix; inactivated influenza); where only "
+    "a live vaccine will do, plan it with the tacrolimus prescriber."
 )
+CO_PRESCRIBING_WORDING = Wording(
+    co_prescribing=f"{{Drug}} {{is_}} a live vaccine. {AVOID} {CO_PRESCRIBING_WORDS}"
+)
+"""For the clinician who drafts the vaccine (``to_other_prescriber`` names the tacrolimus first)."""
 GIVEN_BEFORE_START = (
     "Live vaccines are advised at least 4 weeks before immunosuppression and not within 2 weeks of starting "
     "it (IDSA 2013): where the nephritis allows, start tacrolimus 4 weeks after the vaccine; otherwise "
@@ -98,32 +103,31 @@ def _unreadable(record: PatientRecord) -> list[str]:
     return [f"{u.reference}: {u.reason}" for u in record.skipped if u.reference.startswith("Immunization/")]
 
 
-def _tacrolimus_named(inp: RuleInput) -> str:
-    """The tacrolimus being taken or started, for the clinician ordering the vaccine."""
-    taken = [m for m in inp.record.active_medications("tacrolimus") if not m.is_draft] or [
-        m for m in inp.record.active_medications("tacrolimus")
-    ]
-    if not taken:
-        return "tacrolimus"
-    first = taken[0]
-    since = f", since {day(first.authored)}" if first.authored and not first.is_draft else ""
-    return f"{first.name} ({first.reference}{since})"
-
-
 def n19_live_vaccine(inp: RuleInput) -> Finding | Quiet:
     """A live vaccine ordered with tacrolimus (warning); given ≤ ``live_vaccine_before_start_days`` before a
     new start (info); given on tacrolimus ≤ ``live_vaccine_on_tacrolimus_days`` ago (warning)."""
     record = inp.record
+    if speaks_to_other_prescriber(inp):  # only the drafted vaccine is discussed (rules.md v3)
+        drafted = considered(inp, LIVE_VACCINES)
+        if not drafted:
+            return quiet("N19", "no live vaccine is drafted")
+        return to_other_prescriber(
+            inp,
+            "N19",
+            "warning",
+            f"{drafted[0].name}: a live vaccine for a patient on tacrolimus",
+            CO_PRESCRIBING_WORDING,
+            drafted,
+            CITED,
+            suggestions=remove_drafts(drafted, "Live vaccine with tacrolimus"),
+        )
     if not inp.orders and not record.active_medications("tacrolimus"):
         return quiet("N19", "no tacrolimus active or being started")
     ordered = _ordered(inp)
     continuing = continuing_because(inp)
-    co_prescribing = inp.service_kind == CO_PRESCRIBING
     before_start: list[Immunization] = []
     on_tacrolimus: list[Immunization] = []
-    if co_prescribing:
-        pass  # only the watched draft is discussed (rules.md v3 § The other prescriber)
-    elif continuing is None:
+    if continuing is None:
         days = threshold(inp, "live_vaccine_before_start_days")
         before_start = _given(record, window_start(inp.now, days))
     else:
@@ -131,25 +135,19 @@ def n19_live_vaccine(inp: RuleInput) -> Finding | Quiet:
         since = window_start(inp.now, threshold(inp, "live_vaccine_on_tacrolimus_days"))
         not_before = datetime.combine(began, since.timetz()) if began is not None else None
         on_tacrolimus = _given(record, since, not_before)
-    missing = unavailable(record, "MedicationRequest") + ([] if co_prescribing else _gaps(record))
+    missing = unavailable(record, "MedicationRequest") + _gaps(record)
     if not ordered and not before_start and not on_tacrolimus:
-        return quiet("N19", _quiet_reason(inp, continuing, co_prescribing), missing)
+        return quiet("N19", _quiet_reason(inp, continuing), missing)
 
     sentences: list[str] = []
     if ordered:
         state = "being started" if continuing is None else "taken"
         verb = "is" if len(ordered) == 1 else "are"
-        if co_prescribing:
-            sentences.append(
-                f"{capital(names(ordered))} {verb} a live vaccine; this patient takes "
-                f"{_tacrolimus_named(inp)}. {AVOID} {CO_PRESCRIBING_WORDS}"
-            )
-        else:
-            advice = NEW_START if continuing is None else CONTINUING
-            sentences.append(
-                f"{capital(names(ordered))} {verb} a live vaccine ordered while tacrolimus is {state}. "
-                f"{AVOID} {advice}"
-            )
+        advice = NEW_START if continuing is None else CONTINUING
+        sentences.append(
+            f"{capital(names(ordered))} {verb} a live vaccine ordered while tacrolimus is {state}. "
+            f"{AVOID} {advice}"
+        )
     if before_start:
         given = words(
             [f"{i.name} on {day(i.occurred)} ({_days_ago(record, i.occurred)})" for i in before_start]
@@ -200,10 +198,8 @@ def _summary(
     return f"Live vaccine ({first.name}) given {ago}, before this tacrolimus start"
 
 
-def _quiet_reason(inp: RuleInput, continuing: str | None, co_prescribing: bool) -> str:
+def _quiet_reason(inp: RuleInput, continuing: str | None) -> str:
     reason = "no live vaccine drafted or ordered"
-    if co_prescribing:
-        return reason
     if continuing is None:
         days = num(threshold(inp, "live_vaccine_before_start_days"))
         return f"{reason}, and none given in the {days} days before this new start"
@@ -243,7 +239,7 @@ DECLARATIONS = (
         wording=Wording(
             new_start=f"{AVOID} {NEW_START}",
             continuing=f"{AVOID} {CONTINUING}",
-            co_prescribing=CO_PRESCRIBING_WORDS,
+            co_prescribing=CO_PRESCRIBING_WORDING.co_prescribing,
         ),
     ),
 )
