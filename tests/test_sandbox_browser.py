@@ -301,3 +301,25 @@ def test_the_patient_view_button_opens_a_chart_and_shows_the_monitoring_warning(
     assert page.query_selector(".card") is None
     assert "POST /cds-services/tacrolimus-monitoring" in page.text_content("body")  # the raw exchange
     assert page.problems == []
+
+
+def test_the_co_prescribing_picker_drafts_clarithromycin_and_fires_the_co_prescribing_service(page):
+    """Issue 24: a patient already on tacrolimus, another clinician's drug picked and drafted, the
+    co-prescribing service fired: its card names the tacrolimus being taken; acetaminophen gives no card."""
+    page.click("#co-prescribing summary")
+    page.click("#co-patient")
+    page.wait_for_selector("#drafts li[data-ref]")
+    page.select_option("#co-drug", "clarithromycin")
+    page.click("#co-draft")
+    expect(page.locator("#drafts li[data-ref]")).to_have_count(1)
+    assert "clarithromycin" in page.inner_text("#drafts").lower()
+    page.click(".co-fire[data-service=tacrolimus-co-prescribing-select]")
+    card = page.wait_for_selector(".card[data-indicator=warning]")
+    assert "This patient takes tacrolimus" in card.inner_text()
+    assert _shown_findings(page) == {"N9"}
+
+    page.select_option("#co-drug", "acetaminophen")
+    page.click("#co-draft")
+    page.click(".co-fire[data-service=tacrolimus-co-prescribing-sign]")
+    page.wait_for_selector(".no-cards")
+    assert page.problems == []
