@@ -345,7 +345,8 @@ def build() -> Response:
         "entry": [{"resource": r} for r in stored + drafts],
     }
     runtime = _runtime()
-    wanted = body.get("service")  # a co-prescribing service; else the hook's first (tacrolimus) service
+    # the co-prescribing picker names its service; a co-prescribing fixture's own; else the hook's first
+    wanted = body.get("service") or (entry.get("services") or {}).get(hook)
     service = next(
         (s for s in runtime.config.services.values() if s.hook == hook and wanted in (None, s.id)), None
     )
