@@ -217,6 +217,6 @@ def test_an_unknown_service_for_the_hook_is_a_400_naming_it(client):
 
 def test_a_co_prescribing_fixture_fired_from_the_hook_buttons_goes_to_its_own_service(client):
     drafts = [d["resource"] for d in fixture(client, "cp-clarithromycin-draft")["drafts"]]
-    request, answer = fire(client, "cp-clarithromycin-draft", drafts, hook="order-sign")
+    _, answer = fire(client, "cp-clarithromycin-draft", drafts, hook="order-sign")
     assert answer.status_code == 200
     assert finding_ids(answer.get_json()) == {"N9"}
