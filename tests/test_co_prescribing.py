@@ -203,3 +203,25 @@ def test_the_watched_classes_are_the_drug_value_sets_of_the_findings_these_servi
     assert read - {"tacrolimus"} == WATCHED
     assert {"cyp3a4-strong-inhibitors", "nephrotoxins", "nirmatrelvir-ritonavir", "mycophenolate"} <= WATCHED
     assert {"P2", "P7", "N9", "N10", "N12", "N21"} <= set(REGISTRY.run_by(CO_PRESCRIBING))
+
+
+def test_a_tenant_can_turn_a_finding_off_in_one_co_prescribing_service_alone(tmp_path):
+    from cds_service.hook_call import answer_hook
+
+    off = {"findings": {"N9": {"enabled": False}}}
+    app = make_app(
+        tmp_path,
+        hold_repeats={"enabled": False},
+        tenants={"clinic-b": {"services": {"tacrolimus-co-prescribing-sign": off}}},
+    )
+    runtime = app.extensions["cds_runtime"]()
+    fixture = "cp-clarithromycin-draft"
+
+    def shown(hook: str, tenant: str | None) -> set[str]:
+        service = runtime.service(manifest()[fixture]["services"][hook])
+        answer = answer_hook(_request(app, fixture, hook), service, runtime, tenant=tenant)
+        return finding_ids(answer.body)
+
+    assert shown("order-sign", "clinic-b") == set()
+    assert shown("order-sign", None) == {"N9"}
+    assert shown("order-select", "clinic-b") == {"N9"}  # the other service keeps it
