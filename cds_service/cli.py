@@ -304,6 +304,11 @@ def feedback_report(since, fmt: str, tenant: str | None, config_dir: str | None)
 
     config = _config_or_exit(config_dir)
     store = Store(make_engine(config.section("feedback")["database_url"]))
+    known = set(config.section("tenants") or {}) | store.tenants()
+    if tenant is not None and tenant not in known:
+        listed = ", ".join(sorted(known)) or "none (no tenant is configured, and the database has none)"
+        click.echo(f"error: unknown tenant {tenant!r}; known tenants: {listed}", err=True)
+        sys.exit(2)
     stats = store_statistics(store, since=since.date() if since else None, tenant=tenant)
     click.echo(FORMATS[fmt](stats).rstrip("\n"))
 

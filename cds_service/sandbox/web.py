@@ -19,6 +19,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request
 from markdown_it import MarkdownIt
 
+from cds_service.admin import DEV_TOKEN, dev_token_in_use
 from cds_service.api import FIXTURE_FHIR_PATH
 from cds_service.app import create_app
 from cds_service.config import Config
@@ -78,6 +79,7 @@ def install(app: Flask) -> None:
     app.config[FIXTURE_FHIR_PATH] = FHIR_PATH  # a loopback fhirServer there is this service (api.py)
     # Browsers ask for /favicon.ico on every page of the origin; answer with the sandbox's icon.
     app.add_url_rule("/favicon.ico", "favicon", lambda: bp.send_static_file("favicon.svg"))
+    app.add_url_rule("/", "landing", landing)
     app.wsgi_app = FixtureFhirMount(app.wsgi_app)  # type: ignore[method-assign]
 
 
@@ -173,6 +175,14 @@ def _refs(resources: Iterable[Mapping]) -> dict[str, Mapping]:
 
 def _today() -> date:
     return datetime.now().astimezone().date()
+
+
+def landing() -> Response:
+    """``/`` in dev mode: the pages a newcomer opens first (``serve --dev`` prints the same list)."""
+    runtime = _runtime()
+    dev_token = DEV_TOKEN if dev_token_in_use(runtime.config, dev=True) else None
+    html = render_template("landing.html", dev_token=dev_token)
+    return Response(html, mimetype="text/html", headers={"Content-Security-Policy": PAGE_CSP})
 
 
 @bp.errorhandler(BadInput)
