@@ -17,6 +17,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from cds_service import __version__, metrics
 from cds_service.alert_memory import HeldBack
+from cds_service.card_text import shorten
 from cds_service.cards import FINDINGS_EXTENSION
 from cds_service.fhir_policy import LOOPBACK_NAMES
 from cds_service.hook_call import answer_hook
@@ -167,7 +168,9 @@ def with_held_back(body: dict[str, Any], held: list[HeldBack]) -> dict[str, Any]
     """
     if not held:
         return body
-    items = [{"id": h.id, "indicator": h.indicator, "summary": h.summary, "why": h.why} for h in held]
+    items = [
+        {"id": h.id, "indicator": h.indicator, "summary": shorten(h.summary), "why": h.why} for h in held
+    ]
     return {**body, "extension": {HELD_BACK_EXTENSION: items}}
 
 

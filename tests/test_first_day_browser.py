@@ -5,13 +5,11 @@ without sideways scrolling."""
 
 from __future__ import annotations
 
-import tempfile
-
 import pytest
 import requests
 from playwright.sync_api import expect
 
-from tests.support import CHROMIUM, CHROMIUM_ARGS, config_copy, start_service
+from tests.support import config_copy, headless_chromium, start_service
 
 pytestmark = pytest.mark.browser
 
@@ -28,14 +26,8 @@ def service(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright, tempfile.TemporaryDirectory() as profile:
-        context = playwright.chromium.launch_persistent_context(
-            profile, executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
+    with headless_chromium() as context:
         yield context
-        context.close()
 
 
 @pytest.fixture

@@ -131,7 +131,8 @@ def order_notes(inp: RuleInput) -> tuple[str, ...]:
     for order in inp.orders:
         if "tacrolimus" in order.recognised_by_name:
             notes.append(
-                f"The tacrolimus order {order.name} was recognised by its name, not by a code: check the order."
+                f"The tacrolimus order {order.name} was recognised by its name, not by a code: "
+                "check the order."
             )
         if order.unresolved_reference:
             notes.append(
