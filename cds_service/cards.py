@@ -167,8 +167,8 @@ def _detail(
     if missing:
         parts.append("**Not found in the record:** " + "; ".join(map(_note, missing)) + ".")
     if unusable:  # resources that could not be read; lab units are named by the rules that read them
-        count = f"{len(unusable)} entr{'y' if len(unusable) == 1 else 'ies'}"
-        parts.append(f"**Left out:** {count} of the record could not be read (named under {WHERE}).")
+        count = f"{len(unusable)} item{'' if len(unusable) == 1 else 's'}"
+        parts.append(f"**Left out:** {count} of the record, named with the reason under {WHERE}.")
     if not_checked:
         parts.append(
             "**Not checked:** "
@@ -183,7 +183,7 @@ def _detail(
 
 
 def _where_in_the_record(ranked: Sequence[Finding], unusable: Sequence[Unusable]) -> str:
-    """The resource ids the card's data came from, each once, and those that could not be read, with why.
+    """The resource ids the card's data came from, each once, and what was left out (unreadable, cut), why.
 
     Kept out of the clinician's sentences (an id is for finding the entry in the chart, not for reading);
     said once, at the end: ``Where in the record: hCG: Observation/hcg-1; Condition: Condition/preg-1.``
@@ -200,7 +200,7 @@ def _where_in_the_record(ranked: Sequence[Finding], unusable: Sequence[Unusable]
         left_out = [f"{_note(u.reference)}: {_note(u.reason)}" for u in unusable[:MAX_NAMED_SKIPPED]]
         if len(unusable) > MAX_NAMED_SKIPPED:
             left_out.append(f"and {len(unusable) - MAX_NAMED_SKIPPED} more")
-        named.append("could not be read: " + "; ".join(left_out))
+        named.append("left out: " + "; ".join(left_out))
     return f"**{WHERE}:** " + "; ".join(named) + "." if named else ""
 
 

@@ -197,13 +197,13 @@ def test_resource_ids_are_kept_out_of_the_sentences_and_listed_once_where_in_the
     [card] = build_cards([n1], record, {"cards": {}})
     body, _, where = card["detail"].partition("**Where in the record:**")
     assert RESOURCE_ID.findall(body) == []
-    assert "**Left out:** 1 entry of the record could not be read" in body
+    assert "**Left out:** 1 item of the record, named with the reason under Where in the record." in body
     # N1's present values under their own heading, after the sentence about what is missing
     assert "\n\n*On record:*\n- Systolic blood pressure: 124 mmHg on 2026-11-20" in body
     assert where.strip().startswith(
         "Systolic blood pressure, Diastolic blood pressure: Observation/bp-1; eGFR: Observation/egfr-1;"
     )
-    assert "could not be read: Observation/k-9: no value." in where
+    assert "left out: Observation/k-9: no value." in where
     assert card["detail"].count("Observation/bp-1") == 1
 
 
