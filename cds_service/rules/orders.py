@@ -131,13 +131,13 @@ def order_notes(inp: RuleInput) -> tuple[str, ...]:
     for order in inp.orders:
         if "tacrolimus" in order.recognised_by_name:
             notes.append(
-                f"The tacrolimus order {order.name} ({order.reference}) was recognised by its name, not by a "
-                "code: check the order."
+                f"The tacrolimus order {order.name} was recognised by its name, not by a code: "
+                "check the order."
             )
         if order.unresolved_reference:
             notes.append(
                 f"The draft's medication reference {order.unresolved_reference} could not be resolved; "
-                f"{order.reference} was recognised by its text."
+                "the order was recognised by its text."
             )
     unfound = unfound_priors(inp)
     if unfound and not inp.continuing:
