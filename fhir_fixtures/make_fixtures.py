@@ -1573,7 +1573,11 @@ def tacrolimus_active_duplicate() -> Fixture:
         "tacrolimus-active-duplicate",
         "New Envarsus XR order while the tacrolimus capsule order is still active and not referenced",
         c,
-        {"N12": "Stored active tacrolimus order that the draft's priorPrescription does not point to."},
+        {
+            "N17": "Stored active immediate-release order beside an Envarsus draft (not referenced): a "
+            "switch or a mix; the daily doses are text only, so not compared (warning)."
+        },
+        quiet={"N12": "A stored order of another oral formulation is N17's (rules.md v3), not N12's."},
     )
 
 
@@ -2410,6 +2414,108 @@ def pv_paxlovid_active_20_days() -> Fixture:
         _paxlovid_chart("pvpax20", "Evan", 20, "active", None),
         {"N21": "An active Paxlovid order counts whatever its date (authored 20 days ago)."},
         quiet={"N9": "Paxlovid's ritonavir is shown by N21 instead of N9."},
+        service=MONITORING,
+    )
+
+
+# --- Formulation switch or mix (N17), catalog version 3 ----------------------------------------------------
+#
+# Immediate release 2 mg every 12 hours (4 mg/day) stored since June; the draft is an extended-release product
+# ordered in mg with a structured once-daily timing, so that both daily doses can be computed.
+
+
+def _dosed(c: Chart, ref: str, mg: float, times_a_day: int) -> None:
+    """Give ``ref`` a structured dose in mg and a timing (the daily dose N17 compares)."""
+    resource = next(r for r in c.resources if f"{r['resourceType']}/{r['id']}" == ref)
+    instruction = resource["dosageInstruction"][0]
+    instruction["timing"] = {"repeat": {"frequency": times_a_day, "period": 1, "periodUnit": "d"}}
+    instruction["doseAndRate"] = [{"doseQuantity": {"value": mg, "unit": "mg", "system": UCUM, "code": "mg"}}]
+
+
+def _switch_chart(short: str, given: str, drug: str, mg: float, *, renewal: bool) -> Chart:
+    """Class IV LN on mycophenolate and immediate-release tacrolimus 4 mg/day; a once-daily ``drug`` draft of
+    ``mg`` mg, pointing to the old order as the one it replaces when ``renewal``."""
+    c = Chart(short).patient(given, "Okafor", "male", "1983-03-17")
+    c.condition("sle", on("2016-05-05"))
+    c.condition("ln-class-iv", on("2026-05-05"))
+    c.order("mmf-500mg", on("2026-05-20"), dosage=MMF_DOSE)
+    old = c.order("tacrolimus-1mg", on("2026-06-01"), key="mr-tac", dosage="2 mg by mouth every 12 hours")
+    _dosed(c, old, 2, 2)
+    c.panel(on("2026-05-10"), creatinine=0.9, upcr=2.1)
+    normal_visit(c, 5, creatinine=0.92, upcr=0.9, tacrolimus=6.5)
+    draft = c.order(
+        drug,
+        ANCHOR.isoformat(),
+        status="draft",
+        key="tac-draft",
+        prior=old if renewal else None,
+        dosage=f"{mg:g} mg by mouth every morning",
+    )
+    _dosed(c, draft, mg, 1)
+    return c
+
+
+@fixture
+def n17_envarsus_95pct() -> Fixture:
+    return Fixture(
+        "n17-envarsus-95pct",
+        "Immediate release 4 mg/day still active; Envarsus XR drafted at 3.8 mg/day (95%, mg for mg)",
+        _switch_chart("n17e95", "Tobias", "envarsus-1mg", 3.8, renewal=False),
+        {
+            "N17": "Immediate release → Envarsus at 95% of the daily dose (critical at ≥ 95%; the label "
+            "converts at 80%)."
+        },
+        quiet={"N12": "A stored order of another oral formulation is N17's, not a duplicate (N12)."},
+    )
+
+
+@fixture
+def n17_envarsus_below_95pct() -> Fixture:
+    return Fixture(
+        "n17-envarsus-below-95pct",
+        "Switch to Envarsus XR 3.75 mg/day (93.75% of 4 mg/day immediate release) replacing the old order",
+        _switch_chart("n17e94", "Jonas", "envarsus-1mg", 3.75, renewal=True),
+        {"N17": "Immediate release → Envarsus at 93.75% of the daily dose: a switch (warning), below 95%."},
+        quiet={"N12": "The draft's priorPrescription points to the immediate-release order."},
+    )
+
+
+@fixture
+def n17_astagraf_150pct() -> Fixture:
+    return Fixture(
+        "n17-astagraf-150pct",
+        "Switch to Astagraf XL 6 mg/day from immediate release 4 mg/day (150% of the daily dose)",
+        _switch_chart("n17a150", "Felix", "astagraf-1mg", 6, renewal=True),
+        {"N17": "Any formulation switch at 150% of the daily dose or more is critical."},
+    )
+
+
+@fixture
+def n17_astagraf_below_150pct() -> Fixture:
+    return Fixture(
+        "n17-astagraf-below-150pct",
+        "Switch to Astagraf XL 5.5 mg/day from immediate release 4 mg/day (137.5% of the daily dose)",
+        _switch_chart("n17a137", "Lukas", "astagraf-1mg", 5.5, renewal=True),
+        {"N17": "Immediate release → Astagraf XL at 137.5%: no labelled ratio, a warning below 150%."},
+    )
+
+
+@fixture
+def pv_formulation_mix() -> Fixture:
+    c = Chart("pvmix").patient("Nadia", "Petrov", "female", "1986-12-02")
+    old = _on_tacrolimus(c, on("2026-04-14"))
+    _dosed(c, old, 2, 2)
+    c.panel(on("2026-01-25"), creatinine=0.74, upcr=2.2)
+    normal_visit(c, 12, creatinine=0.78, egfr=99, upcr=0.5, tacrolimus=6.1)
+    c.lab("hcg", 1.0, "IU/L", ago(12))
+    new = c.order("envarsus-1mg", ago(9), key="mr-envarsus", dosage="4 mg by mouth every morning")
+    _dosed(c, new, 4, 1)
+    return Fixture(
+        "pv-formulation-mix",
+        "Immediate release 4 mg/day since April and Envarsus XR 4 mg/day since 9 days ago, both active",
+        c,
+        {"N17": "Two active orders of different oral classes, older → newer: Envarsus at 100% (critical)."},
+        quiet={"N12": "Different oral formulations are N17's, not a duplicate."},
         service=MONITORING,
     )
 

@@ -240,8 +240,14 @@ def continuing_inputs() -> dict[str, RuleInput]:
     )
     paxlovid = med("nirmatrelvir-ritonavir", "cyp3a4-strong-inhibitors", name="Paxlovid", days=3)
     envarsus_and_paxlovid = make(meds=(paxlovid,), trigger=twice_daily_renewal)
+    immediate_release = replace(med("tacrolimus", days=200), formulation="immediate-release", daily_dose_mg=4)
+    envarsus_switch = make(
+        meds=(immediate_release,),
+        trigger=replace(tacrolimus_draft(), formulation="extended-release tablet", daily_dose_mg=4),
+    )
     cases = {"kitchen sink (earlier exposure)": sink, "renewal of an order not on record": busy}
     cases["Envarsus twice a day, Paxlovid active"] = envarsus_and_paxlovid
+    cases["immediate release to Envarsus mg for mg"] = envarsus_switch
     cases |= {
         "pregnant on tacrolimus": pregnant,
         "critical blood pressure": critical_bp,

@@ -52,6 +52,9 @@ THRESHOLDS = {
     "hba1c": 6.5,
     "include_moderate_cyp3a4": False,
     "paxlovid_window_days": 10,
+    "formulation_mg_for_mg_ratio": 0.95,
+    "formulation_switch_high_ratio": 1.5,
+    "formulation_switch_dose_indicator": "critical",
     "egfr_cni_caution": 45,
     "egfr_cni_caution_continuing": "info",
     "body_height_days": 180,
@@ -260,6 +263,7 @@ def test_rules_run_in_catalog_order():
         *(f"P{i}" for i in range(1, 8)),
         *(f"S{i}" for i in (0, 1, 2, 3, 4, 7)),
         *(f"N{i}" for i in range(1, 16)),
+        "N17",
         "N18",
         "N21",
     ]
