@@ -1,7 +1,9 @@
-"""Rule catalog version 3: N17 (formulation switch or mix), N18 for one regimen split over the day.
+"""Rule catalog version 3: N17 (formulation switch or mix), N18 for one regimen split over the day, P9
+(post-partum exposure) and P10 (oestrogen contraceptive with active nephritis).
 
 Each boundary is tested on both sides, from plain data as in test_rules.py: 95 % of the daily dose for
-immediate release → Envarsus, 150 % for any switch.
+immediate release → Envarsus, 150 % for any switch, 42 days after the delivery, 1.2 × the dose at conception,
+UPCR 0.5 g/g within 90 days.
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ from dataclasses import replace
 
 import pytest
 
+from cds_service.record import Procedure
 from cds_service.rules.model import OrderLabs, RuleInput, StopMedication
-from tests.test_rules import fires, make, med, stays_quiet, tacrolimus_draft
+from cds_service.terminology import Terminology
+from tests.test_rules import LUPUS_NEPHRITIS, ago, cond, fires, lab, make, med, stays_quiet, tacrolimus_draft
 
 IR = "immediate-release"
 ENVARSUS = "extended-release tablet"
@@ -195,3 +199,128 @@ def test_n18_once_daily_drafts_of_one_extended_release_regimen_at_two_times_of_d
 
 def test_n18_once_daily_drafts_at_the_same_time_of_day_are_one_morning_dose():
     assert "once a day or less" in stays_quiet("N18", _split(MORNING, MORNING))
+
+
+# --- P9: post-partum exposure ------------------------------------------------------------------------------
+def _delivered(days_ago: float, *, then_mg=5.0, now_mg=6.0, levels=(), procedure=False, continuing=True):
+    """On tacrolimus since 330 days (then_mg/day, raised to now_mg/day 150 days ago); delivered days_ago."""
+    first = replace(med("tacrolimus", rid="tac-1", days=330), daily_dose_mg=then_mg)
+    if now_mg != then_mg:
+        first = replace(
+            med("tacrolimus", rid="tac-1", days=330, status="stopped", ended_days=150), daily_dose_mg=then_mg
+        )
+    current = replace(med("tacrolimus", rid="tac-2", days=150), daily_dose_mg=now_mg)
+    meds = [first, current] if now_mg != then_mg else [first]
+    when = ago(days_ago)
+    conditions = [cond(*LUPUS_NEPHRITIS)]
+    procedures = ()
+    if procedure:
+        procedures = (Procedure("deliv-1", frozenset({"delivery-procedures"}), "Cesarean section", when),)
+    else:
+        conditions.append(
+            replace(cond("pregnancy-outcome", "delivery", name="Single live birth"), onset=when)
+        )
+    trigger = replace(tacrolimus_draft(prior=meds[-1].id if continuing else None), daily_dose_mg=now_mg)
+    inp = make(conditions=conditions, meds=meds if continuing else [], labs=list(levels), trigger=trigger)
+    inp.record.procedures = procedures
+    return inp
+
+
+@pytest.mark.parametrize(("days_ago", "fires_"), [(42, True), (43, False)])
+def test_p9_fires_up_to_42_days_after_the_delivery(days_ago, fires_):
+    inp = _delivered(days_ago)
+    if fires_:
+        f = fires("P9", inp)
+        assert f.indicator == "warning" and f.suggestions == (
+            OrderLabs((("11253-2", "Tacrolimus [Mass/volume] in Blood"),), "Order a tacrolimus trough level"),
+        )
+        assert "raised in pregnancy" in f.detail
+    else:
+        assert "no delivery" in stays_quiet("P9", inp)
+
+
+@pytest.mark.parametrize(("now_mg", "indicator"), [(6.0, "warning"), (5.95, "info"), (5.0, "info")])
+def test_p9_is_a_warning_from_1_2_times_the_dose_at_conception(now_mg, indicator):
+    assert fires("P9", _delivered(20, now_mg=now_mg)).indicator == indicator
+
+
+def test_p9_thresholds_are_settings_and_a_delivery_procedure_dates_the_birth():
+    inp = _delivered(20, procedure=True)
+    assert "Cesarean section (procedure)" in fires("P9", inp).detail
+    stays_quiet("P9", replace(inp, thresholds={**inp.thresholds, "postpartum_days": 19}))
+    lowered = replace(inp, thresholds={**inp.thresholds, "postpartum_dose_rise": 1.25})
+    assert fires("P9", lowered).indicator == "info"
+
+
+def test_p9_a_level_since_the_delivery_or_a_new_start_keeps_it_quiet():
+    after = lab("tacrolimus-level", 6.0, days=3)
+    assert "since the delivery" in stays_quiet("P9", _delivered(20, levels=[after]))
+    before = lab("tacrolimus-level", 6.0, days=30)
+    assert "last: 6 ng/mL" in fires("P9", _delivered(20, levels=[before])).detail
+    assert "new tacrolimus start" in stays_quiet("P9", _delivered(20, continuing=False))
+
+
+def test_p9_a_start_during_the_pregnancy_has_no_conception_dose_and_is_info():
+    inp = _delivered(20)
+    started = replace(med("tacrolimus", rid="tac-2", days=150), daily_dose_mg=6.0)
+    record = replace(inp.record, medications=(started, *inp.orders))
+    f = fires("P9", replace(inp, record=record))
+    assert f.indicator == "info" and "began during the pregnancy" in f.detail
+
+
+def test_p9_in_patient_view_asks_for_a_trough_now():
+    inp = _delivered(12)
+    stored = next(m for m in inp.record.medications if m.id == "tac-2")
+    record = replace(inp.record, medications=tuple(m for m in inp.record.medications if not m.is_trigger))
+    view = RuleInput(record, (stored,), inp.thresholds, continuing=True)
+    f = fires("P9", view)
+    assert f.indicator == "warning" and "check a trough now" in f.detail
+
+
+# --- P10: oestrogen-containing contraceptive with active nephritis ------------------------------------------
+PILL = "combined-hormonal-contraceptives"
+
+
+def _on_the_pill(upcr: float | None, *, days: float = 10, new_start=False, **settings):
+    meds = [med(PILL, name="ethinyl estradiol 0.03 MG / levonorgestrel 0.15 MG Oral Tablet", days=300)]
+    if not new_start:
+        meds.append(med("tacrolimus", rid="tac-1", days=200))
+    labs = [lab("upcr", upcr, days=days)] if upcr is not None else []
+    trigger = tacrolimus_draft(prior=None if new_start else "tac-1")
+    return make(meds=meds, labs=labs, trigger=trigger, **settings)
+
+
+@pytest.mark.parametrize(("upcr", "fires_"), [(0.5, True), (0.49, False)])
+def test_p10_active_nephritis_is_a_upcr_of_0_5_or_more(upcr, fires_):
+    if fires_:
+        f = fires("P10", _on_the_pill(upcr))
+        assert f.indicator == "info" and "progestin-only or intrauterine" in f.detail
+    else:
+        assert "below 0.5 g/g" in stays_quiet("P10", _on_the_pill(upcr))
+
+
+def test_p10_the_upcr_must_be_within_90_days_and_a_new_start_counts_unless_turned_off():
+    assert "no UPCR in 90 days" in stays_quiet("P10", _on_the_pill(0.8, days=91))
+    fires("P10", _on_the_pill(0.8, days=90))
+    assert "a new tacrolimus start" in fires("P10", _on_the_pill(0.2, new_start=True)).detail
+    stays_quiet("P10", _on_the_pill(0.2, new_start=True, contraceptive_new_start_counts=False))
+
+
+def test_p10_needs_an_active_lupus_nephritis_condition_and_an_oestrogen_product():
+    no_ln = _on_the_pill(1.0)
+    record = replace(no_ln.record, conditions=(cond("lupus"),))
+    assert "no active lupus nephritis" in stays_quiet("P10", replace(no_ln, record=record))
+    assert "no active oestrogen" in stays_quiet("P10", make(labs=[lab("upcr", 1.0, days=3)]))
+
+
+def test_the_combined_pill_is_recognised_by_code_and_by_name():
+    terminology = Terminology.load()
+    ring = [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "1367436"}]
+    assert PILL in terminology.concepts(ring)
+    by_name = terminology.recognise(texts=["Ethinyl estradiol 35 mcg / norgestimate 0.25 mg tablet"])
+    assert PILL in by_name.classes and PILL in by_name.by_name
+    progestin_only = [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "198042"}]
+    assert PILL not in terminology.concepts(progestin_only)
+    ingredient = [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "4124"}]
+    assert PILL not in terminology.concepts(ingredient)
+    assert PILL in Terminology.load(include=("unverified",)).concepts(ingredient)

@@ -126,6 +126,12 @@ CITATIONS: dict[str, tuple[str, str]] = {
         "conversion; 127% of the immediate-release dose needed at week 12)",
         "https://pubmed.ncbi.nlm.nih.gov/23815459/",
     ),
+    "versluis-2023": (
+        "Versluis J, et al. Pharmacokinetics of tacrolimus in pregnant solid organ transplant recipients: a "
+        "retrospective study (46 pregnancies; dose-corrected levels −48% in month 7 of pregnancy, recovered "
+        "within 3 months post-partum). PubMed",
+        "https://pubmed.ncbi.nlm.nih.gov/38084781/",
+    ),
     "wang-2022-paxlovid": (
         "Wang AX, et al. Am J Transplant 2022, on nirmatrelvir/ritonavir with tacrolimus: hold tacrolimus "
         "for the course, levels on days 3 and 6–7",
