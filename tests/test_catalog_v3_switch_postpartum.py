@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import pytest
 
+from cds_service.cards import build_cards
 from cds_service.record import Procedure
 from cds_service.rules.model import OrderLabs, RuleInput, StopMedication
 from cds_service.terminology import Terminology
@@ -324,3 +325,17 @@ def test_the_combined_pill_is_recognised_by_code_and_by_name():
     ingredient = [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "4124"}]
     assert PILL not in terminology.concepts(ingredient)
     assert PILL in Terminology.load(include=("unverified",)).concepts(ingredient)
+
+
+def test_one_suggestion_removes_every_draft_of_the_regimen_on_the_card():
+    morning, evening = draft(ENVARSUS, 2, "tac-am"), draft(ENVARSUS, 2, "tac-pm")
+    base = make(meds=[stored(IR, 4), evening], trigger=morning)
+    inp = RuleInput(base.record, (morning, evening), base.thresholds)
+    (card,) = build_cards([fires("N17", inp)], inp.record, {})
+    first = card["suggestions"][0]
+    assert [a["type"] for a in first["actions"]] == ["delete", "delete"]
+    assert [a["resourceId"] for a in first["actions"]] == [
+        "MedicationRequest/tac-am",
+        "MedicationRequest/tac-pm",
+    ]
+    assert all(a["type"] != "update" for s in card["suggestions"] for a in s["actions"])  # old order kept
