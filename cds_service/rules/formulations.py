@@ -33,9 +33,9 @@ TACROLIMUS_LEVEL = ("11253-2", "Tacrolimus [Mass/volume] in Blood")
 SWITCHED_FROM_STATUSES = frozenset({"active", "on-hold"})
 """A stored order the patient may still take: a switch from it leaves it to be stopped."""
 CLASS_WORDS = {
-    IMMEDIATE_RELEASE: "immediate-release",
-    EXTENDED_RELEASE_TABLET: "extended-release tablet (Envarsus XR)",
-    EXTENDED_RELEASE_CAPSULE: "extended-release capsule (Astagraf XL)",
+    IMMEDIATE_RELEASE: "immediate release",
+    EXTENDED_RELEASE_TABLET: "extended-release tablet",
+    EXTENDED_RELEASE_CAPSULE: "extended-release capsule",
 }
 """The oral formulation classes N17 compares (intravenous ↔ oral is out of scope: no verified conversion)."""
 SHORT_WORDS = {
