@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from cds_service.rules import (
     formulations,
+    live_vaccines,
     monitoring,
     postpartum,
     pregnancy,
@@ -30,8 +31,10 @@ REGISTRY = Registry(
         *postpartum.DECLARATIONS,
         *salvage.DECLARATIONS,
         *monitoring.DECLARATIONS,
-        *formulations.DECLARATIONS,
-        *release_and_paxlovid.DECLARATIONS,
+        *formulations.DECLARATIONS,  # N17
+        *release_and_paxlovid.DECLARATIONS[:1],  # N18
+        *live_vaccines.DECLARATIONS,  # N19
+        *release_and_paxlovid.DECLARATIONS[1:],  # N21
     )
 )
 """Every finding of the catalog, declared in its family module, in catalog order."""
