@@ -248,9 +248,11 @@ def _actions(
         return [
             {
                 "type": "delete",
-                "description": plain(f"Remove the draft order for {shorten(medication.name)}"),
-                "resourceId": medication.reference,
+                "description": plain(f"Remove the draft order for {shorten(draft.name)}"),
+                "resourceId": draft.reference,
             }
+            for draft in (medication, *suggestion.together)
+            if draft.is_draft
         ]
     resource = stored.get(medication.reference)
     if resource is None or suggestion.drafts_only or nested_deeper_than(resource, MAX_RESOURCE_DEPTH):
