@@ -9,9 +9,11 @@ findings off or re-grades them is applied by the caller. Where the catalog neede
 from __future__ import annotations
 
 from cds_service.rules import (
+    formulations,
     live_vaccines,
     monitoring,
     other_prescriber,
+    postpartum,
     pregnancy,
     release_and_paxlovid,
     salvage,
@@ -27,8 +29,10 @@ SCOPE_NEEDS = {"Condition": ("lupus", "lupus-nephritis", "lupus-nephritis-class-
 REGISTRY = Registry(
     (
         *pregnancy.DECLARATIONS,
+        *postpartum.DECLARATIONS,
         *salvage.DECLARATIONS,
         *monitoring.DECLARATIONS,
+        *formulations.DECLARATIONS,  # N17
         *release_and_paxlovid.DECLARATIONS[:1],  # N18
         *live_vaccines.DECLARATIONS,  # N19
         *release_and_paxlovid.DECLARATIONS[1:],  # N21
