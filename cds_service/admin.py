@@ -409,7 +409,7 @@ def simulate_staged() -> Response | tuple[Response, int]:
     )
     log.info("admin simulate", extra={"problems": len(staged.get("problems", ()))})
     status = 422 if "problems" in staged else 200
-    if _wants_html() or request.mimetype == "multipart/form-data":
+    if _wants_html():
         return _admin_page(staged=staged, status=status)
     return jsonify(staged), status
 

@@ -160,3 +160,72 @@ def test_several_processes_count_the_same():
     now = datetime.now(UTC)
     one = simulation.as_json(simulation.simulate(patients, [setup], [], jobs=1, now=now))
     assert simulation.as_json(simulation.simulate(patients, [setup], [], jobs=2, now=now)) == one
+
+
+# --- /admin: a staged configuration simulated before reload ------------------------------------------------
+
+
+ADMIN_TOKEN = "admin-token-for-the-simulation-0123456789"
+
+
+def _admin(tmp_path, monkeypatch):
+    import hashlib
+
+    from cds_service.app import create_app
+
+    monkeypatch.delenv("CDS_ADMIN_TOKEN", raising=False)
+    digest = hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest()
+    return create_app(config_dir=config_copy(tmp_path, admin={"token_sha256": digest}))
+
+
+def test_admin_simulates_an_uploaded_settings_file_without_loading_it(tmp_path, monkeypatch):
+    import io
+
+    app = _admin(tmp_path, monkeypatch)
+    settings = (tmp_path / "hooks" / "settings.yaml").read_text()
+    proposal = settings.replace("potassium_max: 5.5", "potassium_max: 5.0").encode()
+    assert proposal != settings.encode()
+    response = app.test_client().post(
+        "/admin/simulate",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Accept": "application/json"},
+        data={"settings": (io.BytesIO(proposal), "settings.yaml")},
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+    staged = response.get_json()
+    assert staged["patients"] == reference_population.SIZE and staged["reloadable"] is False
+    assert {d["finding"] for d in staged["differences"]} == {"N5"}
+    assert all(d["change"] > 0 for d in staged["differences"])
+    assert app.extensions["cds_runtime"]().config.settings["thresholds"]["potassium_max"] == 5.5  # not loaded
+
+    broken = settings.replace("potassium_max: 5.5", "potassium_max: lots").encode()
+    refused = app.test_client().post(
+        "/admin/simulate",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Accept": "application/json"},
+        data={"settings": (io.BytesIO(broken), "settings.yaml")},
+        content_type="multipart/form-data",
+    )
+    assert refused.status_code == 422
+    assert any("thresholds.potassium_max" in p for p in refused.get_json()["problems"])
+
+
+def test_admin_page_shows_the_difference_of_the_files_on_disk_next_to_the_reload_button(
+    tmp_path, monkeypatch
+):
+    app = _admin(tmp_path, monkeypatch)
+    client = app.test_client()
+    assert client.post("/admin/login", data={"token": ADMIN_TOKEN}).status_code == 303
+    html = {"Accept": "text/html"}
+    cross_site = client.post("/admin/simulate", headers={**html, "Sec-Fetch-Site": "cross-site"})
+    assert cross_site.status_code == 403  # another site's form, posted with the session cookie
+    without_proof = client.post("/admin/simulate", headers=html)  # no Fetch Metadata and no form token
+    assert without_proof.status_code == 403
+
+    settings = tmp_path / "hooks" / "settings.yaml"
+    settings.write_text(settings.read_text().replace("min_indicator: info", "min_indicator: warning"))
+    page = client.post("/admin/simulate", headers={**html, "Sec-Fetch-Site": "same-origin"})
+    assert page.status_code == 200
+    text = page.get_data(as_text=True)
+    section = text[text.index('<section id="staged"') : text.index("</section>")]
+    assert 'id="staged-differences"' in section and "N11" in section  # info findings no longer shown
+    assert 'action="/admin/reload"' in section  # the reload button beside the difference
