@@ -9,7 +9,9 @@ only sent to ``/admin``; signed and expiring, never the token itself, ended on t
 same-origin`` or the session's form token (``_from_the_admin_page``). Wrong tokens, by form or header, slow
 down and then lock out the client.
 The page is server-rendered HTML with inline SVG: no script, no external CSS, and a
-Content-Security-Policy that allows only its own nonce-tagged style block.
+Content-Security-Policy that allows only its own nonce-tagged style block. ``/admin/trends`` draws its charts
+with the vendored Chart.js: its policy adds only its own nonce-tagged scripts. ``POST /admin/simulate`` runs a
+proposed configuration on the reference population (``staging``) with the same CSRF checks as a reload.
 """
 
 from __future__ import annotations
