@@ -17,7 +17,7 @@ import io
 import json
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +27,7 @@ from cds_service.cards import FINDINGS_EXTENSION
 from cds_service.config import Config, Service
 from cds_service.hook_call import answer_hook
 from cds_service.hook_names import HOOKS
-from cds_service.population import Patient, drug_draft, request, tacrolimus_draft
+from cds_service.population import Patient, drug_draft, request, resources, tacrolimus_draft
 from cds_service.rules.model import INDICATOR_RANK
 from cds_service.runtime import Runtime
 from cds_service.services import DRAFT_TACROLIMUS, spec_for
@@ -69,42 +69,54 @@ def scratch_runtime(config: Config) -> Runtime:
     return Runtime.from_config(config, dev=True, store=Store(engine))
 
 
+def in_order(config: Config) -> tuple[list[Service], list[Service], list[Service]]:
+    """(tacrolimus order services, chart services, other order services), each by hook order: the order in
+    which a patient's calls are made."""
+    services = sorted(config.services.values(), key=lambda s: HOOKS.index(s.hook))
+    on_record = [s for s in services if spec_for(s.id, s.hook).trigger.on_record]
+    tacrolimus = [s for s in services if spec_for(s.id, s.hook).trigger is DRAFT_TACROLIMUS]
+    others = [s for s in services if s not in on_record and s not in tacrolimus]
+    return tacrolimus, on_record, others
+
+
 def calls(
     patient: Patient, runtime: Runtime, drugs: Sequence[Mapping[str, str]]
-) -> Iterable[tuple[Service, dict[str, Any]]]:
-    """(service, request) of every call made for ``patient``, in the order described above."""
-    services = sorted(runtime.config.services.values(), key=lambda s: HOOKS.index(s.hook))
-    order_kinds = [s for s in services if not spec_for(s.id, s.hook).trigger.on_record]
-    tacrolimus = [s for s in order_kinds if spec_for(s.id, s.hook).trigger is DRAFT_TACROLIMUS]
-    chart = [s for s in services if spec_for(s.id, s.hook).trigger.on_record]
-    others = [s for s in order_kinds if s not in tacrolimus]
+) -> Iterator[tuple[Service, dict[str, Any]]]:
+    """(service, request) of every call made for ``patient``, in the order described above. A Bundle with
+    draft orders of its own (a fixture's scenario) sends those to every order service instead."""
+    tacrolimus, chart, others = in_order(runtime.config)
 
     def wanted(service: Service) -> bool:
         return not patient.hooks or service.hook in patient.hooks
 
+    def order_calls(
+        services: list[Service], drafts: list[dict], selections: Sequence[str] | None = None
+    ) -> Iterator[tuple[Service, dict[str, Any]]]:
+        for service in filter(wanted, services):
+            yield service, request(patient, service.hook, runtime.templates_for(service), drafts, selections)
+
+    own: list[dict] = []
     if patient.drafts:
-        own = {f"MedicationRequest/{r['id']}": r for r in _medication_requests(patient)}
-        drafts = [own[d] for d in patient.drafts if d in own]
-        selections = patient.selections
+        by_ref = {f"{r.get('resourceType')}/{r.get('id')}": r for r in resources(patient.bundle)}
+        own = [by_ref[d] for d in patient.drafts if d in by_ref]
+        own += _referenced_medications(own, by_ref)
+        yield from order_calls(tacrolimus, own, patient.selections)
     else:
         draft, medications = tacrolimus_draft(patient, runtime.terminology)
-        drafts, selections = [draft, *medications], None
-    for service in filter(wanted, tacrolimus):
-        yield service, request(patient, service.hook, runtime.templates_for(service), drafts, selections)
+        yield from order_calls(tacrolimus, [draft, *medications])
     for service in filter(wanted, chart):
         yield service, request(patient, service.hook, runtime.templates_for(service))
+    if patient.drafts:
+        yield from order_calls(others, own, patient.selections)
+        return
     for number, drug in enumerate(drugs, start=1):
-        draft = drug_draft(patient.patient_id, f"simulated-draft-{number}", drug)
-        for service in filter(wanted, others):
-            yield service, request(patient, service.hook, runtime.templates_for(service), [draft])
+        yield from order_calls(others, [drug_draft(patient.patient_id, f"simulated-draft-{number}", drug)])
 
 
-def _medication_requests(patient: Patient) -> list[dict]:
-    from cds_service.population import resources
-
-    return [
-        r for r in resources(patient.bundle) if r.get("resourceType") in ("MedicationRequest", "Medication")
-    ]
+def _referenced_medications(drafts: list[dict], by_ref: Mapping[str, dict]) -> list[dict]:
+    """The Medications the drafts reference, sent with them in ``draftOrders`` as an EHR sends them."""
+    refs = {str((d.get("medicationReference") or {}).get("reference")) for d in drafts}
+    return [by_ref[r] for r in sorted(refs) if r in by_ref and by_ref[r].get("resourceType") == "Medication"]
 
 
 def run_patient(
