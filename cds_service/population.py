@@ -226,10 +226,10 @@ def request(
     templates: Mapping[str, str],
     drafts: Sequence[dict] = (),
     selections: Sequence[str] | None = None,
-    instance: str = "",
+    prefetch: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The CDS Hooks request for ``hook``: ``drafts`` (resources) in ``context.draftOrders`` (order hooks)
-    and the rest of the record in the prefetch, one key per template."""
+    and the rest of the record in the prefetch, one key per template (``prefetch``: already built)."""
     context: dict[str, Any] = {"userId": SIMULATION_USER, "patientId": patient.patient_id}
     draft_refs = [
         f"MedicationRequest/{d['id']}" for d in drafts if d.get("resourceType") == "MedicationRequest"
@@ -242,15 +242,21 @@ def request(
             "type": "collection",
             "entry": [{"resource": copy.deepcopy(d)} for d in drafts],
         }
-    own_drafts = set(patient.drafts)
-    record = [r for r in resources(patient.bundle) if _ref(r) not in own_drafts]
-    prefetch = {key: _prefetch_value(key, template, record, context) for key, template in templates.items()}
     return {
         "hook": hook,
-        "hookInstance": instance or f"simulation-{patient.label}-{hook}",
+        "hookInstance": f"simulation-{patient.label}-{hook}",
         "context": context,
-        "prefetch": prefetch,
+        "prefetch": prefetch if prefetch is not None else record_prefetch(patient, templates),
     }
+
+
+def record_prefetch(patient: Patient, templates: Mapping[str, str]) -> dict[str, Any]:
+    """The patient's record (without its own drafts) as the prefetch of ``templates``. Its resources are the
+    Bundle's own objects: serialise it, or copy it, before handing it to code that may change it."""
+    own_drafts = set(patient.drafts)
+    record = [r for r in resources(patient.bundle) if _ref(r) not in own_drafts]
+    context = {"patientId": patient.patient_id, "userId": SIMULATION_USER}
+    return {key: _prefetch_value(key, template, record, context) for key, template in templates.items()}
 
 
 def _ref(resource: Mapping) -> str:
@@ -282,7 +288,7 @@ def _prefetch_value(key: str, template: str, record: Sequence[dict], context: Ma
     ]
     if resource_type == "MedicationRequest":
         entries += [
-            {"fullUrl": _ref(r), "resource": copy.deepcopy(r), "search": {"mode": "include"}}
+            {"fullUrl": _ref(r), "resource": r, "search": {"mode": "include"}}
             for r in record
             if r.get("resourceType") == "Medication"
         ]

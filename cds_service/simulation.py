@@ -23,14 +23,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from cds_service.cards import FINDINGS_EXTENSION
 from cds_service.config import Config, Service
 from cds_service.hook_call import answer_hook
 from cds_service.hook_names import HOOKS
-from cds_service.population import Patient, drug_draft, request, resources, tacrolimus_draft
+from cds_service.population import (
+    Patient,
+    drug_draft,
+    record_prefetch,
+    request,
+    resources,
+    tacrolimus_draft,
+)
 from cds_service.rules.model import INDICATOR_RANK
 from cds_service.runtime import Runtime
-from cds_service.services import DRAFT_TACROLIMUS, spec_for
+from cds_service.services import DRAFT_TACROLIMUS, SPEC_BY_ID, spec_for
 from cds_service.storage import Store
 
 NONE = "none"
@@ -85,15 +94,28 @@ def calls(
     """(service, request) of every call made for ``patient``, in the order described above. A Bundle with
     draft orders of its own (a fixture's scenario) sends those to every order service instead."""
     tacrolimus, chart, others = in_order(runtime.config)
+    serialised: dict[tuple[tuple[str, str], ...], bytes] = {}
 
     def wanted(service: Service) -> bool:
         return not patient.hooks or service.hook in patient.hooks
+
+    def call(
+        service: Service, drafts: Sequence[dict] = (), selections: Sequence[str] | None = None
+    ) -> tuple[Service, dict[str, Any]]:
+        """The request, its prefetch decoded afresh (as each HTTP call decodes its own) from the patient's
+        record serialised once per set of templates."""
+        templates = runtime.templates_for(service)
+        key = tuple(templates.items())
+        if key not in serialised:
+            serialised[key] = orjson.dumps(record_prefetch(patient, templates))
+        prefetch = orjson.loads(serialised[key])
+        return service, request(patient, service.hook, templates, drafts, selections, prefetch)
 
     def order_calls(
         services: list[Service], drafts: list[dict], selections: Sequence[str] | None = None
     ) -> Iterator[tuple[Service, dict[str, Any]]]:
         for service in filter(wanted, services):
-            yield service, request(patient, service.hook, runtime.templates_for(service), drafts, selections)
+            yield call(service, drafts, selections)
 
     own: list[dict] = []
     if patient.drafts:
@@ -105,7 +127,7 @@ def calls(
         draft, medications = tacrolimus_draft(patient, runtime.terminology)
         yield from order_calls(tacrolimus, [draft, *medications])
     for service in filter(wanted, chart):
-        yield service, request(patient, service.hook, runtime.templates_for(service))
+        yield call(service)
     if patient.drafts:
         yield from order_calls(others, own, patient.selections)
         return
@@ -197,6 +219,14 @@ def _finding_order(finding: str) -> tuple[int, str]:
     return catalog_order(finding)
 
 
+def run_order(key: tuple[str, str]) -> tuple[int, int, str]:
+    """Runs in the order of the service specs (``services.SPECS``), then by hook and id."""
+    service, hook = key
+    specs = list(SPEC_BY_ID)
+    position = specs.index(service) if service in specs else len(specs)
+    return (position, HOOKS.index(hook) if hook in HOOKS else len(HOOKS), service)
+
+
 def highest(outcome: Outcome) -> str:
     return max((i for i, _ in outcome.cards), key=lambda i: INDICATOR_RANK.get(i, -1), default=NONE)
 
@@ -222,7 +252,7 @@ def tally(per_patient: Sequence[tuple[str, list[Outcome]]]) -> Result:
             runs.setdefault((outcome.service, outcome.hook), Run(outcome.service, outcome.hook)).add(outcome)
             key = (label, outcome.service, outcome.hook)
             top[key] = max(top.get(key, NONE), highest(outcome), key=lambda i: INDICATOR_RANK.get(i, -1))
-    ordered = sorted(runs.values(), key=lambda r: (HOOKS.index(r.hook) if r.hook in HOOKS else 99, r.service))
+    ordered = sorted(runs.values(), key=lambda r: run_order((r.service, r.hook)))
     return Result(len(per_patient), ordered, top)
 
 
@@ -244,9 +274,7 @@ def compare(baseline: Result, proposed: Result) -> dict[str, Any]:
     before = {(r.service, r.hook): r for r in baseline.runs}
     after = {(r.service, r.hook): r for r in proposed.runs}
     differences = []
-    for key in sorted(
-        before.keys() | after.keys(), key=lambda k: (HOOKS.index(k[1]) if k[1] in HOOKS else 99, k[0])
-    ):
+    for key in sorted(before.keys() | after.keys(), key=run_order):
         b, a = before.get(key), after.get(key)
         found = set(b.findings if b else ()) | set(a.findings if a else ())
         for finding in sorted(found, key=_finding_order):
