@@ -272,20 +272,13 @@ def _prefetch_value(key: str, template: str, record: Sequence[dict], context: Ma
     if "/" in path:  # a read: the patient
         wanted = path.split("/", 1)[1]
         return next(
-            (
-                copy.deepcopy(r)
-                for r in record
-                if r.get("resourceType") == resource_type and r.get("id") == wanted
-            ),
-            None,
+            (r for r in record if r.get("resourceType") == resource_type and r.get("id") == wanted), None
         )
     params: dict[str, set[str]] = {}
     for name, value in parse_qsl(query_string, keep_blank_values=True):
         params.setdefault(name, set()).update(value.split(","))
     matches = [r for r in record if r.get("resourceType") == resource_type and _matches(r, params)]
-    entries = [
-        {"fullUrl": _ref(r), "resource": copy.deepcopy(r), "search": {"mode": "match"}} for r in matches
-    ]
+    entries = [{"fullUrl": _ref(r), "resource": r, "search": {"mode": "match"}} for r in matches]
     if resource_type == "MedicationRequest":
         entries += [
             {"fullUrl": _ref(r), "resource": r, "search": {"mode": "include"}}
