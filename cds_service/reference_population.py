@@ -45,21 +45,16 @@ def _when(days_ago: float) -> str:
     return (NOW - timedelta(days=days_ago)).isoformat(timespec="seconds")
 
 
+def _category(code_system: str, code: str) -> list[dict]:
+    return [{"coding": [{"system": f"http://terminology.hl7.org/CodeSystem/{code_system}", "code": code}]}]
+
+
 def _lab(pid: str, n: int, code: str, display: str, value: float, unit: str, days_ago: float) -> dict:
     return {
         "resourceType": "Observation",
         "id": f"{pid}-o{n}",
         "status": "final",
-        "category": [
-            {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                        "code": "laboratory",
-                    }
-                ]
-            }
-        ],
+        "category": _category("observation-category", "laboratory"),
         "code": {"coding": [{"system": LOINC, "code": code, "display": display}]},
         "subject": {"reference": f"Patient/{pid}"},
         "effectiveDateTime": _when(days_ago),
@@ -103,16 +98,7 @@ def _condition(pid: str, n: int, code: str, display: str, days_ago: float) -> di
                 {"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}
             ]
         },
-        "category": [
-            {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/condition-category",
-                        "code": "problem-list-item",
-                    }
-                ]
-            }
-        ],
+        "category": _category("condition-category", "problem-list-item"),
         "code": {"coding": [{"system": SNOMED, "code": code, "display": display}]},
         "subject": {"reference": f"Patient/{pid}"},
         "recordedDate": _when(days_ago),
