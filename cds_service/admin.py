@@ -411,7 +411,7 @@ def simulate_staged() -> Response | tuple[Response, int]:
     )
     log.info("admin simulate", extra={"problems": len(staged.get("problems", ()))})
     status = 422 if "problems" in staged else 200
-    if _wants_html():
+    if request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html":  # the form
         return _admin_page(staged=staged, status=status)
     return jsonify(staged), status
 

@@ -103,6 +103,10 @@ def test_trends_count_what_feedback_report_counts_and_flag_the_overridden(tmp_pa
     assert not drawn["N7"]["flagged"] and not drawn["N2"]["flagged"]  # N2: overridden, but on 2 cards only
     assert len(drawn["N11"]["weeks"]) in (7, 8)  # six weeks, the first and last part weeks
     assert data["top_reasons"][0]["code"] in ("alert-fatigue", "patient-ineligible")
+    other = app.test_client().get(
+        f"/admin/trends?since={since}&tenant=hospital-b", headers={**BEARER, **HTML}
+    )
+    assert trend_data(other.get_data(as_text=True))["findings"] == []  # per tenant: nothing of hospital-b's
 
 
 def test_the_flag_threshold_is_a_setting(tmp_path):

@@ -230,3 +230,38 @@ def test_admin_page_shows_the_difference_of_the_files_on_disk_next_to_the_reload
     section = text[text.index('<section id="staged"') : text.index("</section>")]
     assert 'id="staged-differences"' in section and "N11" in section  # info findings no longer shown
     assert 'action="/admin/reload"' in section  # the reload button beside the difference
+
+
+def test_compare_a_tenants_overrides_and_a_folder_pointed_at(tmp_path, monkeypatch):
+    tenants = {"hospital-a": {"thresholds": {"potassium_max": 5.0}}}
+    config_dir = config_copy(tmp_path / "a", tenants=tenants)
+    result = CliRunner().invoke(
+        main,
+        [
+            "simulate",
+            "reference",
+            "--config",
+            str(config_dir),
+            "--compare",
+            "tenant:hospital-a",
+            "--format",
+            "json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    by_tenant = json.loads(result.output)["compare"]["differences"]
+    assert {d["finding"] for d in by_tenant} == {"N5"}
+    unknown = CliRunner().invoke(
+        main, ["simulate", "reference", "--config", str(config_dir), "--compare", "tenant:nobody"]
+    )
+    assert unknown.exit_code == 2 and "no tenant 'nobody'" in unknown.output
+
+    app = _admin(tmp_path / "b", monkeypatch)
+    proposal = config_copy(tmp_path / "c", thresholds={"potassium_max": 5.0})
+    response = app.test_client().post(
+        "/admin/simulate",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Accept": "application/json"},
+        data={"folder": str(proposal)},
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.get_json()["differences"] == by_tenant  # the same change, by folder or by tenant
