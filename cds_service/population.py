@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl
 
 from cds_service.fixtures import ANCHOR, FIXTURES_DIR, load_bundle, manifest, shift_dates
 from cds_service.hook_names import HOOKS_WITH_DRAFTS, ORDER_SELECT
-from cds_service.prefetch import KEY_BY_NAME, substitute_tokens
+from cds_service.prefetch import FHIR_ID, KEY_BY_NAME, substitute_tokens
 from cds_service.terminology import Terminology
 from cds_service.trigger import find_active_tacrolimus
 
@@ -74,10 +74,10 @@ def _checked(label: str, bundle: Any) -> Patient:
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise PopulationError(f"{label}: not a FHIR Bundle")
     patients = [r for r in resources(bundle) if r.get("resourceType") == "Patient"]
-    if len(patients) != 1 or not isinstance(patients[0].get("id"), str):
-        raise PopulationError(
-            f"{label}: a Bundle must hold exactly one Patient with an id, not {len(patients)}"
-        )
+    if len(patients) != 1:
+        raise PopulationError(f"{label}: a Bundle must hold exactly one Patient, not {len(patients)}")
+    if not isinstance(patients[0].get("id"), str) or not FHIR_ID.match(patients[0]["id"]):
+        raise PopulationError(f"{label}: the Patient's id is missing or not a FHIR id")
     return Patient(label, bundle, _drafts_in(bundle))
 
 

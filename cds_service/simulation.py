@@ -37,6 +37,7 @@ from cds_service.population import (
     resources,
     tacrolimus_draft,
 )
+from cds_service.protocol import ProtocolError
 from cds_service.rules.model import INDICATOR_RANK
 from cds_service.runtime import Runtime
 from cds_service.services import DRAFT_TACROLIMUS, SPEC_BY_ID, spec_for
@@ -146,10 +147,14 @@ def run_patient(
 ) -> list[Outcome]:
     outcomes = []
     for service, body in calls(patient, runtime, drugs):
-        answer = answer_hook(body, service, runtime, now=now, tenant=tenant)
+        on_record = spec_for(service.id, service.hook).trigger.on_record
+        try:
+            answer = answer_hook(body, service, runtime, now=now, tenant=tenant)
+        except ProtocolError as error:  # what HTTP answers 4xx (e.g. a Bundle the request cannot carry)
+            outcomes.append(Outcome(service.id, service.hook, True, error.status, ()))
+            continue
         if answer.to_remember is not None:  # as the HTTP endpoint does: order-sign may hold it back
             answer.to_remember()
-        on_record = spec_for(service.id, service.hook).trigger.on_record
         cards = tuple(
             (
                 str(card.get("indicator")),

@@ -265,3 +265,24 @@ def test_compare_a_tenants_overrides_and_a_folder_pointed_at(tmp_path, monkeypat
     )
     assert response.status_code == 200, response.get_data(as_text=True)
     assert response.get_json()["differences"] == by_tenant  # the same change, by folder or by tenant
+
+
+def test_an_unreadable_resource_is_left_out_and_a_bad_patient_id_named(tmp_path):
+    bundle = reference_population.patient(1)
+    for entry in bundle["entry"]:
+        if entry["resource"]["resourceType"] == "Condition":
+            entry["resource"]["recordedDate"] = {"not": "a date"}
+    (tmp_path / "odd.json").write_text(json.dumps(bundle))
+    (tmp_path / "fine.json").write_text(json.dumps(reference_population.patient(2)))
+    result = CliRunner().invoke(main, ["simulate", str(tmp_path), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["patients"] == 2 and all(r["calls"] >= 1 for r in report["runs"])
+    bad_id = reference_population.patient(3)
+    bad_id["entry"][0]["resource"]["id"] = "no spaces allowed"
+    (tmp_path / "bad-id.json").write_text(json.dumps(bad_id))
+    refused = CliRunner().invoke(main, ["simulate", str(tmp_path)])
+    assert (
+        refused.exit_code == 2
+        and "bad-id.json: the Patient's id is missing or not a FHIR id" in refused.output
+    )
