@@ -1,7 +1,8 @@
 """The ``/admin/trends`` charts drawn by Chromium against a real ``cds-service serve --dev`` (issue 27):
 seeded feedback, the numbers each chart draws equal ``feedback report``'s, and nothing the CSP refused.
 
-The screenshot is left at ``/tmp/admin-trends.png``.
+Then a proposal on disk is simulated from the page's form. The screenshots are left at
+``/tmp/admin-trends.png`` and ``/tmp/admin-staged.png``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from tests.support import CHROMIUM, CHROMIUM_ARGS, config_copy, start_service
 
 pytestmark = pytest.mark.browser
 SCREENSHOT = "/tmp/admin-trends.png"
+STAGED_SCREENSHOT = "/tmp/admin-staged.png"
 
 
 def test_the_trend_charts_draw_what_feedback_report_counts(tmp_path):
@@ -61,6 +63,16 @@ def test_the_trend_charts_draw_what_feedback_report_counts(tmp_path):
         reasons = page.evaluate("() => Chart.getChart('chart-reasons').data.datasets[0].data")
         flagged = page.locator("#flagged").inner_text()
         page.screenshot(path=SCREENSHOT, full_page=True)
+
+        # A proposal on disk, simulated from the page's own form before reloading.
+        settings = config_dir / "settings.yaml"
+        settings.write_text(settings.read_text().replace("potassium_max: 5.5", "potassium_max: 5.0"))
+        page.goto(f"{service.base}/admin")
+        with page.expect_response(f"{service.base}/admin/simulate", timeout=120_000) as answer:
+            page.click("button:text('Simulate')")
+        assert answer.value.status == 200
+        staged = page.locator("#staged-differences").inner_text()
+        page.locator("#staged").screenshot(path=STAGED_SCREENSHOT)
         browser.close()
     assert problems == []
     assert drawn.keys() == expected.keys() == {"N7", "N11"}
@@ -70,3 +82,4 @@ def test_the_trend_charts_draw_what_feedback_report_counts(tmp_path):
     # 22 overrides, alert-fatigue and patient-ineligible in turn; the 10 cards with N7 count for both findings
     assert sorted(reasons, reverse=True) == [16, 16]
     assert "N11" in flagged and "22 of 25 cards" in flagged
+    assert "N5" in staged and "High potassium" in staged
