@@ -21,6 +21,7 @@ SCREENSHOT = "/tmp/admin-trends.png"
 STAGED_SCREENSHOT = "/tmp/admin-staged.png"
 
 
+@pytest.mark.timeout(600)  # the simulation of 2 x 200 patients in one server process, on a loaded machine
 def test_the_trend_charts_draw_what_feedback_report_counts(tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -68,7 +69,7 @@ def test_the_trend_charts_draw_what_feedback_report_counts(tmp_path):
         settings = config_dir / "settings.yaml"
         settings.write_text(settings.read_text().replace("potassium_max: 5.5", "potassium_max: 5.0"))
         page.goto(f"{service.base}/admin")
-        with page.expect_response(f"{service.base}/admin/simulate", timeout=120_000) as answer:
+        with page.expect_response(f"{service.base}/admin/simulate", timeout=400_000) as answer:
             page.click("button:text('Simulate')")
         assert answer.value.status == 200
         staged = page.locator("#staged-differences").inner_text()
