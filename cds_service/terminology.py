@@ -251,10 +251,18 @@ class Terminology:
             self._text_memo[text] = named
         return named
 
+    def drugs_named(self, text: str) -> frozenset[str]:
+        """The drug classes ``text`` names as whole words, whatever form it names too: for a Condition
+        ("Hydroxychloroquine retinopathy, both eyes"), where a form word says nothing about the drug."""
+        return self._named(words(text))
+
     def _scan(self, text: str) -> frozenset[str] | None:
         found = words(text)
         if _FORMS.forms.is_local(found):
             return None
+        return self._named(found)
+
+    def _named(self, found: tuple[str, ...]) -> frozenset[str]:
         named: set[str] = set()
         for size in range(1, self._longest + 1):  # every run of 1..3 words: one dict hit each
             for start in range(len(found) - size + 1):

@@ -71,6 +71,9 @@ THRESHOLDS = {
     "mycophenolate_hcg_days": 30,
     "pregnancy_bp_days": 7,
     "pregnancy_trough_days": 28,
+    "belimumab_window_days": 35,
+    "cyclophosphamide_window_days": 30,
+    "aspirin_gestation_weeks": [12, 28],
 }
 
 UNITS = {
@@ -257,8 +260,9 @@ MYCOPHENOLATE = "mycophenolate"
 # --- catalog shape ------------------------------------------------------------------------------------------
 def test_rules_run_in_catalog_order():
     assert list(RULES) == [
-        *(f"P{i}" for i in range(1, 8)),
+        *(f"P{i}" for i in range(1, 9)),
         *(f"S{i}" for i in (0, 1, 2, 3, 4, 7)),
+        *(f"R{i}" for i in range(1, 5)),
         *(f"N{i}" for i in range(1, 16)),
         "N18",
         "N21",
@@ -272,7 +276,12 @@ def test_every_threshold_the_tests_assume_is_a_shipped_setting():
 
 def test_needs_names_the_value_sets_discovery_must_prefetch():
     assert set(NEEDS) == {
-        "Patient", "Condition", "MedicationRequest", "Observation", "AllergyIntolerance", "Procedure"
+        "Patient", "Condition", "MedicationRequest", "Observation", "AllergyIntolerance", "Procedure",
+        "MedicationStatement",
+    }  # fmt: skip
+    # rules.md v3: home and over-the-counter medicines for "an order or statement" (R1, P8) and R2-R4
+    assert set(NEEDS["MedicationStatement"]) == {
+        "hydroxychloroquine", "aspirin", "mycophenolate", "belimumab", "cyclophosphamide"
     }  # fmt: skip
     assert NEEDS["Procedure"] == ("delivery-procedures",)  # rules.md v3: read for deliveries alone
     observation = set(NEEDS["Observation"])

@@ -8,7 +8,14 @@ findings off or re-grades them is applied by the caller. Where the catalog neede
 
 from __future__ import annotations
 
-from cds_service.rules import monitoring, pregnancy, release_and_paxlovid, salvage
+from cds_service.rules import (
+    monitoring,
+    pregnancy,
+    pregnancy_aspirin,
+    regimen,
+    release_and_paxlovid,
+    salvage,
+)
 from cds_service.rules.common import has_lupus_nephritis, merge_needs, unavailable
 from cds_service.rules.model import Evaluation, Finding, Quiet, RuleInput
 from cds_service.rules.registry import ORDER, Registry, Rule
@@ -20,7 +27,9 @@ SCOPE_NEEDS = {"Condition": ("lupus", "lupus-nephritis", "lupus-nephritis-class-
 REGISTRY = Registry(
     (
         *pregnancy.DECLARATIONS,
+        *pregnancy_aspirin.DECLARATIONS,
         *salvage.DECLARATIONS,
+        *regimen.DECLARATIONS,
         *monitoring.DECLARATIONS,
         *release_and_paxlovid.DECLARATIONS,
     )
