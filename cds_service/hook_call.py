@@ -51,6 +51,7 @@ DATA_NAMES = {
     "allergies": "allergy list (AllergyIntolerance)",
     "procedures": "procedures (Procedure)",
     "medicationStatements": "home and over-the-counter medicines (MedicationStatement)",
+    "immunizations": "vaccines given (Immunization)",
 }
 
 
@@ -364,6 +365,9 @@ def _evaluate(
             r
             for r in resources.get("medicationStatements", ())
             if r.get("resourceType") == "MedicationStatement"
+        ],
+        immunizations=[
+            r for r in resources.get("immunizations", ()) if r.get("resourceType") == "Immunization"
         ],
         resolve=resolve,
         unavailable={KEY_BY_NAME[k].resource_type for k in gathered.unavailable},

@@ -95,6 +95,23 @@ class Procedure:
 
 
 @dataclass(frozen=True)
+class Immunization:
+    """A vaccine given (``Immunization``, status ``completed``) that the rules read: a live vaccine (N19)."""
+
+    id: str
+    concepts: frozenset[str]
+    name: str
+    occurred: datetime
+    """``occurrenceDateTime``, else a date in ``occurrenceString``, else ``recorded``."""
+    recognised_by_name: frozenset[str] = frozenset()
+    """Classes it belongs to only by a name in its ``vaccineCode`` text (``name`` then says so)."""
+
+    @property
+    def reference(self) -> str:
+        return f"Immunization/{self.id}"
+
+
+@dataclass(frozen=True)
 class Medication:
     """A MedicationRequest, stored or drafted in this ordering session, or a MedicationStatement (a home or
     over-the-counter medicine the patient says she takes: ``resource_type``)."""
@@ -136,8 +153,9 @@ class Medication:
     """A ``medicationReference`` that could not be resolved (the order was recognised by its text): the card
     names it."""
     resource_type: str = "MedicationRequest"
-    """``MedicationStatement`` for a statement: it counts only where the catalog says "an order or
-    statement" (``PatientRecord.taking``), never as an order or an exposure."""
+    """``MedicationStatement`` for a statement (it counts only where the catalog says "an order or
+    statement", ``PatientRecord.taking``, never as an order or an exposure); ``ServiceRequest`` for a vaccine
+    drafted as a service order (rules.md v3 N19): its delete names it."""
 
     @property
     def active(self) -> bool:
@@ -304,6 +322,8 @@ class PatientRecord:
     statements: tuple[Medication, ...] = ()
     """Active MedicationStatements (home and over-the-counter medicines), read for "an order or statement"
     (rules.md v3 § Reading the record); never in ``medications``, so no order rule sees them."""
+    immunizations: tuple[Immunization, ...] = ()
+    """Vaccines given (status ``completed``) that belong to a value set the rules read, newest first."""
     skipped: tuple[Unusable, ...] = ()
     """Resources that were malformed and left out."""
     unavailable: frozenset[str] = frozenset()

@@ -52,6 +52,8 @@ THRESHOLDS = {
     "hba1c": 6.5,
     "include_moderate_cyp3a4": False,
     "paxlovid_window_days": 10,
+    "live_vaccine_before_start_days": 28,
+    "live_vaccine_on_tacrolimus_days": 42,
     "egfr_cni_caution": 45,
     "egfr_cni_caution_continuing": "info",
     "body_height_days": 180,
@@ -265,6 +267,7 @@ def test_rules_run_in_catalog_order():
         *(f"R{i}" for i in range(1, 5)),
         *(f"N{i}" for i in range(1, 16)),
         "N18",
+        "N19",
         "N21",
     ]
 
@@ -277,13 +280,14 @@ def test_every_threshold_the_tests_assume_is_a_shipped_setting():
 def test_needs_names_the_value_sets_discovery_must_prefetch():
     assert set(NEEDS) == {
         "Patient", "Condition", "MedicationRequest", "Observation", "AllergyIntolerance", "Procedure",
-        "MedicationStatement",
+        "MedicationStatement", "Immunization",
     }  # fmt: skip
     # rules.md v3: home and over-the-counter medicines for "an order or statement" (R1, P8) and R2-R4
     assert set(NEEDS["MedicationStatement"]) == {
         "hydroxychloroquine", "aspirin", "mycophenolate", "belimumab", "cyclophosphamide"
     }  # fmt: skip
     assert NEEDS["Procedure"] == ("delivery-procedures",)  # rules.md v3: read for deliveries alone
+    assert NEEDS["Immunization"] == ("live-vaccines",)  # rules.md v3: live vaccines given (N19)
     observation = set(NEEDS["Observation"])
     # The BP panel code must be fetched for its components to reach systolic-bp / diastolic-bp.
     assert {"blood-pressure", "systolic-bp", "diastolic-bp"} <= observation

@@ -25,7 +25,7 @@ from cds_service.terminology import (
 DRUG_CLASSES = {
     "tacrolimus", "mycophenolate", "cyclophosphamide", "methotrexate", "leflunomide", "teratogens",
     "rituximab", "other-calcineurin-inhibitors", "cyp3a4-strong-inhibitors", "cyp3a4-moderate-inhibitors",
-    "cyp3a4-strong-inducers", "nephrotoxins", "obinutuzumab", "nirmatrelvir-ritonavir",
+    "cyp3a4-strong-inducers", "nephrotoxins", "obinutuzumab", "nirmatrelvir-ritonavir", "live-vaccines",
     "hydroxychloroquine", "aspirin", "belimumab",  # rule catalog version 3: R1, P8, R3
 }  # fmt: skip
 NAME_ONLY_CLASSES = {"obinutuzumab", "nirmatrelvir-ritonavir"}
@@ -38,7 +38,7 @@ COMMON_MD_NAMES = {
     # medications
     "tacrolimus", "mycophenolate", "cyclophosphamide", "methotrexate", "leflunomide", "teratogens",
     "rituximab", "other-calcineurin-inhibitors", "cyp3a4-strong-inhibitors", "cyp3a4-moderate-inhibitors",
-    "cyp3a4-strong-inducers", "nephrotoxins", "obinutuzumab", "nirmatrelvir-ritonavir",
+    "cyp3a4-strong-inducers", "nephrotoxins", "obinutuzumab", "nirmatrelvir-ritonavir", "live-vaccines",
     # conditions
     "lupus", "lupus-nephritis", "lupus-nephritis-class-v", "pregnancy", "pregnancy-hypertension", "lactation",
     "hepatitis-b", "hypogammaglobulinemia",

@@ -9,6 +9,7 @@ findings off or re-grades them is applied by the caller. Where the catalog neede
 from __future__ import annotations
 
 from cds_service.rules import (
+    live_vaccines,
     monitoring,
     pregnancy,
     pregnancy_aspirin,
@@ -31,7 +32,9 @@ REGISTRY = Registry(
         *salvage.DECLARATIONS,
         *regimen.DECLARATIONS,
         *monitoring.DECLARATIONS,
-        *release_and_paxlovid.DECLARATIONS,
+        *release_and_paxlovid.DECLARATIONS[:1],  # N18
+        *live_vaccines.DECLARATIONS,  # N19
+        *release_and_paxlovid.DECLARATIONS[1:],  # N21
     )
 )
 """Every finding of the catalog, declared in its family module, in catalog order."""

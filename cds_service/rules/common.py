@@ -54,6 +54,7 @@ RESOURCE_WORDS = {
     "AllergyIntolerance": "allergies",
     "Procedure": "procedures (Procedure)",
     "MedicationStatement": "home and over-the-counter medicines (MedicationStatement)",
+    "Immunization": "vaccines given (Immunization)",
 }
 
 # Pregnancy-status (82810-3) and breastfeeding-status (63895-7) answers, as ``cds_service.reading`` gives them

@@ -108,6 +108,7 @@ _DATE_ELEMENTS: dict[str, tuple[str, ...]] = {
     "Encounter": ("period",),
     "Procedure": ("performedDateTime", "performedPeriod"),
     "MedicationStatement": ("effectiveDateTime", "effectivePeriod", "dateAsserted"),
+    "Immunization": ("occurrenceDateTime", "occurrenceString"),
 }
 
 
@@ -228,6 +229,10 @@ SEARCH_PARAMS: dict[str, tuple[SearchParam, ...]] = {
     "MedicationStatement": (
         _PATIENT, _SUBJECT, _CODE, _STATUS, _date_param("effective[x], else dateAsserted"),
     ),
+    "Immunization": (
+        _PATIENT, _STATUS, SearchParam("vaccine-code", "token", "A `vaccineCode` coding."),
+        _date_param("occurrence[x]"),
+    ),
 }  # fmt: skip
 
 COMMON_PARAMS: tuple[SearchParam, ...] = (
@@ -250,6 +255,8 @@ def _tokens_for(resource: Mapping, parameter: str) -> list[Token]:
         return _codings(resource.get("code"))
     if parameter == "category":
         return _codings_of_list(resource.get("category"))
+    if parameter == "vaccine-code":
+        return _codings(resource.get("vaccineCode"))
     if parameter == "clinical-status":
         return _codings(resource.get("clinicalStatus"))
     if parameter == "verification-status":
