@@ -349,5 +349,6 @@ def hook_request(
             "allergies": searchset(by_type.get("AllergyIntolerance", [])),
             "procedures": searchset(by_type.get("Procedure", [])),
             "medicationStatements": searchset(by_type.get("MedicationStatement", [])),
+            "immunizations": searchset(by_type.get("Immunization", [])),
         }
     return body
