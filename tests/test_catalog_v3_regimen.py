@@ -348,21 +348,30 @@ def fhir_base():
         yield base
 
 
-def call(app, fhir_base, case: str, via: str, drop: str | None = None) -> dict:
-    body = build_request_from_bundle(
+def request_for(app, fhir_base, case: str, via: str) -> dict:
+    """The order-sign request of ``case``, sent by ``via`` (prefetch, fhir or both)."""
+    return build_request_from_bundle(
         BUNDLES[case],
         [f"MedicationRequest/{case}-draft"],
         hook="order-sign",
         via=via,
-        fhir_base=fhir_base if via == "fhir" else None,
+        fhir_base=fhir_base if via != "prefetch" else None,
         prefetch_templates=app.extensions["cds_runtime"]().prefetch_templates,
         token=TOKEN,
     )
-    if drop:
-        body["prefetch"].pop(drop)
+
+
+def send(app, body: dict) -> dict:
     response = app.test_client().post("/cds-services/tacrolimus-order-sign", json=body)
     assert response.status_code == 200, response.get_json()
     return response.get_json()
+
+
+def call(app, fhir_base, case: str, via: str, drop: str | None = None) -> dict:
+    body = request_for(app, fhir_base, case, via)
+    if drop:
+        body["prefetch"].pop(drop)
+    return send(app, body)
 
 
 @pytest.mark.parametrize("via", ["prefetch", "fhir"])
@@ -377,13 +386,7 @@ def test_a_hydroxychloroquine_statement_read_by_prefetch_or_callback_keeps_r1_qu
 
 
 def test_a_statements_medication_included_in_its_prefetch_bundle_is_found(app, fhir_base):
-    body = build_request_from_bundle(
-        BUNDLES["referenced"],
-        ["MedicationRequest/referenced-draft"],
-        hook="order-sign",
-        via="prefetch",
-        prefetch_templates=app.extensions["cds_runtime"]().prefetch_templates,
-    )
+    body = request_for(app, fhir_base, "referenced", "prefetch")
     medication = next(
         e["resource"] for e in BUNDLES["referenced"]["entry"] if e["resource"]["id"] == "hcq-med"
     )
@@ -396,23 +399,12 @@ def test_a_statements_medication_included_in_its_prefetch_bundle_is_found(app, f
             entry["resource"]["medicationReference"] = {
                 "reference": "urn:uuid:0d5c0e1e-3f43-4a55-9d5f-6a0d9c1d2e3f"
             }
-    answer = app.test_client().post("/cds-services/tacrolimus-order-sign", json=body).get_json()
-    assert "R1" not in finding_ids(answer)
+    assert "R1" not in finding_ids(send(app, body))
 
 
 def test_statements_missing_from_the_prefetch_are_fetched_else_named_on_the_card(app, fhir_base):
-    body = build_request_from_bundle(
-        BUNDLES["statement"],
-        ["MedicationRequest/statement-draft"],
-        hook="order-sign",
-        via="both",
-        fhir_base=fhir_base,
-        prefetch_templates=app.extensions["cds_runtime"]().prefetch_templates,
-        token=TOKEN,
-    )
-    body["prefetch"].pop("medicationStatements")
-    answer = app.test_client().post("/cds-services/tacrolimus-order-sign", json=body).get_json()
-    assert "R1" not in finding_ids(answer)  # fetched from the FHIR server
+    fetched = call(app, fhir_base, "statement", "both", drop="medicationStatements")
+    assert "R1" not in finding_ids(fetched)  # fetched from the FHIR server
     unreachable = call(app, fhir_base, "statement", "prefetch", drop="medicationStatements")
     assert "R1" in finding_ids(unreachable)
     assert "home and over-the-counter medicines (MedicationStatement)" in str(unreachable)
@@ -424,3 +416,10 @@ def test_discovery_asks_the_order_services_for_active_statements_only(app):
     assert services["tacrolimus-order-sign"]["prefetch"]["medicationStatements"] == query
     assert services["tacrolimus-order-select"]["prefetch"]["medicationStatements"] == query
     assert "medicationStatements" not in services["tacrolimus-monitoring"]["prefetch"]
+
+
+def test_the_salvage_context_card_is_titled_regimen_and_salvage_context(app, fhir_base):
+    cards = call(app, fhir_base, "none", "prefetch")["cards"]
+    (card,) = [c for c in cards if c["source"]["topic"]["code"] == "salvage-context"]
+    assert card["source"]["topic"]["display"] == "Regimen and salvage context"
+    assert "R1" in str(card["extension"])

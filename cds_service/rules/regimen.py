@@ -101,7 +101,7 @@ def r1_no_hydroxychloroquine(inp: RuleInput) -> Finding | Quiet:
         "hydroxychloroquine allergy, intolerance or retinopathy. KDIGO 2024 (1C) and EULAR advise "
         "hydroxychloroquine for every patient with SLE or lupus nephritis unless it is contraindicated: it "
         "lowers flares and improves kidney outcomes. Dose at most 5 mg/kg/day of actual body weight, less "
-        f"when eGFR is below 30.{before} If she takes it, record it; if it is contraindicated or not "
+        f"when eGFR is below 30.{before} If the patient takes it, record it; if it is contraindicated or not "
         "tolerated, recording that stops this reminder.",
         ("kdigo-2024", "eular-2019-ln", "eular-2023"),
         evidence=earlier.evidence(),
