@@ -39,10 +39,11 @@ class Source:
 
 
 def _drafts_of(bundle: Mapping[str, Any]) -> list[str]:
+    """The draft orders: MedicationRequests, and ServiceRequests (a vaccine ordered as a service, N19)."""
     return [
-        f"MedicationRequest/{e['resource']['id']}"
+        f"{e['resource']['resourceType']}/{e['resource']['id']}"
         for e in bundle.get("entry", ())
-        if (e.get("resource") or {}).get("resourceType") == "MedicationRequest"
+        if (e.get("resource") or {}).get("resourceType") in ("MedicationRequest", "ServiceRequest")
         and e["resource"].get("status") == "draft"
     ]
 
@@ -51,7 +52,8 @@ def load_source(source: str, hook: str) -> Source:
     """A CDS Hooks request from a fixture name, a fixture or FHIR Bundle file, or a request JSON file.
 
     A fixture (by name or as its file in ``fhir_fixtures/``) is sent as its manifest says, dates moved to
-    today. Another Bundle's draft MedicationRequests become ``context.draftOrders``, the rest its prefetch.
+    today. Another Bundle's draft MedicationRequests and ServiceRequests (a vaccine ordered as a service)
+    become ``context.draftOrders``, the rest its prefetch.
     Both are built by the sandbox's request builder, which a source checkout has and the production image
     does not: there, give a request file.
     """
@@ -72,7 +74,7 @@ def load_source(source: str, hook: str) -> Source:
         raise ExplainError(f"{source}: expected a JSON object (a CDS Hooks request or a FHIR Bundle)")
     if document.get("resourceType") == "Bundle":
         drafts = _drafts_of(document)
-        if not drafts:
+        if not any(d.startswith("MedicationRequest/") for d in drafts):
             raise ExplainError(f"{source}: a Bundle without a draft MedicationRequest to order")
         try:
             body = _request_builder().build_request_from_bundle(document, drafts, hook=hook)
