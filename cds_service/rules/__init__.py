@@ -15,6 +15,8 @@ from cds_service.rules import (
     other_prescriber,
     postpartum,
     pregnancy,
+    pregnancy_aspirin,
+    regimen,
     release_and_paxlovid,
     salvage,
 )
@@ -29,8 +31,10 @@ SCOPE_NEEDS = {"Condition": ("lupus", "lupus-nephritis", "lupus-nephritis-class-
 REGISTRY = Registry(
     (
         *pregnancy.DECLARATIONS,
-        *postpartum.DECLARATIONS,
+        *pregnancy_aspirin.DECLARATIONS,  # P8
+        *postpartum.DECLARATIONS,  # P9, P10
         *salvage.DECLARATIONS,
+        *regimen.DECLARATIONS,
         *monitoring.DECLARATIONS,
         *formulations.DECLARATIONS,  # N17
         *release_and_paxlovid.DECLARATIONS[:1],  # N18
