@@ -229,7 +229,11 @@ def continuing_inputs() -> dict[str, RuleInput]:
         meds=(med("tacrolimus", days=300),),
         labs=[lab("egfr", 90, days=3), bp(162, 101, days=1), lab("potassium", 5.8, days=3)],
     )
-    critical_bp = make(meds=(med("tacrolimus", days=300),), labs=[bp(170, 110, days=1)])
+    losartan = med("ras-inhibitors", name="losartan 50 mg tablet", days=200)  # N16
+    critical_bp = make(
+        meds=(med("tacrolimus", days=300), losartan),
+        labs=[bp(170, 110, days=1), lab("potassium", 5.7, days=1)],
+    )
     ciclosporin = make(
         meds=(med("other-calcineurin-inhibitors", name="cyclosporine"),),
         labs=[lab("egfr", 30, days=3)],

@@ -43,6 +43,7 @@ THRESHOLDS = {
     "tacrolimus_level_max": 10,
     "tacrolimus_level_max_with_mycophenolate": 8,
     "potassium_max": 5.5,
+    "potassium_codrug_min": 5.0,
     "magnesium_min": 1.6,
     "bp_info": [140, 90],
     "bp_warning": [160, 100],
@@ -259,7 +260,7 @@ def test_rules_run_in_catalog_order():
     assert list(RULES) == [
         *(f"P{i}" for i in range(1, 8)),
         *(f"S{i}" for i in (0, 1, 2, 3, 4, 7)),
-        *(f"N{i}" for i in range(1, 16)),
+        *(f"N{i}" for i in range(1, 17)),
         "N18",
         "N21",
     ]

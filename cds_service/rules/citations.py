@@ -130,6 +130,13 @@ CITATIONS: dict[str, tuple[str, str]] = {
         "testing and contraception (mycophenolate REMS). DailyMed",
         "https://dailymed.nlm.nih.gov/dailymed/drugInfo.cfm?setid=37241e87-4af4-4dc3-a1aa-ea6f20d8dc40",
     ),
+    # N16 (rule catalog version 3; clinical.md §6.2 [S30])
+    "rizk-2021-hyperkalaemia": (
+        "Rizk JG, et al. Rev Endocr Metab Disord 2021;22:1157–1170: calcineurin inhibitors, "
+        "trimethoprim-sulfamethoxazole and RAS blockers among the leading causes of drug-induced "
+        "hyperkalaemia",
+        "https://doi.org/10.1007/s11154-021-09677-7",
+    ),
 }
 
 
