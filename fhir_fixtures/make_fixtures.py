@@ -2596,6 +2596,116 @@ def pv_n16_potassium_5_3_losartan() -> Fixture:
     )
 
 
+# --- Pneumocystis prophylaxis (N20, shipped off), catalog version 3 -----------------------------------------
+# With the shipped settings N20 is off, so these fixtures expect it quiet; tests/test_catalog_v3_n16_n20.py
+# sends them with pneumocystis_check on (settings, a tenant) and checks both sides of 20 mg/day and 28 days.
+
+DRUGS.update(
+    {
+        "prednisone-20mg": (
+            [coding(RXNORM, "312615", "prednisone 20 MG Oral Tablet")],
+            "prednisone 20 mg tablet",
+        ),
+        "prednisone-5mg": (
+            [coding(RXNORM, "312617", "prednisone 5 MG Oral Tablet")],
+            "prednisone 5 mg tablet",
+        ),
+        "methylprednisolone-4mg": (
+            [coding(RXNORM, "259966", "methylprednisolone 4 MG Oral Tablet")],
+            "methylprednisolone 4 mg tablet",
+        ),
+        "smx-tmp-ss": (
+            [coding(RXNORM, "198334", "sulfamethoxazole 400 MG / trimethoprim 80 MG Oral Tablet")],
+            "sulfamethoxazole/trimethoprim 400/80 mg tablet",
+        ),
+    }
+)
+N20_OFF = "N20 is off as shipped (pneumocystis_check: false)."
+
+
+def _dose(c: Chart, ref: str, value: float, unit: str, *, supply_days: int | None = None) -> None:
+    """Give ``ref`` a structured once-daily dose (``value`` ``unit``) and, optionally, a planned supply."""
+    resource = next(r for r in c.resources if f"{r['resourceType']}/{r['id']}" == ref)
+    code = "mg" if unit == "mg" else "{tbl}"
+    resource["dosageInstruction"][0]["doseAndRate"] = [
+        {"doseQuantity": {"value": value, "unit": unit, "system": UCUM, "code": code}}
+    ]
+    resource["dosageInstruction"][0]["timing"] = {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}}
+    if supply_days:
+        duration = {"value": supply_days, "unit": "days", "system": UCUM, "code": "d"}
+        resource["dispenseRequest"] = {"expectedSupplyDuration": duration}
+
+
+def _n20_start(short: str, given: str, steroid: str, value: float, unit: str, days_ago: int | None) -> Chart:
+    """Class IV lupus nephritis on mycophenolate; a glucocorticoid started ``days_ago`` (None: drafted now,
+    planned for 28 days); a tacrolimus start."""
+    c = Chart(short).patient(given, "Okonkwo", "male", "1987-05-05")
+    c.condition("sle", on("2016-03-03"))
+    c.condition("ln-class-iv", on("2026-08-20"))
+    c.order("mmf-500mg", on("2026-09-01"), dosage=MMF_DOSE)
+    normal_visit(c, 4, upcr=2.6)
+    if days_ago is None:
+        ref = c.order(steroid, ANCHOR.isoformat(), status="draft", dosage="once daily for 4 weeks")
+        _dose(c, ref, value, unit, supply_days=28)
+    else:
+        ref = c.order(steroid, ago(days_ago), dosage="once daily in the morning")
+        _dose(c, ref, value, unit)
+    return c
+
+
+def _n20_fixture(name: str, description: str, c: Chart, **quiet: str) -> Fixture:
+    c.order("tacrolimus-1mg", ANCHOR.isoformat(), status="draft", key="tac-draft", dosage=TAC_DOSE)
+    return Fixture(name, description, c, {"N11": NEW_START}, quiet={"N20": N20_OFF, **quiet})
+
+
+@fixture
+def n20_prednisone_20_mg_28_days() -> Fixture:
+    return _n20_fixture(
+        "n20-prednisone-20-mg-28-days",
+        "Tacrolimus start on mycophenolate and prednisone 20 mg (1 tablet) daily since 28 days: N20 when on",
+        _n20_start("n20p2028", "Chidi", "prednisone-20mg", 1, "tablet", 28),
+    )
+
+
+@fixture
+def n20_prednisone_20_mg_27_days() -> Fixture:
+    return _n20_fixture(
+        "n20-prednisone-20-mg-27-days",
+        "Tacrolimus start on mycophenolate and prednisone 20 mg daily since 27 days: too short even when on",
+        _n20_start("n20p2027", "Emeka", "prednisone-20mg", 1, "tablet", 27),
+    )
+
+
+@fixture
+def n20_prednisone_19_mg_28_days() -> Fixture:
+    return _n20_fixture(
+        "n20-prednisone-19-mg-28-days",
+        "Tacrolimus start on mycophenolate and prednisone 19 mg daily since 28 days: below 20 mg when on",
+        _n20_start("n20p1928", "Obi", "prednisone-5mg", 19, "mg", 28),
+    )
+
+
+@fixture
+def n20_methylprednisolone_16_mg_planned_28_days() -> Fixture:
+    return _n20_fixture(
+        "n20-methylprednisolone-16-mg-planned-28-days",
+        "Tacrolimus start with methylprednisolone 16 mg daily (20 mg prednisone) drafted for 28 days",
+        _n20_start("n20mp16", "Tunde", "methylprednisolone-4mg", 4, "tablet", None),
+    )
+
+
+@fixture
+def n20_prednisone_with_prophylaxis() -> Fixture:
+    c = _n20_start("n20proph", "Kelechi", "prednisone-20mg", 2, "tablet", 40)
+    c.order("smx-tmp-ss", ago(40), dosage="1 tablet by mouth once daily (Pneumocystis prophylaxis)")
+    return _n20_fixture(
+        "n20-prednisone-with-prophylaxis",
+        "Tacrolimus start on mycophenolate, prednisone 40 mg daily for 40 days and SMX-TMP prophylaxis",
+        c,
+        N16="Trimethoprim (co-trimoxazole) is active but potassium 4.2 mmol/L is below 5.0.",
+    )
+
+
 # --- Writing ------------------------------------------------------------------------------------------------
 
 

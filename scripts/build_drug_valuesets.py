@@ -133,6 +133,13 @@ VSAC_SOURCES = {
         ECQM25,
     ),
     "VS24-1248.170": ("vs24", "2.16.840.1.113762.1.4.1248.170", "20240118", "Diuretics", ECQM24),
+    "VS24-196.12.1266": (
+        "vs24",
+        "2.16.840.1.113883.3.464.1003.196.12.1266",
+        "20180310",
+        "Glucocorticoids (oral only)",
+        ECQM24,
+    ),
 }
 
 NSAIDS = [
@@ -147,10 +154,12 @@ PED_FILES = {
     "cyclophosphamide": "rx_cyclophosphamide",
     "rituximab": "rx_rituximab",
     "ras-inhibitors": "raas_codes",
+    "glucocorticoids-systemic": "rx_steroids",
 }
 CPIC_FOR = {
     "potassium-sparing-diuretics": ["9997"],  # spironolactone
     "trimethoprim": ["10831"],  # sulfamethoxazole / trimethoprim
+    "pjp-prophylaxis": ["10831", "3108"],  # and dapsone
 }
 """Ingredient codes CPIC's drug table lists, taken for the classes that need them (clinical.md §6.6)."""
 
@@ -411,6 +420,23 @@ CLASSES: dict[str, tuple[str, list[str], list[str], list[str]]] = {
         ],
         [],
     ),
+    # --- rule catalog version 3, N20 (clinical.md §6.1 item 3, §6.2 N20, §6.6) ---
+    "glucocorticoids-systemic": (
+        "Systemic glucocorticoids with a prednisone equivalence (N20)",
+        ["prednisone", "prednisolone", "methylprednisolone", "dexamethasone", "hydrocortisone"],
+        [
+            *["Deltasone", "Rayos", "Orapred", "Millipred", "Pediapred", "Veripred", "Flo-Pred", "Prelone"],
+            *["Medrol", "Solu-Medrol", "Depo-Medrol", "A-Methapred", "Decadron", "Hemady"],
+            *["Cortef", "Solu-Cortef", "Alkindi"],
+        ],
+        [],
+    ),
+    "pjp-prophylaxis": (
+        "Pneumocystis prophylaxis: sulfamethoxazole/trimethoprim, dapsone, atovaquone, pentamidine (N20)",
+        ["sulfamethoxazole", "dapsone", "atovaquone", "pentamidine"],
+        ["co-trimoxazole", "cotrimoxazole", "Bactrim", "Septra", "Sulfatrim", "Mepron", "NebuPent", "Pentam"],
+        [],
+    ),
 }
 VSAC_FOR = {
     "tacrolimus": ["VS25-1248.364"],
@@ -427,6 +453,8 @@ VSAC_FOR = {
     "ras-inhibitors": ["VS25-526.3.1139", "VS25-526.3.1489", "VS25-600.1476", "VS24-1248.164"],
     "potassium-sparing-diuretics": ["VS25-600.1476", "VS24-1248.164", "VS24-1248.170"],
     "trimethoprim": ["VS25-196.11.1001", "VS24-1003.1190"],
+    "glucocorticoids-systemic": ["VS24-196.12.1266"],
+    "pjp-prophylaxis": ["VS25-196.11.1001", "VS24-1003.1190"],
 }
 TERATOGEN_MEMBERS = ("mycophenolate", "cyclophosphamide", "methotrexate", "leflunomide")
 

@@ -6,13 +6,22 @@ through the real terminology; the fixtures go through the whole service in test_
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import pytest
 
+from cds_service.dosage import prednisone_equivalent
+from cds_service.fixtures import manifest
+from cds_service.record_builder import planned_days
 from cds_service.rules import REGISTRY
 from cds_service.rules.model import OrderLabs, RuleInput, StopMedication
 from cds_service.rules.registry import CO_PRESCRIBING
+from cds_service.sandbox.requests import build_request
 from cds_service.terminology import Terminology
-from tests.test_rules import fires, lab, make, med, stays_quiet
+from tests.support import config_copy
+from tests.test_config import card_findings, fixture_request
+from tests.test_rules import fires, lab, make, med, stays_quiet, tacrolimus_draft
 
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 POTASSIUM_ORDER = OrderLabs((("2823-3", "Potassium [Moles/volume] in Serum or Plasma"),), "")
@@ -160,3 +169,140 @@ def test_n16_ingredient_codes_marked_unverified_ship_only_behind_configuration()
     eplerenone = [{"system": RXNORM, "code": "298869"}]
     assert "potassium-sparing-diuretics" not in Terminology.load().concepts(eplerenone)
     assert "potassium-sparing-diuretics" in Terminology.load(include=("unverified",)).concepts(eplerenone)
+
+
+# --- N20 ----------------------------------------------------------------------------------------------------
+def steroid(mg_day: float | None, *, days: float = 40, planned: float | None = None, draft: bool = False):
+    order = med("glucocorticoids-systemic", name="prednisone 20 mg tablet", days=days, draft=draft)
+    return replace(order, prednisone_mg_day=mg_day, planned_days=planned)
+
+
+MMF = med("mycophenolate", name="mycophenolate mofetil 500 mg tablet", days=90)
+ON = {"pneumocystis_check": True}
+
+
+def n20_input(*meds, **overrides) -> RuleInput:
+    return make(meds=list(meds), **{**ON, **overrides})
+
+
+def test_n20_is_off_as_shipped_and_says_so():
+    assert "pneumocystis_check" in stays_quiet("N20", make(meds=[steroid(40), MMF]))
+    assert REGISTRY["N20"].runs_in == {"order"}  # never in patient-view or the co-prescribing services
+
+
+@pytest.mark.parametrize(("mg_day", "fires_"), [(19.99, False), (20, True)])
+def test_n20_dose_boundary(mg_day, fires_):
+    inp = n20_input(steroid(mg_day, days=28), MMF)
+    if fires_:
+        f = fires("N20", inp)
+        assert f.indicator == "info" and not f.suggestions
+        assert "consider Pneumocystis prophylaxis" in f.summary
+        assert "trimethoprim-sulfamethoxazole raises potassium and creatinine" in f.detail
+    else:
+        assert "at least 20 mg/day" in stays_quiet("N20", inp)
+
+
+@pytest.mark.parametrize(("days", "planned", "fires_"), [(27, None, False), (28, None, True), (0, 28, True)])
+def test_n20_duration_boundary_started_or_planned(days, planned, fires_):
+    order = steroid(30, days=days, planned=planned, draft=days == 0)
+    inp = n20_input(order, MMF)
+    if fires_:
+        fires("N20", inp)
+    else:
+        assert "for at least 28 days" in stays_quiet("N20", inp)
+
+
+def test_n20_thresholds_are_settings():
+    stays_quiet("N20", n20_input(steroid(20, days=28), MMF, pneumocystis_prednisone_mg_day=25))
+    stays_quiet("N20", n20_input(steroid(20, days=28), MMF, pneumocystis_glucocorticoid_days=29))
+
+
+def test_n20_needs_another_immunosuppressant_active_or_anti_cd20_recently():
+    assert "no other immunosuppressant" in stays_quiet("N20", n20_input(steroid(40)))
+    rituximab = med("rituximab", name="rituximab 1000 mg IV", status="completed", days=200, ended_days=180)
+    fires("N20", n20_input(steroid(40), rituximab))
+    older = med("rituximab", name="rituximab 1000 mg IV", status="completed", days=200, ended_days=181)
+    stays_quiet("N20", n20_input(steroid(40), older))
+
+
+def test_n20_stays_quiet_with_prophylaxis_on_continuing_therapy_and_names_an_unreadable_dose():
+    dapsone = med("pjp-prophylaxis", name="dapsone 100 mg tablet", days=30)
+    assert "prophylaxis is active: dapsone" in stays_quiet("N20", n20_input(steroid(40), MMF, dapsone))
+    renewal = make(meds=[steroid(40), MMF], trigger=tacrolimus_draft(prior="tac-1"), **ON)
+    assert "new start" in stays_quiet("N20", renewal)
+    unread = stays_quiet("N20", n20_input(steroid(None), MMF))
+    assert "could not be worked out from its dosageInstruction" in unread
+
+
+@pytest.mark.parametrize(
+    ("texts", "daily", "expected"),
+    [
+        (["prednisone 20 MG Oral Tablet"], 20, 20),
+        (["methylprednisolone 4 MG Oral Tablet"], 16, 20),
+        (["Medrol 4 mg tablet"], 16, 20),
+        (["dexamethasone 4 MG Oral Tablet"], 3, 20.01),
+        (["hydrocortisone 20 MG Oral Tablet"], 80, 20),
+        (["prednisolone 5 MG Oral Tablet"], 20, 20),
+        (["prednisone 20 mg tablet"], None, None),
+        (["a steroid tablet"], 20, None),
+    ],
+)
+def test_prednisone_equivalents_come_from_the_data_file(texts, daily, expected):
+    assert prednisone_equivalent(daily, texts) == expected
+
+
+def test_planned_days_reads_the_validity_the_supply_or_the_timing_bounds():
+    """ "Planned for 28 days" (N20); the drafted methylprednisolone fixture carries a 28-day supply."""
+    request = build_request("n20-methylprednisolone-16-mg-planned-28-days", hook="order-sign")
+    drafts = request["context"]["draftOrders"]["entry"]
+    assert planned_days(next(e["resource"] for e in drafts if "methylprednisolone" in json.dumps(e))) == 28
+    validity = {"validityPeriod": {"start": "2026-11-01", "end": "2026-11-29"}}
+    assert planned_days({"dispenseRequest": validity}) == 28
+    supply = {"expectedSupplyDuration": {"value": 2, "code": "wk"}, "numberOfRepeatsAllowed": 1}
+    assert planned_days({"dispenseRequest": supply}) == 28
+    bounds = {"timing": {"repeat": {"boundsDuration": {"value": 27, "unit": "days"}}}}
+    assert planned_days({"dosageInstruction": [bounds]}) == 27
+    assert planned_days({"dosageInstruction": [{"text": "for a month"}]}) is None
+
+
+SETTINGS_ON = {"thresholds": {"pneumocystis_check": True}}
+N20_FIRES = {
+    "n20-prednisone-20-mg-28-days": True,
+    "n20-prednisone-20-mg-27-days": False,
+    "n20-prednisone-19-mg-28-days": False,
+    "n20-methylprednisolone-16-mg-planned-28-days": True,
+    "n20-prednisone-with-prophylaxis": False,
+}
+
+
+@pytest.mark.slow  # one runtime per fixture
+@pytest.mark.parametrize("fixture", sorted(N20_FIRES))
+def test_n20_fixtures_turned_on_by_the_settings_give_their_expected_set(tmp_path, fixture):
+    request = fixture_request(fixture)
+    shipped = set(manifest()[fixture]["expected"])
+    assert set(card_findings(config_copy(tmp_path / "off"), request)) == shipped
+    on = card_findings(config_copy(tmp_path / "on", **SETTINGS_ON), request)
+    assert set(on) == shipped | ({"N20"} if N20_FIRES[fixture] else set())
+    assert on.get("N20") in (None, "info")
+
+
+@pytest.mark.slow
+def test_n20_turned_on_for_one_tenant_only(tmp_path):
+    config = config_copy(tmp_path, tenants={"hospital-a": SETTINGS_ON})
+    request = fixture_request("n20-prednisone-20-mg-28-days")
+    assert "N20" in card_findings(config, request, tenant="hospital-a")
+    assert "N20" not in card_findings(config, request, tenant="hospital-b")
+    assert "N20" not in card_findings(config, request)
+
+
+@pytest.mark.slow
+def test_n20_reads_a_text_only_glucocorticoid_order_by_the_strength_its_name_states(tmp_path):
+    """ "prednisone 20 mg tablet", 1 tablet daily, with no code: 20 mg/day from the order's own name."""
+    request = fixture_request("n20-prednisone-20-mg-28-days")
+    concepts = [
+        e["resource"].get("medicationCodeableConcept", {})
+        for e in request["prefetch"]["medications"]["entry"]
+    ]
+    (prednisone,) = [c for c in concepts if "prednisone" in c.get("text", "")]
+    del prednisone["coding"]
+    assert "N20" in card_findings(config_copy(tmp_path, **SETTINGS_ON), request)

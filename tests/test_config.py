@@ -92,6 +92,21 @@ def well_monitored_with_erythromycin() -> dict:
     return build_request_from_bundle(bundle, _drafts("complete-well-monitored"), hook="order-sign")
 
 
+def n20_after_rituximab_instead_of_mycophenolate() -> dict:
+    """The N20 patient (prednisone 20 mg for 28 days) with a rituximab dose 200 days ago, no mycophenolate."""
+    bundle = load_bundle("n20-prednisone-20-mg-28-days")
+    pid = _patient_id(bundle)
+    bundle["entry"] = [e for e in bundle["entry"] if "mycophenolate" not in json.dumps(e["resource"])]
+    given = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 200 * 86400))
+    bundle["entry"].append({"resource": {
+        "resourceType": "MedicationRequest", "id": "cfg-rituximab", "status": "completed", "intent": "order",
+        "subject": {"reference": f"Patient/{pid}"}, "authoredOn": given,
+        "dispenseRequest": {"validityPeriod": {"start": given, "end": given}},
+        "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "121191"}], "text": "rituximab"},
+    }})  # fmt: skip
+    return build_request_from_bundle(bundle, _drafts("n20-prednisone-20-mg-28-days"), hook="order-sign")
+
+
 def preeclampsia_patient_without_the_condition() -> dict:
     """The P5 patient without her pre-eclampsia Condition: only a 150/96 reading ten days ago is left."""
     bundle = load_bundle("p5-pregnant-preeclampsia")
@@ -135,6 +150,13 @@ CFG_CASES = [
      "warning"),
     ("paxlovid_window_days", T(paxlovid_window_days=9), "n21-paxlovid-ended-10-days-renewal", "N21",
      "critical", None),
+    ("pneumocystis_check", T(pneumocystis_check=True), "n20-prednisone-20-mg-28-days", "N20", None, "info"),
+    ("pneumocystis_prednisone_mg_day", T(pneumocystis_check=True, pneumocystis_prednisone_mg_day=19),
+     "n20-prednisone-19-mg-28-days", "N20", None, "info"),
+    ("pneumocystis_glucocorticoid_days", T(pneumocystis_check=True, pneumocystis_glucocorticoid_days=27),
+     "n20-prednisone-20-mg-27-days", "N20", None, "info"),
+    ("pneumocystis_anti_cd20_days", T(pneumocystis_check=True, pneumocystis_anti_cd20_days=365),
+     n20_after_rituximab_instead_of_mycophenolate, "N20", None, "info"),
     ("egfr_cni_caution", T(egfr_cni_caution=35), "n13-egfr-low", "N13", "warning", None),
     ("egfr_cni_caution_continuing", T(egfr_cni_caution_continuing="warning"), "n13-egfr-low-renewal", "N13",
      "info", "warning"),
@@ -263,7 +285,7 @@ TENANT_BLOCK = "tenants:\n  hospital-a:\n    thresholds:\n      potassium_max: 5
         ("settings.yaml", "P2: {enabled: true, indicator: critical}", "P2: {indicator: severe}",
          "findings.P2.indicator: must be one of 'info', 'warning', 'critical', got 'severe'"),
         ("settings.yaml", "N3: {enabled: true, indicator: critical}", "N33: {enabled: false}",
-         "findings.N33: 'N33' is not a finding id of the catalog (P1-P7, S0-S4, S7, N1-N16, N18, N21)"),
+         "findings.N33: 'N33' is not a finding id of the catalog (P1-P7, S0-S4, S7, N1-N16, N18, N21, N20)"),
         ("settings.yaml", "N3: {enabled: true, indicator: critical}", "S5: {enabled: false}",
          f"findings.S5: 'S5' {RETIRED_S5}"),
         ("settings.yaml", "\ntenants: {}\n", "\ntenants:\n  hospital-a:\n    findings: {S6: {}}\n",

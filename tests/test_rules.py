@@ -53,6 +53,10 @@ THRESHOLDS = {
     "hba1c": 6.5,
     "include_moderate_cyp3a4": False,
     "paxlovid_window_days": 10,
+    "pneumocystis_check": False,
+    "pneumocystis_prednisone_mg_day": 20,
+    "pneumocystis_glucocorticoid_days": 28,
+    "pneumocystis_anti_cd20_days": 180,
     "egfr_cni_caution": 45,
     "egfr_cni_caution_continuing": "info",
     "body_height_days": 180,
@@ -263,6 +267,7 @@ def test_rules_run_in_catalog_order():
         *(f"N{i}" for i in range(1, 17)),
         "N18",
         "N21",
+        "N20",
     ]
 
 

@@ -26,8 +26,9 @@ DRUG_CLASSES = {
     "tacrolimus", "mycophenolate", "cyclophosphamide", "methotrexate", "leflunomide", "teratogens",
     "rituximab", "other-calcineurin-inhibitors", "cyp3a4-strong-inhibitors", "cyp3a4-moderate-inhibitors",
     "cyp3a4-strong-inducers", "nephrotoxins", "obinutuzumab", "nirmatrelvir-ritonavir",
-    # rule catalog version 3, N16 (hyperkalaemia co-drugs)
+    # rule catalog version 3, N16 (hyperkalaemia co-drugs) and N20 (Pneumocystis prophylaxis)
     "ras-inhibitors", "potassium-sparing-diuretics", "trimethoprim",
+    "glucocorticoids-systemic", "pjp-prophylaxis",
 }  # fmt: skip
 NAME_ONLY_CLASSES = {"obinutuzumab", "nirmatrelvir-ritonavir"}
 """Classes recognised by name until their codes are verified; the codes wait in ``unverified/``."""
@@ -41,6 +42,7 @@ COMMON_MD_NAMES = {
     "rituximab", "other-calcineurin-inhibitors", "cyp3a4-strong-inhibitors", "cyp3a4-moderate-inhibitors",
     "cyp3a4-strong-inducers", "nephrotoxins", "obinutuzumab", "nirmatrelvir-ritonavir",
     "ras-inhibitors", "potassium-sparing-diuretics", "trimethoprim",
+    "glucocorticoids-systemic", "pjp-prophylaxis",
     # conditions
     "lupus", "lupus-nephritis", "lupus-nephritis-class-v", "pregnancy", "pregnancy-hypertension", "lactation",
     "hepatitis-b", "hypogammaglobulinemia",

@@ -8,7 +8,14 @@ findings off or re-grades them is applied by the caller. Where the catalog neede
 
 from __future__ import annotations
 
-from cds_service.rules import hyperkalaemia, monitoring, pregnancy, release_and_paxlovid, salvage
+from cds_service.rules import (
+    hyperkalaemia,
+    monitoring,
+    pneumocystis,
+    pregnancy,
+    release_and_paxlovid,
+    salvage,
+)
 from cds_service.rules.common import has_lupus_nephritis, merge_needs, unavailable
 from cds_service.rules.model import Evaluation, Finding, Quiet, RuleInput
 from cds_service.rules.registry import ORDER, Registry, Rule
@@ -24,6 +31,7 @@ REGISTRY = Registry(
         *monitoring.DECLARATIONS,
         *hyperkalaemia.DECLARATIONS,
         *release_and_paxlovid.DECLARATIONS,
+        *pneumocystis.DECLARATIONS,
     )
 )
 """Every finding of the catalog, declared in its family module, in catalog order."""
