@@ -25,7 +25,7 @@ from cds_service.terminology import (
 DRUG_CLASSES = {
     "tacrolimus", "mycophenolate", "cyclophosphamide", "methotrexate", "leflunomide", "teratogens",
     "rituximab", "other-calcineurin-inhibitors", "cyp3a4-strong-inhibitors", "cyp3a4-moderate-inhibitors",
-    "cyp3a4-strong-inducers", "nephrotoxins", "obinutuzumab", "nirmatrelvir-ritonavir",
+    "cyp3a4-strong-inducers", "nephrotoxins", "obinutuzumab", "nirmatrelvir-ritonavir", "live-vaccines",
     # rule catalog version 3, N16 (hyperkalaemia co-drugs) and N20 (Pneumocystis prophylaxis)
     "ras-inhibitors", "potassium-sparing-diuretics", "trimethoprim",
     "glucocorticoids-systemic", "pjp-prophylaxis",
@@ -40,7 +40,7 @@ COMMON_MD_NAMES = {
     # medications
     "tacrolimus", "mycophenolate", "cyclophosphamide", "methotrexate", "leflunomide", "teratogens",
     "rituximab", "other-calcineurin-inhibitors", "cyp3a4-strong-inhibitors", "cyp3a4-moderate-inhibitors",
-    "cyp3a4-strong-inducers", "nephrotoxins", "obinutuzumab", "nirmatrelvir-ritonavir",
+    "cyp3a4-strong-inducers", "nephrotoxins", "obinutuzumab", "nirmatrelvir-ritonavir", "live-vaccines",
     "ras-inhibitors", "potassium-sparing-diuretics", "trimethoprim",
     "glucocorticoids-systemic", "pjp-prophylaxis",
     # conditions

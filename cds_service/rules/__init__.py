@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from cds_service.rules import (
     hyperkalaemia,
+    live_vaccines,
     monitoring,
     pneumocystis,
     pregnancy,
@@ -29,9 +30,11 @@ REGISTRY = Registry(
         *pregnancy.DECLARATIONS,
         *salvage.DECLARATIONS,
         *monitoring.DECLARATIONS,
-        *hyperkalaemia.DECLARATIONS,
-        *release_and_paxlovid.DECLARATIONS,
-        *pneumocystis.DECLARATIONS,
+        *hyperkalaemia.DECLARATIONS,  # N16
+        *release_and_paxlovid.DECLARATIONS[:1],  # N18
+        *live_vaccines.DECLARATIONS,  # N19
+        *pneumocystis.DECLARATIONS,  # N20
+        *release_and_paxlovid.DECLARATIONS[1:],  # N21
     )
 )
 """Every finding of the catalog, declared in its family module, in catalog order."""
