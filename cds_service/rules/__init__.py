@@ -9,10 +9,12 @@ findings off or re-grades them is applied by the caller. Where the catalog neede
 from __future__ import annotations
 
 from cds_service.rules import (
+    formulations,
     hyperkalaemia,
     live_vaccines,
     monitoring,
     pneumocystis,
+    postpartum,
     pregnancy,
     release_and_paxlovid,
     salvage,
@@ -28,9 +30,11 @@ SCOPE_NEEDS = {"Condition": ("lupus", "lupus-nephritis", "lupus-nephritis-class-
 REGISTRY = Registry(
     (
         *pregnancy.DECLARATIONS,
+        *postpartum.DECLARATIONS,
         *salvage.DECLARATIONS,
         *monitoring.DECLARATIONS,
         *hyperkalaemia.DECLARATIONS,  # N16
+        *formulations.DECLARATIONS,  # N17
         *release_and_paxlovid.DECLARATIONS[:1],  # N18
         *live_vaccines.DECLARATIONS,  # N19
         *pneumocystis.DECLARATIONS,  # N20
