@@ -9,7 +9,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast lint bench bench-hostile clean
+.PHONY: run test test-fast lint bench bench-hostile bench-simulate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ bench: $(STAMP)
 
 bench-hostile: $(STAMP)
 	$(BIN)/python -m bench.hostile
+
+bench-simulate: $(STAMP)
+	$(BIN)/python -m bench.simulate
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .mypy_cache

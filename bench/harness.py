@@ -348,6 +348,7 @@ def hook_request(
             "observations": searchset(by_type.get("Observation", [])),
             "allergies": searchset(by_type.get("AllergyIntolerance", [])),
             "procedures": searchset(by_type.get("Procedure", [])),
+            "medicationStatements": searchset(by_type.get("MedicationStatement", [])),
             "immunizations": searchset(by_type.get("Immunization", [])),
         }
     return body

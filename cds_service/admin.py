@@ -9,7 +9,9 @@ only sent to ``/admin``; signed and expiring, never the token itself, ended on t
 same-origin`` or the session's form token (``_from_the_admin_page``). Wrong tokens, by form or header, slow
 down and then lock out the client.
 The page is server-rendered HTML with inline SVG: no script, no external CSS, and a
-Content-Security-Policy that allows only its own nonce-tagged style block.
+Content-Security-Policy that allows only its own nonce-tagged style block. ``/admin/trends`` draws its charts
+with the vendored Chart.js: its policy adds only its own nonce-tagged scripts. ``POST /admin/simulate`` runs a
+proposed configuration on the reference population (``staging``) with the same CSRF checks as a reload.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import os
 import secrets
 import weakref
 from collections.abc import Iterable, Mapping
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from typing import Any
 
@@ -39,7 +41,16 @@ from cds_service.rules.titles import finding_title
 from cds_service.services import spec_for
 
 log = logging.getLogger("cds_service.admin")
-bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates")
+bp = Blueprint(
+    "admin",
+    __name__,
+    url_prefix="/admin",
+    template_folder="templates",
+    static_folder="admin_static",
+    static_url_path="/static",
+)
+CHART_JS = "/smart/static/vendor/chart.umd.min.js"
+"""The vendored Chart.js the course app ships (``smart/static/vendor/VENDORED.md``): one copy for both."""
 
 COOKIE = "cds_admin"
 DEV_TOKEN = "dev-admin-token"
@@ -208,13 +219,16 @@ def _unauthorized() -> Response:
 # --- pages ------------------------------------------------------------------------------------------------
 
 
-def _page(template: str, status: int = 200, **context: Any) -> Response:
+def _page(template: str, status: int = 200, scripts: bool = False, **context: Any) -> Response:
+    """A page whose CSP allows its own nonce-tagged style block and, with ``scripts``, its nonce-tagged
+    scripts (the trends page's charts): nothing inline without the nonce."""
     nonce = secrets.token_urlsafe(16)
     response = Response(
         render_template(template, nonce=nonce, **context), status=status, mimetype="text/html"
     )
+    script = f"script-src 'nonce-{nonce}'; " if scripts else ""
     response.headers["Content-Security-Policy"] = (
-        f"default-src 'none'; style-src 'nonce-{nonce}'; form-action 'self'; "
+        f"default-src 'none'; {script}style-src 'nonce-{nonce}'; form-action 'self'; "
         "frame-ancestors 'none'; base-uri 'none'"
     )
     return response
@@ -235,7 +249,12 @@ def page() -> BaseResponse:
     return _admin_page()
 
 
-def _admin_page(notice: str | None = None, problems: list[str] | None = None, status: int = 200) -> Response:
+def _admin_page(
+    notice: str | None = None,
+    problems: list[str] | None = None,
+    status: int = 200,
+    staged: dict[str, Any] | None = None,
+) -> Response:
     holder = _holder()
     runtime = holder()
     since = _since_arg()
@@ -258,6 +277,7 @@ def _admin_page(notice: str | None = None, problems: list[str] | None = None, st
         form_token=_sessions().form_token(request.cookies.get(COOKIE)),
         notice=notice,
         problems=problems or [],
+        staged=staged,
         rate_text=rate_text,
         reasons_text=reasons_text,
         show=show,
@@ -277,10 +297,7 @@ def show(value: Any) -> str:
 
 
 def _since_arg() -> date | None:
-    try:
-        return date.fromisoformat(request.args["since"]) if request.args.get("since") else None
-    except ValueError:
-        return None
+    return _date_arg("since")
 
 
 @bp.get("/login")
@@ -382,6 +399,88 @@ def reload() -> Response | tuple[Response, int]:
             return _admin_page(notice="Configuration checked; the workers restart on it (refresh this page).")
         return _admin_page(notice="Configuration checked and reloaded.")
     return jsonify(answer), status
+
+
+@bp.post("/simulate")
+def simulate_staged() -> Response | tuple[Response, int]:
+    """Simulate a proposed configuration on the reference population against the running one (``staging``).
+
+    The proposal: an uploaded ``settings.yaml`` (field ``settings``), a folder on this machine (``folder``),
+    else the files on disk that a reload would load. Nothing is loaded; the page shows the difference per
+    finding next to the reload button.
+    """
+    how = _authenticated()
+    if how is None:
+        return _unauthorized()
+    if how == "cookie" and not _from_the_admin_page():
+        return _refused_cross_site()
+    from cds_service.staging import stage
+
+    upload = request.files.get("settings")
+    settings_yaml = upload.read() if upload is not None and upload.filename else None
+    runtime = _holder()()
+    staged = stage(
+        runtime.config,
+        settings_yaml=settings_yaml,
+        folder=(request.form.get("folder") or "").strip() or None,
+        tenant=(request.form.get("tenant") or "").strip() or None,
+    )
+    log.info("admin simulate", extra={"problems": len(staged.get("problems", ()))})
+    status = 422 if "problems" in staged else 200
+    if request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html":  # the form
+        return _admin_page(staged=staged, status=status)
+    return jsonify(staged), status
+
+
+@bp.get("/trends")
+def trends_page() -> BaseResponse:
+    """Per finding and week: cards shown, overridden (and the rate), accepted; top override reasons."""
+    if _authenticated() is None:
+        if request.headers.get("Authorization") or not _wants_html():
+            return _unauthorized()
+        return redirect("/admin/login", code=303)
+    from cds_service import trends
+
+    today = datetime.now(UTC).date()
+    until = _date_arg("until") or today + timedelta(days=1)
+    since = _date_arg("since") or until - timedelta(weeks=trends.DEFAULT_WEEKS)
+    if since >= until:
+        since = until - timedelta(days=1)
+    tenant = request.args.get("tenant") or None
+    admin = _holder()().config.section("admin")
+    found = trends.trends(
+        _holder()().store,
+        since,
+        until,
+        tenant=tenant,
+        flag_rate=admin.get("override_flag_rate", trends.FLAG_RATE),
+        flag_min_cards=admin.get("override_flag_min_cards", trends.FLAG_MIN_CARDS),
+    )
+    data = {
+        "since": since.isoformat(),
+        "until": until.isoformat(),
+        "findings": [dict(t.to_json(), title=finding_title(t.finding)) for t in found],
+        "top_reasons": trends.top_reasons(found),
+    }
+    return _page(
+        "admin_trends.html",
+        scripts=True,
+        data=data,
+        since=since.isoformat(),
+        until=until.isoformat(),
+        tenant=tenant or "",
+        flag_rate=admin.get("override_flag_rate", trends.FLAG_RATE),
+        flag_min_cards=admin.get("override_flag_min_cards", trends.FLAG_MIN_CARDS),
+        chart_js=CHART_JS,
+        rate_text=rate_text,
+    )
+
+
+def _date_arg(name: str) -> date | None:
+    try:
+        return date.fromisoformat(request.args[name]) if request.args.get(name) else None
+    except ValueError:
+        return None
 
 
 # --- what the page shows ----------------------------------------------------------------------------------

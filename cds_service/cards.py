@@ -43,7 +43,7 @@ NOTE_LIMIT = 400
 """A note on a card (what was missing, why a resource was left out) is cut to this many characters."""
 TOPIC_DISPLAY = {
     "pregnancy": "Pregnancy and breastfeeding suitability",
-    "salvage-context": "Why tacrolimus now (salvage context)",
+    "salvage-context": "Regimen and salvage context",
     "nephrotoxicity-monitoring": "Nephrotoxicity monitoring",
 }
 NON_ADHERENCE = "http://terminology.hl7.org/CodeSystem/non-adherence-reason-codes"

@@ -475,3 +475,74 @@ def sandbox_run(
         click.echo(render_exchange(exchange, color=sys.stdout.isatty()))
     if exchange.status != 200:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, metavar="PATH...")
+@click.option(
+    "--config", "config_dir", default=None, help="Baseline configuration folder (default: the one in use)."
+)
+@click.option(
+    "--compare",
+    "compare_to",
+    default=None,
+    metavar="DIR|tenant:NAME",
+    help="The proposed configuration: a folder, or tenant:NAME for a tenant's overrides of the baseline.",
+)
+@click.option("--tenant", default=None, help="Apply this tenant's overrides to the baseline.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "csv", "json"]), default="text", show_default=True
+)
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1, 64), help="Processes to use.")
+@click.option(
+    "--drafts",
+    "drafts_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="The watched drugs drafted for the co-prescribing services: a JSON list of "
+    '{"code": RxNorm code, "display": name, "dosage": text} (default: data/simulation-drafts.json).',
+)
+def simulate(
+    paths: tuple[str, ...],
+    config_dir: str | None,
+    compare_to: str | None,
+    tenant: str | None,
+    fmt: str,
+    jobs: int,
+    drafts_file: str | None,
+) -> None:
+    """Run the services over a population and count the cards: PATH is a folder of FHIR Bundles (one patient
+    each), `fixtures` or `reference` (the synthetic population shipped with the service).
+
+    Per service and hook: calls, answers with cards, cards per call, info-only share and each finding's firing
+    rate; with --compare, the difference per finding and the patients whose highest indicator changed. Nothing
+    is written to the service's database.
+    """
+    from pathlib import Path
+
+    from cds_service import population, simulation
+
+    try:
+        patients = [p for source in paths for p in population.load(source)]
+        drugs = population.watched_drafts(Path(drafts_file) if drafts_file else None)
+        setups = [simulation.load_setup(config_dir, tenant)]
+        if compare_to is not None:
+            if compare_to.startswith("tenant:"):
+                setups.append(simulation.Setup(setups[0].config, compare_to.removeprefix("tenant:")))
+                simulation.load_setup(config_dir, setups[1].tenant)  # the tenant must exist
+            else:
+                setups.append(simulation.load_setup(compare_to, tenant))
+    except population.PopulationError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    except ConfigError as error:
+        click.echo("configuration is invalid:", err=True)
+        for problem in error.problems:
+            click.echo(f"  {problem}", err=True)
+        sys.exit(2)
+    if sys.stderr.isatty() and len(patients) >= 50:
+        with click.progressbar(length=len(patients), label="simulating", file=sys.stderr) as bar:
+            results = simulation.simulate(patients, setups, drugs, jobs=jobs, progress=bar.update)
+    else:
+        results = simulation.simulate(patients, setups, drugs, jobs=jobs)
+    click.echo(simulation.RENDERERS[fmt](results).rstrip("\n"))

@@ -24,7 +24,7 @@ from cds_service.fhir_client import FhirClient, FhirError
 from cds_service.fhir_json import path
 from cds_service.gather import Gathered, gather, run_parallel
 from cds_service.prefetch import KEY_BY_NAME
-from cds_service.protocol import ProtocolError, validate_request
+from cds_service.protocol import validate_request
 from cds_service.record_builder import build_record
 from cds_service.rules import evaluate
 from cds_service.rules.model import INDICATOR_RANK, Evaluation, Finding, RuleInput
@@ -51,6 +51,7 @@ DATA_NAMES = {
     "observations": "lab results and vital signs (Observation)",
     "allergies": "allergy list (AllergyIntolerance)",
     "procedures": "procedures (Procedure)",
+    "medicationStatements": "home and over-the-counter medicines (MedicationStatement)",
     "immunizations": "vaccines given (Immunization)",
 }
 
@@ -200,13 +201,17 @@ class MedicationResolver:
         return found if isinstance(found, Mapping) else None
 
 
+MEDICATION_KEYS = ("medications", "medicationStatements")
+"""The prefetch keys whose Bundles carry Medications with their orders or statements (``_include``)."""
+
+
 def _prefetch_entries(prefetch: object) -> list[tuple[str | None, Mapping]]:
-    """(fullUrl, resource) of the prefetch's medications Bundle, where Medications come with their orders: a
-    ``urn:uuid:`` reference may name one of its entries. Only that key is decoded, and only when asked."""
-    try:
-        return bundle_entries(prefetch.get("medications")) if isinstance(prefetch, Mapping) else []
-    except ProtocolError:  # a malformed value is refused, naming it, when the medications are gathered
+    """(fullUrl, resource) of the prefetch's medication Bundles, where Medications come with their orders and
+    statements: a ``urn:uuid:`` reference may name one of their entries. Only those keys are decoded, and only
+    when asked."""
+    if not isinstance(prefetch, Mapping):
         return []
+    return [entry for key in MEDICATION_KEYS for entry in bundle_entries(prefetch.get(key))]
 
 
 def answer_hook(
@@ -277,6 +282,7 @@ def answer_hook(
     if evaluated is None:
         rest = gather_keys(k for k in templates if k not in first)
         resolve.learn(rest.resources.get("medications", ()))
+        resolve.learn(rest.resources.get("medicationStatements", ()))
         gathered = gathered.merged(rest) if gathered is not None else rest
         laps.lap("gather")
         if gathered.missing_required:
@@ -363,6 +369,11 @@ def _evaluate(
         ],
         observations=[r for r in resources.get("observations", ()) if r.get("resourceType") == "Observation"],
         procedures=[r for r in resources.get("procedures", ()) if r.get("resourceType") == "Procedure"],
+        statements=[
+            r
+            for r in resources.get("medicationStatements", ())
+            if r.get("resourceType") == "MedicationStatement"
+        ],
         immunizations=[
             r for r in resources.get("immunizations", ()) if r.get("resourceType") == "Immunization"
         ],

@@ -113,7 +113,8 @@ class Immunization:
 
 @dataclass(frozen=True)
 class Medication:
-    """A MedicationRequest, stored or drafted in this ordering session."""
+    """A MedicationRequest, stored or drafted in this ordering session, or a MedicationStatement (a home or
+    over-the-counter medicine the patient says she takes: ``resource_type``)."""
 
     id: str
     concepts: frozenset[str]
@@ -159,7 +160,9 @@ class Medication:
     """A ``medicationReference`` that could not be resolved (the order was recognised by its text): the card
     names it."""
     resource_type: str = "MedicationRequest"
-    """``ServiceRequest`` for a vaccine drafted as a service order (rules.md v3 N19): its delete names it."""
+    """``MedicationStatement`` for a statement (it counts only where the catalog says "an order or
+    statement", ``PatientRecord.taking``, never as an order or an exposure); ``ServiceRequest`` for a vaccine
+    drafted as a service order (rules.md v3 N19): its delete names it."""
 
     @property
     def active(self) -> bool:
@@ -173,6 +176,10 @@ class Medication:
     @property
     def reference(self) -> str:
         return f"{self.resource_type}/{self.id}"
+
+    @property
+    def is_statement(self) -> bool:
+        return self.resource_type == "MedicationStatement"
 
 
 @dataclass(frozen=True)
@@ -319,6 +326,9 @@ class PatientRecord:
     allergies: tuple[Allergy, ...] = ()
     labs: Mapping[str, LabSeries] = field(default_factory=dict)
     procedures: tuple[Procedure, ...] = ()
+    statements: tuple[Medication, ...] = ()
+    """Active MedicationStatements (home and over-the-counter medicines), read for "an order or statement"
+    (rules.md v3 § Reading the record); never in ``medications``, so no order rule sees them."""
     immunizations: tuple[Immunization, ...] = ()
     """Vaccines given (status ``completed``) that belong to a value set the rules read, newest first."""
     skipped: tuple[Unusable, ...] = ()
@@ -342,6 +352,15 @@ class PatientRecord:
     def active_medications(self, concept: str) -> list[Medication]:
         """Active, on-hold or draft orders in the concept; the triggering order is included."""
         return [m for m in self.medications if m.active and concept in m.concepts]
+
+    def taking(self, *concepts: str) -> list[Medication]:
+        """Active, on-hold or drafted orders and active statements in any of the concepts, the triggering
+        order excluded: "an active order or statement" (rules.md v3: R1, P8; interpretation 93)."""
+        return [
+            m
+            for m in (*self.medications, *self.statements)
+            if m.active and not m.is_trigger and any(c in m.concepts for c in concepts)
+        ]
 
     def exposures(self, concept: str) -> list[Medication]:
         """Orders in the concept with an exposure period, oldest first; never the triggering order."""

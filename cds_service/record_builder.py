@@ -26,6 +26,7 @@ import orjson
 from fhir.resources.R4B.allergyintolerance import AllergyIntolerance as FhirAllergy
 from fhir.resources.R4B.condition import Condition as FhirCondition
 from fhir.resources.R4B.medicationrequest import MedicationRequest as FhirMedicationRequest
+from fhir.resources.R4B.medicationstatement import MedicationStatement as FhirMedicationStatement
 from fhir.resources.R4B.observation import Observation as FhirObservation
 from fhir.resources.R4B.patient import Patient as FhirPatient
 from pydantic import ValidationError
@@ -75,6 +76,7 @@ LAB_GROUPS = (
     "hbsag",
     "anti-hbc",
     "body-height",
+    "gestational-age",
 )
 _GROUPS_OF: dict[frozenset[str], tuple[str, ...]] = {}
 
@@ -99,11 +101,17 @@ DRAFT_SERVICE_CLASSES = frozenset({"live-vaccines"})
 """What a ServiceRequest in ``draftOrders`` can be an order of: a vaccine ordered as a service (N19)."""
 INACTIVE_CLINICAL = frozenset({"inactive", "remission", "resolved"})
 NOT_CONFIRMED = frozenset({"refuted", "entered-in-error"})
+CONDITION_DRUG_CLASSES = frozenset({"hydroxychloroquine"})
+"""Drug classes a Condition is tagged with when it names them (hydroxychloroquine retinopathy or toxicity):
+R1 reads such a Condition as a recorded contraindication; its SNOMED codes are unverified (interpretation
+95)."""
 MAX_RESULTS_PER_LAB = 100
 """The newest results of one lab group the rules may read. A record with thousands of results of one lab
 (or a hostile request) costs no more than this: the rest are never validated."""
 DEFAULT_LOOKBACK_DAYS = 365
-MAX_PER_CLASS = {"Condition": 20, "AllergyIntolerance": 20, "MedicationRequest": 100}
+MAX_PER_CLASS = {
+    "Condition": 20, "AllergyIntolerance": 20, "MedicationRequest": 100, "MedicationStatement": 100
+}  # fmt: skip
 """At most this many resources of one kind with the same concepts (value sets) are validated and used, the
 newest first: enough for any record (100 orders of one drug class are eight years of monthly renewals), and a
 request repeating one resource 30,000 times costs no more than that. A cut is named on the card."""
@@ -231,6 +239,15 @@ def _order_date(raw: Mapping) -> datetime | None:
     )
 
 
+def _statement_date(raw: Mapping) -> datetime | None:
+    """When a MedicationStatement says the medicine was taken from (else when it was asserted)."""
+    return (
+        parse_when(raw.get("effectiveDateTime"))
+        or parse_when(path(raw, "effectivePeriod", "start"))
+        or parse_when(raw.get("dateAsserted"))
+    )
+
+
 def _condition_date(raw: Mapping) -> datetime | None:
     """When a condition or allergy was recorded (else its onset): what "newest" means for them."""
     return parse_when(raw.get("recordedDate")) or parse_when(raw.get("onsetDateTime"))
@@ -337,6 +354,10 @@ READ_FIELDS = {
         "component", "interpretation",
     ),
     "AllergyIntolerance": ("id", "patient", "code", "clinicalStatus", "verificationStatus"),
+    "MedicationStatement": (
+        "id", "status", "subject", "medicationCodeableConcept", "medicationReference", "effectiveDateTime",
+        "effectivePeriod", "dateAsserted",
+    ),
 }  # fmt: skip
 """The elements the record reads, per resource type. Only these are validated: real EHR data in an older
 FHIR shape (an STU3 ``category`` object, ``context`` instead of ``encounter``) in an element nobody reads must
@@ -465,10 +486,18 @@ class RecordBuilder:
         return Patient(id=str(raw.get("id", "")), gender=gender, birth_date=born.date() if born else None)
 
     # --- conditions ----------------------------------------------------------------------------------------
+    def _drugs_named(self, concept: Any) -> frozenset[str]:
+        """The ``CONDITION_DRUG_CLASSES`` a Condition names ("Hydroxychloroquine retinopathy")."""
+        name = codeable_name(concept)
+        texts = name.names if name else ()
+        named = frozenset().union(*(self.terminology.drugs_named(t) for t in texts))
+        return named & CONDITION_DRUG_CLASSES
+
     def conditions(self, resources: Iterable[Mapping]) -> list[Condition]:
         candidates = []
         for raw in resources:
-            concepts = self.terminology.concepts_of_concept(raw.get("code"))
+            code = raw.get("code")
+            concepts = self.terminology.concepts_of_concept(code) | self._drugs_named(code)
             if concepts:
                 candidates.append((concepts, _r4_statuses(raw)))
             else:
@@ -629,7 +658,8 @@ class RecordBuilder:
         (a draft too: rules.md v3 § Reading the record, References)."""
         reference = raw.get("medicationReference")
         target = path(reference, "reference")
-        where = f"MedicationRequest/{raw.get('id')}"
+        statement = raw.get("resourceType") == "MedicationStatement"
+        where = f"{'MedicationStatement' if statement else 'MedicationRequest'}/{raw.get('id')}"
         if reference is not None and not isinstance(target, str):
             why = "its medicationReference is malformed, so its drug cannot be told"
             self.skipped.append(Unusable(where, why))
@@ -646,6 +676,45 @@ class RecordBuilder:
                     "which was not in the request and could not be read",
                 )
             )
+
+    # --- medication statements -----------------------------------------------------------------------------
+    def statements(self, resources: Iterable[Mapping], resolve: Resolver) -> list[Medication]:
+        """Active MedicationStatements (home and over-the-counter medicines), recognised as orders are
+        (rules.md § Drug recognition), read for "an order or statement" (rules.md v3, R1 and P8).
+
+        Only status ``active`` counts (interpretation 93): ``intended`` is a plan, ``completed``, ``stopped``,
+        ``not-taken`` and ``unknown`` say she does not (or may not) take it now. A statement is dated by
+        ``effective[x]``, else ``dateAsserted``, for the card; it is never an exposure period.
+        """
+        candidates = []
+        for raw in resources:
+            if raw.get("resourceType") != "MedicationStatement" or raw.get("status") != "active":
+                continue
+            name = drug_name(raw, resolve)
+            recognised = recognise(name, self.terminology)
+            if recognised.classes:
+                candidates.append((recognised.classes, raw, name, recognised))
+            elif not self._unreadable(raw, "medicationCodeableConcept"):
+                self._report_unresolved(raw, name.unresolved)
+        chosen = self._newest_per_class("MedicationStatement", [c[:2] for c in candidates], _statement_date)
+        found = []
+        for index, (concepts, raw, name, recognised) in enumerate(candidates):
+            if index not in chosen or not _validated(FhirMedicationStatement, raw, self.skipped):
+                continue
+            found.append(
+                Medication(
+                    id=str(raw.get("id", "")),
+                    concepts=concepts,
+                    name=_label(name.label or self._ingredients_label(name), recognised.by_name),
+                    status="active",
+                    authored=_statement_date(raw),
+                    exposure=None,
+                    recognised_by_name=recognised.by_name,
+                    unresolved_reference=name.reference if name.unresolved else "",
+                    resource_type="MedicationStatement",
+                )
+            )
+        return found
 
     # --- allergies -----------------------------------------------------------------------------------------
     def allergies(self, resources: Iterable[Mapping]) -> list[Allergy]:
@@ -926,6 +995,7 @@ def build_record(
     allergies: Sequence[Mapping] = (),
     observations: Sequence[Mapping] = (),
     procedures: Sequence[Mapping] = (),
+    statements: Sequence[Mapping] = (),
     immunizations: Sequence[Mapping] = (),
     resolve: Resolver | None = None,
     unavailable: Iterable[str] = (),
@@ -949,6 +1019,11 @@ def build_record(
         allergies=tuple(builder.allergies(builder.scanned("AllergyIntolerance", allergies))),
         labs=builder.lab_series(observations),
         procedures=tuple(builder.procedures(builder.scanned("Procedure", procedures))),
+        statements=tuple(
+            builder.statements(
+                builder.scanned("MedicationStatement", statements), resolve or (lambda r: None)
+            )
+        ),
         immunizations=tuple(builder.immunizations(builder.scanned("Immunization", immunizations))),
         skipped=tuple(builder.skipped),
         unavailable=frozenset(unavailable),

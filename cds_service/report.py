@@ -98,7 +98,10 @@ def since_moment(day: date | datetime | None) -> datetime | None:
 
 
 def store_statistics(
-    store: Store, since: date | datetime | None = None, tenant: str | None = None
+    store: Store,
+    since: date | datetime | None = None,
+    tenant: str | None = None,
+    until: date | datetime | None = None,
 ) -> list[FindingStats]:
     """``aggregate`` over everything ``store`` holds: what ``/admin`` and ``feedback report`` show."""
     return aggregate(
@@ -107,6 +110,7 @@ def store_statistics(
         since=since,
         tenant=tenant,
         suggestion_findings=store.suggestion_findings(),
+        until=until,
     )
 
 
@@ -116,15 +120,17 @@ def aggregate(
     since: date | datetime | None = None,
     tenant: str | None = None,
     suggestion_findings: Mapping[tuple[str, str], set[str]] | None = None,
+    until: date | datetime | None = None,
 ) -> list[FindingStats]:
-    """Statistics per (service, finding), in service then catalog order.
+    """Statistics per (service, finding), in service then catalog order; ``until`` (exclusive) ends the
+    period.
 
     ``suggestion_findings``: (service, suggestion uuid) → the findings it answers (from the Store).
 
     ``shown_rows`` should be every row (not only those since ``since``): an answer received in the window
     about a card shown before it still needs the card's findings.
     """
-    start = since_moment(since)
+    start, end = since_moment(since), since_moment(until)
     shown_rows = list(shown_rows)
     findings_on_card: dict[tuple[str, str], set[str]] = {}
     for row in shown_rows:
@@ -139,7 +145,9 @@ def aggregate(
         if tenant is not None and row.get("tenant") != tenant:
             return False
         moment = _utc(row[moment_key])
-        return start is None or (moment is not None and moment >= start)
+        if moment is None:
+            return start is None and end is None
+        return (start is None or moment >= start) and (end is None or moment < end)
 
     for row in shown_rows:
         if counted(row, "shown_at"):

@@ -271,6 +271,11 @@ class Terminology:
             self._text_memo[text] = named
         return named
 
+    def drugs_named(self, text: str) -> frozenset[str]:
+        """The drug classes ``text`` names as whole words, whatever form it names too: for a Condition
+        ("Hydroxychloroquine retinopathy, both eyes"), where a form word says nothing about the drug."""
+        return self._named(words(text))
+
     def _scan(self, text: str) -> frozenset[str] | None:
         found = words(text)
         if _FORMS.forms.is_local(found):

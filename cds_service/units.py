@@ -43,6 +43,7 @@ CANONICAL_UNITS = {
     "hcg-quantitative": "IU/L",
     "igg": "mg/dL",
     "body-height": "cm",
+    "gestational-age": "d",
 }
 """Lab group (observation value-set name) -> the unit its LabValues carry."""
 
@@ -106,6 +107,10 @@ _CONVERSIONS: dict[str, dict[str, Callable[[float], float]]] = {
     "body-height": {"cm": _SAME, "m": _factor(100), "[in_i]": _factor(2.54), "in": _factor(2.54)},
 }
 _CONVERSIONS["glucose-fasting"] = _CONVERSIONS["glucose"]
+# gestational age for P8 (rules.md v3): UCUM wk and d, and the words a valueString may hold
+_CONVERSIONS["gestational-age"] = {
+    "d": _SAME, "day": _SAME, "days": _SAME, "wk": _factor(7), "week": _factor(7), "weeks": _factor(7),
+}  # fmt: skip
 
 _KNOWN_UNITS = frozenset(key for table in _CONVERSIONS.values() for key in table)
 _ANNOTATION = re.compile(r"\{[^{}]*\}")

@@ -127,6 +127,9 @@ DRUGS: dict[str, tuple[list[dict], str]] = {
     "clarithromycin": ([coding(RXNORM, "21212", "clarithromycin")], "clarithromycin 500 mg tablet"),
     "rifampin": ([coding(RXNORM, "9384", "rifampin")], "rifampin 300 mg capsule"),
     "naproxen": ([coding(RXNORM, "7258", "naproxen")], "naproxen 500 mg tablet"),
+    # rule catalog version 3 (clinical.md §6.2: R1, R3, P8; codes verified there)
+    "aspirin-81mg": ([coding(RXNORM, "243670", "aspirin 81 MG Oral Tablet")], "aspirin 81 mg tablet"),
+    "belimumab": ([coding(RXNORM, "1092437", "belimumab")], "belimumab 10 mg/kg IV (Benlysta)"),
 }
 
 LN_ICD = coding(ICD10, "M32.14", "Glomerular disease in systemic lupus erythematosus")
@@ -223,6 +226,7 @@ TESTS: dict[str, tuple[str, str, str]] = {
     "edd": ("11778-8", "Delivery date Estimated", "exam"),
     "bp": ("85354-9", "Blood pressure panel with all children optional", "vital-signs"),
     "height": ("8302-2", "Body height", "vital-signs"),
+    "gestational-age": ("49051-6", "Gestational age in weeks", "exam"),
 }
 
 # How a unit is written (``unit``) and its UCUM code (``code``).
@@ -240,8 +244,15 @@ UNITS = {
     "mmHg": "mm[Hg]",
     "cm": "cm",
     "in": "[in_i]",
+    "wk": "wk",
 }
 
+LUPUS_CODES = {"55464009", "68815009", "76521009", "36402006", "52042003", "M32.14", "M32.9"}
+"""SLE and lupus nephritis codes of ``CONDITIONS``: a chart with one active gets hydroxychloroquine."""
+PREGNANCY_SIGNS = {"77386006", "72892002", "Z33.1", "11778-8", "19080-1", "21198-7", "2106-3", "2118-8"}
+"""Codes of a pregnancy Condition, a 'Pregnant' answer, an EDD or an hCG: a chart with one gets aspirin."""
+HYDROXYCHLOROQUINE_CODES = {"5521", "979092", "2393"}
+ASPIRIN_CODES = {"1191", "243670", "308416", "318272", "252857"}
 PREGNANT = coding(SNOMED, "77386006", "Pregnant")
 YES_LOINC = coding(LOINC, "LA33-6", "Yes")
 YES_SNOMED = coding(SNOMED, "373066001", "Yes")
@@ -272,6 +283,12 @@ class Chart:
     resources: list[dict] = field(default_factory=list)
     drafts: list[str] = field(default_factory=list)
     malformed: list[str] = field(default_factory=list)
+    hydroxychloroquine: bool = True
+    """Most lupus patients take hydroxychloroquine: a chart with active lupus gets an active order for it
+    (``default_medicines``) unless it has one, or this is False (a fixture about R1)."""
+    aspirin: bool = True
+    """A chart with a sign of pregnancy gets an over-the-counter low-dose aspirin statement unless it has
+    aspirin, or this is False (a fixture about P8)."""
     _counts: Counter = field(default_factory=Counter)
 
     def rid(self, key: str) -> str:
@@ -391,6 +408,82 @@ class Chart:
         if status == "draft":
             self.drafts.append(ref)
         return ref
+
+    def statement(self, drug: str, since: str, *, key: str | None = None, status: str = "active") -> str:
+        """A MedicationStatement: a home or over-the-counter medicine the patient says she takes."""
+        codings, text = DRUGS[drug]
+        return self.add(
+            {
+                "resourceType": "MedicationStatement",
+                "id": self.rid(key or self.next_key("ms")),
+                "status": status,
+                "medicationCodeableConcept": {"coding": codings, "text": text},
+                "subject": self.patient_ref,
+                "effectiveDateTime": since,
+                "dateAsserted": since,
+                "informationSource": self.patient_ref,
+            }
+        )
+
+    def _codes(self, resource_type: str) -> list[tuple[dict, set[str]]]:
+        """Each resource of a type with the codes it carries (its code, medication or value)."""
+        found = []
+        for r in self.resources:
+            if r["resourceType"] == resource_type:
+                concepts = [
+                    r.get(k) or {} for k in ("code", "medicationCodeableConcept", "valueCodeableConcept")
+                ]
+                found.append((r, {c.get("code") for concept in concepts for c in concept.get("coding", [])}))
+        return found
+
+    def _takes(self, codes: set[str]) -> bool:
+        return any(
+            r.get("status") == "active" and found & codes
+            for kind in ("MedicationRequest", "MedicationStatement")
+            for r, found in self._codes(kind)
+        )
+
+    def default_medicines(self) -> list[dict]:
+        """What most such patients take and the record would show (see ``hydroxychloroquine`` and
+        ``aspirin``), so that a fixture about something else is not about R1 or P8."""
+        conditions = [
+            codes
+            for r, codes in self._codes("Condition")
+            if (r.get("clinicalStatus") or {"coding": [{"code": "active"}]})["coding"][0]["code"] == "active"
+        ]
+        lupus = any(codes & LUPUS_CODES for codes in conditions)
+        pregnancy = any(codes & PREGNANCY_SIGNS for kind in ("Condition", "Observation") for _, codes in
+                        self._codes(kind))  # fmt: skip
+        added = []
+        if self.hydroxychloroquine and lupus and not self._takes(HYDROXYCHLOROQUINE_CODES):
+            codings, text = DRUGS["hydroxychloroquine"]
+            added.append(
+                {
+                    "resourceType": "MedicationRequest",
+                    "id": self.rid("mr-hcq"),
+                    "status": "active",
+                    "intent": "order",
+                    "medicationCodeableConcept": {"coding": codings, "text": text},
+                    "subject": self.patient_ref,
+                    "authoredOn": ago(400),
+                    "dosageInstruction": [{"text": "200 mg by mouth twice daily"}],
+                }
+            )
+        if self.aspirin and pregnancy and not self._takes(ASPIRIN_CODES):
+            codings, text = DRUGS["aspirin-81mg"]
+            added.append(
+                {
+                    "resourceType": "MedicationStatement",
+                    "id": self.rid("ms-aspirin"),
+                    "status": "active",
+                    "medicationCodeableConcept": {"coding": codings, "text": text + " (over the counter)"},
+                    "subject": self.patient_ref,
+                    "effectiveDateTime": ago(60),
+                    "dateAsserted": ago(30),
+                    "informationSource": self.patient_ref,
+                }
+            )
+        return added
 
     def medication(self, drug: str) -> str:
         """A Medication resource of its own in the bundle, for orders that reference it."""
@@ -531,7 +624,7 @@ class Chart:
             "timestamp": f"{ANCHOR.isoformat()}T00:00:00Z",
             "entry": [
                 {"fullUrl": f"{FULL_URL_BASE}/{r['resourceType']}/{r['id']}", "resource": r}
-                for r in self.resources
+                for r in [*self.resources, *self.default_medicines()]
             ],
         }
 
@@ -1031,8 +1124,8 @@ def s2_cyc_and_mmf_exposed() -> Fixture:
     c = Chart("s2both").patient("Thomas", "Walker", "male", "1985-04-04")
     c.condition("sle", on("2021-02-02"))
     c.condition("ln-class-iv", on("2022-12-15"))
-    # A stored order naming its drug through a Medication resource. Hydroxychloroquine is in no value set, so
-    # the expected findings do not depend on whether the service can fetch it (prefetch alone cannot).
+    # A stored order naming its drug through a Medication resource (its reference's display names it, so it
+    # is recognised by name where the Medication cannot be had); the chart's default order keeps R1 quiet.
     hcq = c.medication("hydroxychloroquine")
     c.order("hydroxychloroquine", on("2021-02-20"), medication=hcq, dosage="200 mg by mouth twice daily")
     c.order(
@@ -1055,9 +1148,13 @@ def s2_cyc_and_mmf_exposed() -> Fixture:
         c,
         {
             "S2": "Prior cyclophosphamide (2023) and prior mycophenolate (2023-2025).",
+            "R2": "Class IV LN, mycophenolate used (2023-2025), none active now, no allergy, not pregnant.",
             "N11": NEW_START,
         },
-        quiet={"S1": "UPCR 1.1 g/g is 69 % below the 3.5 g/g measured before mycophenolate started."},
+        quiet={
+            "S1": "UPCR 1.1 g/g is 69 % below the 3.5 g/g measured before mycophenolate started.",
+            "R4": "Cyclophosphamide ended in 2023, long before the 30-day window.",
+        },
     )
 
 
@@ -2878,6 +2975,241 @@ def n19_yellow_fever_30_days_renewal() -> Fixture:
     )
 
 
+# --- Rule catalog version 3: regimen context (R1-R4) and low-dose aspirin in pregnancy (P8) -----------------
+
+
+def _regimen_start(short: str, given: str, *, hydroxychloroquine: bool = True, mmf: str = "active") -> Chart:
+    """A woman with class IV lupus nephritis (2026), every lab recent and normal, a negative hCG, starting
+    tacrolimus; mycophenolate ``active``, ``stopped`` (3 months in 2025: not S1's 6) or ``none``."""
+    c = Chart(short, hydroxychloroquine=hydroxychloroquine).patient(given, "Okonkwo", "female", "1990-05-05")
+    c.condition("sle", on("2018-04-04"))
+    c.condition("ln-class-iv", on("2026-07-02"))
+    if mmf == "active":
+        c.order("mmf-500mg", on("2026-07-12"), dosage=MMF_DOSE)
+    elif mmf == "stopped":
+        c.order("mmf-500mg", on("2025-06-10"), status="stopped", until="2025-09-20", dosage=MMF_DOSE)
+    normal_visit(c, 5, upcr=1.6)
+    c.lab("hcg", 1.0, "IU/L", ago(5))
+    _tacrolimus_start(c)
+    return c
+
+
+@fixture
+def r1_no_hydroxychloroquine() -> Fixture:
+    return Fixture(
+        "r1-no-hydroxychloroquine",
+        "Class IV LN on mycophenolate starting tacrolimus, with no hydroxychloroquine on record",
+        _regimen_start("r1nohcq", "Ada", hydroxychloroquine=False),
+        {
+            "R1": "No active hydroxychloroquine order or statement, no allergy or retinopathy.",
+            "N11": NEW_START,
+        },
+    )
+
+
+@fixture
+def r1_hydroxychloroquine_statement() -> Fixture:
+    c = _regimen_start("r1hcqms", "Bea", hydroxychloroquine=False)
+    c.statement("hydroxychloroquine", ago(200))
+    return Fixture(
+        "r1-hydroxychloroquine-statement",
+        "No hydroxychloroquine order, but an active MedicationStatement (prescribed elsewhere): she takes it",
+        c,
+        {"N11": NEW_START},
+        quiet={"R1": "An active hydroxychloroquine MedicationStatement counts (an order or statement)."},
+    )
+
+
+@fixture
+def r1_hydroxychloroquine_retinopathy() -> Fixture:
+    c = _regimen_start("r1retina", "Cleo", hydroxychloroquine=False)
+    c.order("hydroxychloroquine", on("2018-05-01"), status="stopped", until="2025-03-01", dosage="200 mg bid")
+    c.add(
+        {
+            "resourceType": "Condition",
+            "id": c.rid("retinopathy"),
+            "clinicalStatus": {"coding": [coding(CLINICAL, "active", "Active")]},
+            "verificationStatus": {"coding": [coding(VERIFICATION, "confirmed", "Confirmed")]},
+            "code": {"text": "Hydroxychloroquine retinopathy, both eyes"},
+            "subject": c.patient_ref,
+            "onsetDateTime": on("2025-02-20"),
+            "recordedDate": on("2025-02-20"),
+        }
+    )
+    return Fixture(
+        "r1-hydroxychloroquine-retinopathy",
+        "Hydroxychloroquine stopped in 2025 for retinopathy, recorded as a Condition naming it",
+        c,
+        {"N11": NEW_START},
+        quiet={"R1": "A Condition names hydroxychloroquine retinopathy: a recorded contraindication."},
+    )
+
+
+@fixture
+def r2_mycophenolate_stopped() -> Fixture:
+    return Fixture(
+        "r2-mycophenolate-stopped",
+        "Class IV LN, mycophenolate stopped in 2025, tacrolimus started without it",
+        _regimen_start("r2nommf", "Dina", mmf="stopped"),
+        {
+            "R2": "Class IV LN, mycophenolate in 2025, none active (order or statement), no allergy.",
+            "N11": NEW_START,
+        },
+    )
+
+
+def _infusion_chart(short: str, given: str, drug: str, days_ago: int) -> Chart:
+    """Class IV LN on mycophenolate; the last ``drug`` infusion recorded as a completed order ``days_ago``."""
+    c = _regimen_start(short, given)
+    c.order(drug, ago(days_ago), status="completed", dosage="one infusion")
+    return c
+
+
+@fixture
+def r3_belimumab_35_days() -> Fixture:
+    return Fixture(
+        "r3-belimumab-35-days",
+        "Last belimumab infusion (a completed order) 35 days ago, at the tacrolimus start",
+        _infusion_chart("r3bel35", "Ines", "belimumab", 35),
+        {"R3": "Belimumab exposure ended 35 days ago (window 35 days).", "N11": NEW_START},
+    )
+
+
+@fixture
+def r3_belimumab_36_days() -> Fixture:
+    return Fixture(
+        "r3-belimumab-36-days",
+        "Last belimumab infusion (a completed order) 36 days ago: outside the 35-day window",
+        _infusion_chart("r3bel36", "Jana", "belimumab", 36),
+        {"N11": NEW_START},
+        quiet={"R3": "Belimumab exposure ended 36 days ago, outside the 35-day window."},
+    )
+
+
+@fixture
+def r4_cyclophosphamide_30_days() -> Fixture:
+    return Fixture(
+        "r4-cyclophosphamide-30-days",
+        "Last cyclophosphamide pulse (a completed order) 30 days ago, on mycophenolate, at a new start",
+        _infusion_chart("r4cyc30", "Kaia", "cyclophosphamide-500mg", 30),
+        {
+            "S2": "Cyclophosphamide (30 days ago) and mycophenolate (since July) both used.",
+            "R4": "Cyclophosphamide exposure ended 30 days ago (window 30 days).",
+            "N11": NEW_START,
+        },
+    )
+
+
+@fixture
+def r4_cyclophosphamide_31_days() -> Fixture:
+    return Fixture(
+        "r4-cyclophosphamide-31-days",
+        "Last cyclophosphamide pulse 31 days ago: outside the 30-day window",
+        _infusion_chart("r4cyc31", "Lena", "cyclophosphamide-500mg", 31),
+        {"S2": "Cyclophosphamide (31 days ago) and mycophenolate (since July) both used.", "N11": NEW_START},
+        quiet={"R4": "Cyclophosphamide exposure ended 31 days ago, outside the 30-day window."},
+    )
+
+
+def _pregnant_sle_start(short: str, given: str, *, aspirin: bool = False) -> Chart:
+    """A pregnant woman with SLE (no nephritis) on hydroxychloroquine, starting tacrolimus; the pregnancy is
+    shown by the fixture (due date, gestational age or Condition)."""
+    c = _sle_woman(short, given, "Marchetti")
+    c.aspirin = aspirin
+    normal_visit(c, 5, upcr=0.1)
+    _tacrolimus_start(c)
+    return c
+
+
+def _due_in(c: Chart, gestation_days: int) -> None:
+    """An estimated delivery date that puts the gestational age at ``gestation_days`` on the anchor day."""
+    due = ANCHOR + timedelta(days=280 - gestation_days)
+    c.due_date(due.isoformat(), ago(20))
+
+
+def _p8_by_due_date(name: str, short: str, given: str, gestation_days: int, fires: bool) -> Fixture:
+    c = _pregnant_sle_start(short, given)
+    _due_in(c, gestation_days)
+    weeks = f"{gestation_days // 7} weeks {gestation_days % 7} days"
+    expected = {"P1": "Estimated delivery date in the future.", "N11": NEW_START}
+    quiet = {}
+    if fires:
+        expected["P8"] = f"Gestational age {weeks} from the due date (12 to 28 weeks), no aspirin."
+    else:
+        quiet["P8"] = f"Gestational age {weeks}: outside 12 to 28 weeks."
+    about = f"Pregnant SLE patient, gestational age {weeks} by due date, no aspirin"
+    return Fixture(name, about, c, expected, quiet=quiet)
+
+
+@fixture
+def p8_gestation_12_weeks() -> Fixture:
+    return _p8_by_due_date("p8-gestation-12-weeks", "p8ga84", "Mia", 84, True)
+
+
+@fixture
+def p8_gestation_11_weeks_6_days() -> Fixture:
+    return _p8_by_due_date("p8-gestation-11-weeks-6-days", "p8ga83", "Nora", 83, False)
+
+
+@fixture
+def p8_gestation_27_weeks_6_days() -> Fixture:
+    return _p8_by_due_date("p8-gestation-27-weeks-6-days", "p8ga195", "Olivia", 195, True)
+
+
+@fixture
+def p8_gestation_28_weeks() -> Fixture:
+    return _p8_by_due_date("p8-gestation-28-weeks", "p8ga196", "Pia", 196, False)
+
+
+@fixture
+def p8_gestational_age_observation() -> Fixture:
+    c = _pregnant_sle_start("p8gaobs", "Rita")
+    c.condition("pregnancy", ago(120))
+    resource = c._observation("gestational-age", ago(14))
+    resource["valueQuantity"] = {"value": 18, "unit": "wk", "system": UCUM, "code": "wk"}
+    c.add(resource)
+    return Fixture(
+        "p8-gestational-age-observation",
+        "Pregnant SLE patient, gestational age 18 weeks measured 14 days ago (20 weeks today), no aspirin",
+        c,
+        {
+            "P1": "Active pregnancy Condition.",
+            "P8": "Gestational age 18 weeks 14 days ago is 20 weeks today, no aspirin order or statement.",
+            "N11": NEW_START,
+        },
+    )
+
+
+@fixture
+def p8_gestational_age_unknown() -> Fixture:
+    c = _pregnant_sle_start("p8gaunk", "Sara")
+    c.condition("pregnancy", ago(60))
+    return Fixture(
+        "p8-gestational-age-unknown",
+        "Pregnant SLE patient (pregnancy Condition only): gestational age unknown, no aspirin",
+        c,
+        {
+            "P1": "Active pregnancy Condition.",
+            "P8": "Gestational age unknown counts; no aspirin.",
+            "N11": NEW_START,
+        },
+    )
+
+
+@fixture
+def p8_aspirin_statement() -> Fixture:
+    c = _pregnant_sle_start("p8asams", "Tara", aspirin=False)
+    _due_in(c, 120)
+    c.statement("aspirin-81mg", ago(30))
+    return Fixture(
+        "p8-aspirin-statement",
+        "Pregnant SLE patient at 17 weeks taking over-the-counter aspirin 81 mg (a MedicationStatement)",
+        c,
+        {"P1": "Estimated delivery date in the future.", "N11": NEW_START},
+        quiet={"P8": "An active aspirin MedicationStatement counts (an order or statement)."},
+    )
+
+
 # --- Hyperkalaemia co-drugs (N16), catalog version 3 --------------------------------------------------------
 
 DRUGS.update(
@@ -3192,7 +3524,7 @@ def manifest_entry(f: Fixture) -> dict:
 
 
 def finding_order(finding_id: str) -> tuple[int, int]:
-    return ("PSN".index(finding_id[0]), int(finding_id[1:]))
+    return ("PSRN".index(finding_id[0]), int(finding_id[1:]))
 
 
 def write(out_dir: Path = OUT_DIR) -> list[str]:

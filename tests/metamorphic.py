@@ -664,13 +664,18 @@ def _medication_for(order: dict, med_id: str) -> dict:
     return {"resourceType": "Medication", "id": med_id, "code": order.pop("medicationCodeableConcept")}
 
 
+MEDICATION_USES = ("MedicationRequest", "MedicationStatement")
+"""Orders and statements (home medicines, rules.md v3): both name their drug in medication[x]."""
+
+
 def _orders_with_concepts(resources: Resources) -> list[dict]:
-    return [r for r in of_type(resources, "MedicationRequest") if "medicationCodeableConcept" in r]
+    return [r for r in of_type(resources, *MEDICATION_USES) if "medicationCodeableConcept" in r]
 
 
 @transformation("medication-contained", looks_for="an order with medicationCodeableConcept")
 def medication_contained(resources: Resources, ctx: Context) -> Resources:
-    """An order's drug given as a contained Medication (``#id``) is the same drug as its concept."""
+    """An order's (or statement's) drug given as a contained Medication (``#id``) is the same drug as its
+    concept."""
     orders = _orders_with_concepts(resources)
     if not orders:
         raise NothingToChange("no order with medicationCodeableConcept")
@@ -762,15 +767,15 @@ def medication_urn_uuid(request: dict, ctx: Context) -> dict:
     """A Medication referenced by ``urn:uuid:`` matching its entry's fullUrl (draftOrders; for stored orders
     the prefetch Bundle) is the same drug as the order's concept."""
     bundles = [request["context"].get("draftOrders")]
-    if ctx.path == "prefetch":
-        bundles.append((request.get("prefetch") or {}).get("medications"))
+    if ctx.path == "prefetch":  # stored orders, and statements (home medicines) in their own Bundle
+        bundles += [(request.get("prefetch") or {}).get(k) for k in ("medications", "medicationStatements")]
     touched = False
     for bundle in (b for b in bundles if isinstance(b, dict)):
         added: list[dict] = []
         searched = {"search": {"mode": "include"}} if bundle.get("type") == "searchset" else {}
         for entry in bundle.get("entry", []):
             order = entry.get("resource", {})
-            if order.get("resourceType") != "MedicationRequest" or "medicationCodeableConcept" not in order:
+            if order.get("resourceType") not in MEDICATION_USES or "medicationCodeableConcept" not in order:
                 continue
             full_url = f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, ctx.seed + order['id'])}"
             medication = {"resourceType": "Medication", "code": order.pop("medicationCodeableConcept")}
@@ -846,7 +851,7 @@ def _drug_concepts(resources: Resources) -> list[dict]:
     """The drug concepts of every order and Medication (inline, contained or stored)."""
     found = []
     for resource in resources:
-        if resource.get("resourceType") == "MedicationRequest":
+        if resource.get("resourceType") in MEDICATION_USES:
             if "medicationCodeableConcept" in resource:
                 found.append(resource["medicationCodeableConcept"])
             found += [c["code"] for c in resource.get("contained", []) if isinstance(c.get("code"), dict)]

@@ -253,7 +253,7 @@ def _line_of(path, key: str) -> int:
 def _form_token(html: str) -> str:
     """The token the page's reload form carries (every POST form carries the same one)."""
     tokens = re.findall(r'<input type="hidden" name="csrf_token" value="([^"]+)">', html)
-    assert len(tokens) == 2 and len(set(tokens)) == 1  # reload and sign out
+    assert len(tokens) == 3 and len(set(tokens)) == 1  # reload, sign out and simulate
     return tokens[0]
 
 

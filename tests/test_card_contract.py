@@ -15,7 +15,7 @@ from cds_service.sandbox.requests import build_request
 from tests.support import FINDINGS_KEY, make_app
 
 FIXTURES = sorted(manifest())
-FINDING_HEAD = re.compile(r"^\*\*(Critical|Warning|Info) · ([PSN]\d+)\.\*\* ", re.MULTILINE)
+FINDING_HEAD = re.compile(r"^\*\*(Critical|Warning|Info) · ([PSRN]\d+)\.\*\* ", re.MULTILINE)
 
 
 @pytest.fixture(scope="module")

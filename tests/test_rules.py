@@ -86,6 +86,9 @@ THRESHOLDS = {
     "active_nephritis_upcr": 0.5,
     "active_nephritis_upcr_days": 90,
     "contraceptive_new_start_counts": True,
+    "belimumab_window_days": 35,
+    "cyclophosphamide_window_days": 30,
+    "aspirin_gestation_weeks": [12, 28],
 }
 
 UNITS = {
@@ -272,8 +275,9 @@ MYCOPHENOLATE = "mycophenolate"
 # --- catalog shape ------------------------------------------------------------------------------------------
 def test_rules_run_in_catalog_order():
     assert list(RULES) == [
-        *(f"P{i}" for i in (1, 2, 3, 4, 5, 6, 7, 9, 10)),
+        *(f"P{i}" for i in range(1, 11)),
         *(f"S{i}" for i in (0, 1, 2, 3, 4, 7)),
+        *(f"R{i}" for i in range(1, 5)),
         *(f"N{i}" for i in range(1, 17)),
         "N17",
         "N18",
@@ -291,7 +295,11 @@ def test_every_threshold_the_tests_assume_is_a_shipped_setting():
 def test_needs_names_the_value_sets_discovery_must_prefetch():
     assert set(NEEDS) == {
         "Patient", "Condition", "MedicationRequest", "Observation", "AllergyIntolerance", "Procedure",
-        "Immunization",
+        "MedicationStatement", "Immunization",
+    }  # fmt: skip
+    # rules.md v3: home and over-the-counter medicines for "an order or statement" (R1, P8) and R2-R4
+    assert set(NEEDS["MedicationStatement"]) == {
+        "hydroxychloroquine", "aspirin", "mycophenolate", "belimumab", "cyclophosphamide"
     }  # fmt: skip
     assert NEEDS["Procedure"] == ("delivery-procedures",)  # rules.md v3: read for deliveries alone
     assert NEEDS["Immunization"] == ("live-vaccines",)  # rules.md v3: live vaccines given (N19)

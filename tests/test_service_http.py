@@ -130,7 +130,8 @@ def test_official_r4_examples_with_a_tacrolimus_order_get_conformant_cards(clien
     assert response.status_code == 200
     cards = response.get_json()
     assert check_response(cards) == []
-    assert finding_ids(cards) == {"S3", "N1", "N11", "N15"}
+    # support.small_patient: no hydroxychloroquine (R1), and her mycophenolate course has ended (R2)
+    assert finding_ids(cards) == {"S3", "R1", "R2", "N1", "N11", "N15"}
 
 
 def test_no_tacrolimus_order_gets_empty_cards_even_without_any_data(client):
@@ -160,8 +161,8 @@ def test_full_prefetch_needs_no_fhir_server(client, patient, fhir):
     assert "Not checked" not in json.dumps(response.get_json())
     # Recent creatinine, potassium and magnesium (in mg/dL, mmol/L) are used; the rest is missing (N1);
     # a rituximab allergy (S3); no earlier tacrolimus (N11) and no HBsAg on record (N15); earlier
-    # mycophenolate, so no S0.
-    assert finding_ids(response.get_json()) == {"S3", "N1", "N11", "N15"}
+    # mycophenolate, so no S0, but none now (R2); no hydroxychloroquine (R1).
+    assert finding_ids(response.get_json()) == {"S3", "R1", "R2", "N1", "N11", "N15"}
     monitoring = next(
         c for c in response.get_json()["cards"] if c["source"]["topic"]["code"].startswith("neph")
     )

@@ -27,6 +27,7 @@ DRUG_CLASSES = {
     "rituximab", "other-calcineurin-inhibitors", "cyp3a4-strong-inhibitors", "cyp3a4-moderate-inhibitors",
     "cyp3a4-strong-inducers", "nephrotoxins", "obinutuzumab", "nirmatrelvir-ritonavir", "live-vaccines",
     "combined-hormonal-contraceptives",
+    "hydroxychloroquine", "aspirin", "belimumab",  # rule catalog version 3: R1, P8, R3
     # rule catalog version 3, N16 (hyperkalaemia co-drugs) and N20 (Pneumocystis prophylaxis)
     "ras-inhibitors", "potassium-sparing-diuretics", "trimethoprim",
     "glucocorticoids-systemic", "pjp-prophylaxis",
@@ -57,6 +58,8 @@ COMMON_MD_NAMES = {
     "pregnancy-outcome", "anti-hbc", "yes-answer", "no-answer",
     # rule catalog version 3 (clinical.md §6.6)
     "delivery-procedures", "delivery", "combined-hormonal-contraceptives",
+    "hydroxychloroquine", "aspirin", "belimumab", "gestational-age",
+    "lupus-nephritis-class-iii-iv",
 }  # fmt: skip
 
 # clinical.md marks these UNVERIFIED (or, for 284520, topical): never in a default set.
@@ -173,6 +176,9 @@ SOURCED_AFTER_CLINICAL_MD = {
     # Body height, for the bedside Schwartz eGFR under 18 (rules.md v3): the FHIR R4 Body Height profile
     # fixes this code; source named in the value set description.
     ("body-height", "8302-2"),
+    # Gestational age for P8 (rules.md v3; clinical.md §6.6, VSAC 1045.26): the test copy of clinical.md is
+    # version 2; the source is named in the value set description.
+    *(("gestational-age", code) for code in ("49051-6", "18185-9", "11884-4", "11885-1")),
 }
 
 
@@ -327,7 +333,7 @@ def test_topical_tacrolimus_does_not_trigger_even_when_its_display_says_tacrolim
 
 def test_display_is_ignored_only_system_and_code_count(terms):
     assert "tacrolimus" in terms.concepts([coding(RXNORM, "198377", "aspirin 81 MG Oral Tablet")])
-    assert terms.concepts([coding(RXNORM, "1191", "tacrolimus")]) == frozenset()
+    assert terms.concepts([coding(RXNORM, "161", "tacrolimus")]) == frozenset()  # acetaminophen
 
 
 def test_right_code_in_the_wrong_system_does_not_match(terms):

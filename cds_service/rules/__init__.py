@@ -16,6 +16,8 @@ from cds_service.rules import (
     pneumocystis,
     postpartum,
     pregnancy,
+    pregnancy_aspirin,
+    regimen,
     release_and_paxlovid,
     salvage,
 )
@@ -30,8 +32,10 @@ SCOPE_NEEDS = {"Condition": ("lupus", "lupus-nephritis", "lupus-nephritis-class-
 REGISTRY = Registry(
     (
         *pregnancy.DECLARATIONS,
-        *postpartum.DECLARATIONS,
+        *pregnancy_aspirin.DECLARATIONS,  # P8
+        *postpartum.DECLARATIONS,  # P9, P10
         *salvage.DECLARATIONS,
+        *regimen.DECLARATIONS,
         *monitoring.DECLARATIONS,
         *hyperkalaemia.DECLARATIONS,  # N16
         *formulations.DECLARATIONS,  # N17

@@ -153,6 +153,22 @@ CITATIONS: dict[str, tuple[str, str]] = {
         "testing and contraception (mycophenolate REMS). DailyMed",
         "https://dailymed.nlm.nih.gov/dailymed/drugInfo.cfm?setid=37241e87-4af4-4dc3-a1aa-ea6f20d8dc40",
     ),
+    # rule catalog version 3: R1 (hydroxychloroquine) and P8 (low-dose aspirin in pregnancy), clinical.md §6.2
+    "eular-2019-ln": (
+        "Fanouriakis A, et al. 2019 Update of the Joint EULAR and ERA-EDTA recommendations for the "
+        "management of lupus nephritis. Ann Rheum Dis 2020;79(6):713–723",
+        "https://doi.org/10.1136/annrheumdis-2020-216924",
+    ),
+    "uspstf-2021-aspirin": (
+        "US Preventive Services Task Force. Aspirin Use to Prevent Preeclampsia and Related Morbidity and "
+        "Mortality: Recommendation Statement. JAMA 2021;326(12):1186–1191",
+        "https://doi.org/10.1001/jama.2021.14781",
+    ),
+    "acog-743": (
+        "ACOG Committee Opinion No. 743: Low-Dose Aspirin Use During Pregnancy. Obstet Gynecol "
+        "2018;132(1):e44–e52",
+        "https://doi.org/10.1097/AOG.0000000000002708",
+    ),
     # N16 (rule catalog version 3; clinical.md §6.2 [S30])
     "rizk-2021-hyperkalaemia": (
         "Rizk JG, et al. Rev Endocr Metab Disord 2021;22:1157–1170: calcineurin inhibitors, "

@@ -16,7 +16,9 @@ from cds_service.reading import hcg_meaning
 from cds_service.record import Condition, LabSeries, LabValue, Medication, PatientRecord
 from cds_service.rules.model import Evidence, Finding, Quiet, RuleInput, Suggestion
 
-TOPIC_BY_FAMILY = {"P": "pregnancy", "S": "salvage-context", "N": "nephrotoxicity-monitoring"}
+TOPIC_BY_FAMILY = {
+    "P": "pregnancy", "S": "salvage-context", "R": "salvage-context", "N": "nephrotoxicity-monitoring"
+}  # fmt: skip
 
 UNIT_DISPLAY = {"mL/min/{1.73_m2}": "mL/min/1.73 m²", "mm[Hg]": "mmHg"}
 
@@ -41,6 +43,7 @@ LAB_WORDS = {
     "hbsag": "HBsAg",
     "anti-hbc": "anti-HBc",
     "body-height": "body height",
+    "gestational-age": "gestational age",
 }
 
 RESOURCE_WORDS = {
@@ -50,6 +53,7 @@ RESOURCE_WORDS = {
     "Observation": "lab results and vital signs (Observations)",
     "AllergyIntolerance": "allergies",
     "Procedure": "procedures (Procedure)",
+    "MedicationStatement": "home and over-the-counter medicines (MedicationStatement)",
     "Immunization": "vaccines given (Immunization)",
 }
 

@@ -1,4 +1,5 @@
-"""Salvage context (S0-S4, S7): why tacrolimus now, for a patient with lupus nephritis?
+"""Salvage context (S0-S4, S7): why tacrolimus now, for a patient with lupus nephritis? (The card, titled
+"Regimen and salvage context" since rule catalog version 3, also holds R1-R4 of ``regimen.py``.)
 
 The source article sees tacrolimus's place after mycophenolate or cyclophosphamide has failed, when rituximab
 cannot be used, or in pregnancy, and calls it "a bridge, not a destination". These findings put that context
@@ -25,6 +26,7 @@ from cds_service.rules.common import (
     has_lupus_nephritis,
     in_months,
     lab_evidence,
+    lactation_status,
     medication_evidence,
     merge_needs,
     months_as_days,
@@ -42,7 +44,7 @@ from cds_service.rules.common import (
     words,
 )
 from cds_service.rules.model import Evidence, Finding, Quiet, RuleInput
-from cds_service.rules.pregnancy import PREGNANCY_SETTINGS
+from cds_service.rules.pregnancy import BREASTFEEDING, BREASTFEEDING_READS, PREGNANCY_SETTINGS
 from cds_service.rules.registry import NEW_START_ONLY, Family, setting
 
 ANTI_CD20 = ("rituximab", "obinutuzumab")
@@ -98,14 +100,21 @@ def s0_first_agent(inp: RuleInput) -> Finding | Quiet:
         if drafted
         else "; consider whether mycophenolate belongs in the plan"
     )
+    combined = (
+        " KDIGO 2024, ACR 2024 and EULAR 2023 place a calcineurin inhibitor together with mycophenolate "
+        f"rather than alone{alongside}."
+    )
+    pregnancy = pregnancy_status(record, inp.thresholds)
+    lactation = lactation_status(record, inp.thresholds)
+    if pregnancy.present or lactation.present:  # mycophenolate is stopped on purpose (rules.md v3 R2)
+        combined = ""
     return finding(
         "S0",
         "info",
         "Tacrolimus as first agent for lupus nephritis is debated",
         "No earlier mycophenolate or cyclophosphamide is on record, so tacrolimus would be a first agent. "
         "The source article notes that this role is debated for North American patients (the trials "
-        "enrolled mainly Chinese patients). KDIGO 2024, ACR 2024 and EULAR 2023 place a calcineurin "
-        f"inhibitor together with mycophenolate rather than alone{alongside}.",
+        f"enrolled mainly Chinese patients).{combined}",
         ("fomin-roberts-2016", "kdigo-2024", "acr-2024-ln", "eular-2023"),
         evidence=[medication_evidence(m) for m in drafted],
         missing=unavailable(record, "MedicationRequest"),
@@ -355,9 +364,10 @@ DECLARATIONS = (
         s0_first_agent,
         ("info",),
         "Tacrolimus as first agent",
+        settings=(*PREGNANCY_SETTINGS, BREASTFEEDING),  # pregnant or lactating: no mycophenolate sentence
         citations=(*NEW_START_CITATIONS, "eular-2023"),
         runs_in=NEW_START_ONLY,
-        needs=merge_needs(LUPUS_NEPHRITIS_READS, ANCHOR_DRUGS),
+        needs=merge_needs(LUPUS_NEPHRITIS_READS, ANCHOR_DRUGS, PREGNANCY_NEEDS, BREASTFEEDING_READS),
     ),
     SALVAGE.declare(
         "S1",

@@ -107,6 +107,7 @@ _DATE_ELEMENTS: dict[str, tuple[str, ...]] = {
     "AllergyIntolerance": ("recordedDate", "onsetDateTime", "onsetPeriod"),
     "Encounter": ("period",),
     "Procedure": ("performedDateTime", "performedPeriod"),
+    "MedicationStatement": ("effectiveDateTime", "effectivePeriod", "dateAsserted"),
     "Immunization": ("occurrenceDateTime", "occurrenceString"),
 }
 
@@ -225,6 +226,9 @@ SEARCH_PARAMS: dict[str, tuple[SearchParam, ...]] = {
     ),
     "Encounter": (_PATIENT, _SUBJECT, _STATUS, _date_param("period")),
     "Procedure": (_PATIENT, _SUBJECT, _CODE, _STATUS, _date_param("performed[x]")),
+    "MedicationStatement": (
+        _PATIENT, _SUBJECT, _CODE, _STATUS, _date_param("effective[x], else dateAsserted"),
+    ),
     "Immunization": (
         _PATIENT, _STATUS, SearchParam("vaccine-code", "token", "A `vaccineCode` coding."),
         _date_param("occurrence[x]"),
@@ -239,6 +243,10 @@ COMMON_PARAMS: tuple[SearchParam, ...] = (
     SearchParam("_format", "string", "`json`, `application/json` or `application/fhir+json` only."),
 )
 _JSON_FORMATS = {"json", "application/json", "application/fhir+json"}
+
+
+MEDICATION_USES = ("MedicationRequest", "MedicationStatement")
+"""Resource types whose ``code`` search matches their medication[x] (inline or the Medication's code)."""
 
 
 def _tokens_for(resource: Mapping, parameter: str) -> list[Token]:
@@ -478,7 +486,7 @@ class FhirStore:
         return indexes
 
     def _tokens(self, resource: Mapping, parameter: str) -> list[Token]:
-        if parameter == "code" and resource.get("resourceType") == "MedicationRequest":
+        if parameter == "code" and resource.get("resourceType") in MEDICATION_USES:
             if "medicationCodeableConcept" in resource:
                 return _codings(resource["medicationCodeableConcept"])
             med = self._medication(resource, resource.get("medicationReference", {}).get("reference", ""))
@@ -486,7 +494,7 @@ class FhirStore:
         return _tokens_for(resource, parameter)
 
     def _medication(self, resource: Mapping, reference: str) -> Mapping | None:
-        """The Medication a MedicationRequest points to: contained (``#id``) or stored."""
+        """The Medication an order or statement points to: contained (``#id``) or stored."""
         if reference.startswith("#"):
             return next((c for c in resource.get("contained", []) if c.get("id") == reference[1:]), None)
         med_id = _reference_id(reference, "Medication")
