@@ -163,6 +163,8 @@ def test_the_six_situations_are_covered():
         "pv-paxlovid-ended-11-days-ago": set(),
         "pv-live-vaccine-given-42-days-ago": {"N19"},
         "pv-live-vaccine-given-43-days-ago": set(),
+        "pv-formulation-mix": {"N17"},
+        "pv-postpartum-dose-raised": {"P9"},
     }
     clarithromycin = [
         e["resource"]
