@@ -1,4 +1,5 @@
-"""How much of a drug an order gives a day, read from its ``dosageInstruction`` (clinical.md §6.1 item 2).
+"""How much of a drug an order gives a day, read from its ``dosageInstruction`` (clinical.md §6.1 item 2), and
+a glucocorticoid's daily dose as prednisone (item 3, N20; factors as data with their sources).
 
 The total daily dose is the sum, over the instructions that are not "as needed", of the dose (mg, or a count
 of tablets or capsules × the product's strength) × the times per day (``timing.repeat.frequency`` per
@@ -9,7 +10,11 @@ made. Raw JSON is read through ``fhir_json``: a malformed dosage gives None, nev
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import re
+from collections.abc import Iterable, Mapping
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -131,3 +136,30 @@ def administrations_per_day(order: Mapping[str, Any]) -> float | None:
             return None
         total += per_day
     return total or None
+
+
+EQUIVALENCE_FILE = Path(__file__).with_name("data") / "glucocorticoid-equivalence.json"
+
+
+@cache
+def _prednisone_factors() -> tuple[tuple[float, re.Pattern[str]], ...]:
+    """(factor, whole-word pattern of an ingredient's names) from ``glucocorticoid-equivalence.json``."""
+    table = json.loads(EQUIVALENCE_FILE.read_text(encoding="utf-8"))["prednisone_equivalent_factor"]
+    return tuple(
+        (
+            float(entry["factor"]),
+            re.compile(r"\b(?:" + "|".join(map(re.escape, entry["names"])) + r")\b", re.I),
+        )
+        for entry in table.values()
+    )
+
+
+def prednisone_equivalent(daily_mg: float | None, texts: Iterable[str]) -> float | None:
+    """A glucocorticoid's daily dose as prednisone (clinical.md §6.1 item 3), its ingredient told by name in
+    ``texts`` (published display, text, coding displays); None when the dose is unknown, or when no ingredient
+    or two of them are named (a combination has no single factor)."""
+    if daily_mg is None:
+        return None
+    words = [t for t in texts if isinstance(t, str)]
+    matched = [factor for factor, names in _prednisone_factors() if any(names.search(t) for t in words)]
+    return round(daily_mg * matched[0], 6) if len(matched) == 1 else None

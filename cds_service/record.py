@@ -139,8 +139,15 @@ class Medication:
     its name, text and form (rules.md v3 § Tacrolimus formulation); None for other drugs. The classes are
     not interchangeable mg for mg (N12, N17, N18)."""
     daily_dose_mg: float | None = None
-    """A tacrolimus order's total daily dose in mg from ``dosageInstruction`` (``dosage.daily_dose_mg``); None
-    when it cannot be worked out (the card then says so and compares no dose)."""
+    """A tacrolimus or systemic glucocorticoid order's total daily dose in mg from ``dosageInstruction``
+    (``dosage.daily_dose_mg``); None when it cannot be worked out (the card then says so and compares no
+    dose)."""
+    prednisone_mg_day: float | None = None
+    """A systemic glucocorticoid order's daily dose as prednisone (``dosage.prednisone_equivalent``, N20);
+    None for other drugs or when its dose or ingredient cannot be told."""
+    planned_days: float | None = None
+    """How long a systemic glucocorticoid order is planned for, in days (``dosage.planned_days``: its validity
+    period, supply duration × (1 + repeats), or ``timing.repeat.bounds[x]``); None when it does not say."""
     administrations_per_day: float | None = None
     """How many times a day a tacrolimus order gives a dose (``dosage.administrations_per_day``); None when
     unknown."""

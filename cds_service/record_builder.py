@@ -32,7 +32,8 @@ from fhir.resources.R4B.patient import Patient as FhirPatient
 from pydantic import ValidationError
 
 from cds_service.card_text import shorten
-from cds_service.dosage import administrations_per_day, daily_dose_mg, dosing_key
+from cds_service.dosage import administrations_per_day, daily_dose_mg, dosing_key, prednisone_equivalent
+from cds_service.drug_forms import strength_mg
 from cds_service.fhir_json import MAX_RESOURCE_DEPTH, is_object, nested_deeper_than, obj, objs, path, text
 from cds_service.reading import read_polarity, read_quantity
 from cds_service.record import (
@@ -155,6 +156,8 @@ def parse_when(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+GLUCOCORTICOIDS = "glucocorticoids-systemic"
+"""The drug class whose orders get a prednisone-equivalent daily dose and a planned length (N20)."""
 DURATION_DAYS = {"d": 1, "day": 1, "days": 1, "wk": 7, "week": 7, "weeks": 7, "mo": 30, "month": 30,
                  "months": 30, "a": 365.25, "year": 365.25, "years": 365.25, "h": 1 / 24, "hour": 1 / 24,
                  "hours": 1 / 24}  # fmt: skip
@@ -175,6 +178,45 @@ def supply_days(dispense: Mapping) -> float | None:
     repeats = dispense.get("numberOfRepeatsAllowed")
     repeats = repeats if isinstance(repeats, int) and repeats >= 0 else 0
     return float(duration["value"]) * per_day * (1 + repeats)
+
+
+def _duration_days(duration: Any) -> float | None:
+    """A FHIR Duration in days (``DURATION_DAYS`` units); None if absent, not positive or not a time."""
+    value = obj(duration).get("value")
+    unit = str(obj(duration).get("code") or obj(duration).get("unit") or "").strip().lower()
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or value <= 0
+        or unit not in DURATION_DAYS
+    ):
+        return None
+    return float(value) * DURATION_DAYS[unit]
+
+
+def planned_days(order: Mapping) -> float | None:
+    """How long an order is planned for, in days (N20's "planned for 28 days"): its validity period (from its
+    start, else ``authoredOn``, to its end, in calendar days), else its supply (``supply_days``), else the
+    longest ``timing.repeat.boundsDuration`` or ``boundsPeriod`` of its dosage; None when it says none."""
+    dispense = obj(order.get("dispenseRequest"))
+    validity = obj(dispense.get("validityPeriod"))
+    start = parse_when(validity.get("start")) or parse_when(order.get("authoredOn"))
+    end = parse_when(validity.get("end"))
+    if start is not None and end is not None and end > start:
+        return float((end.date() - start.date()).days)
+    supply = supply_days(dispense)
+    if supply:
+        return supply
+    bounds = []
+    for dosage in objs(order.get("dosageInstruction")):
+        repeat = obj(obj(dosage.get("timing")).get("repeat"))
+        if (days := _duration_days(repeat.get("boundsDuration"))) is not None:
+            bounds.append(days)
+        period = obj(repeat.get("boundsPeriod"))
+        first, last = parse_when(period.get("start")), parse_when(period.get("end"))
+        if first is not None and last is not None and last > first:
+            bounds.append(float((last.date() - first.date()).days))
+    return max(bounds, default=None)
 
 
 def _code(concept: Any) -> str | None:
@@ -562,6 +604,7 @@ class RecordBuilder:
                     if raw.get("resourceType") == "ServiceRequest"
                     else "MedicationRequest",
                     **(self._tacrolimus(raw, name) if "tacrolimus" in concepts else {}),
+                    **(self._glucocorticoid(raw, name) if GLUCOCORTICOIDS in concepts else {}),
                 )
             )
         return found
@@ -595,6 +638,21 @@ class RecordBuilder:
             "dosing": dosing_key(raw),
             "dose_text": _dose_text(raw, daily_dose_mg(raw, strength)),
             "requester": _requester(raw),
+        }
+
+    def _glucocorticoid(self, raw: Mapping, name: DrugName) -> dict[str, Any]:
+        """A systemic glucocorticoid order's daily dose, as prednisone, and planned length (N20). The strength
+        of a tablet count comes from the product's published display, else from the order's own name
+        ("prednisone 20 mg tablet" sent as text only; interpretation 80)."""
+        strength = self.terminology.strength_mg(name.codings)
+        if strength is None:
+            strength = next((s for n in name.names if (s := strength_mg(n)) is not None), None)
+        daily = daily_dose_mg(raw, strength)
+        published = [d for c in name.codings if (d := self.terminology.display(c))]
+        return {
+            "daily_dose_mg": daily,
+            "prednisone_mg_day": prednisone_equivalent(daily, [*published, *name.names, *name.other_words]),
+            "planned_days": planned_days(raw),
         }
 
     def _ingredients_label(self, name: DrugName) -> str:

@@ -4,7 +4,8 @@ Reads the drug-class ValueSet files (the ones with name extensions, see terminol
 codes by RxNorm term type (read from the published display, the way terminology.py reads dose forms), codes by
 source, the names it is recognised by, the forms for skin, eye, ear or mucosa it holds (which never count),
 and problems: an empty class, a code without a declared source, a code shared by two classes that must not
-share it (only a union and its members may).
+share it (only a union and its members may, and a combination product whose published display names an
+ingredient or brand of each, e.g. "trandolapril 2 MG / verapamil 240 MG ... [Tarka]").
 """
 
 from __future__ import annotations
@@ -51,7 +52,12 @@ def term_type(display: str, ingredient_names: set[str]) -> str:
     if len(text.split()) > 1 and re.search(r"\b(Oral|Injection|Injectable|Tablet|Capsule|Solution)\b", text):
         return "SCDF"
     words = text.lower()
-    if words in ingredient_names or any(words.startswith(n) for n in ingredient_names):
+    named = any(re.search(rf"\b{re.escape(n)}\b", words) for n in ingredient_names)
+    if (
+        words in ingredient_names
+        or any(words.startswith(n) for n in ingredient_names)
+        or (words == text and named)
+    ):
         return "IN"  # IN, PIN or MIN: RxNorm's ingredient names are lower case
     return "BN"
 
@@ -79,6 +85,8 @@ def build_report(directory: Path = DEFAULT_DIR) -> list[ClassReport]:
     """One report per drug class in ``directory``, problems included."""
     reports: list[ClassReport] = []
     members_of: dict[str, set[str]] = {}
+    displays: dict[str, str] = {}
+    named_by: dict[str, re.Pattern[str]] = {}
     for path in sorted(Path(directory).glob("*.json")):
         resource = json.loads(path.read_text(encoding="utf-8"))
         names = [
@@ -94,6 +102,7 @@ def build_report(directory: Path = DEFAULT_DIR) -> list[ClassReport]:
                     fields = _fields(ext)
                     declared[fields.get("key", "")] = fields
         ingredient_names = {n.lower() for n in names}
+        named_by[path.stem] = re.compile(r"\b(" + "|".join(re.escape(n) for n in names) + r")\b", re.I)
         per_source: Counter = Counter()
         codes: set[str] = set()
         for entry in resource.get("expansion", {}).get("contains", []):
@@ -102,6 +111,7 @@ def build_report(directory: Path = DEFAULT_DIR) -> list[ClassReport]:
                 report.local_forms += 1
                 continue
             codes.add(entry["code"])
+            displays[entry["code"]] = display
             report.total += 1
             system = entry.get("system", "")
             kind = (
@@ -144,7 +154,11 @@ def build_report(directory: Path = DEFAULT_DIR) -> list[ClassReport]:
         for second in classes[i + 1 :]:
             if (first, second) in allowed:
                 continue
-            shared = members_of[first] & members_of[second]
+            shared = {
+                code
+                for code in members_of[first] & members_of[second]
+                if not (named_by[first].search(displays[code]) and named_by[second].search(displays[code]))
+            }
             if shared:
                 by_name[first].problems.append(
                     f"{len(shared)} code(s) also in {second}: {', '.join(sorted(shared)[:10])}"

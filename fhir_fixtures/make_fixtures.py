@@ -3212,6 +3212,298 @@ def p8_aspirin_statement() -> Fixture:
     )
 
 
+# --- Hyperkalaemia co-drugs (N16), catalog version 3 --------------------------------------------------------
+
+DRUGS.update(
+    {
+        "lisinopril-10mg": (
+            [
+                coding(RXNORM, "314076", "lisinopril 10 MG Oral Tablet"),
+                coding(RXNORM, "29046", "lisinopril"),
+            ],
+            "lisinopril 10 mg tablet",
+        ),
+        "losartan-50mg": (
+            [coding(RXNORM, "979492", "losartan potassium 50 MG Oral Tablet")],
+            "losartan 50 mg tablet",
+        ),
+        "spironolactone-25mg": (
+            [
+                coding(RXNORM, "313096", "spironolactone 25 MG Oral Tablet"),
+                coding(RXNORM, "9997", "spironolactone"),
+            ],
+            "spironolactone 25 mg tablet",
+        ),
+        "smx-tmp-ds": (
+            [coding(RXNORM, "198335", "sulfamethoxazole 800 MG / trimethoprim 160 MG Oral Tablet")],
+            "sulfamethoxazole/trimethoprim 800/160 mg tablet",
+        ),
+    }
+)
+ACEI_DOSE = "10 mg by mouth once daily (proteinuria)"
+
+
+def _on_lisinopril(short: str, given: str, potassium: float | None) -> Chart:
+    """Class IV lupus nephritis on mycophenolate and lisinopril (for proteinuria) since July; the newest
+    potassium ``potassium`` mmol/L five days ago (None: no potassium in the last 30 days)."""
+    c = Chart(short).patient(given, "Marchetti", "male", "1982-03-09")
+    c.condition("sle", on("2014-04-04"))
+    c.condition("ln-class-iv", on("2026-07-01"))
+    c.order("mmf-500mg", on("2026-07-10"), dosage=MMF_DOSE)
+    c.order("lisinopril-10mg", on("2026-07-10"), dosage=ACEI_DOSE)
+    if potassium is None:
+        c.lab("potassium", 4.6, "mmol/L", ago(40))
+        normal_visit(c, 5, potassium=None, upcr=1.9)
+    else:
+        normal_visit(c, 5, potassium=potassium, upcr=1.9)
+    return c
+
+
+def _n16_start(short: str, given: str, potassium: float | None, *drafted: str) -> Chart:
+    """A new tacrolimus start for the lisinopril patient, with ``drafted`` co-drugs in the same session."""
+    c = _on_lisinopril(short, given, potassium)
+    for drug in drafted:
+        c.order(drug, ANCHOR.isoformat(), status="draft", dosage="as directed")
+    c.order("tacrolimus-1mg", ANCHOR.isoformat(), status="draft", key="tac-draft", dosage=TAC_DOSE)
+    return c
+
+
+@fixture
+def n16_potassium_4_9_lisinopril() -> Fixture:
+    return Fixture(
+        "n16-potassium-4-9-lisinopril",
+        "Tacrolimus start on lisinopril (established), potassium 4.9 mmol/L: below the co-drug threshold",
+        _n16_start("n16k49", "Paolo", 4.9),
+        {"N11": NEW_START},
+        quiet={"N16": "Potassium 4.9 mmol/L is below 5.0 (potassium_codrug_min)."},
+    )
+
+
+@fixture
+def n16_potassium_5_0_lisinopril() -> Fixture:
+    return Fixture(
+        "n16-potassium-5-0-lisinopril",
+        "Tacrolimus start on lisinopril (established), potassium 5.0 mmol/L: at the co-drug threshold",
+        _n16_start("n16k50", "Marco", 5.0),
+        {
+            "N11": NEW_START,
+            "N16": "Potassium 5.0 mmol/L (>= 5.0) with lisinopril established: info, no delete suggestion.",
+        },
+        quiet={"N5": "Potassium 5.0 mmol/L is not above 5.5."},
+    )
+
+
+@fixture
+def n16_potassium_5_5_lisinopril() -> Fixture:
+    return Fixture(
+        "n16-potassium-5-5-lisinopril",
+        "Tacrolimus start on lisinopril (established), potassium 5.5 mmol/L: still the info tier",
+        _n16_start("n16k55", "Luca", 5.5),
+        {"N11": NEW_START, "N16": "Potassium 5.5 mmol/L (5.0-5.5) with lisinopril established: info."},
+        quiet={"N5": "Potassium 5.5 mmol/L is not above 5.5."},
+    )
+
+
+@fixture
+def n16_potassium_5_6_lisinopril() -> Fixture:
+    return Fixture(
+        "n16-potassium-5-6-lisinopril",
+        "Tacrolimus start on lisinopril (established), potassium 5.6 mmol/L: N16 warning beside N5",
+        _n16_start("n16k56", "Enzo", 5.6),
+        {
+            "N5": "Potassium 5.6 mmol/L (> 5.5).",
+            "N11": NEW_START,
+            "N16": "Potassium 5.6 mmol/L (> 5.5) with lisinopril: warning beside N5.",
+        },
+    )
+
+
+@fixture
+def n16_spironolactone_drafted_potassium_5_0() -> Fixture:
+    return Fixture(
+        "n16-spironolactone-drafted-potassium-5-0",
+        "Tacrolimus start with spironolactone drafted in the same session; lisinopril; potassium 5.0 mmol/L",
+        _n16_start("n16spi50", "Dario", 5.0, "spironolactone-25mg"),
+        {
+            "N11": NEW_START,
+            "N16": "Potassium 5.0 mmol/L, spironolactone drafted now: warning; deleting the draft offered.",
+        },
+    )
+
+
+@fixture
+def n16_spironolactone_drafted_potassium_4_9() -> Fixture:
+    return Fixture(
+        "n16-spironolactone-drafted-potassium-4-9",
+        "Tacrolimus start with spironolactone drafted in the same session; lisinopril; potassium 4.9 mmol/L",
+        _n16_start("n16spi49", "Nico", 4.9, "spironolactone-25mg"),
+        {"N11": NEW_START},
+        quiet={"N16": "Potassium 4.9 mmol/L is below 5.0, drafted spironolactone or not."},
+    )
+
+
+@fixture
+def n16_trimethoprim_drafted_no_potassium() -> Fixture:
+    return Fixture(
+        "n16-trimethoprim-drafted-no-potassium",
+        "Tacrolimus start with sulfamethoxazole/trimethoprim drafted; the last potassium is 40 days old",
+        _n16_start("n16tmp", "Sergio", None, "smx-tmp-ds"),
+        {
+            "N1": "No potassium in the last 30 days (the last one is 40 days old).",
+            "N11": NEW_START,
+            "N16": "Trimethoprim drafted, no potassium in 30 days: info; orders potassium, deletes nothing.",
+        },
+    )
+
+
+def _pv_on_losartan(short: str, given: str, potassium: float) -> Chart:
+    c = Chart(short).patient(given, "Ferreira", "female", "1988-08-18")
+    _on_tacrolimus(c, on("2026-05-11"))
+    c.order("losartan-50mg", on("2026-02-01"), dosage="50 mg by mouth once daily (proteinuria)")
+    c.panel(on("2026-04-28"), creatinine=0.84, upcr=2.2)
+    normal_visit(c, 6, creatinine=0.86, egfr=92, potassium=potassium, upcr=0.6, tacrolimus=6.2)
+    c.lab("hcg", 1.0, "IU/L", ago(6))
+    return c
+
+
+@fixture
+def pv_n16_potassium_5_6_losartan() -> Fixture:
+    return Fixture(
+        "pv-n16-potassium-5-6-losartan",
+        "Six months on tacrolimus with losartan for proteinuria: potassium 5.6 mmol/L",
+        _pv_on_losartan("pvn16k56", "Beatriz", 5.6),
+        {
+            "N5": "Potassium 5.6 mmol/L (> 5.5).",
+            "N16": "Potassium 5.6 mmol/L with losartan: warning (patient-view shows warnings).",
+        },
+        service=MONITORING,
+    )
+
+
+@fixture
+def pv_n16_potassium_5_3_losartan() -> Fixture:
+    return Fixture(
+        "pv-n16-potassium-5-3-losartan",
+        "Six months on tacrolimus with losartan for proteinuria: potassium 5.3 mmol/L",
+        _pv_on_losartan("pvn16k53", "Ines", 5.3),
+        {},
+        quiet={
+            "N16": "Potassium 5.3 mmol/L with losartan established is info: patient-view shows warnings only."
+        },
+        service=MONITORING,
+    )
+
+
+# --- Pneumocystis prophylaxis (N20, shipped off), catalog version 3 -----------------------------------------
+# With the shipped settings N20 is off, so these fixtures expect it quiet; tests/test_catalog_v3_n16_n20.py
+# sends them with pneumocystis_check on (settings, a tenant) and checks both sides of 20 mg/day and 28 days.
+
+DRUGS.update(
+    {
+        "prednisone-20mg": (
+            [coding(RXNORM, "312615", "prednisone 20 MG Oral Tablet")],
+            "prednisone 20 mg tablet",
+        ),
+        "prednisone-5mg": (
+            [coding(RXNORM, "312617", "prednisone 5 MG Oral Tablet")],
+            "prednisone 5 mg tablet",
+        ),
+        "methylprednisolone-4mg": (
+            [coding(RXNORM, "259966", "methylprednisolone 4 MG Oral Tablet")],
+            "methylprednisolone 4 mg tablet",
+        ),
+        "smx-tmp-ss": (
+            [coding(RXNORM, "198334", "sulfamethoxazole 400 MG / trimethoprim 80 MG Oral Tablet")],
+            "sulfamethoxazole/trimethoprim 400/80 mg tablet",
+        ),
+    }
+)
+N20_OFF = "N20 is off as shipped (pneumocystis_check: false)."
+
+
+def _dose(c: Chart, ref: str, value: float, unit: str, *, supply_days: int | None = None) -> None:
+    """Give ``ref`` a structured once-daily dose (``value`` ``unit``) and, optionally, a planned supply."""
+    resource = next(r for r in c.resources if f"{r['resourceType']}/{r['id']}" == ref)
+    code = "mg" if unit == "mg" else "{tbl}"
+    resource["dosageInstruction"][0]["doseAndRate"] = [
+        {"doseQuantity": {"value": value, "unit": unit, "system": UCUM, "code": code}}
+    ]
+    resource["dosageInstruction"][0]["timing"] = {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}}
+    if supply_days:
+        duration = {"value": supply_days, "unit": "days", "system": UCUM, "code": "d"}
+        resource["dispenseRequest"] = {"expectedSupplyDuration": duration}
+
+
+def _n20_start(short: str, given: str, steroid: str, value: float, unit: str, days_ago: int | None) -> Chart:
+    """Class IV lupus nephritis on mycophenolate; a glucocorticoid started ``days_ago`` (None: drafted now,
+    planned for 28 days); a tacrolimus start."""
+    c = Chart(short).patient(given, "Okonkwo", "male", "1987-05-05")
+    c.condition("sle", on("2016-03-03"))
+    c.condition("ln-class-iv", on("2026-08-20"))
+    c.order("mmf-500mg", on("2026-09-01"), dosage=MMF_DOSE)
+    normal_visit(c, 4, upcr=2.6)
+    if days_ago is None:
+        ref = c.order(steroid, ANCHOR.isoformat(), status="draft", dosage="once daily for 4 weeks")
+        _dose(c, ref, value, unit, supply_days=28)
+    else:
+        ref = c.order(steroid, ago(days_ago), dosage="once daily in the morning")
+        _dose(c, ref, value, unit)
+    return c
+
+
+def _n20_fixture(name: str, description: str, c: Chart, **quiet: str) -> Fixture:
+    c.order("tacrolimus-1mg", ANCHOR.isoformat(), status="draft", key="tac-draft", dosage=TAC_DOSE)
+    return Fixture(name, description, c, {"N11": NEW_START}, quiet={"N20": N20_OFF, **quiet})
+
+
+@fixture
+def n20_prednisone_20_mg_28_days() -> Fixture:
+    return _n20_fixture(
+        "n20-prednisone-20-mg-28-days",
+        "Tacrolimus start on mycophenolate and prednisone 20 mg (1 tablet) daily since 28 days: N20 when on",
+        _n20_start("n20p2028", "Chidi", "prednisone-20mg", 1, "tablet", 28),
+    )
+
+
+@fixture
+def n20_prednisone_20_mg_27_days() -> Fixture:
+    return _n20_fixture(
+        "n20-prednisone-20-mg-27-days",
+        "Tacrolimus start on mycophenolate and prednisone 20 mg daily since 27 days: too short even when on",
+        _n20_start("n20p2027", "Emeka", "prednisone-20mg", 1, "tablet", 27),
+    )
+
+
+@fixture
+def n20_prednisone_19_mg_28_days() -> Fixture:
+    return _n20_fixture(
+        "n20-prednisone-19-mg-28-days",
+        "Tacrolimus start on mycophenolate and prednisone 19 mg daily since 28 days: below 20 mg when on",
+        _n20_start("n20p1928", "Obi", "prednisone-5mg", 19, "mg", 28),
+    )
+
+
+@fixture
+def n20_methylprednisolone_16_mg_planned_28_days() -> Fixture:
+    return _n20_fixture(
+        "n20-methylprednisolone-16-mg-planned-28-days",
+        "Tacrolimus start with methylprednisolone 16 mg daily (20 mg prednisone) drafted for 28 days",
+        _n20_start("n20mp16", "Tunde", "methylprednisolone-4mg", 4, "tablet", None),
+    )
+
+
+@fixture
+def n20_prednisone_with_prophylaxis() -> Fixture:
+    c = _n20_start("n20proph", "Kelechi", "prednisone-20mg", 2, "tablet", 40)
+    c.order("smx-tmp-ss", ago(40), dosage="1 tablet by mouth once daily (Pneumocystis prophylaxis)")
+    return _n20_fixture(
+        "n20-prednisone-with-prophylaxis",
+        "Tacrolimus start on mycophenolate, prednisone 40 mg daily for 40 days and SMX-TMP prophylaxis",
+        c,
+        N16="Trimethoprim (co-trimoxazole) is active but potassium 4.2 mmol/L is below 5.0.",
+    )
+
+
 # --- The other prescriber (services tacrolimus-co-prescribing-select and -sign, rules.md v3) ----------------
 #
 # A patient on tacrolimus for months (requested by the nephrologist who manages it); another clinician drafts

@@ -10,12 +10,15 @@ written into the ValueSet (see cds_service/valuesets/README.md, "Drug classes").
     pddi/valueset-<drug>.xml   HL7/PDDI-CDS input/vocabulary
     ersd/valueset-hiv-arv-booster-example.fsh   HL7/case-reporting input/fsh/valuesets
     ped/drugs/rx_<name>.csv    PEDSnet/Variable-Dictionary drugs (CR line endings converted to LF)
+    cpic/drug.sql              cpicpgx/cpic-schema drug.sql (tab-separated COPY rows)
 
 Codes already in a drug-class file whose source is the knowledge base (clinical.md, key ``KB``) are kept.
 Classes, their ingredient words (which pick a source's rows) and their names (ingredients and brands, used
 for recognition by name) are the CLASSES table below.
 
-    python scripts/build_drug_valuesets.py --sources /path/to/sources
+    python scripts/build_drug_valuesets.py --sources /path/to/sources [--only NAME ...]
+
+``--only`` rebuilds just the named classes (a new class needs only its own sources).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ ECQM24 = "cqframework/ecqm-content-qicore-2024@9ebd48ffebf2ed2489f3904cc8393ebf8
 PDDI = "HL7/PDDI-CDS@018be88010175fa37e818c27c2925a6767273870"
 ERSD = "HL7/case-reporting@66c0bcb6798e4417721ad6b8d854a96c5df0ff24"
 PED = "PEDSnet/Variable-Dictionary@009e8ba179c84d844a0c5b898132efb33acdef9e"
+CPIC = "cpicpgx/cpic-schema@05f9b09c5fcdf674efe3289411994b54f979aedb"
 VSAC = "http://cts.nlm.nih.gov/fhir/ValueSet/"
 
 # key: (kind, file, reference URL/OID, version, title, origin)
@@ -114,6 +118,28 @@ VSAC_SOURCES = {
         "Potentially Harmful Barbiturates for Older Adults",
         ECQM24,
     ),
+    "VS25-526.3.1139": (
+        "vs25",
+        "2.16.840.1.113883.3.526.3.1139",
+        "20210218",
+        "ACE Inhibitor or ARB or ARNI",
+        ECQM25,
+    ),
+    "VS25-526.3.1489": (
+        "vs25",
+        "2.16.840.1.113883.3.526.3.1489",
+        "20230217",
+        "ACE Inhibitor or ARB or ARNI Ingredient",
+        ECQM25,
+    ),
+    "VS24-1248.170": ("vs24", "2.16.840.1.113762.1.4.1248.170", "20240118", "Diuretics", ECQM24),
+    "VS24-196.12.1266": (
+        "vs24",
+        "2.16.840.1.113883.3.464.1003.196.12.1266",
+        "20180310",
+        "Glucocorticoids (oral only)",
+        ECQM24,
+    ),
 }
 
 NSAIDS = [
@@ -127,7 +153,15 @@ PED_FILES = {
     "mycophenolate": "rx_mycophenolate",
     "cyclophosphamide": "rx_cyclophosphamide",
     "rituximab": "rx_rituximab",
+    "ras-inhibitors": "raas_codes",
+    "glucocorticoids-systemic": "rx_steroids",
 }
+CPIC_FOR = {
+    "potassium-sparing-diuretics": ["9997"],  # spironolactone
+    "trimethoprim": ["10831"],  # sulfamethoxazole / trimethoprim
+    "pjp-prophylaxis": ["10831", "3108"],  # and dapsone
+}
+"""Ingredient codes CPIC's drug table lists, taken for the classes that need them (clinical.md §6.6)."""
 
 # name: (title, ingredient words that select source rows, extra names (brands, synonyms), PDDI drug files)
 CLASSES: dict[str, tuple[str, list[str], list[str], list[str]]] = {
@@ -320,6 +354,89 @@ CLASSES: dict[str, tuple[str, list[str], list[str], list[str]]] = {
         ],
         NSAIDS,
     ),
+    # --- rule catalog version 3 (clinical.md §6.2 N16, N20; §6.6) ---
+    "ras-inhibitors": (
+        "ACE inhibitors, ARBs, ARNI and aliskiren (N16 hyperkalaemia co-drugs)",
+        [
+            *["captopril", "enalapril", "enalaprilat", "benazepril", "lisinopril", "moexipril", "quinapril"],
+            *[
+                "ramipril",
+                "trandolapril",
+                "fosinopril",
+                "perindopril",
+                "cilazapril",
+                "imidapril",
+                "spirapril",
+            ],
+            *[
+                "zofenopril",
+                "losartan",
+                "valsartan",
+                "eprosartan",
+                "irbesartan",
+                "telmisartan",
+                "candesartan",
+            ],
+            *["olmesartan", "azilsartan", "sacubitril", "aliskiren"],
+        ],
+        [
+            *[
+                "Accupril",
+                "Accuretic",
+                "Aceon",
+                "Altace",
+                "Amturnide",
+                "Atacand",
+                "Avalide",
+                "Avapro",
+                "Azor",
+            ],
+            *["Benicar", "Byvalson", "Capoten", "Capozide", "Cozaar", "Diovan", "Edarbi", "Edarbyclor"],
+            *["Entresto", "Epaned", "Exforge", "Hyzaar", "Lexxel", "Lotensin", "Lotrel", "Mavik", "Micardis"],
+            *["Monopril", "Prestalia", "Prinivil", "Prinzide", "Qbrelis", "Tarka", "Tekamlo", "Tekturna"],
+            *["Teveten", "Tribenzor", "Twynsta", "Uniretic", "Univasc", "Valturna", "Vaseretic", "Vasotec"],
+            *["Zestoretic", "Zestril"],
+        ],
+        [],
+    ),
+    "potassium-sparing-diuretics": (
+        "Mineralocorticoid antagonists and potassium-sparing diuretics (N16 hyperkalaemia co-drugs)",
+        ["spironolactone", "eplerenone", "finerenone", "amiloride", "triamterene"],
+        ["Aldactone", "CaroSpir", "Aldactazide", "Inspra", "Kerendia", "Midamor", "Moduretic", "Dyrenium"],
+        [],
+    ),
+    "trimethoprim": (
+        "Trimethoprim, alone or with sulfamethoxazole (N16 hyperkalaemia co-drugs)",
+        ["trimethoprim"],
+        [
+            "co-trimoxazole",
+            "cotrimoxazole",
+            "Bactrim",
+            "Septra",
+            "Sulfatrim",
+            "Primsol",
+            "Proloprim",
+            "Trimpex",
+        ],
+        [],
+    ),
+    # --- rule catalog version 3, N20 (clinical.md §6.1 item 3, §6.2 N20, §6.6) ---
+    "glucocorticoids-systemic": (
+        "Systemic glucocorticoids with a prednisone equivalence (N20)",
+        ["prednisone", "prednisolone", "methylprednisolone", "dexamethasone", "hydrocortisone"],
+        [
+            *["Deltasone", "Rayos", "Orapred", "Millipred", "Pediapred", "Veripred", "Flo-Pred", "Prelone"],
+            *["Medrol", "Solu-Medrol", "Depo-Medrol", "A-Methapred", "Decadron", "Hemady"],
+            *["Cortef", "Solu-Cortef", "Alkindi"],
+        ],
+        [],
+    ),
+    "pjp-prophylaxis": (
+        "Pneumocystis prophylaxis: sulfamethoxazole/trimethoprim, dapsone, atovaquone, pentamidine (N20)",
+        ["sulfamethoxazole", "dapsone", "atovaquone", "pentamidine"],
+        ["co-trimoxazole", "cotrimoxazole", "Bactrim", "Septra", "Sulfatrim", "Mepron", "NebuPent", "Pentam"],
+        [],
+    ),
 }
 VSAC_FOR = {
     "tacrolimus": ["VS25-1248.364"],
@@ -333,6 +450,11 @@ VSAC_FOR = {
     "cyp3a4-moderate-inhibitors": ["VS25-196.11.1001", "VS24-1003.1190", "VS25-600.1476", "VS24-1248.164"],
     "cyp3a4-strong-inducers": ["VS24-1003.1190", "VS24-1248.134", "VS24-1003.1055"],
     "nephrotoxins": ["VS24-1003.1190", "VS24-1003.1063"],
+    "ras-inhibitors": ["VS25-526.3.1139", "VS25-526.3.1489", "VS25-600.1476", "VS24-1248.164"],
+    "potassium-sparing-diuretics": ["VS25-600.1476", "VS24-1248.164", "VS24-1248.170"],
+    "trimethoprim": ["VS25-196.11.1001", "VS24-1003.1190"],
+    "glucocorticoids-systemic": ["VS24-196.12.1266"],
+    "pjp-prophylaxis": ["VS25-196.11.1001", "VS24-1003.1190"],
 }
 TERATOGEN_MEMBERS = ("mycophenolate", "cyclophosphamide", "methotrexate", "leflunomide")
 
@@ -388,6 +510,12 @@ def ped_rows(root: Path, name: str) -> list[tuple[str, str]]:
             for row in csv.DictReader(handle)
             if row.get("vocabulary_id") == "RxNorm"
         ]
+
+
+def cpic_rows(root: Path, codes: list[str]) -> list[tuple[str, str]]:
+    """CPIC drug table rows (``RxNorm:<code>\\t<name>\\t...``) for these ingredient codes."""
+    found = re.findall(r"^RxNorm:(\d+)\t([^\t]+)\t", (root / "cpic" / "drug.sql").read_text(), re.M)
+    return [(code, name) for code, name in found if code in codes]
 
 
 def source_extension(key: str, reference: str, version: str, title: str, origin: str) -> dict:
@@ -478,6 +606,15 @@ def build(root: Path, name: str) -> dict:
             "PEDSnet Variable-Dictionary OMOP concept set (RxNorm rows)",
             f"{PED} drugs/{PED_FILES[name]}.csv",
         )
+    if name in CPIC_FOR:
+        add("CPIC-drug", cpic_rows(root, CPIC_FOR[name]), every=True)
+        sources["CPIC-drug"] = source_extension(
+            "CPIC-drug",
+            "https://github.com/cpicpgx/cpic-schema/blob/05f9b09c5fcdf674efe3289411994b54f979aedb/drug.sql",
+            "2018-02-14",
+            "CPIC database drug table (RxNorm ingredient codes)",
+            f"{CPIC} drug.sql",
+        )
     add("KB", kb, every=True)  # last: a published display wins over the knowledge base's wording
     used = {key for _, keys in found.values() for key in keys}
     sources = {key: ext for key, ext in sources.items() if key in used}
@@ -564,9 +701,11 @@ def teratogens(built: dict[str, dict]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sources", type=Path, required=True)
+    parser.add_argument("--only", nargs="+", choices=sorted(CLASSES), help="rebuild only these classes")
     args = parser.parse_args()
-    built = {name: build(args.sources, name) for name in CLASSES}
-    built["teratogens"] = teratogens(built)
+    built = {name: build(args.sources, name) for name in args.only or CLASSES}
+    if all(member in built for member in TERATOGEN_MEMBERS):
+        built["teratogens"] = teratogens(built)
     for name, res in built.items():
         (OUT / f"{name}.json").write_text(
             json.dumps(res, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"

@@ -891,6 +891,23 @@ TRANSFORMATIONS.append(
 )
 
 
+COUNTED = re.compile(r"^\{?(tbl|tab|tabs|tablets?|cap|caps|capsules?)\}?$", re.I)
+"""A dose unit that counts tablets or capsules (UCUM annotations such as {tbl}, or the words EHRs write)."""
+
+
+def _counted_glucocorticoid(order: dict, ingredient: str) -> bool:
+    """A glucocorticoid dosed in tablets or capsules: its daily dose (N20) is the count × the product's
+    strength, which an ingredient and a dose form alone do not carry."""
+    counted = any(
+        COUNTED.match(
+            str(dose.get("doseQuantity", {}).get("code") or dose.get("doseQuantity", {}).get("unit"))
+        )
+        for dosage in order.get("dosageInstruction", [])
+        for dose in dosage.get("doseAndRate", [])
+    )
+    return counted and (RXNORM, ingredient) in valueset_codes("glucocorticoids-systemic")
+
+
 @transformation("drug-ingredient-only", looks_for="an order with a coded product")
 def drug_ingredient_only(resources: Resources, ctx: Context) -> Resources:
     """A Medication with no code but its RxNorm ingredient and its dose form is the same drug as the
@@ -917,6 +934,8 @@ def drug_ingredient_only(resources: Resources, ctx: Context) -> Resources:
             medication["form"] = {"text": max(forms, key=len)}
         elif "tacrolimus" in names.lower():
             raise CannotPreserve(f"the formulation of {names!r} cannot be kept without its product code")
+        if _counted_glucocorticoid(order, found[0]):
+            raise CannotPreserve(f"a dose in tablets of {names!r} needs the product's strength (N20)")
         order.setdefault("contained", []).append(medication)
         order["medicationReference"] = {"reference": "#med"}
     return resources

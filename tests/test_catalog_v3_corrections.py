@@ -230,7 +230,11 @@ def continuing_inputs() -> dict[str, RuleInput]:
         meds=(med("tacrolimus", days=300),),
         labs=[lab("egfr", 90, days=3), bp(162, 101, days=1), lab("potassium", 5.8, days=3)],
     )
-    critical_bp = make(meds=(med("tacrolimus", days=300),), labs=[bp(170, 110, days=1)])
+    losartan = med("ras-inhibitors", name="losartan 50 mg tablet", days=200)  # N16
+    critical_bp = make(
+        meds=(med("tacrolimus", days=300), losartan),
+        labs=[bp(170, 110, days=1), lab("potassium", 5.7, days=1)],
+    )
     ciclosporin = make(
         meds=(med("other-calcineurin-inhibitors", name="cyclosporine"),),
         labs=[lab("egfr", 30, days=3)],
@@ -277,7 +281,7 @@ def continuing_inputs() -> dict[str, RuleInput]:
 def test_the_continuing_inputs_fire_almost_every_finding_that_can_fire_on_continuing_therapy():
     """Otherwise the wording check below could pass without reading the findings it is about."""
     seen = {f.id for inp in continuing_inputs().values() for f in evaluate(inp).findings}
-    new_start_only = {"S0", "S1", "S2", "S3", "S4", "R1", "R2", "R3", "R4", "N11", "N15"}
+    new_start_only = {"S0", "S1", "S2", "S3", "S4", "R1", "R2", "R3", "R4", "N11", "N15", "N20"}
     can_fire = set(RULES) - new_start_only
     assert can_fire - seen <= {"P6", "N8"}, sorted(can_fire - seen)
 

@@ -92,6 +92,21 @@ def well_monitored_with_erythromycin() -> dict:
     return build_request_from_bundle(bundle, _drafts("complete-well-monitored"), hook="order-sign")
 
 
+def n20_after_rituximab_instead_of_mycophenolate() -> dict:
+    """The N20 patient (prednisone 20 mg for 28 days) with a rituximab dose 200 days ago, no mycophenolate."""
+    bundle = load_bundle("n20-prednisone-20-mg-28-days")
+    pid = _patient_id(bundle)
+    bundle["entry"] = [e for e in bundle["entry"] if "mycophenolate" not in json.dumps(e["resource"])]
+    given = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 200 * 86400))
+    bundle["entry"].append({"resource": {
+        "resourceType": "MedicationRequest", "id": "cfg-rituximab", "status": "completed", "intent": "order",
+        "subject": {"reference": f"Patient/{pid}"}, "authoredOn": given,
+        "dispenseRequest": {"validityPeriod": {"start": given, "end": given}},
+        "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "121191"}], "text": "rituximab"},
+    }})  # fmt: skip
+    return build_request_from_bundle(bundle, _drafts("n20-prednisone-20-mg-28-days"), hook="order-sign")
+
+
 def preeclampsia_patient_without_the_condition() -> dict:
     """The P5 patient without her pre-eclampsia Condition: only a 150/96 reading ten days ago is left."""
     bundle = load_bundle("p5-pregnant-preeclampsia")
@@ -122,6 +137,8 @@ CFG_CASES = [
     ("tacrolimus_level_max_with_mycophenolate", T(tacrolimus_level_max_with_mycophenolate=9.5),
      "n4-high-trough-on-mmf", "N4", "warning", None),
     ("potassium_max", T(potassium_max=6.0), "n5-hyperkalaemia", "N5", "warning", None),
+    ("potassium_codrug_min", T(potassium_codrug_min=5.1), "n16-potassium-5-0-lisinopril", "N16", "info",
+     None),
     ("magnesium_min", T(magnesium_min=1.4), "n6-low-magnesium-si", "N6", "info", None),
     ("bp_info", T(bp_info=[120, 70]), "n2-creatinine-rise-25pct", "N7", None, "info"),
     ("bp_warning", T(bp_warning=[163, 100]), "n7-hypertension", "N7", "warning", "info"),
@@ -139,6 +156,13 @@ CFG_CASES = [
      "critical", "warning"),
     ("formulation_switch_dose_indicator", T(formulation_switch_dose_indicator="warning"),
      "n17-envarsus-95pct", "N17", "critical", "warning"),
+    ("pneumocystis_check", T(pneumocystis_check=True), "n20-prednisone-20-mg-28-days", "N20", None, "info"),
+    ("pneumocystis_prednisone_mg_day", T(pneumocystis_check=True, pneumocystis_prednisone_mg_day=19),
+     "n20-prednisone-19-mg-28-days", "N20", None, "info"),
+    ("pneumocystis_glucocorticoid_days", T(pneumocystis_check=True, pneumocystis_glucocorticoid_days=27),
+     "n20-prednisone-20-mg-27-days", "N20", None, "info"),
+    ("pneumocystis_anti_cd20_days", T(pneumocystis_check=True, pneumocystis_anti_cd20_days=365),
+     n20_after_rituximab_instead_of_mycophenolate, "N20", None, "info"),
     ("live_vaccine_before_start_days", T(live_vaccine_before_start_days=27),
      "n19-mmr-given-28-days-before-start", "N19", "info", None),
     ("live_vaccine_on_tacrolimus_days", T(live_vaccine_on_tacrolimus_days=29),
@@ -285,8 +309,7 @@ TENANT_BLOCK = "tenants:\n  hospital-a:\n    thresholds:\n      potassium_max: 5
         ("settings.yaml", "P2: {enabled: true, indicator: critical}", "P2: {indicator: severe}",
          "findings.P2.indicator: must be one of 'info', 'warning', 'critical', got 'severe'"),
         ("settings.yaml", "N3: {enabled: true, indicator: critical}", "N33: {enabled: false}",
-         "findings.N33: 'N33' is not a finding id of the catalog "
-         "(P1-P10, S0-S4, S7, R1-R4, N1-N15, N17-N19, N21)"),
+         "findings.N33: 'N33' is not a finding id of the catalog (P1-P10, S0-S4, S7, R1-R4, N1-N21)"),
         ("settings.yaml", "N3: {enabled: true, indicator: critical}", "S5: {enabled: false}",
          f"findings.S5: 'S5' {RETIRED_S5}"),
         ("settings.yaml", "\ntenants: {}\n", "\ntenants:\n  hospital-a:\n    findings: {S6: {}}\n",

@@ -51,6 +51,8 @@ def test_fixture_findings_match_the_manifest(app, fhir_base, fixture, hook, via)
 
 
 def test_every_catalog_finding_fires_on_some_fixture():
+    """N20 ships off (pneumocystis_check): its fixtures fire it with the setting on, in
+    test_catalog_v3_n16_n20.py."""
     fired = {finding for entry in manifest().values() for finding in entry["expected"]}
-    catalog = set(FINDING_IDS)
+    catalog = set(FINDING_IDS) - {"N20"}
     assert fired == catalog

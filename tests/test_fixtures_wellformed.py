@@ -142,7 +142,7 @@ def test_expected_ids_are_catalog_ids_each_with_a_reason(name):
 
 def test_every_catalog_finding_is_expected_somewhere():
     expected = set().union(*(MANIFEST[n]["expected"] for n in NAMES))
-    assert expected == CATALOG
+    assert expected == CATALOG - {"N20"}  # shipped off: expected with it on in test_catalog_v3_n16_n20.py
 
 
 def test_resource_ids_are_unique_across_all_fixtures():

@@ -161,8 +161,12 @@ def test_the_six_situations_are_covered():
         "pv-paxlovid-active-20-days": {"N21"},
         "pv-paxlovid-ended-10-days-ago": {"N21"},
         "pv-paxlovid-ended-11-days-ago": set(),
+        "pv-n16-potassium-5-6-losartan": {"N5", "N16"},
+        "pv-n16-potassium-5-3-losartan": set(),
         "pv-live-vaccine-given-42-days-ago": {"N19"},
         "pv-live-vaccine-given-43-days-ago": set(),
+        "pv-formulation-mix": {"N17"},
+        "pv-postpartum-dose-raised": {"P9"},
     }
     clarithromycin = [
         e["resource"]

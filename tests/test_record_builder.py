@@ -269,8 +269,8 @@ def test_a_read_medication_outside_every_class_is_not_reported_as_unreadable():
         "resourceType": "Medication",
         "id": "m3",
         "ingredient": [
-            {"itemCodeableConcept": {"coding": [{"system": RXNORM, "code": "29046"}]}}
-        ],  # lisinopril
+            {"itemCodeableConcept": {"coding": [{"system": RXNORM, "code": "6809"}]}}
+        ],  # metformin (lisinopril, used before, is an N16 co-drug since rule catalog version 3)
     }
     built = build_record(
         terminology=TERMINOLOGY,

@@ -28,6 +28,9 @@ DRUG_CLASSES = {
     "cyp3a4-strong-inducers", "nephrotoxins", "obinutuzumab", "nirmatrelvir-ritonavir", "live-vaccines",
     "combined-hormonal-contraceptives",
     "hydroxychloroquine", "aspirin", "belimumab",  # rule catalog version 3: R1, P8, R3
+    # rule catalog version 3, N16 (hyperkalaemia co-drugs) and N20 (Pneumocystis prophylaxis)
+    "ras-inhibitors", "potassium-sparing-diuretics", "trimethoprim",
+    "glucocorticoids-systemic", "pjp-prophylaxis",
 }  # fmt: skip
 NAME_ONLY_CLASSES = {"obinutuzumab", "nirmatrelvir-ritonavir"}
 """Classes recognised by name until their codes are verified; the codes wait in ``unverified/``."""
@@ -40,6 +43,8 @@ COMMON_MD_NAMES = {
     "tacrolimus", "mycophenolate", "cyclophosphamide", "methotrexate", "leflunomide", "teratogens",
     "rituximab", "other-calcineurin-inhibitors", "cyp3a4-strong-inhibitors", "cyp3a4-moderate-inhibitors",
     "cyp3a4-strong-inducers", "nephrotoxins", "obinutuzumab", "nirmatrelvir-ritonavir", "live-vaccines",
+    "ras-inhibitors", "potassium-sparing-diuretics", "trimethoprim",
+    "glucocorticoids-systemic", "pjp-prophylaxis",
     # conditions
     "lupus", "lupus-nephritis", "lupus-nephritis-class-v", "pregnancy", "pregnancy-hypertension", "lactation",
     "hepatitis-b", "hypogammaglobulinemia",
@@ -53,7 +58,7 @@ COMMON_MD_NAMES = {
     "pregnancy-outcome", "anti-hbc", "yes-answer", "no-answer",
     # rule catalog version 3 (clinical.md §6.6)
     "delivery-procedures", "delivery", "combined-hormonal-contraceptives",
-    "delivery-procedures", "hydroxychloroquine", "aspirin", "belimumab", "gestational-age",
+    "hydroxychloroquine", "aspirin", "belimumab", "gestational-age",
     "lupus-nephritis-class-iii-iv",
 }  # fmt: skip
 

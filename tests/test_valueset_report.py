@@ -14,7 +14,7 @@ from cds_service.valueset_report import term_type
 DRUG_FILES = (
     "tacrolimus", "mycophenolate", "cyclophosphamide", "methotrexate", "leflunomide", "teratogens",
     "rituximab", "other-calcineurin-inhibitors", "cyp3a4-strong-inhibitors", "cyp3a4-moderate-inhibitors",
-    "cyp3a4-strong-inducers", "nephrotoxins",
+    "cyp3a4-strong-inducers", "nephrotoxins", "ras-inhibitors", "potassium-sparing-diuretics", "trimethoprim",
 )  # fmt: skip
 
 
@@ -82,6 +82,18 @@ def test_a_union_may_share_its_members_codes(tmp_path):
     assert result.exit_code == 0, result.output
 
 
+def test_a_combination_product_naming_both_classes_may_be_in_both(tmp_path):
+    """Trandolapril/verapamil (Tarka) is a RAS blocker (N16) and a moderate CYP3A4 inhibitor (N9)."""
+    target = copy_sets(tmp_path)
+    codes = {
+        name: {c["code"] for c in json.loads((target / f"{name}.json").read_text())["expansion"]["contains"]}
+        for name in ("ras-inhibitors", "cyp3a4-moderate-inhibitors")
+    }
+    assert "897781" in codes["ras-inhibitors"] & codes["cyp3a4-moderate-inhibitors"]
+    result = run("--directory", str(target))
+    assert result.exit_code == 0, result.output
+
+
 def test_term_types_are_read_from_rxnorm_display_conventions():
     names = {"tacrolimus"}
     assert term_type("tacrolimus", names) == "IN"
@@ -91,3 +103,4 @@ def test_term_types_are_read_from_rxnorm_display_conventions():
     assert term_type("tacrolimus Oral Capsule [Prograf]", names) == "SBDF"
     assert term_type("{8 (tobramycin 28 MG Inhalation Powder) } Pack", names) == "GPCK"
     assert term_type("Advil", names) == "BN"
+    assert term_type("sulfamethoxazole / trimethoprim", {"trimethoprim"}) == "IN"  # a MIN

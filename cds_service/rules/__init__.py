@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from cds_service.rules import (
     formulations,
+    hyperkalaemia,
     live_vaccines,
     monitoring,
     other_prescriber,
+    pneumocystis,
     postpartum,
     pregnancy,
     pregnancy_aspirin,
@@ -36,9 +38,11 @@ REGISTRY = Registry(
         *salvage.DECLARATIONS,
         *regimen.DECLARATIONS,
         *monitoring.DECLARATIONS,
+        *hyperkalaemia.DECLARATIONS,  # N16
         *formulations.DECLARATIONS,  # N17
         *release_and_paxlovid.DECLARATIONS[:1],  # N18
         *live_vaccines.DECLARATIONS,  # N19
+        *pneumocystis.DECLARATIONS,  # N20
         *release_and_paxlovid.DECLARATIONS[1:],  # N21
     )
 )

@@ -169,6 +169,26 @@ CITATIONS: dict[str, tuple[str, str]] = {
         "2018;132(1):e44–e52",
         "https://doi.org/10.1097/AOG.0000000000002708",
     ),
+    # N16 (rule catalog version 3; clinical.md §6.2 [S30])
+    "rizk-2021-hyperkalaemia": (
+        "Rizk JG, et al. Rev Endocr Metab Disord 2021;22:1157–1170: calcineurin inhibitors, "
+        "trimethoprim-sulfamethoxazole and RAS blockers among the leading causes of drug-induced "
+        "hyperkalaemia",
+        "https://doi.org/10.1007/s11154-021-09677-7",
+    ),
+    # N20 (rule catalog version 3; clinical.md §6.2 [S36], [S39])
+    "eular-2022-infections": (
+        "Fragoulis GE, et al. 2022 EULAR recommendations for screening and prophylaxis of chronic and "
+        "opportunistic infections in adults with autoimmune inflammatory rheumatic diseases. Ann Rheum Dis "
+        "2023: Pneumocystis prophylaxis above 15–30 mg/day prednisolone for more than 2–4 weeks",
+        "https://doi.org/10.1136/ard-2022-223335",
+    ),
+    "pjp-sle-2024": (
+        "Pneumocystis pneumonia and its prophylaxis in patients with SLE starting mycophenolate or "
+        "cyclophosphamide (TriNetX cohort): a low incidence, and hyperkalaemia, kidney injury and cytopenias "
+        "with prophylaxis. J Rheumatol 2024 (PubMed)",
+        "https://pubmed.ncbi.nlm.nih.gov/39486853/",
+    ),
 }
 
 

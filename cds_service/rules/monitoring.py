@@ -71,6 +71,7 @@ from cds_service.rules.registry import (
 HBSAG = ("5196-1", "Hepatitis B virus surface Ag [Presence] in Serum or Plasma by Immunoassay")
 
 FASTING_GLUCOSE_LOINC = "1558-6"
+POTASSIUM_LAB = ("2823-3", "Potassium [Moles/volume] in Serum or Plasma")
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ BASELINE = (
         ("creatinine", "egfr"),
         ("2160-0", "Creatinine [Mass/volume] in Serum or Plasma"),
     ),
-    BaselineItem("potassium", ("potassium",), ("2823-3", "Potassium [Moles/volume] in Serum or Plasma")),
+    BaselineItem("potassium", ("potassium",), POTASSIUM_LAB),
     BaselineItem("magnesium", ("magnesium",), ("19123-9", "Magnesium [Mass/volume] in Serum or Plasma")),
     # Glucose rather than HbA1c: it comes with the same serum draw, and HbA1c misleads in the anaemia and CKD
     # that active lupus nephritis often brings.
@@ -880,6 +881,7 @@ RECENT = setting("recent_lab_days", "integer", 1, 3650, "a lab value is recent w
 BASELINE_DAYS = setting(
     "baseline_creatinine_days", "integer", 1, 3650, "window for the baseline (lowest) creatinine"
 )
+POTASSIUM_MAX = setting("potassium_max", "number", 2, 10, "N5: mmol/L")
 RISE_WARNING = setting("creatinine_rise_warning", "number", 0, 1, "N2: fraction above baseline (0.20 = 20 %)")
 RISE_CRITICAL = setting(
     "creatinine_rise_critical", "number", 0, 1, "N3: fraction above baseline (0.30 = 30 %)"
@@ -982,7 +984,7 @@ DECLARATIONS = (
         n5_potassium_high,
         ("warning",),
         "High potassium",
-        settings=(setting("potassium_max", "number", 2, 10, "N5: mmol/L"), RECENT),
+        settings=(POTASSIUM_MAX, RECENT),
         citations=("cni-electrolytes", "prograf-label"),
         needs=labs("potassium"),
         course=("potassium",),
