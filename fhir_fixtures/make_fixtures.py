@@ -3714,6 +3714,19 @@ def cp_varicella_service_request_draft() -> Fixture:
 
 
 @fixture
+def cp_spironolactone_draft_potassium_5_3() -> Fixture:
+    c = _patient_on_tacrolimus("cpspi", "Maya", "Lindgren", "female", "1982-11-09")
+    c.lab("potassium", 5.3, "mmol/L", ago(2))
+    _draft(c, "spironolactone-25mg", dosage="25 mg by mouth once daily")
+    return _co(
+        "cp-spironolactone-draft-potassium-5-3",
+        "On tacrolimus, potassium 5.3 mmol/L 2 days ago; spironolactone drafted",
+        c,
+        {"N16": "Spironolactone drafted with potassium 5.3 mmol/L (at or above 5.0): warning."},
+    )
+
+
+@fixture
 def cp_acetaminophen_draft() -> Fixture:
     c = _patient_on_tacrolimus("cpapap", "Ruth", "Adeyemi", "female", "1983-09-14")
     _draft(c, "acetaminophen")

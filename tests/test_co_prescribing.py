@@ -134,7 +134,7 @@ def test_cards_speak_to_the_other_prescriber_and_never_touch_the_tacrolimus_orde
         assert "Dr Ngozi Okafor (nephrology)" in detail  # the prescriber to contact
         assert "6.1 ng/mL" in detail  # the newest trough
         assert not re.search(
-            r"\b(hold|stop|reduce|lower|change|adjust) (the )?tacrolimus\b(?! level)", detail, re.I
+            r"(?<!not )\b(hold|stop|reduce|lower|change|adjust) (the )?tacrolimus\b(?! level)", detail, re.I
         )
         for suggestion in card.get("suggestions", []):
             for action in suggestion["actions"]:

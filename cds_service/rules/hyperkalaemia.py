@@ -31,6 +31,7 @@ from cds_service.rules.common import (
 )
 from cds_service.rules.model import Finding, OrderLabs, Quiet, RuleInput, StopMedication
 from cds_service.rules.monitoring import MONITORING, POTASSIUM_LAB, POTASSIUM_MAX, RECENT, labs
+from cds_service.rules.other_prescriber import taking
 from cds_service.rules.registry import CO_PRESCRIBING, EVERY_TACROLIMUS_SERVICE, Wording, setting
 
 RAS_BLOCKERS = "ras-inhibitors"
@@ -51,9 +52,9 @@ WORDING = Wording(
     new_start="Check potassium again 3–7 days after the first tacrolimus dose.",
     continuing="Recheck potassium in 3–7 days, and after any dose change of tacrolimus or of these drugs.",
     co_prescribing=(
-        "This patient takes tacrolimus ({tacrolimus}), which raises potassium{trough}; the drug ordered here "
-        "adds to it. If it goes ahead, recheck potassium in 3–7 days and let the tacrolimus prescriber know; "
-        "do not change the tacrolimus order from here."
+        "{taking} Tacrolimus raises potassium; the drug ordered here adds to it. If it goes ahead, recheck "
+        "potassium in 3–7 days and let the tacrolimus prescriber know; do not change the tacrolimus order "
+        "from here."
     ),
 )
 """N16's closing advice, by who reads it (rules.md v3 § Card contract, Wording follows the situation)."""
@@ -78,24 +79,10 @@ def _state(m: Medication) -> str:
     return "drafted now" if m.is_draft else f"{m.status} since {day(m.authored)}"
 
 
-def _tacrolimus_taken(inp: RuleInput) -> str:
-    """The stored tacrolimus order(s) in words: product, daily dose when known, since when."""
-    taken = [m for m in inp.record.medications if "tacrolimus" in m.concepts and m.active and not m.is_draft]
-    shown = [
-        f"{m.name}"
-        + (f", {num(m.daily_dose_mg)} mg a day" if m.daily_dose_mg else "")
-        + f", {m.status} since {day(m.authored)}"
-        for m in taken
-    ]
-    return "; ".join(shown) or "an order this service could not read"
-
-
 def _advice(inp: RuleInput) -> str:
-    if inp.service_kind == CO_PRESCRIBING:
-        level, _ = newest_recent(inp, "tacrolimus-level")
-        trough = f" (newest tacrolimus level {on(level)})" if level else ""
+    if inp.service_kind == CO_PRESCRIBING:  # the tacrolimus line every co-prescribing card starts with
         assert WORDING.co_prescribing is not None
-        return WORDING.co_prescribing.format(tacrolimus=_tacrolimus_taken(inp), trough=trough)
+        return WORDING.co_prescribing.format(taking=taking(inp).sentence)
     wording = WORDING.continuing if continuing_because(inp) else WORDING.new_start
     assert wording is not None
     return wording
