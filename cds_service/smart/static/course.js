@@ -10,9 +10,11 @@
  *   code or by a word in its texts) belongs to no class.
  * - Exposure periods follow cds_service/record_builder.py: start = authoredOn, else validityPeriod.start; end
  *   = validityPeriod.end, else now for active/on-hold orders, else start + expectedSupplyDuration x (1 +
- *   numberOfRepeatsAllowed), else the start; drafts, cancelled and entered-in-error orders have none.
+ *   numberOfRepeatsAllowed), else the start; drafts, cancelled and entered-in-error orders have none. An
+ *   active or on-hold order whose end is not in the past is "ongoing": its end is drawn at now, never named.
  * - The creatinine baseline follows cds_service/rules/monitoring.py (creatinine_rise): used only when the
- *   card's appContext does not carry the baseline the rules used.
+ *   card's appContext does not carry the baseline the rules used. A baseline is shown even when there is no
+ *   recent creatinine to compare with it (the rules then compare nothing, and the page says so).
  */
 "use strict";
 (function (global) {
@@ -96,7 +98,7 @@
 
   const SERIES = ["creatinine", "egfr", "tacrolimus-level", "upcr", "systolic-bp", "diastolic-bp", "potassium", "magnesium"];
 
-  /* Observations -> {series: {group: [{when, date, value, unit, original, id}]}, unusable: [...]} */
+  /* Observations -> {series: {group: [{when, date, value, unit, reported, id}]}, unusable: [...]} */
   function labs(terms, observations) {
     const groupsOf = index(terms);
     const series = Object.fromEntries(SERIES.map((g) => [g, []]));
@@ -116,7 +118,7 @@
       }
       series[group].push({
         when, t: Date.parse(when), date: when.slice(0, 10), value, unit: terms.units[group].canonical, id,
-        original: quantity.value + " " + (quantity.unit || quantity.code || ""),
+        reported: { value: quantity.value, unit: String(quantity.unit || quantity.code || "").trim() },
       });
     };
     for (const obs of observations) {
@@ -265,12 +267,14 @@
     const start = startText ? Date.parse(startText) : NaN;
     if (!isFinite(start) || start > now) return null;
     let end = validity.end ? Date.parse(validity.end) : NaN;
-    if (!isFinite(end) && (order.status === "active" || order.status === "on-hold")) end = now;
+    const current = order.status === "active" || order.status === "on-hold";
+    const ongoing = current && !(end < now);
+    if (!isFinite(end) && current) end = now;
     if (!isFinite(end)) {
       const supply = supplyDays(terms, dispense);
       end = supply ? start + supply * DAY : start;
     }
-    return { start, end: Math.max(start, Math.min(end, now)) };
+    return { start, end: Math.max(start, Math.min(end, now)), ongoing };
   }
 
   /* MedicationRequests -> [{group, name, status, id, start, end}] for the drug classes of the chart. */
@@ -297,12 +301,13 @@
   function windowStart(t, days) { return dayStart(t - days * DAY); }
   function isoDay(t) { const d = new Date(t); return d.getFullYear() + "-" + String(d.getMonth() + 1).padStart(2, "0") + "-" + String(d.getDate()).padStart(2, "0"); }
 
-  /* rules/monitoring.py creatinine_rise: the lowest creatinine in the baseline window. */
+  /* rules/monitoring.py creatinine_rise: the lowest creatinine in the baseline window. {value, ...} or
+   * {missing}; noRecent names the missing comparison when no creatinine is recent (the baseline still shows). */
   function baseline(series, bars, thresholds, now) {
     const recent = thresholds.recent_lab_days, days = thresholds.baseline_creatinine_days;
     const creatinine = series.creatinine;
     const newest = creatinine.filter((v) => v.t >= windowStart(now, recent) && v.t <= now).slice(-1)[0];
-    if (!newest) return { missing: "no creatinine in the last " + recent + " days to compare with a baseline" };
+    const noRecent = newest ? null : "no creatinine in the last " + recent + " days to compare with it";
     const tacrolimus = bars.filter((b) => b.group === "tacrolimus");
     let candidates, rule;
     if (tacrolimus.length) {
@@ -312,12 +317,12 @@
       rule = "lowest in the " + days + " days before tacrolimus began on " + isoDay(start);
     } else {
       const since = windowStart(now, days);
-      candidates = creatinine.filter((v) => v.t >= since && v.t <= now && !(v.id === newest.id && v.t === newest.t));
-      rule = "lowest other value in the last " + days + " days";
+      candidates = creatinine.filter((v) => v.t >= since && v.t <= now && !(newest && v.id === newest.id && v.t === newest.t));
+      rule = newest ? "lowest other value in the last " + days + " days" : "lowest in the last " + days + " days";
     }
-    if (!candidates.length) return { missing: "no creatinine to serve as a baseline (" + rule + ")" };
+    if (!candidates.length) return { missing: "no creatinine to serve as a baseline (" + rule + ")", noRecent };
     const lowest = candidates.reduce((a, b) => (b.value <= a.value ? b : a)); // ties: the newest, as min() over newest-first
-    return { value: lowest.value, unit: "mg/dL", date: lowest.date, observation: lowest.id, rule };
+    return { value: lowest.value, unit: "mg/dL", date: lowest.date, t: lowest.t, observation: lowest.id, rule, noRecent };
   }
 
   global.Course = { labs, exposures, baseline, toCanonical, normalise, SERIES };
