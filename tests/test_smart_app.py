@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import re
 import tempfile
@@ -211,7 +212,8 @@ def check_window(page, name: str) -> None:
     expected = expected_course(name)
     now = shown["now"]
     day = lambda text: datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() * 1000  # noqa: E731
-    dates = [d for values in expected["labs"].values() for d, _ in values] + [s for _, s, _ in expected["bars"]]
+    dates = [d for values in expected["labs"].values() for d, _ in values]
+    dates += [s for _, s, _ in expected["bars"]]
     earliest = min(day(d) for d in dates)
     starts = [day(s) for g, s, _ in expected["bars"] if g == "tacrolimus"]
     start = max(now - 365 * DAY_MS, min(starts)) if starts else now - 365 * DAY_MS
@@ -239,7 +241,8 @@ def check_axes(page) -> None:
         """() => {
             const chart = Chart.getChart("course-chart");
             const out = {};
-            for (const d of chart.data.datasets) if (!d.reference && !d.exposure && !d.draft) out[d.group] = d.yAxisID;
+            for (const d of chart.data.datasets)
+                if (!d.reference && !d.exposure && !d.draft) out[d.group] = d.yAxisID;
             const titles = [];
             for (const scale of Object.values(chart.scales)) {
                 const title = scale.options.title;
@@ -260,7 +263,7 @@ def check_axes(page) -> None:
         assert title["size"] >= 11, title
         assert title["widest"] <= title["bottom"] - title["top"], title  # a vertical title within its panel
     spans = sorted((t["top"], t["bottom"]) for t in axes["titles"])
-    assert all(a[1] <= b[0] + 1 for a, b in zip(spans, spans[1:], strict=False))
+    assert all(a[1] <= b[0] + 1 for a, b in itertools.pairwise(spans))
 
 
 def exposure_rows(page) -> list[list[str]]:
@@ -449,7 +452,8 @@ def test_launched_from_the_duplicate_cni_card_the_app_shows_the_cyclosporine(ser
     assert "Other calcineurin inhibitors" in finding and "tacrolimus" in finding.lower()
     assert "CYP3A4" not in finding
     assert {"tacrolimus", "other-calcineurin-inhibitors"} <= set(drawn["highlighted"])
-    assert ["other-calcineurin-inhibitors", "2026-06-10", datetime.now(UTC).date().isoformat()] in drawn["bars"]
+    today = datetime.now(UTC).date().isoformat()
+    assert ["other-calcineurin-inhibitors", "2026-06-10", today] in drawn["bars"]
     rows = exposure_rows(app)
     assert ["Other calcineurin inhibitors", "cyclosporine (modified) 100 mg capsule", "2026-06-10", "ongoing",
             "active"] in rows  # fmt: skip

@@ -28,7 +28,7 @@ CO_PRESCRIBING = "co-prescribing"
 SERVICE_KINDS = (ORDER, MONITORING, CO_PRESCRIBING)
 
 ANCHOR_DRUG = "tacrolimus"
-"""The drug every finding is about; the course app highlights it for a finding only when ``course`` names it."""
+"""The drug every finding is about; the course app highlights it for a finding only if ``course`` names it."""
 
 EVERY_TACROLIMUS_SERVICE = frozenset({ORDER, MONITORING})
 NEW_START_ONLY = frozenset({ORDER})

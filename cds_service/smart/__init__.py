@@ -47,7 +47,9 @@ LAB_GROUPS = (
     "potassium", "magnesium",
 )  # fmt: skip
 """The lab value sets the chart plots (the same sets the rules read)."""
-ANCHOR_DRUGS = ("tacrolimus", "other-calcineurin-inhibitors", "mycophenolate", "cyclophosphamide", "rituximab")
+ANCHOR_DRUGS = (
+    "tacrolimus", "other-calcineurin-inhibitors", "mycophenolate", "cyclophosphamide", "rituximab",
+)  # fmt: skip
 """The rows drawn for every patient: the calcineurin inhibitors and the lupus nephritis regimen's anchors."""
 DRUG_GROUPS = tuple(
     group
@@ -170,7 +172,7 @@ def app_page() -> Response:
 
 
 def highlights(declaration: Declaration) -> list[str]:
-    """What the app highlights for a finding on the card: the groups ``course`` names and the drugs it reads."""
+    """What the app highlights for a finding on its card: the groups ``course`` names, the drugs it reads."""
     return [g for g in dict.fromkeys([*declaration.course, *declaration.drugs]) if g not in COMPOSITES]
 
 
@@ -208,7 +210,8 @@ def terminology() -> Response:
             "units": {g: {"canonical": units.CANONICAL_UNITS[g], "factors": units.linear_factors(g)}
                       for g in LAB_GROUPS},
             "thresholds": {k: thresholds[k] for k in COURSE_THRESHOLDS if k in thresholds},
-            "drugClasses": [{"group": g, "label": class_label(g), "anchor": g in ANCHOR_DRUGS} for g in DRUG_GROUPS],
+            "drugClasses": [{"group": g, "label": class_label(g), "anchor": g in ANCHOR_DRUGS}
+                            for g in DRUG_GROUPS],
             # each finding's title, drugs and what the app highlights for it, from the rule registry
             "findings": {i: {"title": d.title, "highlights": highlights(d), "drugs": list(d.drugs)}
                          for i, d in REGISTRY.items()},
