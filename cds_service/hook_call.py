@@ -50,6 +50,7 @@ DATA_NAMES = {
     "observations": "lab results and vital signs (Observation)",
     "allergies": "allergy list (AllergyIntolerance)",
     "procedures": "procedures (Procedure)",
+    "immunizations": "vaccines given (Immunization)",
 }
 
 
@@ -354,6 +355,9 @@ def _evaluate(
         ],
         observations=[r for r in resources.get("observations", ()) if r.get("resourceType") == "Observation"],
         procedures=[r for r in resources.get("procedures", ()) if r.get("resourceType") == "Procedure"],
+        immunizations=[
+            r for r in resources.get("immunizations", ()) if r.get("resourceType") == "Immunization"
+        ],
         resolve=resolve,
         unavailable={KEY_BY_NAME[k].resource_type for k in gathered.unavailable},
         lookback_days=longest_lookback(settings["thresholds"]),

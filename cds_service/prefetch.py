@@ -33,6 +33,7 @@ KEYS = (
     PrefetchKey("observations", "Observation", required=True),
     PrefetchKey("allergies", "AllergyIntolerance", required=False),
     PrefetchKey("procedures", "Procedure", required=False),
+    PrefetchKey("immunizations", "Immunization", required=False),
 )
 KEY_BY_NAME = {k.key: k for k in KEYS}
 
@@ -66,6 +67,8 @@ def templates(needs: Mapping[str, tuple[str, ...]], terminology: Terminology) ->
         "observations": f"Observation?patient={patient}&code={codes}&_sort=-date&_count=500",
         "allergies": f"AllergyIntolerance?patient={patient}",
         "procedures": f"Procedure?patient={patient}&code={','.join(procedure_codes(needs, terminology))}",
+        # every completed vaccine, not only coded live ones: a vaccine recorded by its name alone counts (N19)
+        "immunizations": f"Immunization?patient={patient}&status=completed",
     }
     return {key: query for key, query in every.items() if KEY_BY_NAME[key].resource_type in needs}
 

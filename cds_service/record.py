@@ -95,6 +95,23 @@ class Procedure:
 
 
 @dataclass(frozen=True)
+class Immunization:
+    """A vaccine given (``Immunization``, status ``completed``) that the rules read: a live vaccine (N19)."""
+
+    id: str
+    concepts: frozenset[str]
+    name: str
+    occurred: datetime
+    """``occurrenceDateTime``, else a date in ``occurrenceString``, else ``recorded``."""
+    recognised_by_name: frozenset[str] = frozenset()
+    """Classes it belongs to only by a name in its ``vaccineCode`` text (``name`` then says so)."""
+
+    @property
+    def reference(self) -> str:
+        return f"Immunization/{self.id}"
+
+
+@dataclass(frozen=True)
 class Medication:
     """A MedicationRequest, stored or drafted in this ordering session."""
 
@@ -134,6 +151,8 @@ class Medication:
     unresolved_reference: str = ""
     """A ``medicationReference`` that could not be resolved (the order was recognised by its text): the card
     names it."""
+    resource_type: str = "MedicationRequest"
+    """``ServiceRequest`` for a vaccine drafted as a service order (rules.md v3 N19): its delete names it."""
 
     @property
     def active(self) -> bool:
@@ -146,7 +165,7 @@ class Medication:
 
     @property
     def reference(self) -> str:
-        return f"MedicationRequest/{self.id}"
+        return f"{self.resource_type}/{self.id}"
 
 
 @dataclass(frozen=True)
@@ -293,6 +312,8 @@ class PatientRecord:
     allergies: tuple[Allergy, ...] = ()
     labs: Mapping[str, LabSeries] = field(default_factory=dict)
     procedures: tuple[Procedure, ...] = ()
+    immunizations: tuple[Immunization, ...] = ()
+    """Vaccines given (status ``completed``) that belong to a value set the rules read, newest first."""
     skipped: tuple[Unusable, ...] = ()
     """Resources that were malformed and left out."""
     unavailable: frozenset[str] = frozenset()

@@ -37,6 +37,7 @@ from cds_service.reading import read_polarity, read_quantity
 from cds_service.record import (
     Allergy,
     Condition,
+    Immunization,
     LabSeries,
     LabValue,
     Medication,
@@ -48,7 +49,7 @@ from cds_service.record import (
     Unusable,
 )
 from cds_service.rules.common import LAB_WORDS
-from cds_service.terminology import Terminology, canonical_system
+from cds_service.terminology import Recognition, Terminology, canonical_system
 from cds_service.trigger import DrugName, Resolver, codeable_name, drug_name, recognise
 from cds_service.units import to_canonical
 
@@ -93,6 +94,8 @@ NOT_RESULTS = frozenset({"entered-in-error", "cancelled"})
 NOT_PERFORMED = frozenset({"entered-in-error", "not-done", "preparation", "stopped"})
 """Procedure statuses that say no delivery took place (a stopped one may not have delivered)."""
 NOT_EXPOSURE = frozenset({"entered-in-error", "cancelled", "draft"})
+DRAFT_SERVICE_CLASSES = frozenset({"live-vaccines"})
+"""What a ServiceRequest in ``draftOrders`` can be an order of: a vaccine ordered as a service (N19)."""
 INACTIVE_CLINICAL = frozenset({"inactive", "remission", "resolved"})
 NOT_CONFIRMED = frozenset({"refuted", "entered-in-error"})
 MAX_RESULTS_PER_LAB = 100
@@ -477,10 +480,13 @@ class RecordBuilder:
     ) -> list[Medication]:
         """``answer_order_ids``: the stored order(s) a patient-view answer is about (the triggering drafts are
         the order hooks'): a card names their recognition by name once, not in every mention of them."""
-        candidates = []
+        candidates: list[tuple[Mapping, bool, DrugName, Recognition]] = []
         for raw, is_draft in [(r, False) for r in stored] + [(r, True) for r in drafts]:
-            if raw.get("resourceType") not in ("MedicationRequest", "MedicationOrder"):
+            if is_draft and raw.get("resourceType") == "ServiceRequest":
+                self._service_draft(raw, candidates)
                 continue
+            if raw.get("resourceType") not in ("MedicationRequest", "MedicationOrder"):
+                continue  # an Immunization in draftOrders is not an order (rules.md v3)
             name = drug_name(raw, resolve)
             recognised = recognise(name, self.terminology)  # rules.md § Drug recognition
             if recognised.classes:
@@ -518,10 +524,26 @@ class RecordBuilder:
                     prior_prescription=prior.rsplit("/", 1)[-1] if isinstance(prior, str) else None,
                     recognised_by_name=recognised.by_name,
                     unresolved_reference=name.reference if name.unresolved else "",
+                    resource_type="ServiceRequest"
+                    if raw.get("resourceType") == "ServiceRequest"
+                    else "MedicationRequest",
                     **(self._tacrolimus(raw, name) if "tacrolimus" in concepts else {}),
                 )
             )
         return found
+
+    def _service_draft(
+        self, raw: Mapping, candidates: list[tuple[Mapping, bool, DrugName, Recognition]]
+    ) -> None:
+        """A ServiceRequest in ``draftOrders`` counts only as a vaccine order (its ``code``, by code or name):
+        EHRs order vaccines as services; a lab order naming a drug is not an order of that drug."""
+        name = codeable_name(raw.get("code")) or DrugName((), ())
+        recognised = recognise(name, self.terminology)
+        classes = recognised.classes & DRAFT_SERVICE_CLASSES
+        if classes:
+            candidates.append((raw, True, name, recognised._replace(classes=classes)))
+        else:
+            self._unreadable(raw, "code")
 
     def _tacrolimus(self, raw: Mapping, name: DrugName) -> dict[str, Any]:
         """A tacrolimus order's formulation class, daily dose, and what tells identical drafts apart."""
@@ -628,6 +650,38 @@ class RecordBuilder:
             name = _name(raw.get("code"), "delivery procedure")
             found.append(Procedure(str(raw.get("id", "")), concepts, name, when))
         return found
+
+    # --- immunizations -------------------------------------------------------------------------------------
+    def immunizations(self, resources: Iterable[Mapping]) -> list[Immunization]:
+        """Vaccines given (status ``completed``) whose ``vaccineCode`` is in a value set the rules read, by
+        code or by name, newest first. Read on raw JSON, leniently (R4 ``occurrenceDateTime`` or
+        ``occurrenceString``, STU3 ``date``): only the vaccine, the status and the date matter. One whose date
+        cannot be read is named on the card (it might be a live vaccine given last week)."""
+        found = []
+        for raw in resources:
+            if raw.get("resourceType") != "Immunization" or raw.get("status") != "completed":
+                continue  # not-done, entered-in-error: no vaccine was given (rules.md v3 N19)
+            vaccine = codeable_name(raw.get("vaccineCode")) or DrugName((), ())
+            recognised = recognise(vaccine, self.terminology)
+            if not recognised.classes:
+                self._unreadable(raw, "vaccineCode")
+                continue
+            when = (
+                parse_when(raw.get("occurrenceDateTime"))
+                or parse_when(raw.get("occurrenceString"))
+                or parse_when(raw.get("date"))
+                or parse_when(raw.get("recorded"))
+            )
+            reference = f"Immunization/{raw.get('id')}"
+            if when is None:
+                why = "a vaccine given on a date that cannot be read (no occurrenceDateTime), so when it "
+                self.skipped.append(Unusable(reference, why + "was given cannot be told"))
+                continue
+            label = _label(_name(raw.get("vaccineCode"), "vaccine"), recognised.by_name)
+            found.append(
+                Immunization(str(raw.get("id", "")), recognised.classes, label, when, recognised.by_name)
+            )
+        return sorted(found, key=lambda i: i.occurred, reverse=True)
 
     # --- observations --------------------------------------------------------------------------------------
     def lab_series(self, resources: Iterable[Mapping]) -> dict[str, LabSeries]:
@@ -811,6 +865,7 @@ def build_record(
     allergies: Sequence[Mapping] = (),
     observations: Sequence[Mapping] = (),
     procedures: Sequence[Mapping] = (),
+    immunizations: Sequence[Mapping] = (),
     resolve: Resolver | None = None,
     unavailable: Iterable[str] = (),
     lookback_days: int = DEFAULT_LOOKBACK_DAYS,
@@ -833,6 +888,7 @@ def build_record(
         allergies=tuple(builder.allergies(builder.scanned("AllergyIntolerance", allergies))),
         labs=builder.lab_series(observations),
         procedures=tuple(builder.procedures(builder.scanned("Procedure", procedures))),
+        immunizations=tuple(builder.immunizations(builder.scanned("Immunization", immunizations))),
         skipped=tuple(builder.skipped),
         unavailable=frozenset(unavailable),
     )

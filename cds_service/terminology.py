@@ -63,6 +63,11 @@ _FORMS = tables()
 """Dose forms for skin, eye, ear or mucosa (``cds_service/data/drug-forms.json``): never in a drug class."""
 TACROLIMUS = "tacrolimus"
 
+FORM_FREE_CLASSES = frozenset({"live-vaccines"})
+"""Drug classes that count whatever the form: a live vaccine given in the nose (FluMist) or the mouth
+(Vivotif, Rotarix) immunises all the same. The rule for skin, eye, ear or mucosa forms is about drug
+exposure, not immunisation (interpretation 84)."""
+
 COMPOSITES = {"teratogens": ("mycophenolate", "cyclophosphamide", "methotrexate", "leflunomide")}
 """Value sets defined as the union of others; extension and local codes of a member flow into them."""
 
@@ -114,7 +119,11 @@ class Terminology:
         for name, rows in expansions.items():
             kept[name] = []
             for row in rows:
-                if name in self.drug_classes and _FORMS.forms.is_local(words(row[2])):
+                if (
+                    name in self.drug_classes
+                    and name not in FORM_FREE_CLASSES
+                    and _FORMS.forms.is_local(words(row[2]))
+                ):
                     self.local_forms.setdefault((row[0], row[1].strip()), (name, row[2]))
                 else:
                     kept[name].append(row)
@@ -223,20 +232,31 @@ class Terminology:
         """
         codings = [c for c in codings or () if isinstance(c, Mapping)]
         ingredients = [c for c in ingredients or () if isinstance(c, Mapping)]
+        texts = [t for t in texts or () if isinstance(t, str)]
         if any(self._is_local_form(c) for c in codings):
-            return LOCAL_FORM_DRUG
+            return self._form_free(codings, ingredients, texts)
         named: set[str] = set()
-        for text in texts or ():
-            if not isinstance(text, str):
-                continue
+        for text in texts:
             classes = self._classes_named_in(text)
             if classes is None:
-                return LOCAL_FORM_DRUG
+                return self._form_free(codings, ingredients, texts)
             named |= classes
         by_code = self.concepts(codings) | self.concepts(ingredients)
         by_name = frozenset(named) - by_code
         if not by_code and not by_name:
             return NOT_RECOGNISED
+        return Recognition(by_code | by_name, by_name)
+
+    def _form_free(self, codings: list[Mapping], ingredients: list[Mapping], texts: list[str]) -> Recognition:
+        """A medication in a form for skin, eye, ear or mucosa: only the classes that count whatever the form
+        (a nasal live influenza vaccine), else no class."""
+        by_code = (self.concepts(codings) | self.concepts(ingredients)) & FORM_FREE_CLASSES
+        named: set[str] = set()
+        for text in texts:
+            named |= self._named(words(text)) & FORM_FREE_CLASSES
+        by_name = frozenset(named) - by_code
+        if not by_code and not by_name:
+            return LOCAL_FORM_DRUG
         return Recognition(by_code | by_name, by_name)
 
     def _classes_named_in(self, text: str) -> frozenset[str] | None:
@@ -255,6 +275,9 @@ class Terminology:
         found = words(text)
         if _FORMS.forms.is_local(found):
             return None
+        return self._named(found)
+
+    def _named(self, found: tuple[str, ...]) -> frozenset[str]:
         named: set[str] = set()
         for size in range(1, self._longest + 1):  # every run of 1..3 words: one dict hit each
             for start in range(len(found) - size + 1):

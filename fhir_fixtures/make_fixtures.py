@@ -2414,6 +2414,223 @@ def pv_paxlovid_active_20_days() -> Fixture:
     )
 
 
+# --- Live vaccines (N19), catalog version 3 ------------------------------------------------------------
+#
+# A live vaccine drafted (MedicationRequest or ServiceRequest), given within 28 days before a new start, or
+# given on tacrolimus within 42 days (patient-view). Shingrix (recombinant) and a not-done Immunization never
+# count; an Immunization placed in draftOrders is not an order.
+
+CVX = "http://hl7.org/fhir/sid/cvx"
+MMR_CVX = coding(CVX, "03", "measles, mumps and rubella virus vaccine")
+
+
+def _immunization(c: Chart, vaccine: dict, text: str, when: str, status: str = "completed") -> str:
+    """An Immunization (R4): the vaccine given on ``when`` (``status`` completed, or not-done)."""
+    resource: dict[str, Any] = {
+        "resourceType": "Immunization",
+        "id": c.rid(c.next_key("imm")),
+        "status": status,
+        "vaccineCode": {"coding": [vaccine], "text": text},
+        "patient": c.patient_ref,
+        "occurrenceDateTime": when,
+        "primarySource": True,
+    }
+    if status == "not-done":
+        resource["statusReason"] = {"text": "patient declined"}
+    return c.add(resource)
+
+
+def _vaccine_order(c: Chart, text: str, vaccine: dict | None = None) -> str:
+    """A vaccine drafted in this session as a ServiceRequest (how some EHRs order vaccines)."""
+    code: dict[str, Any] = {"text": text}
+    if vaccine:
+        code["coding"] = [vaccine]
+    ref = c.add(
+        {
+            "resourceType": "ServiceRequest",
+            "id": c.rid(c.next_key("sr")),
+            "status": "draft",
+            "intent": "order",
+            "code": code,
+            "subject": c.patient_ref,
+            "authoredOn": ANCHOR.isoformat(),
+        }
+    )
+    c.drafts.append(ref)
+    return ref
+
+
+def _vaccine_start(short: str, given: str) -> Chart:
+    """A well-monitored new tacrolimus start (only N11 fires): the vaccines are added by each fixture."""
+    c = Chart(short).patient(given, "Okafor", "female", "1990-03-14")
+    c.condition("sle", on("2018-05-02"))
+    c.condition("ln-class-iv", on("2026-07-06"))
+    c.order("mmf-500mg", on("2026-07-15"), dosage=MMF_DOSE)
+    normal_visit(c, 5, upcr=1.6)
+    c.lab("hcg", 1.0, "IU/L", ago(5))
+    c.order("tacrolimus-1mg", ANCHOR.isoformat(), status="draft", key="tac-draft", dosage=TAC_DOSE)
+    return c
+
+
+def _tacrolimus_selected(c: Chart) -> list[str]:
+    return [f"MedicationRequest/{c.rid('tac-draft')}"]
+
+
+@fixture
+def n19_mmr_given_28_days_before_start() -> Fixture:
+    c = _vaccine_start("n19mmr28", "Adaeze")
+    _immunization(c, MMR_CVX, "MMR", ago(28, "10:15"))
+    return Fixture(
+        "n19-mmr-given-28-days-before-start",
+        "New tacrolimus start; MMR (CVX 03) given 28 days ago",
+        c,
+        {
+            "N11": NEW_START,
+            "N19": "A live vaccine (MMR) given 28 days before a new start (window 28 days): info.",
+        },
+        selections=_tacrolimus_selected(c),
+    )
+
+
+@fixture
+def n19_mmr_given_29_days_before_start() -> Fixture:
+    c = _vaccine_start("n19mmr29", "Chioma")
+    _immunization(c, MMR_CVX, "MMR", ago(29, "10:15"))
+    return Fixture(
+        "n19-mmr-given-29-days-before-start",
+        "New tacrolimus start; MMR (CVX 03) given 29 days ago",
+        c,
+        {"N11": NEW_START},
+        selections=_tacrolimus_selected(c),
+        quiet={"N19": "MMR was given 29 days before the start, outside the 28-day window."},
+    )
+
+
+@fixture
+def n19_zoster_live_draft() -> Fixture:
+    c = _vaccine_start("n19zos", "Ngozi")
+    c.order(None, ANCHOR.isoformat(), status="draft", text_only="Zostavax (zoster vaccine live) injection",
+            dosage="0.65 mL subcutaneously once")  # fmt: skip
+    return Fixture(
+        "n19-zoster-live-draft",
+        "New tacrolimus start; live zoster vaccine (Zostavax) drafted as a MedicationRequest, by name only",
+        c,
+        {
+            "N11": NEW_START,
+            "N19": "A live vaccine drafted while tacrolimus is being started (by name): warning.",
+        },
+        selections=_tacrolimus_selected(c),
+    )
+
+
+@fixture
+def n19_varicella_service_request_draft() -> Fixture:
+    c = _vaccine_start("n19var", "Amara")
+    _vaccine_order(
+        c, "Varicella virus vaccine live (Varivax) 0.5 mL SC", coding(CVX, "21", "varicella virus vaccine")
+    )
+    return Fixture(
+        "n19-varicella-service-request-draft",
+        "New tacrolimus start; varicella vaccine drafted as a ServiceRequest coded CVX 21",
+        c,
+        {"N11": NEW_START, "N19": "A live vaccine ordered as a service in this session: warning."},
+        selections=_tacrolimus_selected(c),
+    )
+
+
+@fixture
+def n19_shingrix_not_live() -> Fixture:
+    c = _vaccine_start("n19shx", "Ifeoma")
+    recombinant = coding(CVX, "187", "zoster vaccine recombinant")
+    _immunization(c, recombinant, "Shingrix (zoster vaccine recombinant, adjuvanted)", ago(10, "11:00"))
+    shingrix = "Shingrix (zoster vaccine recombinant, adjuvanted)"
+    c.order(
+        None, ANCHOR.isoformat(), status="draft", text_only=shingrix, dosage="0.5 mL intramuscularly once"
+    )
+    return Fixture(
+        "n19-shingrix-not-live",
+        "New tacrolimus start; recombinant zoster vaccine (Shingrix) given 10 days ago and drafted again",
+        c,
+        {"N11": NEW_START},
+        selections=_tacrolimus_selected(c),
+        quiet={
+            "N19": "Shingrix (CVX 187) is recombinant, not live: the advised zoster vaccine on tacrolimus."
+        },
+    )
+
+
+@fixture
+def n19_mmr_not_done() -> Fixture:
+    c = _vaccine_start("n19nd", "Zainab")
+    _immunization(c, MMR_CVX, "MMR", ago(10, "11:00"), status="not-done")
+    mmr_in_drafts = _immunization(c, MMR_CVX, "MMR", ago(3, "09:00"))
+    c.drafts.append(mmr_in_drafts)
+    return Fixture(
+        "n19-mmr-not-done",
+        "New tacrolimus start; an MMR not given (status not-done); an MMR Immunization sent in draftOrders",
+        c,
+        {"N11": NEW_START},
+        selections=_tacrolimus_selected(c),
+        quiet={
+            "N19": "A not-done Immunization gave no vaccine; an Immunization in draftOrders is not an order "
+            "(and is not in the record)."
+        },
+    )
+
+
+def _on_tacrolimus_given_yellow_fever(short: str, given: str, days_ago: int) -> Chart:
+    c = Chart(short).patient(given, "Mensah", "male", "1986-02-19")
+    _on_tacrolimus(c, on("2026-05-11"))
+    c.panel(on("2026-04-28"), creatinine=0.90, upcr=2.0)
+    normal_visit(c, 25, creatinine=0.92, egfr=99, upcr=0.5, tacrolimus=6.4)
+    _immunization(
+        c, coding(CVX, "37", "yellow fever vaccine"), "YF-Vax (yellow fever vaccine)", ago(days_ago)
+    )
+    return c
+
+
+@fixture
+def pv_live_vaccine_given_42_days_ago() -> Fixture:
+    return Fixture(
+        "pv-live-vaccine-given-42-days-ago",
+        "On tacrolimus since May; yellow fever vaccine (CVX 37) given 42 days ago, before travel",
+        _on_tacrolimus_given_yellow_fever("pvyf42", "Kwame", 42),
+        {"N19": "A live vaccine given on tacrolimus 42 days ago (window 42 days): warning."},
+        service=MONITORING,
+    )
+
+
+@fixture
+def pv_live_vaccine_given_43_days_ago() -> Fixture:
+    return Fixture(
+        "pv-live-vaccine-given-43-days-ago",
+        "On tacrolimus since May; yellow fever vaccine (CVX 37) given 43 days ago",
+        _on_tacrolimus_given_yellow_fever("pvyf43", "Kofi", 43),
+        {},
+        quiet={"N19": "The yellow fever vaccine was given 43 days ago, outside the 42-day window."},
+        service=MONITORING,
+    )
+
+
+@fixture
+def n19_yellow_fever_30_days_renewal() -> Fixture:
+    c = _on_tacrolimus_given_yellow_fever("n19yfr", "Yaw", 30)
+    c.order(
+        "tacrolimus-1mg",
+        ANCHOR.isoformat(),
+        status="draft",
+        key="tac-draft",
+        dosage=PV_TAC_DOSE,
+        prior=f"MedicationRequest/{c.rid('mr-tac')}",
+    )
+    return Fixture(
+        "n19-yellow-fever-30-days-renewal",
+        "Tacrolimus renewal; yellow fever vaccine (CVX 37) given 30 days ago, on tacrolimus",
+        c,
+        {"N19": "A live vaccine given on tacrolimus 30 days ago (continuing, 42-day window): warning."},
+    )
+
+
 # --- Writing ------------------------------------------------------------------------------------------------
 
 

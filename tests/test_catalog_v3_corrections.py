@@ -239,7 +239,8 @@ def continuing_inputs() -> dict[str, RuleInput]:
         tacrolimus_draft(prior="tac-1"), formulation="extended-release tablet", administrations_per_day=2
     )
     paxlovid = med("nirmatrelvir-ritonavir", "cyp3a4-strong-inhibitors", name="Paxlovid", days=3)
-    envarsus_and_paxlovid = make(meds=(paxlovid,), trigger=twice_daily_renewal)
+    mmr = med("live-vaccines", name="MMR vaccine", draft=True)  # N19: a live vaccine drafted on tacrolimus
+    envarsus_and_paxlovid = make(meds=(paxlovid, mmr), trigger=twice_daily_renewal)
     cases = {"kitchen sink (earlier exposure)": sink, "renewal of an order not on record": busy}
     cases["Envarsus twice a day, Paxlovid active"] = envarsus_and_paxlovid
     cases |= {

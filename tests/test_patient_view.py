@@ -99,7 +99,9 @@ def test_discovery_lists_the_monitoring_service_with_templates_from_what_its_rul
     assert "patient-view" in service["usageRequirements"]
     prefetch = service["prefetch"]
     # No rule of patient-view reads allergies: no allergies key. Procedures: deliveries end a pregnancy (v3).
-    assert set(prefetch) == {"patient", "conditions", "medications", "observations", "procedures"}
+    assert set(prefetch) == {
+        "patient", "conditions", "medications", "observations", "procedures", "immunizations"
+    }  # fmt: skip
     asked = set(re.search(r"code=([^&]+)", prefetch["observations"]).group(1).split(","))
     terminology = fixture_app.extensions["cds_runtime"]().terminology
     needed = {
@@ -152,6 +154,8 @@ def test_the_six_situations_are_covered():
         "pv-paxlovid-active-20-days": {"N21"},
         "pv-paxlovid-ended-10-days-ago": {"N21"},
         "pv-paxlovid-ended-11-days-ago": set(),
+        "pv-live-vaccine-given-42-days-ago": {"N19"},
+        "pv-live-vaccine-given-43-days-ago": set(),
     }
     clarithromycin = [
         e["resource"]

@@ -52,6 +52,8 @@ THRESHOLDS = {
     "hba1c": 6.5,
     "include_moderate_cyp3a4": False,
     "paxlovid_window_days": 10,
+    "live_vaccine_before_start_days": 28,
+    "live_vaccine_on_tacrolimus_days": 42,
     "egfr_cni_caution": 45,
     "egfr_cni_caution_continuing": "info",
     "body_height_days": 180,
@@ -261,6 +263,7 @@ def test_rules_run_in_catalog_order():
         *(f"S{i}" for i in (0, 1, 2, 3, 4, 7)),
         *(f"N{i}" for i in range(1, 16)),
         "N18",
+        "N19",
         "N21",
     ]
 
@@ -272,9 +275,11 @@ def test_every_threshold_the_tests_assume_is_a_shipped_setting():
 
 def test_needs_names_the_value_sets_discovery_must_prefetch():
     assert set(NEEDS) == {
-        "Patient", "Condition", "MedicationRequest", "Observation", "AllergyIntolerance", "Procedure"
+        "Patient", "Condition", "MedicationRequest", "Observation", "AllergyIntolerance", "Procedure",
+        "Immunization",
     }  # fmt: skip
     assert NEEDS["Procedure"] == ("delivery-procedures",)  # rules.md v3: read for deliveries alone
+    assert NEEDS["Immunization"] == ("live-vaccines",)  # rules.md v3: live vaccines given (N19)
     observation = set(NEEDS["Observation"])
     # The BP panel code must be fetched for its components to reach systolic-bp / diastolic-bp.
     assert {"blood-pressure", "systolic-bp", "diastolic-bp"} <= observation

@@ -109,7 +109,7 @@ def test_json_holds_the_request_built_from_discovery_and_the_response():
     assert set(manifest()["p1-pregnant-sle"]["drafts"]) <= set(draft_refs)
     assert request["context"]["selections"] == manifest()["p1-pregnant-sle"]["selections"]
     assert set(request["prefetch"]) == {
-        "patient", "conditions", "medications", "observations", "allergies", "procedures"
+        "patient", "conditions", "medications", "observations", "allergies", "procedures", "immunizations"
     }  # fmt: skip
     assert request["prefetch"]["patient"]["resourceType"] == "Patient"
     assert "fhirServer" not in request

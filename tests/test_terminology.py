@@ -25,7 +25,7 @@ from cds_service.terminology import (
 DRUG_CLASSES = {
     "tacrolimus", "mycophenolate", "cyclophosphamide", "methotrexate", "leflunomide", "teratogens",
     "rituximab", "other-calcineurin-inhibitors", "cyp3a4-strong-inhibitors", "cyp3a4-moderate-inhibitors",
-    "cyp3a4-strong-inducers", "nephrotoxins", "obinutuzumab", "nirmatrelvir-ritonavir",
+    "cyp3a4-strong-inducers", "nephrotoxins", "obinutuzumab", "nirmatrelvir-ritonavir", "live-vaccines",
 }  # fmt: skip
 NAME_ONLY_CLASSES = {"obinutuzumab", "nirmatrelvir-ritonavir"}
 """Classes recognised by name until their codes are verified; the codes wait in ``unverified/``."""
@@ -37,7 +37,7 @@ COMMON_MD_NAMES = {
     # medications
     "tacrolimus", "mycophenolate", "cyclophosphamide", "methotrexate", "leflunomide", "teratogens",
     "rituximab", "other-calcineurin-inhibitors", "cyp3a4-strong-inhibitors", "cyp3a4-moderate-inhibitors",
-    "cyp3a4-strong-inducers", "nephrotoxins", "obinutuzumab", "nirmatrelvir-ritonavir",
+    "cyp3a4-strong-inducers", "nephrotoxins", "obinutuzumab", "nirmatrelvir-ritonavir", "live-vaccines",
     # conditions
     "lupus", "lupus-nephritis", "lupus-nephritis-class-v", "pregnancy", "pregnancy-hypertension", "lactation",
     "hepatitis-b", "hypogammaglobulinemia",

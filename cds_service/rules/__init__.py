@@ -8,7 +8,7 @@ findings off or re-grades them is applied by the caller. Where the catalog neede
 
 from __future__ import annotations
 
-from cds_service.rules import monitoring, pregnancy, release_and_paxlovid, salvage
+from cds_service.rules import live_vaccines, monitoring, pregnancy, release_and_paxlovid, salvage
 from cds_service.rules.common import has_lupus_nephritis, merge_needs, unavailable
 from cds_service.rules.model import Evaluation, Finding, Quiet, RuleInput
 from cds_service.rules.registry import ORDER, Registry, Rule
@@ -22,7 +22,9 @@ REGISTRY = Registry(
         *pregnancy.DECLARATIONS,
         *salvage.DECLARATIONS,
         *monitoring.DECLARATIONS,
-        *release_and_paxlovid.DECLARATIONS,
+        *release_and_paxlovid.DECLARATIONS[:1],  # N18
+        *live_vaccines.DECLARATIONS,  # N19
+        *release_and_paxlovid.DECLARATIONS[1:],  # N21
     )
 )
 """Every finding of the catalog, declared in its family module, in catalog order."""

@@ -125,6 +125,17 @@ CITATIONS: dict[str, tuple[str, str]] = {
         "for the course, levels on days 3 and 6–7",
         "https://doi.org/10.1111/ajt.16997",
     ),
+    "idsa-2013-vaccination": (
+        "Rubin LG, et al. 2013 IDSA Clinical Practice Guideline for Vaccination of the Immunocompromised "
+        "Host: live vaccines at least 4 weeks before immunosuppression, not within 2 weeks of starting "
+        "it. Clin Infect Dis 2014;58(3):e44–e100",
+        "https://doi.org/10.1093/cid/cit684",
+    ),
+    "acr-2022-vaccination": (
+        "Bass AR, et al. 2022 American College of Rheumatology Guideline for Vaccinations in Patients With "
+        "Rheumatic and Musculoskeletal Diseases. Arthritis Care Res 2023;75(3):449–464",
+        "https://doi.org/10.1002/acr.25045",
+    ),
     "cellcept-label": (
         "CellCept (mycophenolate mofetil) US prescribing information: embryofetal toxicity, pregnancy "
         "testing and contraception (mycophenolate REMS). DailyMed",

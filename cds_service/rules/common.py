@@ -50,6 +50,7 @@ RESOURCE_WORDS = {
     "Observation": "lab results and vital signs (Observations)",
     "AllergyIntolerance": "allergies",
     "Procedure": "procedures (Procedure)",
+    "Immunization": "vaccines given (Immunization)",
 }
 
 # Pregnancy-status (82810-3) and breastfeeding-status (63895-7) answers, as ``cds_service.reading`` gives them

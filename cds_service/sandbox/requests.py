@@ -43,6 +43,7 @@ DEFAULT_PREFETCH_TEMPLATES: dict[str, str] = {
     "medications": "MedicationRequest?patient={{context.patientId}}&_count=1000",
     "allergies": "AllergyIntolerance?patient={{context.patientId}}&_count=1000",
     "observations": "Observation?patient={{context.patientId}}&_sort=-date&_count=1000",
+    "immunizations": "Immunization?patient={{context.patientId}}&status=completed&_count=1000",
 }
 
 

@@ -107,6 +107,7 @@ _DATE_ELEMENTS: dict[str, tuple[str, ...]] = {
     "AllergyIntolerance": ("recordedDate", "onsetDateTime", "onsetPeriod"),
     "Encounter": ("period",),
     "Procedure": ("performedDateTime", "performedPeriod"),
+    "Immunization": ("occurrenceDateTime", "occurrenceString"),
 }
 
 
@@ -224,6 +225,10 @@ SEARCH_PARAMS: dict[str, tuple[SearchParam, ...]] = {
     ),
     "Encounter": (_PATIENT, _SUBJECT, _STATUS, _date_param("period")),
     "Procedure": (_PATIENT, _SUBJECT, _CODE, _STATUS, _date_param("performed[x]")),
+    "Immunization": (
+        _PATIENT, _STATUS, SearchParam("vaccine-code", "token", "A `vaccineCode` coding."),
+        _date_param("occurrence[x]"),
+    ),
 }  # fmt: skip
 
 COMMON_PARAMS: tuple[SearchParam, ...] = (
@@ -242,6 +247,8 @@ def _tokens_for(resource: Mapping, parameter: str) -> list[Token]:
         return _codings(resource.get("code"))
     if parameter == "category":
         return _codings_of_list(resource.get("category"))
+    if parameter == "vaccine-code":
+        return _codings(resource.get("vaccineCode"))
     if parameter == "clinical-status":
         return _codings(resource.get("clinicalStatus"))
     if parameter == "verification-status":
