@@ -368,6 +368,7 @@ HAND_MADE_ORDERS = [
         medicationReference={"reference": "#m"},
     ),
     _order("rifampicin-text", medicationCodeableConcept={"text": "Rifampicin 300 mg"}),
+    _order("nasal-live-vaccine", medicationCodeableConcept={"text": "FluMist Quadrivalent nasal spray"}),
     _order("unknown", medicationCodeableConcept={"text": "paracetamol 500 mg"}),
 ]
 
@@ -381,6 +382,7 @@ def test_the_app_recognises_drug_orders_as_the_rules_do(service, fhir, browser):
     expected = sorted((m.id, g) for m in record.medications for g in DRUG_GROUPS if g in m.concepts)
     assert ("by-brand-name", "tacrolimus") in expected and ("systemic-word-wins", "tacrolimus") in expected
     assert not any(i in ("ointment", "oint-abbreviated") for i, _ in expected)
+    assert ("nasal-live-vaccine", "live-vaccines") in expected  # a live vaccine counts whatever its form
     page = browser.new_page()
     launch = ehr_launch(fhir, expected_course(LAUNCHED[0])["patient"])
     page.goto(f"{service}/smart/launch?iss={fhir}&launch={launch}")

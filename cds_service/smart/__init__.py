@@ -31,7 +31,7 @@ from cds_service.fhir_policy import ServerUrl
 from cds_service.record_builder import DURATION_DAYS
 from cds_service.rules import REGISTRY
 from cds_service.rules.registry import Declaration
-from cds_service.terminology import COMPOSITES, DEFAULT_DIR, SYSTEM_ALIASES
+from cds_service.terminology import COMPOSITES, DEFAULT_DIR, FORM_FREE_CLASSES, SYSTEM_ALIASES
 
 STATIC = Path(__file__).resolve().parent / "static"
 CLIENT_ID = "tacrolimus-course"
@@ -205,6 +205,7 @@ def terminology() -> Response:
             # recognition by name and the forms for skin, eye, ear or mucosa (rules.md § Drug recognition)
             "drugNames": {g: list(terms.names_of.get(g, ())) for g in DRUG_GROUPS},
             "localForms": sorted(f"{s}|{c}" for s, c in terms.local_forms),
+            "formFreeClasses": sorted(FORM_FREE_CLASSES),  # counted whatever the form (a nasal live vaccine)
             "formTable": form_table_data(),  # drug-forms.json: what course.js reads local forms with
             "durationDays": DURATION_DAYS,  # a stopped order's supply: expectedSupplyDuration units in days
             "units": {g: {"canonical": units.CANONICAL_UNITS[g], "factors": units.linear_factors(g)}

@@ -7,7 +7,8 @@
  *   unusable, never guessed.
  * - Drug orders are recognised as cds_service/terminology.py recognise() does: by code, by ingredient code,
  *   else by an ingredient or brand name (whole words) in the texts; a form for skin, eye, ear or mucosa (by
- *   code or by a word in its texts) belongs to no class.
+ *   code or by a word in its texts) belongs to no class but those that count whatever the form
+ *   (terminology.json "formFreeClasses": live vaccines).
  * - Exposure periods follow cds_service/record_builder.py: start = authoredOn, else validityPeriod.start; end
  *   = validityPeriod.end, else now for active/on-hold orders, else start + expectedSupplyDuration x (1 +
  *   numberOfRepeatsAllowed), else the start; drafts, cancelled and entered-in-error orders have none. An
@@ -220,15 +221,15 @@
       }
     }
     const longest = Math.max(0, ...[...classesOfWords.keys()].map((k) => k.split(" ").length));
-    const NONE = { classes: new Set(), byName: new Set() };
+    const formFree = new Set(terms.formFreeClasses || []);
     return function recognise(name) {
       const isLocal = (c) => typeof c.code === "string" && typeof c.system === "string" &&
         localForms.has((aliases[c.system.trim()] || c.system.trim()) + "|" + c.code.trim());
-      if (name.codings.some(isLocal)) return NONE;
+      let local = name.codings.some(isLocal);
       const named = new Set();
       for (const text of name.names.concat(name.otherWords)) {
         const w = words(text);
-        if (isLocalText(w)) return NONE;
+        if (isLocalText(w)) local = true;
         for (let size = 1; size <= longest; size++) {
           for (let start = 0; start + size <= w.length; start++) {
             const run = w.slice(start, start + size).join(" ");
@@ -236,8 +237,10 @@
           }
         }
       }
-      const byCode = new Set([...groupsOf(name.codings), ...groupsOf(name.ingredients)]);
-      const byName = new Set([...named].filter((g) => !byCode.has(g)));
+      // a form for skin, eye, ear or mucosa: only the classes that count whatever the form (a nasal vaccine)
+      const kept = (g) => !local || formFree.has(g);
+      const byCode = new Set([...groupsOf(name.codings), ...groupsOf(name.ingredients)].filter(kept));
+      const byName = new Set([...named].filter((g) => kept(g) && !byCode.has(g)));
       return { classes: new Set([...byCode, ...byName]), byName };
     };
   }
