@@ -398,9 +398,9 @@ def test_the_app_recognises_drug_orders_as_the_rules_do(service, fhir, browser):
     page.close()
 
 
-@pytest.mark.browser
-@pytest.mark.parametrize("name", ["n2-creatinine-rise-25pct", "tacrolimus-kidney-decline-clarithromycin"])
-def test_the_monitoring_cards_smart_link_launches_the_app_from_the_web_sandbox(service, browser, name):
+def launch_from_the_monitoring_card(service: str, browser, name: str):
+    """What a tester does: in the web sandbox, fire order-sign for the fixture and press the monitoring card's
+    course link. Returns the sandbox page, its problems and the app's page."""
     page = browser.new_page()
     problems = watch(page)
     page.goto(f"{service}/sandbox")
@@ -412,7 +412,13 @@ def test_the_monitoring_cards_smart_link_launches_the_app_from_the_web_sandbox(s
     link.first.wait_for()
     with browser.expect_page() as opened:
         link.first.click()
-    app = opened.value
+    return page, problems, opened.value
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("name", ["n2-creatinine-rise-25pct", "tacrolimus-kidney-decline-clarithromycin"])
+def test_the_monitoring_cards_smart_link_launches_the_app_from_the_web_sandbox(service, browser, name):
+    page, problems, app = launch_from_the_monitoring_card(service, browser, name)
     app_problems = watch(app)
     drawn = chart_content(app)
     check_chart(drawn, name)
@@ -436,17 +442,7 @@ def test_the_monitoring_cards_smart_link_launches_the_app_from_the_web_sandbox(s
 @pytest.mark.browser
 def test_launched_from_the_duplicate_cni_card_the_app_shows_the_cyclosporine(service, browser):
     """N12's drugs come from its declaration: the calcineurin inhibitors, not the CYP3A4 classes."""
-    page = browser.new_page()
-    page.goto(f"{service}/sandbox")
-    page.wait_for_selector("body[data-ready=true]")
-    page.select_option("#fixture", "n12-cyclosporine-active")
-    page.wait_for_selector("#drafts li[data-ref]")
-    page.click(".fire-button[data-hook=order-sign]")
-    link = page.locator(".card[data-topic=nephrotoxicity-monitoring] button.smart-launch")
-    link.first.wait_for()
-    with browser.expect_page() as opened:
-        link.first.click()
-    app = opened.value
+    page, _, app = launch_from_the_monitoring_card(service, browser, "n12-cyclosporine-active")
     problems = watch(app)
     drawn = chart_content(app)
     check_chart(drawn, "n12-cyclosporine-active")
