@@ -348,5 +348,6 @@ def hook_request(
             "observations": searchset(by_type.get("Observation", [])),
             "allergies": searchset(by_type.get("AllergyIntolerance", [])),
             "procedures": searchset(by_type.get("Procedure", [])),
+            "immunizations": searchset(by_type.get("Immunization", [])),
         }
     return body

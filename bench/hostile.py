@@ -235,7 +235,22 @@ def raw_status(port: int, request: bytes) -> int:
         return int(connection.recv(100).split(b" ", 2)[1])
 
 
+def depth_check_probes() -> None:
+    """The byte-level depth check on 4 MB of pure nesting: time grows with the size, not its square."""
+    from cds_service.request_json import MAX_REQUEST_DEPTH, nested_deeper_than_bytes
+
+    shapes = {
+        "4 MB run of openers": b"[" * 2_000_000 + b"]" * 2_000_000,
+        "4 MB staircase": b"[[]" * 1_000_000 + b"]" * 1_000_000,
+    }
+    for label, data in shapes.items():
+        started = time.perf_counter()
+        deeper = nested_deeper_than_bytes(data, MAX_REQUEST_DEPTH)
+        print(f"depth check, {label}: deeper={deeper} in {time.perf_counter() - started:.3f} s")
+
+
 def main() -> None:
+    depth_check_probes()
     with tempfile.TemporaryDirectory() as tmp:
         fhir_probes(Path(tmp))
         auth_probes(Path(tmp))

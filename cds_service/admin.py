@@ -46,6 +46,8 @@ COOKIE = "cds_admin"
 DEV_TOKEN = "dev-admin-token"
 ENV_TOKEN = "CDS_ADMIN_TOKEN"
 SHORT_TOKEN = 20
+DEV_ANNOUNCED = "CDS_DEV_MODE_ANNOUNCED"
+"""App config flag: the start-up line already named the dev token, so the app does not log it again."""
 
 
 # --- who may come in --------------------------------------------------------------------------------------
@@ -66,6 +68,11 @@ def accepted_hashes(config: Config, dev: bool) -> list[str]:
     if not hashes and dev:
         hashes.append(_sha256(DEV_TOKEN))
     return hashes
+
+
+def dev_token_in_use(config: Config, dev: bool) -> bool:
+    """Does the fixed ``dev-admin-token`` open /admin (``--dev`` with no token configured)?"""
+    return dev and not accepted_hashes(config, dev=False)
 
 
 def token_opens(token: str | None, hashes: Iterable[str]) -> bool:
@@ -135,7 +142,9 @@ def _refused_cross_site() -> tuple[Response, int]:
 def _announce(state) -> None:
     holder = state.app.extensions["cds_runtime"]
     config = holder.current.config
-    if holder.dev and not config.section("admin").get("token_sha256") and not os.environ.get(ENV_TOKEN):
+    if dev_token_in_use(config, holder.dev):
+        if state.app.config.get(DEV_ANNOUNCED):  # ``serve --dev`` said it once for all its workers
+            return
         log.warning(f"DEV MODE: /admin accepts the fixed token {DEV_TOKEN!r}; configure admin.token_sha256")
     elif 0 < len(os.environ.get(ENV_TOKEN, "")) < SHORT_TOKEN:
         log.warning(f"{ENV_TOKEN} is shorter than {SHORT_TOKEN} characters: use a long random token")
@@ -279,6 +288,13 @@ def _since_arg() -> date | None:
 @bp.get("/login")
 def login_form() -> Response:
     return _page("admin_login.html")
+
+
+@bp.context_processor
+def _dev_token() -> dict[str, Any]:
+    """The login page names the fixed token when it is the one that works (``--dev``, none configured)."""
+    holder = _holder()
+    return {"dev_token": DEV_TOKEN if dev_token_in_use(holder.current.config, holder.dev) else None}
 
 
 @bp.post("/login")

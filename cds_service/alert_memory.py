@@ -12,6 +12,7 @@ The small API, for every hook that needs it:
 * ``rule.subject(tenant, patient, orders)``: whom and what the findings are about (hashed, never stored).
 * ``hold_back(memory, rule, window, subject, findings, now)`` → (findings to show, ``HeldBack`` list).
 * ``memory.remember(rule.remember_as, subject, shown_findings, now)`` after the cards went out.
+* ``memory.forget_all()``: a tester starts over (``cds-service alert-memory clear``, the sandbox's button).
 
 Each service's rule is part of its spec (``cds_service.services``): order-sign holds back an ``info`` finding
 already shown at order-select for the same patient and draft order with the same indicator; the monitoring
@@ -84,6 +85,8 @@ class HeldBack:
     id: str
     indicator: str
     why: str
+    summary: str = ""
+    """The finding's own summary: what a tester would have seen (``--dev`` answers name it)."""
 
 
 def repeat_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -180,6 +183,12 @@ class AlertMemory:
             log.exception("could not remember the findings shown", extra={"namespace": namespace})
             return 0
 
+    def forget_all(self) -> int:
+        """Forget every finding shown, for every patient: the rows deleted. For testers starting over; the
+        HMAC key stays, so nothing else changes."""
+        with self.engine.begin() as connection:
+            return connection.execute(delete(shown_alerts)).rowcount or 0
+
     def _purge(self, now: datetime) -> None:
         """Delete expired rows, at most once a minute per process."""
         if time.monotonic() - self._purged < PURGE_EVERY_SECONDS:
@@ -220,7 +229,9 @@ def hold_back(
         if finding_keys and all(
             _repeats(finding.indicator, seen.get(k, set()), rule.compare) for k in finding_keys
         ):
-            held.append(HeldBack(finding.id, finding.indicator, f"{rule.why} within {minutes} min"))
+            held.append(
+                HeldBack(finding.id, finding.indicator, f"{rule.why} within {minutes} min", finding.summary)
+            )
         else:
             shown.append(finding)
     return shown, held

@@ -10,12 +10,16 @@ import os
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from cds_service import __version__, metrics
+from cds_service.alert_memory import HeldBack
+from cds_service.card_text import shorten
 from cds_service.cards import FINDINGS_EXTENSION
+from cds_service.fhir_policy import LOOPBACK_NAMES
 from cds_service.hook_call import answer_hook
 from cds_service.protocol import ProtocolError, feedback_item_errors, validate_feedback
 from cds_service.request_json import parse_hook_call, parse_request_json
@@ -24,6 +28,8 @@ from cds_service.runtime import Runtime
 log = logging.getLogger("cds_service.api")
 bp = Blueprint("cds", __name__)
 FREED_AFTER_ANSWER = "cds_service.hook_body"
+HELD_BACK_EXTENSION = "org.example.tacrolimus-cds.held-back"
+"""With ``--dev`` only: the findings the alert memory held back, so a tester sees why a card is missing."""
 
 
 def runtime() -> Runtime:
@@ -85,6 +91,8 @@ def call_service(service_id: str) -> Response | tuple[Response, int]:
     started = time.perf_counter()
     laps = metrics.Laps()
     body = json_body(parse_hook_call)  # the prefetch is decoded when the hook call reads it
+    if rt.dev:
+        use_own_fixture_server(body)
     request.environ[FREED_AFTER_ANSWER] = body  # the server frees it once the answer is sent (wsgi_bridge)
     answer = answer_hook(
         body,
@@ -114,8 +122,56 @@ def call_service(service_id: str) -> Response | tuple[Response, int]:
             **answer.notes,
         },
     )
+    body = with_held_back(answer.body, answer.held) if rt.dev else answer.body
     # orjson: the cards of a typical answer serialise many times faster than with json (same JSON, UTF-8)
-    return Response(orjson.dumps(answer.body), answer.status, mimetype="application/json")
+    return Response(orjson.dumps(body), answer.status, mimetype="application/json")
+
+
+FIXTURE_FHIR_PATH = "CDS_FIXTURE_FHIR_PATH"
+"""App config key: where ``serve --dev`` mounts the fixture FHIR API (set by the sandbox add-on)."""
+
+
+def use_own_fixture_server(body: Any) -> None:
+    """``--dev``: a ``fhirServer`` on loopback at the fixture FHIR API's path is this service's own.
+
+    The README's examples name http://127.0.0.1:8080/sandbox/fhir; sent to ``make run PORT=18181`` they
+    would call a port nothing listens on. Both ends on loopback, that URL can only mean the fixtures this
+    service mounts, so the call reads them here, on whatever port it runs, and the log says so.
+    """
+    mount = current_app.config.get(FIXTURE_FHIR_PATH)
+    server = body.get("fhirServer") if isinstance(body, dict) else None
+    if (
+        not mount
+        or not isinstance(server, str)
+        or not _on_loopback(urlsplit(request.host_url).hostname or "")
+    ):
+        return
+    parts = urlsplit(server)
+    own = request.host_url.rstrip("/") + mount
+    if parts.scheme != "http" or parts.path.rstrip("/") != mount or server.rstrip("/") == own:
+        return
+    if _on_loopback(parts.hostname or ""):
+        log.info("fhirServer names the fixture FHIR API on another port: reading this service's own")
+        body["fhirServer"] = own
+
+
+def _on_loopback(host: str) -> bool:
+    return host.lower() in LOOPBACK_NAMES or host.startswith("127.")
+
+
+def with_held_back(body: dict[str, Any], held: list[HeldBack]) -> dict[str, Any]:
+    """The answer with an ``extension`` naming what the alert memory held back (``--dev`` answers only).
+
+    CDS Hooks reserves ``extension`` on every object for this; production answers never carry it, since
+    what a clinician was shown before is not the EHR's business. The sandbox page shows it, and so does the
+    README's ``curl`` of an example sent twice.
+    """
+    if not held:
+        return body
+    items = [
+        {"id": h.id, "indicator": h.indicator, "summary": shorten(h.summary), "why": h.why} for h in held
+    ]
+    return {**body, "extension": {HELD_BACK_EXTENSION: items}}
 
 
 @bp.post("/cds-services/<service_id>/feedback")

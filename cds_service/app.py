@@ -66,12 +66,14 @@ def create_app(
     dev: bool = False,
     config: Config | None = None,
     add_ons: Sequence[Callable[[Flask], None]] = (),
+    dev_announced: bool = False,
 ) -> Flask:
     """The service as a WSGI app, on ``config`` or the one read from ``config_dir``.
 
     ``add_ons`` install more pages on the app before its middleware wraps it: ``serve --dev`` composes the
     sandbox in this way (``sandbox.web.create_dev_app``), so this module never imports the sandbox and the
-    production image need not ship it. Raises ConfigError if the configuration is invalid.
+    production image need not ship it. ``dev_announced``: the caller already said DEV MODE (``serve``
+    prints it once for all its workers). Raises ConfigError if the configuration is invalid.
     """
     app = Flask(__name__, static_folder=None)  # static files exist only for the dev sandbox page (its own)
     holder = RuntimeHolder(config_dir, dev, config)
@@ -83,8 +85,10 @@ def create_app(
     from cds_service.api import bp
 
     app.register_blueprint(bp)
+    from cds_service.admin import DEV_ANNOUNCED
     from cds_service.admin import bp as admin_bp  # /admin page and POST /admin/reload, behind an admin token
 
+    app.config[DEV_ANNOUNCED] = dev_announced
     app.register_blueprint(admin_bp)
     from cds_service.docs import bp as docs_bp  # GET /docs: the manual, where cards' source links point
 

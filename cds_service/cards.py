@@ -17,7 +17,7 @@ import orjson
 
 from cds_service.card_text import clean, markdown, plain, shorten
 from cds_service.fhir_json import MAX_RESOURCE_DEPTH, nested_deeper_than
-from cds_service.record import PatientRecord
+from cds_service.record import PatientRecord, Unusable
 from cds_service.rules.citations import CITATIONS
 from cds_service.rules.model import (
     INDICATOR_RANK,
@@ -33,6 +33,10 @@ TOPIC_SYSTEM = "https://example.org/tacrolimus-cds/CodeSystem/card-topic"
 LOINC = "http://loinc.org"
 UUID_NAMESPACE = uuid.UUID("6f1c2a1e-9d4b-5c1e-8f5e-7a3b2c1d0e9f")
 SUMMARY_LIMIT = 139
+WHERE = "Where in the record"
+"""The closing section of a card's detail that names the resource ids, once."""
+ON_RECORD = "\n*On record:*"
+"""Heads the values a finding about missing data did find (N1's recent eGFR beside a missing potassium)."""
 MAX_NAMED_SKIPPED = 20
 """Resources left out are named on a card up to this many (a hostile request could send thousands)."""
 NOTE_LIMIT = 400
@@ -112,15 +116,17 @@ def _note(text: str, limit: int = NOTE_LIMIT) -> str:
 
 
 def _evidence_line(item: Evidence) -> str:
+    """``- Creatinine: 1.6 mg/dL on 2026-11-02``; the resource id is named once, under ``WHERE``."""
     when = f" on {item.when.date().isoformat()}" if item.when else ""
-    ref = f" ({_note(item.reference)})" if item.reference else ""
-    return f"- {_note(item.label)}: {_note(item.value)}{when}{ref}"
+    return f"- {_note(item.label)}: {_note(item.value)}{when}"
 
 
 def _finding_markdown(finding: Finding, numbers: Mapping[str, int], listed: set[Evidence]) -> str:
     """``**Critical · P2.** What was found, why, what to do. [1, 2]`` then the data it used.
 
-    Data already listed under a more serious finding of the card is named, not repeated.
+    Data already listed under a more serious finding of the card is named, not repeated. A finding about
+    data that is missing (N1) heads what it did find "On record:", so a present value is not read as the
+    problem.
     """
     cited = sorted({numbers[k] for k in finding.citations if k in numbers})
     marks = f" [{', '.join(map(str, cited))}]" if cited else ""
@@ -128,6 +134,8 @@ def _finding_markdown(finding: Finding, numbers: Mapping[str, int], listed: set[
         f"**{finding.indicator.capitalize()} · {finding.id}.** {markdown(finding.detail.strip())}{marks}"
     ]
     again = []
+    if finding.missing and any(item not in listed for item in finding.evidence):
+        lines.append(ON_RECORD)
     for item in finding.evidence:
         if item in listed:
             again.append(_note(item.label))
@@ -152,25 +160,48 @@ def _detail(
     """
     listed: set[Evidence] = set()
     parts = [_finding_markdown(f, numbers, listed) for f in ranked]
+    unusable = record.skipped
     if order_notes:  # said once on every card (rules.md v3 Card contract)
         parts.append("**About this order:** " + " ".join(map(_note, order_notes)))
     missing = list(dict.fromkeys(m for f in ranked for m in f.missing))
     if missing:
         parts.append("**Not found in the record:** " + "; ".join(map(_note, missing)) + ".")
-    if record.skipped:  # resources that could not be read; lab units are named by the rules that read them
-        named = [f"{_note(u.reference)}: {_note(u.reason)}" for u in record.skipped[:MAX_NAMED_SKIPPED]]
-        if len(record.skipped) > MAX_NAMED_SKIPPED:
-            named.append(f"and {len(record.skipped) - MAX_NAMED_SKIPPED} more")
-        parts.append("**Left out:** " + "; ".join(named) + ".")
+    if unusable:  # resources that could not be read; lab units are named by the rules that read them
+        count = f"{len(unusable)} item{'' if len(unusable) == 1 else 's'}"
+        parts.append(f"**Left out:** {count} of the record, named with the reason under {WHERE}.")
     if not_checked:
         parts.append(
             "**Not checked:** "
             + "; ".join(f"{_note(what)}: {_note(why)}" for what, why in not_checked.items())
             + "."
         )
+    if where := _where_in_the_record(ranked, unusable):
+        parts.append(where)
     if numbers:
         parts.append("**Sources:** the numbered links below.")
     return "\n\n".join(parts)
+
+
+def _where_in_the_record(ranked: Sequence[Finding], unusable: Sequence[Unusable]) -> str:
+    """The resource ids the card's data came from, each once, and what was left out (unreadable, cut), why.
+
+    Kept out of the clinician's sentences (an id is for finding the entry in the chart, not for reading);
+    said once, at the end: ``Where in the record: hCG: Observation/hcg-1; Condition: Condition/preg-1.``
+    """
+    labels: dict[str, list[str]] = {}
+    for finding in ranked:
+        for item in finding.evidence:
+            if item.reference:
+                labels.setdefault(item.reference, [])
+                if item.label not in labels[item.reference]:
+                    labels[item.reference].append(item.label)
+    named = [f"{', '.join(map(_note, names))}: {_note(ref)}" for ref, names in labels.items()]
+    if unusable:
+        left_out = [f"{_note(u.reference)}: {_note(u.reason)}" for u in unusable[:MAX_NAMED_SKIPPED]]
+        if len(unusable) > MAX_NAMED_SKIPPED:
+            left_out.append(f"and {len(unusable) - MAX_NAMED_SKIPPED} more")
+        named.append("left out: " + "; ".join(left_out))
+    return f"**{WHERE}:** " + "; ".join(named) + "." if named else ""
 
 
 def override_reason_display(code: str | None, system: str | None = None) -> str | None:
@@ -217,9 +248,11 @@ def _actions(
         return [
             {
                 "type": "delete",
-                "description": plain(f"Remove the draft order for {shorten(medication.name)}"),
-                "resourceId": medication.reference,
+                "description": plain(f"Remove the draft order for {shorten(draft.name)}"),
+                "resourceId": draft.reference,
             }
+            for draft in (medication, *suggestion.together)
+            if draft.is_draft
         ]
     resource = stored.get(medication.reference)
     if resource is None or suggestion.drafts_only or nested_deeper_than(resource, MAX_RESOURCE_DEPTH):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -74,6 +75,9 @@ def serve(
     setup_logging()
     try:
         config = load_config(config_dir)
+        if dev and (own := dev_base_url(config, host, port)):
+            os.environ[PUBLIC_BASE_URL_ENV] = own  # the workers and every reload read it too
+            config = load_config(config_dir)
     except ConfigError as error:
         click.echo("configuration is invalid, not starting:", err=True)
         for problem in error.problems:
@@ -92,15 +96,13 @@ def serve(
             sys.exit(2)
         if not dev and (warning := loopback_base_url_warning(config)):
             log.warning(warning)
+        base = f"http://{url_host(host)}:{port}"
         if dev:
-            click.echo(
-                "DEV MODE: caller authentication is OFF and plain-http FHIR servers on loopback are allowed. "
-                "Never use --dev with real patient data.",
-                err=True,
-            )
-        click.echo(
-            f"serving {', '.join(sorted(config.services))} on http://{host}:{port}/cds-services", err=True
-        )
+            click.echo(dev_mode_warning(config), err=True)
+        click.echo(f"serving {', '.join(sorted(config.services))} on {base}/cds-services", err=True)
+        if dev:
+            for name, path in DEV_PAGES:
+                click.echo(f"  {name:<8} {base}{path}", err=True)
         from cds_service.server import PortInUse
         from cds_service.server import serve as run
 
@@ -113,13 +115,51 @@ def serve(
         metrics_dir.cleanup()
 
 
+PUBLIC_BASE_URL_ENV = "CDS_PUBLIC_BASE_URL"
+DEV_PAGES = (("sandbox", "/sandbox"), ("admin", "/admin"), ("docs", "/docs"))
+"""What ``serve --dev`` prints under "serving": the pages a newcomer opens first."""
+
+
+def url_host(host: str) -> str:
+    """``host`` as in a URL: a listen-everywhere address is reached on loopback, IPv6 in brackets."""
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def dev_base_url(config: Config, host: str, port: int) -> str | None:
+    """With ``--dev``: this service's own address, for ``server.public_base_url``, when nobody set one.
+
+    The bundled configuration names http://127.0.0.1:8080; on another ``--port`` the cards' ``source.url``,
+    the course-app links and ``/admin`` would point at a port nothing listens on. A URL set in the
+    environment, or one that is not on loopback, is the operator's choice and stays.
+    """
+    configured = str(config.section("server").get("public_base_url") or "")
+    if os.environ.get(PUBLIC_BASE_URL_ENV) or not is_loopback(urlsplit(configured).hostname or "localhost"):
+        return None
+    own = f"http://{url_host(host)}:{port}"
+    return None if configured.rstrip("/") == own else own
+
+
+def dev_mode_warning(config: Config) -> str:
+    """The one DEV MODE line of a start (the workers say nothing more about it)."""
+    from cds_service.admin import DEV_TOKEN, dev_token_in_use
+
+    admin = f", /admin accepts the fixed token {DEV_TOKEN!r}" if dev_token_in_use(config, dev=True) else ""
+    return (
+        "DEV MODE: caller authentication is OFF, plain-http FHIR servers on loopback are allowed"
+        f"{admin}. Never use --dev with real patient data."
+    )
+
+
 def app_factory(dev: bool) -> Callable[[Config], Any]:
     """What each worker of ``serve`` builds: the production app, or with ``--dev`` the app with the sandbox
-    composed in (the only place that does so; the production image leaves the sandbox out)."""
+    composed in (the only place that does so; the production image leaves the sandbox out). The start-up
+    line said DEV MODE once already, so the workers do not say it again."""
     if dev:
         from cds_service.sandbox.web import create_dev_app
 
-        return lambda config: create_dev_app(config=config)
+        return lambda config: create_dev_app(config=config, announced=True)
     from cds_service.app import create_app
 
     return lambda config: create_app(config=config)
@@ -171,6 +211,28 @@ def db_upgrade(config_dir: str | None) -> None:
     with engine.connect() as connection:
         click.echo(f"database schema at revision {current(connection)} (newest: {head()})")
     engine.dispose()
+
+
+@main.group("alert-memory")
+def alert_memory() -> None:
+    """What clinicians were already shown, so the same alert is not repeated (docs/rules.md)."""
+
+
+@alert_memory.command("clear")
+@click.option("--config", "config_dir", default=None, help="Configuration folder (default: hooks/).")
+def alert_memory_clear(config_dir: str | None) -> None:
+    """Forget every finding shown, for every patient: the next call shows them all again (for testers)."""
+    from cds_service.alert_memory import AlertMemory, longest_window
+    from cds_service.storage import make_engine
+
+    setup_logging()
+    config = _config_or_exit(config_dir)
+    engine = make_engine(config.section("feedback")["database_url"])
+    try:
+        forgotten = AlertMemory(engine, keep=longest_window(config)).forget_all()
+    finally:
+        engine.dispose()
+    click.echo(f"alert memory cleared: {forgotten} remembered finding(s) forgotten")
 
 
 @main.group()
@@ -242,6 +304,11 @@ def feedback_report(since, fmt: str, tenant: str | None, config_dir: str | None)
 
     config = _config_or_exit(config_dir)
     store = Store(make_engine(config.section("feedback")["database_url"]))
+    known = set(config.section("tenants") or {}) | store.tenants()
+    if tenant is not None and tenant not in known:
+        listed = ", ".join(sorted(known)) or "none (no tenant is configured, and the database has none)"
+        click.echo(f"error: unknown tenant {tenant!r}; known tenants: {listed}", err=True)
+        sys.exit(2)
     stats = store_statistics(store, since=since.date() if since else None, tenant=tenant)
     click.echo(FORMATS[fmt](stats).rstrip("\n"))
 
@@ -274,9 +341,10 @@ def explain(
         only = why.pick_findings(findings)
         service = why.pick_service(config, service_id, why.request_hook(source))
         source_request = why.load_source(source, service.hook)
-        answer, verdicts, settings = why.explain(
-            source_request, config, service, tenant=tenant, dev=dev, only=only
-        )
+        with why.fixture_api_in_process(source_request) as (source_request, in_process):
+            answer, verdicts, settings = why.explain(  # the in-process fixture server is on loopback
+                source_request, config, service, tenant=tenant, dev=dev or in_process, only=only
+            )
     except why.ExplainError as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(2)
@@ -285,6 +353,8 @@ def explain(
         sys.exit(2)
     render = why.as_json if fmt == "json" else why.as_text
     click.echo(render(source_request, service, tenant, answer, verdicts, settings))
+    if hint := why.refusal_hint(answer, source_request.body, dev):
+        click.echo(f"hint: {hint}", err=True)
 
 
 @main.group()

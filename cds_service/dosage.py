@@ -105,6 +105,20 @@ def dosing_key(order: Mapping[str, Any]) -> str:
     return orjson.dumps(parts, option=orjson.OPT_SORT_KEYS, default=str).decode()
 
 
+def timings(dosing: str) -> frozenset[str]:
+    """The timings a ``dosing_key`` holds, canonically: drafts of one regimen whose timings differ give their
+    doses at different times of day (N18: a regimen of once-daily drafts, morning and evening)."""
+    try:
+        parts = orjson.loads(dosing)
+    except orjson.JSONDecodeError:
+        return frozenset()
+    return frozenset(
+        orjson.dumps(part[1], option=orjson.OPT_SORT_KEYS).decode()
+        for part in parts
+        if isinstance(part, list) and len(part) == 3 and part[1]
+    )
+
+
 def administrations_per_day(order: Mapping[str, Any]) -> float | None:
     """How many times a day the order gives a dose (N18 asks whether an extended-release order is given more
     than once a day); None when a timing cannot be read."""

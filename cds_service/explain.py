@@ -8,17 +8,20 @@ every one that did not; this module lays them out finding by finding with the se
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service.alert_memory import AlertMemory, longest_window
 from cds_service.cards import FINDINGS_EXTENSION
 from cds_service.config import Config, Service
+from cds_service.fhir_policy import LOOPBACK_NAMES, REFUSED
 from cds_service.fixtures import FIXTURES_DIR, manifest
 from cds_service.hook_call import Answer, answer_hook
 from cds_service.rules import FINDING_IDS, REGISTRY, RETIRED, retired_message
@@ -39,10 +42,11 @@ class Source:
 
 
 def _drafts_of(bundle: Mapping[str, Any]) -> list[str]:
+    """The draft orders: MedicationRequests, and ServiceRequests (a vaccine ordered as a service, N19)."""
     return [
-        f"MedicationRequest/{e['resource']['id']}"
+        f"{e['resource']['resourceType']}/{e['resource']['id']}"
         for e in bundle.get("entry", ())
-        if (e.get("resource") or {}).get("resourceType") == "MedicationRequest"
+        if (e.get("resource") or {}).get("resourceType") in ("MedicationRequest", "ServiceRequest")
         and e["resource"].get("status") == "draft"
     ]
 
@@ -51,7 +55,8 @@ def load_source(source: str, hook: str) -> Source:
     """A CDS Hooks request from a fixture name, a fixture or FHIR Bundle file, or a request JSON file.
 
     A fixture (by name or as its file in ``fhir_fixtures/``) is sent as its manifest says, dates moved to
-    today. Another Bundle's draft MedicationRequests become ``context.draftOrders``, the rest its prefetch.
+    today. Another Bundle's draft MedicationRequests and ServiceRequests (a vaccine ordered as a service)
+    become ``context.draftOrders``, the rest its prefetch.
     Both are built by the sandbox's request builder, which a source checkout has and the production image
     does not: there, give a request file.
     """
@@ -72,7 +77,7 @@ def load_source(source: str, hook: str) -> Source:
         raise ExplainError(f"{source}: expected a JSON object (a CDS Hooks request or a FHIR Bundle)")
     if document.get("resourceType") == "Bundle":
         drafts = _drafts_of(document)
-        if not drafts:
+        if not any(d.startswith("MedicationRequest/") for d in drafts):
             raise ExplainError(f"{source}: a Bundle without a draft MedicationRequest to order")
         try:
             body = _request_builder().build_request_from_bundle(document, drafts, hook=hook)
@@ -82,6 +87,59 @@ def load_source(source: str, hook: str) -> Source:
     if "hook" not in document or "context" not in document:
         raise ExplainError(f"{source}: not a CDS Hooks request (no hook/context) and not a FHIR Bundle")
     return Source(document, f"request {path} ({document.get('hook')})")
+
+
+FIXTURE_API_PATH = "/sandbox/fhir"
+"""Where ``serve --dev`` mounts the fixture FHIR API; the README's example requests name it."""
+
+
+def names_fixture_api(body: Mapping[str, Any]) -> bool:
+    """Does the request's ``fhirServer`` name the fixture FHIR API of a ``serve --dev`` on this machine?"""
+    server = body.get("fhirServer")
+    if not isinstance(server, str):
+        return False
+    try:
+        parts = urlsplit(server)
+        host = (parts.hostname or "").lower()
+    except ValueError:
+        return False
+    loopback = host in LOOPBACK_NAMES or host.startswith("127.")
+    return parts.scheme == "http" and loopback and parts.path.rstrip("/") == FIXTURE_API_PATH
+
+
+@contextmanager
+def fixture_api_in_process(source: Source) -> Iterator[tuple[Source, bool]]:
+    """A request naming the fixture FHIR API of ``serve --dev`` reads the same fixtures here, on a loopback
+    server of its own: ``explain examples/order-select.json`` needs no running service and no ``--dev``.
+
+    Yields the request to run and whether its ``fhirServer`` is now that in-process server.
+    """
+    if not names_fixture_api(source.body) or not (FIXTURES_DIR / "manifest.json").is_file():
+        yield source, False
+        return
+    try:
+        from cds_service.sandbox import FhirStore, serve_in_thread
+    except ImportError:  # the production image has no sandbox: the request is sent as it is
+        yield source, False
+        return
+    with serve_in_thread(FhirStore.from_fixtures(), base_path=FIXTURE_API_PATH) as base_url:
+        body = {**source.body, "fhirServer": base_url}
+        label = f"{source.label}; its fhirServer {source.body['fhirServer']} read from fhir_fixtures/"
+        yield Source(body, label), True
+
+
+def refusal_hint(answer: Answer, body: Mapping[str, Any], dev: bool) -> str | None:
+    """What to add when the request's ``fhirServer`` was refused: ``--dev`` for plain http on loopback."""
+    refused = any(REFUSED in str(i.get("diagnostics")) for i in answer.body.get("issue", ()))
+    server = body.get("fhirServer")
+    if answer.status != 412 or not refused or dev or not isinstance(server, str):
+        return None
+    if server.startswith("http://"):
+        return f"fhirServer {server} is plain http: add --dev to allow a FHIR server on loopback"
+    return (
+        f"fhirServer {server} is not in any caller's fhir_servers (settings.yaml callers:); "
+        "add --dev to allow an https server on a public address"
+    )
 
 
 def _fixtures() -> dict[str, dict]:

@@ -16,6 +16,7 @@ from typing import Any
 from cds_service import metrics
 from cds_service.alert_memory import HeldBack, hold_back, repeat_settings
 from cds_service.auth import Caller
+from cds_service.card_text import shorten
 from cds_service.cards import apply_finding_settings, build_cards
 from cds_service.config import Service
 from cds_service.evaluations import Evaluated
@@ -69,14 +70,19 @@ class Answer:
     """Findings that fired below the service's ``min_indicator`` (patient-view: info), so not shown."""
 
 
-def operation_outcome(issues: Mapping[str, str], code: str = "not-found") -> dict[str, Any]:
+def operation_outcome(
+    issues: Mapping[str, str], code: str = "not-found", server: object = None
+) -> dict[str, Any]:
+    """The 412 answer: each required key that could not be had, and why; ``server`` (the request's
+    ``fhirServer``, a string) is named, so a caller sees which FHIR base it could not reach."""
+    at = f" (fhirServer {shorten(server, 300)})" if isinstance(server, str) and server else ""
     return {
         "resourceType": "OperationOutcome",
         "issue": [
             {
                 "severity": "error",
                 "code": code,
-                "diagnostics": f"{DATA_NAMES.get(key, key)}: {why}",
+                "diagnostics": f"{DATA_NAMES.get(key, key)}: {why}{at}",
                 "expression": [f"prefetch.{key}"],
             }
             for key, why in issues.items()
@@ -249,7 +255,8 @@ def answer_hook(
     gathered = gather_keys(first) if first else None  # what the trigger reads, before anything else
     if gathered is not None and gathered.missing_required:
         unread = {"triggers": 0, "fetched": gathered.fetched, "unavailable": sorted(gathered.unavailable)}
-        return Answer(412, operation_outcome(gathered.missing_required), notes=unread)
+        outcome = operation_outcome(gathered.missing_required, server=body.get("fhirServer"))
+        return Answer(412, outcome, notes=unread)
     resolve = MedicationResolver(body, client, runtime)
     if gathered is not None:
         resolve.learn(gathered.resources.get("medications", ()))
@@ -274,7 +281,8 @@ def answer_hook(
         laps.lap("gather")
         if gathered.missing_required:
             notes = {"triggers": len(triggers), **_fetch_notes(gathered)}
-            return Answer(412, operation_outcome(gathered.missing_required), notes=notes)
+            outcome = operation_outcome(gathered.missing_required, server=body.get("fhirServer"))
+            return Answer(412, outcome, notes=notes)
         evaluated = _evaluate(
             body,
             gathered,

@@ -655,12 +655,15 @@ class RecordBuilder:
     def immunizations(self, resources: Iterable[Mapping]) -> list[Immunization]:
         """Vaccines given (status ``completed``) whose ``vaccineCode`` is in a value set the rules read, by
         code or by name, newest first. Read on raw JSON, leniently (R4 ``occurrenceDateTime`` or
-        ``occurrenceString``, STU3 ``date``): only the vaccine, the status and the date matter. One whose date
-        cannot be read is named on the card (it might be a live vaccine given last week)."""
+        ``occurrenceString``, STU3 ``date`` and ``notGiven``): only the vaccine, the status and the date
+        matter. One whose date cannot be read is named on the card (it might be a live vaccine given last
+        week)."""
         found = []
         for raw in resources:
             if raw.get("resourceType") != "Immunization" or raw.get("status") != "completed":
                 continue  # not-done, entered-in-error: no vaccine was given (rules.md v3 N19)
+            if raw.get("notGiven") is True:
+                continue  # STU3's "not done": status completed with notGiven true
             vaccine = codeable_name(raw.get("vaccineCode")) or DrugName((), ())
             recognised = recognise(vaccine, self.terminology)
             if not recognised.classes:

@@ -15,13 +15,13 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event, insert, select
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service import metrics
@@ -324,6 +324,42 @@ _INSERT_SHOWN = insert(shown_findings)  # built once, as every call with cards r
 _INSERT_SUGGESTIONS = insert(shown_suggestions)
 
 
+def _findings_answered(
+    connection: Connection, service_id: str, rows: list[dict[str, Any]]
+) -> Callable[[dict[str, Any]], list[str]]:
+    """For ``cds_feedback_total``: the findings a feedback row counts for, as ``feedback report`` counts them.
+
+    An accepted suggestion counts for the findings that suggestion answers; any other answer (and an accept
+    naming no suggestion shown) for every finding on its card; a card this service has no record of showing,
+    for ``unknown``.
+    """
+    ours = [r["card_uuid"] for r in rows if len(r["card_uuid"]) <= 36]
+    on_card: dict[str, set[str]] = {}
+    if ours:
+        query = select(shown_findings.c.card_uuid, shown_findings.c.finding_id).where(
+            shown_findings.c.card_uuid.in_(ours)
+        )
+        for card_uuid, finding_id in connection.execute(query):
+            on_card.setdefault(card_uuid, set()).add(finding_id)
+    accepted = {s for r in rows if r["outcome"] == "accepted" for s in r["accepted_suggestions"]}
+    answers: dict[str, set[str]] = {}
+    wanted = sorted(s for s in accepted if isinstance(s, str) and len(s) <= 200)
+    if wanted:
+        query = select(shown_suggestions.c.suggestion_uuid, shown_suggestions.c.finding_id).where(
+            shown_suggestions.c.service_id == service_id, shown_suggestions.c.suggestion_uuid.in_(wanted)
+        )
+        for suggestion, finding_id in connection.execute(query):
+            answers.setdefault(suggestion, set()).add(finding_id)
+
+    def findings(row: dict[str, Any]) -> list[str]:
+        answered: set[str] = set()
+        if row["outcome"] == "accepted":
+            answered = set().union(*(answers.get(s, set()) for s in row["accepted_suggestions"]))
+        return sorted(answered or on_card.get(row["card_uuid"]) or {"unknown"})
+
+    return findings
+
+
 class Store:
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -406,16 +442,9 @@ class Store:
             return 0
         with self.engine.begin() as connection:
             connection.execute(insert(feedback), rows)
-            ours = [r["card_uuid"] for r in rows if len(r["card_uuid"]) <= 36]
-            finding_of: dict[str, list[str]] = {}
-            if ours:
-                query = select(shown_findings.c.card_uuid, shown_findings.c.finding_id).where(
-                    shown_findings.c.card_uuid.in_(ours)
-                )
-                for card_uuid, finding_id in connection.execute(query):
-                    finding_of.setdefault(card_uuid, []).append(finding_id)
+            finding_of = _findings_answered(connection, service_id, rows)
         for row in rows:
-            for finding_id in sorted(set(finding_of.get(row["card_uuid"], ["unknown"]))):
+            for finding_id in finding_of(row):
                 metrics.FEEDBACK.labels(service=service_id, finding=finding_id, outcome=row["outcome"]).inc()
         return len(rows)
 
@@ -444,6 +473,12 @@ class Store:
             for row in connection.execute(select(shown_suggestions)):
                 found.setdefault((row.service_id, row.suggestion_uuid), set()).add(row.finding_id)
         return found
+
+    def tenants(self) -> set[str]:
+        """Every tenant the database has shown cards or feedback for (``feedback report --tenant``)."""
+        query = select(shown_findings.c.tenant).union(select(feedback.c.tenant))
+        with self.engine.connect() as connection:
+            return {tenant for (tenant,) in connection.execute(query) if tenant is not None}
 
     def shown_rows(self, since: datetime | None = None) -> list[dict[str, Any]]:
         query = select(shown_findings).order_by(shown_findings.c.id)

@@ -19,13 +19,17 @@ from cds_service.drug_forms import tables, words
 from cds_service.terminology import (
     COMPOSITES,
     DEFAULT_DIR,
+    FORM_FREE_CLASSES,
     NAME_EXTENSION,
+    RXNORM,
     SOURCE_EXTENSION,
     SOURCE_KEY_EXTENSION,
 )
 
 STRENGTH = re.compile(r"\d\s*(MG|MCG|UNT|MEQ|ML|%|MG/ML|MG/MG)\b", re.I)
 DOSE_FORM_GROUP = re.compile(r"\b(Product|Pill)$")
+OTHER_SYSTEMS = {"http://hl7.org/fhir/sid/cvx": "CVX"}
+"""Code systems of a drug class other than RxNorm, by the name the report gives their codes (no term type)."""
 
 
 def term_type(display: str, ingredient_names: set[str]) -> str:
@@ -94,12 +98,18 @@ def build_report(directory: Path = DEFAULT_DIR) -> list[ClassReport]:
         codes: set[str] = set()
         for entry in resource.get("expansion", {}).get("contains", []):
             display = entry.get("display", "")
-            if tables().forms.is_local(words(display)):
+            if path.stem not in FORM_FREE_CLASSES and tables().forms.is_local(words(display)):
                 report.local_forms += 1
                 continue
             codes.add(entry["code"])
             report.total += 1
-            report.term_types[term_type(display, ingredient_names)] += 1
+            system = entry.get("system", "")
+            kind = (
+                term_type(display, ingredient_names)
+                if system == RXNORM
+                else OTHER_SYSTEMS.get(system, system)
+            )
+            report.term_types[kind] += 1
             keys = [
                 e.get("valueString")
                 for e in entry.get("extension", [])

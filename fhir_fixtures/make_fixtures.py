@@ -1573,7 +1573,11 @@ def tacrolimus_active_duplicate() -> Fixture:
         "tacrolimus-active-duplicate",
         "New Envarsus XR order while the tacrolimus capsule order is still active and not referenced",
         c,
-        {"N12": "Stored active tacrolimus order that the draft's priorPrescription does not point to."},
+        {
+            "N17": "Stored active immediate-release order beside an Envarsus draft (not referenced): a "
+            "switch or a mix; the daily doses are text only, so not compared (warning)."
+        },
+        quiet={"N12": "A stored order of another oral formulation is N17's (rules.md v3), not N12's."},
     )
 
 
@@ -1631,6 +1635,7 @@ def delivered_old_pregnant_answer() -> Fixture:
         quiet={
             "P1": "The 'Pregnant' answer (200 days ago) and the pregnancy Condition predate the delivery.",
             "P2": "Not pregnant since the delivery: no teratogen alarm for mycophenolate.",
+            "P9": "Delivered 30 days ago, but tacrolimus is a new start: P9 never fires for one.",
         },
     )
 
@@ -2411,6 +2416,248 @@ def pv_paxlovid_active_20_days() -> Fixture:
         {"N21": "An active Paxlovid order counts whatever its date (authored 20 days ago)."},
         quiet={"N9": "Paxlovid's ritonavir is shown by N21 instead of N9."},
         service=MONITORING,
+    )
+
+
+# --- Formulation switch or mix (N17), catalog version 3 ----------------------------------------------------
+#
+# Immediate release 2 mg every 12 hours (4 mg/day) stored since June; the draft is an extended-release product
+# ordered in mg with a structured once-daily timing, so that both daily doses can be computed.
+
+
+def _dosed(c: Chart, ref: str, mg: float, times_a_day: int) -> None:
+    """Give ``ref`` a structured dose in mg and a timing (the daily dose N17 compares)."""
+    resource = next(r for r in c.resources if f"{r['resourceType']}/{r['id']}" == ref)
+    instruction = resource["dosageInstruction"][0]
+    instruction["timing"] = {"repeat": {"frequency": times_a_day, "period": 1, "periodUnit": "d"}}
+    instruction["doseAndRate"] = [{"doseQuantity": {"value": mg, "unit": "mg", "system": UCUM, "code": "mg"}}]
+
+
+def _switch_chart(short: str, given: str, drug: str, mg: float, *, renewal: bool) -> Chart:
+    """Class IV LN on mycophenolate and immediate-release tacrolimus 4 mg/day; a once-daily ``drug`` draft of
+    ``mg`` mg, pointing to the old order as the one it replaces when ``renewal``."""
+    c = Chart(short).patient(given, "Okafor", "male", "1983-03-17")
+    c.condition("sle", on("2016-05-05"))
+    c.condition("ln-class-iv", on("2026-05-05"))
+    c.order("mmf-500mg", on("2026-05-20"), dosage=MMF_DOSE)
+    old = c.order("tacrolimus-1mg", on("2026-06-01"), key="mr-tac", dosage="2 mg by mouth every 12 hours")
+    _dosed(c, old, 2, 2)
+    c.panel(on("2026-05-10"), creatinine=0.9, upcr=2.1)
+    normal_visit(c, 5, creatinine=0.92, upcr=0.9, tacrolimus=6.5)
+    draft = c.order(
+        drug,
+        ANCHOR.isoformat(),
+        status="draft",
+        key="tac-draft",
+        prior=old if renewal else None,
+        dosage=f"{mg:g} mg by mouth every morning",
+    )
+    _dosed(c, draft, mg, 1)
+    return c
+
+
+@fixture
+def n17_envarsus_95pct() -> Fixture:
+    return Fixture(
+        "n17-envarsus-95pct",
+        "Immediate release 4 mg/day still active; Envarsus XR drafted at 3.8 mg/day (95%, mg for mg)",
+        _switch_chart("n17e95", "Tobias", "envarsus-1mg", 3.8, renewal=False),
+        {
+            "N17": "Immediate release → Envarsus at 95% of the daily dose (critical at ≥ 95%; the label "
+            "converts at 80%)."
+        },
+        quiet={"N12": "A stored order of another oral formulation is N17's, not a duplicate (N12)."},
+    )
+
+
+@fixture
+def n17_envarsus_below_95pct() -> Fixture:
+    return Fixture(
+        "n17-envarsus-below-95pct",
+        "Switch to Envarsus XR 3.75 mg/day (93.75% of 4 mg/day immediate release) replacing the old order",
+        _switch_chart("n17e94", "Jonas", "envarsus-1mg", 3.75, renewal=True),
+        {"N17": "Immediate release → Envarsus at 93.75% of the daily dose: a switch (warning), below 95%."},
+        quiet={"N12": "The draft's priorPrescription points to the immediate-release order."},
+    )
+
+
+@fixture
+def n17_astagraf_150pct() -> Fixture:
+    return Fixture(
+        "n17-astagraf-150pct",
+        "Switch to Astagraf XL 6 mg/day from immediate release 4 mg/day (150% of the daily dose)",
+        _switch_chart("n17a150", "Felix", "astagraf-1mg", 6, renewal=True),
+        {"N17": "Any formulation switch at 150% of the daily dose or more is critical."},
+    )
+
+
+@fixture
+def n17_astagraf_below_150pct() -> Fixture:
+    return Fixture(
+        "n17-astagraf-below-150pct",
+        "Switch to Astagraf XL 5.5 mg/day from immediate release 4 mg/day (137.5% of the daily dose)",
+        _switch_chart("n17a137", "Lukas", "astagraf-1mg", 5.5, renewal=True),
+        {"N17": "Immediate release → Astagraf XL at 137.5%: no labelled ratio, a warning below 150%."},
+    )
+
+
+@fixture
+def pv_formulation_mix() -> Fixture:
+    c = Chart("pvmix").patient("Nadia", "Petrov", "female", "1986-12-02")
+    old = _on_tacrolimus(c, on("2026-04-14"))
+    _dosed(c, old, 2, 2)
+    c.panel(on("2026-01-25"), creatinine=0.74, upcr=2.2)
+    normal_visit(c, 12, creatinine=0.78, egfr=99, upcr=0.5, tacrolimus=6.1)
+    c.lab("hcg", 1.0, "IU/L", ago(12))
+    new = c.order("envarsus-1mg", ago(9), key="mr-envarsus", dosage="4 mg by mouth every morning")
+    _dosed(c, new, 4, 1)
+    return Fixture(
+        "pv-formulation-mix",
+        "Immediate release 4 mg/day since April and Envarsus XR 4 mg/day since 9 days ago, both active",
+        c,
+        {"N17": "Two active orders of different oral classes, older → newer: Envarsus at 100% (critical)."},
+        quiet={"N12": "Different oral formulations are N17's, not a duplicate."},
+        service=MONITORING,
+    )
+
+
+# --- After the birth (P9) and oestrogen contraception with active nephritis (P10), catalog version 3 -------
+#
+# P9: class III LN treated with tacrolimus from 330 days before the request (before the estimated conception,
+# delivery - 266 days), 2.5 mg every 12 hours (5 mg/day) at conception, raised in pregnancy; no tacrolimus
+# level since the delivery (the last one is a week before it). The delivery is an O80/Z37 Condition (the
+# metamorphic suite re-encodes it as a delivery Procedure).
+
+DRUGS["ethinyl-estradiol-levonorgestrel"] = (
+    [coding(RXNORM, "238019", "ethinyl estradiol 0.03 MG / levonorgestrel 0.15 MG Oral Tablet")],
+    "ethinyl estradiol 30 mcg / levonorgestrel 150 mcg tablet",
+)
+
+
+def _postpartum_chart(
+    short: str, given: str, delivered_days_ago: int, mg_now: float, *, renew: bool
+) -> Chart:
+    """Delivered ``delivered_days_ago`` days ago; 5 mg/day at conception, ``mg_now`` mg/day since 150 days ago
+    (the same order when unchanged); a renewal draft of the current dose when ``renew``."""
+    c = _ln_woman(short, given, "Achterberg", "1993-09-14")
+    first = c.order("tacrolimus-1mg", ago(330), key="mr-tac-1", dosage="2.5 mg by mouth every 12 hours")
+    _dosed(c, first, 2.5, 2)
+    current = first
+    if mg_now != 5:
+        resource = next(r for r in c.resources if f"{r['resourceType']}/{r['id']}" == first)
+        resource["status"] = "stopped"
+        resource["dispenseRequest"] = {"validityPeriod": {"start": ago(330)[:10], "end": ago(150)[:10]}}
+        current = c.order(
+            "tacrolimus-1mg", ago(150), key="mr-tac-2", dosage=f"{mg_now / 2:g} mg by mouth every 12 hours"
+        )
+        _dosed(c, current, mg_now / 2, 2)
+    c.condition("delivered", ago(delivered_days_ago), clinical="resolved", category="encounter-diagnosis")
+    c.lab("tacrolimus-level", 6.2, "ng/mL", ago(delivered_days_ago + 7))
+    normal_visit(c, 5, upcr=0.4)
+    if renew:
+        draft = c.order(
+            "tacrolimus-1mg",
+            ANCHOR.isoformat(),
+            status="draft",
+            key="tac-draft",
+            prior=current,
+            dosage=f"{mg_now / 2:g} mg by mouth every 12 hours",
+        )
+        _dosed(c, draft, mg_now / 2, 2)
+    return c
+
+
+@fixture
+def p9_delivered_42_days_dose_raised() -> Fixture:
+    return Fixture(
+        "p9-delivered-42-days-dose-raised",
+        "Delivered 42 days ago; tacrolimus raised from 5 to 6 mg/day in pregnancy (1.2x), no level since",
+        _postpartum_chart("p9d42", "Lotte", 42, 6, renew=True),
+        {"P9": "Delivered 42 days ago (window 42), dose now 6 mg/day = 1.2 x the 5 mg/day at conception."},
+    )
+
+
+@fixture
+def p9_delivered_43_days() -> Fixture:
+    return Fixture(
+        "p9-delivered-43-days",
+        "Delivered 43 days ago; tacrolimus raised from 5 to 6 mg/day in pregnancy, no level since",
+        _postpartum_chart("p9d43", "Merel", 43, 6, renew=True),
+        {},
+        quiet={"P9": "The delivery was 43 days ago, outside the 42-day window."},
+    )
+
+
+@fixture
+def p9_delivered_dose_unchanged() -> Fixture:
+    return Fixture(
+        "p9-delivered-dose-unchanged",
+        "Delivered 20 days ago on the same 5 mg/day as at conception, no tacrolimus level since",
+        _postpartum_chart("p9same", "Sanne", 20, 5, renew=True),
+        {"P9": "Delivered 20 days ago; dose now 5 mg/day = 1.0 x the dose at conception (below 1.2): info."},
+    )
+
+
+@fixture
+def pv_postpartum_dose_raised() -> Fixture:
+    return Fixture(
+        "pv-postpartum-dose-raised",
+        "Chart opened 12 days after the birth; tacrolimus raised from 5 to 7 mg/day in pregnancy, no level",
+        _postpartum_chart("pvpost", "Fleur", 12, 7, renew=False),
+        {"P9": "Delivered 12 days ago, 7 mg/day now = 1.4 x the dose at conception: warning."},
+        service=MONITORING,
+    )
+
+
+def _contraceptive_chart(short: str, given: str, upcr: float, *, new_start: bool = False) -> Chart:
+    """Class III LN, the combined pill since a year, UPCR ``upcr`` g/g 5 days ago; a renewal of tacrolimus
+    (on it since 200 days) or a new start."""
+    c = _ln_woman(short, given, "Rasmussen", "1997-01-23")
+    c.order("ethinyl-estradiol-levonorgestrel", ago(365), dosage="1 tablet by mouth daily")
+    normal_visit(c, 5, upcr=upcr)
+    if new_start:
+        _tacrolimus_start(c)
+        return c
+    tac = c.order("tacrolimus-1mg", ago(200), key="mr-tac", dosage="2 mg by mouth every 12 hours")
+    c.lab("tacrolimus-level", 6.0, "ng/mL", ago(5))
+    c.order(
+        "tacrolimus-1mg", ANCHOR.isoformat(), status="draft", key="tac-draft", prior=tac, dosage=PV_TAC_DOSE
+    )
+    return c
+
+
+@fixture
+def p10_contraceptive_upcr_0_5() -> Fixture:
+    return Fixture(
+        "p10-contraceptive-upcr-0-5",
+        "Combined pill active; class III LN with UPCR 0.5 g/g 5 days ago; tacrolimus renewal",
+        _contraceptive_chart("p10u50", "Ingrid", 0.5),
+        {"P10": "Ethinyl estradiol product active and UPCR 0.5 g/g (at the 0.5 threshold) within 90 days."},
+    )
+
+
+@fixture
+def p10_contraceptive_upcr_0_49() -> Fixture:
+    return Fixture(
+        "p10-contraceptive-upcr-0-49",
+        "Combined pill active; class III LN with UPCR 0.49 g/g 5 days ago; tacrolimus renewal",
+        _contraceptive_chart("p10u49", "Astrid", 0.49),
+        {},
+        quiet={"P10": "UPCR 0.49 g/g is below 0.5 and this is not a new tacrolimus start."},
+    )
+
+
+@fixture
+def p10_contraceptive_new_start() -> Fixture:
+    return Fixture(
+        "p10-contraceptive-new-start",
+        "Combined pill active; class III LN, UPCR 0.3 g/g; a new tacrolimus start (active nephritis)",
+        _contraceptive_chart("p10new", "Sigrid", 0.3, new_start=True),
+        {
+            "P10": "Ethinyl estradiol product active and a new tacrolimus start (setting on).",
+            "S0": "New start for lupus nephritis with no mycophenolate or cyclophosphamide exposure.",
+            "N11": NEW_START,
+        },
     )
 
 

@@ -23,7 +23,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
@@ -1258,6 +1258,79 @@ def pregnancy_status_text(resources: Resources, ctx: Context) -> Resources:
             raise CannotPreserve(f"Observation/{observation['id']} has no single coded pregnancy answer")
         observation["valueCodeableConcept"] = {"text": words.pop()}
     return changed(before, resources, "no pregnancy-status answer")
+
+
+# --- 16. vaccines given (Immunization) and vaccine orders (N19) ---------------------------------------------
+
+CVX = "http://hl7.org/fhir/sid/cvx"
+
+
+def _utc_day(when: str) -> str:
+    """The calendar day (UTC, the service's default time zone) of a FHIR dateTime or date."""
+    if "T" not in when:
+        return when[:10]
+    return datetime.fromisoformat(when.replace("Z", "+00:00")).astimezone(UTC).date().isoformat()
+
+
+@transformation("immunization-occurrence-string", looks_for="an Immunization with occurrenceDateTime")
+def immunization_occurrence_string(resources: Resources, ctx: Context) -> Resources:
+    """An Immunization dated by ``occurrenceString`` holding its calendar day is given that day: N19's windows
+    count calendar days, so the time of day it drops changes nothing."""
+    before = orjson.dumps(resources)
+    for immunization in of_type(resources, "Immunization"):
+        when = immunization.pop("occurrenceDateTime", None)
+        if isinstance(when, str):
+            immunization["occurrenceString"] = _utc_day(when)
+    return changed(before, resources, "no Immunization with occurrenceDateTime")
+
+
+@transformation("stu3-immunization", looks_for="an Immunization")
+def stu3_immunization(resources: Resources, ctx: Context) -> Resources:
+    """STU3 Immunization: the date in ``date``, and a vaccine not given as status ``completed`` with
+    ``notGiven: true`` (R4 ``not-done``), one given with ``notGiven: false``."""
+    before = orjson.dumps(resources)
+    for immunization in of_type(resources, "Immunization"):
+        if "occurrenceDateTime" in immunization:
+            immunization["date"] = immunization.pop("occurrenceDateTime")
+        status = immunization.get("status")
+        if status not in ("completed", "not-done"):
+            raise CannotPreserve(
+                f"Immunization/{immunization['id']} status {status!r} has no STU3 equivalent"
+            )
+        immunization["notGiven"] = status == "not-done"
+        immunization["status"] = "completed"
+        immunization.pop("statusReason", None)
+    return changed(before, resources, "no Immunization")
+
+
+def _vaccine_names() -> dict[tuple[str, str], str]:
+    """The CDC name of each live-vaccine CVX code the service ships (its value set's displays)."""
+    contains = valueset("live-vaccines").get("expansion", {}).get("contains", [])
+    return {(c["system"], c["code"]): c["display"] for c in contains}
+
+
+@transformation("vaccine-name-only", looks_for="a coded vaccine (Immunization or ServiceRequest)")
+def vaccine_name_only(resources: Resources, ctx: Context) -> Resources:
+    """A vaccine given or ordered known only by its name (the CDC CVX name of a live vaccine, else the
+    record's own text) is the same vaccine: live vaccines are recognised by name, and a recombinant or
+    inactivated one stays not live."""
+    found = [
+        (r, key)
+        for r in of_type(resources, "Immunization", "ServiceRequest")
+        for key in ("vaccineCode", "code")
+        if isinstance(r.get(key), dict) and r[key].get("coding")
+    ]
+    if not found:
+        raise NothingToChange("no coded vaccine")
+    names = _vaccine_names()
+    for resource, key in found:
+        concept = resource[key]
+        live = [names[code] for code in codes_of(concept) if code in names]
+        name = live[0] if live else concept.get("text")
+        if not isinstance(name, str) or not name:
+            raise CannotPreserve(f"{resource['resourceType']}/{resource['id']} has no name to keep")
+        resource[key] = {"text": name}
+    return resources
 
 
 def by_name() -> dict[str, Transformation]:

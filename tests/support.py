@@ -59,6 +59,7 @@ __all__ = [
     "config_copy",
     "finding_ids",
     "free_port",
+    "headless_chromium",
     "hook_request",
     "lab",
     "make_app",
@@ -85,6 +86,21 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+@contextmanager
+def headless_chromium() -> Iterator[Any]:
+    """A Playwright browser context on Debian's Chromium, headless, with a throw-away profile."""
+    import tempfile
+
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright, tempfile.TemporaryDirectory() as profile:
+        context = playwright.chromium.launch_persistent_context(
+            profile, executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        yield context
+        context.close()
 
 
 def tool_missing(message: str) -> NoReturn:

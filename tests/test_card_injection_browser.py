@@ -8,14 +8,13 @@ script runs and no request leaves: the escaping, not a page's CSP, keeps the tex
 from __future__ import annotations
 
 import json
-import tempfile
 
 import pytest
 import requests
 from markdown_it import MarkdownIt
 
 from cds_service.sandbox.requests import build_request
-from tests.support import CHROMIUM, CHROMIUM_ARGS, config_copy, start_service
+from tests.support import config_copy, headless_chromium, start_service
 from tests.test_card_injection import FIELDS, _rendered_fields
 
 pytestmark = pytest.mark.browser
@@ -53,14 +52,8 @@ def answer(service) -> dict:
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright, tempfile.TemporaryDirectory() as profile:
-        context = playwright.chromium.launch_persistent_context(
-            profile, executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
+    with headless_chromium() as context:
         yield context
-        context.close()
 
 
 def _watched(browser, allowed_origin: str | None):

@@ -30,6 +30,7 @@ from tests.test_rules import (
     MYCOPHENOLATE,
     NOW,
     PREGNANT,
+    ago,
     bp,
     cond,
     fires,
@@ -241,8 +242,24 @@ def continuing_inputs() -> dict[str, RuleInput]:
     paxlovid = med("nirmatrelvir-ritonavir", "cyp3a4-strong-inhibitors", name="Paxlovid", days=3)
     mmr = med("live-vaccines", name="MMR vaccine", draft=True)  # N19: a live vaccine drafted on tacrolimus
     envarsus_and_paxlovid = make(meds=(paxlovid, mmr), trigger=twice_daily_renewal)
+    immediate_release = replace(med("tacrolimus", days=200), formulation="immediate-release", daily_dose_mg=4)
+    envarsus_switch = make(
+        meds=(immediate_release,),
+        trigger=replace(tacrolimus_draft(), formulation="extended-release tablet", daily_dose_mg=4),
+    )
     cases = {"kitchen sink (earlier exposure)": sink, "renewal of an order not on record": busy}
     cases["Envarsus twice a day, Paxlovid active"] = envarsus_and_paxlovid
+    cases["immediate release to Envarsus mg for mg"] = envarsus_switch
+    delivered = replace(cond("pregnancy-outcome", "delivery", name="Single live birth"), onset=ago(20))
+    pill = med(
+        "combined-hormonal-contraceptives", name="ethinyl estradiol 0.03 MG / levonorgestrel", days=300
+    )
+    cases["delivered 20 days ago, on the pill, UPCR 0.9"] = make(
+        conditions=(cond("lupus", "lupus-nephritis"), delivered),
+        meds=(med("tacrolimus", days=330), pill),
+        labs=[lab("upcr", 0.9, days=3)],
+        trigger=tacrolimus_draft(prior="tac-1"),
+    )
     cases |= {
         "pregnant on tacrolimus": pregnant,
         "critical blood pressure": critical_bp,

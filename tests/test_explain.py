@@ -98,6 +98,15 @@ def test_a_request_file_a_fixture_file_and_a_bundle_file(tmp_path):
     assert "service:  tacrolimus-order-select" in out
 
 
+def test_a_bundle_file_with_a_vaccine_drafted_as_a_service_request_sends_it_as_a_draft_order(tmp_path):
+    directory = str(config_copy(tmp_path))
+    bundle = tmp_path / "vaccine.json"
+    shutil.copy(FIXTURES_DIR / "n19-varicella-service-request-draft.json", bundle)
+    code, out = run(str(bundle), "--config", directory)
+    assert code == 0 and "ServiceRequest/n19var-sr-1" in out.splitlines()[0]
+    assert block(out, "N19")[0].startswith("N19  FIRED (warning")
+
+
 def test_out_of_scope_and_no_trigger_are_explained(tmp_path):
     directory = str(config_copy(tmp_path))
     _, out = run("transplant-tacrolimus-no-lupus", "--config", directory)

@@ -141,9 +141,8 @@ def test_a_condition_too_deep_to_read_is_left_out_and_named(service):
     ],
     ids=["4mb-run", "4mb-staircase", "real-request", "at-limit", "over-limit"],
 )
-def test_the_depth_check_is_right_and_fast_on_hostile_shapes(data, deeper):
+def test_the_depth_check_is_right_on_hostile_shapes(data, deeper):
+    """Right on shapes built to defeat a byte scan; its time on them is a row of ``make bench-hostile``."""
     from cds_service.request_json import nested_deeper_than_bytes
 
-    started = time.monotonic()
     assert nested_deeper_than_bytes(data, MAX_REQUEST_DEPTH) is deeper
-    assert time.monotonic() - started < 1.0

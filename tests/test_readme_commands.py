@@ -20,9 +20,9 @@ from tests.support import CDS_SERVICE, ROOT, make_app
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 INTEGRATION = (ROOT / "docs" / "integration.md").read_text(encoding="utf-8")  # the official Sandbox
 EXAMPLES = ROOT / "examples"
-# `curl ... http://127.0.0.1:8080/cds-services/<path> ... -d @examples/<file>.json`
+# `curl ... http://127.0.0.1:${PORT:-8080}/cds-services/<path> ... -d @examples/<file>.json`
 CURL_POST = re.compile(
-    r"curl [^\n]*?http://127\.0\.0\.1:8080(?P<path>/cds-services/\S+?)['\s]"
+    r"curl [^\n]*?http://127\.0\.0\.1:\$\{PORT:-8080\}(?P<path>/cds-services/\S+?)['\s]"
     r"[^\n]*\n?[^\n]*?-d @(?P<file>examples/\S+\.json)"
 )
 

@@ -152,7 +152,12 @@ def test_report_since_and_tenant_filter(answered):
     tomorrow = (date.today() + timedelta(days=1)).isoformat()
     assert "no cards shown and no feedback received" in run_report(config_dir, "--since", tomorrow)
     assert json.loads(run_report(config_dir, "--format", "json", "--since", date.today().isoformat()))
-    assert json.loads(run_report(config_dir, "--format", "json", "--tenant", "hospital-a")) == []
+    # a tenant neither configured nor in the database is a typo, not an empty report
+    result = CliRunner().invoke(
+        main, ["feedback", "report", "--config", str(config_dir), "--tenant", "hospital-a"]
+    )
+    assert result.exit_code == 2
+    assert "unknown tenant 'hospital-a'" in result.output
 
 
 @pytest.mark.usefixtures("each_database")

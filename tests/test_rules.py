@@ -52,6 +52,9 @@ THRESHOLDS = {
     "hba1c": 6.5,
     "include_moderate_cyp3a4": False,
     "paxlovid_window_days": 10,
+    "formulation_mg_for_mg_ratio": 0.95,
+    "formulation_switch_high_ratio": 1.5,
+    "formulation_switch_dose_indicator": "critical",
     "live_vaccine_before_start_days": 28,
     "live_vaccine_on_tacrolimus_days": 42,
     "egfr_cni_caution": 45,
@@ -73,6 +76,11 @@ THRESHOLDS = {
     "mycophenolate_hcg_days": 30,
     "pregnancy_bp_days": 7,
     "pregnancy_trough_days": 28,
+    "postpartum_days": 42,
+    "postpartum_dose_rise": 1.2,
+    "active_nephritis_upcr": 0.5,
+    "active_nephritis_upcr_days": 90,
+    "contraceptive_new_start_counts": True,
 }
 
 UNITS = {
@@ -259,9 +267,10 @@ MYCOPHENOLATE = "mycophenolate"
 # --- catalog shape ------------------------------------------------------------------------------------------
 def test_rules_run_in_catalog_order():
     assert list(RULES) == [
-        *(f"P{i}" for i in range(1, 8)),
+        *(f"P{i}" for i in (1, 2, 3, 4, 5, 6, 7, 9, 10)),
         *(f"S{i}" for i in (0, 1, 2, 3, 4, 7)),
         *(f"N{i}" for i in range(1, 16)),
+        "N17",
         "N18",
         "N19",
         "N21",

@@ -8,7 +8,15 @@ findings off or re-grades them is applied by the caller. Where the catalog neede
 
 from __future__ import annotations
 
-from cds_service.rules import live_vaccines, monitoring, pregnancy, release_and_paxlovid, salvage
+from cds_service.rules import (
+    formulations,
+    live_vaccines,
+    monitoring,
+    postpartum,
+    pregnancy,
+    release_and_paxlovid,
+    salvage,
+)
 from cds_service.rules.common import has_lupus_nephritis, merge_needs, unavailable
 from cds_service.rules.model import Evaluation, Finding, Quiet, RuleInput
 from cds_service.rules.registry import ORDER, Registry, Rule
@@ -20,8 +28,10 @@ SCOPE_NEEDS = {"Condition": ("lupus", "lupus-nephritis", "lupus-nephritis-class-
 REGISTRY = Registry(
     (
         *pregnancy.DECLARATIONS,
+        *postpartum.DECLARATIONS,
         *salvage.DECLARATIONS,
         *monitoring.DECLARATIONS,
+        *formulations.DECLARATIONS,  # N17
         *release_and_paxlovid.DECLARATIONS[:1],  # N18
         *live_vaccines.DECLARATIONS,  # N19
         *release_and_paxlovid.DECLARATIONS[1:],  # N21

@@ -120,6 +120,18 @@ CITATIONS: dict[str, tuple[str, str]] = {
         "morning; conversion from immediate release. DailyMed",
         "https://dailymed.nlm.nih.gov/dailymed/drugInfo.cfm?setid=de2315b0-6344-43ac-9aea-3e3b68d828e7",
     ),
+    "advagraf-conversion-2013": (
+        "Significant reduction of tacrolimus trough level after conversion from twice daily Prograf to once "
+        "daily Advagraf in Chinese renal transplant recipients. Ren Fail 2013;35(7):942–945 (same-mg "
+        "conversion; 127% of the immediate-release dose needed at week 12)",
+        "https://pubmed.ncbi.nlm.nih.gov/23815459/",
+    ),
+    "versluis-2023": (
+        "Versluis J, et al. Pharmacokinetics of tacrolimus in pregnant solid organ transplant recipients: a "
+        "retrospective study (46 pregnancies; dose-corrected levels −48% in month 7 of pregnancy, recovered "
+        "within 3 months post-partum). PubMed",
+        "https://pubmed.ncbi.nlm.nih.gov/38084781/",
+    ),
     "wang-2022-paxlovid": (
         "Wang AX, et al. Am J Transplant 2022, on nirmatrelvir/ritonavir with tacrolimus: hold tacrolimus "
         "for the course, levels on days 3 and 6–7",

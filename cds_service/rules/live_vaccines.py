@@ -90,7 +90,7 @@ def _days_ago(record: PatientRecord, when: datetime) -> str:
 
 
 def _evidence(i: Immunization) -> Evidence:
-    return Evidence(i.name, f"given {day(i.occurred)}", i.occurred, i.reference)
+    return Evidence(i.name, "live vaccine given", i.occurred, i.reference)
 
 
 def _unreadable(record: PatientRecord) -> list[str]:
@@ -179,6 +179,13 @@ def _gaps(record: PatientRecord) -> list[str]:
     return unavailable(record, "Immunization") + _unreadable(record)
 
 
+def _short(name: str) -> str:
+    """A vaccine's name for the summary: without the by-name note (the detail says it) and, when long,
+    without what follows its first parenthesis ("Zostavax (zoster vaccine live) injection" -> "Zostavax")."""
+    name = name.split(" (recognised by its name")[0]
+    return name.split(" (")[0] if len(name) > 30 and not name.startswith("(") else name
+
+
 def _summary(
     inp: RuleInput,
     ordered: list[Medication],
@@ -188,16 +195,15 @@ def _summary(
 ) -> str:
     if ordered:
         where = "as tacrolimus is started" if continuing is None else "for a patient on tacrolimus"
-        return f"Live vaccine ({ordered[0].name}) ordered {where}: avoid live vaccines on immunosuppression"
+        return f"Live vaccine ({_short(ordered[0].name)}) ordered {where}: avoid during immunosuppression"
     if on_tacrolimus:
         first = on_tacrolimus[0]
-        return (
-            f"Live vaccine ({first.name}) given {_days_ago(inp.record, first.occurred)} on tacrolimus: watch "
-            "for vaccine-strain infection"
-        )
+        ago = _days_ago(inp.record, first.occurred)
+        watch = "watch for vaccine-strain infection"
+        return f"Live vaccine ({_short(first.name)}) given {ago} on tacrolimus: {watch}"
     first = before_start[0]
     ago = _days_ago(inp.record, first.occurred)
-    return f"Live vaccine ({first.name}) given {ago}, before this tacrolimus start"
+    return f"Live vaccine ({_short(first.name)}) given {ago}, before this tacrolimus start"
 
 
 def _quiet_reason(inp: RuleInput, continuing: str | None, co_prescribing: bool) -> str:

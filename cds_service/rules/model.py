@@ -38,13 +38,15 @@ class StopMedication:
 
     ``reason`` becomes the stopped order's ``statusReason.text``; ``drafts_only`` offers the suggestion only
     when the order is a draft of this session (N9, N10, N12: which of two stored drugs to stop is a choice
-    the card leaves to the clinician).
+    the card leaves to the clinician). ``together``: more drafts the same suggestion deletes (one regimen
+    ordered in several drafts is removed at once, N17).
     """
 
     medication: Medication
     label: str
     reason: str = ""
     drafts_only: bool = False
+    together: tuple[Medication, ...] = ()
 
 
 Suggestion = OrderLabs | StopMedication

@@ -626,7 +626,8 @@ def n11_new_start(inp: RuleInput) -> Finding | Quiet:
 # --- duplicate calcineurin inhibitor, eGFR (N12, N13; S5 and S6 in version 1) ------------------------------
 def n12_duplicate_cni(inp: RuleInput) -> Finding | Quiet:
     """Another calcineurin inhibitor, or a tacrolimus order that is neither this one, a renewal, nor part of
-    one regimen in several drafts (rules.md v3 § Data rules; interpretations 17, E44-E47)."""
+    one regimen in several drafts (rules.md v3 § Data rules; interpretations 17, E44-E47); a stored order of
+    another oral formulation is N17's (interpretation 63)."""
     record = inp.record
     others = active_orders(record, "other-calcineurin-inhibitors")
     renewed = {o.prior_prescription for o in inp.orders if o.prior_prescription}

@@ -4,9 +4,9 @@ rules.md v3 § Data rules. Drafts of one formulation class in one ``draftOrders`
 strengths, morning and evening doses), whose daily dose is their sum; only two drafts of the same product,
 dose and timing are a duplicate entry. Two drafts of different oral classes are a duplicate whose formulations
 are not interchangeable mg for mg. A draft beside a stored order of another oral class is a formulation
-change (N17 in catalog v3; N12 until N17 ships: ``FORMULATION_CHANGE``). IV and oral both active are checked
-at warning. An unknown formulation counts as the same as the other order's. Also: what every card of an answer
-says about the order itself (``order_notes``).
+change: N17 speaks about it (``rules.formulations``), so it is no overlap here. IV and oral both active are
+checked at warning. An unknown formulation counts as the same as the other order's. Also: what every card of
+an answer says about the order itself (``order_notes``).
 """
 
 from __future__ import annotations
@@ -29,13 +29,11 @@ MIXED_DRAFTS = "mixed formulations"
 """Two drafts of different oral formulation classes: a duplicate, not interchangeable mg for mg (N12)."""
 SECOND_ORDER = "second order"
 """A stored active order of the same formulation (N12, critical)."""
-FORMULATION_CHANGE = "formulation change"
-"""A stored order of another oral class: N17 in catalog v3; until N17 ships, N12 reports it."""
 BOTH_ROUTES = "intravenous and oral both active"
 """An intravenous and an oral order, neither on hold: N12 at warning, no delete suggestion."""
 
-CRITICAL_KINDS = frozenset({DUPLICATE_ENTRY, MIXED_DRAFTS, SECOND_ORDER, FORMULATION_CHANGE})
-STORED_KINDS = frozenset({SECOND_ORDER, FORMULATION_CHANGE})
+CRITICAL_KINDS = frozenset({DUPLICATE_ENTRY, MIXED_DRAFTS, SECOND_ORDER})
+STORED_KINDS = frozenset({SECOND_ORDER})
 """Overlaps with a stored order: linking the new order as its renewal (priorPrescription) would end them."""
 
 
@@ -83,14 +81,15 @@ def draft_overlaps(drafts: Sequence[Medication]) -> list[Overlap]:
 
 
 def stored_overlap(stored: Medication, orders: Sequence[Medication]) -> Overlap | None:
-    """A stored active or on-hold tacrolimus order beside this request's order(s), or None when it is not one
-    (IV beside oral with either on hold: the route change is under way)."""
+    """A stored active or on-hold tacrolimus order beside this request's order(s), or None when it is not one:
+    another oral formulation is a switch, which N17 reports instead (rules.md v3); IV beside oral with either
+    on hold is a route change under way."""
     kinds = {relation(order, stored) for order in orders} or {SAME}
     beside = orders[0] if orders else None
     if SAME in kinds:
         return Overlap(stored, beside, SECOND_ORDER)
     if ORAL_CHANGE in kinds:
-        return Overlap(stored, beside, FORMULATION_CHANGE)
+        return None
     if stored.status == "active" and all(o.status != "on-hold" for o in orders):
         return Overlap(stored, beside, BOTH_ROUTES)
     return None
@@ -109,7 +108,7 @@ def overlap_sentence(overlap: Overlap) -> str:
     if overlap.kind == DUPLICATE_ENTRY:
         earlier = beside.name if beside else "another draft"
         return capital(f"{order.name} repeats {earlier} (same product, dose and timing): a duplicate entry.")
-    if overlap.kind in (MIXED_DRAFTS, FORMULATION_CHANGE):
+    if overlap.kind == MIXED_DRAFTS:
         forms = f" ({order.formulation}; {beside.formulation})" if beside is not None else ""
         return capital(
             f"{order.name}{other} are different tacrolimus formulations{forms}, which are not "
@@ -131,13 +130,13 @@ def order_notes(inp: RuleInput) -> tuple[str, ...]:
     for order in inp.orders:
         if "tacrolimus" in order.recognised_by_name:
             notes.append(
-                f"The tacrolimus order {order.name} ({order.reference}) was recognised by its name, not by a "
-                "code: check the order."
+                f"The tacrolimus order {order.name} was recognised by its name, not by a code: "
+                "check the order."
             )
         if order.unresolved_reference:
             notes.append(
                 f"The draft's medication reference {order.unresolved_reference} could not be resolved; "
-                f"{order.reference} was recognised by its text."
+                "the order was recognised by its text."
             )
     unfound = unfound_priors(inp)
     if unfound and not inp.continuing:

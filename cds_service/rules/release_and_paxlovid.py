@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
+from cds_service.dosage import timings
 from cds_service.drug_forms import EXTENDED_RELEASE_CAPSULE, EXTENDED_RELEASE_TABLET
 from cds_service.record import Medication
 from cds_service.rules.common import (
@@ -40,27 +41,47 @@ TACROLIMUS_LEVEL = ("11253-2", "Tacrolimus [Mass/volume] in Blood")
 
 
 # --- N18 ----------------------------------------------------------------------------------------------------
-def _times_a_day(order: Medication) -> str:
+def _times_a_day(order: Medication, split: bool = False) -> str:
+    if split:
+        return "at more than one time of day"
     times = order.administrations_per_day or 0
     return "twice a day" if times == 2 else f"{num(times)} times a day"
 
 
+def split_over_the_day(extended: list[Medication]) -> list[Medication]:
+    """Drafts of one extended-release class, each once a day or less, whose timings differ: one regimen whose
+    doses fall at more than one time of day (3 mg every morning + 2 mg every evening; interpretation 68)."""
+    found: list[Medication] = []
+    for form in EXTENDED_RELEASE:
+        regimen = [o for o in extended if o.is_draft and o.formulation == form]
+        daily = [
+            o for o in regimen if o.administrations_per_day is not None and o.administrations_per_day <= 1
+        ]
+        if len(daily) > 1 and len({timing for o in daily for timing in timings(o.dosing)}) > 1:
+            found += daily
+    return found
+
+
 def n18_extended_release_more_than_daily(inp: RuleInput) -> Finding | Quiet:
     """An extended-release order (the triggering draft(s), or in patient-view the active order) given more
-    than once a day. Each draft is read on its own timing (interpretation 58); an order whose formulation or
-    timing cannot be told is not evaluated, and the quiet reason says so (interpretation 57)."""
+    than once a day: a draft on its own timing (interpretation 58), or a regimen of once-daily drafts at
+    different times of day (interpretation 68); an order whose formulation or timing cannot be told is not
+    evaluated, and the quiet reason says so (interpretation 57)."""
     extended = [o for o in inp.orders if o.formulation in EXTENDED_RELEASE]
     if not extended:
         told = sorted({o.formulation or "unknown" for o in inp.orders}) or ["no tacrolimus order"]
         return quiet("N18", f"no extended-release tacrolimus order (formulation: {', '.join(told)})")
     untimed = [o for o in extended if o.administrations_per_day is None]
-    often = [o for o in extended if (o.administrations_per_day or 0) > 1]
+    each = [o for o in extended if (o.administrations_per_day or 0) > 1]
+    split = split_over_the_day(extended)
+    often = [*each, *split]
     if not often:
         reason = "the extended-release order is given once a day or less"
         if untimed:
             reason = f"how often {names(untimed)} is given could not be read from dosageInstruction.timing"
         return quiet("N18", reason)
     first = often[0]
+    how = _times_a_day(first, not each)
     if inp.continuing or not first.is_draft:
         action = (
             "Check the product and the total daily dose with the patient and the pharmacy: if the patient "
@@ -76,9 +97,9 @@ def n18_extended_release_more_than_daily(inp: RuleInput) -> Finding | Quiet:
     return finding(
         "N18",
         "warning",
-        f"{first.name}: a once-daily product ordered {_times_a_day(first)}",
+        f"{first.name}: a once-daily product ordered {how}",
         f"{capital(names(often))} {'is' if len(often) == 1 else 'are'} extended-release tacrolimus ordered "
-        f"{_times_a_day(first)}. Extended-release tacrolimus (Envarsus XR, Astagraf XL) is taken once daily, "
+        f"{how}. Extended-release tacrolimus (Envarsus XR, Astagraf XL) is taken once daily, "
         "in the morning; twice daily usually means an immediate-release regimen transcribed onto an "
         f"extended-release product, and doubles exposure. {action}",
         ("envarsus-label", "prograf-label"),
@@ -90,8 +111,18 @@ def n18_extended_release_more_than_daily(inp: RuleInput) -> Finding | Quiet:
                 reason="Extended-release tacrolimus ordered more than once a day",
                 drafts_only=True,
             )
-            for o in often
+            for o in each
             if o.is_draft
+        ]
+        + [
+            StopMedication(
+                split[0],
+                f"Remove the draft {names(split)} orders (re-enter them as one daily dose)",
+                reason="Extended-release tacrolimus ordered at more than one time of day",
+                drafts_only=True,
+                together=tuple(split[1:]),
+            )
+            for _ in split[:1]
         ],
     )
 

@@ -8,6 +8,7 @@ Markdown is rendered here, with raw HTML off, so nothing a card says can run in 
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -18,15 +19,18 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request
 from markdown_it import MarkdownIt
 
+from cds_service.admin import DEV_TOKEN, dev_token_in_use
+from cds_service.api import FIXTURE_FHIR_PATH
 from cds_service.app import create_app
 from cds_service.config import Config
 from cds_service.fixtures import load_bundle, manifest
-from cds_service.hook_names import opens_chart
+from cds_service.hook_names import HOOKS_WITH_DRAFTS, opens_chart
 from cds_service.prefetch import FHIR_ID
 from cds_service.sandbox.fhir_server import create_fhir_app
 from cds_service.sandbox.requests import HOOKS, build_request_from_bundle
 from cds_service.sandbox.store import FhirStore
 
+log = logging.getLogger("cds_service.sandbox")
 FHIR_PATH = "/sandbox/fhir"
 PAGE_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
@@ -57,16 +61,25 @@ class BadInput(ValueError):
     """A sandbox API call the page should not have made; answered 400 with the message."""
 
 
-def create_dev_app(config_dir: str | Path | None = None, config: Config | None = None) -> Flask:
-    """``serve --dev``: the service in dev mode with the sandbox page and the fixture FHIR API added."""
-    return create_app(config_dir=config_dir, dev=True, config=config, add_ons=(install,))
+def create_dev_app(
+    config_dir: str | Path | None = None, config: Config | None = None, announced: bool = False
+) -> Flask:
+    """``serve --dev``: the service in dev mode with the sandbox page and the fixture FHIR API added.
+
+    ``announced``: the start-up line already said DEV MODE (``serve``), so the app does not log it again.
+    """
+    return create_app(
+        config_dir=config_dir, dev=True, config=config, add_ons=(install,), dev_announced=announced
+    )
 
 
 def install(app: Flask) -> None:
     """Add the sandbox page and mount the fixture FHIR API at ``/sandbox/fhir`` (dev mode only)."""
     app.register_blueprint(bp)
+    app.config[FIXTURE_FHIR_PATH] = FHIR_PATH  # a loopback fhirServer there is this service (api.py)
     # Browsers ask for /favicon.ico on every page of the origin; answer with the sandbox's icon.
     app.add_url_rule("/favicon.ico", "favicon", lambda: bp.send_static_file("favicon.svg"))
+    app.add_url_rule("/", "landing", landing)
     app.wsgi_app = FixtureFhirMount(app.wsgi_app)  # type: ignore[method-assign]
 
 
@@ -164,6 +177,14 @@ def _today() -> date:
     return datetime.now().astimezone().date()
 
 
+def landing() -> Response:
+    """``/`` in dev mode: the pages a newcomer opens first (``serve --dev`` prints the same list)."""
+    runtime = _runtime()
+    dev_token = DEV_TOKEN if dev_token_in_use(runtime.config, dev=True) else None
+    html = render_template("landing.html", dev_token=dev_token)
+    return Response(html, mimetype="text/html", headers={"Content-Security-Policy": PAGE_CSP})
+
+
 @bp.errorhandler(BadInput)
 def bad_input(error: BadInput) -> tuple[Response, int]:
     return jsonify({"error": str(error)}), 400
@@ -179,7 +200,9 @@ def page() -> Response:
     products = [
         {"system": s, "code": c, "display": d} for s, c, d in _runtime().terminology.codes("tacrolimus")
     ]
-    html = render_template("sandbox.html", fixtures=fixtures, products=products, hooks=HOOKS)
+    html = render_template(
+        "sandbox.html", fixtures=fixtures, products=products, hooks=HOOKS, hooks_with_drafts=HOOKS_WITH_DRAFTS
+    )
     return Response(html, mimetype="text/html", headers={"Content-Security-Policy": PAGE_CSP})
 
 
@@ -338,6 +361,21 @@ def build() -> Response:
         touched = _touched_prefetch_keys(runtime.templates_for(service), staged)
         built["prefetch"] = {k: v for k, v in built.get("prefetch", {}).items() if k in touched}
     return jsonify({"service": {"id": service.id, "url": f"/cds-services/{service.id}"}, "request": built})
+
+
+@bp.post("/api/alert-memory/clear")
+def clear_alert_memory() -> Response | tuple[Response, int]:
+    """Forget every finding shown (order-select → order-sign, patient-view's 24 hours): a tester starts over.
+
+    Only this page may ask (``Sec-Fetch-Site``): in dev mode every origin may call the service, and another
+    site must not be able to make the next fire show what it held back.
+    """
+    if request.headers.get("Sec-Fetch-Site") in ("cross-site", "same-site"):
+        return jsonify({"error": "cross-site request refused"}), 403
+    memory = _runtime().alert_memory
+    forgotten = memory.forget_all() if memory is not None else 0
+    log.info("alert memory cleared from the sandbox", extra={"rows": forgotten})
+    return jsonify({"forgotten": forgotten})
 
 
 @bp.post("/api/markdown")

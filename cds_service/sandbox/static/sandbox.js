@@ -94,7 +94,7 @@ async function loadFixture(name) {
   state.storedOrders = [];
   clearCards("Fire a hook to see the service's cards.");
   $("#exchange-log").textContent = "";
-  document.querySelectorAll(".fire-button").forEach((b) => { b.disabled = true; });
+  setFireButtons();
   if (!name) {
     $("#banner").hidden = true;
     renderDrafts();
@@ -119,7 +119,6 @@ async function loadFixture(name) {
   $("#expected").textContent = fixture.expected.length ? fixture.expected.join(", ") : "none (no cards)";
   $("#banner").hidden = false;
   renderDrafts();
-  document.querySelectorAll(".fire-button").forEach((b) => { b.disabled = false; });
   setStatus(`Loaded ${fixture.name}. Edit the order if you like, then fire a hook.`);
 }
 
@@ -195,6 +194,25 @@ function renderDrafts() {
   staged.replaceChildren(...state.staged.map((change) =>
     el("li", { dataset: { ref: change.ref } }, el("span", { className: "type" }, change.type), el("span", { className: "label" }, change.description))));
   $("#staged-box").hidden = !state.staged.length;
+  setFireButtons();
+}
+
+// An order hook needs a draft order (order-select one to select): without one its button is off and says so,
+// rather than answering "drafts must be a non-empty list" (a pv-* patient's chart has none).
+function setFireButtons() {
+  const orders = state.drafts.filter((d) => d.resourceType === "MedicationRequest").length;
+  const off = [];
+  document.querySelectorAll(".fire-button").forEach((button) => {
+    const needs = button.dataset.drafts === "yes" && (button.dataset.hook === "order-select" ? !orders : !state.drafts.length);
+    button.disabled = !state.fixture || state.busy || needs;
+    button.title = needs ? "No draft order on the page: nothing to order" : "";
+    if (state.fixture && needs) off.push(button.dataset.hook);
+  });
+  const hint = $("#fire-hint");
+  hint.hidden = !off.length;
+  hint.textContent = off.length
+    ? `${off.join(" and ")} need${off.length === 1 ? "s" : ""} a draft medication order; this patient has none on the page (open the chart with patient-view).`
+    : "";
 }
 
 // ---------------------------------------------------------------------------------------------- firing
@@ -202,12 +220,40 @@ function renderDrafts() {
 function clearCards(message) {
   $("#cards").replaceChildren(el("p", { className: "muted" }, message));
   $("#dismissed").replaceChildren();
+  showHeldBack([]);
+}
+
+// What the service's alert memory held back (its --dev answers name it in an extension): a card missing
+// because it was already shown is not "no advice", so the page says which findings and why.
+const HELD_BACK = "org.example.tacrolimus-cds.held-back";
+
+function showHeldBack(held) {
+  const box = $("#held-back");
+  box.replaceChildren();
+  box.hidden = !held.length;
+  if (!held.length) return;
+  box.append(
+    el("h3", {}, `Held back: ${held.length} finding${held.length === 1 ? "" : "s"} already shown`),
+    el("ul", {}, ...held.map((h) => el("li", { dataset: { finding: h.id } },
+      el("strong", {}, `${h.id} (${h.indicator})`), h.summary ? ` ${h.summary}` : "", el("span", { className: "muted" }, ` — ${h.why}.`)))),
+    el("p", { className: "muted" }, "Press \u201cClear alert memory\u201d to see them again."));
+}
+
+async function clearAlertMemory() {
+  const answer = await callJson("POST", "/sandbox/api/alert-memory/clear", {});
+  if (!answer.ok) {
+    setStatus(`Could not clear the alert memory: HTTP ${answer.status}`, "error");
+    return;
+  }
+  showHeldBack([]);
+  const n = answer.json.forgotten;
+  setStatus(`Alert memory cleared (${n} remembered finding${n === 1 ? "" : "s"} forgotten): the next fire shows every finding again.`);
 }
 
 async function fire(hook) {
   if (!state.fixture || state.busy) return;
   state.busy = true;
-  document.querySelectorAll(".fire-button").forEach((b) => { b.disabled = true; });
+  setFireButtons();
   const via = document.querySelector("input[name=via]:checked").value;
   setStatus(`Calling ${hook}…`);
   try {
@@ -226,14 +272,19 @@ async function fire(hook) {
       setStatus(`${hook}: HTTP ${answer.status} from ${service.url}: ${answer.text.slice(0, 300)}`, "error");
       return;
     }
-    await renderCards(answer.json.cards, service.id);
+    const held = ((answer.json.extension || {})[HELD_BACK]) || [];
+    await renderCards(answer.json.cards, service.id, held.length);
+    showHeldBack(held);
     const n = answer.json.cards.length;
-    setStatus(`${hook} via ${via}: HTTP ${answer.status}, ${n} card${n === 1 ? "" : "s"} in ${answer.ms} ms`);
+    setStatus(`${hook} via ${via}: HTTP ${answer.status}, ${n} card${n === 1 ? "" : "s"} in ${answer.ms} ms`
+      + (held.length ? `, ${held.length} finding${held.length === 1 ? "" : "s"} held back` : ""));
+    // As an EHR sidebar opens: the cards come into view (on a narrow screen they are below the order).
+    $("#cards-heading").scrollIntoView({ block: "start" });
   } catch (error) {
     setStatus(`${hook} failed: ${error}`, "error");
   } finally {
     state.busy = false;
-    document.querySelectorAll(".fire-button").forEach((b) => { b.disabled = !state.fixture; });
+    setFireButtons();
   }
 }
 
@@ -280,13 +331,15 @@ function smartLaunchButton(link) {
   return button;
 }
 
-async function renderCards(cards, serviceId) {
+async function renderCards(cards, serviceId, heldBack) {
   const details = await renderMarkdown(cards.map((c) => (typeof c.detail === "string" ? c.detail : "")));
   const box = $("#cards");
   box.replaceChildren();
   $("#dismissed").replaceChildren();
   if (!cards.length) {
-    box.append(el("p", { className: "muted no-cards" }, "No cards: the service has no advice for this order or chart."));
+    box.append(el("p", { className: "muted no-cards" }, heldBack
+      ? "No cards: everything the service found was already shown (below)."
+      : "No cards: the service has no advice for this order or chart."));
     return;
   }
   cards.forEach((card, index) => box.append(cardElement(card, details ? details[index] : null, serviceId)));
@@ -408,6 +461,7 @@ async function dismissCard(card, reason, serviceId, node) {
 document.addEventListener("DOMContentLoaded", () => {
   $("#fixture").addEventListener("change", (event) => loadFixture(event.target.value));
   document.querySelectorAll(".fire-button").forEach((button) => button.addEventListener("click", () => fire(button.dataset.hook)));
+  $("#clear-memory").addEventListener("click", clearAlertMemory);
   if ($("#fixture").value) loadFixture($("#fixture").value);
   document.body.dataset.ready = "true";
 });
