@@ -35,6 +35,7 @@ from werkzeug.wrappers import Response as BaseResponse  # what flask.redirect re
 from cds_service.admin_sessions import SESSION_SECONDS, AdminSessions
 from cds_service.config import Config, ConfigError, load_config
 from cds_service.process_control import ask_master_to_reload, master_pid
+from cds_service.replicas import announce, announced, config_version, instances
 from cds_service.report import FindingStats, rate_text, reasons_text, store_statistics
 from cds_service.rules import FINDING_IDS, REGISTRY
 from cds_service.rules.titles import finding_title
@@ -269,6 +270,7 @@ def _admin_page(
         "admin.html",
         status=status,
         view=effective_view(runtime.config),
+        replicas=replica_view(runtime),
         stats=stats,
         chart=chart(stats),
         since=since.isoformat() if since else "",
@@ -365,13 +367,15 @@ def reload() -> Response | tuple[Response, int]:
     under_master = master_pid() is not None
     if under_master:
         try:
-            services = sorted(load_config(holder.config_dir).services)
-            problems = []
+            checked = load_config(holder.config_dir)
+            services, version, problems = sorted(checked.services), config_version(checked), []
         except ConfigError as error:
             problems = error.problems
     else:
         problems = holder.reload()
-        services = sorted(holder.current.config.services)
+        services, version = sorted(holder.current.config.services), config_version(holder.current.config)
+        if not problems:  # under a master, the master announces it once it has reloaded (server.py)
+            announce(holder.current.store.engine, version)
     if problems:
         log.error("admin reload refused", extra={"problems": problems})
         if _wants_html():
@@ -389,15 +393,21 @@ def reload() -> Response | tuple[Response, int]:
             {
                 "reloaded": "scheduled",
                 "services": services,
+                "version": version,
                 "detail": "new workers start on the checked configuration",
             },
         )
     else:
-        status, answer = 200, {"reloaded": True, "services": services}
+        status, answer = 200, {"reloaded": True, "services": services, "version": version}
     if _wants_html():
         if under_master:
-            return _admin_page(notice="Configuration checked; the workers restart on it (refresh this page).")
-        return _admin_page(notice="Configuration checked and reloaded.")
+            return _admin_page(
+                notice="Configuration checked; the workers restart on it (refresh this page). "
+                f"The other instances follow version {version} within seconds."
+            )
+        return _admin_page(
+            notice=f"Configuration checked and reloaded. Version {version}: the other instances follow."
+        )
     return jsonify(answer), status
 
 
@@ -483,7 +493,36 @@ def _date_arg(name: str) -> date | None:
         return None
 
 
+@bp.get("/instances")
+def instances_json() -> Response | tuple[Response, int]:
+    """Which configuration version each instance serves (the page's table, for scripts and monitoring)."""
+    if _authenticated() is None:
+        return _unauthorized()
+    view = replica_view(_holder()())
+    return jsonify(
+        {
+            "this": view["this"],
+            "announced": view["announced"],
+            "instances": [{**row, "loaded_at": str(row["loaded_at"]), "seen_at": str(row["seen_at"])}
+                          for row in view["instances"]],
+        }
+    )  # fmt: skip
+
+
 # --- what the page shows ----------------------------------------------------------------------------------
+
+
+def replica_view(runtime: Any) -> dict[str, Any]:
+    """This instance's configuration version, the last one announced to all, and what each instance serves."""
+    engine = runtime.store.engine
+    news = announced(engine)
+    return {
+        "this": config_version(runtime.config),
+        "announced": {"version": news.version, "at": news.at.isoformat(timespec="seconds"), "by": news.by}
+        if news
+        else None,
+        "instances": instances(engine),
+    }
 
 
 @cache

@@ -138,6 +138,21 @@ class SmallHeap:
             self._trim(0)
 
 
+def follow_other_instances(app: Any) -> None:
+    """In a new worker: take up a configuration another instance announced (before serving, if this
+    host's files have it), then keep looking in the background (``replicas.Follower``)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from cds_service.replicas import Follower
+
+    follower = Follower(app.extensions["cds_runtime"])
+    try:
+        follower.step()
+    except SQLAlchemyError as error:  # the database is away: the background looks try again
+        log.warning("configuration check at start skipped", extra={"error": type(error).__name__})
+    follower.start()
+
+
 AppFactory = Callable[[Config], Any]
 """Builds a worker's WSGI app on a configuration: the production app, or with ``--dev`` the sandbox's."""
 
@@ -154,7 +169,10 @@ class Server:
         self.workers, self.threads = workers, threads
 
     def reload_config(self) -> None:
-        """Runs in the master on SIGHUP, before new workers are forked."""
+        """Runs in the master on SIGHUP, before new workers are forked; a good configuration is announced
+        to the other instances through the shared database (``replicas``), so the reload reaches them too."""
+        from cds_service.replicas import announce_to_database, config_version
+
         try:
             self.config_snapshot = load_config(self.config_snapshot.directory)
             log.info("configuration reloaded", extra={"services": sorted(self.config_snapshot.services)})
@@ -162,11 +180,15 @@ class Server:
             log.error(
                 "configuration reload refused; serving the last good one", extra={"problems": error.problems}
             )
+            return
+        database = self.config_snapshot.section("feedback")["database_url"]
+        announce_to_database(database, config_version(self.config_snapshot))
 
     def load_app(self) -> BodyFirst:
         """Runs in each new worker (forked from the master, so it sees the master's current snapshot)."""
         die_with_parent(int(os.environ[MASTER_PID_ENV]))
         app = self.app_factory(self.config_snapshot)
+        follow_other_instances(app)
         freeze_startup_objects()
         limit = self.config_snapshot.section("server")["max_body_bytes"]
         return BodyFirst(app, self.threads, limit, forget=SmallHeap().forget)

@@ -232,7 +232,12 @@ def _bound_client_waits(engine: Engine) -> None:
 
     @event.listens_for(engine, "handle_error")
     def _failed(context):
-        cursor = getattr(context, "cursor", None)  # absent when the pool's check failed
+        # SQLAlchemy 2.1 keeps the failed statement's cursor on the execution context (``context.cursor`` is
+        # unset): without it a failed statement (a duplicate key the code expects) left its deadline armed,
+        # and the watchdog cut the pooled connection 3.5 s later, failing whichever request used it next.
+        execution = getattr(context, "execution_context", None)
+        # (no cursor at all when the pool's check of a connection failed)
+        cursor = getattr(context, "cursor", None) or getattr(execution, "cursor", None)
         if cursor is not None:
             _end(cursor)
         error = context.original_exception

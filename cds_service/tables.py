@@ -109,3 +109,23 @@ admin_login_failures = Table(
     Column("failures", Integer, nullable=False),
     Column("last_failure_at", Float, nullable=False),
 )
+
+
+# Every instance on one configuration (replicas.py): the last reload any instance made, and what each serves.
+config_announcements = Table(
+    "config_announcements",
+    metadata,
+    Column("id", Integer, primary_key=True),  # one row: the newest announcement
+    Column("version", String(16), nullable=False),
+    Column("announced_at", DateTime(timezone=True), nullable=False),
+    Column("announced_by", String(200), nullable=False),
+)
+config_instances = Table(
+    "config_instances",
+    metadata,
+    Column("instance", String(200), primary_key=True),  # host name and process id
+    Column("version", String(16), nullable=False),
+    Column("loaded_at", DateTime(timezone=True), nullable=False),
+    Column("seen_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("state", Text, nullable=False),
+)

@@ -167,4 +167,19 @@ def test_what_fires_matches_its_declaration(app, fixture):
 def test_the_course_app_gets_finding_titles_and_highlights_from_the_service(app):
     served = app.test_client().get("/smart/terminology.json").get_json()["findings"]
     assert list(served) == list(FINDING_IDS)
-    assert served["N2"] == {"title": REGISTRY["N2"].title, "highlights": ["creatinine"]}
+    assert served["N2"] == {"title": REGISTRY["N2"].title, "highlights": ["creatinine"], "drugs": []}
+    # a finding's drugs are the classes its declaration reads: the duplicate-CNI finding shows cyclosporine's
+    assert served["N12"]["drugs"] == ["other-calcineurin-inhibitors"]
+    assert served["N12"]["highlights"] == ["tacrolimus", "other-calcineurin-inhibitors"]
+
+
+def test_every_drug_class_a_finding_reads_gets_a_row_in_the_course_app(app):
+    """A finding added later (its declaration reads a new drug class) is charted without touching the app."""
+    terms = app.test_client().get("/smart/terminology.json").get_json()
+    rows = [c["group"] for c in terms["drugClasses"]]
+    read = {g for d in REGISTRY.values() for g in d.drugs} - {"teratogens"}  # a union: drawn as its members
+    assert read <= set(rows) and rows[0] == "tacrolimus"
+    assert set(rows) == set(terms["drugs"]) == set(terms["drugNames"])
+    labels = {c["group"]: c["label"] for c in terms["drugClasses"]}
+    assert labels["other-calcineurin-inhibitors"] == "Other calcineurin inhibitors"
+    assert all(labels.values()) and not any("(" in label for label in labels.values())

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import re
 import tempfile
@@ -161,6 +162,7 @@ def chart_content(page) -> dict:
                 if (d.highlighted) out.highlighted.push(d.group);
             }
             out.baselineText = document.getElementById("baseline").textContent;
+            out.legend = [...document.querySelectorAll("#legend li")].map((li) => li.dataset.line);
             out.findings = [...document.querySelectorAll("#findings-list li")]
                 .map((li) => li.dataset.finding);
             out.tableRows = document.querySelectorAll("#table-list tbody tr").length;
@@ -182,8 +184,103 @@ def check_chart(drawn: dict, name: str) -> None:
         assert drawn["lines"]["Baseline"] == baseline
         assert drawn["lines"]["+20 %"] == pytest.approx(drawn["lines"]["Baseline"] * 1.2)
         assert drawn["lines"]["+30 %"] == pytest.approx(drawn["lines"]["Baseline"] * 1.3)
-    assert drawn["lines"]["8 ng/mL"] == 8
     assert drawn["lines"]["10 ng/mL"] == 10
+    # the lower limit applies with mycophenolate only (N4): drawn while it is given, else not at all
+    with_mycophenolate = any(g == "mycophenolate" for g, _, _ in expected["bars"]) or any(
+        g == "mycophenolate" for g, _ in drawn["drafts"]
+    )
+    assert ("8 ng/mL" in drawn["lines"]) == with_mycophenolate
+    assert ("level-mycophenolate" in drawn["legend"]) == with_mycophenolate
+    assert "level-max" in drawn["legend"]
+    assert ("baseline" in drawn["legend"] and "band" in drawn["legend"]) == (baseline is not None)
+
+
+DAY_MS = 86_400_000
+
+
+def check_window(page, name: str) -> None:
+    """The first view is the last 12 months, or since tacrolimus began if shorter (the baseline kept in
+    view); the button shows the whole record and back."""
+    shown = page.evaluate(
+        """() => {
+            const x = Chart.getChart("course-chart").scales.x;
+            const note = document.getElementById("window-note");
+            return {min: x.min, max: x.max, window: note.dataset.window, note: note.textContent,
+                    button: !document.getElementById("window-toggle").hidden, now: Date.now()};
+        }"""
+    )
+    expected = expected_course(name)
+    now = shown["now"]
+    day = lambda text: datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() * 1000  # noqa: E731
+    dates = [d for values in expected["labs"].values() for d, _ in values]
+    dates += [s for _, s, _ in expected["bars"]]
+    earliest = min(day(d) for d in dates)
+    starts = [day(s) for g, s, _ in expected["bars"] if g == "tacrolimus"]
+    start = max(now - 365 * DAY_MS, min(starts)) if starts else now - 365 * DAY_MS
+    baseline = re.search(r"Baseline creatinine .*? on (\d{4}-\d{2}-\d{2})", page.inner_text("#baseline"))
+    if baseline:
+        start = min(start, day(baseline.group(1)))
+    assert shown["max"] > now  # today is always in view
+    if earliest >= start - DAY_MS:  # the record is shorter than the window: all of it, no button
+        assert shown["min"] <= earliest and not shown["button"]
+        return
+    pad = max(3 * DAY_MS, (now - start) * 0.02)
+    assert abs(shown["min"] - (start - pad)) < 2 * DAY_MS, shown["note"]
+    assert shown["window"] == "recent" and shown["button"]
+    page.click("#window-toggle")
+    assert page.evaluate("() => Chart.getChart('course-chart').scales.x.min") <= earliest
+    assert page.get_attribute("#window-note", "data-window") == "all"
+    page.click("#window-toggle")
+    assert page.get_attribute("#window-note", "data-window") == "recent"
+
+
+def check_axes(page) -> None:
+    """Each lab has an axis of its own (potassium and magnesium too), and every axis title fits its panel
+    in a legible font: no title longer than the panel it names, no panels overlapping."""
+    axes = page.evaluate(
+        """() => {
+            const chart = Chart.getChart("course-chart");
+            const out = {};
+            for (const d of chart.data.datasets)
+                if (!d.reference && !d.exposure && !d.draft) out[d.group] = d.yAxisID;
+            const titles = [];
+            for (const scale of Object.values(chart.scales)) {
+                const title = scale.options.title;
+                if (!title || !title.display) continue;
+                const font = Chart.helpers.toFont(title.font);
+                chart.ctx.font = font.string;
+                const lines = [].concat(title.text);
+                titles.push({id: scale.id, lines, size: font.size, top: scale.top, bottom: scale.bottom,
+                             widest: Math.max(...lines.map((l) => chart.ctx.measureText(l).width))});
+            }
+            return {groups: out, titles};
+        }"""
+    )
+    groups = axes["groups"]
+    assert groups["potassium"] != groups["magnesium"]
+    assert len({groups[g] for g in ("creatinine", "egfr", "tacrolimus-level", "upcr", "potassium")}) == 5
+    for title in axes["titles"]:
+        assert title["size"] >= 11, title
+        assert title["widest"] <= title["bottom"] - title["top"], title  # a vertical title within its panel
+    spans = sorted((t["top"], t["bottom"]) for t in axes["titles"])
+    assert all(a[1] <= b[0] + 1 for a, b in itertools.pairwise(spans))
+
+
+def exposure_rows(page) -> list[list[str]]:
+    return page.evaluate(
+        """() => [...document.querySelectorAll("table[data-series=exposure] tbody tr")]
+            .map((tr) => [...tr.cells].map((td) => td.textContent))"""
+    )
+
+
+def check_ongoing(page, name: str) -> None:
+    """An active order without a past end runs "ongoing": its end is never given as today's date."""
+    today = datetime.now(UTC).date().isoformat()
+    rows = [row for row in exposure_rows(page) if len(row) == 5]
+    for _, _, _, to, status in rows:
+        if status in ("active", "on-hold"):
+            assert to == "ongoing" or to < today, (name, rows)
+        assert to != today or status not in ("active", "on-hold")
 
 
 def ehr_launch(fhir_base: str, patient: str, app_context: str | None = None) -> str:
@@ -206,6 +303,15 @@ def test_ehr_launch_against_the_fixture_server_charts_the_fixture(service, fhir,
     drawn = chart_content(page)
     check_chart(drawn, name)
     assert "computed in the app" in drawn["baselineText"] or drawn["baselineText"].startswith("No creatinine")
+    check_window(page, name)
+    check_axes(page)
+    check_ongoing(page, name)
+    if name == "class-v-egfr-40":  # as the laboratory reported it, with the rules' unit beside it
+        cells = page.locator("table[data-series=creatinine] tbody td").all_inner_texts()
+        assert "162 µmol/L (1.833 mg/dL)" in cells
+        assert "420 mg/mmol (3.717 g/g)" in page.locator("table[data-series=upcr] tbody td").all_inner_texts()
+    if name == "tacrolimus-kidney-decline-clarithromycin":  # active tacrolimus and clarithromycin orders
+        assert ["ongoing", "active"] in [row[3:] for row in exposure_rows(page)]
     assert drawn["findings"] == []  # no card, no appContext
     # the app called only the service (its own files) and the FHIR server the launch named
     assert {re.match(r"https?://[^/]+", u).group(0) for u in fhir_requests} <= {service, fhir}
@@ -262,6 +368,7 @@ HAND_MADE_ORDERS = [
         medicationReference={"reference": "#m"},
     ),
     _order("rifampicin-text", medicationCodeableConcept={"text": "Rifampicin 300 mg"}),
+    _order("nasal-live-vaccine", medicationCodeableConcept={"text": "FluMist Quadrivalent nasal spray"}),
     _order("unknown", medicationCodeableConcept={"text": "paracetamol 500 mg"}),
 ]
 
@@ -275,6 +382,7 @@ def test_the_app_recognises_drug_orders_as_the_rules_do(service, fhir, browser):
     expected = sorted((m.id, g) for m in record.medications for g in DRUG_GROUPS if g in m.concepts)
     assert ("by-brand-name", "tacrolimus") in expected and ("systemic-word-wins", "tacrolimus") in expected
     assert not any(i in ("ointment", "oint-abbreviated") for i, _ in expected)
+    assert ("nasal-live-vaccine", "live-vaccines") in expected  # a live vaccine counts whatever its form
     page = browser.new_page()
     launch = ehr_launch(fhir, expected_course(LAUNCHED[0])["patient"])
     page.goto(f"{service}/smart/launch?iss={fhir}&launch={launch}")
@@ -290,9 +398,9 @@ def test_the_app_recognises_drug_orders_as_the_rules_do(service, fhir, browser):
     page.close()
 
 
-@pytest.mark.browser
-@pytest.mark.parametrize("name", ["n2-creatinine-rise-25pct", "tacrolimus-kidney-decline-clarithromycin"])
-def test_the_monitoring_cards_smart_link_launches_the_app_from_the_web_sandbox(service, browser, name):
+def launch_from_the_monitoring_card(service: str, browser, name: str):
+    """What a tester does: in the web sandbox, fire order-sign for the fixture and press the monitoring card's
+    course link. Returns the sandbox page, its problems and the app's page."""
     page = browser.new_page()
     problems = watch(page)
     page.goto(f"{service}/sandbox")
@@ -304,7 +412,13 @@ def test_the_monitoring_cards_smart_link_launches_the_app_from_the_web_sandbox(s
     link.first.wait_for()
     with browser.expect_page() as opened:
         link.first.click()
-    app = opened.value
+    return page, problems, opened.value
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("name", ["n2-creatinine-rise-25pct", "tacrolimus-kidney-decline-clarithromycin"])
+def test_the_monitoring_cards_smart_link_launches_the_app_from_the_web_sandbox(service, browser, name):
+    page, problems, app = launch_from_the_monitoring_card(service, browser, name)
     app_problems = watch(app)
     drawn = chart_content(app)
     check_chart(drawn, name)
@@ -321,6 +435,33 @@ def test_the_monitoring_cards_smart_link_launches_the_app_from_the_web_sandbox(s
     assert problems == [] and app_problems == []
     SHOTS.mkdir(exist_ok=True)
     app.screenshot(path=str(SHOTS / f"{name}-from-card-420.png"), full_page=True)
+    app.close()
+    page.close()
+
+
+@pytest.mark.browser
+def test_launched_from_the_duplicate_cni_card_the_app_shows_the_cyclosporine(service, browser):
+    """N12's drugs come from its declaration: the calcineurin inhibitors, not the CYP3A4 classes."""
+    page, _, app = launch_from_the_monitoring_card(service, browser, "n12-cyclosporine-active")
+    problems = watch(app)
+    drawn = chart_content(app)
+    check_chart(drawn, "n12-cyclosporine-active")
+    finding = app.inner_text("#findings-list li[data-finding=N12]")
+    assert "Other calcineurin inhibitors" in finding and "tacrolimus" in finding.lower()
+    assert "CYP3A4" not in finding
+    assert {"tacrolimus", "other-calcineurin-inhibitors"} <= set(drawn["highlighted"])
+    today = datetime.now(UTC).date().isoformat()
+    assert ["other-calcineurin-inhibitors", "2026-06-10", today] in drawn["bars"]
+    rows = exposure_rows(app)
+    assert ["Other calcineurin inhibitors", "cyclosporine (modified) 100 mg capsule", "2026-06-10", "ongoing",
+            "active"] in rows  # fmt: skip
+    assert app.is_visible("#legend li[data-line=level-max]")
+    assert "10 ng/mL" in app.inner_text("#legend")
+    assert drawn["baselineText"].startswith("No creatinine baseline")  # one creatinine, no tacrolimus yet
+    check_window(app, "n12-cyclosporine-active")
+    assert problems == []
+    SHOTS.mkdir(exist_ok=True)
+    app.screenshot(path=str(SHOTS / "n12-cyclosporine-from-card-420.png"), full_page=True)
     app.close()
     page.close()
 

@@ -110,6 +110,26 @@ def test_instances_starting_together_on_an_empty_database_all_start(tmp_path, da
     assert set(inspect(engine).get_table_names()) == {*metadata.tables, "alembic_version"}
 
 
+def test_a_statement_that_fails_leaves_its_connection_usable(database_url):
+    """A duplicate key the code expects (a replayed JWT, two workers making one secret) is refused; the pooled
+    connection must still work after the client-side statement deadline has passed."""
+    from sqlalchemy import insert, select
+    from sqlalchemy.exc import IntegrityError
+
+    from cds_service.storage import CLIENT_STATEMENT_SECONDS
+    from cds_service.tables import admin_secret
+
+    engine = make_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(insert(admin_secret).values(id=1, secret="first"))
+    with pytest.raises(IntegrityError), engine.begin() as connection:
+        connection.execute(insert(admin_secret).values(id=1, secret="second"))
+    time.sleep(CLIENT_STATEMENT_SECONDS + 0.5)
+    with engine.connect() as connection:
+        assert connection.execute(select(admin_secret.c.secret)).scalar_one() == "first"
+    engine.dispose()
+
+
 def test_the_migrated_schema_is_the_one_the_code_uses(database_url):
     """Every table and column in storage.py has its migration (types too, where the database has them)."""
     from alembic.autogenerate import compare_metadata

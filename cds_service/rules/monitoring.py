@@ -1074,7 +1074,7 @@ DECLARATIONS = (
         "Duplicate calcineurin-inhibitor therapy",
         citations=("lupkynis-label", "prograf-label"),
         needs=labs(drugs=("other-calcineurin-inhibitors",)),
-        course=CYP3A4,
+        course=("tacrolimus",),
         replaces={"S5": "Duplicate calcineurin inhibitor"},
         runs_in=WITH_OTHER_PRESCRIBER,
         wording=N12_WORDING,

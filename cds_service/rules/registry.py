@@ -27,6 +27,9 @@ CO_PRESCRIBING = "co-prescribing"
 """The co-prescribing services (rule catalog version 3): another drug is drafted for a patient on it."""
 SERVICE_KINDS = (ORDER, MONITORING, CO_PRESCRIBING)
 
+ANCHOR_DRUG = "tacrolimus"
+"""The drug every finding is about; the course app highlights it for a finding only if ``course`` names it."""
+
 EVERY_TACROLIMUS_SERVICE = frozenset({ORDER, MONITORING})
 NEW_START_ONLY = frozenset({ORDER})
 WITH_OTHER_PRESCRIBER = frozenset({ORDER, MONITORING, CO_PRESCRIBING})
@@ -79,7 +82,8 @@ class Declaration:
     needs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """What it reads: resource type → value-set names. The prefetch templates are derived from it."""
     course: tuple[str, ...] = ()
-    """The lab and drug groups the course app highlights when the finding is on a card."""
+    """The lab groups (and drug classes beyond ``drugs``) the course app highlights when the finding is on a
+    card."""
     wording: Wording = Wording()
     replaces: Mapping[str, str] = field(default_factory=dict)
     """Retired ids this finding took the place of → their old title (refused in configuration, named in
@@ -99,6 +103,13 @@ class Declaration:
     def indicator(self) -> str:
         """The catalog's default indicator."""
         return self.indicators[0]
+
+    @property
+    def drugs(self) -> tuple[str, ...]:
+        """The drug classes the finding reads, tacrolimus aside (every finding reads it): what the course app
+        draws and highlights for it, with the groups ``course`` names. Derived from ``needs``, so the chart
+        cannot drift from what the rule looks at."""
+        return tuple(g for g in self.needs.get("MedicationRequest", ()) if g != ANCHOR_DRUG)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,9 @@ longer carries ``iss``) can be given the same policy.
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,7 +30,8 @@ from cds_service.drug_forms import form_table_data
 from cds_service.fhir_policy import ServerUrl
 from cds_service.record_builder import DURATION_DAYS
 from cds_service.rules import REGISTRY
-from cds_service.terminology import SYSTEM_ALIASES
+from cds_service.rules.registry import Declaration
+from cds_service.terminology import COMPOSITES, DEFAULT_DIR, FORM_FREE_CLASSES, SYSTEM_ALIASES
 
 STATIC = Path(__file__).resolve().parent / "static"
 CLIENT_ID = "tacrolimus-course"
@@ -44,11 +47,20 @@ LAB_GROUPS = (
     "potassium", "magnesium",
 )  # fmt: skip
 """The lab value sets the chart plots (the same sets the rules read)."""
-DRUG_GROUPS = (
-    "tacrolimus", "mycophenolate", "cyclophosphamide", "rituximab", "cyp3a4-strong-inhibitors",
-    "cyp3a4-moderate-inhibitors", "cyp3a4-strong-inducers", "nephrotoxins",
+ANCHOR_DRUGS = (
+    "tacrolimus", "other-calcineurin-inhibitors", "mycophenolate", "cyclophosphamide", "rituximab",
 )  # fmt: skip
-"""The drug classes drawn as exposure bars: the anchor drugs and the interacting drugs the rules know."""
+"""The rows drawn for every patient: the calcineurin inhibitors and the lupus nephritis regimen's anchors."""
+DRUG_GROUPS = tuple(
+    group
+    for group in dict.fromkeys(
+        [*ANCHOR_DRUGS, *(g for d in REGISTRY.values() for g in (*d.drugs, *d.course) if g not in LAB_GROUPS)]
+    )
+    if group not in COMPOSITES
+)
+"""The drug classes drawn as exposure rows: the anchors, then every class a finding reads or highlights (from
+the rule registry, so a new finding's drugs appear without changing the app); unions such as ``teratogens``
+are drawn as their members."""
 COURSE_THRESHOLDS = (
     "recent_lab_days", "baseline_creatinine_days", "creatinine_rise_warning", "creatinine_rise_critical",
     "tacrolimus_level_max", "tacrolimus_level_max_with_mycophenolate",
@@ -159,6 +171,21 @@ def app_page() -> Response:
     return _page("app.html", fhir_origin(request.cookies.get(ORIGIN_COOKIE)))
 
 
+def highlights(declaration: Declaration) -> list[str]:
+    """What the app highlights for a finding on its card: the groups ``course`` names, the drugs it reads."""
+    return [g for g in dict.fromkeys([*declaration.course, *declaration.drugs]) if g not in COMPOSITES]
+
+
+@cache
+def class_label(group: str) -> str:
+    """A drug class in words for the chart's row: its value set's title without the parenthesis."""
+    try:
+        title = json.loads((DEFAULT_DIR / f"{group}.json").read_text(encoding="utf-8"))["title"]
+    except (OSError, ValueError, KeyError):
+        return group
+    return title.split(" (")[0]
+
+
 @bp.get("/terminology.json")
 def terminology() -> Response:
     """Value-set codes and names of the charted classes, unit factors to the rules' units, default thresholds,
@@ -178,13 +205,17 @@ def terminology() -> Response:
             # recognition by name and the forms for skin, eye, ear or mucosa (rules.md § Drug recognition)
             "drugNames": {g: list(terms.names_of.get(g, ())) for g in DRUG_GROUPS},
             "localForms": sorted(f"{s}|{c}" for s, c in terms.local_forms),
+            "formFreeClasses": sorted(FORM_FREE_CLASSES),  # counted whatever the form (a nasal live vaccine)
             "formTable": form_table_data(),  # drug-forms.json: what course.js reads local forms with
             "durationDays": DURATION_DAYS,  # a stopped order's supply: expectedSupplyDuration units in days
             "units": {g: {"canonical": units.CANONICAL_UNITS[g], "factors": units.linear_factors(g)}
                       for g in LAB_GROUPS},
             "thresholds": {k: thresholds[k] for k in COURSE_THRESHOLDS if k in thresholds},
-            # each finding's title and what the app highlights for it, from the rule registry
-            "findings": {i: {"title": d.title, "highlights": list(d.course)} for i, d in REGISTRY.items()},
+            "drugClasses": [{"group": g, "label": class_label(g), "anchor": g in ANCHOR_DRUGS}
+                            for g in DRUG_GROUPS],
+            # each finding's title, drugs and what the app highlights for it, from the rule registry
+            "findings": {i: {"title": d.title, "highlights": highlights(d), "drugs": list(d.drugs)}
+                         for i, d in REGISTRY.items()},
             "clientId": CLIENT_ID,
             "scopes": SCOPES,
         }

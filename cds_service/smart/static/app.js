@@ -6,24 +6,24 @@
   const $ = (id) => document.getElementById(id);
 
   const PANELS = [
-    // scale id, title, series (group -> label, colour), stack weight
-    { id: "yCreat", title: "Creatinine mg/dL", weight: 3, series: [["creatinine", "Creatinine", "#1f4e9c"]] },
-    { id: "yEgfr", title: "eGFR mL/min/1.73 m²", weight: 2, series: [["egfr", "eGFR", "#2a7f62"]] },
-    { id: "yTac", title: "Tacrolimus ng/mL", weight: 2, series: [["tacrolimus-level", "Tacrolimus level", "#7a3a9a"]] },
-    { id: "yUpcr", title: "UPCR g/g", weight: 2, series: [["upcr", "UPCR", "#9c5a1f"]] },
-    { id: "yBp", title: "BP mmHg", weight: 2, series: [["systolic-bp", "Systolic BP", "#b22a2a"], ["diastolic-bp", "Diastolic BP", "#e07b7b"]] },
-    { id: "yElec", title: "K mmol/L · Mg mg/dL", weight: 2, series: [["potassium", "Potassium", "#5a6d00"], ["magnesium", "Magnesium", "#00808a"]] },
+    // scale id, title lines (name, unit), series (group -> label, colour), stack weight
+    { id: "yCreat", title: ["Creatinine", "mg/dL"], weight: 3, series: [["creatinine", "Creatinine", "#1f4e9c"]] },
+    { id: "yEgfr", title: ["eGFR", "mL/min/1.73 m²"], weight: 2, series: [["egfr", "eGFR", "#2a7f62"]] },
+    { id: "yTac", title: ["Tacrolimus", "ng/mL"], weight: 2, series: [["tacrolimus-level", "Tacrolimus level", "#7a3a9a"]] },
+    { id: "yUpcr", title: ["UPCR", "g/g"], weight: 2, series: [["upcr", "UPCR", "#9c5a1f"]] },
+    { id: "yBp", title: ["BP", "mmHg"], weight: 2, series: [["systolic-bp", "Systolic BP", "#b22a2a"], ["diastolic-bp", "Diastolic BP", "#e07b7b"]] },
+    { id: "yK", title: ["Potassium", "mmol/L"], weight: 1.5, series: [["potassium", "Potassium", "#5a6d00"]] },
+    { id: "yMg", title: ["Magnesium", "mg/dL"], weight: 1.5, series: [["magnesium", "Magnesium", "#00808a"]] },
   ];
-  const DRUGS = [  // group, label, colour, short label for the axis of a narrow frame
-    ["tacrolimus", "Tacrolimus", "#7a3a9a", "Tacrolimus"],
-    ["mycophenolate", "Mycophenolate", "#1f4e9c", "Mycophenol."],
-    ["cyclophosphamide", "Cyclophosphamide", "#9c1f4e", "Cyclophosph."],
-    ["rituximab", "Rituximab", "#2a7f62", "Rituximab"],
-    ["cyp3a4-strong-inhibitors", "Strong CYP3A4 inhibitor", "#b35c00", "3A4 inhib. ++"],
-    ["cyp3a4-moderate-inhibitors", "Moderate CYP3A4 inhibitor", "#c98a2e", "3A4 inhib. +"],
-    ["cyp3a4-strong-inducers", "Strong CYP3A4 inducer", "#6b6b00", "3A4 inducer"],
-    ["nephrotoxins", "Nephrotoxic drug", "#8a2020", "Nephrotoxic"],
-  ];
+  // The drug rows come from the service (terminology.json "drugClasses": the rule registry's drug classes).
+  const PALETTE = ["#7a3a9a", "#b8336a", "#1f4e9c", "#9c1f4e", "#2a7f62", "#6b4c9a", "#8c6d1f", "#b35c00",
+    "#c98a2e", "#6b6b00", "#8a2020", "#00808a", "#555555"];
+  const DAY = 86400000;
+  const WINDOW_DAYS = 365;
+  const COLOURS = { baseline: "#1f4e9c", warning: "#d98a19", critical: "#d95319", band: "rgba(217, 83, 25, 0.08)",
+    levelMax: "#b22a2a", levelWithMycophenolate: "#c98a2e" };
+  let DRUGS = [];  // [group, label, colour, anchor]
+
   function fail(message) {
     const status = $("status");
     status.textContent = message;
@@ -39,7 +39,40 @@
 
   const UNIT_TEXT = { "mm[Hg]": "mmHg", "mL/min/{1.73_m2}": "mL/min/1.73 m²" };
   function unitText(u) {
-    return UNIT_TEXT[u] || u;
+    return UNIT_TEXT[u] || String(u || "").replace(/^u(?=(mol|g)\/)/, "µ");
+  }
+
+  /* A value as the laboratory reported it, with the rules' unit beside it when that differs (71 µmol/L (0.8 mg/dL)). */
+  function valueText(v, group) {
+    const reported = fmt(v.reported.value) + " " + unitText(v.reported.unit);
+    const key = (u) => Course.normalise(group, u);
+    const same = v.reported.unit && [key(v.unit), key(unitText(v.unit))].includes(key(v.reported.unit));
+    return same ? reported : reported + " (" + fmt(v.value) + " " + unitText(v.unit) + ")";
+  }
+
+  /* A label broken into lines of at most `width` characters (axis labels of a narrow frame); a longer word
+   * is hyphenated. */
+  function wrap(label, width) {
+    const lines = [];
+    const words = label.split(" ").flatMap((w) => {
+      const parts = [];
+      while (w.length > width) { parts.push(w.slice(0, width - 1) + "-"); w = w.slice(width - 1); }
+      return [...parts, w];
+    });
+    for (const word of words) {
+      const last = lines.length - 1;
+      if (last >= 0 && (lines[last] + " " + word).length <= width) lines[last] += " " + word;
+      else lines.push(word);
+    }
+    return lines;
+  }
+
+  function drugClasses(terms) {
+    return (terms.drugClasses || []).map((c, i) => [c.group, c.label, PALETTE[i % PALETTE.length], c.anchor]);
+  }
+
+  function endText(bar) {
+    return bar.ongoing ? "ongoing" : isoDay(bar.end);
   }
 
   function fmt(v) {
@@ -101,7 +134,8 @@
     const list = $("findings-list");
     for (const id of findings) {
       const names = targetsOf(id).map((g) => labelOf(g)).filter(Boolean);
-      const li = text("li", id + (names.length ? ": " + names.join(", ") : ""));
+      const title = Object.prototype.hasOwnProperty.call(known, id) ? " (" + known[id].title + ")" : "";
+      const li = text("li", id + title + (names.length ? ": " + names.join(", ") : ""));
       li.dataset.finding = id;
       if (Object.prototype.hasOwnProperty.call(known, id)) li.title = known[id].title;
       list.appendChild(li);
@@ -119,10 +153,49 @@
   function chooseBaseline(ctx, series, bars, terms, now) {
     const thresholds = Object.assign({}, terms.thresholds, (ctx && ctx.thresholds) || {});
     if (ctx && ctx.baseline && typeof ctx.baseline.value === "number") {
-      return { ...ctx.baseline, source: "from the card (the value the rules used)", thresholds };
+      const t = Date.parse(ctx.baseline.date);
+      return { ...ctx.baseline, t: isFinite(t) ? t : undefined, source: "from the card (the value the rules used)", thresholds };
     }
     const computed = Course.baseline(series, bars, thresholds, now);
     return { ...computed, source: "computed in the app by the rules' definition", thresholds };
+  }
+
+  /* "No creatinine baseline" only when there is none; a baseline without a recent value to compare says so. */
+  function baselineText(base, series, ctx) {
+    if (typeof base.value !== "number") {
+      return "No creatinine baseline: " + (base.missing || (ctx && ctx.baselineMissing) || "not available") + ".";
+    }
+    const observed = series.creatinine.find((v) => v.id === base.observation);
+    const value = observed ? valueText(observed, "creatinine") : fmt(base.value) + " mg/dL";
+    const th = base.thresholds;
+    let out = "Baseline creatinine " + value + " on " + base.date + " (" + base.rule + "; " + base.source + "). Bands: +" +
+      Math.round(th.creatinine_rise_warning * 100) + " % and +" + Math.round(th.creatinine_rise_critical * 100) + " %.";
+    if (base.noRecent) out += " Nothing to compare yet: " + base.noRecent + ".";
+    else if (ctx && ctx.baselineMissing && !ctx.baseline) out += " On the card: " + ctx.baselineMissing + ".";
+    return out;
+  }
+
+  /* The first view: the last 12 months, or since tacrolimus began if that is shorter, the baseline kept in
+   * view; the whole record one click away. */
+  function windows(series, bars, base, now) {
+    const times = [now];
+    for (const g of Object.keys(series)) for (const v of series[g]) times.push(v.t);
+    for (const b of bars) times.push(b.start, b.end);
+    const first = Math.min(...times);
+    const padded = (from) => { const pad = Math.max(DAY * 3, (now - from) * 0.02); return [from - pad, now + pad]; };
+    const tacrolimus = bars.filter((b) => b.group === "tacrolimus").map((b) => b.start);
+    let from = now - WINDOW_DAYS * DAY, why = "the last 12 months";
+    if (tacrolimus.length && Math.min(...tacrolimus) > from) {
+      from = Math.min(...tacrolimus);
+      why = "since tacrolimus began on " + isoDay(from);
+    }
+    if (typeof base.t === "number" && base.t < from) {
+      from = base.t;
+      why += " and the baseline of " + base.date;
+    }
+    const all = padded(first);
+    if (from <= first) return { all, shown: all, why: "the whole record", whole: true, first };
+    return { all, shown: padded(from), why, whole: false, first };
   }
 
   function draftsOf(ctx) {
@@ -130,34 +203,49 @@
     return drafts.filter((d) => d && typeof d.name === "string" && Array.isArray(d.groups));
   }
 
-  function buildChart(series, bars, base, highlighted, range, drafts, now) {
+  /* The rows of the exposure panel: the anchors (calcineurin inhibitors, the regimen), and any class the record,
+   * a draft or a finding on the card names. */
+  function drugRowsFor(bars, drafts, highlighted) {
+    return DRUGS.filter(([g, , , anchor]) => anchor || highlighted.has(g) ||
+      bars.some((b) => b.group === g) || drafts.some((d) => d.groups.includes(g)));
+  }
+
+  /* The periods the lower tacrolimus limit applies: while mycophenolate is given (or is being ordered). */
+  function mycophenolatePeriods(bars, drafts, range, now) {
+    const periods = bars.filter((b) => b.group === "mycophenolate").map((b) => [b.start, b.ongoing ? range[1] : b.end]);
+    if (drafts.some((d) => d.groups.includes("mycophenolate"))) periods.push([now, range[1]]);
+    return periods;
+  }
+
+  function buildChart(series, bars, base, highlighted, range, view, drafts, now) {
     const datasets = [];
     const narrow = $("course-chart").parentNode.clientWidth < 600;
-    const axisWidth = narrow ? 84 : 132;
+    const axisWidth = narrow ? 92 : 150;
     const fit = (scale) => { scale.width = axisWidth; };  // stacked panels share one left edge
-    const font = { size: narrow ? 10 : 12 };
+    const font = { size: narrow ? 11 : 12 };
+    const titleFont = { size: narrow ? 11 : 12, weight: "bold", lineHeight: 1.15 };
     const scales = {
       x: {
-        type: "time", min: range[0], max: range[1], position: "bottom",
+        type: "time", min: view[0], max: view[1], position: "bottom",
         time: { tooltipFormat: "yyyy-MM-dd", displayFormats: { day: "d MMM", week: "d MMM", month: "MMM yyyy" } },
         ticks: { maxRotation: 0, autoSkip: true, autoSkipPadding: 12, font },
       },
     };
-    const drugRows = DRUGS.filter(([g]) => ["tacrolimus", "mycophenolate", "cyclophosphamide", "rituximab"].includes(g) ||
-      bars.some((b) => b.group === g) || drafts.some((d) => d.groups.includes(g)));
+    const drugRows = drugRowsFor(bars, drafts, highlighted);
+    const rowLabels = drugRows.map(([, label]) => wrap(label, narrow ? 13 : 24));
     scales.yDrug = {
-      type: "linear", stack: "course", stackWeight: Math.max(1.2, drugRows.length * 0.45), offset: true,
+      type: "linear", stack: "course", stackWeight: Math.max(1.2, rowLabels.flat().length * 0.42), offset: true,
       min: -0.6, max: drugRows.length - 0.4, reverse: true, position: "left",
       title: { display: false }, afterFit: fit,
       afterBuildTicks: (axis) => { axis.ticks = drugRows.map((_, i) => ({ value: i })); },
-      ticks: { autoSkip: false, font, callback: (v) => (drugRows[v] ? drugRows[v][narrow ? 3 : 1].replace(" CYP3A4 ", " 3A4 ") : "") },
+      ticks: { autoSkip: false, font: { size: narrow ? 10 : 12, lineHeight: 1.1 }, callback: (v) => rowLabels[v] || "" },
       grid: { display: false },
     };
     for (const p of PANELS.slice().reverse()) {
       scales[p.id] = {
         type: "linear", stack: "course", stackWeight: p.weight, offset: true, position: "left",
-        title: { display: true, text: p.title, font }, grace: "10%", grid: { color: "#e6e6e6" },
-        ticks: { font, maxTicksLimit: 5 }, afterFit: fit,
+        title: { display: true, text: p.title, font: titleFont, color: "#1b1b1b", padding: 2 },
+        grace: "10%", grid: { color: "#e6e6e6" }, ticks: { font, maxTicksLimit: 5 }, afterFit: fit,
       };
     }
     for (const p of PANELS) {
@@ -166,38 +254,49 @@
         datasets.push({
           label, group, yAxisID: p.id, type: "line", borderColor: colour, backgroundColor: colour,
           borderWidth: hl ? 3 : 1.5, pointRadius: hl ? 4 : 3, pointHoverRadius: 6, pointHitRadius: 8,
-          highlighted: hl, unit: series[group][0] ? series[group][0].unit : "",
-          data: series[group].map((v) => ({ x: v.t, y: v.value, date: v.date, unit: v.unit, id: v.id })),
+          highlighted: hl,
+          data: series[group].map((v) => ({ x: v.t, y: v.value, date: v.date, id: v.id, shown: valueText(v, group) })),
         });
       }
     }
+    const reference = (label, yAxisID, colour, data, more) => Object.assign({
+      label, yAxisID, type: "line", borderColor: colour, borderWidth: 1.5, pointRadius: 0, pointHitRadius: 0,
+      reference: true, spanGaps: false, data,
+    }, more);
+    const across = (y) => [{ x: range[0], y }, { x: range[1], y }];
+    const legend = [];
     if (typeof base.value === "number") {
       const th = base.thresholds;
-      const line = (factor, label, colour, dash, fill) => ({
-        label, yAxisID: "yCreat", type: "line", borderColor: colour, backgroundColor: "rgba(217, 83, 25, 0.08)",
-        borderWidth: 1.5, borderDash: dash, pointRadius: 0, pointHitRadius: 0, fill, reference: true,
-        data: [{ x: range[0], y: base.value * factor }, { x: range[1], y: base.value * factor }],
-      });
-      datasets.push(line(1, "Baseline", "#1f4e9c", [], false));
-      datasets.push(line(1 + th.creatinine_rise_warning, "+" + Math.round(th.creatinine_rise_warning * 100) + " %", "#d98a19", [6, 4], false));
-      datasets.push(line(1 + th.creatinine_rise_critical, "+" + Math.round(th.creatinine_rise_critical * 100) + " %", "#d95319", [6, 4], "-1"));
+      const warning = "+" + Math.round(th.creatinine_rise_warning * 100) + " %";
+      const critical = "+" + Math.round(th.creatinine_rise_critical * 100) + " %";
+      datasets.push(reference("Baseline", "yCreat", COLOURS.baseline, across(base.value), { fill: false }));
+      datasets.push(reference(warning, "yCreat", COLOURS.warning, across(base.value * (1 + th.creatinine_rise_warning)), { borderDash: [6, 4], fill: false }));
+      datasets.push(reference(critical, "yCreat", COLOURS.critical, across(base.value * (1 + th.creatinine_rise_critical)),
+        { borderDash: [6, 4], fill: "-1", backgroundColor: COLOURS.band }));
+      legend.push({ key: "baseline", colour: COLOURS.baseline, text: "Baseline creatinine " + fmt(base.value) + " mg/dL" });
+      legend.push({ key: "band", colour: COLOURS.critical, dash: true, band: true,
+        text: warning + " and " + critical + " above the baseline (shaded between them)" });
     }
     const th = base.thresholds;
-    for (const [key, colour] of [["tacrolimus_level_max_with_mycophenolate", "#c98a2e"], ["tacrolimus_level_max", "#b22a2a"]]) {
-      if (typeof th[key] !== "number") continue;
-      datasets.push({
-        label: th[key] + " ng/mL", yAxisID: "yTac", type: "line", borderColor: colour, borderDash: [4, 4],
-        borderWidth: 1.2, pointRadius: 0, pointHitRadius: 0, reference: true,
-        data: [{ x: range[0], y: th[key] }, { x: range[1], y: th[key] }],
-      });
+    if (typeof th.tacrolimus_level_max === "number") {
+      datasets.push(reference(th.tacrolimus_level_max + " ng/mL", "yTac", COLOURS.levelMax, across(th.tacrolimus_level_max), { borderDash: [4, 4] }));
+      legend.push({ key: "level-max", colour: COLOURS.levelMax, dash: true, text: th.tacrolimus_level_max + " ng/mL: upper tacrolimus level" });
+    }
+    const withMycophenolate = mycophenolatePeriods(bars, drafts, range, now);
+    const lower = th.tacrolimus_level_max_with_mycophenolate;
+    if (typeof lower === "number" && withMycophenolate.length) {
+      const data = withMycophenolate.flatMap(([a, b]) => [{ x: a, y: lower }, { x: b, y: lower }, { x: b + 1, y: null }]);
+      datasets.push(reference(lower + " ng/mL", "yTac", COLOURS.levelWithMycophenolate, data, { borderDash: [2, 3], borderWidth: 2 }));
+      legend.push({ key: "level-mycophenolate", colour: COLOURS.levelWithMycophenolate, dash: true,
+        text: lower + " ng/mL: upper tacrolimus level while mycophenolate is given" });
     }
     drugRows.forEach(([group, label, colour], row) => {
       const own = bars.filter((b) => b.group === group);
       const hl = highlighted.has(group);
       const data = [];
       for (const b of own) {
-        const bar = { name: b.name, status: b.status, start: b.start, end: b.end, id: b.id };
-        data.push({ x: b.start, y: row, bar }, { x: Math.max(b.end, b.start + 86400000 / 2), y: row, bar }, { x: b.end + 1, y: null });
+        const bar = { name: b.name, status: b.status, start: b.start, end: b.end, ongoing: b.ongoing, id: b.id };
+        data.push({ x: b.start, y: row, bar }, { x: Math.max(b.end, b.start + DAY / 2), y: row, bar }, { x: b.end + 1, y: null });
       }
       const ordered = drafts.filter((d) => d.groups.includes(group));
       if (ordered.length) {
@@ -213,6 +312,9 @@
         highlighted: hl, data,
       });
     });
+    if (drafts.length) legend.push({ key: "draft", colour: "#000", marker: "▲", text: "being ordered now (this session's drafts)" });
+    if (bars.some((b) => b.ongoing)) legend.push({ key: "ongoing", colour: "#555", text: "an active order's bar runs to today: ongoing" });
+    showLegend(legend);
 
     const canvas = $("course-chart");
     return new Chart(canvas, {
@@ -222,7 +324,7 @@
         responsive: true, maintainAspectRatio: false, animation: false, parsing: true,
         interaction: { mode: "nearest", intersect: false, axis: "xy" },
         plugins: {
-          legend: { display: false },
+          legend: { display: false },  // the legend is the list under the chart (#legend), readable at any width
           tooltip: {
             filter: (item) => !item.dataset.reference && item.raw && item.raw.y !== null,
             callbacks: {
@@ -231,9 +333,9 @@
                 if (item.raw.draft) return item.raw.draft.name + ": being ordered now (draft" + (item.raw.draft.trigger ? ", this order)" : ")");
                 if (item.raw.bar) {
                   const b = item.raw.bar;
-                  return b.name + ": " + isoDay(b.start) + " to " + isoDay(b.end) + " (" + b.status + ")";
+                  return b.name + ": " + isoDay(b.start) + (b.ongoing ? ", ongoing" : " to " + isoDay(b.end)) + " (" + b.status + ")";
                 }
-                return item.dataset.label + ": " + fmt(item.raw.y) + " " + unitText(item.raw.unit);
+                return item.dataset.label + ": " + item.raw.shown;
               },
             },
           },
@@ -241,6 +343,22 @@
         scales,
       },
     });
+  }
+
+  function showLegend(items) {
+    const list = $("legend");
+    list.replaceChildren();
+    for (const item of items) {
+      const li = document.createElement("li");
+      li.dataset.line = item.key;
+      const swatch = text("span", item.marker || "", "swatch");
+      swatch.setAttribute("aria-hidden", "true");
+      if (!item.marker) swatch.style.borderTop = "3px " + (item.dash ? "dashed " : "solid ") + item.colour;
+      if (item.band) swatch.style.background = COLOURS.band;
+      li.append(swatch, document.createTextNode(item.text));
+      list.appendChild(li);
+    }
+    list.hidden = items.length === 0;
   }
 
   function table(caption, headers, rows, groupKey) {
@@ -275,14 +393,14 @@
     for (const p of PANELS) {
       for (const [group, label] of p.series) {
         const rows = series[group].map((v) => ({
-          cells: [v.date, fmt(v.value), unitText(v.unit), v.original, v.id === base.observation ? "baseline" : ""],
+          cells: [v.date, valueText(v, group), v.id === base.observation ? "baseline" : ""],
           numeric: [1], highlight: highlighted.has(group) || v.id === base.observation,
         }));
-        list.appendChild(table(label + (highlighted.has(group) ? " (on the card)" : ""), ["Date", "Value", "Unit", "As reported", "Note"], rows, group));
+        list.appendChild(table(label + (highlighted.has(group) ? " (on the card)" : ""), ["Date", "As reported (in " + p.title[1] + ")", "Note"], rows, group));
       }
     }
     const rows = bars.map((b) => ({
-      cells: [labelOf(b.group) || b.group, b.name, isoDay(b.start), isoDay(b.end), b.status],
+      cells: [labelOf(b.group) || b.group, b.name, isoDay(b.start), endText(b), b.status],
       highlight: highlighted.has(b.group),
     }));
     for (const d of drafts) {
@@ -291,6 +409,24 @@
     }
     list.appendChild(table("Drug exposure periods", ["Class", "Drug", "From", "To", "Order status"], rows, "exposure"));
     $("tables").hidden = false;
+  }
+
+  /* One button switches between the first view and the whole record. */
+  function windowControl(chart, span) {
+    const note = $("window-note"), button = $("window-toggle");
+    let whole = span.whole;
+    const show = () => {
+      const [min, max] = whole ? span.all : span.shown;
+      chart.options.scales.x.min = min;
+      chart.options.scales.x.max = max;
+      chart.update("none");
+      note.textContent = "Showing " + (whole ? "the whole record (from " + isoDay(span.first || span.all[0]) + ")" : span.why) + ".";
+      note.dataset.window = whole ? "all" : "recent";
+      button.textContent = whole ? "Show " + span.why : "Show the whole record";
+    };
+    button.hidden = span.whole;
+    button.addEventListener("click", () => { whole = !whole; show(); });
+    show();
   }
 
   async function main() {
@@ -303,6 +439,7 @@
     }
     try {
       const terms = await (await fetch("terminology.json", { credentials: "same-origin" })).json();
+      DRUGS = drugClasses(terms);
       const ctx = parseAppContext((client.state.tokenResponse || {}).appContext);
       const record = await read(client, terms);
       const now = Date.now();
@@ -314,17 +451,12 @@
       const baseText = $("baseline");
       baseText.hidden = false;
       baseText.dataset.value = typeof base.value === "number" ? String(base.value) : "";
-      baseText.textContent = typeof base.value === "number"
-        ? "Baseline creatinine " + fmt(base.value) + " mg/dL on " + base.date + " (" + base.rule + "; " + base.source + "). Bands: +" +
-          Math.round(base.thresholds.creatinine_rise_warning * 100) + " % and +" + Math.round(base.thresholds.creatinine_rise_critical * 100) + " %."
-        : "No creatinine baseline: " + (base.missing || (ctx && ctx.baselineMissing) || "not available") + ".";
-      const times = [now];
-      for (const g of Object.keys(series)) for (const v of series[g]) times.push(v.t);
-      for (const b of bars) times.push(b.start, b.end);
-      const from = Math.min(...times), pad = Math.max(86400000 * 3, (now - from) * 0.02);
+      baseText.textContent = baselineText(base, series, ctx);
+      const span = windows(series, bars, base, now);
       $("chart-figure").hidden = false;
       const drafts = draftsOf(ctx);
-      buildChart(series, bars, base, highlighted, [from - pad, now + pad], drafts, now);
+      const chart = buildChart(series, bars, base, highlighted, span.all, span.shown, drafts, now);
+      windowControl(chart, span);
       tables(series, bars, base, highlighted, drafts);
       if (unusable.length) {
         $("left-out").hidden = false;

@@ -7,12 +7,15 @@
  *   unusable, never guessed.
  * - Drug orders are recognised as cds_service/terminology.py recognise() does: by code, by ingredient code,
  *   else by an ingredient or brand name (whole words) in the texts; a form for skin, eye, ear or mucosa (by
- *   code or by a word in its texts) belongs to no class.
+ *   code or by a word in its texts) belongs to no class but those that count whatever the form
+ *   (terminology.json "formFreeClasses": live vaccines).
  * - Exposure periods follow cds_service/record_builder.py: start = authoredOn, else validityPeriod.start; end
  *   = validityPeriod.end, else now for active/on-hold orders, else start + expectedSupplyDuration x (1 +
- *   numberOfRepeatsAllowed), else the start; drafts, cancelled and entered-in-error orders have none.
+ *   numberOfRepeatsAllowed), else the start; drafts, cancelled and entered-in-error orders have none. An
+ *   active or on-hold order whose end is not in the past is "ongoing": its end is drawn at now, never named.
  * - The creatinine baseline follows cds_service/rules/monitoring.py (creatinine_rise): used only when the
- *   card's appContext does not carry the baseline the rules used.
+ *   card's appContext does not carry the baseline the rules used. A baseline is shown even when there is no
+ *   recent creatinine to compare with it (the rules then compare nothing, and the page says so).
  */
 "use strict";
 (function (global) {
@@ -96,7 +99,7 @@
 
   const SERIES = ["creatinine", "egfr", "tacrolimus-level", "upcr", "systolic-bp", "diastolic-bp", "potassium", "magnesium"];
 
-  /* Observations -> {series: {group: [{when, date, value, unit, original, id}]}, unusable: [...]} */
+  /* Observations -> {series: {group: [{when, date, value, unit, reported, id}]}, unusable: [...]} */
   function labs(terms, observations) {
     const groupsOf = index(terms);
     const series = Object.fromEntries(SERIES.map((g) => [g, []]));
@@ -116,7 +119,7 @@
       }
       series[group].push({
         when, t: Date.parse(when), date: when.slice(0, 10), value, unit: terms.units[group].canonical, id,
-        original: quantity.value + " " + (quantity.unit || quantity.code || ""),
+        reported: { value: quantity.value, unit: String(quantity.unit || quantity.code || "").trim() },
       });
     };
     for (const obs of observations) {
@@ -218,15 +221,15 @@
       }
     }
     const longest = Math.max(0, ...[...classesOfWords.keys()].map((k) => k.split(" ").length));
-    const NONE = { classes: new Set(), byName: new Set() };
+    const formFree = new Set(terms.formFreeClasses || []);
     return function recognise(name) {
       const isLocal = (c) => typeof c.code === "string" && typeof c.system === "string" &&
         localForms.has((aliases[c.system.trim()] || c.system.trim()) + "|" + c.code.trim());
-      if (name.codings.some(isLocal)) return NONE;
+      let local = name.codings.some(isLocal);
       const named = new Set();
       for (const text of name.names.concat(name.otherWords)) {
         const w = words(text);
-        if (isLocalText(w)) return NONE;
+        if (isLocalText(w)) local = true;
         for (let size = 1; size <= longest; size++) {
           for (let start = 0; start + size <= w.length; start++) {
             const run = w.slice(start, start + size).join(" ");
@@ -234,8 +237,10 @@
           }
         }
       }
-      const byCode = new Set([...groupsOf(name.codings), ...groupsOf(name.ingredients)]);
-      const byName = new Set([...named].filter((g) => !byCode.has(g)));
+      // a form for skin, eye, ear or mucosa: only the classes that count whatever the form (a nasal vaccine)
+      const kept = (g) => !local || formFree.has(g);
+      const byCode = new Set([...groupsOf(name.codings), ...groupsOf(name.ingredients)].filter(kept));
+      const byName = new Set([...named].filter((g) => kept(g) && !byCode.has(g)));
       return { classes: new Set([...byCode, ...byName]), byName };
     };
   }
@@ -265,12 +270,14 @@
     const start = startText ? Date.parse(startText) : NaN;
     if (!isFinite(start) || start > now) return null;
     let end = validity.end ? Date.parse(validity.end) : NaN;
-    if (!isFinite(end) && (order.status === "active" || order.status === "on-hold")) end = now;
+    const current = order.status === "active" || order.status === "on-hold";
+    const ongoing = current && !(end < now);
+    if (!isFinite(end) && current) end = now;
     if (!isFinite(end)) {
       const supply = supplyDays(terms, dispense);
       end = supply ? start + supply * DAY : start;
     }
-    return { start, end: Math.max(start, Math.min(end, now)) };
+    return { start, end: Math.max(start, Math.min(end, now)), ongoing };
   }
 
   /* MedicationRequests -> [{group, name, status, id, start, end}] for the drug classes of the chart. */
@@ -297,12 +304,13 @@
   function windowStart(t, days) { return dayStart(t - days * DAY); }
   function isoDay(t) { const d = new Date(t); return d.getFullYear() + "-" + String(d.getMonth() + 1).padStart(2, "0") + "-" + String(d.getDate()).padStart(2, "0"); }
 
-  /* rules/monitoring.py creatinine_rise: the lowest creatinine in the baseline window. */
+  /* rules/monitoring.py creatinine_rise: the lowest creatinine in the baseline window. {value, ...} or
+   * {missing}; noRecent names the missing comparison when no creatinine is recent (the baseline still shows). */
   function baseline(series, bars, thresholds, now) {
     const recent = thresholds.recent_lab_days, days = thresholds.baseline_creatinine_days;
     const creatinine = series.creatinine;
     const newest = creatinine.filter((v) => v.t >= windowStart(now, recent) && v.t <= now).slice(-1)[0];
-    if (!newest) return { missing: "no creatinine in the last " + recent + " days to compare with a baseline" };
+    const noRecent = newest ? null : "no creatinine in the last " + recent + " days to compare with it";
     const tacrolimus = bars.filter((b) => b.group === "tacrolimus");
     let candidates, rule;
     if (tacrolimus.length) {
@@ -312,12 +320,12 @@
       rule = "lowest in the " + days + " days before tacrolimus began on " + isoDay(start);
     } else {
       const since = windowStart(now, days);
-      candidates = creatinine.filter((v) => v.t >= since && v.t <= now && !(v.id === newest.id && v.t === newest.t));
-      rule = "lowest other value in the last " + days + " days";
+      candidates = creatinine.filter((v) => v.t >= since && v.t <= now && !(newest && v.id === newest.id && v.t === newest.t));
+      rule = newest ? "lowest other value in the last " + days + " days" : "lowest in the last " + days + " days";
     }
-    if (!candidates.length) return { missing: "no creatinine to serve as a baseline (" + rule + ")" };
+    if (!candidates.length) return { missing: "no creatinine to serve as a baseline (" + rule + ")", noRecent };
     const lowest = candidates.reduce((a, b) => (b.value <= a.value ? b : a)); // ties: the newest, as min() over newest-first
-    return { value: lowest.value, unit: "mg/dL", date: lowest.date, observation: lowest.id, rule };
+    return { value: lowest.value, unit: "mg/dL", date: lowest.date, t: lowest.t, observation: lowest.id, rule, noRecent };
   }
 
   global.Course = { labs, exposures, baseline, toCanonical, normalise, SERIES };
