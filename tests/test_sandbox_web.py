@@ -6,14 +6,17 @@ from them, against the real service in-process.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from cds_service.fixtures import manifest
+from cds_service.fixtures import FIXTURES_DIR, manifest
 from tests.support import finding_ids, make_app
 
 PREGNANT = "pregnant-ln-flare-on-mmf"  # pregnant with mycophenolate active: P2, the teratogen card
-DUPLICATE = "tacrolimus-active-duplicate"  # a new tacrolimus order beside an active one
-(DUPLICATE_FINDING,) = manifest()[DUPLICATE]["expected"]  # the duplicate-therapy finding (N12 in catalog v2)
+DUPLICATE = "tacrolimus-active-duplicate"  # an Envarsus draft beside an active immediate-release order
+(SWITCH_FINDING,) = manifest()[DUPLICATE]["expected"]  # N17: a formulation switch or mix
+DUPLICATE_FINDING = "N12"  # the same product ordered again beside the active order
 
 
 @pytest.fixture(scope="module")
@@ -116,21 +119,41 @@ def test_a_wrong_staged_change_is_refused_with_the_reason(client, staged, messag
 
 
 def test_a_draft_marked_as_renewal_of_the_active_order_is_no_duplicate(client):
+    """Renewing is continuing therapy: the same product renewed is no duplicate, another formulation still a
+    switch (N17, rules.md v3), whether or not the draft names the order it renews."""
     loaded = fixture(client, DUPLICATE)
     drafts = [d["resource"] for d in loaded["drafts"]]
-    _, plain = fire(client, DUPLICATE, drafts)
-    assert DUPLICATE_FINDING in finding_ids(plain.get_json())
-
     active = [
         o for o in loaded["stored_orders"] if o["status"] == "active" and "tacrolimus" in o["label"].lower()
     ]
     assert active, loaded["stored_orders"]  # the page offers the stored tacrolimus order to renew
-    drafts[0]["priorPrescription"] = {"reference": active[0]["ref"]}
-    sent, renewal = fire(client, DUPLICATE, drafts)
+    _, switch = fire(client, DUPLICATE, drafts)
+    assert finding_ids(switch.get_json()) == {SWITCH_FINDING}
+
+    stored = _stored(active[0]["ref"])
+    same_product = [{**drafts[0], "medicationCodeableConcept": stored["medicationCodeableConcept"]}]
+    _, duplicate = fire(client, DUPLICATE, same_product)
+    assert DUPLICATE_FINDING in finding_ids(duplicate.get_json())
+
+    renewing = [{**same_product[0], "priorPrescription": {"reference": active[0]["ref"]}}]
+    sent, renewal = fire(client, DUPLICATE, renewing)
     assert sent["context"]["draftOrders"]["entry"][0]["resource"]["priorPrescription"] == {
         "reference": active[0]["ref"]
     }
-    assert DUPLICATE_FINDING not in finding_ids(renewal.get_json())
+    assert not {DUPLICATE_FINDING, SWITCH_FINDING} & finding_ids(renewal.get_json())
+
+    switching = [{**drafts[0], "priorPrescription": {"reference": active[0]["ref"]}}]
+    _, renewed_switch = fire(client, DUPLICATE, switching)
+    assert finding_ids(renewed_switch.get_json()) == {SWITCH_FINDING}
+
+
+def _stored(reference: str) -> dict:
+    bundle = json.loads((FIXTURES_DIR / f"{DUPLICATE}.json").read_text())
+    return next(
+        e["resource"]
+        for e in bundle["entry"]
+        if f"{e['resource']['resourceType']}/{e['resource']['id']}" == reference
+    )
 
 
 def test_the_page_has_a_favicon(client):
