@@ -501,7 +501,8 @@ def sandbox_run(
     type=click.Path(exists=True, dir_okay=False),
     default=None,
     help="The watched drugs drafted for the co-prescribing services: a JSON list of "
-    '{"code": RxNorm code, "display": name, "dosage": text} (default: data/simulation-drafts.json).',
+    '{"code": RxNorm code or "" (by name), "display": name, "dosage": text, "system": optional} '
+    "(default: data/simulation-drafts.json).",
 )
 def simulate(
     paths: tuple[str, ...],

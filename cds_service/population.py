@@ -141,7 +141,8 @@ def load(source: str, today: date | None = None) -> list[Patient]:
 
 
 def watched_drafts(file: Path | None = None) -> list[dict[str, str]]:
-    """The drugs drafted for the co-prescribing services: ``[{"code", "display", "dosage"}]`` (RxNorm)."""
+    """The drugs drafted for the co-prescribing services: ``[{"code", "display", "dosage", "system"}]``
+    (RxNorm unless ``system`` says otherwise; ``code`` may be empty: recognised by name)."""
     path = file or WATCHED_DRAFTS
     try:
         drafts = json.loads(path.read_text(encoding="utf-8"))
@@ -171,10 +172,15 @@ def _draft(patient_id: str, order_id: str, medication: Mapping[str, Any], dosage
 
 
 def drug_draft(patient_id: str, order_id: str, drug: Mapping[str, str]) -> dict:
-    """A draft of one watched drug, coded in RxNorm."""
-    coding = {"system": RXNORM, "code": drug["code"], "display": drug["display"]}
+    """A draft of one watched drug, coded in RxNorm unless the entry names another ``system`` (a vaccine's
+    CVX); an empty code drafts it by name alone, as an EHR does for a product whose code is not verified."""
+    concept: dict[str, Any] = {"text": drug["display"]}
+    if drug["code"]:
+        concept["coding"] = [
+            {"system": drug.get("system") or RXNORM, "code": drug["code"], "display": drug["display"]}
+        ]
     dosage = [{"text": drug["dosage"]}] if drug.get("dosage") else None
-    return _draft(patient_id, order_id, {"medicationCodeableConcept": {"coding": [coding]}}, dosage)
+    return _draft(patient_id, order_id, {"medicationCodeableConcept": concept}, dosage)
 
 
 def tacrolimus_draft(patient: Patient, terminology: Terminology) -> tuple[dict, list[dict]]:
