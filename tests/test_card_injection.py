@@ -103,9 +103,10 @@ def _observation_unit(body: dict, text: str) -> None:
 
 def _left_out_id(body: dict, text: str) -> None:
     """A stored order whose drug cannot be read is named, by its id, among the resources left out."""
-    order = _resource(body, "medications", "pregflare-mr-1")
+    order = copy.deepcopy(_resource(body, "medications", "pregflare-mr-2"))
     order["id"] = text
     order["medicationCodeableConcept"]["coding"] = 7
+    body["prefetch"]["medications"]["entry"].append({"resource": order})
 
 
 def _allergy_text(body: dict, text: str) -> None:
