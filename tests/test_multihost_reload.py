@@ -39,7 +39,7 @@ def retitle(config: Path, title: str) -> None:
 def title_on(instance) -> str:
     """The order-sign service's title on the instance's /admin page (whichever worker answers)."""
     page = requests.get(f"{instance.base}/admin", headers={**ADMIN, "Accept": "text/html"}, timeout=5).text
-    found = re.search(rf"<td><code>{SERVICE}</code></td><td>[^<]*</td><td>([^<]*)</td>", page)
+    found = re.search(rf"<td[^>]*><code>{SERVICE}</code></td><td[^>]*>[^<]*</td><td[^>]*>([^<]*)</td>", page)
     assert found, page[:2000]
     return found.group(1)
 
