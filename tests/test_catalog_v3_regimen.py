@@ -18,7 +18,7 @@ from cds_service.record_builder import build_record
 from cds_service.rules.model import RuleInput
 from cds_service.sandbox.requests import build_request_from_bundle
 from cds_service.terminology import Terminology
-from tests.support import RXNORM, SNOMED, finding_ids, make_app, serving_records
+from tests.support import RXNORM, SNOMED, bundle, finding_ids, make_app, serving_records
 from tests.test_rules import NOW, PREGNANT, ago, cond, fires, lab, make, med, stays_quiet
 
 HCQ = "hydroxychloroquine"
@@ -319,7 +319,7 @@ def _record(case: str, *extra: dict) -> dict:
         },
         *({**r, "subject": subject} for r in extra),
     ]
-    return {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in resources]}
+    return bundle(resources)
 
 
 BUNDLES = {

@@ -22,7 +22,7 @@ import pytest
 from cds_service.protocol import check_response
 from cds_service.rules import RULES
 from cds_service.sandbox.requests import build_request_from_bundle
-from tests.support import RXNORM, SNOMED, finding_ids, make_app, serving_records
+from tests.support import RXNORM, SNOMED, bundle, finding_ids, make_app, serving_records
 
 TOKEN = "recognition-token-1"
 NO_CODE = "0"  # an RxNorm code no value set holds: recognition then falls back to the name
@@ -199,7 +199,7 @@ def patient_bundle(case: str, name: str, variant: str | None) -> dict:
     elif drug and name != "tacrolimus":
         stored, medications = order(f"{case}-stored", patient, "active", drug, 10)
         resources += [stored, *medications]
-    return {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in resources]}
+    return bundle(resources)
 
 
 def condition(cid: str, patient: str, code: str, display: str, days_ago: int = 400) -> dict:

@@ -16,7 +16,7 @@ from cds_service.protocol import check_response
 from cds_service.sandbox.fhir_server import serve_in_thread
 from cds_service.sandbox.requests import build_request_from_bundle
 from cds_service.sandbox.store import FhirStore
-from tests.support import FINDINGS_KEY, finding_ids, make_app
+from tests.support import FINDINGS_KEY, bundle, finding_ids, make_app
 from tests.test_reading_http import base, day
 
 TOKEN = "vaccines-token-1"
@@ -78,14 +78,7 @@ CASES = (
     "varivax-by-name-as-text-date",
     "varicella-service-request",
 )
-BUNDLES = {
-    case: {
-        "resourceType": "Bundle",
-        "type": "collection",
-        "entry": [{"resource": r} for r in case_resources(case)],
-    }
-    for case in CASES
-}
+BUNDLES = {case: bundle(case_resources(case)) for case in CASES}
 
 
 def drafts(case: str) -> list[str]:
@@ -101,8 +94,8 @@ def app(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fhir_base() -> Iterator[str]:
     store = FhirStore()
-    for case, bundle in BUNDLES.items():
-        store.add_bundle(bundle, exclude=drafts(case))  # drafts are not signed: not on the EHR's server
+    for case, records in BUNDLES.items():
+        store.add_bundle(records, exclude=drafts(case))  # drafts are not signed: not on the EHR's server
     with serve_in_thread(store, require_token=TOKEN) as url:
         yield url
 
@@ -204,8 +197,8 @@ def test_discovery_asks_every_tacrolimus_service_for_completed_immunizations(app
 
 def test_the_fixture_server_searches_immunizations_by_patient_status_and_vaccine_code():
     store = FhirStore()
-    for bundle in BUNDLES.values():
-        store.add_bundle(bundle)
+    for records in BUNDLES.values():
+        store.add_bundle(records)
 
     def ids(params: dict) -> list[str]:
         found = store.search("Immunization", params, "http://x")

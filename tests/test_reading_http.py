@@ -16,7 +16,7 @@ import pytest
 
 from cds_service.protocol import check_response
 from cds_service.sandbox.requests import build_request_from_bundle
-from tests.support import FINDINGS_KEY, LOINC, RXNORM, SNOMED, finding_ids, make_app, serving_records
+from tests.support import FINDINGS_KEY, LOINC, RXNORM, SNOMED, bundle, finding_ids, make_app, serving_records
 
 TOKEN = "reading-token-1"
 NOW = datetime.now(UTC)
@@ -145,14 +145,7 @@ CASES = [
     "pregnant",
     "pregnant-then-delivered",
 ]
-BUNDLES = {
-    case: {
-        "resourceType": "Bundle",
-        "type": "collection",
-        "entry": [{"resource": r} for r in case_resources(case)],
-    }
-    for case in CASES
-}
+BUNDLES = {case: bundle(case_resources(case)) for case in CASES}
 
 
 @pytest.fixture(scope="module")
