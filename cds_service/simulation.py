@@ -38,6 +38,7 @@ from cds_service.population import (
     tacrolimus_draft,
 )
 from cds_service.protocol import ProtocolError
+from cds_service.report import catalog_order
 from cds_service.rules.model import INDICATOR_RANK
 from cds_service.runtime import Runtime
 from cds_service.services import DRAFT_TACROLIMUS, SPEC_BY_ID, spec_for
@@ -206,22 +207,16 @@ class Run:
             "info_only": self.info_only,
             "info_only_share": _ratio(self.info_only, self.answers_with_cards),
             "errors": self.errors,
-            "findings": dict(sorted(self.findings.items(), key=lambda kv: _finding_order(kv[0]))),
+            "findings": dict(sorted(self.findings.items(), key=lambda kv: catalog_order(kv[0]))),
             "firing_rates": {
                 f: _ratio(n, self.calls)
-                for f, n in sorted(self.findings.items(), key=lambda kv: _finding_order(kv[0]))
+                for f, n in sorted(self.findings.items(), key=lambda kv: catalog_order(kv[0]))
             },
         }
 
 
 def _ratio(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
-
-
-def _finding_order(finding: str) -> tuple[int, str]:
-    from cds_service.report import catalog_order
-
-    return catalog_order(finding)
 
 
 def run_order(key: tuple[str, str]) -> tuple[int, int, str]:
@@ -282,7 +277,7 @@ def compare(baseline: Result, proposed: Result) -> dict[str, Any]:
     for key in sorted(before.keys() | after.keys(), key=run_order):
         b, a = before.get(key), after.get(key)
         found = set(b.findings if b else ()) | set(a.findings if a else ())
-        for finding in sorted(found, key=_finding_order):
+        for finding in sorted(found, key=catalog_order):
             counts = (b.findings[finding] if b else 0, a.findings[finding] if a else 0)
             if counts[0] != counts[1]:
                 differences.append(Difference(*key, finding, *counts))
@@ -445,7 +440,7 @@ def render_csv(results: Sequence[Result]) -> str:
                     _ratio(run.answers_with_cards, run.calls),
                 )
             )
-            for finding, count in sorted(run.findings.items(), key=lambda kv: _finding_order(kv[0])):
+            for finding, count in sorted(run.findings.items(), key=lambda kv: catalog_order(kv[0])):
                 writer.writerow(
                     (name, run.service, run.hook, finding, *totals, count, _ratio(count, run.calls))
                 )
